@@ -1,0 +1,42 @@
+# drimbox: `make demo` runs the whole source flow on loopback, `make test` runs the test suites.
+# Each target installs what it needs: the Python virtualenv and, when missing, Debian packages.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEBS   := orthanc orthanc-dicomweb dcmtk dicom3tools
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: venv system-deps demo test lint typecheck clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Installs only the Debian packages that are not there yet, so a ready machine needs no network.
+system-deps:
+	@missing=""; \
+	for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+demo: venv system-deps
+	$(BIN)/drimbox demo
+
+test: venv system-deps
+	$(BIN)/pytest -q $(PYTEST_ARGS) tests conformance
+
+lint: venv
+	$(BIN)/ruff check drimbox tests conformance
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,247 @@
+"""One typed settings object, read from a TOML file and DRIMBOX_<SECTION>__<KEY> variables, checked at start."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; the message names the key."""
+
+
+@dataclass
+class BoxSettings:
+    roles: list[str] = field(default_factory=lambda: ["source"])
+    profile: str = "proxy"
+    public_url: str = "http://127.0.0.1:8080"
+    var_dir: str = "var"
+    # Retrieve Location UID written in the KOS (= this box's repositoryUniqueId for XDS-I).
+    repository_uid: str = "1.2.250.1.999.1.1.1"
+    # OID under which the box mints new UIDs (KOS SOP Instance, series).
+    uid_root: str = "1.2.250.1.999.1.1.2."
+    log_level: str = "INFO"
+
+
+@dataclass
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass
+class MllpSettings:
+    host: str = "127.0.0.1"
+    port: int = 2575
+    # A frame larger than this is refused (AR) and the connection closed: bounded memory per client.
+    max_message_bytes: int = 32 * 1024 * 1024
+    # A client that sends nothing for this long is disconnected.
+    idle_timeout: float = 300.0
+
+
+@dataclass
+class DicomSettings:
+    ae_title: str = "DRIMBOX"
+    host: str = "127.0.0.1"
+    port: int = 11112
+
+
+@dataclass
+class PacsSettings:
+    ae_title: str = "ORTHANC"
+    host: str = "127.0.0.1"
+    port: int = 4242
+    retrieve: str = "c-get"
+    # Per-operation DIMSE time-out, distinct from HTTP time-outs.
+    timeout: float = 30.0
+
+
+@dataclass
+class DmpSettings:
+    url: str = "http://127.0.0.1:8090/dmp"
+    timeout: float = 30.0
+    # Structure (healthcare organisation) that signs the VIHF; defaults are the ANS test centre.
+    structure_id: str = "101235555"
+    structure_name: str = "Centre de radiologie Ambroise"
+    secteur_activite: str = "SA25^1.2.250.1.71.4.2.4"
+    healthcare_facility_type: str = "SA25"
+    practice_setting: str = "AMBULATOIRE"
+    content_type_code: str = "04"
+    lps_id: str = "drimbox"
+    lps_name: str = "drimbox"
+    lps_version: str = "0.1.0"
+    lps_homologation: str = "DRIMBOX-TEST"
+    vihf_version: str = "3.0"
+    # PEM key and certificate that sign the VIHF; empty = generate a self-signed test pair in var_dir.
+    signing_key: str = ""
+    signing_cert: str = ""
+    source_id: str = "1.2.250.1.999.1.1.3"
+
+
+@dataclass
+class PublishSettings:
+    # How long a report waits for its images to appear in the PACS before it is marked failed.
+    waiting_window: float = 6 * 3600.0
+    waiting_interval: float = 30.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
+    workers: int = 2
+
+
+@dataclass
+class PscSettings:
+    issuer: str = "http://127.0.0.1:8090/psc"
+    client_id: str = "drimbox"
+    client_secret: str = "drimbox-secret"
+
+
+@dataclass
+class WhitelistSettings:
+    url: str = "http://127.0.0.1:8090/whitelist"
+
+
+@dataclass
+class SimSettings:
+    host: str = "127.0.0.1"
+    port: int = 8090
+    var_dir: str = "var/sim"
+    # INS (with their OID) known to the simulated DMP, as "INS^^^&OID&ISO^NH" or plain INS (test OID).
+    patients: list[str] = field(default_factory=lambda: ["279035121518989"])
+
+
+@dataclass
+class Settings:
+    box: BoxSettings = field(default_factory=BoxSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    mllp: MllpSettings = field(default_factory=MllpSettings)
+    dicom: DicomSettings = field(default_factory=DicomSettings)
+    pacs: PacsSettings = field(default_factory=PacsSettings)
+    dmp: DmpSettings = field(default_factory=DmpSettings)
+    publish: PublishSettings = field(default_factory=PublishSettings)
+    psc: PscSettings = field(default_factory=PscSettings)
+    whitelist: WhitelistSettings = field(default_factory=WhitelistSettings)
+    sim: SimSettings = field(default_factory=SimSettings)
+
+    @property
+    def var_path(self) -> Path:
+        return Path(self.box.var_dir)
+
+    @property
+    def sim_var_path(self) -> Path:
+        return Path(self.sim.var_dir)
+
+
+_ENV_PREFIX = "DRIMBOX_"
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """Convert a TOML or environment value to the declared type, or raise naming the key."""
+    origin = typing.get_origin(kind)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return list(value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if kind is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported setting type")
+
+
+def _section_types(section_cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def _validate(s: Settings) -> None:
+    if not s.box.roles or any(r not in ("source", "consumer") for r in s.box.roles):
+        raise ConfigError(f"box.roles: each role must be 'source' or 'consumer', got {s.box.roles!r}")
+    if s.box.profile not in ("proxy", "native"):
+        raise ConfigError(f"box.profile: must be 'proxy' or 'native', got {s.box.profile!r}")
+    if not s.box.public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"box.public_url: must be an http(s) URL, got {s.box.public_url!r}")
+    if s.pacs.retrieve not in ("c-get", "c-move"):
+        raise ConfigError(f"pacs.retrieve: must be 'c-get' or 'c-move', got {s.pacs.retrieve!r}")
+    for name in ("http", "mllp", "dicom", "pacs", "sim"):
+        port = getattr(s, name).port
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{name}.port: must be between 0 and 65535, got {port}")
+    for key, ae in (("dicom.ae_title", s.dicom.ae_title), ("pacs.ae_title", s.pacs.ae_title)):
+        if not 0 < len(ae) <= 16 or "\\" in ae:
+            raise ConfigError(f"{key}: a DICOM AE title is 1 to 16 characters without backslash, got {ae!r}")
+    for key, url in (("dmp.url", s.dmp.url), ("psc.issuer", s.psc.issuer), ("whitelist.url", s.whitelist.url)):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}: must be an http(s) URL, got {url!r}")
+    if not s.box.uid_root.replace(".", "").isdigit() or len(s.box.uid_root) > 40:
+        raise ConfigError(f"box.uid_root: must be a numeric OID prefix of at most 40 characters, got {s.box.uid_root!r}")
+    if s.publish.backoff_initial <= 0 or s.publish.backoff_max < s.publish.backoff_initial:
+        raise ConfigError("publish.backoff_initial: must be > 0 and <= publish.backoff_max")
+    if s.publish.workers < 1:
+        raise ConfigError(f"publish.workers: must be at least 1, got {s.publish.workers}")
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read the TOML file (if any), apply DRIMBOX_* overrides, validate, and return the settings."""
+    env = dict(os.environ) if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    settings = Settings()
+    section_classes = {f.name: f for f in dataclasses.fields(Settings)}
+    for section_name, values in raw.items():
+        if section_name not in section_classes:
+            raise ConfigError(f"unknown section [{section_name}]")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section_name}: expected a table")
+        section = getattr(settings, section_name)
+        types = _section_types(type(section))
+        for key, value in values.items():
+            if key not in types:
+                raise ConfigError(f"{section_name}.{key}: unknown key")
+            setattr(section, key, _coerce(f"{section_name}.{key}", value, types[key]))
+    for var, value in env.items():
+        if not var.startswith(_ENV_PREFIX) or "__" not in var:
+            continue
+        section_name, _, key = var[len(_ENV_PREFIX):].lower().partition("__")
+        if section_name not in section_classes:
+            raise ConfigError(f"{var}: unknown section [{section_name}]")
+        section = getattr(settings, section_name)
+        types = _section_types(type(section))
+        if key not in types:
+            raise ConfigError(f"{var}: unknown key {section_name}.{key}")
+        setattr(section, key, _coerce(f"{section_name}.{key}", value, types[key]))
+    _validate(settings)
+    return settings
