@@ -1,0 +1,119 @@
+"""Assembles the services of one box process (HTTP, MLLP, publication worker) on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any
+
+from aiohttp import web
+
+from drimbox.config import Settings
+from drimbox.hl7.mllp import MllpServer
+from drimbox.source.api import publications_routes
+from drimbox.source.dmp_gateway import XdsDmpGateway
+from drimbox.source.intake import ReportIntake
+from drimbox.source.publish import Publisher
+from drimbox.source.worker import PublicationWorker
+from drimbox.state.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+class Box:
+    """A running box: start() binds every listener, stop() drains and closes them in reverse order."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.outbox: Outbox | None = None
+        self.worker: PublicationWorker | None = None
+        self.mllp: MllpServer | None = None
+        self.dmp: XdsDmpGateway | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def is_source(self) -> bool:
+        return "source" in self.settings.box.roles
+
+    async def start(self) -> None:
+        s = self.settings
+        s.var_path.mkdir(parents=True, exist_ok=True)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/health", self._health)
+        if self.is_source:
+            self.outbox = Outbox(s.var_path / "drimbox.sqlite")
+            self.dmp = XdsDmpGateway(s)
+            publisher = Publisher(s, self.outbox, self.dmp)
+            self.worker = PublicationWorker(s, self.outbox, publisher)
+            app.add_routes(publications_routes(self.outbox))
+            intake = ReportIntake(self.outbox, on_accepted=self.worker.wake)
+            self.mllp = MllpServer(
+                s.mllp.host, s.mllp.port, intake,
+                max_message_bytes=s.mllp.max_message_bytes, idle_timeout=s.mllp.idle_timeout,
+            )
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.http.host, s.http.port)
+        await site.start()
+        if self.mllp is not None:
+            await self.mllp.start()
+        if self.worker is not None:
+            self.worker.start()
+        log.info(
+            "drimbox started: roles %s, profile %s, HTTP %s:%d%s",
+            ",".join(s.box.roles), s.box.profile, s.http.host, s.http.port,
+            f", MLLP {s.mllp.host}:{self.mllp.port}" if self.mllp else "",
+        )
+
+    async def stop(self) -> None:
+        if self.mllp is not None:
+            await self.mllp.close()
+        if self.worker is not None:
+            await self.worker.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.dmp is not None:
+            await self.dmp.close()
+        if self.outbox is not None:
+            self.outbox.close()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        components: dict[str, Any] = {"http": {"status": "up"}}
+        healthy = True
+        if self.outbox is not None:
+            try:
+                counts = await self.outbox.counts()
+                components["outbox"] = {"status": "up", "publications": counts}
+            except Exception as exc:
+                healthy = False
+                components["outbox"] = {"status": "down", "error": str(exc)}
+        if self.mllp is not None:
+            components["mllp"] = {"status": "up", "port": self.mllp.port}
+        if self.worker is not None:
+            components["worker"] = {"status": "up", "last_error": self.worker.last_error}
+        body = {
+            "status": "up" if healthy else "down",
+            "roles": self.settings.box.roles,
+            "profile": self.settings.box.profile,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "components": components,
+        }
+        return web.json_response(body, status=200 if healthy else 503)
+
+
+async def serve(settings: Settings) -> None:
+    """Run a box until SIGTERM or SIGINT, then stop it cleanly."""
+    box = Box(settings)
+    await box.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await box.stop()

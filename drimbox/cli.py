@@ -1,0 +1,125 @@
+"""The `drimbox` command: serve, sim, check, publish, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from drimbox.config import ConfigError, Settings, load_settings
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # uvloop is a dependency; this keeps odd platforms working
+        return asyncio.run(coro)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pynetdicom logs every PDU at INFO; keep the box's own log readable.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from drimbox.app import serve
+
+    settings = _settings(args)
+    _setup_logging(settings.box.log_level)
+    _run(serve(settings))
+    return 0
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from drimbox.sim.server import run_sim
+
+    settings = _settings(args)
+    _setup_logging(settings.box.log_level)
+    _run(run_sim(settings))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from drimbox.check import run_checks
+
+    settings = _settings(args)
+    _setup_logging("WARNING")
+    problems = _run(run_checks(settings))
+    return 1 if problems else 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from drimbox.state.outbox import Outbox
+
+    settings = _settings(args)
+    outbox = Outbox(settings.var_path / "drimbox.sqlite")
+    try:
+        n = outbox.requeue(args.accession)
+    finally:
+        outbox.close()
+    print(f"{n} publication(s) of accession {args.accession} queued again")
+    return 0 if n else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from drimbox.demo import run_demo
+
+    _setup_logging("WARNING")
+    return int(run_demo(workdir=args.workdir, keep_running=not args.exit, instances=args.instances))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drimbox", description="An open-source DRIMbox (DRIM-M imaging gateway).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", help="TOML configuration file (defaults apply without one)")
+        return p
+
+    with_config(sub.add_parser("serve", help="run the box's roles until SIGTERM/SIGINT")).set_defaults(
+        func=cmd_serve
+    )
+    with_config(sub.add_parser("sim", help="run the national-services simulator (DMP, PSC, whitelist)")).set_defaults(
+        func=cmd_sim
+    )
+    with_config(sub.add_parser("check", help="check the configuration and every peer it names")).set_defaults(
+        func=cmd_check
+    )
+    p = with_config(sub.add_parser("publish", help="queue the publication of an accession number again"))
+    p.add_argument("--accession", required=True)
+    p.set_defaults(func=cmd_publish)
+    p = sub.add_parser("demo", help="the source flow on loopback: simulator, Orthanc, box, exam C")
+    p.add_argument("--workdir", help="where to keep the demo's state (default: a temporary directory)")
+    p.add_argument("--exit", action="store_true", help="exit once the KOS is registered instead of waiting for Ctrl-C")
+    p.add_argument("--instances", type=int, default=20, help="instances in the synthetic study")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"drimbox: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""HL7 intake: parse a report message, store it durably in the outbox, then (and only then) acknowledge."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from drimbox.hl7.ack import build_ack
+from drimbox.hl7.report import HL7Error, parse_report_message, peek_header
+from drimbox.state.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+class ReportIntake:
+    """The MLLP handler of the source role: one call per HL7 message, returns the ACK to send."""
+
+    def __init__(self, outbox: Outbox, on_accepted: Callable[[], None] | None = None) -> None:
+        self.outbox = outbox
+        self.on_accepted = on_accepted
+
+    async def __call__(self, raw: bytes) -> bytes:
+        header = peek_header(raw)
+        loop = asyncio.get_running_loop()
+        try:
+            # Base64 and XML work on a 300 kB report: off the loop so other clients are not held up.
+            message = await loop.run_in_executor(None, parse_report_message, raw)
+        except HL7Error as exc:
+            log.info("HL7 message refused: %s %s at %s: %s", exc.ack_code, exc.error_code, exc.location, exc.text)
+            return build_ack(header, exc.ack_code, exc)
+        report = message.report
+        sender = "|".join(
+            (message.header.sending_application or "", message.header.sending_facility or "")
+        )
+        try:
+            accepted = await self.outbox.accept(
+                sender=sender,
+                control_id=message.header.control_id,
+                raw=raw,
+                action=message.action,
+                document_id=report.document_id,
+                accession=report.accession,
+                study_uid=report.study_uid,
+                report={"trigger": message.trigger, "flags": dict(message.flags)},
+            )
+        except Exception:
+            # The message is not stored: the sender must keep it and retry, so never answer AA here.
+            log.exception("could not store HL7 message %s", message.header.control_id)
+            error = HL7Error(
+                ack_code="AE",
+                error_code="207",
+                severity="E",
+                location="",
+                text="the message could not be stored; send it again later",
+            )
+            return build_ack(header, "AE", error)
+        log.info(
+            "report %s accepted (action %s, publication %d%s)",
+            message.header.control_id,
+            message.action,
+            accepted.publication_id,
+            ", duplicate" if accepted.duplicate else "",
+        )
+        if not accepted.duplicate and self.on_accepted is not None:
+            self.on_accepted()
+        return build_ack(message.header, "AA")
+

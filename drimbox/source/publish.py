@@ -1,0 +1,172 @@
+"""One publication job, top-down: report → C-FIND in the PACS → checks → KOS → ITI-41 (or withdrawal) in the DMP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from drimbox.cda import ReportIdentifiers
+from drimbox.config import Settings
+from drimbox.dimse.find import DimseFailure, DimseUnavailable, StudyInstances, afind_study_instances
+from drimbox.hl7.report import HL7Error, ReportMessage, parse_report_message
+from drimbox.manifest.kos import KosRequest, build_kos, kos_to_bytes
+from drimbox.state.outbox import Outbox, Publication
+
+log = logging.getLogger(__name__)
+
+
+class TransientError(Exception):
+    """The PACS or the DMP could not be reached or was busy: retry later with back-off."""
+
+
+class Waiting(Exception):
+    """The images are not in the PACS yet: retry at the waiting interval, within the waiting window."""
+
+
+class PermanentError(Exception):
+    """Retrying will not help; `state` is `failed` (the DMP refused) or `rejected` (the data disagree)."""
+
+    def __init__(self, state: str, message: str) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str
+
+
+class DmpGateway(Protocol):
+    """What the publisher needs from the DMP (drimbox.source.dmp_gateway implements it over XDS.b)."""
+
+    async def submit_kos(
+        self, message: ReportMessage, study: StudyInstances, kos: bytes, kos_uid: str, replaces: str | None
+    ) -> str: ...
+
+    async def find_entry_uuid(self, message: ReportMessage, kos_uid: str) -> str | None: ...
+
+    async def withdraw(self, message: ReportMessage, entry_uuid: str) -> None: ...
+
+
+class Publisher:
+    """Runs one job of the outbox. Raises Waiting, TransientError or PermanentError; else returns the outcome."""
+
+    def __init__(self, settings: Settings, outbox: Outbox, dmp: DmpGateway) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.dmp = dmp
+        self.kos_dir = settings.var_path / "kos"
+
+    async def run(self, job: Publication) -> Outcome:
+        message = await self._message(job)
+        if job.action == "withdraw":
+            return await self.withdraw(job, message)
+        return await self.publish(job, message)
+
+    async def publish(self, job: Publication, message: ReportMessage) -> Outcome:
+        report = message.report
+        study = await self._find(report.study_uid)
+        self._check_matches(report, study)
+        kos_uid, kos = await self._kos(job, message, study)
+        previous = await self.outbox.current_published(report.study_uid)
+        replaces = previous.entry_uuid if previous is not None and previous.id != job.id else None
+        entry_uuid = await self.dmp.submit_kos(message, study, kos, kos_uid, replaces)
+        await self.outbox.update(job.id, entry_uuid=entry_uuid)
+        if previous is not None and previous.id != job.id:
+            await self.outbox.update(previous.id, state="replaced")
+        return Outcome("published")
+
+    async def withdraw(self, job: Publication, message: ReportMessage) -> Outcome:
+        previous = await self.outbox.current_published(message.report.study_uid)
+        if previous is None or previous.entry_uuid is None:
+            raise PermanentError("rejected", "no published KOS for this study: nothing to withdraw")
+        await self.dmp.withdraw(message, previous.entry_uuid)
+        await self.outbox.update(previous.id, state="withdrawn")
+        return Outcome("withdrawn")
+
+    async def _message(self, job: Publication) -> ReportMessage:
+        raw = await self.outbox.raw_message(job.id)
+        if raw is None:
+            raise PermanentError("failed", "the HL7 message of this publication is missing from the outbox")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, parse_report_message, raw)
+        except HL7Error as exc:  # accepted once, so only a parser change can bring us here
+            raise PermanentError("failed", f"stored message no longer parses: {exc.text}") from None
+
+    async def _find(self, study_uid: str) -> StudyInstances:
+        try:
+            study = await afind_study_instances(self.settings.pacs, self.settings.dicom.ae_title, study_uid)
+        except DimseUnavailable as exc:
+            raise TransientError(f"PACS unavailable: {exc}") from None
+        except DimseFailure as exc:
+            raise TransientError(f"PACS C-FIND failed: {exc}") from None
+        if study is None or not study.instances:
+            raise Waiting("no instance of the study in the PACS yet")
+        return study
+
+    def _check_matches(self, report: ReportIdentifiers, study: StudyInstances) -> None:
+        if (study.accession_number or "") != report.accession:
+            raise PermanentError(
+                "rejected",
+                f"the PACS has accession number {study.accession_number or '(empty)'!r} for this study,"
+                f" the report says {report.accession!r}",
+            )
+        known_ids = {i for i in (report.ins, report.ipp) if i}
+        if study.patient_id not in known_ids:
+            # Not echoed: patient identifiers stay out of states and logs.
+            raise PermanentError("rejected", "the PACS's Patient ID for this study is neither the report's INS nor its IPP")
+
+    async def _kos(self, job: Publication, message: ReportMessage, study: StudyInstances) -> tuple[str, bytes]:
+        """Build the KOS once and keep it: a replay after a crash resubmits the very same manifest."""
+        if job.kos_uid:
+            path = self.kos_dir / f"{job.kos_uid}.dcm"
+            if path.exists():
+                return job.kos_uid, await asyncio.to_thread(path.read_bytes)
+        ds = build_kos(study, self._kos_request(message))
+        kos = kos_to_bytes(ds)
+        kos_uid = str(ds.SOPInstanceUID)
+        await asyncio.to_thread(_write_durably, self.kos_dir / f"{kos_uid}.dcm", kos)
+        await self.outbox.update(job.id, kos_uid=kos_uid)
+        return kos_uid, kos
+
+    def _kos_request(self, message: ReportMessage) -> KosRequest:
+        r = message.report
+        s = self.settings
+        return KosRequest(
+            ins=r.ins,
+            ins_oid=r.ins_oid,
+            ipp=r.ipp,
+            accession=r.accession,
+            accession_issuer=r.accession_issuer,
+            placer_order=r.order_id,
+            placer_order_issuer=r.order_issuer,
+            filler_order=message.filler_order or "",
+            procedure_code=r.procedure_code,
+            procedure_scheme=r.procedure_scheme,
+            procedure_meaning=r.procedure_display,
+            description=r.title,
+            public_url=s.box.public_url,
+            retrieve_ae_title=s.dicom.ae_title,
+            retrieve_location_uid=s.box.repository_uid,
+            uid_root=s.box.uid_root,
+            institution_name=r.organisation_name,
+        )
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,120 @@
+"""The publication worker: takes due jobs from the outbox and runs them, with back-off on transient errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+from drimbox.config import Settings
+from drimbox.source.publish import PermanentError, Publisher, TransientError, Waiting
+from drimbox.state.outbox import Outbox, Publication
+
+log = logging.getLogger(__name__)
+
+
+class PublicationWorker:
+    """Runs jobs one study at a time, in arrival order; a crash mid-job simply replays it on restart."""
+
+    def __init__(self, settings: Settings, outbox: Outbox, publisher: Publisher) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.publisher = publisher
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._busy: set[str] = set()
+        self._stopping = False
+        self.last_error: str | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        for i in range(self.settings.publish.workers):
+            self._tasks.append(asyncio.create_task(self._run(), name=f"publication-worker-{i}"))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                job = await self._claim()
+                if job is None:
+                    await self._sleep_until_due()
+                    continue
+                try:
+                    await self.run_job(job)
+                finally:
+                    self._busy.discard(job.study_uid)
+                    self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let one bad job kill the worker
+                log.exception("publication worker error")
+                self.last_error = str(exc)
+                await asyncio.sleep(1.0)
+
+    async def _claim(self) -> Publication | None:
+        job = await self.outbox.next_due(time.time())
+        # Two workers never run jobs of the same study at once (a replacement must follow its original).
+        if job is None or job.study_uid in self._busy:
+            return None
+        self._busy.add(job.study_uid)
+        return job
+
+    async def _sleep_until_due(self) -> None:
+        self._wake.clear()
+        due = await self.outbox.next_wakeup()
+        # Poll at least every 2 s so that jobs re-queued by another process (`drimbox publish`) start.
+        delay = 2.0 if due is None else min(2.0, max(0.05, due - time.time()))
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=delay)
+        except TimeoutError:
+            pass
+
+    async def run_job(self, job: Publication) -> None:
+        attempts = job.attempts + 1
+        try:
+            outcome = await self.publisher.run(job)
+        except Waiting as exc:
+            window = self.settings.publish.waiting_window
+            if time.time() - job.window_start >= window:
+                await self.outbox.update(
+                    job.id, state="failed", attempts=attempts,
+                    last_error=f"{exc}; gave up after the waiting window of {window:.0f} s",
+                )
+            else:
+                await self.outbox.update(
+                    job.id, state="waiting", attempts=attempts, last_error=str(exc),
+                    next_attempt_at=time.time() + self.settings.publish.waiting_interval,
+                )
+            return
+        except TransientError as exc:
+            delay = self._backoff(attempts)
+            log.warning("publication %d: transient error, retry in %.1f s: %s", job.id, delay, exc)
+            await self.outbox.update(
+                job.id, state="retrying", attempts=attempts, last_error=str(exc),
+                next_attempt_at=time.time() + delay,
+            )
+            return
+        except PermanentError as exc:
+            log.warning("publication %d: %s: %s", job.id, exc.state, exc)
+            await self.outbox.update(job.id, state=exc.state, attempts=attempts, last_error=str(exc))
+            return
+        await self.outbox.update(
+            job.id, state=outcome.state, attempts=attempts, last_error=None, published_at=time.time()
+        )
+        log.info("publication %d: %s", job.id, outcome.state)
+
+    def _backoff(self, attempts: int) -> float:
+        p = self.settings.publish
+        base = min(p.backoff_max, p.backoff_initial * (2 ** min(attempts - 1, 30)))
+        # Jitter spreads retries of many jobs after a DMP outage.
+        return float(base * random.uniform(0.8, 1.2))

@@ -1,0 +1,1 @@
+"""Durable state in SQLite: the publication outbox (later: published manifests, audit trail, cache index)."""

@@ -1,0 +1,283 @@
+"""The durable publication outbox: accepted HL7 reports, their publication jobs and their states."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drimbox.state.db import Database, transaction
+
+# States a publication goes through. `received` → (`waiting` | `retrying`)* → `published` | `failed`
+# | `rejected`; a published one later becomes `replaced` (by a newer KOS) or `withdrawn`.
+ACTIVE_STATES = ("received", "waiting", "retrying")
+TERMINAL_STATES = ("published", "failed", "rejected", "withdrawn", "replaced")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    sender TEXT NOT NULL,
+    control_id TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    raw BLOB NOT NULL,
+    publication_id INTEGER,
+    UNIQUE (sender, control_id)
+);
+CREATE TABLE IF NOT EXISTS publications (
+    id INTEGER PRIMARY KEY,
+    action TEXT NOT NULL,
+    document_id TEXT NOT NULL,
+    accession TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    kos_uid TEXT,
+    entry_uuid TEXT,
+    report TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    published_at REAL,
+    window_start REAL NOT NULL,
+    UNIQUE (document_id, action)
+);
+CREATE INDEX IF NOT EXISTS publications_study ON publications (study_uid);
+CREATE INDEX IF NOT EXISTS publications_accession ON publications (accession);
+CREATE INDEX IF NOT EXISTS publications_due ON publications (state, next_attempt_at);
+"""
+
+
+@dataclass(frozen=True)
+class Publication:
+    id: int
+    action: str
+    document_id: str
+    accession: str
+    study_uid: str
+    state: str
+    attempts: int
+    last_error: str | None
+    kos_uid: str | None
+    entry_uuid: str | None
+    report: dict[str, Any]
+    created_at: float
+    updated_at: float
+    next_attempt_at: float
+    published_at: float | None
+    window_start: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The shape served by GET /api/publications (no patient identity in it)."""
+        return {
+            "id": self.id,
+            "action": self.action,
+            "document_id": self.document_id,
+            "accession": self.accession,
+            "study_uid": self.study_uid,
+            "state": self.state,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "kos_uid": self.kos_uid,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "next_attempt_at": _iso(self.next_attempt_at) if self.state in ACTIVE_STATES else None,
+            "published_at": _iso(self.published_at) if self.published_at else None,
+        }
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _row(row: sqlite3.Row) -> Publication:
+    return Publication(
+        id=row["id"],
+        action=row["action"],
+        document_id=row["document_id"],
+        accession=row["accession"],
+        study_uid=row["study_uid"],
+        state=row["state"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        kos_uid=row["kos_uid"],
+        entry_uuid=row["entry_uuid"],
+        report=json.loads(row["report"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        next_attempt_at=row["next_attempt_at"],
+        published_at=row["published_at"],
+        window_start=row["window_start"],
+    )
+
+
+@dataclass(frozen=True)
+class Accepted:
+    publication_id: int
+    duplicate: bool
+
+
+class Outbox:
+    """Publications and the raw messages that caused them, in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = Database(path, SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    async def accept(
+        self,
+        *,
+        sender: str,
+        control_id: str,
+        raw: bytes,
+        action: str,
+        document_id: str,
+        accession: str,
+        study_uid: str,
+        report: dict[str, Any],
+    ) -> Accepted:
+        """Store a message and its publication job durably; a re-sent message or document is a duplicate."""
+
+        def work(conn: sqlite3.Connection) -> Accepted:
+            seen = conn.execute(
+                "SELECT publication_id FROM messages WHERE sender = ? AND control_id = ?", (sender, control_id)
+            ).fetchone()
+            if seen is not None:
+                return Accepted(publication_id=seen["publication_id"], duplicate=True)
+            now = time.time()
+            existing = conn.execute(
+                "SELECT id FROM publications WHERE document_id = ? AND action = ?", (document_id, action)
+            ).fetchone()
+            if existing is not None:
+                pub_id, duplicate = int(existing["id"]), True
+            else:
+                cur = conn.execute(
+                    "INSERT INTO publications (action, document_id, accession, study_uid, state, report,"
+                    " created_at, updated_at, next_attempt_at, window_start) VALUES (?, ?, ?, ?, 'received', ?, ?, ?, ?, ?)",
+                    (action, document_id, accession, study_uid, json.dumps(report), now, now, now, now),
+                )
+                pub_id, duplicate = int(cur.lastrowid or 0), False
+            if action == "withdraw" and not duplicate:
+                # A withdrawal overtakes jobs of the same study that never reached the DMP.
+                conn.execute(
+                    "UPDATE publications SET state = 'withdrawn', updated_at = ?,"
+                    " last_error = 'withdrawn before it was published'"
+                    " WHERE study_uid = ? AND id < ? AND state IN ('received', 'waiting', 'retrying')",
+                    (now, study_uid, pub_id),
+                )
+            conn.execute(
+                "INSERT INTO messages (sender, control_id, received_at, raw, publication_id) VALUES (?, ?, ?, ?, ?)",
+                (sender, control_id, now, raw, pub_id),
+            )
+            return Accepted(publication_id=pub_id, duplicate=duplicate)
+
+        return await self.db.acall(lambda conn: transaction(conn, work))
+
+    async def next_due(self, now: float) -> Publication | None:
+        """The oldest due job whose study has no older job still active (jobs of one study run in order)."""
+
+        def work(conn: sqlite3.Connection) -> Publication | None:
+            row = conn.execute(
+                "SELECT p.* FROM publications p WHERE p.state IN ('received', 'waiting', 'retrying')"
+                " AND p.next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM publications q"
+                " WHERE q.study_uid = p.study_uid AND q.id < p.id AND q.state IN ('received', 'waiting', 'retrying'))"
+                " ORDER BY p.next_attempt_at, p.id LIMIT 1",
+                (now,),
+            ).fetchone()
+            return _row(row) if row else None
+
+        return await self.db.acall(work)
+
+    async def next_wakeup(self) -> float | None:
+        def work(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT MIN(next_attempt_at) AS t FROM publications WHERE state IN ('received', 'waiting', 'retrying')"
+            ).fetchone()
+            return float(row["t"]) if row and row["t"] is not None else None
+
+        return await self.db.acall(work)
+
+    async def update(self, pub_id: int, **fields: Any) -> None:
+        """Set some columns of one publication (and its updated_at), durably."""
+        allowed = {"state", "attempts", "last_error", "kos_uid", "entry_uuid", "next_attempt_at", "published_at"}
+        if not fields or set(fields) - allowed:
+            raise ValueError(f"cannot update {sorted(set(fields) - allowed)}")
+        fields["updated_at"] = time.time()
+        cols = ", ".join(f"{k} = ?" for k in fields)
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(f"UPDATE publications SET {cols} WHERE id = ?", (*fields.values(), pub_id))
+
+        await self.db.acall(work)
+
+    async def current_published(self, study_uid: str) -> Publication | None:
+        """The KOS of this study that is live in the DMP now, if any."""
+
+        def work(conn: sqlite3.Connection) -> Publication | None:
+            row = conn.execute(
+                "SELECT * FROM publications WHERE study_uid = ? AND state = 'published' AND kos_uid IS NOT NULL"
+                " AND action != 'withdraw' ORDER BY published_at DESC, id DESC LIMIT 1",
+                (study_uid,),
+            ).fetchone()
+            return _row(row) if row else None
+
+        return await self.db.acall(work)
+
+    async def get(self, pub_id: int) -> Publication | None:
+        def work(conn: sqlite3.Connection) -> Publication | None:
+            row = conn.execute("SELECT * FROM publications WHERE id = ?", (pub_id,)).fetchone()
+            return _row(row) if row else None
+
+        return await self.db.acall(work)
+
+    async def search(self, *, accession: str | None = None, study_uid: str | None = None) -> list[Publication]:
+        def work(conn: sqlite3.Connection) -> list[Publication]:
+            clauses, args = [], []
+            if accession is not None:
+                clauses.append("accession = ?")
+                args.append(accession)
+            if study_uid is not None:
+                clauses.append("study_uid = ?")
+                args.append(study_uid)
+            where = " WHERE " + " AND ".join(clauses) if clauses else ""
+            rows = conn.execute(f"SELECT * FROM publications{where} ORDER BY id LIMIT 1000", args).fetchall()
+            return [_row(r) for r in rows]
+
+        return await self.db.acall(work)
+
+    def requeue(self, accession: str) -> int:
+        """Put every failed, rejected or waiting job of an accession back in the queue (operator action)."""
+
+        def work(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            cur = conn.execute(
+                "UPDATE publications SET state = 'received', next_attempt_at = ?, updated_at = ?, window_start = ?"
+                " WHERE accession = ? AND state IN ('failed', 'rejected', 'waiting', 'retrying')",
+                (now, now, now, accession),
+            )
+            return cur.rowcount
+
+        return self.db.call(lambda conn: transaction(conn, work))
+
+    async def counts(self) -> dict[str, int]:
+        def work(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute("SELECT state, COUNT(*) AS n FROM publications GROUP BY state").fetchall()
+            return {r["state"]: int(r["n"]) for r in rows}
+
+        return await self.db.acall(work)
+
+    async def raw_message(self, pub_id: int) -> bytes | None:
+        """The first HL7 message stored for a publication (the worker re-reads its report from it)."""
+
+        def work(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute(
+                "SELECT raw FROM messages WHERE publication_id = ? ORDER BY id LIMIT 1", (pub_id,)
+            ).fetchone()
+            return bytes(row["raw"]) if row else None
+
+        return await self.db.acall(work)
