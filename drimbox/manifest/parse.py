@@ -1,0 +1,119 @@
+"""Read an imaging manifest (KOS) back: patient, study, and where each referenced series can be retrieved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from drimbox.manifest.kos import KOS_SOP_CLASS, KosError
+
+
+@dataclass(frozen=True)
+class KosInstance:
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass
+class KosSeries:
+    """One series of the evidence, with where to retrieve it."""
+
+    study_uid: str
+    series_uid: str
+    retrieve_url: str = ""
+    retrieve_ae_title: str = ""
+    retrieve_location_uid: str = ""
+    instances: list[KosInstance] = field(default_factory=list)
+
+
+@dataclass
+class KosSummary:
+    """What a consumer needs from a manifest: who, which study, and where each series can be fetched."""
+
+    sop_instance_uid: str
+    study_uid: str
+    accession_number: str = ""
+    accession_issuer_oid: str = ""
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    patient_id_oid: str = ""
+    patient_name: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    study_description: str = ""
+    description: str = ""
+    series: list[KosSeries] = field(default_factory=list)
+    # SOP Instance UIDs referenced by the content tree (equal to the evidence's in a well-formed KOS).
+    content_instance_uids: set[str] = field(default_factory=set)
+
+    def instance_uids(self) -> set[str]:
+        """SOP Instance UIDs listed in the evidence sequence."""
+        return {inst.sop_instance_uid for s in self.series for inst in s.instances}
+
+
+def _str(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value)
+
+
+def _first(ds: Dataset, keyword: str) -> Dataset:
+    seq = ds.get(keyword)
+    return seq[0] if seq else Dataset()
+
+
+def parse_kos(data: bytes) -> KosSummary:
+    """Read a KOS manifest (Part-10 bytes). Raises KosError when the bytes are not a usable KOS."""
+    try:
+        ds = dcmread(BytesIO(data))
+    except (InvalidDicomError, EOFError, ValueError, TypeError) as exc:
+        raise KosError(f"not a readable DICOM file: {exc}") from exc
+    if _str(ds, "SOPClassUID") != KOS_SOP_CLASS:
+        found = _str(ds, "SOPClassUID")
+        raise KosError(f"SOP Class UID (0008,0016) is {found!r}, not Key Object Selection Document")
+    evidence = ds.get("CurrentRequestedProcedureEvidenceSequence")
+    if not evidence:
+        raise KosError("Current Requested Procedure Evidence Sequence (0040,A375) is missing or empty")
+    summary = KosSummary(
+        sop_instance_uid=_str(ds, "SOPInstanceUID"),
+        study_uid=_str(ds, "StudyInstanceUID"),
+        accession_number=_str(ds, "AccessionNumber"),
+        accession_issuer_oid=_str(_first(ds, "IssuerOfAccessionNumberSequence"), "UniversalEntityID"),
+        patient_id=_str(ds, "PatientID"),
+        issuer_of_patient_id=_str(ds, "IssuerOfPatientID"),
+        patient_id_oid=_str(_first(ds, "IssuerOfPatientIDQualifiersSequence"), "UniversalEntityID"),
+        patient_name=_str(ds, "PatientName"),
+        patient_birth_date=_str(ds, "PatientBirthDate"),
+        patient_sex=_str(ds, "PatientSex"),
+        study_date=_str(ds, "StudyDate"),
+        study_time=_str(ds, "StudyTime"),
+        study_description=_str(ds, "StudyDescription"),
+    )
+    for study_item in evidence:
+        for series_item in study_item.get("ReferencedSeriesSequence", []):
+            summary.series.append(
+                KosSeries(
+                    study_uid=_str(study_item, "StudyInstanceUID"),
+                    series_uid=_str(series_item, "SeriesInstanceUID"),
+                    retrieve_url=_str(series_item, "RetrieveURL"),
+                    retrieve_ae_title=_str(series_item, "RetrieveAETitle"),
+                    retrieve_location_uid=_str(series_item, "RetrieveLocationUID"),
+                    instances=[
+                        KosInstance(_str(ref, "ReferencedSOPClassUID"), _str(ref, "ReferencedSOPInstanceUID"))
+                        for ref in series_item.get("ReferencedSOPSequence", [])
+                    ],
+                )
+            )
+    for item in ds.get("ContentSequence", []):
+        value_type = _str(item, "ValueType")
+        if value_type == "TEXT" and _str(_first(item, "ConceptNameCodeSequence"), "CodeValue") == "113012":
+            summary.description = _str(item, "TextValue")
+        elif value_type in ("IMAGE", "COMPOSITE", "WAVEFORM"):
+            for ref in item.get("ReferencedSOPSequence", []):
+                summary.content_instance_uids.add(_str(ref, "ReferencedSOPInstanceUID"))
+    return summary
