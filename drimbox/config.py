@@ -81,6 +81,9 @@ class DmpSettings:
     signing_key: str = ""
     signing_cert: str = ""
     source_id: str = "1.2.250.1.999.1.1.3"
+    # What a withdrawal (T04 / ORC-1 CA) does to the published KOS: "deleted" is the DMP's own status
+    # (urn:asip:ci-sis:2010:StatusType:Deleted); "deprecated" is the plain XDS way.
+    withdraw_status: str = "deleted"
 
 
 @dataclass
@@ -201,6 +204,8 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{key}: must be an http(s) URL, got {url!r}")
     if not s.box.uid_root.replace(".", "").isdigit() or len(s.box.uid_root) > 40:
         raise ConfigError(f"box.uid_root: must be a numeric OID prefix of at most 40 characters, got {s.box.uid_root!r}")
+    if s.dmp.withdraw_status not in ("deleted", "deprecated"):
+        raise ConfigError(f"dmp.withdraw_status: must be 'deleted' or 'deprecated', got {s.dmp.withdraw_status!r}")
     if s.publish.backoff_initial <= 0 or s.publish.backoff_max < s.publish.backoff_initial:
         raise ConfigError("publish.backoff_initial: must be > 0 and <= publish.backoff_max")
     if s.publish.workers < 1:

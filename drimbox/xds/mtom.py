@@ -42,7 +42,8 @@ def encode(envelope: bytes, attachments: list[Attachment], action: str) -> tuple
     parts = [
         (
             f"--{boundary}\r\n"
-            f'Content-Type: application/xop+xml; charset=UTF-8; type="application/soap+xml"; action="{action}"\r\n'
+            "Content-Type: application/xop+xml; charset=UTF-8; "
+            f'type="application/soap+xml"; action="{action}"\r\n'
             "Content-Transfer-Encoding: binary\r\n"
             f"Content-ID: <{ROOT_CID}>\r\n\r\n"
         ).encode("ascii")
@@ -147,4 +148,5 @@ def resolve_include(element: etree._Element, attachments: dict[str, bytes]) -> b
     try:
         return base64.b64decode("".join((element.text or "").split()), validate=True)
     except (binascii.Error, ValueError):
-        raise MtomError(f"element {element.tag} holds neither an xop:Include nor valid base64") from None
+        name = etree.QName(element).text
+        raise MtomError(f"element {name} holds neither an xop:Include nor valid base64") from None

@@ -65,10 +65,13 @@ SS_UNIQUE_ID = "urn:uuid:96fdda7c-d067-4183-912e-bf5ee74998a8"
 
 ASSOC_HAS_MEMBER = "urn:oasis:names:tc:ebxml-regrep:AssociationType:HasMember"
 ASSOC_RPLC = "urn:ihe:iti:2007:AssociationType:RPLC"
+# ITI-57: the association through which a SubmissionSet changes a DocumentEntry's availabilityStatus.
+ASSOC_UPDATE_AVAILABILITY_STATUS = "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus"
 STATUS_APPROVED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
 STATUS_DEPRECATED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated"
 # The DMP's own status for a deleted document (CI-SIS), set through ITI-57.
 STATUS_DELETED = "urn:asip:ci-sis:2010:StatusType:Deleted"
+STATUS_ARCHIVED = "urn:asip:ci-sis:2010:StatusType:Archived"
 
 # Stored queries.
 Q_FIND_DOCUMENTS = "urn:uuid:14d4debf-8f97-4251-9a74-a90016b0af0d"

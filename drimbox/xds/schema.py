@@ -44,7 +44,7 @@ def validate(element: etree._Element) -> None:
     ns = etree.QName(element).namespace or ""
     name = _SCHEMA_BY_NS.get(ns)
     if name is None:
-        raise SchemaError(f"no schema for payload element {element.tag}")
+        raise SchemaError(f"no schema for payload element {etree.QName(element).text}")
     # xs:base64Binary content may be an xop:Include in MTOM messages: validate with it emptied.
     candidate = element
     if element.find(f".//{{{XOP}}}Include") is not None:
