@@ -51,7 +51,7 @@ class Box:
             app.add_routes(publications_routes(self.outbox))
             intake = ReportIntake(self.outbox, on_accepted=self.worker.wake)
             self.mllp = MllpServer(
-                s.mllp.host, s.mllp.port, intake,
+                s.mllp.host, s.mllp.port, handler=intake,
                 max_message_bytes=s.mllp.max_message_bytes, idle_timeout=s.mllp.idle_timeout,
             )
         self._runner = web.AppRunner(app, access_log=None)

@@ -6,8 +6,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from drimbox.hl7.ack import build_ack
-from drimbox.hl7.report import HL7Error, parse_report_message, peek_header
+from drimbox.hl7.ack import HL7Error, build_ack, peek_header
+from drimbox.hl7.report import parse_report_message
 from drimbox.state.outbox import Outbox
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ from typing import Protocol
 from drimbox.cda import ReportIdentifiers
 from drimbox.config import Settings
 from drimbox.dimse.find import DimseFailure, DimseUnavailable, StudyInstances, afind_study_instances
-from drimbox.hl7.report import HL7Error, ReportMessage, parse_report_message
+from drimbox.hl7.ack import HL7Error
+from drimbox.hl7.report import ReportMessage, parse_report_message
 from drimbox.manifest.kos import KosRequest, build_kos, kos_to_bytes
 from drimbox.state.outbox import Outbox, Publication
 
@@ -137,23 +138,24 @@ class Publisher:
         r = message.report
         s = self.settings
         return KosRequest(
-            ins=r.ins,
-            ins_oid=r.ins_oid,
-            ipp=r.ipp,
+            ins=r.ins or "",
+            ins_oid=r.ins_oid or "1.2.250.1.213.1.4.10",
+            ipp=r.ipp or "",
+            ipp_oid=r.ipp_oid or "",
             accession=r.accession,
-            accession_issuer=r.accession_issuer,
-            placer_order=r.order_id,
-            placer_order_issuer=r.order_issuer,
+            accession_issuer=r.accession_issuer or "",
+            placer_order=r.order_id or message.placer_order or "",
+            placer_order_issuer=r.order_issuer or "",
             filler_order=message.filler_order or "",
-            procedure_code=r.procedure_code,
-            procedure_scheme=r.procedure_scheme,
-            procedure_meaning=r.procedure_display,
-            description=r.title,
+            procedure_code=r.procedure_code or "",
+            procedure_scheme=r.procedure_code_system or "",
+            procedure_meaning=r.procedure_display or "",
+            description=r.title or "",
             public_url=s.box.public_url,
             retrieve_ae_title=s.dicom.ae_title,
             retrieve_location_uid=s.box.repository_uid,
             uid_root=s.box.uid_root,
-            institution_name=r.organisation_name,
+            institution_name=(r.organisation.name or "") if r.organisation else "",
         )
 
 

@@ -1,0 +1,72 @@
+"""Time from ORU sent to KOS registered in the simulated DMP, for a study of N instances (median of R runs).
+
+    python -m perf.publish_latency --instances 300 --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import statistics
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from drimbox.demo import box_sections
+from drimbox.hl7.mllp import send_message
+from drimbox.samples.orthanc import start_orthanc
+from drimbox.samples.processes import DrimboxProcess, free_port, write_config
+from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.samples.studies import study_for_exam, write_study
+
+
+def _published(http_port: int, accession: str) -> bool:
+    url = f"http://127.0.0.1:{http_port}/api/publications?accession={accession}"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        found = json.loads(resp.read())
+    return bool(found) and found[-1]["state"] == "published"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--instances", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="drimbox-perf-") as tmp:
+        work = Path(tmp)
+        ports = {name: free_port() for name in ("http", "mllp", "dicom", "sim")}
+        orthanc = start_orthanc(work / "orthanc", box_aet="DRIMBOX", box_port=ports["dicom"])
+        sim_cfg = write_config(work / "sim.toml", {"sim": {"port": ports["sim"], "var_dir": str(work / "sim")}})
+        sim = DrimboxProcess("sim", sim_cfg, f"http://127.0.0.1:{ports['sim']}/sim/dmp/documents?patient=0",
+                             work / "sim.log").start()
+        box_cfg = write_config(work / "box.toml", box_sections(work, ports, orthanc))
+        box = DrimboxProcess("serve", box_cfg, f"http://127.0.0.1:{ports['http']}/health", work / "box.log").start()
+        timings: list[float] = []
+        try:
+            for run in range(args.runs):
+                # Each run is a distinct exam (own study UID and accession) so nothing is a duplicate.
+                exam = dataclasses.replace(
+                    ANS_EXAMS["C"], study_uid=f"1.2.250.1.213.4.5.2.1.9{run}03", accession=f"PERF{run}",
+                    document_id=f"1.2.250.1.213.4.5.4.9{run}03",
+                )
+                orthanc.store_files(write_study(work / f"study{run}", study_for_exam(exam, instances=args.instances)))
+                oru = build_oru(build_cda(exam), control_id=f"PERF-{run}")
+                t0 = time.perf_counter()
+                asyncio.run(send_message("127.0.0.1", ports["mllp"], oru))
+                while not _published(ports["http"], exam.accession):
+                    time.sleep(0.005)
+                timings.append(time.perf_counter() - t0)
+                print(f"run {run + 1}: {timings[-1] * 1000:.0f} ms", flush=True)
+        finally:
+            box.stop()
+            sim.stop()
+            orthanc.stop()
+    print(f"ORU sent → KOS registered, {args.instances} instances: median {statistics.median(timings) * 1000:.0f} ms"
+          f" over {len(timings)} runs (min {min(timings) * 1000:.0f}, max {max(timings) * 1000:.0f})")
+
+
+if __name__ == "__main__":
+    main()
