@@ -12,6 +12,7 @@ import pytest
 from drimbox.hl7.mllp import send_message
 from drimbox.samples.reports import ANS_EXAMS, build_cda, build_mdm, build_omi_cancel, build_oru
 from drimbox.samples.studies import study_for_exam, write_study
+from tests.support.fixtures_mesh import get_json
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.sim, pytest.mark.box]
 
@@ -52,6 +53,8 @@ def test_exam_c_is_published_with_a_valid_kos(orthanc: Any, source_box: Any, sim
     kos_path.write_bytes(sim.document_bytes(pub["kos_uid"]))
     assert dciodvfy_errors(kos_path, profile=False) == []
     assert dciodvfy_errors(kos_path, profile=True) == []
+    health = get_json(f"{box.url}/health")
+    assert health["status"] == "up" and health["components"]["outbox"]["publications"] == {"published": 1}
 
 
 def test_mdm_t02_exam_e_is_published(orthanc: Any, source_box: Any, sim: Any, tmp_path: Path) -> None:
