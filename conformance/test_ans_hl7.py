@@ -1,0 +1,129 @@
+"""The ANS DRIM-M_DATA HL7 messages (excerpts, rebuilt into full messages) parse as the ANS intends."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from drimbox.cda import parse_cda
+from drimbox.hl7 import HL7Error, ReportMessage, build_ack, parse_report_message, peek_header
+from drimbox.samples.reports import ANS_EXAMS, build_cda, tiny_pdf
+
+REPO = Path(__file__).resolve().parents[1]
+ANS_DATA = Path(os.environ.get("DRIMBOX_ANS_DATA", REPO.parent / "shared" / "ans-data"))
+ELIDED = re.compile(rb"ELIDED_BASE64_PAYLOAD_\d+_CHARS_RAW_OFFSETS_\d+_TO_\d+")
+PLACEHOLDERS = {
+    b"applicationSupplier": b"RIS_ANS",
+    b"facilitySupplier": b"CENTRE_AMBROISE",
+    b"applicationReceiver": b"DRIMBOX",
+    b"facilityReceiver": b"CENTRE_AMBROISE",
+    b"idMessage": b"20240912103015",  # the ANS template uses it for MSH-7 and MSH-10
+}
+
+pytestmark = pytest.mark.skipif(not (ANS_DATA / "hl7").is_dir(), reason=f"ANS data not found at {ANS_DATA}")
+
+
+def _fill(raw: bytes) -> bytes:
+    def placeholder(match: re.Match[bytes]) -> bytes:
+        return PLACEHOLDERS[match.group(1)]
+
+    return re.sub(rb"\{\{(\w+)\}\}", placeholder, raw)
+
+
+def _excerpt_cda_c() -> bytes:
+    """ANS CR_C.xml, its elided PDF replaced by a small real one."""
+    excerpt = (ANS_DATA / "cda" / "C" / "CR_C.excerpt.xml").read_bytes()
+    assert len(ELIDED.findall(excerpt)) == 1
+    return ELIDED.sub(base64.b64encode(tiny_pdf("ANS exam C")), excerpt)
+
+
+def _message(path: str, cda: bytes) -> bytes:
+    raw = (ANS_DATA / "hl7" / path).read_bytes()
+    assert len(ELIDED.findall(raw)) == 1
+    return _fill(ELIDED.sub(base64.b64encode(cda), raw))
+
+
+def _parse(raw: bytes) -> ReportMessage:
+    assert b"\r\n" in raw  # the ANS files are CRLF: that must be accepted as is
+    message = parse_report_message(raw)
+    assert message.header.control_id == "20240912103015"
+    ack = build_ack(message.header, "AA")
+    assert b"MSA|AA|20240912103015\r" in ack
+    return message
+
+
+def test_ans_cda_excerpt_identifiers() -> None:
+    r = parse_cda(_excerpt_cda_c())
+    assert (r.document_id, r.version, r.set_id) == (
+        "1.2.250.1.213.4.5.4.403",
+        1,
+        "D52DE737-001D-4031-B571-0A0ED7C42300",
+    )
+    assert (r.ins, r.ins_oid, r.ipp) == ("279035121518989", "1.2.250.1.213.1.4.10", "IPP101")
+    assert (r.patient_family, r.patient_given, r.patient_sex, r.patient_birth_date) == (
+        "PAT-TROIS",
+        "DOMINIQUE",
+        "F",
+        "19790328",
+    )
+    assert (r.accession, r.accession_issuer) == ("ACN103", "1.2.250.1.925.994044785528.27")
+    assert (r.order_id, r.study_uid) == ("OPN103", "1.2.250.1.213.4.5.2.1.103")
+    assert r.modalities == ("CT",)
+    assert r.regions == (("774007", "2.16.840.1.113883.6.96", "structure de la tête et/ou du cou"),)
+    assert r.author is not None and (r.author.id, r.author.family) == ("801234560801", "BIDEAULT")
+    assert r.organisation is not None and r.organisation.id_extension == "101235555"
+    assert r.organisation.industry_code == "AMBULATOIRE"
+    # The samples' exam C says the same things as the ANS document it imitates.
+    assert parse_cda(build_cda(ANS_EXAMS["C"])) == r
+
+
+@pytest.mark.parametrize(("path", "trigger"), [("C/CR_C-ORU.excerpt.hl7", "R01"), ("C/CR_C-MDM.excerpt.hl7", "T02")])
+def test_exam_c_oru_and_mdm_publish(path: str, trigger: str) -> None:
+    m = _parse(_message(path, _excerpt_cda_c()))
+    assert (m.trigger, m.action) == (trigger, "publish")
+    assert m.report.study_uid == "1.2.250.1.213.4.5.2.1.103"
+    assert m.report.accession == "ACN103"
+    assert m.flags["INVISIBLE_PATIENT"] is True and m.flags["DESTDMP"] is True
+    assert m.flags["MASQUE_PS"] is False and len(m.flags) == 10
+    assert m.sender is not None
+    assert (m.sender.id, m.sender.id_type, m.sender.organisation_id) == ("801234564895", "RPPS", "750803447")
+    assert m.patient.ins == "279035121518989"
+    if trigger == "T02":
+        assert m.unique_document_id == "1.2.250.1.213.4.5.4.403"
+    else:
+        assert (m.placer_order, m.filler_order) == ("984375862", "09011600123")
+
+
+def test_exam_e_publishes() -> None:
+    m = _parse(_message("E/CR_E-ORU.excerpt.hl7", build_cda(ANS_EXAMS["E"])))
+    assert m.action == "publish"
+    assert (m.report.study_uid, m.report.accession) == ("1.2.250.1.213.4.5.2.1.105", "ACN105")
+
+
+def test_exam_g1_maj_is_sent_as_a_new_order() -> None:
+    # The ANS G1_MAJ message carries ORC NW / OBX F: an update by a new version, not ORC RO.
+    m = _parse(_message("G/CR_G1_MAJ-ORU.excerpt.hl7", build_cda(ANS_EXAMS["G1_MAJ"])))
+    assert m.action == "publish"
+    assert (m.report.document_id, m.report.version) == ("1.2.250.1.213.4.5.4.4072", 2)
+    assert m.flags["MODIF_CONF_CODE"] is True
+
+
+def test_exam_i_withdraws() -> None:
+    m = _parse(_message("I/CR_I_Depublication-ORU.excerpt.hl7", build_cda(ANS_EXAMS["I"])))
+    assert m.action == "withdraw"
+    assert (m.report.study_uid, m.report.accession) == ("1.2.250.1.213.4.5.2.1.110", "ACN110")
+    assert m.flags["INVISIBLE_REP_LEGAUX"] is True
+
+
+def test_exam_w_order_cancel_is_rejected_as_unsupported_message_type() -> None:
+    raw = _fill((ANS_DATA / "hl7" / "W" / "CR_W_Suppression-OMI.hl7").read_bytes())
+    with pytest.raises(HL7Error) as exc:
+        parse_report_message(raw)
+    assert (exc.value.ack_code, exc.value.error_code) == ("AR", "200")
+    nak = build_ack(peek_header(raw), exc.value.ack_code, exc.value)
+    assert b"MSA|AR|001\r" in nak and b"|200^Unsupported message type^HL70357|" in nak
+    assert b"|ACK^O23^ACK|" in nak and b"|2.5.1" in nak
