@@ -2,62 +2,27 @@
 
 from __future__ import annotations
 
-import base64
-import os
-import re
-from pathlib import Path
-
 import pytest
 
+from conformance.ans import ANS_DATA, excerpt_cda_c, fill, message, needs_ans_data
 from drimbox.cda import parse_cda
 from drimbox.hl7 import HL7Error, ReportMessage, build_ack, parse_report_message, peek_header
-from drimbox.samples.reports import ANS_EXAMS, build_cda, tiny_pdf
+from drimbox.samples.reports import ANS_EXAMS, build_cda
 
-REPO = Path(__file__).resolve().parents[1]
-ANS_DATA = Path(os.environ.get("DRIMBOX_ANS_DATA", REPO.parent / "shared" / "ans-data"))
-ELIDED = re.compile(rb"ELIDED_BASE64_PAYLOAD_\d+_CHARS_RAW_OFFSETS_\d+_TO_\d+")
-PLACEHOLDERS = {
-    b"applicationSupplier": b"RIS_ANS",
-    b"facilitySupplier": b"CENTRE_AMBROISE",
-    b"applicationReceiver": b"DRIMBOX",
-    b"facilityReceiver": b"CENTRE_AMBROISE",
-    b"idMessage": b"20240912103015",  # the ANS template uses it for MSH-7 and MSH-10
-}
-
-pytestmark = pytest.mark.skipif(not (ANS_DATA / "hl7").is_dir(), reason=f"ANS data not found at {ANS_DATA}")
-
-
-def _fill(raw: bytes) -> bytes:
-    def placeholder(match: re.Match[bytes]) -> bytes:
-        return PLACEHOLDERS[match.group(1)]
-
-    return re.sub(rb"\{\{(\w+)\}\}", placeholder, raw)
-
-
-def _excerpt_cda_c() -> bytes:
-    """ANS CR_C.xml, its elided PDF replaced by a small real one."""
-    excerpt = (ANS_DATA / "cda" / "C" / "CR_C.excerpt.xml").read_bytes()
-    assert len(ELIDED.findall(excerpt)) == 1
-    return ELIDED.sub(base64.b64encode(tiny_pdf("ANS exam C")), excerpt)
-
-
-def _message(path: str, cda: bytes) -> bytes:
-    raw = (ANS_DATA / "hl7" / path).read_bytes()
-    assert len(ELIDED.findall(raw)) == 1
-    return _fill(ELIDED.sub(base64.b64encode(cda), raw))
+pytestmark = needs_ans_data
 
 
 def _parse(raw: bytes) -> ReportMessage:
     assert b"\r\n" in raw  # the ANS files are CRLF: that must be accepted as is
-    message = parse_report_message(raw)
-    assert message.header.control_id == "20240912103015"
-    ack = build_ack(message.header, "AA")
+    msg = parse_report_message(raw)
+    assert msg.header.control_id == "20240912103015"
+    ack = build_ack(msg.header, "AA")
     assert b"MSA|AA|20240912103015\r" in ack
-    return message
+    return msg
 
 
 def test_ans_cda_excerpt_identifiers() -> None:
-    r = parse_cda(_excerpt_cda_c())
+    r = parse_cda(excerpt_cda_c())
     assert (r.document_id, r.version, r.set_id) == (
         "1.2.250.1.213.4.5.4.403",
         1,
@@ -83,7 +48,7 @@ def test_ans_cda_excerpt_identifiers() -> None:
 
 @pytest.mark.parametrize(("path", "trigger"), [("C/CR_C-ORU.excerpt.hl7", "R01"), ("C/CR_C-MDM.excerpt.hl7", "T02")])
 def test_exam_c_oru_and_mdm_publish(path: str, trigger: str) -> None:
-    m = _parse(_message(path, _excerpt_cda_c()))
+    m = _parse(message(path, excerpt_cda_c()))
     assert (m.trigger, m.action) == (trigger, "publish")
     assert m.report.study_uid == "1.2.250.1.213.4.5.2.1.103"
     assert m.report.accession == "ACN103"
@@ -99,28 +64,28 @@ def test_exam_c_oru_and_mdm_publish(path: str, trigger: str) -> None:
 
 
 def test_exam_e_publishes() -> None:
-    m = _parse(_message("E/CR_E-ORU.excerpt.hl7", build_cda(ANS_EXAMS["E"])))
+    m = _parse(message("E/CR_E-ORU.excerpt.hl7", build_cda(ANS_EXAMS["E"])))
     assert m.action == "publish"
     assert (m.report.study_uid, m.report.accession) == ("1.2.250.1.213.4.5.2.1.105", "ACN105")
 
 
 def test_exam_g1_maj_is_sent_as_a_new_order() -> None:
     # The ANS G1_MAJ message carries ORC NW / OBX F: an update by a new version, not ORC RO.
-    m = _parse(_message("G/CR_G1_MAJ-ORU.excerpt.hl7", build_cda(ANS_EXAMS["G1_MAJ"])))
+    m = _parse(message("G/CR_G1_MAJ-ORU.excerpt.hl7", build_cda(ANS_EXAMS["G1_MAJ"])))
     assert m.action == "publish"
     assert (m.report.document_id, m.report.version) == ("1.2.250.1.213.4.5.4.4072", 2)
     assert m.flags["MODIF_CONF_CODE"] is True
 
 
 def test_exam_i_withdraws() -> None:
-    m = _parse(_message("I/CR_I_Depublication-ORU.excerpt.hl7", build_cda(ANS_EXAMS["I"])))
+    m = _parse(message("I/CR_I_Depublication-ORU.excerpt.hl7", build_cda(ANS_EXAMS["I"])))
     assert m.action == "withdraw"
     assert (m.report.study_uid, m.report.accession) == ("1.2.250.1.213.4.5.2.1.110", "ACN110")
     assert m.flags["INVISIBLE_REP_LEGAUX"] is True
 
 
 def test_exam_w_order_cancel_is_rejected_as_unsupported_message_type() -> None:
-    raw = _fill((ANS_DATA / "hl7" / "W" / "CR_W_Suppression-OMI.hl7").read_bytes())
+    raw = fill((ANS_DATA / "hl7" / "W" / "CR_W_Suppression-OMI.hl7").read_bytes())
     with pytest.raises(HL7Error) as exc:
         parse_report_message(raw)
     assert (exc.value.ack_code, exc.value.error_code) == ("AR", "200")

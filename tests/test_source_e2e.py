@@ -150,3 +150,29 @@ def test_dmp_down_then_back_publishes_after_it_returns(orthanc: Any, source_box:
     sim.start()
     assert box.wait_state("ACN103", ("published",), timeout=60)["state"] == "published"
     assert len(sim.documents(INS)) == 1
+
+
+def test_hostile_hl7_is_refused_and_the_box_keeps_serving(orthanc: Any, source_box: Any, sim: Any, tmp_path: Path) -> None:
+    import base64
+    import socket
+
+    load_exam(orthanc, tmp_path, "C")
+    box = source_box(orthanc)
+    good_cda = build_cda(ANS_EXAMS["C"])
+    evil_cda = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]>' + good_cda.split(b"?>", 1)[1]
+    assert send(box, build_oru(evil_cda, control_id="EVIL-1")) == "AE"
+    not_b64 = build_oru(good_cda, control_id="EVIL-2").replace(base64.b64encode(good_cda)[:40], b"!!!not base64!!!")
+    assert send(box, not_b64) == "AE"
+    assert send(box, b"PID|||123\rOBX|1|ED") == "AR"
+    # A client that opens a frame and never finishes it, and one that sends bytes outside any frame.
+    stuck = socket.create_connection(("127.0.0.1", box.mllp_port))
+    stuck.sendall(b"\x0bMSH|^~\\&|half a message")
+    junk = socket.create_connection(("127.0.0.1", box.mllp_port))
+    junk.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    try:
+        assert send(box, build_oru(good_cda, control_id="GOOD-1")) == "AA"
+        assert box.wait_state("ACN103", ("published",))["state"] == "published"
+        assert len(box.publications("ACN103")) == 1
+    finally:
+        stuck.close()
+        junk.close()

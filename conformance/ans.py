@@ -1,0 +1,48 @@
+"""The ANS test data (DRIMBOX_ANS_DATA, default ../shared/ans-data) rebuilt into full messages."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from drimbox.samples.reports import tiny_pdf
+
+REPO = Path(__file__).resolve().parents[1]
+ANS_DATA = Path(os.environ.get("DRIMBOX_ANS_DATA", REPO.parent / "shared" / "ans-data"))
+ELIDED = re.compile(rb"ELIDED_BASE64_PAYLOAD_\d+_CHARS_RAW_OFFSETS_\d+_TO_\d+")
+PLACEHOLDERS = {
+    b"applicationSupplier": b"RIS_ANS",
+    b"facilitySupplier": b"CENTRE_AMBROISE",
+    b"applicationReceiver": b"DRIMBOX",
+    b"facilityReceiver": b"CENTRE_AMBROISE",
+    b"idMessage": b"20240912103015",  # the ANS template uses it for MSH-7 and MSH-10
+}
+
+
+def fill(raw: bytes, control_id: bytes = PLACEHOLDERS[b"idMessage"]) -> bytes:
+    def placeholder(match: re.Match[bytes]) -> bytes:
+        if match.group(1) == b"idMessage":
+            return control_id
+        return PLACEHOLDERS[match.group(1)]
+
+    return re.sub(rb"\{\{(\w+)\}\}", placeholder, raw)
+
+
+def excerpt_cda_c() -> bytes:
+    """ANS CR_C.xml, its elided PDF replaced by a small real one."""
+    excerpt = (ANS_DATA / "cda" / "C" / "CR_C.excerpt.xml").read_bytes()
+    assert len(ELIDED.findall(excerpt)) == 1
+    return ELIDED.sub(base64.b64encode(tiny_pdf("ANS exam C")), excerpt)
+
+
+def message(path: str, cda: bytes, control_id: bytes = PLACEHOLDERS[b"idMessage"]) -> bytes:
+    raw = (ANS_DATA / "hl7" / path).read_bytes()
+    assert len(ELIDED.findall(raw)) == 1
+    return fill(ELIDED.sub(base64.b64encode(cda), raw), control_id)
+
+
+needs_ans_data = pytest.mark.skipif(not (ANS_DATA / "hl7").is_dir(), reason=f"ANS data not found at {ANS_DATA}")
