@@ -28,13 +28,14 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from signxml.algorithms import SignatureConstructionMethod
 from signxml.signer import XMLSigner
 
+from conformance.ans import ANS_DATA
 from drimbox.config import Settings
 from drimbox.sim import DMP_REPOSITORY_UNIQUE_ID, DmpOptions, build_sim_app
 from drimbox.xds import mtom
 from drimbox.xds import namespaces as ns
 
 FIXTURES = Path(__file__).parent / "fixtures" / "xds"
-ANS_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "ans-data" / "validator-samples"
+ANS_SAMPLES = ANS_DATA / "validator-samples"
 INS = "279035121518989"
 INS_OID = "1.2.250.1.213.1.4.10"
 PATIENT = f"{INS}^^^&{INS_OID}&ISO^NH"
