@@ -61,6 +61,9 @@ def main() -> None:
                 timings.append(time.perf_counter() - t0)
                 print(f"run {run + 1}: {timings[-1] * 1000:.0f} ms", flush=True)
         finally:
+            for line in box.log().splitlines():
+                if "C-FIND" in line:
+                    print("  box:", line.split(": ", 1)[-1])
             box.stop()
             sim.stop()
             orthanc.stop()

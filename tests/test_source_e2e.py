@@ -176,3 +176,18 @@ def test_hostile_hl7_is_refused_and_the_box_keeps_serving(orthanc: Any, source_b
     finally:
         stuck.close()
         junk.close()
+
+
+def test_dmp_busy_is_retried_with_backoff_until_it_accepts(orthanc: Any, source_box: Any, sim: Any, tmp_path: Path) -> None:
+    import json
+    import urllib.request
+
+    load_exam(orthanc, tmp_path, "C")
+    req = urllib.request.Request(f"{sim.url}/sim/dmp/faults", data=json.dumps({"busy": 2, "unavailable": 1}).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).close()
+    box = source_box(orthanc)
+    assert send(box, build_oru(build_cda(ANS_EXAMS["C"]), control_id="C-BUSY")) == "AA"
+    pub = box.wait_state("ACN103", ("published", "failed", "rejected"), timeout=60)
+    assert pub["state"] == "published" and pub["attempts"] == 4, pub
+    assert len(sim.documents(INS)) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -70,12 +71,20 @@ class Publisher:
 
     async def publish(self, job: Publication, message: ReportMessage) -> Outcome:
         report = message.report
+        t0 = time.perf_counter()
         study = await self._find(report.study_uid)
+        t1 = time.perf_counter()
         self._check_matches(report, study)
         kos_uid, kos = await self._kos(job, message, study)
+        t2 = time.perf_counter()
         previous = await self.outbox.current_published(report.study_uid)
         replaces = previous.entry_uuid if previous is not None and previous.id != job.id else None
         entry_uuid = await self.dmp.submit_kos(message, study, kos, kos_uid, replaces)
+        log.info(
+            "publication %d: C-FIND %d instances %.0f ms, KOS %.0f ms, ITI-41%s %.0f ms",
+            job.id, len(study.instances), (t1 - t0) * 1000, (t2 - t1) * 1000,
+            " (RPLC)" if replaces else "", (time.perf_counter() - t2) * 1000,
+        )
         await self.outbox.update(job.id, entry_uuid=entry_uuid)
         if previous is not None and previous.id != job.id:
             await self.outbox.update(previous.id, state="replaced")
