@@ -115,6 +115,9 @@ class SimSettings:
     var_dir: str = "var/sim"
     # INS (with their OID) known to the simulated DMP, as "INS^^^&OID&ISO^NH" or plain INS (test OID).
     patients: list[str] = field(default_factory=lambda: ["279035121518989"])
+    # PEM certificates (paths) whose holders, or whose direct issuees, may sign VIHF assertions.
+    # Empty = test mode: any certificate embedded in the signature is accepted if the signature verifies.
+    trusted_certs: list[str] = field(default_factory=list)
 
 
 @dataclass

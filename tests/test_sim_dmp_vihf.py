@@ -178,3 +178,18 @@ async def test_vihf_can_be_switched_off(tmp_path: Path) -> None:
         reply = await sim.submit(sub)
     assert reply.status_type == "Success", (reply.fault, reply.errors())
     assert PATIENT  # the patient of the submission needs no VIHF in this mode
+
+
+async def test_trusted_certs_setting_refuses_other_signers(tmp_path: Path) -> None:
+    """With [sim] trusted_certs set, a VIHF signed by any other certificate is refused."""
+    from drimbox.config import load_settings
+    from drimbox.sim.dmp_routes import options_from_settings
+    from drimbox.xds.vihf import generate_test_credentials
+
+    _, cert = generate_test_credentials(tmp_path / "ca", "some other structure")
+    settings = load_settings(None, env={"DRIMBOX_SIM__TRUSTED_CERTS": str(cert)})
+    options = options_from_settings(settings)
+    assert len(options.vihf_policy.trusted) == 1
+    async with running_sim(tmp_path / "sim", options=options) as sim:
+        reply = await sim.submit(submission())
+    assert reply.fault is not None and reply.fault[1] == "FailedCheck"

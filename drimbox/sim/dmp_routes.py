@@ -7,19 +7,21 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
 from lxml import etree
 
-from drimbox.config import Settings
+from drimbox.config import ConfigError, Settings
 from drimbox.sim import dmp_xml
 from drimbox.sim.dmp_registration import patient_key
 from drimbox.sim.dmp_rules import INS_TEST_OID, KnownPatients, XdsError
 from drimbox.sim.dmp_service import Answer, DmpOptions, DmpService
 from drimbox.sim.dmp_store import DmpStore, StoredEntry
 from drimbox.sim.soap_server import SoapFault, SoapRequest, fault_response, parse_request, soap_response
-from drimbox.sim.vihf_check import Vihf, VihfError, verify_vihf
+from drimbox.sim.vihf_check import Vihf, VihfError, VihfPolicy, verify_vihf
 from drimbox.xds import namespaces as ns
 from drimbox.xds.schema import SchemaError, validate
 
@@ -232,9 +234,20 @@ async def faults(http: web.Request) -> web.Response:
     return web.json_response(pending)
 
 
+def options_from_settings(settings: Settings) -> DmpOptions:
+    """The DMP options that `[sim]` configures (trusted VIHF signers)."""
+    trusted = []
+    for path in settings.sim.trusted_certs:
+        try:
+            trusted.append(x509.load_pem_x509_certificate(Path(path).read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"sim.trusted_certs: cannot read a PEM certificate from {path}: {exc}") from None
+    return DmpOptions(vihf_policy=VihfPolicy(trusted=tuple(trusted)))
+
+
 def setup_dmp(app: web.Application, settings: Settings, options: DmpOptions | None = None) -> None:
     """Mount the DMP under /dmp and its inspection under /sim/dmp; the store opens and closes with the app."""
-    options = options or DmpOptions()
+    options = options or options_from_settings(settings)
     patients = KnownPatients(settings.sim.patients)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
