@@ -72,3 +72,14 @@ async def test_requeue_puts_failed_jobs_back(tmp_path: Path) -> None:
         assert job is not None and job.state == "received"
     finally:
         outbox.close()
+
+
+async def test_a_busy_study_does_not_hold_up_the_others(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "db.sqlite")
+    try:
+        first = await accept(outbox, "M1", "D1", study="1.2.3")
+        other = await accept(outbox, "M2", "D2", study="9.9.9")
+        job = await outbox.next_due(time.time(), frozenset({"1.2.3"}))
+        assert job is not None and job.id == other.publication_id != first.publication_id
+    finally:
+        outbox.close()

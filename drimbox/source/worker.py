@@ -62,8 +62,8 @@ class PublicationWorker:
                 await asyncio.sleep(1.0)
 
     async def _claim(self) -> Publication | None:
-        job = await self.outbox.next_due(time.time())
         # Two workers never run jobs of the same study at once (a replacement must follow its original).
+        job = await self.outbox.next_due(time.time(), frozenset(self._busy))
         if job is None or job.study_uid in self._busy:
             return None
         self._busy.add(job.study_uid)

@@ -178,16 +178,19 @@ class Outbox:
 
         return await self.db.acall(lambda conn: transaction(conn, work))
 
-    async def next_due(self, now: float) -> Publication | None:
-        """The oldest due job whose study has no older job still active (jobs of one study run in order)."""
+    async def next_due(self, now: float, busy_studies: frozenset[str] = frozenset()) -> Publication | None:
+        """The oldest due job whose study has no older job still active (jobs of one study run in order),
+        skipping studies another worker is busy with."""
+        busy = sorted(busy_studies)
+        not_busy = f" AND p.study_uid NOT IN ({', '.join('?' * len(busy))})" if busy else ""
 
         def work(conn: sqlite3.Connection) -> Publication | None:
             row = conn.execute(
                 "SELECT p.* FROM publications p WHERE p.state IN ('received', 'waiting', 'retrying')"
-                " AND p.next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM publications q"
+                " AND p.next_attempt_at <= ?" + not_busy + " AND NOT EXISTS (SELECT 1 FROM publications q"
                 " WHERE q.study_uid = p.study_uid AND q.id < p.id AND q.state IN ('received', 'waiting', 'retrying'))"
                 " ORDER BY p.next_attempt_at, p.id LIMIT 1",
-                (now,),
+                (now, *busy),
             ).fetchone()
             return _row(row) if row else None
 
