@@ -136,9 +136,7 @@ class Publisher:
             path = self.kos_dir / f"{job.kos_uid}.dcm"
             if path.exists():
                 return job.kos_uid, await asyncio.to_thread(path.read_bytes)
-        ds = build_kos(study, self._kos_request(message))
-        kos = kos_to_bytes(ds)
-        kos_uid = str(ds.SOPInstanceUID)
+        kos_uid, kos = await asyncio.to_thread(_build_kos_bytes, study, self._kos_request(message))
         await asyncio.to_thread(_write_durably, self.kos_dir / f"{kos_uid}.dcm", kos)
         await self.outbox.update(job.id, kos_uid=kos_uid)
         return kos_uid, kos
@@ -166,6 +164,12 @@ class Publisher:
             uid_root=s.box.uid_root,
             institution_name=(r.organisation.name or "") if r.organisation else "",
         )
+
+
+def _build_kos_bytes(study: StudyInstances, request: KosRequest) -> tuple[str, bytes]:
+    """Off the event loop: a 1000-instance manifest takes pydicom a noticeable while."""
+    ds = build_kos(study, request)
+    return str(ds.SOPInstanceUID), kos_to_bytes(ds)
 
 
 def _write_durably(path: Path, data: bytes) -> None:
