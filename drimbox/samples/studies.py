@@ -66,6 +66,11 @@ class StudySpec:
     rows: int = 64
     columns: int = 64
     series_descriptions: tuple[str, ...] = ()
+    # Amplitude of a deterministic noise added to the pixels: real CT does not compress 50:1, and a
+    # benchmark of compressed studies needs sizes like the ANS data set (~150 kB per JPEG-LS 512² slice).
+    noise: int = 0
+    # Explicit VR Little Endian, or JPEG-LS lossless (1.2.840.10008.1.2.4.80) encoded with pyjpegls.
+    transfer_syntax: str = ExplicitVRLittleEndian
 
     def series_uid(self, series: int) -> str:
         """Series Instance UID of series `series` (0-based): the study UID plus a suffix, else a 2.25 UID."""
@@ -266,7 +271,9 @@ def _header(spec: StudySpec) -> Dataset:
 class _Phantom:
     """A head-like ellipse (air, skull, brain) whose size follows the slice position: cheap per slice."""
 
-    def __init__(self, rows: int, columns: int) -> None:
+    def __init__(self, rows: int, columns: int, noise: int = 0) -> None:
+        self.noise = noise
+        self.rng = np.random.default_rng(20240912)
         y = (np.arange(rows, dtype=np.float32) - rows / 2) / (rows / 2)
         x = (np.arange(columns, dtype=np.float32) - columns / 2) / (columns / 2)
         self.r2 = (x[np.newaxis, :] / 0.8) ** 2 + (y[:, np.newaxis] / 0.95) ** 2
@@ -281,6 +288,8 @@ class _Phantom:
         image[r2 < 1.0] = 1024 + 1000  # skull
         image[r2 < 0.8] = 1024 + 40  # brain
         image[r2 < 0.8] += self.texture[r2 < 0.8]
+        if self.noise:
+            image += self.rng.integers(0, self.noise, size=image.shape, dtype=np.int16)
         return image.astype("<u2").tobytes()
 
 
@@ -290,7 +299,8 @@ def iter_study(spec: StudySpec) -> Iterator[tuple[str, Dataset]]:
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = spec.sop_class_uid
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    phantom = _Phantom(spec.rows, spec.columns)
+    phantom = _Phantom(spec.rows, spec.columns, spec.noise)
+    compress = spec.transfer_syntax != ExplicitVRLittleEndian
     for s in range(spec.series_count):
         count = spec.series_size(s)
         ds.SeriesInstanceUID = spec.series_uid(s)
@@ -306,6 +316,9 @@ def iter_study(spec: StudySpec) -> Iterator[tuple[str, Dataset]]:
                 ds.ImagePositionPatient = [-0.25 * spec.columns, -0.25 * spec.rows, z]
                 ds.SliceLocation = z
             ds.PixelData = phantom.slice(i / max(1, count - 1))
+            if compress:
+                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                ds.compress(UID(spec.transfer_syntax))
             yield f"s{s + 1:02d}_i{i + 1:05d}.dcm", ds
 
 
