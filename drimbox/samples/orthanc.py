@@ -55,7 +55,7 @@ def storescu(
     for start in range(0, len(paths), 500):
         chunk = [str(p) for p in paths[start : start + 500]]
         proc = subprocess.run(
-            [exe, "-aet", calling_aet, "-aec", called_aet, "-to", "30", "-ta", "30", host, str(port), *chunk],
+            [exe, "-R", "-xt", "-aet", calling_aet, "-aec", called_aet, "-to", "30", "-ta", "30", host, str(port), *chunk],
             env=nodelay_env(),
             capture_output=True,
             text=True,
@@ -63,6 +63,7 @@ def storescu(
             check=False,
         )
         output = proc.stdout + proc.stderr
+        # -R -xt: propose each file's own syntax (JPEG-LS included), so nothing is converted on the way.
         # storescu exits 0 even when the peer answers a C-STORE with a failure status; its log says so.
         if proc.returncode != 0 or "E:" in output or "Failed" in output:
             raise RuntimeError(f"storescu failed (exit {proc.returncode}):\n{output}")

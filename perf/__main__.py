@@ -1,0 +1,5 @@
+"""`python -m perf`: run the perf suite and write its report."""
+
+from perf.suite import main
+
+main()

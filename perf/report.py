@@ -1,0 +1,104 @@
+"""The perf suite's report: a Markdown page with the ratios first, PNG plots, and the raw figures as JSON."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+
+def _plot_throughput(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    bars = {k: v["mb_per_s"] for k, v in results.get("retrieve", {}).items() if isinstance(v, dict) and "mb_per_s" in v}
+    if not bars:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(bars)))
+    names = list(bars)
+    ax.barh(names, [bars[n] for n in names], color=["#3b7dd8" if n.startswith("box") else "#999999" for n in names])
+    ax.set_xlabel("MB/s (one client, whole study)")
+    ax.invert_yaxis()
+    for i, n in enumerate(names):
+        ax.text(bars[n], i, f" {bars[n]:.0f}", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_concurrency(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    series = results.get("concurrency", {})
+    if not series:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, runs in series.items():
+        clients = [r["clients"] for r in runs]
+        left.plot(clients, [r["aggregate_mb_per_s"] for r in runs], marker="o", label=name)
+        right.plot(clients, [r["p95_s"] for r in runs], marker="o", label=name)
+    left.set_xlabel("concurrent clients")
+    left.set_ylabel("aggregate MB/s")
+    right.set_xlabel("concurrent clients")
+    right.set_ylabel("p95 latency (s)")
+    left.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(results: dict[str, Any], directory: Path) -> Path:
+    """Write report.md, results.json and the plots under `directory`; return the report's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "results.json").write_text(json.dumps(results, indent=2))
+    lines = ["# drimbox perf report", ""]
+    lines.append(f"{results.get('date', '')} — {platform.node()} — {results.get('machine', '')}")
+    lines.append("")
+    lines.append("## Targets (ratios, same run)")
+    lines.append("")
+    lines.append("| target | measured | goal | met |")
+    lines.append("|---|---|---|---|")
+    for t in results.get("targets", []):
+        met = "yes" if t["met"] else ("n/a" if t["met"] is None else "**no**")
+        lines.append(f"| {t['name']} | {t['value']} | {t['goal']} | {met} |")
+    lines.append("")
+    lines.append("## Retrieve (one client, whole study)")
+    lines.append("")
+    lines.append("| path | MB | MB/s | first byte (ms) | total (s) |")
+    lines.append("|---|---|---|---|---|")
+    for name, f in results.get("retrieve", {}).items():
+        lines.append(f"| {name} | {f['bytes'] / 1e6:.0f} | {f['mb_per_s']:.0f} | {f['ttfb_s'] * 1000:.0f} | {f['total_s']:.2f} |")
+    if _plot_throughput(results, directory / "throughput.png"):
+        lines += ["", "![throughput](throughput.png)"]
+    lines += ["", "## Metadata and QIDO", "", "| request | time (ms) |", "|---|---|"]
+    for name, f in {**results.get("metadata", {}), **results.get("qido", {})}.items():
+        lines.append(f"| {name} | {f['total_s'] * 1000:.1f} |")
+    if results.get("concurrency"):
+        lines += ["", "## Concurrent clients (warm)", "", "| path | clients | aggregate MB/s | p50 (s) | p95 (s) |",
+                  "|---|---|---|---|---|"]
+        for name, runs in results["concurrency"].items():
+            for r in runs:
+                lines.append(f"| {name} | {r['clients']} | {r['aggregate_mb_per_s']} | {r['p50_s']} | {r['p95_s']} |")
+        if _plot_concurrency(results, directory / "concurrency.png"):
+            lines += ["", "![concurrency](concurrency.png)"]
+    if results.get("rss"):
+        lines += ["", "## Memory", ""]
+        for name, value in results["rss"].items():
+            lines.append(f"- {name}: {value}")
+    if results.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
+    path = directory / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

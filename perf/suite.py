@@ -1,0 +1,209 @@
+"""The perf suite: the box beside Orthanc and dcmtk on the same studies, same run; ratios are the headline."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from drimbox.samples.orthanc import OrthancServer, start_orthanc
+from drimbox.samples.processes import DrimboxProcess, free_port, write_config
+from drimbox.samples.studies import StudySpec, exam_c_spec, write_study
+from perf.measure import (
+    ANS_ACCEPT,
+    AS_STORED,
+    Fetch,
+    best_of,
+    concurrent_fetch,
+    fetch,
+    getscu,
+    rss_mb,
+)
+from perf.report import write_report
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def studies(full: bool) -> dict[str, StudySpec]:
+    """CT 300 × 512² 16 bit (158 MB); the ANS homologation shape (1300 JPEG-LS, ~200 MB); an MR series."""
+    base = exam_c_spec("ins", rows=512, columns=512)
+    ct = dataclasses.replace(base, study_uid="1.2.250.1.999.9.1.1", accession_number="PERFCT", series_count=1,
+                             instance_total=300, noise=24)
+    shapes = {"ct300": ct}
+    shapes["ans1300"] = dataclasses.replace(
+        base, study_uid="1.2.250.1.999.9.1.2", accession_number="PERFANS", series_count=1,
+        instance_total=1300 if full else 260, noise=24, transfer_syntax="1.2.840.10008.1.2.4.80",
+    )
+    shapes["mr"] = dataclasses.replace(base, study_uid="1.2.250.1.999.9.1.3", accession_number="PERFMR",
+                                       series_count=1, instance_total=120, rows=256, columns=256, noise=24)
+    return shapes
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's resident set every 50 ms; `peak` is the largest seen while it ran."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, rss_mb(self.pid))
+            except OSError:
+                return
+            self._stop.wait(0.05)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self.join(2)
+        return self.peak
+
+
+def _serves_dicomweb(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/dicom-web/studies?limit=1", timeout=5) as resp:
+            return resp.status in (200, 204)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_box(work: Path, name: str, orthanc: OrthancServer, sim_port: int, profile: str) -> DrimboxProcess:
+    http, mllp, dicom = free_port(), free_port(), free_port()
+    if profile == "proxy":
+        orthanc.add_modality("DRIMBOX", "127.0.0.1", dicom)
+    cfg = write_config(work / f"{name}.toml", {
+        "box": {"var_dir": str(work / name), "profile": profile, "public_url": f"http://127.0.0.1:{http}"},
+        "http": {"port": http}, "mllp": {"port": mllp}, "dicom": {"port": dicom},
+        "pacs": {"ae_title": orthanc.aet, "port": orthanc.dicom_port},
+        "dmp": {"url": f"http://127.0.0.1:{sim_port}/dmp"},
+    })
+    proc = DrimboxProcess("serve", cfg, f"http://127.0.0.1:{http}/health", work / f"{name}.log").start()
+    return proc
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": "",
+                               "retrieve": {}, "metadata": {}, "qido": {}, "concurrency": {}, "rss": {},
+                               "targets": [], "notes": []}
+    with tempfile.TemporaryDirectory(prefix="drimbox-perf-") as tmp:
+        work = Path(tmp)
+        shapes = studies(args.full)
+        files: dict[str, list[Path]] = {}
+        for key, spec in shapes.items():
+            say(f"generating {key}: {spec.instance_total} instances of {spec.rows}×{spec.columns}")
+            files[key] = write_study(work / "data" / key, spec)
+        orthanc = start_orthanc(work / "orthanc")
+        try:
+            for key, paths in files.items():
+                say(f"loading {key} into Orthanc ({sum(p.stat().st_size for p in paths) / 1e6:.0f} MB)")
+                orthanc.store_files(paths)
+            measure_orthanc(results, orthanc, shapes)
+            measure_boxes(results, work, orthanc, shapes, files, args)
+        finally:
+            orthanc.stop()
+    compute_targets(results)
+    return results
+
+
+def measure_orthanc(results: dict[str, Any], orthanc: OrthancServer, shapes: dict[str, StudySpec]) -> None:
+    ct = shapes["ct300"].study_uid
+    orthanc.add_modality("GETSCU", "127.0.0.1", free_port())
+    say("dcmtk getscu ← Orthanc (CT 300)")
+    results["retrieve"]["getscu ← Orthanc, CT 300"] = best_of(2, getscu, "127.0.0.1", orthanc.dicom_port,
+                                                               orthanc.aet, ct).to_json()
+    say("Orthanc WADO-RS (CT 300)")
+    wado = f"{orthanc.dicomweb_url}/studies/{ct}"
+    results["retrieve"]["Orthanc WADO-RS, CT 300"] = best_of(2, fetch, wado, AS_STORED).to_json()
+    results["metadata"]["Orthanc /metadata, CT 300"] = best_of(3, fetch, f"{wado}/metadata", "application/dicom+json").to_json()
+    results["qido"]["Orthanc QIDO /studies?PatientID"] = best_of(
+        3, fetch, f"{orthanc.dicomweb_url}/studies?PatientID={shapes['ct300'].patient_id}", "application/dicom+json"
+    ).to_json()
+    results["concurrency"]["Orthanc WADO-RS"] = [concurrent_fetch(wado, n).to_json() for n in (1, 4, 16)]
+
+
+def measure_boxes(results: dict[str, Any], work: Path, orthanc: OrthancServer, shapes: dict[str, StudySpec],
+                  files: dict[str, list[Path]], args: argparse.Namespace) -> None:
+    sim_port = free_port()
+    sim_cfg = write_config(work / "sim.toml", {"sim": {"port": sim_port, "var_dir": str(work / "sim")}})
+    sim = DrimboxProcess("sim", sim_cfg, f"http://127.0.0.1:{sim_port}/sim/dmp/documents?patient=0", work / "sim.log").start()
+    try:
+        box = start_box(work, "proxy", orthanc, sim_port, "proxy")
+        try:
+            url = box.health_url.rsplit("/", 1)[0]
+            if not _serves_dicomweb(url):
+                results["notes"].append("the box does not serve DICOMweb yet: box figures skipped")
+                say("box has no DICOMweb yet: skipping box measurements")
+                return
+            measure_box(results, "box proxy", url, box, shapes, args)
+        finally:
+            box.stop()
+    finally:
+        sim.stop()
+
+
+def measure_box(results: dict[str, Any], name: str, url: str, box: DrimboxProcess, shapes: dict[str, StudySpec],
+                args: argparse.Namespace) -> None:
+    ct = shapes["ct300"].study_uid
+    study = f"{url}/dicom-web/studies/{ct}"
+    say(f"{name}: cold retrieve (CT 300)")
+    cold: Fetch = fetch(study, AS_STORED)
+    results["retrieve"][f"{name} cold, CT 300"] = cold.to_json()
+    say(f"{name}: warm retrieve (CT 300)")
+    results["retrieve"][f"{name} warm, CT 300"] = best_of(2, fetch, study, AS_STORED).to_json()
+    ans = f"{url}/dicom-web/studies/{shapes['ans1300'].study_uid}"
+    results["retrieve"][f"{name} cold, ANS JPEG-LS ({shapes['ans1300'].instance_total})"] = fetch(ans, ANS_ACCEPT).to_json()
+    results["metadata"][f"{name} /metadata warm, CT 300"] = best_of(3, fetch, f"{study}/metadata", "application/dicom+json").to_json()
+    results["qido"][f"{name} QIDO /studies?PatientID"] = best_of(
+        3, fetch, f"{url}/dicom-web/studies?PatientID={shapes['ct300'].patient_id}", "application/dicom+json"
+    ).to_json()
+    results["concurrency"][name] = [concurrent_fetch(study, n).to_json() for n in (1, 4, 16)]
+    assert box.proc is not None
+    say(f"{name}: 10 clients pulling CT 300, sampling RSS")
+    sampler = RssSampler(box.proc.pid)
+    sampler.start()
+    concurrent_fetch(study, 10)
+    results["rss"][f"{name} peak RSS, 10 clients × CT 300 (MB)"] = round(sampler.stop(), 1)
+
+
+def compute_targets(results: dict[str, Any]) -> None:
+    r, m = results["retrieve"], results["metadata"]
+
+    def target(name: str, value: float | None, goal: str, ok: bool | None) -> None:
+        results["targets"].append({"name": name, "value": "—" if value is None else f"{value:.2f}", "goal": goal, "met": ok})
+
+    getscu_rate = r.get("getscu ← Orthanc, CT 300", {}).get("mb_per_s")
+    cold = r.get("box proxy cold, CT 300", {}).get("mb_per_s")
+    warm = r.get("box proxy warm, CT 300", {}).get("mb_per_s")
+    orthanc_wado = r.get("Orthanc WADO-RS, CT 300", {}).get("mb_per_s")
+    ratio = cold / getscu_rate if cold and getscu_rate else None
+    target("cold Proxy retrieve / getscu", ratio, "≥ 0.8", None if ratio is None else ratio >= 0.8)
+    ratio = warm / orthanc_wado if warm and orthanc_wado else None
+    target("warm retrieve / Orthanc WADO-RS", ratio, "≥ 1.5", None if ratio is None else ratio >= 1.5)
+    box_meta = m.get("box proxy /metadata warm, CT 300", {}).get("total_s")
+    orthanc_meta = m.get("Orthanc /metadata, CT 300", {}).get("total_s")
+    ratio = box_meta / orthanc_meta if box_meta and orthanc_meta else None
+    target("warm /metadata time / Orthanc's", ratio, "≤ 0.1", None if ratio is None else ratio <= 0.1)
+    rss = results["rss"].get("box proxy peak RSS, 10 clients × CT 300 (MB)")
+    target("box peak RSS, 10 clients (MB)", rss, "≤ 200", None if rss is None else rss <= 200)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__)
+    parser.add_argument("--full", action="store_true", help="the full ANS shape (1300 JPEG-LS instances)")
+    parser.add_argument("--out", default="perf/results/latest", help="report directory")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    results = run(args)
+    results["duration_s"] = round(time.perf_counter() - started, 1)
+    path = write_report(results, Path(args.out))
+    say(f"report written to {path} in {results['duration_s']} s")
