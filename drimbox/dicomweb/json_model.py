@@ -1,0 +1,233 @@
+"""DICOM JSON (PS3.18 Annex F) from pydicom data sets, with BulkDataURIs instead of large binary values."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import math
+from collections.abc import AsyncIterator, Collection, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.valuerep import PersonName
+
+from drimbox.dicomweb.backend import FileBody, StoredInstance
+
+# Binary values above this size become BulkDataURIs; the same size bounds what a header read loads.
+BULK_THRESHOLD = 1024
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})
+_INT_VRS = frozenset({"IS", "US", "SS", "UL", "SL", "UV", "SV"})
+_FLOAT_VRS = frozenset({"DS", "FL", "FD"})
+_PIXEL_DATA = 0x7FE00010
+_JSON_SAFE_INT = 2**53 - 1
+JsonDataset = dict[str, Any]
+
+
+def bulkdata_prefix(base: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """The bulkdata resource of one instance; a tag path follows (`…/bulkdata/7FE00010`)."""
+    return f"{base}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulkdata"
+
+
+def _vr_of(elem: DataElement | RawDataElement, ds: Dataset) -> str:
+    vr = elem.VR
+    if vr is None:  # implicit VR file, not yet converted
+        try:
+            vr = dictionary_VR(elem.tag)
+        except KeyError:
+            vr = "UN"
+    if " or " in vr:  # still ambiguous: resolve as PS3.5 §A.1 says for the common cases
+        if "SS" in vr:
+            return "SS" if ds.get("PixelRepresentation", 0) == 1 else "US"
+        if elem.tag == _PIXEL_DATA:
+            return "OB" if int(ds.get("BitsAllocated", 16)) <= 8 else "OW"
+        return "OW"
+    return str(vr)
+
+
+def _number(value: Any, vr: str) -> Any:
+    if vr in _INT_VRS:
+        number = int(value)
+        # Annex F.2.3.1: 64-bit integers beyond what a JSON number holds exactly are sent as strings.
+        return number if abs(number) <= _JSON_SAFE_INT else str(number)
+    number_f = float(value)
+    return number_f if math.isfinite(number_f) else str(value)
+
+
+def _person_name(value: PersonName | str) -> dict[str, str] | None:
+    pn = value if isinstance(value, PersonName) else PersonName(value)
+    groups = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), pn.components, strict=False))
+    kept = {k: v for k, v in groups.items() if v}
+    return kept or None
+
+
+def _values(elem: DataElement) -> list[Any]:
+    if elem.VM == 0 or elem.value is None:
+        return []
+    value = elem.value
+    if elem.VR in _SINGLE_TEXT_VRS or isinstance(value, (str, bytes, PersonName)) or not hasattr(value, "__iter__"):
+        return [value]
+    return list(value)
+
+
+def element_json(
+    elem: DataElement | RawDataElement,
+    ds: Dataset,
+    bulk_uri: str | None,
+    threshold: int = BULK_THRESHOLD,
+) -> dict[str, Any] | None:
+    """One attribute as Annex F JSON; None when it is large binary and there is nowhere to point to.
+
+    A raw element (deferred or not yet converted) is converted only when it is small or not binary, so a
+    header read with `defer_size` never loads pixel data here.
+    """
+    vr = _vr_of(elem, ds)
+    if vr in BINARY_VRS:
+        length = elem.length if isinstance(elem, RawDataElement) else len(elem.value or b"")
+        if length > threshold or (isinstance(elem, RawDataElement) and elem.value is None and length):
+            return {"vr": vr, "BulkDataURI": bulk_uri} if bulk_uri is not None else None
+    if isinstance(elem, RawDataElement):
+        elem = ds[elem.tag]  # converts (and reads a deferred text value) with the data set's character set
+    out: dict[str, Any] = {"vr": vr}
+    if vr == "SQ":
+        items = [
+            dataset_json(item, f"{bulk_uri}/{i}" if bulk_uri is not None else None, threshold=threshold)
+            for i, item in enumerate(elem.value or [])
+        ]
+        if items:
+            out["Value"] = items
+        return out
+    if vr in BINARY_VRS:
+        data = elem.value or b""
+        if data:
+            out["InlineBinary"] = base64.b64encode(data).decode("ascii")
+        return out
+    values = _values(elem)
+    if not values:
+        return out
+    if vr == "PN":
+        out["Value"] = [_person_name(v) for v in values]
+    elif vr == "AT":
+        out["Value"] = [f"{int(v):08X}" for v in values]
+    elif vr in _INT_VRS or vr in _FLOAT_VRS:
+        out["Value"] = [None if v is None or v == "" else _number(v, vr) for v in values]
+    else:
+        out["Value"] = [None if v is None or v == "" else str(v) for v in values]
+    return out
+
+
+def raw_elements(ds: Dataset) -> Iterator[DataElement | RawDataElement]:
+    """The top-level elements in tag order, deferred ones left unread (`Dataset.elements()` reads them)."""
+    for tag in sorted(ds.keys()):
+        elem = ds.get_item(tag, keep_deferred=True)
+        if isinstance(elem, (DataElement, RawDataElement)):
+            yield elem
+
+
+def dataset_json(
+    ds: Dataset,
+    bulk_prefix: str | None,
+    *,
+    tags: Collection[int] | None = None,
+    threshold: int = BULK_THRESHOLD,
+) -> JsonDataset:
+    """A data set as Annex F JSON (file meta and group lengths left out), only `tags` when given.
+
+    `bulk_prefix` is where its BulkDataURIs point (`…/bulkdata[/seq/item]`); without one, large binary
+    values are left out (QIDO answers have no bulk data to point to).
+    """
+    out: JsonDataset = {}
+    for elem in raw_elements(ds):
+        tag = int(elem.tag)
+        if (tag >> 16) in (0x0002, 0xFFFC, 0xFFFE) or (tag & 0xFFFF) == 0:
+            continue
+        if tags is not None and tag not in tags:
+            continue
+        uri = f"{bulk_prefix}/{tag:08X}" if bulk_prefix is not None else None
+        value = element_json(elem, ds, uri, threshold)
+        if value is not None:
+            out[f"{tag:08X}"] = value
+    return out
+
+
+def instance_json(ds: Dataset, base: str) -> JsonDataset:
+    """The metadata of one instance, its BulkDataURIs under `base` (e.g. "/dicom-web")."""
+    prefix = bulkdata_prefix(base, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+    return dataset_json(ds, prefix)
+
+
+def instance_json_bytes(ds: Dataset, base: str) -> bytes:
+    """`instance_json` encoded: what a metadata cache keeps."""
+    return encode(instance_json(ds, base))
+
+
+def encode(obj: Any) -> bytes:
+    """Compact UTF-8 JSON, as sent."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def read_header(source: Path | bytes) -> Dataset:
+    """The data set of a Part-10 instance without loading large values (blocking: run it in a thread).
+
+    From a file, values of BULK_THRESHOLD bytes or more stay on disk (deferred); from memory they are
+    there already and are merely not converted.
+    """
+    if isinstance(source, Path):
+        return pydicom.dcmread(source, defer_size=BULK_THRESHOLD)
+    return pydicom.dcmread(io.BytesIO(source))
+
+
+async def instance_header(instance: StoredInstance) -> Dataset:
+    """The header of a stored instance, read in a thread (from its file when it has one)."""
+    if isinstance(instance.body, FileBody):
+        return await asyncio.to_thread(read_header, instance.body.path)
+    data = await instance.body.read()
+    return await asyncio.to_thread(read_header, data)
+
+
+async def metadata_from_instances(instances: AsyncIterator[StoredInstance], base: str) -> AsyncIterator[bytes]:
+    """`DicomwebBackend.metadata` for backends without a metadata cache: read each instance's header."""
+    try:
+        async for instance in instances:
+            ds = await instance_header(instance)
+            yield await asyncio.to_thread(instance_json_bytes, ds, base)
+    finally:
+        aclose = getattr(instances, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def resolve_bulk_path(ds: Dataset, path: str) -> DataElement:
+    """The element a BulkDataURI tag path names (`7FE00010`, or `00880200/0/7FE00010` inside a sequence).
+
+    KeyError names the missing part; the value is read (from disk if deferred).
+    """
+    parts = [p for p in path.strip("/").split("/") if p]
+    if not parts or len(parts) % 2 == 0:
+        raise KeyError(f"bulk data path {path!r} must be TAG or SEQTAG/ITEM/TAG")
+    current = ds
+    for i in range(0, len(parts) - 1, 2):
+        seq = current.get(_tag(parts[i]))
+        index = int(parts[i + 1]) if parts[i + 1].isdigit() else -1
+        if seq is None or seq.VR != "SQ" or not 0 <= index < len(seq.value):
+            raise KeyError(f"no item {parts[i + 1]} in sequence {parts[i]}")
+        current = seq.value[index]
+    tag = _tag(parts[-1])
+    if tag not in current:
+        raise KeyError(f"no attribute {parts[-1]} in this instance")
+    return current[tag]
+
+
+def _tag(text: str) -> int:
+    if len(text) != 8:
+        raise KeyError(f"{text!r} is not a tag of 8 hex digits")
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise KeyError(f"{text!r} is not a tag of 8 hex digits") from None

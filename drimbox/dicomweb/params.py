@@ -1,0 +1,52 @@
+"""Checks of what a DICOMweb request names (UIDs, frame lists, numbers) before any backend sees it."""
+
+from __future__ import annotations
+
+import re
+
+# Digits and dots, no empty component, at most 64 characters (PS3.5 §9.1). Leading zeros in a component
+# are tolerated on purpose: PS3.5 forbids them, but real PACS hold such UIDs and must stay reachable.
+_UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+MAX_FRAMES_PER_REQUEST = 10_000
+
+
+class BadRequest(ValueError):
+    """The request is malformed (HTTP 400); the message names the parameter and is sent to the client."""
+
+
+def is_uid(value: str) -> bool:
+    """True when `value` has the syntax of a UID."""
+    return len(value) <= 64 and _UID_RE.fullmatch(value) is not None
+
+
+def check_uid(value: str, what: str) -> str:
+    """`value` if it is a UID, else BadRequest naming `what` (e.g. "StudyInstanceUID")."""
+    if not is_uid(value):
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise BadRequest(f"{what} {shown!r} is not a UID (digits and dots, at most 64 characters)")
+    return value
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """`1,3,5` → [1, 3, 5]; frame numbers start at 1 (PS3.18 §8.1.1)."""
+    frames: list[int] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise BadRequest(f"frame number {item!r} is not a positive integer")
+        frames.append(int(item))
+    if not frames or len(frames) > MAX_FRAMES_PER_REQUEST:
+        raise BadRequest(f"a frame list holds 1 to {MAX_FRAMES_PER_REQUEST} frame numbers")
+    return frames
+
+
+def parse_int(value: str, name: str, *, minimum: int = 0, maximum: int | None = None) -> int:
+    """An integer query parameter within bounds, else BadRequest naming it."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequest(f"{name}={value!r} is not an integer") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise BadRequest(f"{name}={number} must be at least {minimum}{upper}")
+    return number

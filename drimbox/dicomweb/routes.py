@@ -1,0 +1,345 @@
+"""The DICOMweb routes (WADO-RS, QIDO-RS) over one DicomwebBackend: checks, negotiation, status codes, CORS."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+from pydicom.dataset import Dataset
+
+from drimbox.dicomweb.backend import (
+    DicomwebBackend,
+    DicomwebError,
+    IncompleteRetrieve,
+    NotFound,
+    QueryLevel,
+    StoredInstance,
+    Unavailable,
+)
+from drimbox.dicomweb.json_model import dataset_json, encode
+from drimbox.dicomweb.negotiation import (
+    NotAcceptable,
+    instance_choices,
+    json_media_type,
+    parse_accept,
+    pixel_choices,
+    rendered_media_type,
+)
+from drimbox.dicomweb.params import BadRequest, check_uid, parse_frame_list
+from drimbox.dicomweb.pixels import PIXEL_DATA, bulk_of, frames_of, read_instance
+from drimbox.dicomweb.qido import parse_query
+from drimbox.dicomweb.render import parse_options, render
+from drimbox.dicomweb.wado import aclose, send_pixel_parts, stream_instances
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_RETRIEVE_URL = 0x00081190
+_ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (BadRequest, 400),
+    (NotFound, 404),
+    (NotAcceptable, 406),
+    (Unavailable, 503),
+    (IncompleteRetrieve, 503),  # nothing could be delivered before the failure was known
+)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message, "status": status}, status=status)
+
+
+class _Routes:
+    """The handlers, sharing one backend, base path and CORS policy."""
+
+    def __init__(
+        self,
+        backend: DicomwebBackend,
+        base: str,
+        cors_origins: Sequence[str],
+        max_results: int,
+        public_url: str | None,
+        compress: bool,
+    ) -> None:
+        self.backend = backend
+        self.compress = compress
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.base = base
+        self.cors_origins = tuple(cors_origins)
+        self.max_results = max_results
+
+    # --- plumbing ---------------------------------------------------------------------------------------
+
+    def cors(self, request: web.Request) -> dict[str, str]:
+        """CORS response headers for this request's Origin; none by default (same-origin only)."""
+        origin = request.headers.get("Origin")
+        if not self.cors_origins or origin is None:
+            return {}
+        if "*" in self.cors_origins:
+            allowed = "*"
+        elif origin in self.cors_origins:
+            allowed = origin
+        else:
+            return {}
+        headers = {
+            "Access-Control-Allow-Origin": allowed,
+            "Access-Control-Expose-Headers": "Content-Type, Content-Length, Content-Location, Warning",
+        }
+        if allowed != "*":
+            headers["Vary"] = "Origin"
+        return headers
+
+    def guard(self, handler: Handler) -> Handler:
+        """Map the errors of a handler to JSON bodies with their status, and add CORS headers."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                response = await handler(request)
+            except (DicomwebError, BadRequest, NotAcceptable) as exc:
+                response = _error(_status_of(exc), str(exc))
+            if response.status >= 400:
+                log.info("DICOMweb %s %s → %d", request.method, request.path, response.status)
+            if not response.prepared:
+                response.headers.update(self.cors(request))
+            return response
+
+        return guarded
+
+    async def preflight(self, request: web.Request) -> web.StreamResponse:
+        headers = self.cors(request)
+        if headers:
+            headers["Access-Control-Allow-Methods"] = "GET, OPTIONS"
+            headers["Access-Control-Allow-Headers"] = request.headers.get(
+                "Access-Control-Request-Headers", "Accept, Authorization, KOS-SOPInstanceUID"
+            )
+            headers["Access-Control-Max-Age"] = "600"
+        return web.Response(status=204, headers={"Allow": "GET, OPTIONS", **headers})
+
+    @staticmethod
+    def uids(request: web.Request) -> tuple[str, str | None, str | None]:
+        """The path's UIDs, checked before any backend sees them."""
+        info = request.match_info
+        study = check_uid(info["study"], "StudyInstanceUID")
+        series = check_uid(info["series"], "SeriesInstanceUID") if "series" in info else None
+        sop = check_uid(info["instance"], "SOPInstanceUID") if "instance" in info else None
+        return study, series, sop
+
+    async def one_instance(self, study: str, series: str | None, sop: str | None) -> tuple[StoredInstance, bytes]:
+        """The first instance the backend yields and its bytes (read before the iterator is closed)."""
+        instances = self.backend.iter_instances(study, series, sop)
+        try:
+            instance = await anext(instances, None)
+            if instance is None:
+                raise NotFound("no such instance")
+            return instance, await instance.body.read()
+        finally:
+            await aclose(instances)
+
+    # --- WADO-RS ----------------------------------------------------------------------------------------
+
+    async def retrieve(self, request: web.Request) -> web.StreamResponse:
+        study, series, sop = self.uids(request)
+        choices = instance_choices(parse_accept(request.headers.get("Accept")), single_part_allowed=sop is not None)
+        instances = self.backend.iter_instances(study, series, sop)
+        return await stream_instances(
+            request, instances, choices, base=self.base, headers=self.cors(request), compress=self.compress
+        )
+
+    async def metadata(self, request: web.Request) -> web.StreamResponse:
+        """Study / series / instance metadata, buffered: it is small, and so a partial answer can say 206."""
+        study, series, sop = self.uids(request)
+        media_type = json_media_type(parse_accept(request.headers.get("Accept")))
+        items: list[bytes] = []
+        incomplete: IncompleteRetrieve | None = None
+        source = self.backend.metadata(study, series, sop, base=self.base)
+        try:
+            async for item in source:
+                items.append(item)
+        except IncompleteRetrieve as exc:
+            if not items:
+                raise
+            incomplete = exc
+        finally:
+            await aclose(source)
+        if not items:
+            raise NotFound("no such resource")
+        headers = {"Content-Type": media_type}
+        if incomplete is not None:
+            headers["Warning"] = f'299 drimbox: "{incomplete.failed} instance(s) could not be read"'
+        status = 206 if incomplete is not None else 200
+        return web.Response(body=b"[" + b",".join(items) + b"]", status=status, headers=headers)
+
+    async def frames(self, request: web.Request) -> web.StreamResponse:
+        study, series, sop = self.uids(request)
+        numbers = parse_frame_list(request.match_info["frames"])
+        ranges = parse_accept(request.headers.get("Accept"))
+        instance, data = await self.one_instance(study, series, sop)
+        choices = pixel_choices(ranges, instance.transfer_syntax_uid, single_part_allowed=len(numbers) == 1)
+        result = await asyncio.to_thread(lambda: frames_of(read_instance(data), numbers, choices))
+        return await send_pixel_parts(request, result, headers=self.cors(request))
+
+    async def bulkdata(self, request: web.Request) -> web.StreamResponse:
+        study, series, sop = self.uids(request)
+        path = request.match_info["path"]
+        if not all(c in "0123456789abcdefABCDEF/" for c in path):
+            raise BadRequest(f"bulk data path {path[:80]!r}: tags of 8 hex digits and item numbers, '/'-separated")
+        ranges = parse_accept(request.headers.get("Accept"))
+        instance, data = await self.one_instance(study, series, sop)
+        is_pixels = path.strip("/").upper() == f"{PIXEL_DATA:08X}"
+        stored = instance.transfer_syntax_uid if is_pixels else "1.2.840.10008.1.2.1"
+        choices = pixel_choices(ranges, stored, single_part_allowed=True)
+        result = await asyncio.to_thread(lambda: bulk_of(read_instance(data), path, choices))
+        return await send_pixel_parts(request, result, headers=self.cors(request))
+
+    async def rendered(self, request: web.Request) -> web.StreamResponse:
+        return await self._render(request, thumbnail=False)
+
+    async def thumbnail(self, request: web.Request) -> web.StreamResponse:
+        return await self._render(request, thumbnail=True)
+
+    async def _render(self, request: web.Request, *, thumbnail: bool) -> web.StreamResponse:
+        study, series, sop = self.uids(request)
+        media_type = rendered_media_type(parse_accept(request.headers.get("Accept")))
+        options = parse_options(request.query, thumbnail=thumbnail)
+        frame = 1
+        if "frames" in request.match_info:
+            numbers = parse_frame_list(request.match_info["frames"])
+            if len(numbers) != 1:
+                raise BadRequest("a rendered frame is asked one frame number at a time")
+            frame = numbers[0]
+        if sop is None:
+            series, sop = await self._representative(study, series)
+        _, data = await self.one_instance(study, series, sop)
+        image = await asyncio.to_thread(lambda: render(read_instance(data), frame, media_type, options))
+        return web.Response(body=image, headers={"Content-Type": media_type})
+
+    async def _representative(self, study: str, series: str | None) -> tuple[str, str]:
+        """The image a study or series thumbnail shows: the middle image of the (first) series."""
+        query = parse_query(QueryLevel.IMAGE, [], study_uid=study, series_uid=series, max_limit=self.max_results)
+        found: list[Dataset] = []
+        source = self.backend.search(query)
+        try:
+            async for ds in source:
+                found.append(ds)
+        finally:
+            await aclose(source)
+        images = [ds for ds in found if ds.get("Rows")] or found
+        if not images:
+            raise NotFound("no image to show here")
+
+        def order(ds: Dataset) -> tuple[int, str, int]:
+            return (int(ds.get("SeriesNumber") or 0), str(ds.SeriesInstanceUID), int(ds.get("InstanceNumber") or 0))
+
+        images.sort(key=order)
+        first_series = str(images[0].SeriesInstanceUID)
+        in_series = [ds for ds in images if str(ds.SeriesInstanceUID) == first_series]
+        chosen = in_series[len(in_series) // 2]
+        return first_series, str(chosen.SOPInstanceUID)
+
+    # --- QIDO-RS ----------------------------------------------------------------------------------------
+
+    def search(self, level: QueryLevel) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            info = request.match_info
+            study = check_uid(info["study"], "StudyInstanceUID") if "study" in info else None
+            series = check_uid(info["series"], "SeriesInstanceUID") if "series" in info else None
+            media_type = json_media_type(parse_accept(request.headers.get("Accept")))
+            query = parse_query(
+                level, request.query.items(), study_uid=study, series_uid=series, max_limit=self.max_results
+            )
+            found: list[Dataset] = []
+            source = self.backend.search(query)
+            try:
+                async for ds in source:
+                    found.append(ds)
+                    if len(found) > query.limit:
+                        break  # one more than asked: enough to know more exist; the backend may cancel
+            finally:
+                await aclose(source)
+            if not found:
+                return web.Response(status=204)
+            more = len(found) > query.limit
+            origin = f"{self.public_url or request.url.origin()}{self.base}"
+            tags = None if query.include_all else query.return_tags
+            url_origin = origin if tags is None or _RETRIEVE_URL in tags else None
+            page = found[: query.limit]
+            body = await asyncio.to_thread(lambda: encode([_qido_json(ds, level, tags, url_origin) for ds in page]))
+            headers = {"Content-Type": media_type}
+            if more:
+                headers["Warning"] = '299 drimbox: "There are additional results that can be requested"'
+            return web.Response(body=body, headers=headers)
+
+        return handler
+
+
+def _status_of(exc: Exception) -> int:
+    for kind, status in _ERRORS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def _qido_json(ds: Dataset, level: QueryLevel, tags: Any, origin: str | None) -> dict[str, Any]:
+    out = dataset_json(ds, None, tags=tags)
+    if origin is None:
+        return out
+    url = f"{origin}/studies/{ds.get('StudyInstanceUID', '')}"
+    if level is not QueryLevel.STUDY:
+        url += f"/series/{ds.get('SeriesInstanceUID', '')}"
+    if level is QueryLevel.IMAGE:
+        url += f"/instances/{ds.get('SOPInstanceUID', '')}"
+    out[f"{_RETRIEVE_URL:08X}"] = {"vr": "UR", "Value": [url]}
+    return dict(sorted(out.items()))
+
+
+def dicomweb_routes(
+    backend: DicomwebBackend,
+    base: str = "/dicom-web",
+    cors_origins: Sequence[str] = (),
+    max_results: int = 1000,
+    public_url: str | None = None,
+    compress: bool = True,
+) -> list[web.RouteDef]:
+    """Every WADO-RS and QIDO-RS route under `base`, served by `backend`.
+
+    `cors_origins`: origins allowed to call from a browser page elsewhere ("*" for any); empty = same-origin.
+    `max_results`: the most QIDO answers per request (a larger `limit` is refused; Warning when truncated).
+    `public_url`: scheme://host[:port] written in QIDO RetrieveURLs; default: from the request's Host header.
+    `compress`: compress instances on the fly when the client prefers a compressed syntax we can encode
+    (lossless only); False spends bandwidth instead of CPU (stored syntax or decompression only).
+    """
+    base = base.rstrip("/")
+    r = _Routes(backend, base, cors_origins, max_results, public_url, compress)
+
+    def get(path: str, handler: Handler) -> web.RouteDef:
+        # No implicit HEAD: it would run a whole retrieval (a C-GET of a study) to send no body.
+        return web.get(path, r.guard(handler), allow_head=False)
+
+    study = f"{base}/studies/{{study}}"
+    series = f"{study}/series/{{series}}"
+    instance = f"{series}/instances/{{instance}}"
+    frames = f"{instance}/frames/{{frames}}"
+    return [
+        get(f"{base}/studies", r.search(QueryLevel.STUDY)),
+        get(f"{base}/series", r.search(QueryLevel.SERIES)),
+        get(f"{base}/instances", r.search(QueryLevel.IMAGE)),
+        get(study, r.retrieve),
+        get(f"{study}/metadata", r.metadata),
+        get(f"{study}/thumbnail", r.thumbnail),
+        get(f"{study}/series", r.search(QueryLevel.SERIES)),
+        get(f"{study}/instances", r.search(QueryLevel.IMAGE)),
+        get(series, r.retrieve),
+        get(f"{series}/metadata", r.metadata),
+        get(f"{series}/thumbnail", r.thumbnail),
+        get(f"{series}/instances", r.search(QueryLevel.IMAGE)),
+        get(instance, r.retrieve),
+        get(f"{instance}/metadata", r.metadata),
+        get(f"{instance}/rendered", r.rendered),
+        get(f"{instance}/thumbnail", r.thumbnail),
+        get(f"{instance}/bulkdata/{{path:.+}}", r.bulkdata),
+        get(frames, r.frames),
+        get(f"{frames}/rendered", r.rendered),
+        get(f"{frames}/thumbnail", r.thumbnail),
+        web.options(f"{base}/{{tail:.*}}", r.guard(r.preflight)),
+    ]

@@ -1,0 +1,102 @@
+"""Which transfer syntaxes this process can produce, and the conversion of one Part-10 instance (pydicom)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+
+import pydicom
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import get_encoder
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+log = logging.getLogger(__name__)
+
+UNCOMPRESSED = frozenset({
+    ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian,
+})
+# Encoded on request only when the encoder is installed (pydicom has RLE built in; JPEG-LS needs pyjpegls,
+# JPEG 2000 and JPEG Lossless need pylibjpeg plugins). Lossy targets are never produced: a gateway must not
+# degrade images it did not make lossy.
+_LOSSLESS_TARGETS = frozenset({RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1})
+
+
+class TranscodeError(Exception):
+    """The instance could not be converted to the asked transfer syntax (the caller tries its next choice)."""
+
+
+def is_compressed(ts: str) -> bool:
+    """True for an encapsulated (compressed) transfer syntax."""
+    return ts not in UNCOMPRESSED
+
+
+@functools.cache
+def can_decode(ts: str) -> bool:
+    """Can this process decompress pixel data in `ts`?"""
+    if ts in UNCOMPRESSED:
+        return True
+    try:
+        return bool(get_decoder(UID(ts)).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+@functools.cache
+def can_encode(ts: str) -> bool:
+    """Can this process produce `ts` from uncompressed pixel data?"""
+    if ts == ExplicitVRLittleEndian:
+        return True
+    if ts not in _LOSSLESS_TARGETS:
+        return False
+    try:
+        return bool(get_encoder(UID(ts)).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def can_transcode(stored: str, wanted: str) -> bool:
+    """Can an instance stored in `stored` be sent in `wanted` (as is, re-encoded, or through decompression)?"""
+    return stored == wanted or (can_encode(wanted) and can_decode(stored))
+
+
+def producible_syntaxes() -> list[str]:
+    """The transfer syntaxes this process can encode to: for /health and the 406 message."""
+    return sorted(ts for ts in {ExplicitVRLittleEndian, *_LOSSLESS_TARGETS} if can_encode(ts))
+
+
+def transcode_part10(data: bytes, wanted: str) -> bytes:
+    """The Part-10 bytes of `data` in transfer syntax `wanted`, same SOP Instance UID (lossless only).
+
+    CPU-bound and holding one instance: run it in a thread.
+    """
+    stored = "an unreadable transfer syntax"
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        stored = str(ds.file_meta.TransferSyntaxUID)
+        has_pixels = "PixelData" in ds
+        if stored == wanted:
+            return data
+        if has_pixels and is_compressed(stored):
+            # Decompression updates Photometric Interpretation (YBR → RGB) so the data set stays consistent.
+            ds.decompress(generate_instance_uid=False)
+        if wanted == ExplicitVRLittleEndian or not has_pixels:
+            ds.file_meta.TransferSyntaxUID = UID(wanted)
+        else:
+            ds.compress(UID(wanted), generate_instance_uid=False)
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+    except Exception as exc:  # pydicom and its plugins raise many kinds; the caller falls back or fails the part
+        names = f"{UID(stored).name} to {UID(wanted).name}"
+        raise TranscodeError(f"cannot convert an instance from {names}: {exc}") from exc
