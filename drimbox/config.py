@@ -32,6 +32,11 @@ class BoxSettings:
 class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8080
+    # Origins allowed to call the DICOMweb API from a page elsewhere ("*" = any); empty = same-origin only.
+    cors_origins: list[str] = field(default_factory=list)
+    # Compress on the fly when a client prefers a compressed syntax the images are not stored in.
+    # Off by default: a 2-core box spends its CPU on throughput, and lossless JPEG-LS costs ~10 ms a slice.
+    compress_on_the_fly: bool = False
 
 
 @dataclass
@@ -97,6 +102,12 @@ class PublishSettings:
 
 
 @dataclass
+class CacheSettings:
+    # Proxy profile: retrieved series kept on disk under var_dir/cache, least recently used evicted first.
+    max_bytes: int = 10 * 1024**3
+
+
+@dataclass
 class PscSettings:
     issuer: str = "http://127.0.0.1:8090/psc"
     client_id: str = "drimbox"
@@ -129,6 +140,7 @@ class Settings:
     pacs: PacsSettings = field(default_factory=PacsSettings)
     dmp: DmpSettings = field(default_factory=DmpSettings)
     publish: PublishSettings = field(default_factory=PublishSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     psc: PscSettings = field(default_factory=PscSettings)
     whitelist: WhitelistSettings = field(default_factory=WhitelistSettings)
     sim: SimSettings = field(default_factory=SimSettings)
@@ -211,6 +223,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"dmp.withdraw_status: must be 'deleted' or 'deprecated', got {s.dmp.withdraw_status!r}")
     if s.publish.backoff_initial <= 0 or s.publish.backoff_max < s.publish.backoff_initial:
         raise ConfigError("publish.backoff_initial: must be > 0 and <= publish.backoff_max")
+    if s.cache.max_bytes < 0:
+        raise ConfigError(f"cache.max_bytes: must be >= 0, got {s.cache.max_bytes}")
     if s.publish.workers < 1:
         raise ConfigError(f"publish.workers: must be at least 1, got {s.publish.workers}")
 

@@ -157,7 +157,7 @@ def _query(level: str, study_uid: str, series_uid: str = "") -> Dataset:
     return ds
 
 
-def _answers(assoc: Association, query: Dataset) -> Iterator[Dataset]:
+def iter_answers(assoc: Association, query: Dataset) -> Iterator[Dataset]:
     """Yield each matching identifier; raise on failure status or on a lost association."""
     started = time.monotonic()
     for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
@@ -194,15 +194,15 @@ def _issuer_of_accession(ds: Dataset) -> tuple[str, str]:
 def _collect_instances(assoc: Association, study_uid: str) -> list[Dataset]:
     """IMAGE-level answers for the study: one relational query, else series by series."""
     try:
-        return list(_answers(assoc, _query("IMAGE", study_uid)))
+        return list(iter_answers(assoc, _query("IMAGE", study_uid)))
     except DimseFailure as first:
         # A strictly hierarchical PACS refuses a universal Series Instance UID at IMAGE level.
         LOG.info("IMAGE-level C-FIND refused (%s); querying series by series", first)
         try:
-            series = [_text(s, "SeriesInstanceUID") for s in _answers(assoc, _query("SERIES", study_uid))]
+            series = [_text(s, "SeriesInstanceUID") for s in iter_answers(assoc, _query("SERIES", study_uid))]
             answers: list[Dataset] = []
             for series_uid in filter(None, series):
-                answers.extend(_answers(assoc, _query("IMAGE", study_uid, series_uid)))
+                answers.extend(iter_answers(assoc, _query("IMAGE", study_uid, series_uid)))
             return answers
         except DimseFailure:
             raise first from None
@@ -291,7 +291,7 @@ def find_study_instances(pacs: PacsSettings, calling_ae: str, study_uid: str) ->
         if any(kw not in answers[0] for kw in _STUDY_KEYS):
             # Some PACS only return patient and study attributes at STUDY level.
             try:
-                study_answers = list(_answers(assoc, _query("STUDY", study_uid)))
+                study_answers = list(iter_answers(assoc, _query("STUDY", study_uid)))
             except DimseFailure as exc:
                 LOG.info("STUDY-level C-FIND refused (%s); keeping the IMAGE-level attributes", exc)
                 study_answers = []

@@ -45,7 +45,7 @@ class Sim:
 
 
 class SourceBox:
-    def __init__(self, work: Path, sim_url: str, pacs: Any, **overrides: dict[str, Any]) -> None:
+    def __init__(self, work: Path, sim_url: str, peer: Any, /, **overrides: dict[str, Any]) -> None:
         self.work = work
         self.http_port, self.mllp_port, self.dicom_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -54,7 +54,7 @@ class SourceBox:
             "http": {"port": self.http_port},
             "mllp": {"port": self.mllp_port},
             "dicom": {"port": self.dicom_port},
-            "pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port, "timeout": 5.0},
+            "pacs": {"ae_title": peer.aet, "host": "127.0.0.1", "port": peer.dicom_port, "timeout": 5.0},
             "dmp": {"url": f"{sim_url}/dmp", "timeout": 5.0},
             "publish": {"waiting_interval": 0.5, "backoff_initial": 0.2, "backoff_max": 1.0},
         }
@@ -95,11 +95,13 @@ def sim(tmp_path: Path) -> Iterator[Sim]:
 
 @pytest.fixture
 def source_box(tmp_path: Path, sim: Sim) -> Iterator[Callable[..., SourceBox]]:
-    """A factory: source_box(pacs, **section_overrides) → a started source box in Proxy profile."""
+    """A factory: source_box(orthanc, **section_overrides) → a started source box in Proxy profile."""
     boxes: list[SourceBox] = []
 
-    def make(pacs: Any, **overrides: dict[str, Any]) -> SourceBox:
-        box = SourceBox(tmp_path, sim.url, pacs, **overrides).start()
+    def make(peer: Any, /, **overrides: dict[str, Any]) -> SourceBox:
+        work = tmp_path / f"box{len(boxes)}"
+        work.mkdir()
+        box = SourceBox(work, sim.url, peer, **overrides).start()
         boxes.append(box)
         return box
 

@@ -1,0 +1,307 @@
+"""Disk cache of retrieved series: bounded by size, LRU eviction, one fill feeding every concurrent reader."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from drimbox.state.db import Database, transaction
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    last_access REAL NOT NULL,
+    metadata BLOB,
+    metadata_base TEXT,
+    PRIMARY KEY (study_uid, series_uid)
+);
+CREATE TABLE IF NOT EXISTS instances (
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (study_uid, series_uid, sop_instance_uid)
+);
+CREATE INDEX IF NOT EXISTS series_lru ON series (last_access);
+"""
+
+
+class Received(Protocol):
+    """What a fill source yields: one instance's Part-10 bytes and identity (dimse.ReceivedInstance fits)."""
+
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def transfer_syntax_uid(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CachedInstance:
+    study_uid: str
+    series_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    path: Path
+    size: int
+
+
+@dataclass
+class _Fill:
+    """A series being retrieved: what has arrived so far, and a condition readers wait on."""
+
+    instances: list[CachedInstance] = field(default_factory=list)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    done: bool = False
+    error: BaseException | None = None
+    readers: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+class SeriesCache:
+    """Complete series on disk under `directory/<study>/<series>/`, indexed in SQLite, at most `max_bytes`.
+
+    A series enters the index only once it was retrieved completely, so a crash or a failed retrieve
+    never leaves a partial series that later looks whole.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+        self.db = Database(directory / "index.sqlite", SCHEMA)
+        self._fills: dict[tuple[str, str], _Fill] = {}
+        self._generation: dict[str, int] = {}
+        self._drop_orphans()
+
+    def close(self) -> None:
+        for fill in self._fills.values():
+            if fill.task is not None:
+                fill.task.cancel()
+        self.db.close()
+
+    def _drop_orphans(self) -> None:
+        """Directories of series that never completed (crash mid-fill) are removed at start."""
+
+        def known(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+            return {(r["study_uid"], r["series_uid"]) for r in conn.execute("SELECT study_uid, series_uid FROM series")}
+
+        complete = self.db.call(known)
+        for study_dir in self.directory.iterdir():
+            if not study_dir.is_dir():
+                continue
+            for series_dir in study_dir.iterdir():
+                if (study_dir.name, series_dir.name) not in complete:
+                    shutil.rmtree(series_dir, ignore_errors=True)
+
+    def _series_dir(self, study_uid: str, series_uid: str) -> Path:
+        return self.directory / study_uid / series_uid
+
+    async def cached(self, study_uid: str, series_uid: str) -> list[CachedInstance] | None:
+        """The instances of a complete cached series (and the series becomes most recently used), or None."""
+        base = self._series_dir(study_uid, series_uid)
+
+        def work(conn: sqlite3.Connection) -> list[CachedInstance] | None:
+            hit = conn.execute(
+                "UPDATE series SET last_access = ? WHERE study_uid = ? AND series_uid = ?",
+                (time.time(), study_uid, series_uid),
+            )
+            if hit.rowcount == 0:
+                return None
+            rows = conn.execute(
+                "SELECT * FROM instances WHERE study_uid = ? AND series_uid = ? ORDER BY position",
+                (study_uid, series_uid),
+            ).fetchall()
+            return [
+                CachedInstance(study_uid, series_uid, r["sop_class_uid"], r["sop_instance_uid"],
+                               r["transfer_syntax_uid"], base / f"{r['sop_instance_uid']}.dcm", r["size"])
+                for r in rows
+            ]
+
+        return await self.db.acall(work)
+
+    async def series(
+        self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]]
+    ) -> AsyncIterator[CachedInstance]:
+        """Every instance of the series: from the cache, from a fill in progress, or from a new fill of `source`.
+
+        Instances are yielded as they arrive. When the last reader leaves before the fill ends, the fill is
+        cancelled (the source iterator is closed: C-CANCEL) and nothing of it is kept.
+        """
+        hit = await self.cached(study_uid, series_uid)
+        if hit is not None:
+            for instance in hit:
+                yield instance
+            return
+        key = (study_uid, series_uid)
+        fill = self._fills.get(key)
+        if fill is None:
+            fill = self._fills[key] = _Fill()
+            fill.task = asyncio.create_task(self._fill(key, fill, source), name=f"cache-fill-{series_uid}")
+        fill.readers += 1
+        try:
+            position = 0
+            while True:
+                async with fill.changed:
+                    while position >= len(fill.instances) and not fill.done:
+                        await fill.changed.wait()
+                    ready = fill.instances[position:]
+                    finished, error = fill.done, fill.error
+                for instance in ready:
+                    yield instance
+                position += len(ready)
+                if finished and position >= len(fill.instances):
+                    if error is not None:
+                        raise error
+                    return
+        finally:
+            fill.readers -= 1
+            if fill.readers == 0 and not fill.done and fill.task is not None:
+                fill.task.cancel()
+
+    async def _fill(self, key: tuple[str, str], fill: _Fill, source: Callable[[], AsyncIterator[Received]]) -> None:
+        study_uid, series_uid = key
+        generation = self._generation.get(study_uid, 0)
+        directory = self._series_dir(study_uid, series_uid)
+        total = 0
+        try:
+            await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+            seen: set[str] = set()
+            received = source()
+            try:
+                async for item in received:
+                    if item.sop_instance_uid in seen:
+                        continue  # a PACS may send an instance twice; a reader must see it once
+                    seen.add(item.sop_instance_uid)
+                    path = directory / f"{item.sop_instance_uid}.dcm"
+                    await asyncio.to_thread(_write, path, item.data)
+                    total += len(item.data)
+                    instance = CachedInstance(study_uid, series_uid, item.sop_class_uid, item.sop_instance_uid,
+                                              item.transfer_syntax_uid, path, len(item.data))
+                    async with fill.changed:
+                        fill.instances.append(instance)
+                        fill.changed.notify_all()
+            finally:
+                # Closing the source at once is what sends C-CANCEL when the fill is abandoned.
+                aclose = getattr(received, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            if fill.instances and self._generation.get(study_uid, 0) == generation:
+                await self._commit(study_uid, series_uid, fill.instances, total)
+            else:
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+        except BaseException as exc:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            fill.error = exc if isinstance(exc, Exception) else None
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._fills.pop(key, None)
+            async with fill.changed:
+                fill.done = True
+                fill.changed.notify_all()
+        await self._evict()
+
+    async def _commit(self, study_uid: str, series_uid: str, instances: list[CachedInstance], total: int) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM instances WHERE study_uid = ? AND series_uid = ?", (study_uid, series_uid))
+            conn.executemany(
+                "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(i.study_uid, i.series_uid, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.size, n)
+                 for n, i in enumerate(instances)],
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO series (study_uid, series_uid, bytes, last_access) VALUES (?, ?, ?, ?)",
+                (study_uid, series_uid, total, time.time()),
+            )
+
+        await self.db.acall(lambda conn: transaction(conn, work))
+
+    async def _evict(self) -> None:
+        """Drop least recently used series until the cache fits in max_bytes."""
+
+        def work(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            used = conn.execute("SELECT COALESCE(SUM(bytes), 0) AS n FROM series").fetchone()["n"]
+            victims: list[tuple[str, str]] = []
+            if used <= self.max_bytes:
+                return victims
+            for row in conn.execute("SELECT study_uid, series_uid, bytes FROM series ORDER BY last_access"):
+                if used <= self.max_bytes:
+                    break
+                victims.append((row["study_uid"], row["series_uid"]))
+                used -= row["bytes"]
+            for study_uid, series_uid in victims:
+                conn.execute("DELETE FROM series WHERE study_uid = ? AND series_uid = ?", (study_uid, series_uid))
+                conn.execute("DELETE FROM instances WHERE study_uid = ? AND series_uid = ?", (study_uid, series_uid))
+            return victims
+
+        victims = await self.db.acall(lambda conn: transaction(conn, work))
+        for study_uid, series_uid in victims:
+            log.info("cache: evicted series %s", series_uid)
+            await asyncio.to_thread(shutil.rmtree, self._series_dir(study_uid, series_uid), True)
+
+    async def invalidate_study(self, study_uid: str) -> None:
+        """Forget every cached series of a study (publication replaced or withdrawn); fills in flight are not kept."""
+        self._generation[study_uid] = self._generation.get(study_uid, 0) + 1
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM series WHERE study_uid = ?", (study_uid,))
+            conn.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
+
+        await self.db.acall(lambda conn: transaction(conn, work))
+        await asyncio.to_thread(shutil.rmtree, self.directory / study_uid, True)
+
+    async def metadata(self, study_uid: str, series_uid: str, base: str) -> bytes | None:
+        def work(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute(
+                "SELECT metadata FROM series WHERE study_uid = ? AND series_uid = ? AND metadata_base = ?",
+                (study_uid, series_uid, base),
+            ).fetchone()
+            return bytes(row["metadata"]) if row and row["metadata"] is not None else None
+
+        return await self.db.acall(work)
+
+    async def store_metadata(self, study_uid: str, series_uid: str, base: str, data: bytes) -> None:
+        """Keep a series' metadata JSON (computed once, served many times) while the series stays cached."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE series SET metadata = ?, metadata_base = ? WHERE study_uid = ? AND series_uid = ?",
+                (data, base, study_uid, series_uid),
+            )
+
+        await self.db.acall(work)
+
+    async def usage(self) -> dict[str, int]:
+        def work(conn: sqlite3.Connection) -> dict[str, int]:
+            row = conn.execute("SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM series").fetchone()
+            return {"series": int(row["n"]), "bytes": int(row["b"]), "max_bytes": self.max_bytes}
+
+        return await self.db.acall(work)
+
+
+def _write(path: Path, data: bytes) -> None:
+    # No fsync: the cache can always be refilled from the PACS, and the index only names complete series.
+    tmp = path.with_suffix(".part")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
