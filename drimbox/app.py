@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import time
@@ -10,14 +11,22 @@ from typing import Any
 
 from aiohttp import web
 
+from drimbox.archive.archive import Archive
+from drimbox.archive.scp import ArchiveScp
+from drimbox.archive.scp import start as start_archive_scp
 from drimbox.config import Settings
+from drimbox.dicomweb.backend import DicomwebBackend
+from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.hl7.mllp import MllpServer
 from drimbox.source.api import publications_routes
 from drimbox.source.dmp_gateway import XdsDmpGateway
 from drimbox.source.intake import ReportIntake
+from drimbox.source.native_backend import NativeBackend
+from drimbox.source.proxy_backend import ProxyBackend
 from drimbox.source.publish import Publisher
 from drimbox.source.worker import PublicationWorker
 from drimbox.state.outbox import Outbox
+from drimbox.state.series_cache import SeriesCache
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +41,10 @@ class Box:
         self.worker: PublicationWorker | None = None
         self.mllp: MllpServer | None = None
         self.dmp: XdsDmpGateway | None = None
+        self.cache: SeriesCache | None = None
+        self.archive: Archive | None = None
+        self.scp: ArchiveScp | None = None
+        self.backend: DicomwebBackend | None = None
         self._runner: web.AppRunner | None = None
 
     @property
@@ -46,7 +59,24 @@ class Box:
         if self.is_source:
             self.outbox = Outbox(s.var_path / "drimbox.sqlite")
             self.dmp = XdsDmpGateway(s)
-            publisher = Publisher(s, self.outbox, self.dmp)
+            backend: ProxyBackend | NativeBackend
+            pipeline_settings = s
+            if s.box.profile == "native":
+                self.archive = Archive.open(s.var_path)
+                self.scp = start_archive_scp(s.dicom, self.archive)
+                backend = NativeBackend(self.archive)
+                # The box is the archive: the publication pipeline's C-FIND asks the box's own SCP.
+                own = dataclasses.replace(s.pacs, ae_title=s.dicom.ae_title, host=s.dicom.host, port=self.scp.port)
+                pipeline_settings = dataclasses.replace(s, pacs=own)
+            else:
+                self.cache = SeriesCache(s.var_path / "cache", s.cache.max_bytes)
+                backend = ProxyBackend(s, self.cache)
+            self.backend = backend
+            app.add_routes(dicomweb_routes(
+                backend, base="/dicom-web", cors_origins=s.http.cors_origins, public_url=s.box.public_url,
+                compress=s.http.compress_on_the_fly,
+            ))
+            publisher = Publisher(pipeline_settings, self.outbox, self.dmp, on_study_changed=backend.invalidate_study)
             self.worker = PublicationWorker(s, self.outbox, publisher)
             app.add_routes(publications_routes(self.outbox))
             intake = ReportIntake(self.outbox, on_accepted=self.worker.wake)
@@ -54,7 +84,8 @@ class Box:
                 s.mllp.host, s.mllp.port, handler=intake,
                 max_message_bytes=s.mllp.max_message_bytes, idle_timeout=s.mllp.idle_timeout,
             )
-        self._runner = web.AppRunner(app, access_log=None)
+        # handler_cancellation: a client that leaves while the PACS is slow is noticed at once (C-CANCEL).
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.http.host, s.http.port)
         await site.start()
@@ -79,6 +110,12 @@ class Box:
             await self.dmp.close()
         if self.outbox is not None:
             self.outbox.close()
+        if self.cache is not None:
+            self.cache.close()
+        if self.scp is not None:
+            await asyncio.to_thread(self.scp.stop)
+        if self.archive is not None:
+            self.archive.close()
 
     async def _health(self, request: web.Request) -> web.Response:
         components: dict[str, Any] = {"http": {"status": "up"}}
@@ -94,6 +131,8 @@ class Box:
             components["mllp"] = {"status": "up", "port": self.mllp.port}
         if self.worker is not None:
             components["worker"] = {"status": "up", "last_error": self.worker.last_error}
+        if self.cache is not None:
+            components["cache"] = {"status": "up", **(await self.cache.usage())}
         body = {
             "status": "up" if healthy else "down",
             "roles": self.settings.box.roles,

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -57,10 +58,18 @@ class DmpGateway(Protocol):
 class Publisher:
     """Runs one job of the outbox. Raises Waiting, TransientError or PermanentError; else returns the outcome."""
 
-    def __init__(self, settings: Settings, outbox: Outbox, dmp: DmpGateway) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        outbox: Outbox,
+        dmp: DmpGateway,
+        on_study_changed: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self.settings = settings
         self.outbox = outbox
         self.dmp = dmp
+        # Called when a published KOS is replaced or withdrawn: cached images of the study are stale.
+        self.on_study_changed = on_study_changed
         self.kos_dir = settings.var_path / "kos"
 
     async def run(self, job: Publication) -> Outcome:
@@ -88,6 +97,7 @@ class Publisher:
         await self.outbox.update(job.id, entry_uuid=entry_uuid)
         if previous is not None and previous.id != job.id:
             await self.outbox.update(previous.id, state="replaced")
+            await self._study_changed(report.study_uid)
         return Outcome("published")
 
     async def withdraw(self, job: Publication, message: ReportMessage) -> Outcome:
@@ -96,7 +106,12 @@ class Publisher:
             raise PermanentError("rejected", "no published KOS for this study: nothing to withdraw")
         await self.dmp.withdraw(message, previous.entry_uuid)
         await self.outbox.update(previous.id, state="withdrawn")
+        await self._study_changed(message.report.study_uid)
         return Outcome("withdrawn")
+
+    async def _study_changed(self, study_uid: str) -> None:
+        if self.on_study_changed is not None:
+            await self.on_study_changed(study_uid)
 
     async def _message(self, job: Publication) -> ReportMessage:
         raw = await self.outbox.raw_message(job.id)

@@ -1,0 +1,87 @@
+"""The Native profile's DICOMweb backend: QIDO from the archive's index, WADO straight from its files."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
+
+from drimbox.archive.archive import Archive
+from drimbox.archive.errors import QueryError
+from drimbox.archive.query import Level, Match
+from drimbox.dicomweb.backend import FileBody, NotFound, QidoQuery, QueryLevel, StoredInstance
+from drimbox.dicomweb.json_model import metadata_from_instances
+from drimbox.dicomweb.params import BadRequest
+
+_LEVELS: dict[QueryLevel, Level] = {QueryLevel.STUDY: "study", QueryLevel.SERIES: "series", QueryLevel.IMAGE: "instance"}
+
+
+def _dataset(match: Match) -> Dataset:
+    ds = Dataset()
+    for keyword, value in match.items():
+        if value is None or value == "":
+            continue
+        try:
+            if isinstance(value, list) and value and isinstance(value[0], dict):
+                items = []
+                for entry in value:
+                    item = Dataset()
+                    for k, v in entry.items():
+                        setattr(item, k, v)
+                    items.append(item)
+                setattr(ds, keyword, items)
+                continue
+            setattr(ds, keyword, value)
+        except (TypeError, ValueError):
+            continue  # a value the dictionary VR refuses is left out rather than failing the search
+    return ds
+
+
+class NativeBackend:
+    """Serves DICOMweb from the box's own archive (files + SQLite index)."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    async def search(self, query: QidoQuery) -> AsyncIterator[Dataset]:
+        filters = {m.keyword: m.value for m in query.matches}
+        includes = None if query.include_all else [m for m in (_keyword(t) for t in query.return_tags) if m]
+        try:
+            found = await self.archive.search(
+                _LEVELS[query.level], filters, includes, limit=query.limit + 1, offset=query.offset
+            )
+        except QueryError as exc:
+            raise BadRequest(str(exc)) from None
+        for match in found:
+            yield _dataset(match)
+
+    async def iter_instances(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> AsyncIterator[StoredInstance]:
+        files = await self.archive.iter_instance_paths(study_uid, series_uid, sop_uid)
+        if not files:
+            raise NotFound("no such resource in the archive")
+        for f in files:
+            yield StoredInstance(
+                study_uid=f.study_uid,
+                series_uid=f.series_uid,
+                sop_class_uid=f.sop_class_uid,
+                sop_instance_uid=f.sop_uid,
+                transfer_syntax_uid=f.transfer_syntax_uid,
+                # No size: a concurrent re-store of the instance may replace the file between index and read.
+                body=FileBody(f.path, None),
+            )
+
+    async def metadata(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *, base: str
+    ) -> AsyncIterator[bytes]:
+        async for item in metadata_from_instances(self.iter_instances(study_uid, series_uid, sop_uid), base):
+            yield item
+
+    async def invalidate_study(self, study_uid: str) -> None:
+        """Nothing cached beyond the archive itself."""
+
+
+def _keyword(tag: int) -> str:
+    return keyword_for_tag(tag)

@@ -1,0 +1,163 @@
+"""The Proxy profile's DICOMweb backend: QIDO → C-FIND, WADO → C-GET/C-MOVE through the series cache."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+
+from drimbox.config import Settings
+from drimbox.dicomweb.backend import (
+    FileBody,
+    IncompleteRetrieve,
+    NotFound,
+    QidoQuery,
+    QueryLevel,
+    StoredInstance,
+    Unavailable,
+)
+from drimbox.dicomweb.json_model import metadata_from_instances
+from drimbox.dimse.network import DimseFailure, DimseUnavailable
+from drimbox.dimse.retrieve import ReceivedInstance, RetrieveOutcome, iter_retrieve
+from drimbox.dimse.search import iter_find
+from drimbox.state.series_cache import CachedInstance, SeriesCache
+
+SERIES_INSTANCE_UID = 0x0020000E
+
+
+def _identifier(query: QidoQuery) -> Dataset:
+    """The C-FIND identifier of a QIDO query: matching keys with their values, return keys empty."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = query.level.value
+    for tag in query.return_tags:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            continue  # a private or unknown tag cannot be asked of a PACS
+        ds.add_new(tag, vr.split(" or ")[0], None)
+    for match in query.matches:
+        if match.vr == "SQ":
+            continue
+        ds.add_new(match.tag, match.vr, match.value)
+    return ds
+
+
+class ProxyBackend:
+    """Serves DICOMweb from the PACS behind the box. Nothing of a study is held in memory: each instance goes
+    PACS → cache file → HTTP as it arrives, and later requests for the series are served from the cache."""
+
+    def __init__(self, settings: Settings, cache: SeriesCache) -> None:
+        self.settings = settings
+        self.cache = cache
+
+    # ---------------------------------------------------------------------------------------- QIDO
+
+    async def search(self, query: QidoQuery) -> AsyncIterator[Dataset]:
+        skipped = 0
+        try:
+            async for ds in iter_find(self.settings.pacs, self.settings.dicom.ae_title, _identifier(query)):
+                if skipped < query.offset:
+                    skipped += 1
+                    continue
+                yield ds
+        except DimseUnavailable as exc:
+            raise Unavailable(f"PACS unavailable: {exc}") from None
+        except DimseFailure as exc:
+            raise Unavailable(f"PACS C-FIND failed: {exc}") from None
+
+    async def _series_of(self, study_uid: str) -> list[str]:
+        query = QidoQuery(level=QueryLevel.SERIES, matches=(), return_tags=frozenset({SERIES_INSTANCE_UID}))
+        identifier = _identifier(query)
+        identifier.StudyInstanceUID = study_uid
+        series: list[str] = []
+        try:
+            async for ds in iter_find(self.settings.pacs, self.settings.dicom.ae_title, identifier):
+                uid = str(ds.get("SeriesInstanceUID", ""))
+                if uid and uid not in series:
+                    series.append(uid)
+        except DimseUnavailable as exc:
+            raise Unavailable(f"PACS unavailable: {exc}") from None
+        except DimseFailure as exc:
+            raise Unavailable(f"PACS C-FIND failed: {exc}") from None
+        return series
+
+    # ---------------------------------------------------------------------------------------- WADO
+
+    def _source(self, study_uid: str, series_uid: str, outcome: RetrieveOutcome) -> Callable[[], AsyncIterator[ReceivedInstance]]:
+        def source() -> AsyncIterator[ReceivedInstance]:
+            return iter_retrieve(self.settings.pacs, self.settings.dicom, study_uid, series_uid, outcome=outcome)
+
+        return source
+
+    async def _series_instances(self, study_uid: str, series_uid: str) -> AsyncIterator[CachedInstance]:
+        outcome = RetrieveOutcome()
+        count = 0
+        try:
+            async for instance in self.cache.series(study_uid, series_uid, self._source(study_uid, series_uid, outcome)):
+                count += 1
+                yield instance
+        except DimseUnavailable as exc:
+            raise Unavailable(f"PACS unavailable: {exc}") from None
+        except DimseFailure as exc:
+            if count:
+                raise IncompleteRetrieve(f"retrieve from the PACS ended early: {exc}",
+                                         completed=count, failed=max(1, outcome.failed)) from None
+            raise Unavailable(f"PACS retrieve failed: {exc}") from None
+        if outcome.failed and count:
+            raise IncompleteRetrieve("some instances could not be retrieved from the PACS",
+                                     completed=count, failed=outcome.failed)
+
+    async def iter_instances(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> AsyncIterator[StoredInstance]:
+        series_list = [series_uid] if series_uid else await self._series_of(study_uid)
+        if not series_list:
+            raise NotFound("no such study in the PACS")
+        found = False
+        for series in series_list:
+            async for instance in self._series_instances(study_uid, series):
+                if sop_uid is not None and instance.sop_instance_uid != sop_uid:
+                    continue
+                found = True
+                yield _stored(instance)
+                if sop_uid is not None:
+                    return
+        if not found:
+            raise NotFound("no such instance in the PACS" if sop_uid else "no such series in the PACS")
+
+    async def metadata(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *, base: str
+    ) -> AsyncIterator[bytes]:
+        if sop_uid is not None:
+            async for item in metadata_from_instances(self.iter_instances(study_uid, series_uid, sop_uid), base):
+                yield item
+            return
+        series_list = [series_uid] if series_uid else await self._series_of(study_uid)
+        if not series_list:
+            raise NotFound("no such study in the PACS")
+        for series in series_list:
+            cached = await self.cache.metadata(study_uid, series, base)
+            if cached is None:
+                items = [item async for item in metadata_from_instances(self.iter_instances(study_uid, series), base)]
+                cached = b",".join(items)
+                # Kept only if the series made it into the cache (a complete retrieve).
+                await self.cache.store_metadata(study_uid, series, base, cached)
+            # One blob per series: the routes join items with commas into one JSON array.
+            yield cached
+
+    async def invalidate_study(self, study_uid: str) -> None:
+        await self.cache.invalidate_study(study_uid)
+
+
+def _stored(instance: CachedInstance) -> StoredInstance:
+    return StoredInstance(
+        study_uid=instance.study_uid,
+        series_uid=instance.series_uid,
+        sop_class_uid=instance.sop_class_uid,
+        sop_instance_uid=instance.sop_instance_uid,
+        transfer_syntax_uid=instance.transfer_syntax_uid,
+        body=FileBody(Path(instance.path), instance.size),
+    )
+

@@ -1,0 +1,46 @@
+"""The Native profile: the box is the archive. storescu in, DICOMweb out, and reports published from it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+
+from drimbox.hl7.mllp import send_message
+from drimbox.samples.orthanc import storescu
+from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.samples.studies import exam_c_study, write_study
+
+pytestmark = [pytest.mark.dcmtk, pytest.mark.box, pytest.mark.sim]
+
+STUDY = "1.2.250.1.213.4.5.2.1.103"
+
+
+def test_storescu_then_dicomweb_gives_identical_instances_and_reports_publish(
+    orthanc: Any, source_box: Any, sim: Any, tmp_path: Path
+) -> None:
+    box = source_box(orthanc, box={"profile": "native"})
+    files = write_study(tmp_path / "study", exam_c_study(instances=10))
+    storescu("127.0.0.1", box.dicom_port, "DRIMBOX", files)
+    sent = {str(pydicom.dcmread(p).SOPInstanceUID): hashlib.sha256(pydicom.dcmread(p).PixelData).hexdigest() for p in files}
+
+    client = DICOMwebClient(f"{box.url}/dicom-web")
+    assert [s["0020000D"]["Value"][0] for s in client.search_for_studies()] == [STUDY]
+    assert len(client.search_for_instances(STUDY)) == 10
+    got = {str(ds.SOPInstanceUID): hashlib.sha256(ds.PixelData).hexdigest() for ds in client.retrieve_study(STUDY)}
+    assert got == sent
+
+    # The publication pipeline finds the images in the box's own archive.
+    ack = asyncio.run(send_message("127.0.0.1", box.mllp_port, build_oru(build_cda(ANS_EXAMS["C"]), control_id="N-1")))
+    assert b"MSA|AA" in ack
+    pub = box.wait_state("ACN103", ("published", "failed", "rejected"))
+    assert pub["state"] == "published", pub
+    kos = pydicom.dcmread(__import__("io").BytesIO(sim.document_bytes(pub["kos_uid"])))
+    refs = {r.ReferencedSOPInstanceUID for s in kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+            for r in s.ReferencedSOPSequence}
+    assert refs == set(sent)

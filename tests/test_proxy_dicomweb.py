@@ -1,0 +1,74 @@
+"""The Proxy profile seen by DICOMweb clients: a real Orthanc behind the box, dicomweb-client in front."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dicomweb_client.api import DICOMwebClient
+
+from drimbox.samples.studies import exam_c_study, write_study
+
+pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.box]
+
+STUDY = "1.2.250.1.213.4.5.2.1.103"
+
+
+def pixel_hash(ds: Any) -> str:
+    return hashlib.sha256(ds.PixelData).hexdigest()
+
+
+def orthanc_truth(orthanc: Any) -> dict[str, str]:
+    import pydicom
+    from io import BytesIO
+    import urllib.request
+
+    truth = {}
+    for iid in orthanc.rest("GET", "/instances"):
+        with urllib.request.urlopen(f"{orthanc.base_url}/instances/{iid}/file", timeout=30) as resp:
+            ds = pydicom.dcmread(BytesIO(resp.read()))
+        truth[str(ds.SOPInstanceUID)] = pixel_hash(ds)
+    return truth
+
+
+@pytest.fixture
+def loaded(orthanc: Any, tmp_path: Path) -> dict[str, str]:
+    orthanc.clear()
+    orthanc.store_files(write_study(tmp_path / "study", exam_c_study(instances=12)))
+    return orthanc_truth(orthanc)
+
+
+@pytest.mark.parametrize("retrieve", ["c-get", "c-move"])
+def test_dicomweb_client_gets_what_orthanc_holds(orthanc: Any, source_box: Any, loaded: dict[str, str], retrieve: str) -> None:
+    box = source_box(orthanc, pacs={"retrieve": retrieve})
+    if retrieve == "c-move":
+        orthanc.add_modality("DRIMBOX", "127.0.0.1", box.dicom_port)
+    client = DICOMwebClient(f"{box.url}/dicom-web")
+    studies = client.search_for_studies(search_filters={"PatientID": "279035121518989"})
+    assert [s["0020000D"]["Value"][0] for s in studies] == [STUDY]
+    series = client.search_for_series(STUDY)
+    assert len(series) == 2
+    for attempt in ("cold", "warm"):
+        got = {str(ds.SOPInstanceUID): pixel_hash(ds) for ds in client.retrieve_study(STUDY)}
+        assert got == loaded, attempt
+    one_series = series[0]["0020000E"]["Value"][0]
+    assert {str(ds.SOPInstanceUID) for ds in client.retrieve_series(STUDY, one_series)} < set(loaded)
+    metadata = client.retrieve_study_metadata(STUDY)
+    assert {m["00080018"]["Value"][0] for m in metadata} == set(loaded)
+    assert all("BulkDataURI" in m["7FE00010"] for m in metadata)
+
+
+def test_unknown_study_is_404_and_pacs_down_is_503(orthanc: Any, source_box: Any, loaded: dict[str, str]) -> None:
+    import urllib.error
+    import urllib.request
+
+    box = source_box(orthanc)
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{box.url}/dicom-web/studies/1.2.3.4/series/5.6.7", timeout=30)
+    assert err.value.code == 404
+    dead = source_box(orthanc, pacs={"port": 1, "timeout": 2.0})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{dead.url}/dicom-web/studies?PatientID=1", timeout=30)
+    assert err.value.code == 503
