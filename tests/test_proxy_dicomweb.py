@@ -21,9 +21,10 @@ def pixel_hash(ds: Any) -> str:
 
 
 def orthanc_truth(orthanc: Any) -> dict[str, str]:
-    import pydicom
-    from io import BytesIO
     import urllib.request
+    from io import BytesIO
+
+    import pydicom
 
     truth = {}
     for iid in orthanc.rest("GET", "/instances"):
