@@ -53,18 +53,18 @@ class RssSampler(threading.Thread):
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
-        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
+        self.pid, self.peak, self._halt = pid, 0.0, threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self.peak = max(self.peak, rss_mb(self.pid))
             except OSError:
                 return
-            self._stop.wait(0.05)
+            self._halt.wait(0.05)
 
     def stop(self) -> float:
-        self._stop.set()
+        self._halt.set()
         self.join(2)
         return self.peak
 
