@@ -105,6 +105,9 @@ class PublishSettings:
 class CacheSettings:
     # Proxy profile: retrieved series kept on disk under var_dir/cache, least recently used evicted first.
     max_bytes: int = 10 * 1024**3
+    # How long a study's series list, once asked of the PACS, is trusted: a warm request then needs no
+    # C-FIND. Published studies do not grow; a replaced or withdrawn publication clears it at once.
+    study_ttl: float = 300.0
 
 
 @dataclass

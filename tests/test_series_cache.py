@@ -122,3 +122,16 @@ async def test_invalidation_forgets_the_study_and_survives_reopening(tmp_path: P
         assert await reopened.metadata("1.2", "S", "/dicom-web") is None
     finally:
         reopened.close()
+
+
+async def test_study_series_list_expires_and_is_invalidated(tmp_path: Path) -> None:
+    cache = SeriesCache(tmp_path, max_bytes=10**9)
+    try:
+        assert await cache.study_series("1.2", max_age=60) is None
+        await cache.store_study_series("1.2", ["S1", "S2"])
+        assert await cache.study_series("1.2", max_age=60) == ["S1", "S2"]
+        assert await cache.study_series("1.2", max_age=-1) is None
+        await cache.invalidate_study("1.2")
+        assert await cache.study_series("1.2", max_age=60) is None
+    finally:
+        cache.close()

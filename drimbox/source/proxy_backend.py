@@ -68,6 +68,15 @@ class ProxyBackend:
             raise Unavailable(f"PACS C-FIND failed: {exc}") from None
 
     async def _series_of(self, study_uid: str) -> list[str]:
+        known = await self.cache.study_series(study_uid, self.settings.cache.study_ttl)
+        if known is not None:
+            return known
+        series = await self._find_series(study_uid)
+        if series:
+            await self.cache.store_study_series(study_uid, series)
+        return series
+
+    async def _find_series(self, study_uid: str) -> list[str]:
         query = QidoQuery(level=QueryLevel.SERIES, matches=(), return_tags=frozenset({SERIES_INSTANCE_UID}))
         identifier = _identifier(query)
         identifier.StudyInstanceUID = study_uid

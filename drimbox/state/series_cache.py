@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -38,6 +39,11 @@ CREATE TABLE IF NOT EXISTS instances (
     PRIMARY KEY (study_uid, series_uid, sop_instance_uid)
 );
 CREATE INDEX IF NOT EXISTS series_lru ON series (last_access);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    series TEXT NOT NULL,
+    fetched_at REAL NOT NULL
+);
 """
 
 
@@ -266,9 +272,32 @@ class SeriesCache:
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM series WHERE study_uid = ?", (study_uid,))
             conn.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
+            conn.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
 
         await self.db.acall(lambda conn: transaction(conn, work))
         await asyncio.to_thread(shutil.rmtree, self.directory / study_uid, True)
+
+    async def study_series(self, study_uid: str, max_age: float) -> list[str] | None:
+        """The series of a study as the PACS listed them less than `max_age` seconds ago, if known."""
+
+        def work(conn: sqlite3.Connection) -> list[str] | None:
+            row = conn.execute(
+                "SELECT series FROM studies WHERE study_uid = ? AND fetched_at >= ?", (study_uid, time.time() - max_age)
+            ).fetchone()
+            return json.loads(row["series"]) if row else None
+
+        return await self.db.acall(work)
+
+    async def store_study_series(self, study_uid: str, series: list[str]) -> None:
+        """Remember a study's series list: a warm study request then needs no C-FIND at all."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO studies (study_uid, series, fetched_at) VALUES (?, ?, ?)",
+                (study_uid, json.dumps(series), time.time()),
+            )
+
+        await self.db.acall(work)
 
     async def metadata(self, study_uid: str, series_uid: str, base: str) -> bytes | None:
         def work(conn: sqlite3.Connection) -> bytes | None:
