@@ -56,6 +56,7 @@ class Box:
         s.var_path.mkdir(parents=True, exist_ok=True)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/health", self._health)
+        app.router.add_delete("/api/cache", self._clear_cache)
         if self.is_source:
             self.outbox = Outbox(s.var_path / "drimbox.sqlite")
             self.dmp = XdsDmpGateway(s)
@@ -116,6 +117,19 @@ class Box:
             await asyncio.to_thread(self.scp.stop)
         if self.archive is not None:
             self.archive.close()
+
+    async def _clear_cache(self, request: web.Request) -> web.Response:
+        """Operator action: drop the Proxy cache, all of it or one study (?study=UID)."""
+        if self.cache is None:
+            return web.json_response({"error": "this box has no cache (Native profile or no source role)"}, status=404)
+        study = request.query.get("study")
+        if study is not None:
+            if not study or len(study) > 64 or not all(c.isdigit() or c == "." for c in study):
+                return web.json_response({"error": "study: a DICOM UID (digits and dots, at most 64)"}, status=400)
+            await self.cache.invalidate_study(study)
+        else:
+            await self.cache.clear()
+        return web.json_response(await self.cache.usage())
 
     async def _health(self, request: web.Request) -> web.Response:
         components: dict[str, Any] = {"http": {"status": "up"}}

@@ -73,3 +73,24 @@ def test_unknown_study_is_404_and_pacs_down_is_503(orthanc: Any, source_box: Any
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{dead.url}/dicom-web/studies?PatientID=1", timeout=30)
     assert err.value.code == 503
+
+
+def test_operator_can_empty_the_cache(orthanc: Any, source_box: Any, loaded: dict[str, str]) -> None:
+    import json
+    import urllib.request
+
+    box = source_box(orthanc)
+    client = DICOMwebClient(f"{box.url}/dicom-web")
+    assert len(client.retrieve_study(STUDY)) == len(loaded)
+
+    def delete(query: str = "") -> dict[str, int]:
+        req = urllib.request.Request(f"{box.url}/api/cache{query}", method="DELETE")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            result: dict[str, int] = json.loads(resp.read())
+            return result
+
+    health = json.loads(urllib.request.urlopen(f"{box.url}/health", timeout=30).read())
+    assert health["components"]["cache"]["series"] == 2
+    assert delete(f"?study={STUDY}")["series"] == 0
+    assert len(client.retrieve_study(STUDY)) == len(loaded)
+    assert delete()["series"] == 0

@@ -277,6 +277,16 @@ class SeriesCache:
         await self.db.acall(lambda conn: transaction(conn, work))
         await asyncio.to_thread(shutil.rmtree, self.directory / study_uid, True)
 
+    async def clear(self) -> None:
+        """Forget everything (operator action); fills in flight finish but are not kept."""
+
+        def studies(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute("SELECT study_uid FROM series UNION SELECT study_uid FROM studies").fetchall()
+            return [r["study_uid"] for r in rows]
+
+        for study_uid in await self.db.acall(studies):
+            await self.invalidate_study(study_uid)
+
     async def study_series(self, study_uid: str, max_age: float) -> list[str] | None:
         """The series of a study as the PACS listed them less than `max_age` seconds ago, if known."""
 
