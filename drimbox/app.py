@@ -17,6 +17,7 @@ from drimbox.archive.scp import start as start_archive_scp
 from drimbox.config import Settings
 from drimbox.dicomweb.backend import DicomwebBackend
 from drimbox.dicomweb.routes import dicomweb_routes
+from drimbox.dicomweb.stow import stow_routes
 from drimbox.hl7.mllp import MllpServer
 from drimbox.source.api import publications_routes
 from drimbox.source.dmp_gateway import XdsDmpGateway
@@ -73,6 +74,8 @@ class Box:
                 self.cache = SeriesCache(s.var_path / "cache", s.cache.max_bytes)
                 backend = ProxyBackend(s, self.cache)
             self.backend = backend
+            if isinstance(backend, NativeBackend):
+                app.add_routes(stow_routes(backend.stow, base="/dicom-web", public_url=s.box.public_url))
             app.add_routes(dicomweb_routes(
                 backend, base="/dicom-web", cors_origins=s.http.cors_origins, public_url=s.box.public_url,
                 compress=s.http.compress_on_the_fly,

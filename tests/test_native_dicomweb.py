@@ -44,3 +44,27 @@ def test_storescu_then_dicomweb_gives_identical_instances_and_reports_publish(
     refs = {r.ReferencedSOPInstanceUID for s in kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
             for r in s.ReferencedSOPSequence}
     assert refs == set(sent)
+
+
+def test_stow_rs_stores_durably_and_refuses_garbage(orthanc: Any, source_box: Any, tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    box = source_box(orthanc, box={"profile": "native"})
+    files = write_study(tmp_path / "study", exam_c_study(instances=4))
+    datasets = [pydicom.dcmread(p) for p in files]
+    client = DICOMwebClient(f"{box.url}/dicom-web")
+    receipt = client.store_instances(datasets)
+    assert len(receipt.ReferencedSOPSequence) == 4
+    assert "FailedSOPSequence" not in receipt
+    got = {str(ds.SOPInstanceUID): ds.PixelData for ds in client.retrieve_study(STUDY)}
+    assert got == {str(ds.SOPInstanceUID): ds.PixelData for ds in datasets}
+
+    body = b"--XX\r\nContent-Type: application/dicom\r\n\r\nnot dicom at all\r\n--XX--\r\n"
+    req = urllib.request.Request(f"{box.url}/dicom-web/studies", data=body, method="POST",
+                                 headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=XX'})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 409
+    failed = __import__("json").loads(err.value.read())["00081198"]["Value"]
+    assert failed[0]["00081197"]["Value"][0] >= 0xA000

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from io import BytesIO
 
+import pydicom
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 
 from drimbox.archive.archive import Archive
-from drimbox.archive.errors import QueryError
+from drimbox.archive.errors import ArchiveError, QueryError
 from drimbox.archive.query import Level, Match
 from drimbox.dicomweb.backend import FileBody, NotFound, QidoQuery, QueryLevel, StoredInstance
 from drimbox.dicomweb.json_model import metadata_from_instances
 from drimbox.dicomweb.params import BadRequest
+from drimbox.dicomweb.stow import Stored, StoreRefused
 
 _LEVELS: dict[QueryLevel, Level] = {QueryLevel.STUDY: "study", QueryLevel.SERIES: "series", QueryLevel.IMAGE: "instance"}
 
@@ -78,6 +82,22 @@ class NativeBackend:
     ) -> AsyncIterator[bytes]:
         async for item in metadata_from_instances(self.iter_instances(study_uid, series_uid, sop_uid), base):
             yield item
+
+    async def stow(self, data: bytes) -> Stored:
+        """STOW-RS: one Part-10 instance, durably archived before the receipt names it."""
+        try:
+            header = await asyncio.to_thread(
+                pydicom.dcmread, BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"]
+            )
+        except Exception as exc:  # pydicom raises many kinds on garbage
+            raise StoreRefused(f"not a DICOM Part-10 instance: {exc.__class__.__name__}", 0xC000) from None
+        sop_class = str(header.get("SOPClassUID", ""))
+        sop_uid = str(header.get("SOPInstanceUID", ""))
+        try:
+            stored = await self.archive.astore_part10(data, source_ae="STOW-RS")
+        except ArchiveError as exc:
+            raise StoreRefused(str(exc), exc.status, sop_class, sop_uid) from None
+        return Stored(stored.study_uid, stored.series_uid, sop_class, stored.sop_uid)
 
     async def invalidate_study(self, study_uid: str) -> None:
         """Nothing cached beyond the archive itself."""
