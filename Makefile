@@ -9,7 +9,7 @@ DEBS   := orthanc orthanc-dicomweb dcmtk dicom3tools
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps demo test lint typecheck clean
+.PHONY: venv system-deps demo test perf lint typecheck clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ demo: venv system-deps
 
 test: venv system-deps
 	$(BIN)/pytest -q $(PYTEST_ARGS) tests conformance
+
+# The benchmark suite (about 5 minutes here); its report goes to perf/results/<date>/.
+perf: venv system-deps
+	@command -v curl >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq curl)
+	$(BIN)/python -m perf --full --out perf/results/$$(date +%Y-%m-%d)
 
 lint: venv
 	$(BIN)/ruff check drimbox tests conformance

@@ -82,6 +82,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return int(run_demo(workdir=args.workdir, keep_running=not args.exit, instances=args.instances))
 
 
+def cmd_perf(args: argparse.Namespace) -> int:
+    try:
+        from perf.suite import main as perf_main
+    except ImportError:
+        print("drimbox perf: run it from a clone of the repository (the perf/ folder is not installed)", file=sys.stderr)
+        return 2
+    perf_main(args.perf_args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drimbox", description="An open-source DRIMbox (DRIM-M imaging gateway).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit", action="store_true", help="exit once the KOS is registered instead of waiting for Ctrl-C")
     p.add_argument("--instances", type=int, default=20, help="instances in the synthetic study")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("perf", help="the benchmark suite beside Orthanc and dcmtk (see python -m perf --help)")
+    p.add_argument("perf_args", nargs=argparse.REMAINDER, help="arguments for the suite (--full, --out DIR)")
+    p.set_defaults(func=cmd_perf)
     return parser
 
 

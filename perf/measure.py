@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,9 +54,9 @@ def fetch(url: str, accept: str = AS_STORED, headers: dict[str, str] | None = No
     return Fetch(status=int(code), bytes=int(size), ttfb_s=float(ttfb), total_s=float(total))
 
 
-def best_of(n: int, fn: Any, *args: Any, **kwargs: Any) -> Fetch:
+def best_of(n: int, fn: Callable[..., Fetch], *args: Any, **kwargs: Any) -> Fetch:
     """The fastest of n runs (the least disturbed by the rest of the machine)."""
-    runs = [fn(*args, **kwargs) for _ in range(n)]
+    runs: list[Fetch] = [fn(*args, **kwargs) for _ in range(n)]
     return min(runs, key=lambda f: f.total_s)
 
 
