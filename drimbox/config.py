@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -120,6 +122,61 @@ class PscSettings:
 @dataclass
 class WhitelistSettings:
     url: str = "http://127.0.0.1:8090/whitelist"
+    # PEM file of the certificate that signs the list (the ANS "Liste Blanche DRIM-M" one): pinned.
+    certificate: str = ""
+    # When `certificate` is empty, fetch the signer's certificate from here once at start (trust on first
+    # use: fine for the simulator on loopback, never for production, where `certificate` is set).
+    certificate_url: str = "http://127.0.0.1:8090/whitelist/certificate"
+    # false: an unsigned list is accepted with a warning (a signed one is still verified).
+    require_signature: bool = True
+    refresh_interval: float = 3600.0
+    # A refresh that fails keeps the last verified list this long, then every host is refused.
+    max_stale: float = 24 * 3600.0
+    timeout: float = 10.0
+
+
+@dataclass
+class AuthSettings:
+    # Browser sessions, kept server-side in var_dir/auth.sqlite: absolute lifetime and idle time-out.
+    session_ttl: float = 8 * 3600.0
+    session_idle: float = 30 * 60.0
+    cookie_name: str = "drimbox_session"
+    # Pro Santé Connect wants scope "openid scope_all" and acr_values "eidas1"; other providers ignore them.
+    scopes: list[str] = field(default_factory=lambda: ["openid", "scope_all"])
+    acr_values: str = "eidas1"
+    # Extra "key=value" parameters for every authorization request (the simulator's "sim_auto=1").
+    authorize_params: list[str] = field(default_factory=list)
+    # How the box authenticates to the token, introspection and revocation endpoints.
+    token_endpoint_auth: str = "client_secret_basic"
+    # An access token this close to its expiry is refreshed before it is handed out.
+    refresh_margin: float = 60.0
+    clock_leeway: int = 60
+    discovery_ttl: float = 3600.0
+    http_timeout: float = 10.0
+    # Bearer tokens from other boxes (source side): "introspection" sees revocation, "jwt" needs no call.
+    token_check: str = "introspection"
+    token_cache_ttl: float = 30.0
+    # When set, a bearer token's "aud" must contain this value.
+    token_audience: str = ""
+    # Local page the browser lands on after logout.
+    logout_redirect: str = "/auth/logged-out"
+
+
+@dataclass
+class ConsumerSettings:
+    # TD0.2/TD0.3 (does the DMP exist, is access authorised; declare it) before each DMP lookup. drimbox
+    # speaks its own equivalent of them (drimbox/xsd/DMP/access.xsd), as the simulator does: set false
+    # against a DMP that does not, and the DMP's own answers to ITI-18 decide alone.
+    access_check: bool = True
+    # INS assigning authority when a URL names none (test INS; production INS-NIR is 1.2.250.1.213.1.4.8).
+    ins_oid: str = "1.2.250.1.213.1.4.10"
+    # How long (seconds) a contextual launch waits, server-side, for the professional to log in.
+    launch_ttl: float = 3600.0
+    # Requests by one professional for one patient within this many seconds are one consultation; the
+    # exams "new since last time" are those first seen after the previous consultation began.
+    visit_window: float = 1800.0
+    # KOS manifests fetched from the DMP (ITI-43) at the same time for one exam list.
+    kos_concurrency: int = 4
 
 
 @dataclass
@@ -132,6 +189,17 @@ class SimSettings:
     # PEM certificates (paths) whose holders, or whose direct issuees, may sign VIHF assertions.
     # Empty = test mode: any certificate embedded in the signature is accepted if the signature verifies.
     trusted_certs: list[str] = field(default_factory=list)
+    # Base URL the simulator is reached at (its PSC issuer is {public_url}/psc); empty = http://{host}:{port}.
+    public_url: str = ""
+    # Redirect URIs registered for the [psc] client, matched exactly. Empty = any http loopback URI
+    # (127.0.0.1, localhost, [::1]; any port and path), since tests and the demo pick their ports at run time.
+    psc_redirect_uris: list[str] = field(default_factory=list)
+    # Lifetime in seconds of the access tokens the simulated Pro Santé Connect issues.
+    psc_access_token_lifetime: int = 300
+    # JSON file of extra test professionals (one with a built-in's id replaces it); empty = built-ins only.
+    professionals_file: str = ""
+    # Hosts the simulated ANS whitelist lists, each as a DRIMbox (<db>) and a viewer (<vi>) host.
+    whitelist_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1", "localhost"])
 
 
 @dataclass
@@ -146,6 +214,8 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     psc: PscSettings = field(default_factory=PscSettings)
     whitelist: WhitelistSettings = field(default_factory=WhitelistSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
     sim: SimSettings = field(default_factory=SimSettings)
 
     @property
@@ -230,6 +300,81 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"cache.max_bytes: must be >= 0, got {s.cache.max_bytes}")
     if s.publish.workers < 1:
         raise ConfigError(f"publish.workers: must be at least 1, got {s.publish.workers}")
+    _validate_consumer(s)
+    _validate_auth(s)
+    _validate_sim(s)
+
+
+def _validate_auth(s: Settings) -> None:
+    a, w = s.auth, s.whitelist
+    for key, value in (("auth.session_ttl", a.session_ttl), ("auth.session_idle", a.session_idle),
+                       ("auth.discovery_ttl", a.discovery_ttl), ("auth.http_timeout", a.http_timeout),
+                       ("whitelist.refresh_interval", w.refresh_interval), ("whitelist.timeout", w.timeout)):
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+    for key, value in (("auth.refresh_margin", a.refresh_margin), ("auth.clock_leeway", a.clock_leeway),
+                       ("auth.token_cache_ttl", a.token_cache_ttl), ("whitelist.max_stale", w.max_stale)):
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value}")
+    if a.token_check not in ("introspection", "jwt"):
+        raise ConfigError(f"auth.token_check: must be 'introspection' or 'jwt', got {a.token_check!r}")
+    if a.token_endpoint_auth not in ("client_secret_basic", "client_secret_post"):
+        raise ConfigError(
+            f"auth.token_endpoint_auth: must be 'client_secret_basic' or 'client_secret_post', got {a.token_endpoint_auth!r}"
+        )
+    if "openid" not in a.scopes:
+        raise ConfigError(f"auth.scopes: must include 'openid', got {a.scopes!r}")
+    if not a.cookie_name or not all(c.isalnum() or c in "_-" for c in a.cookie_name):
+        raise ConfigError(f"auth.cookie_name: letters, digits, '_' and '-' only, got {a.cookie_name!r}")
+    for param in a.authorize_params:
+        if "=" not in param or not param.partition("=")[0]:
+            raise ConfigError(f"auth.authorize_params: each entry is 'key=value', got {param!r}")
+    if not a.logout_redirect.startswith("/") or a.logout_redirect.startswith("//"):
+        raise ConfigError(f"auth.logout_redirect: must be a local path, got {a.logout_redirect!r}")
+    if w.certificate_url and not w.certificate_url.startswith(("http://", "https://")):
+        raise ConfigError(f"whitelist.certificate_url: must be an http(s) URL, got {w.certificate_url!r}")
+    if w.certificate and not Path(w.certificate).is_file():
+        raise ConfigError(f"whitelist.certificate: file not found: {w.certificate!r}")
+    if w.require_signature and not (w.certificate or w.certificate_url):
+        raise ConfigError("whitelist.certificate: required when whitelist.require_signature is true (or set whitelist.certificate_url)")
+
+
+
+# A host name or an IPv4 literal, as the ANS whitelist writes them in <db> and <vi> (no scheme, no port).
+_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _validate_sim(s: Settings) -> None:
+    sim = s.sim
+    if sim.public_url:
+        parts = urlsplit(sim.public_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ConfigError(f"sim.public_url: must be an http(s) URL without query or fragment, got {sim.public_url!r}")
+    for uri in sim.psc_redirect_uris:
+        parts = urlsplit(uri)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+            raise ConfigError(f"sim.psc_redirect_uris: each must be an absolute http(s) URL without fragment, got {uri!r}")
+    if sim.psc_access_token_lifetime < 1:
+        raise ConfigError(f"sim.psc_access_token_lifetime: must be at least 1 second, got {sim.psc_access_token_lifetime}")
+    if sim.professionals_file and not Path(sim.professionals_file).is_file():
+        raise ConfigError(f"sim.professionals_file: file not found: {sim.professionals_file!r}")
+    if not sim.whitelist_hosts:
+        raise ConfigError("sim.whitelist_hosts: must list at least one host")
+    for host in sim.whitelist_hosts:
+        if not _HOST_RE.match(host):
+            raise ConfigError(f"sim.whitelist_hosts: each must be a host name or IPv4 address without scheme or port, got {host!r}")
+
+
+def _validate_consumer(s: Settings) -> None:
+    c = s.consumer
+    if c.ins_oid not in ("1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.9", "1.2.250.1.213.1.4.10", "1.2.250.1.213.1.4.11"):
+        raise ConfigError(f"consumer.ins_oid: must be an INS OID 1.2.250.1.213.1.4.8/.9/.10/.11, got {c.ins_oid!r}")
+    if c.launch_ttl <= 0:
+        raise ConfigError(f"consumer.launch_ttl: must be > 0, got {c.launch_ttl}")
+    if c.visit_window < 0:
+        raise ConfigError(f"consumer.visit_window: must be >= 0, got {c.visit_window}")
+    if c.kos_concurrency < 1:
+        raise ConfigError(f"consumer.kos_concurrency: must be at least 1, got {c.kos_concurrency}")
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:

@@ -1,0 +1,175 @@
+"""Server-side browser sessions and pending logins, in SQLite under var_dir, with absolute and idle expiry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from drimbox.auth.oidc import TokenSet
+from drimbox.auth.professional import Professional
+from drimbox.state.db import Database
+
+# A login not finished within this time is forgotten (the user is back at the provider's page for longer).
+PENDING_TTL = 600.0
+# last_seen is written at most this often: a viewer loading hundreds of frames must not write per request.
+TOUCH_INTERVAL = 30.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id_hash TEXT PRIMARY KEY,
+    professional TEXT NOT NULL,
+    tokens TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending_logins (
+    state_hash TEXT PRIMARY KEY,
+    nonce TEXT NOT NULL,
+    code_verifier TEXT NOT NULL,
+    next TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Session:
+    id_hash: str
+    professional: Professional
+    tokens: TokenSet
+    created_at: float
+    last_seen: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class PendingLogin:
+    """What the callback needs to finish a login: kept here, never in the browser."""
+
+    state: str
+    nonce: str
+    code_verifier: str
+    next: str
+    created_at: float
+
+
+def _hash(secret: str) -> str:
+    # Only hashes are stored: a copy of the database does not hand out live session cookies.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class SessionStore:
+    """Sessions keyed by a random opaque id (the cookie value); expired ones are refused and purged."""
+
+    def __init__(self, path: Path, *, ttl: float, idle: float, clock: Callable[[], float] = time.time) -> None:
+        self.ttl = ttl
+        self.idle = idle
+        self._clock = clock
+        self._db = Database(path, SCHEMA)
+        # Tokens live in this file: readable by the box's user only.
+        os.chmod(path, 0o600)
+
+        def _relax(conn: sqlite3.Connection) -> None:
+            # A session lost in a crash only means logging in again: no fsync per write here.
+            conn.execute("PRAGMA synchronous=NORMAL")
+
+        self._db.call(_relax)
+
+    def close(self) -> None:
+        self._db.close()
+
+    async def create(self, professional: Professional, tokens: TokenSet) -> str:
+        """A new session; returns its id (goes in the cookie, nowhere else)."""
+        session_id = secrets.token_urlsafe(32)
+        now = self._clock()
+        row = (
+            _hash(session_id), json.dumps(professional.to_json()), json.dumps(tokens.to_json()), now, now, now + self.ttl,
+        )
+
+        def _insert(conn: sqlite3.Connection) -> None:
+            self._purge(conn, now)
+            conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)", row)
+
+        await self._db.acall(_insert)
+        return session_id
+
+    async def get(self, session_id: str) -> Session | None:
+        """The live session for this id, its idle clock restarted; None when unknown, expired or idle too long."""
+        if not session_id or len(session_id) > 128:
+            return None
+        key, now = _hash(session_id), self._clock()
+
+        def _get(conn: sqlite3.Connection) -> Session | None:
+            row = conn.execute("SELECT * FROM sessions WHERE id_hash = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            if now >= row["expires_at"] or now - row["last_seen"] >= self.idle:
+                conn.execute("DELETE FROM sessions WHERE id_hash = ?", (key,))
+                return None
+            last_seen = row["last_seen"]
+            if now - last_seen >= TOUCH_INTERVAL:
+                conn.execute("UPDATE sessions SET last_seen = ? WHERE id_hash = ?", (now, key))
+                last_seen = now
+            return Session(
+                id_hash=key,
+                professional=Professional.from_json(json.loads(row["professional"])),
+                tokens=TokenSet.from_json(json.loads(row["tokens"])),
+                created_at=row["created_at"],
+                last_seen=last_seen,
+                expires_at=row["expires_at"],
+            )
+
+        return await self._db.acall(_get)
+
+    async def update_tokens(self, session_id: str, tokens: TokenSet) -> None:
+        key = _hash(session_id)
+
+        def _update(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE sessions SET tokens = ? WHERE id_hash = ?", (json.dumps(tokens.to_json()), key))
+
+        await self._db.acall(_update)
+
+    async def delete(self, session_id: str) -> Session | None:
+        """End a session (logout); returns it so its tokens can be revoked, or None if there was none."""
+        session = await self.get(session_id)
+        key = _hash(session_id)
+
+        def _delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM sessions WHERE id_hash = ?", (key,))
+
+        await self._db.acall(_delete)
+        return session
+
+    async def save_pending(self, pending: PendingLogin) -> None:
+        row = (_hash(pending.state), pending.nonce, pending.code_verifier, pending.next, pending.created_at)
+
+        def _insert(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM pending_logins WHERE created_at < ?", (self._clock() - PENDING_TTL,))
+            conn.execute("INSERT OR REPLACE INTO pending_logins VALUES (?, ?, ?, ?, ?)", row)
+
+        await self._db.acall(_insert)
+
+    async def pop_pending(self, state: str) -> PendingLogin | None:
+        """The pending login for this state, removed at once (a state is good for one callback only)."""
+        if not state or len(state) > 256:
+            return None
+        key, now = _hash(state), self._clock()
+
+        def _pop(conn: sqlite3.Connection) -> PendingLogin | None:
+            row = conn.execute("DELETE FROM pending_logins WHERE state_hash = ? RETURNING *", (key,)).fetchone()
+            if row is None or now - row["created_at"] > PENDING_TTL:
+                return None
+            return PendingLogin(state, row["nonce"], row["code_verifier"], row["next"], row["created_at"])
+
+        return await self._db.acall(_pop)
+
+    def _purge(self, conn: sqlite3.Connection, now: float) -> None:
+        conn.execute("DELETE FROM sessions WHERE expires_at <= ? OR last_seen <= ?", (now, now - self.idle))
