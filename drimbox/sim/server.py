@@ -20,7 +20,7 @@ async def run_sim(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.sim.host, settings.sim.port)
     await site.start()
-    log.info("simulator listening on http://%s:%d (DMP at /dmp)", settings.sim.host, settings.sim.port)
+    log.info("simulator listening on http://%s:%d (DMP /dmp, Pro Santé Connect /psc, whitelist /whitelist)", settings.sim.host, settings.sim.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
