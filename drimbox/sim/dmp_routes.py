@@ -16,6 +16,7 @@ from lxml import etree
 
 from drimbox.config import ConfigError, Settings
 from drimbox.sim import dmp_xml
+from drimbox.sim.dmp_access import ACCESS_STATE, AccessRegistry, AccessState, add_access_routes
 from drimbox.sim.dmp_registration import patient_key
 from drimbox.sim.dmp_rules import INS_TEST_OID, KnownPatients, XdsError
 from drimbox.sim.dmp_service import Answer, DmpOptions, DmpService
@@ -63,6 +64,7 @@ class DmpState:
     store: DmpStore
     options: DmpOptions
     faults: Faults
+    access: AccessRegistry
 
 
 DMP_STATE = web.AppKey("dmp_state", DmpState)
@@ -91,6 +93,8 @@ async def _dispatch(state: DmpState, request: SoapRequest, actions: dict[str, st
     vihf: Vihf | None = None
     if state.options.require_vihf:
         vihf = await asyncio.to_thread(verify_vihf, request.header, state.options.vihf_policy)
+    if request.action in (ns.ACTION_ITI18, ns.ACTION_ITI43):
+        await state.access.require_consultation(vihf)  # TD0.3 must have granted access (see dmp_access)
     service = state.service
     if request.action == ns.ACTION_ITI41:
         return await service.provide_and_register(request.payload, request.attachments, vihf)
@@ -246,20 +250,25 @@ def options_from_settings(settings: Settings) -> DmpOptions:
 
 
 def setup_dmp(app: web.Application, settings: Settings, options: DmpOptions | None = None) -> None:
-    """Mount the DMP under /dmp and its inspection under /sim/dmp; the store opens and closes with the app."""
+    """Mount the DMP under /dmp (registry, repository, access) and its inspection under /sim/dmp."""
     options = options or options_from_settings(settings)
     patients = KnownPatients(settings.sim.patients)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = DmpStore(settings.sim_var_path / "dmp", options.repository_unique_id)
         await store.open()
-        app[DMP_STATE] = DmpState(DmpService(store, patients, options), store, options, Faults())
+        registry = await AccessRegistry.open(settings.sim_var_path / "dmp" / "access.sqlite")
+        faults = Faults()
+        app[DMP_STATE] = DmpState(DmpService(store, patients, options), store, options, faults, registry)
+        app[ACCESS_STATE] = AccessState(registry, patients, options.vihf_policy, options.require_vihf, faults)
         yield
+        await registry.close()
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/dmp/repository", _soap_handler(REPOSITORY_ACTIONS))
     app.router.add_post("/dmp/registry", _soap_handler(REGISTRY_ACTIONS))
+    add_access_routes(app)  # TD0.2 / TD0.3 at /dmp/access, inspection at /sim/dmp/access
     app.router.add_get("/sim/dmp/documents", list_documents)
     app.router.add_get("/sim/dmp/documents/{unique_id}", get_document)
     for method in ("GET", "POST", "DELETE"):

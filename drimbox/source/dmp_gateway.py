@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 from drimbox.cda import Professional
 from drimbox.config import Settings
@@ -27,7 +26,8 @@ from drimbox.xds.metadata import (
     xds_time,
     xon,
 )
-from drimbox.xds.vihf import PROFESSION_SCHEME, SPECIALTY_SCHEME, VihfIdentity, VihfSigner, generate_test_credentials
+from drimbox.xds.structure import structure_signer
+from drimbox.xds.vihf import PROFESSION_SCHEME, SPECIALTY_SCHEME, VihfIdentity
 
 TEST_INS_OID = "1.2.250.1.213.1.4.10"
 HEALTHCARE_FACILITY_SCHEME = "1.2.250.1.71.4.2.4"
@@ -38,14 +38,6 @@ _ENTRY_NAMESPACE = uuid.UUID("9f0c6f1e-5d0b-4d55-9a57-6b2f0b7c1d11")
 
 def entry_uuid_for(kos_uid: str) -> str:
     return f"urn:uuid:{uuid.uuid5(_ENTRY_NAMESPACE, kos_uid)}"
-
-
-def _signer(settings: Settings) -> VihfSigner:
-    d = settings.dmp
-    if d.signing_key and d.signing_cert:
-        return VihfSigner.from_files(Path(d.signing_key), Path(d.signing_cert))
-    key, cert = generate_test_credentials(settings.var_path / "credentials", f"drimbox {d.structure_id}")
-    return VihfSigner.from_files(key, cert)
 
 
 def _roles(pro: Professional | None) -> list[Code]:
@@ -64,7 +56,7 @@ class XdsDmpGateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = DmpClient(settings.dmp.url, signer=_signer(settings), timeout=settings.dmp.timeout)
+        self.client = DmpClient(settings.dmp.url, signer=structure_signer(settings), timeout=settings.dmp.timeout)
 
     async def close(self) -> None:
         await self.client.close()

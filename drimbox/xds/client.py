@@ -12,11 +12,12 @@ from types import TracebackType
 import aiohttp
 from lxml import etree
 
-from drimbox.xds import metadata, mtom, query, soap
+from drimbox.xds import access, metadata, mtom, query, soap
 from drimbox.xds import namespaces as ns
+from drimbox.xds.access import AccessStatus
 from drimbox.xds.metadata import Code, KosDocumentEntry, MetadataError, ReferenceId, SubmissionSet
 from drimbox.xds.query import DocumentEntryInfo
-from drimbox.xds.soap import RegistryError, RegistryResponse
+from drimbox.xds.soap import RegistryError, RegistryResponse, SoapFault
 from drimbox.xds.vihf import VihfIdentity, VihfSigner
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,13 @@ def _redact(text: str) -> str:
 class XdsError(Exception):
     """A DMP transaction that did not succeed; `errors` holds the registry's RegistryErrors, if any."""
 
-    def __init__(self, transaction: str, message: str, errors: Sequence[RegistryError] = ()) -> None:
+    def __init__(
+        self, transaction: str, message: str, errors: Sequence[RegistryError] = (), fault: SoapFault | None = None
+    ) -> None:
         super().__init__(f"{transaction}: {_redact(message)}")
         self.transaction = transaction
         self.errors = list(errors)
+        self.fault = fault  # the SOAP Fault the DMP answered with, when it did
 
 
 class XdsTransientError(XdsError):
@@ -79,6 +83,7 @@ class DmpClient:
         base = base_url.rstrip("/")
         self.registry_url = f"{base}/registry"
         self.repository_url = f"{base}/repository"
+        self.access_url = f"{base}/access"  # TD0.2 / TD0.3 (drimbox's equivalent, see xds/access.py)
         self.signer = signer
         self.identity = identity  # default actor; a call may name another (a Pro Santé Connect user)
         self.timeout = timeout
@@ -205,6 +210,28 @@ class DmpClient:
             raise XdsRejected.from_errors("ITI-43", result.response)
         raise XdsRejected("ITI-43", f"the repository returned no document {unique_id}")
 
+    async def patient_access(self, patient_id: str, *, identity: VihfIdentity | None = None) -> AccessStatus:
+        """TD0.2: does this patient's DMP exist, and may the VIHF's professional access it?"""
+        msg = await self._call("TD0.2", self.access_url, access.ACTION_TD02, access.build_access_request(patient_id),
+                               None, patient_id=patient_id, identity=identity)  # fmt: skip
+        return self._access_status("TD0.2", msg.payload)
+
+    async def declare_access(
+        self, patient_id: str, *, patient_informed: bool, remove: bool = False, identity: VihfIdentity | None = None
+    ) -> AccessStatus:
+        """TD0.3: declare (or remove) the VIHF's professional's access authorisation to this patient's DMP."""
+        payload = access.build_declare_request(patient_id, patient_informed, access.REMOVE if remove else access.ADD)
+        msg = await self._call("TD0.3", self.access_url, access.ACTION_TD03, payload, None,
+                               patient_id=patient_id, identity=identity)  # fmt: skip
+        return self._access_status("TD0.3", msg.payload)
+
+    @staticmethod
+    def _access_status(transaction: str, payload: etree._Element) -> AccessStatus:
+        try:
+            return access.parse_status(payload)
+        except access.AccessFormatError as exc:
+            raise XdsRejected(transaction, f"malformed answer: {exc}") from None
+
     # ------------------------------------------------------------------------------ plumbing
 
     async def _query(
@@ -297,7 +324,7 @@ class DmpClient:
             # Receiver faults are the server's own trouble; Sender (and MustUnderstand...) mean our request.
             kind = XdsTransientError if fault.code == "Receiver" or status in (502, 503, 504) else XdsRejected
             detail = f" ({fault.detail})" if fault.detail else ""
-            raise kind(transaction, f"HTTP {status}, {exc}{detail}") from None
+            raise kind(transaction, f"HTTP {status}, {exc}{detail}", fault=fault) from None
         except soap.SoapProtocolError as exc:
             kind = XdsTransientError if status >= 500 or status in (408, 429) else XdsRejected
             raise kind(transaction, f"HTTP {status} from {url} without a SOAP answer ({exc})") from None

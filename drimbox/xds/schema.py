@@ -26,6 +26,7 @@ def _schema(name: str) -> etree.XMLSchema:
         "query": XSD_DIR / "ebRS" / "query.xsd",
         "lcm": XSD_DIR / "ebRS" / "lcm.xsd",
         "rs": XSD_DIR / "ebRS" / "rs.xsd",
+        "access": XSD_DIR / "DMP" / "access.xsd",
     }[name]
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
     return etree.XMLSchema(etree.parse(str(main), parser))
@@ -36,6 +37,8 @@ _SCHEMA_BY_NS = {
     "urn:oasis:names:tc:ebxml-regrep:xsd:query:3.0": "query",
     "urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0": "lcm",
     "urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0": "rs",
+    # TD0.2 / TD0.3 (DMP access check and declaration): drimbox's own equivalent, see xsd/DMP/access.xsd.
+    "urn:drimbox:dmp:access:1": "access",
 }
 
 

@@ -1,0 +1,196 @@
+"""An exam as the consumer lists it: the DMP entry's metadata and its KOS, series by series, with provenance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from drimbox.manifest import KosSummary
+from drimbox.xds import namespaces as ns
+from drimbox.xds.metadata import hl7_unescape
+from drimbox.xds.query import DocumentEntryInfo
+
+# The KOS names SOP classes, not modalities: the usual storage classes → their modality. (Secondary
+# Capture says nothing of the modality: the DMP entry's is used for it.)
+SOP_CLASS_MODALITY = {
+    "1.2.840.10008.5.1.4.1.1.1": "CR",
+    "1.2.840.10008.5.1.4.1.1.1.1": "DX",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "DX",
+    "1.2.840.10008.5.1.4.1.1.1.2": "MG",
+    "1.2.840.10008.5.1.4.1.1.1.2.1": "MG",
+    "1.2.840.10008.5.1.4.1.1.1.3": "IO",
+    "1.2.840.10008.5.1.4.1.1.2": "CT",
+    "1.2.840.10008.5.1.4.1.1.2.1": "CT",
+    "1.2.840.10008.5.1.4.1.1.2.2": "CT",
+    "1.2.840.10008.5.1.4.1.1.3.1": "US",
+    "1.2.840.10008.5.1.4.1.1.6.1": "US",
+    "1.2.840.10008.5.1.4.1.1.6.2": "US",
+    "1.2.840.10008.5.1.4.1.1.4": "MR",
+    "1.2.840.10008.5.1.4.1.1.4.1": "MR",
+    "1.2.840.10008.5.1.4.1.1.4.4": "MR",
+    "1.2.840.10008.5.1.4.1.1.20": "NM",
+    "1.2.840.10008.5.1.4.1.1.128": "PT",
+    "1.2.840.10008.5.1.4.1.1.130": "PT",
+    "1.2.840.10008.5.1.4.1.1.12.1": "XA",
+    "1.2.840.10008.5.1.4.1.1.12.1.1": "XA",
+    "1.2.840.10008.5.1.4.1.1.12.2": "RF",
+    "1.2.840.10008.5.1.4.1.1.12.2.1": "RF",
+    "1.2.840.10008.5.1.4.1.1.13.1.3": "MG",
+    "1.2.840.10008.5.1.4.1.1.481.1": "RTIMAGE",
+    "1.2.840.10008.5.1.4.1.1.11.1": "PR",
+    "1.2.840.10008.5.1.4.1.1.104.1": "DOC",
+    "1.2.840.10008.5.1.4.1.1.88.11": "SR",
+    "1.2.840.10008.5.1.4.1.1.88.22": "SR",
+    "1.2.840.10008.5.1.4.1.1.88.33": "SR",
+}
+AVAILABLE, UNAVAILABLE = "available", "unavailable"
+
+
+@dataclass
+class ExamSeries:
+    uid: str
+    modality: str
+    retrieve_url: str
+    instance_uids: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.instance_uids)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"uid": self.uid, "modality": self.modality, "count": self.count,
+                "retrieve_url": self.retrieve_url, "instance_uids": self.instance_uids}  # fmt: skip
+
+
+@dataclass
+class Exam:
+    """One imaging exam of the patient: one approved KOS in the DMP."""
+
+    kos_uid: str
+    study_uid: str = ""
+    accession: str = ""
+    date: str = ""  # YYYY-MM-DD
+    time: str = ""  # HH:MM
+    modalities: list[str] = field(default_factory=list)
+    regions: list[str] = field(default_factory=list)
+    description: str = ""
+    institution: str = ""  # the author institution of the DMP entry (the centre that published it)
+    sources: list[str] = field(default_factory=list)  # hosts of the Retrieve URLs (the source boxes)
+    series: list[ExamSeries] = field(default_factory=list)
+    status: str = AVAILABLE
+    problem: str = ""  # why it is unavailable
+    is_new: bool = False
+
+    @property
+    def instance_count(self) -> int:
+        return sum(s.count for s in self.series)
+
+    @property
+    def sort_key(self) -> tuple[str, str, str]:
+        return self.date, self.time, self.kos_uid
+
+    @property
+    def view_url(self) -> str:
+        return f"/viewer/?kos={quote(self.kos_uid)}"
+
+    @property
+    def import_url(self) -> str:
+        return f"/conso/api/exams/{quote(self.kos_uid)}/import"
+
+    def to_json(self, *, with_series: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kos_uid": self.kos_uid, "study_uid": self.study_uid or None, "accession": self.accession or None,
+            "date": self.date or None, "time": self.time or None, "modalities": self.modalities,
+            "regions": self.regions, "description": self.description or None,
+            "institution": self.institution or None, "sources": self.sources,
+            "series_count": len(self.series), "instance_count": self.instance_count, "status": self.status,
+            "problem": self.problem or None, "new": self.is_new, "view_url": self.view_url,
+            "import_url": self.import_url,
+        }  # fmt: skip
+        if with_series:
+            out["series"] = [s.to_json() for s in self.series]
+        return out
+
+
+def _iso_date(value: str) -> str:
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) >= 8 and value[:8].isdigit() else ""
+
+
+def _hhmm(value: str) -> str:
+    return f"{value[:2]}:{value[2:4]}" if len(value) >= 4 and value[:4].isdigit() else ""
+
+
+def _institution(entry: DocumentEntryInfo) -> str:
+    for author in entry.authors:
+        for xon in author.institutions:
+            name = hl7_unescape(xon.split("^", 1)[0])
+            if name:
+                return name
+    return ""
+
+
+def from_entry(entry: DocumentEntryInfo) -> Exam:
+    """What the DMP entry alone tells (enough to list an exam whose KOS cannot be read)."""
+    modalities = [c.code for c in entry.event_codes if c.scheme == ns.MODALITY_SCHEME]
+    regions = [c.display or c.code for c in entry.event_codes if c.scheme != ns.MODALITY_SCHEME]
+    start = entry.service_start or entry.creation_time or ""
+    accessions = entry.accession_numbers
+    return Exam(
+        kos_uid=entry.unique_id,
+        study_uid=next(iter(entry.study_uids), ""),
+        accession=accessions[0].value if accessions else "",
+        date=_iso_date(start),
+        time=_hhmm(start[8:12]),
+        modalities=modalities,
+        regions=regions,
+        description=entry.comments or "",
+        institution=_institution(entry),
+    )
+
+
+def unavailable(entry: DocumentEntryInfo, problem: str) -> Exam:
+    exam = from_entry(entry)
+    exam.status, exam.problem = UNAVAILABLE, problem
+    return exam
+
+
+def _host(url: str) -> str:
+    try:
+        return urlsplit(url).netloc
+    except ValueError:
+        return ""
+
+
+def from_kos(kos: KosSummary, entry: DocumentEntryInfo | None = None) -> Exam:
+    """The exam of a parsed KOS, completed with its DMP entry's metadata when there is one."""
+    exam = from_entry(entry) if entry is not None else Exam(kos_uid=kos.sop_instance_uid)
+    exam.study_uid = kos.study_uid or exam.study_uid
+    exam.accession = kos.accession_number or exam.accession
+    if not exam.date:
+        exam.date, exam.time = _iso_date(kos.study_date), _hhmm(kos.study_time)
+    exam.description = kos.description or kos.study_description or exam.description
+    for s in kos.series:
+        kinds = {SOP_CLASS_MODALITY.get(i.sop_class_uid, "") for i in s.instances} - {""}
+        # One modality per series in practice; otherwise the entry's (the report's) when it has a single one.
+        modality = next(iter(kinds)) if len(kinds) == 1 else (exam.modalities[0] if len(exam.modalities) == 1 else "")
+        exam.series.append(
+            ExamSeries(s.series_uid, modality, s.retrieve_url, [i.sop_instance_uid for i in s.instances])
+        )
+    exam.sources = list(dict.fromkeys(h for h in (_host(s.retrieve_url) for s in kos.series) if h))
+    if not exam.modalities:
+        exam.modalities = list(dict.fromkeys(s.modality for s in exam.series if s.modality))
+    return exam
+
+
+def kos_patient_problem(kos: KosSummary, ins: str, oid: str) -> str | None:
+    """Why a KOS cannot be shown for this patient (it names someone else), or None."""
+    if kos.patient_id != ins:
+        return "the manifest names another patient than the DMP entry"
+    if kos.patient_id_oid and kos.patient_id_oid != oid:
+        return "the manifest's INS authority differs from the DMP entry's"
+    return None
+
+
+def newest_first(exams: list[Exam]) -> list[Exam]:
+    return sorted(exams, key=lambda e: e.sort_key, reverse=True)

@@ -1,0 +1,120 @@
+"""Server-rendered HTML of the consumer (no script): launch errors, the exam list, error pages; all escaped."""
+
+from __future__ import annotations
+
+import datetime as dt
+from html import escape
+from urllib.parse import urlencode
+
+from drimbox.consumer.auth import ProfessionalLike
+from drimbox.consumer.catalog import ExamList
+from drimbox.consumer.exams import AVAILABLE, Exam
+from drimbox.consumer.launch import Launch
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1b1b;max-width:72rem}
+h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.5rem}
+table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #ccc;padding:.4rem;text-align:left;vertical-align:top}
+th{background:#f2f2f2}.new{font-weight:bold;color:#0b6e0b}.muted{color:#666}.problem{color:#a40000}
+.banner{background:#eef5ff;border:1px solid #b7d2f7;padding:.6rem;margin:1rem 0}
+.error{background:#fff0f0;border:1px solid #e3a1a1;padding:.6rem}form{display:inline}code{font-size:.95em}
+"""
+# No script, no frames, no outside resources; forms only post back to this box.
+CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+
+def e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def page(title: str, body: str) -> str:
+    return ('<!DOCTYPE html>\n<html lang="fr"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{e(title)} — drimbox</title><style>{_STYLE}</style></head>"
+            f"<body>{body}</body></html>\n")  # fmt: skip
+
+
+def launch_errors(problems: list[tuple[str, str]]) -> str:
+    items = "".join(f"<li><code>{e(name)}</code> {e(why)}</li>" for name, why in problems)
+    return page("Invalid launch", (
+        "<h1>The call from your software cannot be used</h1>"
+        f'<div class="error"><p>These fields are missing or invalid:</p><ul>{items}</ul></div>'
+        '<p class="muted">Correct the patient record or the integration in your software, then open the '
+        "patient's images again from it.</p>"))  # fmt: skip
+
+
+def error_page(title: str, message: str, *, link: tuple[str, str] | None = None) -> str:
+    more = f'<p><a href="{e(link[0])}">{e(link[1])}</a></p>' if link else ""
+    return page(title, f'<h1>{e(title)}</h1><div class="error"><p>{e(message)}</p></div>{more}')
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _who(pro: ProfessionalLike) -> str:
+    name = " ".join(p for p in (pro.given, pro.family) if p) or pro.id
+    where = f" — {pro.structure_name}" if pro.structure_name else ""
+    return f"{name}{where}"
+
+
+def _patient(result: ExamList, launch: Launch | None) -> str:
+    ins = f'INS {e(result.patient.ins)} <span class="muted">({e(result.patient.oid)})</span>'
+    if launch is None:
+        return f"<p>{ins}</p>"
+    born = f"né(e) le {e(launch.birth_date)}" if launch.birth_date else ""
+    return f"<p><strong>{e(launch.family.upper())} {e(launch.given)}</strong> — {born} — {ins}</p>"
+
+
+def _filters(result: ExamList, base_query: dict[str, str]) -> str:
+    f = result.filters.to_json()
+    shown = [f"{e(k)}: {e(', '.join(v) if isinstance(v, list) else v)}" for k, v in f.items() if v]
+    if not shown:
+        return ""
+    all_url = f"/conso/patients/{e(result.patient.ins)}/exams?{e(urlencode(base_query))}"
+    return f'<p class="muted">Filtered by {"; ".join(shown)} — <a href="{all_url}">show every exam</a></p>'
+
+
+def _news(result: ExamList) -> str:
+    count = result.new_count
+    if result.previous_visit is None:
+        text = "First consultation of this patient's exams from this box"
+        return f'<div class="banner">{e(text)}: {count} exam(s) listed.</div>'
+    since = _when(result.previous_visit)
+    return (f'<div class="banner"><span class="new">{count} new exam(s)</span> since your previous '
+            f"consultation on {e(since)}.</div>")  # fmt: skip
+
+
+def _row(exam: Exam) -> str:
+    date = e(exam.date or "—") + (f' <span class="muted">{e(exam.time)}</span>' if exam.time else "")
+    new = ' <span class="new">new</span>' if exam.is_new else ""
+    source = e(exam.institution) + ("<br>" if exam.institution and exam.sources else "")
+    source += ", ".join(f"<code>{e(h)}</code>" for h in exam.sources)
+    if exam.status == AVAILABLE:
+        counts = f"{len(exam.series)} series, {exam.instance_count} images"
+        actions = (f'<a href="{e(exam.view_url)}">View</a> '
+                   f'<form method="post" action="{e(exam.import_url)}"><button type="submit">Import</button></form>')  # fmt: skip
+    else:
+        counts = "—"
+        actions = f'<span class="problem">Unavailable: {e(exam.problem)}</span>'
+    accession = f'<br><span class="muted">Accession {e(exam.accession)}</span>' if exam.accession else ""
+    return (f"<tr><td>{date}{new}</td><td>{e(', '.join(exam.modalities) or '—')}</td>"
+            f"<td>{e(', '.join(exam.regions) or '—')}</td><td>{e(exam.description or '—')}{accession}</td>"
+            f"<td>{counts}</td><td>{source or '—'}</td><td>{actions}</td></tr>")  # fmt: skip
+
+
+def exam_list(result: ExamList, pro: ProfessionalLike, launch: Launch | None, base_query: dict[str, str]) -> str:
+    """The patient's exams, newest first, with where each comes from and what can be done with it."""
+    rows = "".join(_row(x) for x in result.exams)
+    if rows:
+        table = ("<table><thead><tr><th>Date</th><th>Modality</th><th>Region</th><th>Exam</th><th>Content</th>"
+                 f"<th>Source</th><th></th></tr></thead><tbody>{rows}</tbody></table>")  # fmt: skip
+    else:
+        table = (
+            "<p>No imaging exam of this patient in the DMP"
+            + (" within these filters." if result.filters.to_query() else ".")
+            + "</p>"
+        )
+    return page("Imaging exams", (
+        f'<p class="muted">Connected as {e(_who(pro))}</p><h1>Imaging exams</h1>{_patient(result, launch)}'
+        f"{_news(result)}{_filters(result, base_query)}{table}"))  # fmt: skip

@@ -1,0 +1,242 @@
+"""Consumer side of DRIM-M: a series fetched from the source box named in a KOS, streamed part by part."""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp.helpers import parse_mimetype
+
+from drimbox.dicomweb.backend import NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+# The ANS reference consumer's preference: compressed first (less to carry between centres), then native,
+# then whatever the source holds (`*` must never make the source decompress or transcode).
+ACCEPT = ", ".join(
+    f'multipart/related; type="application/dicom"; transfer-syntax={syntax}; q={q}'
+    for syntax, q in (("1.2.840.10008.1.2.4.80", "0.9"), ("1.2.840.10008.1.2.4.91", "0.8"),
+                      ("1.2.840.10008.1.2.1", "0.7"), ("*", "0.5"))
+)
+KOS_HEADER = "KOS-SOPInstanceUID"
+READ_SIZE = 1024 * 1024
+MAX_HEADERS = 16 * 1024
+MAX_PREAMBLE = 64 * 1024
+# One instance is held in memory at a time; a larger part is refused rather than exhausting memory.
+MAX_INSTANCE = 2 * 1024**3
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+
+
+class NotWhitelisted(Exception):
+    """The Retrieve URL's host is not a DRIMbox of the ANS whitelist: nothing was sent to it."""
+
+    status = 502
+    reason = "source_not_whitelisted"
+
+
+class SourceRefused(Exception):
+    """The source box answered 401 or 403; `body` is its JSON reason (e.g. {"reason": "expired"})."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(f"the source box refused the retrieve: HTTP {status} {body.get('reason', '')}".rstrip())
+        self.status = status
+        self.body = body
+
+    @property
+    def reason(self) -> str:
+        return str(self.body.get("reason") or self.body.get("error") or "refused")
+
+
+class SourceUnavailable(Unavailable):
+    """The source box cannot be reached, timed out, failed, or broke the response off (HTTP 503)."""
+
+
+class BadResponse(SourceUnavailable):
+    """The source box's answer is not a well-formed multipart/related of DICOM instances."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievedInstance:
+    """One instance as the source sent it: Part-10 bytes and the UIDs of its file meta (fits state.Received)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    data: bytes
+
+
+class HostPolicy(Protocol):
+    """What retrieval asks of the whitelist (auth.AnsWhitelist fits)."""
+
+    async def check(self, url: str, role: Any = "db") -> bool: ...
+
+
+class SourceRetriever:
+    """GETs Retrieve URLs of other boxes with the professional's token; one HTTP client for the process."""
+
+    def __init__(self, whitelist: HostPolicy, *, connect_timeout: float = 10.0, read_timeout: float = 60.0) -> None:
+        self.whitelist = whitelist
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # No cookies between boxes; the token is the only credential sent.
+            self._session = aiohttp.ClientSession(timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar(),
+                                                  auto_decompress=False)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def iter_series(self, url: str, *, access_token: str, kos_uid: str) -> AsyncIterator[RetrievedInstance]:
+        """Every instance at `url` (a series Retrieve URL), each yielded as soon as its part is complete."""
+        if not await self.whitelist.check(url, "db"):
+            raise NotWhitelisted(f"the source host of {_origin(url)} is not in the ANS whitelist of DRIMboxes")
+        headers = {"Authorization": f"Bearer {access_token}", KOS_HEADER: kos_uid, "Accept": ACCEPT}
+        try:
+            async with self._client().get(url, headers=headers, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise await _status_error(resp, url)
+                boundary = _boundary(resp.headers.get("Content-Type", ""))
+                async for instance in _parts(_Buffer(resp.content), boundary):
+                    yield instance
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Refused, reset, timed out or cut short: the exam is unreachable now, not wrong.
+            raise SourceUnavailable(f"source box {_origin(url)} unreachable: {type(exc).__name__}") from None
+
+
+def _origin(url: str) -> str:
+    return url.split("/", 3)[2] if url.count("/") >= 2 else url[:80]
+
+
+async def _status_error(resp: aiohttp.ClientResponse, url: str) -> Exception:
+    try:
+        raw = await resp.content.read(MAX_HEADERS)
+        body = json.loads(raw) if raw else {}
+        if not isinstance(body, dict):
+            body = {}
+    except (ValueError, aiohttp.ClientError):
+        body = {}
+    if resp.status in (401, 403):
+        return SourceRefused(resp.status, body)
+    if resp.status == 404:
+        return NotFound(f"the source box {_origin(url)} has no such series")
+    return SourceUnavailable(f"source box {_origin(url)} answered HTTP {resp.status}")
+
+
+def _boundary(content_type: str) -> bytes:
+    mime = parse_mimetype(content_type)
+    if (mime.type, mime.subtype) != ("multipart", "related") or not mime.parameters.get("boundary"):
+        raise BadResponse(f"the source box sent {mime.type}/{mime.subtype}, not multipart/related")
+    return mime.parameters["boundary"].encode("latin-1")
+
+
+class _Buffer:
+    """Large reads from the response, consumed from the front; never more than one part plus a read."""
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self.content = content
+        self.data = bytearray()
+
+    async def _more(self) -> None:
+        chunk = await self.content.readany()
+        if not chunk:
+            raise BadResponse("the source box's response ended in the middle of a part")
+        self.data += chunk
+
+    async def until(self, separator: bytes, limit: int) -> bytes:
+        """The bytes before `separator` (consumed with it)."""
+        scanned = 0
+        while (index := self.data.find(separator, scanned)) < 0:
+            if len(self.data) > limit:
+                raise BadResponse("a part of the source box's response is too large or has no delimiter")
+            scanned = max(0, len(self.data) - len(separator) + 1)
+            await self._more()
+        out = bytes(self.data[:index])
+        del self.data[: index + len(separator)]
+        return out
+
+    async def exactly(self, size: int) -> bytes:
+        while len(self.data) < size:
+            await self._more()
+        out = bytes(self.data[:size])
+        del self.data[:size]
+        return out
+
+    async def at_end(self) -> bool:
+        """After a delimiter: True for the close delimiter "--", else skip the line's transport padding."""
+        while len(self.data) < 2:
+            chunk = await self.content.readany()
+            if not chunk:
+                return True  # the stream ended right after the last delimiter: nothing more to read
+            self.data += chunk
+        if self.data[:2] == b"--":
+            return True
+        await self.until(b"\r\n", MAX_HEADERS)
+        return False
+
+
+async def _parts(buffer: _Buffer, boundary: bytes) -> AsyncIterator[RetrievedInstance]:
+    delimiter = b"--" + boundary
+    await buffer.until(delimiter, MAX_PREAMBLE)
+    while not await buffer.at_end():
+        headers = _headers(await buffer.until(b"\r\n\r\n", MAX_HEADERS))
+        length = headers.get("content-length", "")
+        if length.isdigit():
+            # The fast path (our source boxes send Content-Length): no delimiter search through the pixels.
+            if int(length) > MAX_INSTANCE:
+                raise BadResponse("an instance larger than the consumer accepts")
+            data = await buffer.exactly(int(length))
+            if await buffer.until(delimiter, MAX_HEADERS) != b"\r\n":
+                raise BadResponse("a part is longer than its Content-Length")
+        else:
+            data = await buffer.until(b"\r\n" + delimiter, MAX_INSTANCE)
+        kind = headers.get("content-type", "application/dicom").split(";", 1)[0].strip().lower()
+        if kind != "application/dicom":
+            raise BadResponse(f"the source box sent a {kind[:40]} part, not application/dicom")
+        yield _instance(data)
+
+
+def _headers(block: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in block.decode("latin-1").split("\r\n"):
+        name, sep, value = line.partition(":")
+        if sep:
+            out[name.strip().lower()] = value.strip()
+    return out
+
+
+def _instance(data: bytes) -> RetrievedInstance:
+    """The UIDs of the part's file meta (group 0002, always Explicit VR Little Endian)."""
+    if data[128:132] != b"DICM":
+        raise BadResponse("a part is not a DICOM Part-10 file (no DICM prefix)")
+    found: dict[int, str] = {}
+    pos = 132
+    try:
+        while pos + 8 <= len(data):
+            group, element = struct.unpack_from("<HH", data, pos)
+            if group != 0x0002:
+                break
+            vr = bytes(data[pos + 4 : pos + 6])
+            if vr in _LONG_VRS:
+                (length,) = struct.unpack_from("<I", data, pos + 8)
+                start = pos + 12
+            else:
+                (length,) = struct.unpack_from("<H", data, pos + 6)
+                start = pos + 8
+            found[element] = data[start : start + length].decode("ascii").rstrip("\x00 ")
+            pos = start + length
+    except (struct.error, UnicodeDecodeError):
+        raise BadResponse("a part's file meta information cannot be read") from None
+    sop_class, sop_instance, syntax = found.get(0x0002), found.get(0x0003), found.get(0x0010)
+    if not (sop_class and sop_instance and syntax):
+        raise BadResponse("a part's file meta lacks the SOP Class, SOP Instance or Transfer Syntax UID")
+    return RetrievedInstance(sop_class, sop_instance, syntax, data)

@@ -1,0 +1,257 @@
+"""HTTP face of the consumer: the contextual launch, the exam list page, and its JSON API."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, NoReturn
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from drimbox.config import Settings
+from drimbox.consumer import fields, pages
+from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
+from drimbox.consumer.catalog import ExamCatalog
+from drimbox.consumer.launch import Launch, parse_launch
+from drimbox.consumer.lookup import (
+    AccessRefused,
+    DmpRefused,
+    DmpUnavailable,
+    ExamFilters,
+    LookupFailed,
+    PatientRef,
+    PatientUnknown,
+)
+from drimbox.consumer.store import ConsumerStore
+from drimbox.xds.client import DmpClient
+from drimbox.xds.structure import structure_signer
+
+log = logging.getLogger(__name__)
+# Pages name a patient: never cached, never framed, never sent as a Referer elsewhere.
+_PRIVATE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+_HTML = {**_PRIVATE, "Content-Security-Policy": pages.CSP, "X-Frame-Options": "DENY"}
+_REASONS: dict[type[LookupFailed], tuple[str, str]] = {
+    DmpUnavailable: ("dmp_unavailable", "The DMP cannot be reached"),
+    PatientUnknown: ("patient_unknown", "Patient unknown to the DMP"),
+    AccessRefused: ("access_refused", "Access to the DMP refused"),
+    DmpRefused: ("dmp_refused", "The DMP refused the request"),
+}
+
+
+@dataclass
+class ConsumerContext:
+    """What the consumer's routes share; other consumer routes (import, DICOMweb) may use it too."""
+
+    settings: Settings
+    auth: ConsumerAuth
+    store: ConsumerStore
+    catalog: ExamCatalog
+
+
+CONSUMER = web.AppKey("consumer", ConsumerContext)
+
+
+@dataclass
+class ListRequest:
+    patient: PatientRef
+    filters: ExamFilters
+    launch: Launch | None
+    base_query: dict[str, str]  # oid and launch: the unfiltered list of the same patient
+
+
+def _html(body: str, status: int = 200) -> web.Response:
+    return web.Response(text=body, status=status, content_type="text/html", charset="utf-8", headers=_HTML)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, headers=_PRIVATE)
+
+
+def _see_other(location: str) -> NoReturn:
+    raise web.HTTPSeeOther(location, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+
+def _reason(exc: LookupFailed) -> tuple[str, str]:
+    return next((v for k, v in _REASONS.items() if isinstance(exc, k)), ("not_found" if exc.status == 404 else "failed",
+                                                                          "The exam cannot be shown"))  # fmt: skip
+
+
+def exams_url(launch: Launch, launch_id: str) -> str:
+    query = {"oid": launch.ins_oid, "launch": launch_id, **launch.filters.to_query()}
+    return f"/conso/patients/{launch.ins}/exams?{urlencode(query)}"
+
+
+async def post_launch(request: web.Request) -> web.Response:
+    """POST /conso/launch: check the form, keep it server-side, then the list (or login first)."""
+    ctx = request.app[CONSUMER]
+    form = await request.post()
+    try:
+        launch = parse_launch((k, v) for k, v in form.items() if isinstance(v, str))
+    except fields.InvalidFields as exc:
+        log.info("launch refused: %s", ", ".join(name for name, _ in exc.problems))
+        return _html(pages.launch_errors(exc.problems), 400)
+    launch_id = await ctx.store.save_launch(launch.to_json(), ctx.settings.consumer.launch_ttl)
+    log.info("launch for %s stored", launch.patient.masked)
+    if await ctx.auth.current_professional(request) is None:
+        # After login the browser GETs the stored launch: nothing is posted twice.
+        _see_other(ctx.auth.login_url(f"/conso/launches/{launch_id}"))
+    _see_other(exams_url(launch, launch_id))
+
+
+async def get_launch(request: web.Request) -> web.Response:
+    """GET /conso/launches/{id}: where the login brings the professional back to."""
+    ctx = request.app[CONSUMER]
+    if await ctx.auth.current_professional(request) is None:
+        _see_other(ctx.auth.login_url(request.path))
+    launch_id = request.match_info["launch_id"]
+    data = await ctx.store.launch(launch_id, ctx.settings.consumer.launch_ttl)
+    if data is None:
+        return _html(pages.error_page("Launch expired", "This launch is unknown or has expired: open the patient's "
+                                      "images again from your software."), 404)  # fmt: skip
+    _see_other(exams_url(Launch.from_json(data), launch_id))
+
+
+async def _list_request(request: web.Request, ctx: ConsumerContext) -> ListRequest:
+    """Patient, filters and launch of an exam-list request; InvalidFields names what is wrong."""
+    ins = request.match_info["ins"]
+    problems: list[tuple[str, str]] = []
+    problem = fields.ins_problem(ins)
+    if problem:
+        problems.append(("ins", problem))
+    launch: Launch | None = None
+    launch_id = request.query.get("launch", "")
+    if launch_id:
+        data = await ctx.store.launch(launch_id, ctx.settings.consumer.launch_ttl)
+        # An expired launch (a page reloaded hours later) only loses the name and the consent it carried.
+        launch = Launch.from_json(data) if data is not None else None
+    oid = launch.ins_oid if launch else ctx.settings.consumer.ins_oid
+    if request.query.get("oid"):
+        try:
+            oid = fields.ins_oid(request.query["oid"])
+        except fields.FieldProblem as exc:
+            problems.append(("oid", str(exc)))
+    if launch is not None and (launch.ins, launch.ins_oid) != (ins, oid):
+        problems.append(("launch", "is for another patient"))
+    try:
+        filters = ExamFilters.from_query(request.query)
+    except fields.InvalidFields as exc:
+        problems += exc.problems
+        filters = ExamFilters()
+    if problems:
+        raise fields.InvalidFields(problems)
+    base = {"oid": oid, **({"launch": launch_id} if launch else {})}
+    return ListRequest(PatientRef(ins, oid), filters, launch, base)
+
+
+async def exams_page(request: web.Request) -> web.Response:
+    """GET /conso/patients/{ins}/exams: the HTML list."""
+    ctx = request.app[CONSUMER]
+    pro = await ctx.auth.current_professional(request)
+    if pro is None:
+        _see_other(ctx.auth.login_url(request.path_qs))
+    try:
+        lr = await _list_request(request, ctx)
+    except fields.InvalidFields as exc:
+        return _html(pages.launch_errors(exc.problems), 400)
+    try:
+        result = await ctx.catalog.list_exams(
+            pro, lr.patient, lr.filters, informed=lr.launch.informed if lr.launch else None
+        )
+    except LookupFailed as exc:
+        return _html(pages.error_page(_reason(exc)[1], exc.message), exc.status)
+    return _html(pages.exam_list(result, pro, lr.launch, lr.base_query))
+
+
+async def _api_professional(request: web.Request, ctx: ConsumerContext) -> ProfessionalLike:
+    pro = await ctx.auth.current_professional(request)
+    if pro is None:
+        body = {"error": "not logged in", "reason": "login_required", "login_url": ctx.auth.login_url(request.path_qs)}
+        raise web.HTTPUnauthorized(text=json.dumps(body), content_type="application/json", headers=_PRIVATE)
+    return pro
+
+
+def _failure(exc: LookupFailed) -> web.Response:
+    return _json({"error": exc.message, "reason": _reason(exc)[0]}, exc.status)
+
+
+async def api_patient_exams(request: web.Request) -> web.Response:
+    """GET /conso/api/patients/{ins}/exams: the list, what is new, and the query that made it."""
+    ctx = request.app[CONSUMER]
+    pro = await _api_professional(request, ctx)
+    try:
+        lr = await _list_request(request, ctx)
+    except fields.InvalidFields as exc:
+        return _json({"error": "invalid request", "reason": "invalid_fields",
+                      "fields": [{"field": n, "problem": p} for n, p in exc.problems]}, 400)  # fmt: skip
+    try:
+        result = await ctx.catalog.list_exams(
+            pro, lr.patient, lr.filters, informed=lr.launch.informed if lr.launch else None
+        )
+    except LookupFailed as exc:
+        return _failure(exc)
+    previous = result.previous_visit
+    return _json({
+        "patient": {"ins": result.patient.ins, "oid": result.patient.oid},
+        "query": {**result.filters.to_json(), "oid": result.patient.oid},
+        "exams": [x.to_json() for x in result.exams],
+        "new_count": result.new_count,
+        "previous_visit": None if previous is None else _iso(previous),
+    })  # fmt: skip
+
+
+async def api_exam(request: web.Request) -> web.Response:
+    """GET /conso/api/exams/{kos_uid}: one exam with its series (UIDs, counts, Retrieve URLs, instances)."""
+    ctx = request.app[CONSUMER]
+    pro = await _api_professional(request, ctx)
+    try:
+        kos_uid = fields.uid(request.match_info["kos_uid"])
+    except fields.FieldProblem as exc:
+        return _json({"error": f"kosUid {exc}", "reason": "invalid_fields"}, 400)
+    try:
+        exam = await ctx.catalog.exam(pro, kos_uid)
+    except LookupFailed as exc:
+        return _failure(exc)
+    return _json(exam.to_json(with_series=True))
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
+
+
+def consumer_routes() -> list[web.RouteDef]:
+    """The routes; they find their state in app[CONSUMER] (setup_consumer puts it there)."""
+    return [
+        web.post("/conso/launch", post_launch),
+        web.get("/conso/launches/{launch_id}", get_launch),
+        web.get("/conso/patients/{ins}/exams", exams_page),
+        web.get("/conso/api/patients/{ins}/exams", api_patient_exams),
+        web.get("/conso/api/exams/{kos_uid}", api_exam),
+    ]
+
+
+def setup_consumer(
+    app: web.Application, settings: Settings, auth: ConsumerAuth, *, client: DmpClient | None = None
+) -> None:
+    """Add the consumer routes; its store (var_dir/consumer) and DMP client open and close with the app."""
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        store = await ConsumerStore.open(settings.var_path / "consumer")
+        dmp = client
+        if dmp is None:
+            signer = await asyncio.to_thread(structure_signer, settings)  # may generate a test key pair
+            dmp = DmpClient(settings.dmp.url, signer=signer, timeout=settings.dmp.timeout)
+        catalog = ExamCatalog(settings, store, dmp)
+        app[CONSUMER] = ConsumerContext(settings, auth, store, catalog)
+        try:
+            yield
+        finally:
+            await catalog.close()
+            await store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_routes(consumer_routes())

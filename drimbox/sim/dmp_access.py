@@ -1,0 +1,277 @@
+"""The simulated DMP's access rights: TD0.2 (DMP exists? access authorised?) and TD0.3 (declare access)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import sqlite3
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+from lxml import etree
+
+from drimbox.sim.dmp_metadata import parse_cx
+from drimbox.sim.dmp_rules import INS_TEST_OID, KnownPatients
+from drimbox.sim.soap_server import SoapFault, fault_response, parse_request, soap_response
+from drimbox.sim.vihf_check import FAILED_AUTHENTICATION, Vihf, VihfError, VihfPolicy, verify_vihf
+from drimbox.state.db import Database
+from drimbox.xds import access
+from drimbox.xds import namespaces as ns
+from drimbox.xds.access import ACCESS_NS, AccessStatus
+from drimbox.xds.schema import SchemaError, validate
+
+log = logging.getLogger("drimbox.sim.dmp")
+
+# Served at POST /dmp/access (SOAP 1.2 + VIHF, payloads in xsd/DMP/access.xsd). The rules, strict like the
+# DMP's:
+# - the VIHF is verified as for every DMP transaction, and its resource-id must name the body's PatientId;
+# - a patient outside `[sim] patients` has no DMP: DmpExists=false, Authorization=NON_EXISTANTE;
+# - authorisations are per (patient, VIHF Subject/NameID) and survive restarts (SQLite under the sim's var);
+# - TD0.3 AJOUT grants VALIDE only with PatientInformed=true, and never over INTERDITE (the patient's bar);
+# - consultation (ITI-18, ITI-43) by a professional acting in person (Authentification_Mode DIRECTE or
+#   INDIRECTE_RENFORCEE) without a VALIDE authorisation is refused with a Sender fault, subcode
+#   acc:AccessDenied. The structure's own automatic mode (INDIRECTE, the source's publication) is not.
+# Inspection for tests: GET /sim/dmp/access[?patient=INS], PUT /sim/dmp/access {"patient", "professional",
+# "authorization", "reason"} (e.g. INTERDITE), DELETE /sim/dmp/access.
+
+# Authentication modes in which a named professional consults: they need an access authorisation.
+PERSONAL_MODES = frozenset({"DIRECTE", "INDIRECTE_RENFORCEE"})
+_ACTIONS = {
+    access.ACTION_TD02: ("PatientAccessRequest", access.ACTION_TD02_RESPONSE, "PatientAccessResponse"),
+    access.ACTION_TD03: ("DeclareAccessRequest", access.ACTION_TD03_RESPONSE, "DeclareAccessResponse"),
+}
+_NO_DMP = "this patient has no DMP"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS authorizations (
+    patient_key TEXT NOT NULL,
+    professional TEXT NOT NULL,
+    authorization TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    updated TEXT NOT NULL,
+    PRIMARY KEY (patient_key, professional)
+);
+"""
+
+
+class FaultQueue(Protocol):
+    def take(self, kind: str) -> bool: ...
+
+
+class AccessRegistry:
+    """Access authorisations per (patient key `INS|OID`, professional id), durable."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> AccessRegistry:
+        return cls(await asyncio.to_thread(Database, path, _SCHEMA))
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._db.close)
+
+    async def get(self, patient_key: str, professional: str) -> tuple[str, str]:
+        """(authorization, reason); NON_EXISTANTE when nothing was ever declared."""
+
+        def read(conn: sqlite3.Connection) -> tuple[str, str]:
+            row = conn.execute(
+                "SELECT authorization, reason FROM authorizations WHERE patient_key = ? AND professional = ?",
+                (patient_key, professional),
+            ).fetchone()
+            return (row[0], row[1]) if row else (access.NON_EXISTANTE, "")
+
+        return await self._db.acall(read)
+
+    async def put(self, patient_key: str, professional: str, authorization: str, reason: str = "") -> None:
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        await self._db.acall(lambda c: c.execute(
+            "INSERT INTO authorizations VALUES (?, ?, ?, ?, ?) ON CONFLICT (patient_key, professional) DO UPDATE"
+            " SET authorization = excluded.authorization, reason = excluded.reason, updated = excluded.updated",
+            (patient_key, professional, authorization, reason, now),
+        ))  # fmt: skip
+
+    async def remove(self, patient_key: str | None = None, professional: str | None = None) -> None:
+        if patient_key is None:
+            await self._db.acall(lambda c: c.execute("DELETE FROM authorizations"))
+        elif professional is None:
+            await self._db.acall(
+                lambda c: c.execute("DELETE FROM authorizations WHERE patient_key = ?", (patient_key,))
+            )
+        else:
+            await self._db.acall(lambda c: c.execute(
+                "DELETE FROM authorizations WHERE patient_key = ? AND professional = ?", (patient_key, professional)))  # fmt: skip
+
+    async def rows(self, patient_key: str | None = None) -> list[dict[str, str]]:
+        def read(conn: sqlite3.Connection) -> list[dict[str, str]]:
+            sql = "SELECT patient_key, professional, authorization, reason, updated FROM authorizations"
+            args: tuple[str, ...] = ()
+            if patient_key is not None:
+                sql, args = sql + " WHERE patient_key = ?", (patient_key,)
+            return [dict(r) for r in conn.execute(sql + " ORDER BY patient_key, professional", args)]
+
+        return await self._db.acall(read)
+
+    async def require_consultation(self, vihf: Vihf | None) -> None:
+        """Refuse ITI-18/ITI-43 to a professional acting in person without a VALIDE authorisation."""
+        if vihf is None or vihf.authentication_mode not in PERSONAL_MODES or vihf.patient is None:
+            return
+        authorization, reason = await self.get("|".join(vihf.patient), vihf.subject)
+        if authorization != access.VALIDE:
+            why = f" ({reason})" if reason else ""
+            raise SoapFault(
+                f"access to this DMP is {authorization} for this professional{why}: declare it with TD0.3 first",
+                subcode=(ACCESS_NS, access.ACCESS_DENIED),
+            )
+
+
+@dataclass
+class AccessState:
+    registry: AccessRegistry
+    patients: KnownPatients
+    vihf_policy: VihfPolicy
+    require_vihf: bool
+    faults: FaultQueue
+
+
+ACCESS_STATE = web.AppKey("dmp_access_state", AccessState)
+
+
+def _key(patient_id: str) -> tuple[str, str] | None:
+    return parse_cx(patient_id) if patient_id.endswith("^NH") else None
+
+
+async def _td02(state: AccessState, key: tuple[str, str], professional: str) -> AccessStatus:
+    if key not in state.patients:
+        return AccessStatus(False, access.NON_EXISTANTE, _NO_DMP)
+    authorization, reason = await state.registry.get("|".join(key), professional)
+    return AccessStatus(True, authorization, reason)
+
+
+async def _td03(
+    state: AccessState, key: tuple[str, str], professional: str, request: access.DeclareRequest
+) -> AccessStatus:
+    if key not in state.patients:
+        return AccessStatus(False, access.NON_EXISTANTE, _NO_DMP)
+    patient_key = "|".join(key)
+    current, reason = await state.registry.get(patient_key, professional)
+    if current == access.INTERDITE:
+        return AccessStatus(True, current, reason or "the patient has barred this professional from the DMP")
+    if request.action == access.REMOVE:
+        await state.registry.remove(patient_key, professional)
+        return AccessStatus(True, access.NON_EXISTANTE)
+    if not request.patient_informed:
+        return AccessStatus(True, current, "the patient must be informed, and not object, before access is declared")
+    await state.registry.put(patient_key, professional, access.VALIDE)
+    return AccessStatus(True, access.VALIDE)
+
+
+async def _answer(
+    state: AccessState, request_action: str, payload: etree._Element, vihf: Vihf | None
+) -> etree._Element:
+    expected, _, answer = _ACTIONS[request_action]
+    if etree.QName(payload).localname != expected or etree.QName(payload).namespace != ACCESS_NS:
+        raise SoapFault(f"action {request_action} expects an acc:{expected} in the Body")
+    try:
+        await asyncio.to_thread(validate, payload)
+    except SchemaError as exc:
+        raise SoapFault(f"invalid {expected}: {exc}") from None
+    declare = access.parse_declare_request(payload) if request_action == access.ACTION_TD03 else None
+    patient_id = declare.patient_id if declare else access.parse_access_request(payload)
+    key = _key(patient_id)
+    if key is None:
+        raise SoapFault("PatientId must be the INS as INS^^^&OID&ISO^NH")
+    if vihf is not None and vihf.patient != key:
+        raise VihfError(FAILED_AUTHENTICATION, "the VIHF resource-id does not designate the patient of the request")
+    # Without a VIHF (tests that switch it off) nobody is named: the answer is about an anonymous caller.
+    professional = vihf.subject if vihf is not None else ""
+    status = await (_td03(state, key, professional, declare) if declare else _td02(state, key, professional))
+    return access.build_status(answer, status)
+
+
+async def access_handler(http: web.Request) -> web.StreamResponse:
+    """POST /dmp/access: TD0.2 and TD0.3 (SOAP 1.2, VIHF required)."""
+    state = http.app[ACCESS_STATE]
+    if state.faults.take("unavailable"):
+        return web.Response(status=503, headers={"Retry-After": "1"}, text="DMP unavailable (injected fault)")
+    body = await http.read()
+    relates_to: str | None = None
+    try:
+        request = await asyncio.to_thread(parse_request, http.headers.get("Content-Type", ""), body)
+        relates_to = request.message_id
+        if request.action not in _ACTIONS:
+            raise SoapFault(f"action {request.action} is not served at this endpoint",
+                            subcode=(ns.WSA, "ActionNotSupported"))  # fmt: skip
+        if state.faults.take("fault"):
+            raise SoapFault("the DMP failed (injected fault)", code="Receiver")
+        vihf = None
+        if state.require_vihf:
+            vihf = await asyncio.to_thread(verify_vihf, request.header, state.vihf_policy)
+        payload = await _answer(state, request.action, request.payload, vihf)
+    except VihfError as exc:
+        log.info("VIHF refused: %s", exc.subcode)
+        return fault_response(SoapFault(exc.reason, subcode=(ns.WSSE, exc.subcode)), relates_to)
+    except SoapFault as fault:
+        log.info("SOAP fault %s on /dmp/access", fault.code)
+        return fault_response(fault, relates_to)
+    except Exception as exc:
+        log.error("DMP simulator internal error on /dmp/access: %s", type(exc).__name__)
+        return fault_response(SoapFault("internal error of the DMP simulator", code="Receiver"), relates_to)
+    response_action = _ACTIONS[request.action][1]
+    return await asyncio.to_thread(partial(soap_response, response_action, relates_to, payload, as_mtom=request.mtom))
+
+
+# -- inspection ---------------------------------------------------------------------------------
+
+
+def _patient_key(value: str) -> str | None:
+    key = parse_cx(value) if "^" in value else (value, INS_TEST_OID) if value.isalnum() else None
+    return None if key is None else "|".join(key)
+
+
+def _row_json(row: dict[str, str]) -> dict[str, Any]:
+    ins, _, oid = row["patient_key"].partition("|")
+    return {"patient": f"{ins}^^^&{oid}&ISO^NH", "professional": row["professional"],
+            "authorization": row["authorization"], "reason": row["reason"], "updated": row["updated"]}  # fmt: skip
+
+
+async def inspect_access(http: web.Request) -> web.Response:
+    """GET lists, PUT sets one authorisation, DELETE clears (all, or ?patient=)."""
+    registry = http.app[ACCESS_STATE].registry
+    patient = http.query.get("patient")
+    key = _patient_key(patient) if patient is not None else None
+    if patient is not None and key is None:
+        return web.json_response({"error": "patient must be an INS or an HL7 CX id^^^&OID&ISO^NH"}, status=400)
+    if http.method == "GET":
+        return web.json_response([_row_json(r) for r in await registry.rows(key)])
+    if http.method == "DELETE":
+        await registry.remove(key)
+        return web.json_response({"deleted": True})
+    try:
+        body = await http.json()
+    except ValueError:
+        return web.json_response({"error": "body must be JSON"}, status=400)
+    if not isinstance(body, dict):
+        return web.json_response({"error": "body must be a JSON object"}, status=400)
+    key = _patient_key(str(body.get("patient", "")))
+    professional, authorization = body.get("professional"), body.get("authorization")
+    if (
+        key is None
+        or not isinstance(professional, str)
+        or not professional
+        or authorization not in access.AUTHORIZATIONS
+    ):
+        return web.json_response({"error": "expected {patient: INS or CX, professional: id, authorization: one of "
+                                           f"{sorted(access.AUTHORIZATIONS)}, reason?: text}}"}, status=400)  # fmt: skip
+    await registry.put(key, professional, authorization, str(body.get("reason", ""))[:512])
+    rows = [_row_json(r) for r in await registry.rows(key) if r["professional"] == professional]
+    return web.json_response(rows[0] if rows else {})
+
+
+def add_access_routes(app: web.Application) -> None:
+    app.router.add_post("/dmp/access", access_handler)
+    for method in ("GET", "PUT", "DELETE"):
+        app.router.add_route(method, "/sim/dmp/access", inspect_access)

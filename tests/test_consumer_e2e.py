@@ -1,0 +1,67 @@
+"""Source box publishes ANS exam C into the simulated DMP (real processes); the consumer launches and lists it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from drimbox.hl7.mllp import send_message
+from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
+from tests.support.consumer import INS, LAUNCH_FORM, FakeAuth, Pro, consumer_client, consumer_settings
+from tests.test_source_e2e import load_exam
+
+pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.sim, pytest.mark.box]
+
+
+@pytest.fixture(autouse=True)
+def empty_pacs(orthanc: Any) -> None:
+    orthanc.clear()
+
+
+async def test_exam_c_from_the_source_box_is_found_through_the_dmp(
+    orthanc: Any, source_box: Any, sim: Any, tmp_path: Path
+) -> None:
+    load_exam(orthanc, tmp_path, "C", instances=6)
+    box = source_box(orthanc)
+    ack = await send_message("127.0.0.1", box.mllp_port, build_oru(build_cda(ANS_EXAMS["C"]), control_id="C-CONSO"),
+                             timeout=30)  # fmt: skip
+    assert b"|AA|" in ack
+    pub = box.wait_state("ACN103", ("published", "failed", "rejected"))
+    assert pub["state"] == "published", pub
+    source_host = box.url.removeprefix("http://")
+
+    auth = FakeAuth(None)
+    settings = consumer_settings(tmp_path, f"{sim.url}/dmp")
+    async with consumer_client(settings, auth) as client:
+        # Not logged in: the launch is kept and the browser sent to the login, coming back to a GET.
+        resp = await client.post("/conso/launch", data=LAUNCH_FORM, allow_redirects=False)
+        assert resp.status == 303
+        next_path = parse_qs(urlsplit(resp.headers["Location"]).query)["next"][0]
+        assert next_path.startswith("/conso/launches/")
+        auth.pro = Pro()  # "login"
+        resp = await client.get(next_path, allow_redirects=False)
+        assert resp.status == 303 and urlsplit(resp.headers["Location"]).path == f"/conso/patients/{INS}/exams"
+        resp = await client.get(resp.headers["Location"])
+        assert resp.status == 200, await resp.text()
+        page = await resp.text()
+        for expected in ("2021-01-08", "CT", source_host, "Centre de radiologie Ambroise", "2 series, 6 images",
+                         f'href="/viewer/?kos={pub["kos_uid"]}"'):  # fmt: skip
+            assert expected in page, expected
+
+        # Logged in from the start: straight to the list; the JSON API agrees.
+        resp = await client.post("/conso/launch", data=LAUNCH_FORM, allow_redirects=False)
+        assert resp.status == 303 and resp.headers["Location"].startswith(f"/conso/patients/{INS}/exams?")
+        body = await (await client.get(f"/conso/api/patients/{INS}/exams")).json()
+        (exam,) = body["exams"]
+        assert exam["kos_uid"] == pub["kos_uid"] and exam["study_uid"] == "1.2.250.1.213.4.5.2.1.103"
+        assert (exam["date"], exam["modalities"], exam["sources"]) == ("2021-01-08", ["CT"], [source_host])
+        assert (exam["series_count"], exam["instance_count"], exam["accession"]) == (2, 6, "ACN103")
+        assert body["new_count"] == 1 and body["query"]["oid"] == "1.2.250.1.213.1.4.10"
+        detail = await (await client.get(f"/conso/api/exams/{pub['kos_uid']}")).json()
+        assert [s["count"] for s in detail["series"]] == [3, 3]
+        assert all(s["retrieve_url"].startswith(f"{box.url}/dicom-web/studies/1.2.250.1.213.4.5.2.1.103/series/")
+                   for s in detail["series"])  # fmt: skip
+        assert sum(len(s["instance_uids"]) for s in detail["series"]) == 6
