@@ -14,7 +14,10 @@ from aiohttp import web
 from drimbox.archive.archive import Archive
 from drimbox.archive.scp import ArchiveScp
 from drimbox.archive.scp import start as start_archive_scp
+from drimbox.auth import AuthGate
 from drimbox.config import Settings
+from drimbox.consumer.gate import GateAuth
+from drimbox.consumer.routes import setup_consumer
 from drimbox.dicomweb.backend import DicomwebBackend
 from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.dicomweb.stow import stow_routes
@@ -52,12 +55,21 @@ class Box:
     def is_source(self) -> bool:
         return "source" in self.settings.box.roles
 
+    @property
+    def is_consumer(self) -> bool:
+        return "consumer" in self.settings.box.roles
+
     async def start(self) -> None:
         s = self.settings
         s.var_path.mkdir(parents=True, exist_ok=True)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/health", self._health)
         app.router.add_delete("/api/cache", self._clear_cache)
+        # Pro Santé Connect login (/auth/*): the consumer's pages and, later, the viewer need it.
+        self.auth = AuthGate(s)
+        self.auth.setup(app)
+        if self.is_consumer:
+            setup_consumer(app, s, GateAuth(self.auth))
         if self.is_source:
             self.outbox = Outbox(s.var_path / "drimbox.sqlite")
             self.dmp = XdsDmpGateway(s)

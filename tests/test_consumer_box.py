@@ -1,0 +1,66 @@
+"""A consumer box as a real process: the doctor's contextual launch, Pro Santé Connect login at the simulator, exam list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import aiohttp
+import pytest
+
+from drimbox.hl7.mllp import send_message
+from drimbox.samples.processes import DrimboxProcess, free_port, write_config
+from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
+from tests.support.consumer import INS, LAUNCH_FORM
+from tests.test_source_e2e import load_exam
+
+pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.sim, pytest.mark.box]
+
+
+@pytest.fixture
+def consumer_box(tmp_path: Path, sim: Any) -> Any:
+    port = free_port()
+    cfg = write_config(tmp_path / "consumer.toml", {
+        "box": {"roles": ["consumer"], "var_dir": str(tmp_path / "consumer-var"), "public_url": f"http://127.0.0.1:{port}"},
+        "http": {"port": port},
+        "dmp": {"url": f"{sim.url}/dmp"},
+        "psc": {"issuer": f"{sim.url}/psc"},
+        "whitelist": {"url": f"{sim.url}/whitelist", "certificate_url": f"{sim.url}/whitelist/certificate"},
+        "auth": {"authorize_params": ["sim_auto=1"]},
+    })
+    box = DrimboxProcess("serve", cfg, f"http://127.0.0.1:{port}/health", tmp_path / "consumer.log").start()
+    yield box
+    box.stop()
+
+
+async def test_launch_login_and_exam_list_through_a_consumer_box(
+    orthanc: Any, source_box: Any, sim: Any, consumer_box: Any, tmp_path: Path
+) -> None:
+    orthanc.clear()
+    load_exam(orthanc, tmp_path, "C", instances=4)
+    source = source_box(orthanc)
+    ack = await send_message("127.0.0.1", source.mllp_port, build_oru(build_cda(ANS_EXAMS["C"]), control_id="CB-1"))
+    assert b"|AA|" in ack
+    pub = source.wait_state("ACN103", ("published", "failed", "rejected"))
+    assert pub["state"] == "published"
+
+    base = consumer_box.health_url.rsplit("/", 1)[0]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        resp = await http.post(f"{base}/conso/launch", data=LAUNCH_FORM, allow_redirects=False)
+        assert resp.status == 303, await resp.text()
+        login = urlsplit(resp.headers["Location"])
+        assert login.path == "/auth/login"
+        query = parse_qs(login.query)
+        assert query["next"][0].startswith("/conso/launches/")
+        # The simulator logs the general practitioner in without a page (sim_auto), then back to the launch.
+        params = urlencode({"next": query["next"][0], "login_hint": "801234567897"})
+        resp = await http.get(f"{base}/auth/login?{params}")
+        assert resp.status == 200, await resp.text()
+        assert urlsplit(str(resp.url)).path == f"/conso/patients/{INS}/exams"
+        page = await resp.text()
+        assert pub["kos_uid"] in page and "CT" in page
+        me = await (await http.get(f"{base}/auth/me")).json()
+        assert "MEDIONI" in str(me)
+        exams = await (await http.get(f"{base}/conso/api/patients/{INS}/exams")).json()
+        assert [e["kos_uid"] for e in exams["exams"]] == [pub["kos_uid"]]
