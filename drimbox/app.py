@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import signal
 import time
 from typing import Any
 
@@ -22,6 +21,7 @@ from drimbox.dicomweb.backend import DicomwebBackend
 from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.dicomweb.stow import stow_routes
 from drimbox.hl7.mllp import MllpServer
+from drimbox.signals import until_signalled
 from drimbox.source.api import publications_routes
 from drimbox.source.dmp_gateway import XdsDmpGateway
 from drimbox.source.intake import ReportIntake
@@ -176,12 +176,8 @@ async def serve(settings: Settings) -> None:
     """Run a box until SIGTERM or SIGINT, then stop it cleanly."""
     box = Box(settings)
     await box.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         log.info("stopping")
         await box.stop()

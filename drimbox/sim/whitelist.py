@@ -5,12 +5,12 @@ from __future__ import annotations
 import fcntl
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
@@ -18,6 +18,7 @@ from signxml import methods
 from signxml.xades.xades import XAdESDataObjectFormat, XAdESSigner
 
 from drimbox.config import Settings
+from drimbox.xds.vihf import self_signed_certificate
 
 NS = "https://github.com/ansforge/DRIM-M_DATA"
 FORMAT_VERSION = "1.0.0"
@@ -84,20 +85,7 @@ def _self_signed(key: rsa.RSAPrivateKey) -> x509.Certificate:
         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, SIGNER_OU),
         x509.NameAttribute(NameOID.COMMON_NAME, SIGNER_CN),
     ])  # fmt: skip
-    now = datetime.now(UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        # digitalSignature + nonRepudiation (content commitment), as on an IGC-Santé ORG SIGN certificate.
-        .add_extension(x509.KeyUsage(True, True, *([False] * 7)), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    return self_signed_certificate(key, name)
 
 
 def load_signer(directory: Path) -> tuple[rsa.RSAPrivateKey, bytes]:

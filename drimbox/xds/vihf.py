@@ -217,6 +217,23 @@ def generate_test_credentials(directory: Path, common_name: str) -> tuple[Path, 
     return key_path, cert_path
 
 
+def self_signed_certificate(key: rsa.RSAPrivateKey, name: x509.Name, years: int = 10) -> x509.Certificate:
+    """A self-signed signing certificate (digitalSignature + nonRepudiation, like an IGC-Santé ORG SIGN one)."""
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365 * years))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, True, *([False] * 7)), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+
+
 def _write_credentials(key_path: Path, cert_path: Path, common_name: str) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([
@@ -224,19 +241,7 @@ def _write_credentials(key_path: Path, cert_path: Path, common_name: str) -> Non
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "drimbox test"),
         x509.NameAttribute(NameOID.COMMON_NAME, common_name),
     ])  # fmt: skip
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, True, *([False] * 7)), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed_certificate(key, name)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
