@@ -165,6 +165,17 @@ def c_echo_rsp(request: Command) -> bytes:
     )
 
 
+def c_echo_rq(message_id: int) -> bytes:
+    return encode_command(
+        [
+            (AFFECTED_SOP_CLASS_UID, ui(VERIFICATION)),
+            (COMMAND_FIELD, us(C_ECHO_RQ)),
+            (MESSAGE_ID, us(message_id)),
+            (COMMAND_DATA_SET_TYPE, us(NO_DATA_SET)),
+        ]
+    )
+
+
 def c_cancel_rq(message_id: int) -> bytes:
     return encode_command(
         [

@@ -127,7 +127,7 @@ class Association:
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
-            raise DimseUnavailable(f"cannot connect to {peer}: {exc}") from exc
+            raise DimseUnavailable(f"cannot connect to {peer}: no connection ({exc})") from exc
         set_nodelay(sock)
         assoc = cls(sock, peer, {}, 0, rq.calling_ae, rq.called_ae, timeout)
         try:
