@@ -20,6 +20,7 @@ from drimbox.consumer.routes import setup_consumer
 from drimbox.dicomweb.backend import DicomwebBackend
 from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.dicomweb.stow import stow_routes
+from drimbox.dimse.pool import default_pool
 from drimbox.hl7.mllp import MllpServer
 from drimbox.signals import until_signalled
 from drimbox.source.api import publications_routes
@@ -132,6 +133,8 @@ class Box:
             await asyncio.to_thread(self.scp.stop)
         if self.archive is not None:
             self.archive.close()
+        # Release the PACS associations kept warm for the next query or retrieve.
+        await asyncio.to_thread(default_pool.close_idle)
 
     async def _clear_cache(self, request: web.Request) -> web.Response:
         """Operator action: drop the Proxy cache, all of it or one study (?study=UID)."""
