@@ -14,8 +14,10 @@ from drimbox.archive.archive import Archive
 from drimbox.archive.scp import ArchiveScp
 from drimbox.archive.scp import start as start_archive_scp
 from drimbox.auth import AuthGate
+from drimbox.auth.tokens import BearerTokenChecker
 from drimbox.config import Settings
 from drimbox.consumer.gate import GateAuth
+from drimbox.consumer.images import setup_consumer_images
 from drimbox.consumer.routes import setup_consumer
 from drimbox.dicomweb.backend import DicomwebBackend
 from drimbox.dicomweb.routes import dicomweb_routes
@@ -23,6 +25,7 @@ from drimbox.dicomweb.stow import stow_routes
 from drimbox.dimse.pool import default_pool
 from drimbox.hl7.mllp import MllpServer
 from drimbox.signals import until_signalled
+from drimbox.source.access import SourceAccess
 from drimbox.source.api import publications_routes
 from drimbox.source.dmp_gateway import XdsDmpGateway
 from drimbox.source.intake import ReportIntake
@@ -50,6 +53,7 @@ class Box:
         self.archive: Archive | None = None
         self.scp: ArchiveScp | None = None
         self.backend: DicomwebBackend | None = None
+        self.tokens: BearerTokenChecker | None = None
         self._runner: web.AppRunner | None = None
 
     @property
@@ -70,7 +74,9 @@ class Box:
         self.auth = AuthGate(s)
         self.auth.setup(app)
         if self.is_consumer:
-            setup_consumer(app, s, GateAuth(self.auth))
+            consumer_auth = GateAuth(self.auth)
+            setup_consumer(app, s, consumer_auth)
+            setup_consumer_images(app, s, consumer_auth)
         if self.is_source:
             self.outbox = Outbox(s.var_path / "drimbox.sqlite")
             self.dmp = XdsDmpGateway(s)
@@ -89,10 +95,16 @@ class Box:
             self.backend = backend
             if isinstance(backend, NativeBackend):
                 app.add_routes(stow_routes(backend.stow, base="/dicom-web", public_url=s.box.public_url))
-            app.add_routes(dicomweb_routes(
+            routes = dicomweb_routes(
                 backend, base="/dicom-web", cors_origins=s.http.cors_origins, public_url=s.box.public_url,
                 compress=s.http.compress_on_the_fly,
-            ))
+            )
+            if s.auth.protect_dicomweb:
+                # A consumer box's request needs a PSC token and the KOS that entitles it (DRIM-M contract);
+                # the box's own logged-in users (its viewer) pass on their session.
+                self.tokens = BearerTokenChecker(s, oidc=self.auth.oidc)
+                routes = SourceAccess(self.outbox, s.var_path / "kos", self.tokens, gate=self.auth).protect(routes)
+            app.add_routes(routes)
             publisher = Publisher(pipeline_settings, self.outbox, self.dmp, on_study_changed=backend.invalidate_study)
             self.worker = PublicationWorker(s, self.outbox, publisher)
             app.add_routes(publications_routes(self.outbox))
@@ -125,6 +137,8 @@ class Box:
             await self._runner.cleanup()
         if self.dmp is not None:
             await self.dmp.close()
+        if self.tokens is not None:
+            await self.tokens.close()
         if self.outbox is not None:
             self.outbox.close()
         if self.cache is not None:

@@ -160,6 +160,9 @@ class AuthSettings:
     token_audience: str = ""
     # Local page the browser lands on after logout.
     logout_redirect: str = "/auth/logged-out"
+    # Source side: /dicom-web answers only a box session, or a PSC bearer token with a KOS-SOPInstanceUID naming
+    # a KOS this source published and has not withdrawn (source/access.py). false: open to anyone who can connect.
+    protect_dicomweb: bool = True
 
 
 @dataclass
@@ -177,6 +180,21 @@ class ConsumerSettings:
     visit_window: float = 1800.0
     # KOS manifests fetched from the DMP (ITI-43) at the same time for one exam list.
     kos_concurrency: int = 4
+    # Images fetched from source boxes, kept under var_dir/consumer-cache (least recently used evicted first).
+    cache_max_bytes: int = 10 * 1024**3
+    # Fetch every exam of a listed patient into the cache before it is opened (costs the sources' bandwidth).
+    prefetch: bool = False
+    # Retrieves from source boxes: connect time-out, and the longest silence while a series streams.
+    retrieve_connect_timeout: float = 10.0
+    retrieve_read_timeout: float = 60.0
+    # The local PACS exams are imported into: "c-store" (DIMSE, the default) or "stow-rs" (to local_pacs_stow_url).
+    local_pacs_method: str = "c-store"
+    local_pacs_ae_title: str = "ORTHANC"
+    local_pacs_host: str = "127.0.0.1"
+    local_pacs_port: int = 4242
+    # STOW-RS base, e.g. http://pacs:8042/dicom-web (instances already there are found by QIDO-RS on it).
+    local_pacs_stow_url: str = ""
+    local_pacs_timeout: float = 30.0
 
 
 @dataclass
@@ -375,6 +393,18 @@ def _validate_consumer(s: Settings) -> None:
         raise ConfigError(f"consumer.visit_window: must be >= 0, got {c.visit_window}")
     if c.kos_concurrency < 1:
         raise ConfigError(f"consumer.kos_concurrency: must be at least 1, got {c.kos_concurrency}")
+    if c.local_pacs_method not in ("c-store", "stow-rs"):
+        raise ConfigError(f"consumer.local_pacs_method: must be 'c-store' or 'stow-rs', got {c.local_pacs_method!r}")
+    if c.local_pacs_method == "stow-rs" and not c.local_pacs_stow_url.startswith(("http://", "https://")):
+        raise ConfigError(f"consumer.local_pacs_stow_url: an http(s) URL is required with stow-rs, got {c.local_pacs_stow_url!r}")
+    if not 0 < len(c.local_pacs_ae_title) <= 16 or "\\" in c.local_pacs_ae_title:
+        raise ConfigError(f"consumer.local_pacs_ae_title: 1 to 16 characters without backslash, got {c.local_pacs_ae_title!r}")
+    if not 0 <= c.local_pacs_port <= 65535:
+        raise ConfigError(f"consumer.local_pacs_port: must be between 0 and 65535, got {c.local_pacs_port}")
+    for key, value in (("cache_max_bytes", c.cache_max_bytes), ("retrieve_connect_timeout", c.retrieve_connect_timeout),
+                       ("retrieve_read_timeout", c.retrieve_read_timeout), ("local_pacs_timeout", c.local_pacs_timeout)):
+        if value <= 0:
+            raise ConfigError(f"consumer.{key}: must be > 0, got {value}")
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:

@@ -86,6 +86,8 @@ def start_box(work: Path, name: str, orthanc: OrthancServer, sim_port: int, prof
         "http": {"port": http}, "mllp": {"port": mllp}, "dicom": {"port": dicom},
         "pacs": {"ae_title": orthanc.aet, "port": orthanc.dicom_port},
         "dmp": {"url": f"http://127.0.0.1:{sim_port}/dmp"},
+        # The benchmark measures transport, not the PSC token check (one introspection per request).
+        "auth": {"protect_dicomweb": False},
     })
     proc = DrimboxProcess("serve", cfg, f"http://127.0.0.1:{http}/health", work / f"{name}.log").start()
     return proc

@@ -135,3 +135,15 @@ async def test_study_series_list_expires_and_is_invalidated(tmp_path: Path) -> N
         assert await cache.study_series("1.2", max_age=60) is None
     finally:
         cache.close()
+
+
+async def test_a_reader_arriving_while_an_abandoned_fill_cancels_gets_the_whole_series(tmp_path: Path) -> None:
+    """Regression: it used to join the dying fill and end early without an error (a silently truncated series)."""
+    cache = SeriesCache(tmp_path, 10**9)
+    source = Source(10, delay=0.01)
+    first = cache.series("1.2", "1.2.3", source)
+    await anext(first)
+    await first.aclose()  # the only reader leaves: the fill is cancelled
+    again = [i.sop_instance_uid async for i in cache.series("1.2", "1.2.3", source)]
+    assert len(again) == 10 and source.started == 2
+    cache.close()

@@ -1,11 +1,4 @@
-"""The consumer's DICOMweb backend (/conso/dicom-web): each study served from the cache or its source box's WADO-RS.
-
-Who may see what: a request needs a logged-in professional (their PSC access token goes to the source) and
-a KOS that entitles the study. The KOS comes from the request (`KOS-SOPInstanceUID` header or `?kos=`), or
-from the exam the professional opened (`ConsumerBackend.open`). A series already cached is served without
-asking the source again: the consumer box trusts its own entitlement check (the DMP listed the KOS for a
-logged-in professional), as every caching DRIMbox must.
-"""
+"""The consumer's DICOMweb backend (/conso/dicom-web): each study served from the cache or its source box."""
 
 from __future__ import annotations
 
@@ -22,7 +15,7 @@ from typing import Protocol
 from aiohttp import web
 from pydicom.dataset import Dataset
 
-from drimbox.consumer.auth import ConsumerAuth
+from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.exams import SOP_CLASS_MODALITY
 from drimbox.consumer.retrieval import KOS_HEADER, NotWhitelisted, RetrievedInstance, SourceRefused, SourceRetriever
 from drimbox.dicomweb.backend import FileBody, NotFound, QidoQuery, QueryLevel, StoredInstance
@@ -35,6 +28,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # An entitlement checked once (store, DMP) is trusted this long for the same professional and KOS.
 GRANT_TTL = 300.0
 _KOS_CACHE = 256
+# Fetch the next series of a study while one streams. Off: on loopback (2 cores, perf/consumer_retrieve.py) it
+# gained nothing and cost CPU contention; worth measuring again between real centres, where latency dominates.
+READ_AHEAD = False
 _STUDY, _SERIES, _SOP = 0x0020000D, 0x0020000E, 0x00080018
 
 
@@ -57,16 +53,23 @@ _GRANT: contextvars.ContextVar[Grant | None] = contextvars.ContextVar("drimbox_c
 
 
 class ConsumerBackend:
-    """DicomwebBackend of the consumer: instances stream source → cache file → viewer, one fill per series."""
+    """DicomwebBackend of the consumer: instances stream source → cache file → viewer, one fill per series.
+
+    Who may see what: a request needs a logged-in professional (their PSC access token goes to the source)
+    and a KOS that entitles the study: named by the request (`KOS-SOPInstanceUID` header or `?kos=`), or the
+    exam the professional opened (`open`). A series already cached is served without asking the source
+    again: the box trusts its own entitlement check (the DMP listed the KOS for a logged-in professional,
+    and `check_exam` may ask the DMP again), as any caching DRIMbox must.
+    """
 
     def __init__(
         self, manifests: ManifestSource, cache: SeriesCache, retriever: SourceRetriever, *,
-        check_exam: Callable[[str, str], Awaitable[object]] | None = None,
+        check_exam: Callable[[ProfessionalLike, str], Awaitable[object]] | None = None,
     ) -> None:
         self.manifests = manifests
         self.cache = cache
         self.retriever = retriever
-        # (professional id, KOS UID) → raises when that professional may not open it (e.g. ExamCatalog.exam).
+        # (professional, KOS UID) → raises when that professional may not open it: ExamCatalog.exam fits.
         self.check_exam = check_exam
         self._kos: OrderedDict[str, KosSummary] = OrderedDict()
         self._opened: dict[tuple[str, str], tuple[float, str]] = {}  # (pro, study) → (until, kos_uid)
@@ -74,7 +77,7 @@ class ConsumerBackend:
 
     @classmethod
     def open_in(cls, directory: Path, max_bytes: int, manifests: ManifestSource, retriever: SourceRetriever,
-                **kwargs: Callable[[str, str], Awaitable[object]] | None) -> ConsumerBackend:  # fmt: skip
+                **kwargs: Callable[[ProfessionalLike, str], Awaitable[object]] | None) -> ConsumerBackend:  # fmt: skip
         return cls(manifests, SeriesCache(directory, max_bytes), retriever, **kwargs)
 
     async def close(self) -> None:
@@ -103,20 +106,21 @@ class ConsumerBackend:
             self._kos.popitem(last=False)
         return kos
 
-    async def open(self, professional_id: str, kos_uid: str) -> KosSummary:
+    async def open(self, pro: ProfessionalLike, kos_uid: str) -> KosSummary:
         """The professional opens an exam: check it (once per GRANT_TTL) and remember its study → KOS."""
         kos = await self.kos(kos_uid)
-        key = (professional_id, kos.study_uid)
+        key = (pro.id, kos.study_uid)
         known = self._opened.get(key)
         if known is None or known[1] != kos_uid or known[0] < time.monotonic():
             if self.check_exam is not None:
-                await self.check_exam(professional_id, kos_uid)
+                await self.check_exam(pro, kos_uid)
             self._opened[key] = (time.monotonic() + GRANT_TTL, kos_uid)
         return kos
 
     def opened(self, professional_id: str, study_uid: str) -> str | None:
+        """The KOS through which this professional opened the study, if any (`open` re-checks it when stale)."""
         known = self._opened.get((professional_id, study_uid))
-        return known[1] if known is not None and known[0] >= time.monotonic() else None
+        return known[1] if known is not None else None
 
     def protect(self, routes: list[web.RouteDef], auth: ConsumerAuth) -> list[web.RouteDef]:
         """The DICOMweb routes, each needing a login and an entitling KOS; source refusals become JSON."""
@@ -154,11 +158,13 @@ class ConsumerBackend:
         study = request.match_info.get("study")
         try:
             if kos_uid:
-                kos = await self.open(pro.id, kos_uid)
+                kos = await self.open(pro, kos_uid)
                 if study is not None and study != kos.study_uid:
                     raise _Refusal(403, "kos_not_for_study", "this exam's manifest does not reference this study")
             elif study is not None:
                 kos_uid = self.opened(pro.id, study) or ""
+                if kos_uid:
+                    await self.open(pro, kos_uid)  # checked again with the DMP once its GRANT_TTL has passed
             if not kos_uid:
                 raise _Refusal(403, "kos_required", f"open the exam first, or send {KOS_HEADER}")
         except NotFound as exc:
@@ -225,18 +231,34 @@ class ConsumerBackend:
         if study_uid != kos.study_uid:
             raise NotFound("this exam's manifest does not reference this study")
         found = False
-        for series in self._series(kos, series_uid):
-            if sop_uid is not None and all(i.sop_instance_uid != sop_uid for i in series.instances):
-                continue
-            async for instance in self.series_instances(grant, kos, series):
-                if sop_uid is not None and instance.sop_instance_uid != sop_uid:
-                    continue
-                found = True
-                yield _stored(instance)
-                if sop_uid is not None:
-                    return
+        chosen = [s for s in self._series(kos, series_uid)
+                  if sop_uid is None or any(i.sop_instance_uid == sop_uid for i in s.instances)]  # fmt: skip
+        ahead: asyncio.Task[None] | None = None
+        try:
+            for n, series in enumerate(chosen):
+                if READ_AHEAD and sop_uid is None and n + 1 < len(chosen):
+                    # The next series starts arriving while this one streams: the source's PACS retrieve and the
+                    # WAN round trips of one series overlap the other's transfer (one series ahead, on disk).
+                    ahead = asyncio.create_task(self._drain(grant, kos, chosen[n + 1]))
+                async for instance in self.series_instances(grant, kos, series):
+                    if sop_uid is not None and instance.sop_instance_uid != sop_uid:
+                        continue
+                    found = True
+                    yield _stored(instance)
+                    if sop_uid is not None:
+                        return
+        finally:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()  # the client left: nothing more is fetched for it
         if not found:
             raise NotFound("no such instance in this exam")
+
+    async def _drain(self, grant: Grant, kos: KosSummary, series: KosSeries) -> None:
+        try:
+            async for _ in self.series_instances(grant, kos, series):
+                pass
+        except Exception:
+            pass  # the reader that follows sees the same error from the shared fill
 
     async def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *, base: str

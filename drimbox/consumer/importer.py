@@ -1,11 +1,4 @@
-"""Import of an exam into the local PACS (C-STORE or STOW-RS), as durable jobs with progress, skipping what is there.
-
-An import reads the exam through the consumer backend (so it fills the cache, and a series already cached
-is not fetched again), asks the local PACS which instances it already holds (C-FIND at IMAGE level, or
-QIDO-RS for STOW-RS), and sends the others. Jobs live in SQLite: after a restart a job that was running is
-`interrupted` (the professional's token died with the process); POSTing the import again resumes it under
-the same id, and what already reached the PACS is skipped.
-"""
+"""Import of an exam into the local PACS (C-STORE or STOW-RS) as durable jobs, skipping what is already there."""
 
 from __future__ import annotations
 
@@ -26,7 +19,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
 from drimbox.config import PacsSettings, Settings
-from drimbox.consumer.auth import ConsumerAuth
+from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.backend import ConsumerBackend, Grant
 from drimbox.dicomweb.backend import DicomwebError
 from drimbox.dimse.network import DimseFailure, DimseUnavailable, make_ae
@@ -132,13 +125,21 @@ class _Stow:
 
 
 class Importer:
-    """Import jobs: start, run one at a time per exam, report; var_dir/consumer/imports.sqlite."""
+    """Import jobs: start, run one at a time per exam, report; var_dir/consumer/imports.sqlite.
+
+    An import reads the exam through the consumer backend (so it fills the cache, and a series already cached
+    is not fetched again), asks the local PACS which instances it already holds (C-FIND at IMAGE level, or
+    QIDO-RS for STOW-RS), and sends the others. Jobs live in SQLite: after a restart a job that was running is
+    `interrupted` (the professional's token died with the process); POSTing the import again resumes it under
+    the same id, and what already reached the PACS is skipped.
+    """
 
     def __init__(self, settings: Settings, backend: ConsumerBackend, directory: Path) -> None:
         self.settings = settings
         self.backend = backend
         self.db = Database(directory / "imports.sqlite", SCHEMA)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._closed = False
         # A job that was running when the process stopped cannot go on without the professional's token.
         self.db.call(lambda c: c.execute(
             "UPDATE imports SET state = 'interrupted', updated = ? WHERE state IN ('queued', 'running')", (time.time(),)))  # fmt: skip
@@ -147,6 +148,10 @@ class Importer:
                                  timeout=c.local_pacs_timeout)  # fmt: skip
 
     async def close(self) -> None:
+        """Stop the running jobs (they become `interrupted`) and close the database; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -262,34 +267,34 @@ def import_routes(importer_of: Callable[[], Importer], auth: ConsumerAuth) -> li
     `importer_of` gives the Importer at request time (it is made when the app starts).
     """
 
-    async def professional(request: web.Request) -> tuple[str, str]:
+    async def professional(request: web.Request) -> tuple[ProfessionalLike, str]:
         pro = await auth.current_professional(request)
         token = await auth.access_token(request) if pro is not None else None
         if pro is None or not token:
             body = {"error": "not logged in", "reason": "login_required", "login_url": auth.login_url(request.path_qs)}
             raise web.HTTPUnauthorized(text=json.dumps(body), content_type="application/json")
-        return pro.id, token
+        return pro, token
 
     async def start(request: web.Request) -> web.Response:
-        pro_id, token = await professional(request)
+        pro, token = await professional(request)
         kos_uid = request.match_info["kos_uid"]
         if not 0 < len(kos_uid) <= 64 or not set(kos_uid) <= set("0123456789."):
             return web.json_response({"error": "kosUid: a DICOM UID", "reason": "invalid_fields"}, status=400)
         importer = importer_of()
         try:
-            await importer.backend.open(pro_id, kos_uid)
+            await importer.backend.open(pro, kos_uid)
         except Exception as exc:
             status = getattr(exc, "status", 404)
             return web.json_response({"error": str(exc), "reason": "exam_refused"},
                                      status=status if isinstance(status, int) and status >= 400 else 404)
-        job_id = await importer.start(Grant(pro_id, kos_uid, token))
+        job_id = await importer.start(Grant(pro.id, kos_uid, token))
         url = f"/conso/api/imports/{job_id}"
         return web.json_response({"id": job_id, "status_url": url}, status=202, headers={"Location": url})
 
     async def status(request: web.Request) -> web.Response:
-        pro_id, _ = await professional(request)
+        pro, _ = await professional(request)
         found = await importer_of().status(request.match_info["job_id"])
-        if found is None or found.pop("professional") != pro_id:
+        if found is None or found.pop("professional") != pro.id:
             return web.json_response({"error": "no such import", "reason": "not_found"}, status=404)
         return web.json_response(found, headers={"Cache-Control": "no-store"})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import struct
@@ -165,8 +166,15 @@ class _Buffer:
         return out
 
     async def exactly(self, size: int) -> bytes:
-        while len(self.data) < size:
-            await self._more()
+        if len(self.data) < size:
+            # One call for the rest of the part: aiohttp joins its buffered chunks without a Python loop here.
+            try:
+                rest = await self.content.readexactly(size - len(self.data))
+            except asyncio.IncompleteReadError:
+                raise BadResponse("the source box's response ended in the middle of a part") from None
+            out = bytes(self.data) + rest
+            self.data.clear()
+            return out
         out = bytes(self.data[:size])
         del self.data[:size]
         return out
@@ -232,7 +240,8 @@ def _instance(data: bytes) -> RetrievedInstance:
             else:
                 (length,) = struct.unpack_from("<H", data, pos + 6)
                 start = pos + 8
-            found[element] = data[start : start + length].decode("ascii").rstrip("\x00 ")
+            if element in (0x0002, 0x0003, 0x0010):
+                found[element] = data[start : start + length].decode("ascii").rstrip("\x00 ")
             pos = start + length
     except (struct.error, UnicodeDecodeError):
         raise BadResponse("a part's file meta information cannot be read") from None

@@ -81,6 +81,8 @@ class _Fill:
     error: BaseException | None = None
     readers: int = 0
     task: asyncio.Task[None] | None = None
+    # Cancelled because every reader left: a new reader must not join it (it would end early, silently).
+    abandoned: bool = False
 
 
 class SeriesCache:
@@ -160,6 +162,10 @@ class SeriesCache:
             return
         key = (study_uid, series_uid)
         fill = self._fills.get(key)
+        if fill is not None and fill.abandoned and fill.task is not None:
+            # Let the abandoned fill finish cancelling (C-CANCEL, its files removed) before starting anew.
+            await asyncio.wait({fill.task})
+            fill = self._fills.get(key)
         if fill is None:
             fill = self._fills[key] = _Fill()
             fill.task = asyncio.create_task(self._fill(key, fill, source), name=f"cache-fill-{series_uid}")
@@ -182,6 +188,7 @@ class SeriesCache:
         finally:
             fill.readers -= 1
             if fill.readers == 0 and not fill.done and fill.task is not None:
+                fill.abandoned = True
                 fill.task.cancel()
 
     async def _fill(self, key: tuple[str, str], fill: _Fill, source: Callable[[], AsyncIterator[Received]]) -> None:
@@ -221,7 +228,8 @@ class SeriesCache:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._fills.pop(key, None)
+            if self._fills.get(key) is fill:
+                del self._fills[key]
             async with fill.changed:
                 fill.done = True
                 fill.changed.notify_all()

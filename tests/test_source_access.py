@@ -1,0 +1,112 @@
+"""The source enforces the DRIM-M contract on /dicom-web: a PSC token and a live KOS naming the study (real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from drimbox.manifest import parse_kos
+from drimbox.samples.processes import free_port, write_config
+from tests.support.drim_flow import Doctor, protected_front, psc_token, publish_exam, revoke
+from tests.support.fixtures_mesh import Sim
+
+pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.sim, pytest.mark.box]
+TOKEN_LIFETIME = 8  # seconds: long enough for the checks before it expires, short enough to wait for
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Sim]:
+    """This module's simulator issues short-lived access tokens (overrides fixtures_mesh.sim here)."""
+    s = Sim(tmp_path)
+    write_config(s.work / "sim.toml", {"sim": {"port": s.port, "var_dir": str(tmp_path / "sim-var"),
+                                               "psc_access_token_lifetime": TOKEN_LIFETIME}})  # fmt: skip
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(autouse=True)
+def empty_pacs(orthanc: Any) -> None:
+    orthanc.clear()
+
+
+class CookieGate:
+    """auth.AuthGate stand-in: a request with the cookie drimbox_session=ok is the box's own logged-in viewer."""
+
+    async def current_professional(self, request: web.Request) -> Doctor | None:
+        return Doctor() if request.cookies.get("drimbox_session") == "ok" else None
+
+
+async def _get(http: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, dict[str, Any]]:
+    async with http.get(url, headers=headers) as resp:
+        if resp.content_type == "application/json":
+            return resp.status, await resp.json()
+        await resp.read()
+        return resp.status, {}
+
+
+async def test_token_and_kos_are_required_and_checked(orthanc: Any, source_box: Any, sim: Any, tmp_path: Path) -> None:
+    port = free_port()
+    box = source_box(orthanc, box={"public_url": f"http://127.0.0.1:{port}"})
+    pub = await asyncio.to_thread(publish_exam, orthanc, box, tmp_path)
+    kos = parse_kos(await asyncio.to_thread(sim.document_bytes, pub["kos_uid"]))
+    base = f"http://127.0.0.1:{port}/dicom-web/studies/{kos.study_uid}"
+    series = kos.series[0].retrieve_url
+    async with protected_front(box, sim.url, port, gate=CookieGate()), aiohttp.ClientSession() as http:
+        issued = time.time()
+        token = (await asyncio.to_thread(psc_token, sim.url))["access_token"]
+        bearer = f"Bearer {token}"
+        kos_uid = pub["kos_uid"]
+        status, body = await _get(http, series)
+        assert (status, body["reason"]) == (401, "missing")
+        status, body = await _get(http, series, Authorization="Bearer not-a-token")
+        assert status == 401
+        status, body = await _get(http, series, Authorization=bearer)
+        assert (status, body["reason"]) == (403, "kos_missing")
+        status, body = await _get(http, series, Authorization=bearer, **{"KOS-SOPInstanceUID": "1.2.3.4"})
+        assert (status, body["reason"]) == (403, "kos_not_for_study")
+        status, _ = await _get(http, series, Authorization=bearer, **{"KOS-SOPInstanceUID": kos_uid})
+        assert status == 200
+        status, body = await _get(http, f"{base}/series/1.2.3.999", Authorization=bearer,
+                                  **{"KOS-SOPInstanceUID": kos_uid})  # fmt: skip
+        assert (status, body["reason"]) == (403, "series_not_in_kos")
+        status, _ = await _get(http, f"{base}/series", Authorization=bearer, **{"KOS-SOPInstanceUID": kos_uid})
+        assert status == 200  # a study-scoped search, entitled by the KOS
+        status, body = await _get(http, f"http://127.0.0.1:{port}/dicom-web/studies", Authorization=bearer,
+                                  **{"KOS-SOPInstanceUID": kos_uid})  # fmt: skip
+        assert (status, body["reason"]) == (403, "search_not_allowed")
+        # The box's own viewer, logged in with a session: no token, no KOS.
+        async with aiohttp.ClientSession(cookies={"drimbox_session": "ok"}) as viewer:
+            assert (await _get(viewer, series))[0] == 200
+
+        revoke_me = (await asyncio.to_thread(psc_token, sim.url))["access_token"]
+        await asyncio.to_thread(revoke, sim.url, revoke_me)
+        status, body = await _get(http, series, Authorization=f"Bearer {revoke_me}", **{"KOS-SOPInstanceUID": kos_uid})
+        assert (status, body["reason"]) == (401, "revoked")
+
+        await asyncio.sleep(max(0.0, issued + TOKEN_LIFETIME + 1.5 - time.time()))  # past its exp (whole seconds)
+        status, body = await _get(http, series, Authorization=bearer, **{"KOS-SOPInstanceUID": kos_uid})
+        assert (status, body["reason"]) == (401, "expired")
+
+
+async def test_a_withdrawn_kos_no_longer_opens_the_study(orthanc: Any, source_box: Any, sim: Any, tmp_path: Path) -> None:
+    port = free_port()
+    box = source_box(orthanc, box={"public_url": f"http://127.0.0.1:{port}"})
+    pub = await asyncio.to_thread(publish_exam, orthanc, box, tmp_path)
+    kos = parse_kos(await asyncio.to_thread(sim.document_bytes, pub["kos_uid"]))
+    series = kos.series[0].retrieve_url
+    async with protected_front(box, sim.url, port), aiohttp.ClientSession() as http:
+        headers = {"KOS-SOPInstanceUID": pub["kos_uid"]}
+        token = (await asyncio.to_thread(psc_token, sim.url))["access_token"]
+        assert (await _get(http, series, Authorization=f"Bearer {token}", **headers))[0] == 200
+        await asyncio.to_thread(publish_exam, orthanc, box, tmp_path, action="withdraw", control="2")
+        token = (await asyncio.to_thread(psc_token, sim.url))["access_token"]
+        status, body = await _get(http, series, Authorization=f"Bearer {token}", **headers)
+        assert (status, body["reason"]) == (403, "withdrawn")
