@@ -64,3 +64,52 @@ async def test_launch_login_and_exam_list_through_a_consumer_box(
         assert "MEDIONI" in str(me)
         exams = await (await http.get(f"{base}/conso/api/patients/{INS}/exams")).json()
         assert [e["kos_uid"] for e in exams["exams"]] == [pub["kos_uid"]]
+
+
+async def test_view_an_exam_through_the_consumer_box_from_a_protected_source(
+    orthanc: Any, source_box: Any, sim: Any, consumer_box: Any, tmp_path: Path
+) -> None:
+    import hashlib
+    from email.parser import BytesParser
+
+    import pydicom
+
+    orthanc.clear()
+    load_exam(orthanc, tmp_path, "C", instances=6)
+    source = source_box(orthanc, auth={"protect_dicomweb": True})
+    ack = await send_message("127.0.0.1", source.mllp_port, build_oru(build_cda(ANS_EXAMS["C"]), control_id="CB-2"))
+    assert b"|AA|" in ack
+    pub = source.wait_state("ACN103", ("published", "failed", "rejected"))
+    assert pub["state"] == "published"
+    study = "1.2.250.1.213.4.5.2.1.103"
+
+    base = consumer_box.health_url.rsplit("/", 1)[0]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        # Without a token the source refuses: the DRIM-M contract is enforced.
+        direct = await http.get(f"{source.url}/dicom-web/studies/{study}")
+        assert direct.status == 401
+        launch = await http.post(f"{base}/conso/launch", data=LAUNCH_FORM, allow_redirects=False)
+        next_path = parse_qs(urlsplit(launch.headers["Location"]).query)["next"][0]
+        params = urlencode({"next": next_path, "login_hint": "801234567897"})
+        assert (await http.get(f"{base}/auth/login?{params}")).status == 200
+        detail = await http.get(f"{base}/conso/api/exams/{pub['kos_uid']}")
+        assert detail.status == 200, await detail.text()
+        resp = await http.get(f"{base}/conso/dicom-web/studies/{study}?kos={pub['kos_uid']}",
+                              headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        assert resp.status == 200, await resp.text()
+        body = await resp.read()
+        message = BytesParser().parsebytes(
+            f"Content-Type: {resp.headers['Content-Type']}\r\n\r\n".encode() + body
+        )
+        got = {}
+        for part in message.get_payload():
+            ds = pydicom.dcmread(__import__("io").BytesIO(part.get_payload(decode=True)))
+            got[str(ds.SOPInstanceUID)] = hashlib.sha256(ds.PixelData).hexdigest()
+    truth = {}
+    for iid in orthanc.rest("GET", "/instances"):
+        import urllib.request
+
+        with urllib.request.urlopen(f"{orthanc.base_url}/instances/{iid}/file", timeout=30) as r:
+            ds = pydicom.dcmread(__import__("io").BytesIO(r.read()))
+        truth[str(ds.SOPInstanceUID)] = hashlib.sha256(ds.PixelData).hexdigest()
+    assert got == truth

@@ -56,6 +56,7 @@ class SourceBox:
             "dicom": {"port": self.dicom_port},
             "pacs": {"ae_title": peer.aet, "host": "127.0.0.1", "port": peer.dicom_port, "timeout": 5.0},
             "dmp": {"url": f"{sim_url}/dmp", "timeout": 5.0},
+            "psc": {"issuer": f"{sim_url}/psc"},
             "publish": {"waiting_interval": 0.5, "backoff_initial": 0.2, "backoff_max": 1.0},
             # Open /dicom-web unless a test asks otherwise: auth={"protect_dicomweb": True}.
             "auth": {"protect_dicomweb": False},
