@@ -40,6 +40,9 @@ def box_sections(work: Path, ports: dict[str, int], orthanc: OrthancServer) -> d
         "dicom": {"ae_title": "DRIMBOX", "port": ports["dicom"]},
         "pacs": {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port},
         "dmp": {"url": f"http://127.0.0.1:{ports['sim']}/dmp"},
+        "psc": {"issuer": f"http://127.0.0.1:{ports['sim']}/psc"},
+        "whitelist": {"url": f"http://127.0.0.1:{ports['sim']}/whitelist",
+                      "certificate_url": f"http://127.0.0.1:{ports['sim']}/whitelist/certificate"},
         "publish": {"waiting_interval": 1.0, "backoff_initial": 0.5, "backoff_max": 5.0},
     }
 
