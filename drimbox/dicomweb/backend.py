@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 
-# Files are read in chunks of this size: large enough that the thread hop per chunk costs nothing,
-# small enough that many concurrent responses stay within a bounded memory.
+# Where a file cannot go zero-copy (TLS), it is read in chunks of this size: large enough that the thread hop
+# per chunk costs nothing, small enough that many concurrent responses stay within a bounded memory.
 FILE_CHUNK = 1024 * 1024
+_FADVISE = hasattr(os, "posix_fadvise")
 
 
 class DicomwebError(Exception):
@@ -73,8 +75,33 @@ class BytesBody:
         return self.data
 
 
+class OpenFile:
+    """A Part-10 file opened for sending: its descriptor and its size when it was opened.
+
+    The size comes from fstat on this descriptor, so it stays exact for what the descriptor reads even when
+    the archive or the cache replaces the file meanwhile (a rename leaves this inode alone); an index's size
+    may be stale, this one is what will be sent. Only a file truncated in place can end early: senders check.
+    """
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+
+    def close(self) -> None:
+        """Idempotent: every path that gave up the file may call it."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def read_chunk(self, offset: int) -> bytes:
+        """FILE_CHUNK bytes from `offset` (blocking: call in a thread)."""
+        return os.pread(self.fd, min(FILE_CHUNK, self.size - offset), offset)
+
+
 class FileBody:
-    """An instance stored as a Part-10 file: streamed from disk in chunks, each read in a thread."""
+    """An instance stored as a Part-10 file: sent from disk zero-copy when possible, else read in chunks."""
 
     def __init__(self, path: Path, size: int | None = None) -> None:
         self.path = path
@@ -84,29 +111,85 @@ class FileBody:
     def size(self) -> int | None:
         return self._size
 
-    def _open(self) -> BinaryIO:
+    def open_now(self) -> OpenFile:
+        """Open and stat the file (blocking: call in a thread; `open_files` opens many per thread hop)."""
         try:
-            return self.path.open("rb")
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             # File names can carry patient names in some archives: never in messages.
             raise NotFound("the instance's file is gone") from None
         except OSError as exc:
             raise Unavailable(f"cannot read the instance's file: {exc.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if _FADVISE:
+                # Start reading a cold file into the page cache now, from this thread, so that sendfile on the loop
+                # thread finds it there instead of waiting for the disk (the routes open a batch of files ahead
+                # of the one being sent). Cost when already cached: ~11 µs a file, 3 ms CPU a 300-image study.
+                os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+        except OSError as exc:
+            os.close(fd)
+            raise Unavailable(f"cannot read the instance's file: {exc.strerror}") from None
+        return OpenFile(fd, size)
+
+    async def open(self) -> OpenFile:
+        [opened] = await open_files([self])
+        if isinstance(opened, DicomwebError):
+            raise opened
+        return opened
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        f = await asyncio.to_thread(self._open)
+        opened = await self.open()
         try:
-            while chunk := await asyncio.to_thread(f.read, FILE_CHUNK):
+            offset = 0
+            while offset < opened.size and (chunk := await asyncio.to_thread(opened.read_chunk, offset)):
                 yield chunk
+                offset += len(chunk)
         finally:
-            await asyncio.to_thread(f.close)
+            opened.close()  # closing a read-only descriptor does no I/O: no thread needed
 
     async def read(self) -> bytes:
         def read_all() -> bytes:
-            with self._open() as f:
-                return f.read()
+            opened = self.open_now()
+            try:
+                with open(opened.fd, "rb", closefd=False) as f:
+                    return f.read()
+            finally:
+                opened.close()
 
         return await asyncio.to_thread(read_all)
+
+
+async def open_files(bodies: list[FileBody]) -> list[OpenFile | DicomwebError]:
+    """Open many files in one thread hop: each its OpenFile, or the error that opening it raised.
+
+    A caller cancelled meanwhile (the client left) leaks nothing: the thread cannot be stopped, so the files it
+    opens are closed when it ends.
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(_open_all, bodies))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        work.add_done_callback(_close_abandoned)
+        raise
+
+
+def _open_all(bodies: list[FileBody]) -> list[OpenFile | DicomwebError]:
+    opened: list[OpenFile | DicomwebError] = []
+    for body in bodies:
+        try:
+            opened.append(body.open_now())
+        except DicomwebError as exc:
+            opened.append(exc)
+    return opened
+
+
+def _close_abandoned(work: asyncio.Future[list[OpenFile | DicomwebError]]) -> None:
+    if work.cancelled() or work.exception() is not None:
+        return
+    for opened in work.result():
+        if isinstance(opened, OpenFile):
+            opened.close()
 
 
 class ChunkBody:
@@ -211,6 +294,8 @@ class DicomwebBackend(Protocol):
 
         `NotFound` (or no item) when the resource does not exist. The caller reads each body before asking
         for the next instance, so a backend may reuse or release a body's resources when the next is asked.
+        Not so for `FileBody` bodies, which hold nothing but a path: the routes ask for up to a few more
+        instances before opening their files, to open several per thread hop (wado.READ_AHEAD).
         """
 
     def metadata(
