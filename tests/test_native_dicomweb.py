@@ -68,3 +68,18 @@ def test_stow_rs_stores_durably_and_refuses_garbage(orthanc: Any, source_box: An
     assert err.value.code == 409
     failed = __import__("json").loads(err.value.read())["00081198"]["Value"]
     assert failed[0]["00081197"]["Value"][0] >= 0xA000
+
+
+def test_native_metadata_is_cached_but_never_stale(orthanc: Any, source_box: Any, tmp_path: Path) -> None:
+    import dataclasses
+
+    box = source_box(orthanc, box={"profile": "native"})
+    spec = exam_c_study(instances=4)
+    files = write_study(tmp_path / "study", spec)
+    storescu("127.0.0.1", box.dicom_port, "DRIMBOX", files[:3])
+    client = DICOMwebClient(f"{box.url}/dicom-web")
+    first = client.retrieve_study_metadata(STUDY)
+    assert len(first) == 3
+    assert client.retrieve_study_metadata(STUDY) == first  # served again, from the cache
+    storescu("127.0.0.1", box.dicom_port, "DRIMBOX", files[3:])
+    assert len(client.retrieve_study_metadata(STUDY)) == 4

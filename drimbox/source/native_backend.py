@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from io import BytesIO
 
@@ -12,12 +13,14 @@ from pydicom.dataset import Dataset
 
 from drimbox.archive.archive import Archive
 from drimbox.archive.errors import ArchiveError, QueryError
+from drimbox.archive.index import InstanceFile
 from drimbox.archive.query import Level, Match
 from drimbox.dicomweb.backend import FileBody, NotFound, QidoQuery, QueryLevel, StoredInstance
 from drimbox.dicomweb.json_model import metadata_from_instances
 from drimbox.dicomweb.params import BadRequest
 from drimbox.dicomweb.stow import Stored, StoreRefused
 
+_METADATA_SERIES = 256
 _LEVELS: dict[QueryLevel, Level] = {QueryLevel.STUDY: "study", QueryLevel.SERIES: "series", QueryLevel.IMAGE: "instance"}
 
 
@@ -47,6 +50,8 @@ class NativeBackend:
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
+        # Series metadata JSON, most recently used last: viewers ask /metadata again and again.
+        self._metadata: OrderedDict[tuple[str, str, str], tuple[int, bytes]] = OrderedDict()
 
     async def search(self, query: QidoQuery) -> AsyncIterator[Dataset]:
         filters = {m.keyword: m.value for m in query.matches}
@@ -67,21 +72,36 @@ class NativeBackend:
         if not files:
             raise NotFound("no such resource in the archive")
         for f in files:
-            yield StoredInstance(
-                study_uid=f.study_uid,
-                series_uid=f.series_uid,
-                sop_class_uid=f.sop_class_uid,
-                sop_instance_uid=f.sop_uid,
-                transfer_syntax_uid=f.transfer_syntax_uid,
-                # No size: a concurrent re-store of the instance may replace the file between index and read.
-                body=FileBody(f.path, None),
-            )
+            yield _stored(f)
 
     async def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *, base: str
     ) -> AsyncIterator[bytes]:
-        async for item in metadata_from_instances(self.iter_instances(study_uid, series_uid, sop_uid), base):
-            yield item
+        files = await self.archive.iter_instance_paths(study_uid, series_uid, sop_uid)
+        if not files:
+            raise NotFound("no such resource in the archive")
+        if sop_uid is not None:
+            async for item in metadata_from_instances(_iter_stored(files), base):
+                yield item
+            return
+        by_series: dict[str, list[InstanceFile]] = {}
+        for f in files:
+            by_series.setdefault(f.series_uid, []).append(f)
+        for series, members in by_series.items():
+            # The series' content (which instances, which sizes) keys its cached JSON: a store into the
+            # series changes the key, so a stale answer is never served.
+            key = (study_uid, series, base)
+            fingerprint = hash(tuple((f.sop_uid, f.size) for f in members))
+            cached = self._metadata.get(key)
+            if cached is not None and cached[0] == fingerprint:
+                self._metadata.move_to_end(key)
+                yield cached[1]
+                continue
+            blob = b",".join([item async for item in metadata_from_instances(_iter_stored(members), base)])
+            self._metadata[key] = (fingerprint, blob)
+            if len(self._metadata) > _METADATA_SERIES:
+                self._metadata.popitem(last=False)
+            yield blob
 
     async def stow(self, data: bytes) -> Stored:
         """STOW-RS: one Part-10 instance, durably archived before the receipt names it."""
@@ -101,6 +121,23 @@ class NativeBackend:
 
     async def invalidate_study(self, study_uid: str) -> None:
         """Nothing cached beyond the archive itself."""
+
+
+def _stored(f: InstanceFile) -> StoredInstance:
+    return StoredInstance(
+        study_uid=f.study_uid,
+        series_uid=f.series_uid,
+        sop_class_uid=f.sop_class_uid,
+        sop_instance_uid=f.sop_uid,
+        transfer_syntax_uid=f.transfer_syntax_uid,
+        # No size: a concurrent re-store of the instance may replace the file between index and read.
+        body=FileBody(f.path, None),
+    )
+
+
+async def _iter_stored(files: list[InstanceFile]) -> AsyncIterator[StoredInstance]:
+    for f in files:
+        yield _stored(f)
 
 
 def _keyword(tag: int) -> str:
