@@ -71,7 +71,6 @@ def test_stow_rs_stores_durably_and_refuses_garbage(orthanc: Any, source_box: An
 
 
 def test_native_metadata_is_cached_but_never_stale(orthanc: Any, source_box: Any, tmp_path: Path) -> None:
-    import dataclasses
 
     box = source_box(orthanc, box={"profile": "native"})
     spec = exam_c_study(instances=4)
