@@ -19,7 +19,13 @@ pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.sim, pytest.ma
 
 
 @pytest.fixture
-def consumer_box(tmp_path: Path, sim: Any) -> Any:
+def local_pacs(orthanc_factory: Any) -> Any:
+    """Orthanc B: the consumer's own PACS, where exams are imported."""
+    return orthanc_factory()
+
+
+@pytest.fixture
+def consumer_box(tmp_path: Path, sim: Any, local_pacs: Any) -> Any:
     port = free_port()
     cfg = write_config(tmp_path / "consumer.toml", {
         "box": {"roles": ["consumer"], "var_dir": str(tmp_path / "consumer-var"), "public_url": f"http://127.0.0.1:{port}"},
@@ -28,6 +34,7 @@ def consumer_box(tmp_path: Path, sim: Any) -> Any:
         "psc": {"issuer": f"{sim.url}/psc"},
         "whitelist": {"url": f"{sim.url}/whitelist", "certificate_url": f"{sim.url}/whitelist/certificate"},
         "auth": {"authorize_params": ["sim_auto=1"]},
+        "consumer": {"local_pacs_ae_title": local_pacs.aet, "local_pacs_port": local_pacs.dicom_port},
     })
     box = DrimboxProcess("serve", cfg, f"http://127.0.0.1:{port}/health", tmp_path / "consumer.log").start()
     yield box
@@ -66,10 +73,12 @@ async def test_launch_login_and_exam_list_through_a_consumer_box(
         assert [e["kos_uid"] for e in exams["exams"]] == [pub["kos_uid"]]
 
 
-async def test_view_an_exam_through_the_consumer_box_from_a_protected_source(
-    orthanc: Any, source_box: Any, sim: Any, consumer_box: Any, tmp_path: Path
+async def test_view_and_import_an_exam_through_the_consumer_box_from_a_protected_source(
+    orthanc: Any, source_box: Any, sim: Any, consumer_box: Any, local_pacs: Any, tmp_path: Path
 ) -> None:
+    import asyncio
     import hashlib
+    import time
     from email.parser import BytesParser
 
     import pydicom
@@ -88,6 +97,7 @@ async def test_view_an_exam_through_the_consumer_box_from_a_protected_source(
         # Without a token the source refuses: the DRIM-M contract is enforced.
         direct = await http.get(f"{source.url}/dicom-web/studies/{study}")
         assert direct.status == 401
+        started = time.perf_counter()
         launch = await http.post(f"{base}/conso/launch", data=LAUNCH_FORM, allow_redirects=False)
         next_path = parse_qs(urlsplit(launch.headers["Location"]).query)["next"][0]
         params = urlencode({"next": next_path, "login_hint": "801234567897"})
@@ -97,7 +107,11 @@ async def test_view_an_exam_through_the_consumer_box_from_a_protected_source(
         resp = await http.get(f"{base}/conso/dicom-web/studies/{study}?kos={pub['kos_uid']}",
                               headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
         assert resp.status == 200, await resp.text()
-        body = await resp.read()
+        first = await resp.content.readany()
+        first_byte_s = time.perf_counter() - started
+        body = first + await resp.read()
+        # For the issue's figure: launch POST → PSC login → exam list → first image byte at the consumer.
+        print(f"\nlaunch POST to first instance byte: {first_byte_s * 1000:.0f} ms")
         message = BytesParser().parsebytes(
             f"Content-Type: {resp.headers['Content-Type']}\r\n\r\n".encode() + body
         )
@@ -113,3 +127,20 @@ async def test_view_an_exam_through_the_consumer_box_from_a_protected_source(
             ds = pydicom.dcmread(__import__("io").BytesIO(r.read()))
         truth[str(ds.SOPInstanceUID)] = hashlib.sha256(ds.PixelData).hexdigest()
     assert got == truth
+
+    # Import into Orthanc B, the consumer's PACS; a second import skips everything.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        launch = await http.post(f"{base}/conso/launch", data=LAUNCH_FORM, allow_redirects=False)
+        next_path = parse_qs(urlsplit(launch.headers["Location"]).query)["next"][0]
+        await http.get(f"{base}/auth/login?{urlencode({'next': next_path, 'login_hint': '801234567897'})}")
+        for expected in ("stored", "skipped"):
+            started_job = await http.post(f"{base}/conso/api/exams/{pub['kos_uid']}/import")
+            assert started_job.status == 202, await started_job.text()
+            status_url = (await started_job.json())["status_url"]
+            for _ in range(300):
+                job = await (await http.get(f"{base}{status_url}")).json()
+                if job["state"] not in ("queued", "running"):
+                    break
+                await asyncio.sleep(0.1)
+            assert job["state"] == "done" and job[expected] == 6 and job["failed"] == 0, job
+    assert sorted(local_pacs.instances()) == sorted(orthanc.instances())
