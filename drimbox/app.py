@@ -35,6 +35,7 @@ from drimbox.source.publish import Publisher
 from drimbox.source.worker import PublicationWorker
 from drimbox.state.outbox import Outbox
 from drimbox.state.series_cache import SeriesCache
+from drimbox.viewer_routes import viewer_routes
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class Box:
                 s.mllp.host, s.mllp.port, handler=intake,
                 max_message_bytes=s.mllp.max_message_bytes, idle_timeout=s.mllp.idle_timeout,
             )
+        # The web viewer (both roles) and, on a source (outbox), the report link that opens it.
+        app.add_routes(viewer_routes(self.auth, self.outbox))
         # handler_cancellation: a client that leaves while the PACS is slow is noticed at once (C-CANCEL).
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()

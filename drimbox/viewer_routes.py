@@ -1,0 +1,121 @@
+"""The web viewer's routes: its static files at /viewer/, and the report link /IHEInvokeImageDisplay that opens it.
+
+The viewer is static (HTML, CSS, JavaScript modules, no build step). Its files live in the repository's
+top-level `viewer/` folder, next to this package: `make` installs the package in editable mode, so a fresh
+clone finds them there. `DRIMBOX_VIEWER_DIR` points elsewhere (a packaged install, a development copy).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from drimbox.auth import AuthGate
+from drimbox.state.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+VIEWER_DIR = Path(os.environ.get("DRIMBOX_VIEWER_DIR") or Path(__file__).resolve().parent.parent / "viewer")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|css|js)$")
+_MEDIA_TYPES = {"html": "text/html", "css": "text/css", "js": "text/javascript"}
+# Same-origin only: the viewer loads nothing from elsewhere, and decoded images come in as blobs.
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # Small files that change with the code: revalidated each time (ETag/Last-Modified make that cheap).
+    "Cache-Control": "no-cache",
+}
+
+
+def viewer_routes(gate: AuthGate, outbox: Outbox | None, *, directory: Path = VIEWER_DIR) -> list[web.RouteDef]:
+    """GET /viewer/ and its files; on a source box (`outbox` given) also the report link."""
+    viewer = _Viewer(gate, outbox, directory)
+    return [
+        web.get("/viewer", viewer.redirect_to_index),
+        web.get("/viewer/", viewer.index),
+        web.get("/viewer/{name}", viewer.static),
+        web.get("/IHEInvokeImageDisplay", viewer.invoke_image_display),
+    ]
+
+
+class _Viewer:
+    def __init__(self, gate: AuthGate, outbox: Outbox | None, directory: Path) -> None:
+        self.gate = gate
+        self.outbox = outbox
+        self.directory = directory
+
+    async def redirect_to_index(self, request: web.Request) -> web.StreamResponse:
+        # Relative URLs in the page (viewer.css, main.js) need the trailing slash.
+        location = "/viewer/" + (f"?{request.query_string}" if request.query_string else "")
+        raise web.HTTPMovedPermanently(location)
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return self._file("index.html")
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        # A fixed shape of names, no path separators: nothing outside the viewer's folder can be named.
+        if not _STATIC_NAME.match(name):
+            raise web.HTTPNotFound()
+        return self._file(name)
+
+    def _file(self, name: str) -> web.StreamResponse:
+        path = self.directory / name
+        if not path.is_file():
+            raise web.HTTPNotFound()
+        response = web.FileResponse(path, headers=_HEADERS)
+        response.content_type = _MEDIA_TYPES[name.rsplit(".", 1)[1]]
+        return response
+
+    async def invoke_image_display(self, request: web.Request) -> web.StreamResponse:
+        """The link written in the report (IHE Invoke Image Display, STUDY request): login, checks, the viewer."""
+        # Parameter names are matched without case: reports in the field write "Accessionnumber", "accessionNumber"…
+        query = {key.lower(): value for key, value in request.query.items()}
+        request_type = query.get("requesttype", "")
+        study = query.get("studyuid", "")
+        accession = query.get("accessionnumber", "")
+        if request_type.upper() != "STUDY":
+            return error_page(400, "Invalid link", "This link must ask for a study (requestType=STUDY).")
+        if not _UID.match(study) or len(study) > 64:
+            return error_page(400, "Invalid link", "This link does not name a valid study (studyUID).")
+        if len(accession) > 64 or len(query.get("idcda", "")) > 256:
+            return error_page(400, "Invalid link", "This link's accession number or report id is too long.")
+        if self.outbox is None:
+            return error_page(404, "No images here", "This DRIMbox does not publish images (it has no source role).")
+        if await self.gate.current_professional(request) is None:
+            self.gate.require_login(request, next=request.path_qs)
+        published = await self.outbox.current_published(study)
+        if published is not None and (not accession or accession == published.accession):
+            raise web.HTTPSeeOther("/viewer/?" + urlencode({"base": "/dicom-web", "study": study}))
+        history = await self.outbox.search(study_uid=study)
+        # Replaced publications are not "withdrawn": their replacement is published, or on its way (→ 404, try later).
+        if published is None and any(p.state == "withdrawn" for p in history):
+            log.info("report link to a withdrawn study")
+            return error_page(
+                410, "Exam withdrawn", "The images of this exam have been withdrawn by the imaging centre."
+            )
+        log.info("report link to a study this box has not published")
+        return error_page(
+            404,
+            "Exam not found",
+            "This imaging centre has not published images for this report (or not yet). Check the link, or try later.",
+        )
+
+
+def error_page(status: int, title: str, message: str) -> web.Response:
+    body = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        '<meta name="viewport" content="width=device-width, initial-scale=1"></head>'
+        f'<body><h1>{html.escape(title)}</h1><p id="error">{html.escape(message)}</p></body></html>'
+    )
+    return web.Response(
+        status=status, text=body, content_type="text/html", headers={"X-Content-Type-Options": "nosniff"}
+    )

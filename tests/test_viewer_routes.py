@@ -1,0 +1,131 @@
+"""The viewer's routes without a browser: static files, the report link's checks and its error pages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NoReturn
+from urllib.parse import parse_qs, urlsplit
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from drimbox.viewer_routes import VIEWER_DIR, viewer_routes
+
+STUDY = "1.2.250.1.213.4.5.2.1.103"
+
+
+@dataclass
+class Pub:
+    state: str
+    accession: str = "ACN103"
+
+
+class FakeGate:
+    def __init__(self, logged_in: bool) -> None:
+        self.logged_in = logged_in
+
+    async def current_professional(self, request: web.Request) -> Any:
+        return object() if self.logged_in else None
+
+    def require_login(self, request: web.Request, next: str | None = None) -> NoReturn:
+        raise web.HTTPSeeOther(location=f"/auth/login?next={next}")
+
+
+class FakeOutbox:
+    def __init__(self, pubs: dict[str, list[Pub]]) -> None:
+        self.pubs = pubs
+
+    async def current_published(self, study_uid: str) -> Pub | None:
+        return next((p for p in reversed(self.pubs.get(study_uid, [])) if p.state == "published"), None)
+
+    async def search(self, *, study_uid: str) -> list[Pub]:
+        return self.pubs.get(study_uid, [])
+
+
+async def client(logged_in: bool = True, pubs: dict[str, list[Pub]] | None = None, source: bool = True) -> TestClient:
+    app = web.Application()
+    outbox = FakeOutbox(pubs if pubs is not None else {STUDY: [Pub("published")]}) if source else None
+    app.add_routes(viewer_routes(FakeGate(logged_in), outbox))  # type: ignore[arg-type]
+    c = TestClient(TestServer(app))
+    await c.start_server()
+    return c
+
+
+def link(**params: str) -> str:
+    base = {"requestType": "STUDY", "studyUID": STUDY, "Accessionnumber": "ACN103", "idCDA": "1.2.3"}
+    base.update(params)
+    return "/IHEInvokeImageDisplay?" + "&".join(f"{k}={v}" for k, v in base.items())
+
+
+async def test_static_files_are_served_with_their_types_and_nothing_else() -> None:
+    assert (VIEWER_DIR / "index.html").is_file()
+    c = await client()
+    try:
+        index = await c.get("/viewer/")
+        assert index.status == 200 and "non-diagnostic" in (await index.text()).lower()
+        assert "default-src 'self'" in index.headers["Content-Security-Policy"]
+        js = await c.get("/viewer/main.js")
+        assert js.status == 200 and js.content_type == "text/javascript"
+        assert (await c.get("/viewer/viewer.css")).content_type == "text/css"
+        for bad in ("/viewer/..%2Fpyproject.toml", "/viewer/README.md", "/viewer/nothing.js", "/viewer/.hidden.js"):
+            assert (await c.get(bad)).status == 404, bad
+        moved = await c.get("/viewer?kos=1.2", allow_redirects=False)
+        assert moved.status == 301 and moved.headers["Location"] == "/viewer/?kos=1.2"
+    finally:
+        await c.close()
+
+
+async def test_report_link_opens_the_viewer_on_a_published_study() -> None:
+    c = await client()
+    try:
+        resp = await c.get(link(), allow_redirects=False)
+        assert resp.status == 303
+        target = urlsplit(resp.headers["Location"])
+        assert target.path == "/viewer/" and parse_qs(target.query) == {"base": ["/dicom-web"], "study": [STUDY]}
+        # Parameter names are matched without case.
+        resp = await c.get(f"/IHEInvokeImageDisplay?requesttype=study&studyuid={STUDY}", allow_redirects=False)
+        assert resp.status == 303
+    finally:
+        await c.close()
+
+
+async def test_report_link_asks_for_login_and_comes_back_to_itself() -> None:
+    c = await client(logged_in=False)
+    try:
+        resp = await c.get(link(), allow_redirects=False)
+        assert resp.status == 303 and resp.headers["Location"].startswith("/auth/login?next=/IHEInvokeImageDisplay?")
+        assert f"studyUID={STUDY}" in resp.headers["Location"]
+    finally:
+        await c.close()
+
+
+async def test_report_link_errors_are_clear_pages() -> None:
+    c = await client(pubs={STUDY: [Pub("withdrawn")], "1.2.3": [Pub("waiting")]})
+    try:
+        cases = [
+            (link(requestType="SERIES"), 400, "requestType"),
+            (link(studyUID="1.2.x"), 400, "studyUID"),
+            (link(studyUID=""), 400, "studyUID"),
+            (link(studyUID="9.9.9"), 404, "not published"),
+            (link(studyUID="1.2.3"), 404, "not published"),
+            (link(), 410, "withdrawn"),
+        ]
+        for url, status, words in cases:
+            resp = await c.get(url, allow_redirects=False)
+            assert resp.status == status, url
+            assert resp.content_type == "text/html" and words in await resp.text(), url
+    finally:
+        await c.close()
+    other = await client(pubs={STUDY: [Pub("published", accession="OTHER")]})
+    try:
+        assert (
+            await other.get(link(), allow_redirects=False)
+        ).status == 404  # the link's accession is not this study's
+    finally:
+        await other.close()
+    consumer_only = await client(source=False)
+    try:
+        assert (await consumer_only.get(link(), allow_redirects=False)).status == 404
+        assert (await consumer_only.get("/viewer/")).status == 200
+    finally:
+        await consumer_only.close()

@@ -1,0 +1,108 @@
+// The few DICOMweb calls the viewer makes, same-origin, with the consumer's KOS on every request.
+
+export class HttpError extends Error {
+  constructor(status, url) {
+    super(`HTTP ${status}`);
+    this.status = status;
+    this.url = url;
+  }
+}
+
+// Uncompressed little endian: the frame arrives as the stored values, so window/level runs in the browser.
+const RAW_FRAME = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1';
+
+export class Dicomweb {
+  constructor(base, study, kos) {
+    this.base = base;
+    this.study = study;
+    this.kos = kos;
+  }
+
+  url(path) {
+    return `${this.base}/studies/${encodeURIComponent(this.study)}${path}`;
+  }
+
+  // The KOS rides in a header where we can set one: QIDO reads every query parameter as a search key.
+  async fetch(url, accept) {
+    const headers = { Accept: accept };
+    if (this.kos) headers['KOS-SOPInstanceUID'] = this.kos;
+    const resp = await fetch(url, { headers, credentials: 'same-origin' });
+    if (!resp.ok) throw new HttpError(resp.status, url);
+    return resp;
+  }
+
+  async json(path) {
+    return (await this.fetch(this.url(path), 'application/dicom+json')).json();
+  }
+
+  series() {
+    return this.json('/series');
+  }
+
+  seriesMetadata(seriesUid) {
+    return this.json(`/series/${encodeURIComponent(seriesUid)}/metadata`);
+  }
+
+  instancePath(seriesUid, instanceUid) {
+    return `/series/${encodeURIComponent(seriesUid)}/instances/${encodeURIComponent(instanceUid)}`;
+  }
+
+  // An <img> cannot send headers: the KOS goes in the query here.
+  thumbnailUrl(seriesUid) {
+    const kos = this.kos ? `&kos=${encodeURIComponent(this.kos)}` : '';
+    return this.url(`/series/${encodeURIComponent(seriesUid)}/thumbnail?viewport=128,128${kos}`);
+  }
+
+  async rawFrame(seriesUid, instanceUid, frame) {
+    const resp = await this.fetch(this.url(`${this.instancePath(seriesUid, instanceUid)}/frames/${frame}`), RAW_FRAME);
+    return firstPart(resp.headers.get('Content-Type') || '', await resp.arrayBuffer());
+  }
+
+  async renderedFrame(seriesUid, instanceUid, frame) {
+    const resp = await this.fetch(this.url(`${this.instancePath(seriesUid, instanceUid)}/frames/${frame}/rendered`), 'image/png');
+    return createImageBitmap(await resp.blob());
+  }
+}
+
+// The body of the first part of a multipart/related answer (one frame asked, one part back).
+export function firstPart(contentType, buffer) {
+  const match = /boundary="?([^";]+)"?/i.exec(contentType);
+  if (!match) return buffer; // a single-part answer is the frame itself
+  const bytes = new Uint8Array(buffer);
+  const start = indexOf(bytes, ascii('\r\n\r\n'), 0) + 4;
+  const end = lastIndexOf(bytes, ascii(`\r\n--${match[1]}`), start);
+  if (start < 4 || end < 0) throw new Error('malformed multipart answer');
+  return buffer.slice(start, end);
+}
+
+function ascii(text) {
+  return Uint8Array.from(text, (c) => c.charCodeAt(0));
+}
+
+function indexOf(haystack, needle, from) {
+  outer: for (let i = from; i <= haystack.length - needle.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
+}
+
+// Searched from the end: the closing boundary is there, and pixel bytes could by chance look like one.
+function lastIndexOf(haystack, needle, from) {
+  outer: for (let i = haystack.length - needle.length; i >= from; i--) {
+    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
+}
+
+// DICOM JSON helpers: the first value of a tag, or a fallback.
+export function value(item, tag, fallback = undefined) {
+  const v = item?.[tag]?.Value;
+  return v && v.length ? v[0] : fallback;
+}
+
+export function personName(item, tag) {
+  const v = value(item, tag);
+  return (v && (v.Alphabetic || '')).replace(/\^+/g, ' ').trim();
+}
