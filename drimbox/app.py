@@ -13,6 +13,7 @@ from aiohttp import web
 from drimbox.archive.archive import Archive
 from drimbox.archive.scp import ArchiveScp
 from drimbox.archive.scp import start as start_archive_scp
+from drimbox.audit import AUDIT, MemoryAudit
 from drimbox.auth import AuthGate
 from drimbox.auth.tokens import BearerTokenChecker
 from drimbox.config import Settings
@@ -69,6 +70,8 @@ class Box:
         s = self.settings
         s.var_path.mkdir(parents=True, exist_ok=True)
         app = web.Application(client_max_size=64 * 1024 * 1024)
+        # Every component records accesses to patient data through app[AUDIT].
+        app[AUDIT] = MemoryAudit()
         app.router.add_get("/health", self._health)
         app.router.add_delete("/api/cache", self._clear_cache)
         # Pro Santé Connect login (/auth/*): the consumer's pages and, later, the viewer need it.
