@@ -94,3 +94,45 @@ def test_operator_can_empty_the_cache(orthanc: Any, source_box: Any, loaded: dic
     assert delete(f"?study={STUDY}")["series"] == 0
     assert len(client.retrieve_study(STUDY)) == len(loaded)
     assert delete()["series"] == 0
+
+
+async def test_single_instance_requests_on_a_cold_series_then_the_series(
+    orthanc: Any, source_box: Any, loaded: dict[str, str]
+) -> None:
+    """What a viewer does on a cold cache: a thumbnail and an instance of each series, then the series itself.
+
+    A single-instance request must neither break the series fill other requests share nor lose the files a
+    later request reads; every answer is 200 and complete, round after round on an emptied cache."""
+    import asyncio
+
+    import aiohttp
+
+    box = source_box(orthanc)
+    base = f"{box.url}/dicom-web/studies/{STUDY}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/series", headers={"Accept": "application/dicom+json"}) as resp:
+            series = [s["0020000E"]["Value"][0] for s in await resp.json()]
+        async with http.get(f"{base}/instances", headers={"Accept": "application/dicom+json"}) as resp:
+            by_series: dict[str, list[str]] = {}
+            for item in await resp.json():
+                by_series.setdefault(item["0020000E"]["Value"][0], []).append(item["00080018"]["Value"][0])
+
+        async def status(url: str, accept: str) -> tuple[int, int]:
+            async with http.get(url, headers={"Accept": accept}) as resp:
+                return resp.status, len(await resp.read())
+
+        for _ in range(4):
+            async with http.delete(f"{box.url}/api/cache") as resp:
+                assert resp.status == 200
+            for uid in series:
+                first = by_series[uid][0]
+                thumb = await status(f"{base}/series/{uid}/instances/{first}/thumbnail", "image/png")
+                assert thumb[0] == 200
+                results = await asyncio.gather(
+                    status(f"{base}/series/{uid}/instances/{by_series[uid][-1]}", "application/dicom"),
+                    status(f"{base}/series/{uid}/metadata", "application/dicom+json"),
+                    status(f"{base}/series/{uid}/instances/{first}/thumbnail", "image/png"),
+                )
+                assert [code for code, _ in results] == [200, 200, 200], results
+            got = {str(ds.SOPInstanceUID): pixel_hash(ds) for ds in DICOMwebClient(f"{box.url}/dicom-web").retrieve_study(STUDY)}
+            assert got == loaded

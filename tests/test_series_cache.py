@@ -147,3 +147,22 @@ async def test_a_reader_arriving_while_an_abandoned_fill_cancels_gets_the_whole_
     again = [i.sop_instance_uid async for i in cache.series("1.2", "1.2.3", source)]
     assert len(again) == 10 and source.started == 2
     cache.close()
+
+
+async def test_a_reader_that_wanted_one_instance_leaves_the_fill_running_to_the_cache(tmp_path: Path) -> None:
+    cache = SeriesCache(tmp_path, max_bytes=10**9)
+    try:
+        source = Source(30, delay=0.002)
+        reader = cache.series("1.2", "S1", source, keep=True)
+        first = await anext(reader)
+        await reader.aclose()
+        # The file just handed out stays readable, and the whole series ends up cached without a second retrieve.
+        assert first.path.read_bytes() == bytes([0]) * 1000
+        for _ in range(200):
+            if await cache.cached("1.2", "S1") is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert await read_all(cache, "S1", source) == [f"1.2.3.{i}" for i in range(30)]
+        assert source.started == 1 and source.sent == 30
+    finally:
+        cache.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from pathlib import Path
 
 from pydicom.datadict import dictionary_VR
@@ -100,13 +101,19 @@ class ProxyBackend:
 
         return source
 
-    async def _series_instances(self, study_uid: str, series_uid: str) -> AsyncIterator[CachedInstance]:
+    async def _series_instances(
+        self, study_uid: str, series_uid: str, *, keep: bool = False
+    ) -> AsyncIterator[CachedInstance]:
         outcome = RetrieveOutcome()
         count = 0
+        source = self._source(study_uid, series_uid, outcome)
         try:
-            async for instance in self.cache.series(study_uid, series_uid, self._source(study_uid, series_uid, outcome)):
-                count += 1
-                yield instance
+            # aclosing: a request that leaves early must leave the fill at once (reader count, C-CANCEL), not
+            # whenever the garbage collector finalises the generator.
+            async with aclosing(self.cache.series(study_uid, series_uid, source, keep=keep)) as instances:
+                async for instance in instances:
+                    count += 1
+                    yield instance
         except DimseUnavailable as exc:
             raise Unavailable(f"PACS unavailable: {exc}") from None
         except DimseFailure as exc:
@@ -126,13 +133,15 @@ class ProxyBackend:
             raise NotFound("no such study in the PACS")
         found = False
         for series in series_list:
-            async for instance in self._series_instances(study_uid, series):
-                if sop_uid is not None and instance.sop_instance_uid != sop_uid:
-                    continue
-                found = True
-                yield _stored(instance)
-                if sop_uid is not None:
-                    return
+            # One instance wanted: the series fill goes on after it is found (the rest is what comes next).
+            async with aclosing(self._series_instances(study_uid, series, keep=sop_uid is not None)) as instances:
+                async for instance in instances:
+                    if sop_uid is not None and instance.sop_instance_uid != sop_uid:
+                        continue
+                    found = True
+                    yield _stored(instance)
+                    if sop_uid is not None:
+                        return
         if not found:
             raise NotFound("no such instance in the PACS" if sop_uid else "no such series in the PACS")
 

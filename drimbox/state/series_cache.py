@@ -83,6 +83,11 @@ class _Fill:
     task: asyncio.Task[None] | None = None
     # Cancelled because every reader left: a new reader must not join it (it would end early, silently).
     abandoned: bool = False
+    # Run to the end even when every reader has left: a reader wanted one instance of the series, and the
+    # rest is what a viewer asks for next (cancelling would throw away a retrieve already paid for).
+    keep: bool = False
+    # The source is exhausted: only the commit is left, which a leaving reader must not interrupt.
+    received_all: bool = False
 
 
 class SeriesCache:
@@ -148,12 +153,13 @@ class SeriesCache:
         return await self.db.acall(work)
 
     async def series(
-        self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]]
+        self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]], *, keep: bool = False
     ) -> AsyncIterator[CachedInstance]:
         """Every instance of the series: from the cache, from a fill in progress, or from a new fill of `source`.
 
         Instances are yielded as they arrive. When the last reader leaves before the fill ends, the fill is
-        cancelled (the source iterator is closed: C-CANCEL) and nothing of it is kept.
+        cancelled (the source iterator is closed: C-CANCEL) and nothing of it is kept — unless a reader passed
+        `keep` (it wants part of the series and will leave early on purpose): then the fill completes.
         """
         hit = await self.cached(study_uid, series_uid)
         if hit is not None:
@@ -170,6 +176,7 @@ class SeriesCache:
             fill = self._fills[key] = _Fill()
             fill.task = asyncio.create_task(self._fill(key, fill, source), name=f"cache-fill-{series_uid}")
         fill.readers += 1
+        fill.keep = fill.keep or keep
         try:
             position = 0
             while True:
@@ -187,7 +194,7 @@ class SeriesCache:
                     return
         finally:
             fill.readers -= 1
-            if fill.readers == 0 and not fill.done and fill.task is not None:
+            if fill.readers == 0 and not (fill.done or fill.keep or fill.received_all) and fill.task is not None:
                 fill.abandoned = True
                 fill.task.cancel()
 
@@ -218,6 +225,7 @@ class SeriesCache:
                 aclose = getattr(received, "aclose", None)
                 if aclose is not None:
                     await aclose()
+            fill.received_all = True
             if fill.instances and self._generation.get(study_uid, 0) == generation:
                 await self._commit(study_uid, series_uid, fill.instances, total)
             else:
