@@ -121,6 +121,10 @@ async def test_exam_c_through_the_consumer_is_byte_identical_and_an_unreachable_
         async with http.get(f"{conso.url}/conso/dicom-web/studies/{study}/series/{series.series_uid}/instances") as resp:
             assert resp.status == 200
             assert len(await resp.json()) == len(series.instances)
+        # A viewer may name the KOS in the query instead of a header: QIDO takes it as access, not as a match key.
+        async with http.get(f"{conso.url}/conso/dicom-web/studies/{study}/series?kos={kos_uid}") as resp:
+            assert resp.status == 200, await resp.text()
+            assert len(await resp.json()) == len(kos.series)
 
         # The exam whose source box is down: 503 with a JSON reason, while exam C still opens.
         async with http.get(f"{conso.url}/conso/dicom-web/studies/{parse_kos(dead_kos).study_uid}",

@@ -24,6 +24,9 @@ from drimbox.manifest import KosError, KosSeries, KosSummary, parse_kos
 from drimbox.state.series_cache import CachedInstance, SeriesCache
 
 log = logging.getLogger(__name__)
+
+# The query parameter a browser page (the viewer) uses to name the entitling KOS when it cannot set a header.
+KOS_PARAM = "kos"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # An entitlement checked once (store, DMP) is trusted this long for the same professional and KOS.
 GRANT_TTL = 300.0
@@ -154,7 +157,7 @@ class ConsumerBackend:
         if pro is None or not token:
             raise _Refusal(401, "login_required", "log in with Pro Santé Connect first",
                            login_url=auth.login_url(request.path_qs))  # fmt: skip
-        kos_uid = request.headers.get(KOS_HEADER) or request.query.get("kos") or ""
+        kos_uid = request.headers.get(KOS_HEADER) or request.query.get(KOS_PARAM) or ""
         study = request.match_info.get("study")
         try:
             if kos_uid:

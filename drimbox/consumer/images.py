@@ -9,7 +9,7 @@ from aiohttp import web
 from drimbox.auth.whitelist import AnsWhitelist
 from drimbox.config import Settings
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
-from drimbox.consumer.backend import ConsumerBackend
+from drimbox.consumer.backend import KOS_PARAM, ConsumerBackend
 from drimbox.consumer.importer import Importer, import_routes
 from drimbox.consumer.retrieval import SourceRetriever
 from drimbox.consumer.routes import CONSUMER
@@ -48,7 +48,7 @@ def setup_consumer_images(app: web.Application, settings: Settings, auth: Consum
     app[IMAGES] = backend
     app.add_routes(backend.protect(dicomweb_routes(
         backend, base="/conso/dicom-web", cors_origins=settings.http.cors_origins,
-        compress=settings.http.compress_on_the_fly,
+        compress=settings.http.compress_on_the_fly, access_params=(KOS_PARAM,),
     ), auth))  # fmt: skip
     app.add_routes(import_routes(lambda: app[IMPORTER], auth))
 

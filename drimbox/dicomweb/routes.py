@@ -61,9 +61,11 @@ class _Routes:
         max_results: int,
         public_url: str | None,
         compress: bool,
+        access_params: frozenset[str] = frozenset(),
     ) -> None:
         self.backend = backend
         self.compress = compress
+        self.access_params = access_params
         self.public_url = public_url.rstrip("/") if public_url else None
         self.base = base
         self.cors_origins = tuple(cors_origins)
@@ -245,9 +247,8 @@ class _Routes:
             study = check_uid(info["study"], "StudyInstanceUID") if "study" in info else None
             series = check_uid(info["series"], "SeriesInstanceUID") if "series" in info else None
             media_type = json_media_type(parse_accept(request.headers.get("Accept")))
-            query = parse_query(
-                level, request.query.items(), study_uid=study, series_uid=series, max_limit=self.max_results
-            )
+            params = [(k, v) for k, v in request.query.items() if k not in self.access_params]
+            query = parse_query(level, params, study_uid=study, series_uid=series, max_limit=self.max_results)
             found: list[Dataset] = []
             source = self.backend.search(query)
             try:
@@ -300,6 +301,7 @@ def dicomweb_routes(
     max_results: int = 1000,
     public_url: str | None = None,
     compress: bool = True,
+    access_params: Sequence[str] = (),
 ) -> list[web.RouteDef]:
     """Every WADO-RS and QIDO-RS route under `base`, served by `backend`.
 
@@ -308,9 +310,11 @@ def dicomweb_routes(
     `public_url`: scheme://host[:port] written in QIDO RetrieveURLs; default: from the request's Host header.
     `compress`: compress instances on the fly when the client prefers a compressed syntax we can encode
     (lossless only); False spends bandwidth instead of CPU (stored syntax or decompression only).
+    `access_params`: query parameters that belong to an access layer in front (e.g. `kos`, the manifest that
+    entitles the request), not to QIDO matching: QIDO ignores them instead of refusing them as unknown keys.
     """
     base = base.rstrip("/")
-    r = _Routes(backend, base, cors_origins, max_results, public_url, compress)
+    r = _Routes(backend, base, cors_origins, max_results, public_url, compress, frozenset(access_params))
 
     def get(path: str, handler: Handler) -> web.RouteDef:
         # No implicit HEAD: it would run a whole retrieval (a C-GET of a study) to send no body.

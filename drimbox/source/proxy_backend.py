@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
 
@@ -103,7 +103,7 @@ class ProxyBackend:
 
     async def _series_instances(
         self, study_uid: str, series_uid: str, *, keep: bool = False
-    ) -> AsyncIterator[CachedInstance]:
+    ) -> AsyncGenerator[CachedInstance, None]:
         outcome = RetrieveOutcome()
         count = 0
         source = self._source(study_uid, series_uid, outcome)

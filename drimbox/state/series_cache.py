@@ -9,7 +9,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -154,7 +154,7 @@ class SeriesCache:
 
     async def series(
         self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]], *, keep: bool = False
-    ) -> AsyncIterator[CachedInstance]:
+    ) -> AsyncGenerator[CachedInstance, None]:
         """Every instance of the series: from the cache, from a fill in progress, or from a new fill of `source`.
 
         Instances are yielded as they arrive. When the last reader leaves before the fill ends, the fill is

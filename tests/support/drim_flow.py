@@ -20,7 +20,7 @@ from aiohttp import web
 from drimbox.auth.tokens import BearerTokenChecker
 from drimbox.auth.whitelist import AnsWhitelist
 from drimbox.config import Settings, WhitelistSettings, load_settings
-from drimbox.consumer.backend import ConsumerBackend
+from drimbox.consumer.backend import KOS_PARAM, ConsumerBackend
 from drimbox.consumer.importer import Importer, import_routes
 from drimbox.consumer.retrieval import SourceRetriever
 from drimbox.consumer.store import ConsumerStore
@@ -173,7 +173,7 @@ async def running_consumer(settings: Settings, token: str, manifests: dict[str, 
     importer = Importer(settings, backend, var / "consumer")
     auth = TokenAuth(token)
     app = web.Application()
-    app.add_routes(backend.protect(dicomweb_routes(backend, base="/conso/dicom-web", compress=False), auth))
+    app.add_routes(backend.protect(dicomweb_routes(backend, base="/conso/dicom-web", compress=False, access_params=(KOS_PARAM,)), auth))
     app.add_routes(import_routes(lambda: importer, auth))
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
