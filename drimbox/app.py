@@ -23,7 +23,10 @@ from drimbox.consumer.routes import setup_consumer
 from drimbox.dicomweb.backend import DicomwebBackend
 from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.dicomweb.stow import stow_routes
+from drimbox.dimse.delivery import ReceivedInstance
+from drimbox.dimse.message import REFUSED_OUT_OF_RESOURCES
 from drimbox.dimse.pool import default_pool
+from drimbox.dimse.store_scp import StoreSCP, serve_shared, stop_shared
 from drimbox.hl7.mllp import MllpServer
 from drimbox.signals import until_signalled
 from drimbox.source.access import SourceAccess
@@ -33,6 +36,7 @@ from drimbox.source.intake import ReportIntake
 from drimbox.source.native_backend import NativeBackend
 from drimbox.source.proxy_backend import ProxyBackend
 from drimbox.source.publish import Publisher
+from drimbox.source.rejections import RejectionIntake
 from drimbox.source.worker import PublicationWorker
 from drimbox.state.outbox import Outbox
 from drimbox.state.series_cache import SeriesCache
@@ -56,6 +60,8 @@ class Box:
         self.scp: ArchiveScp | None = None
         self.backend: DicomwebBackend | None = None
         self.tokens: BearerTokenChecker | None = None
+        self.proxy_scp: StoreSCP | None = None
+        self.rejections: RejectionIntake | None = None
         self._runner: web.AppRunner | None = None
 
     @property
@@ -88,7 +94,7 @@ class Box:
             pipeline_settings = s
             if s.box.profile == "native":
                 self.archive = Archive.open(s.var_path)
-                self.scp = start_archive_scp(s.dicom, self.archive)
+                self.scp = start_archive_scp(s.dicom, self.archive, on_kos=self._rejection_hook)
                 backend = NativeBackend(self.archive)
                 # The box is the archive: the publication pipeline's C-FIND asks the box's own SCP.
                 own = dataclasses.replace(s.pacs, ae_title=s.dicom.ae_title, host=s.dicom.host, port=self.scp.port)
@@ -96,6 +102,8 @@ class Box:
             else:
                 self.cache = SeriesCache(s.var_path / "cache", s.cache.max_bytes)
                 backend = ProxyBackend(s, self.cache)
+                # Listening from the start (not only once a C-MOVE needs it): the PACS pushes IOCM rejection notes.
+                self.proxy_scp = await asyncio.to_thread(serve_shared, s.dicom, self._unsolicited_store)
             self.backend = backend
             if isinstance(backend, NativeBackend):
                 app.add_routes(stow_routes(backend.stow, base="/dicom-web", public_url=s.box.public_url))
@@ -111,6 +119,9 @@ class Box:
             app.add_routes(routes)
             publisher = Publisher(pipeline_settings, self.outbox, self.dmp, on_study_changed=backend.invalidate_study)
             self.worker = PublicationWorker(s, self.outbox, publisher)
+            self.rejections = RejectionIntake(
+                self.outbox, asyncio.get_running_loop(), self.worker.wake, backend.invalidate_study, self.archive
+            )
             app.add_routes(publications_routes(self.outbox))
             intake = ReportIntake(self.outbox, on_accepted=self.worker.wake)
             self.mllp = MllpServer(
@@ -151,10 +162,23 @@ class Box:
             self.cache.close()
         if self.scp is not None:
             await asyncio.to_thread(self.scp.stop)
+        if self.proxy_scp is not None:
+            await asyncio.to_thread(stop_shared, self.proxy_scp)
         if self.archive is not None:
             self.archive.close()
         # Release the PACS associations kept warm for the next query or retrieve.
         await asyncio.to_thread(default_pool.close_idle)
+
+    def _rejection_hook(self, data: bytes, calling_ae: str) -> int | None:
+        """Archive SCP thread: a KOS arrived (the intake exists once start() has run; the SCP starts before)."""
+        if self.rejections is None:
+            return None
+        return self.rejections.native_kos(data, calling_ae)
+
+    def _unsolicited_store(self, instance: ReceivedInstance, calling_ae: str) -> int:
+        if self.rejections is None:
+            return REFUSED_OUT_OF_RESOURCES  # starting: the PACS retries
+        return self.rejections.unsolicited(instance, calling_ae)
 
     async def _clear_cache(self, request: web.Request) -> web.Response:
         """Operator action: drop the Proxy cache, all of it or one study (?study=UID)."""

@@ -128,6 +128,13 @@ class Archive:
             outcome="replaced" if previous is not None else outcome,
         )
 
+    def remove_instances(self, sop_uids: Iterable[str]) -> int:
+        """Delete instances (an IOCM rejection): out of the index first, then their files. Returns how many."""
+        paths = self.index.remove(sop_uids)
+        for relative in paths:
+            self.files.remove(relative)
+        return len(paths)
+
     async def astore_part10(self, data: bytes, source_ae: str = "") -> StoredInstance:
         """store_part10 in a worker thread (STOW-RS on the event loop)."""
         return await asyncio.to_thread(self.store_part10, data, source_ae)

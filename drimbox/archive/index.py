@@ -208,6 +208,29 @@ class ArchiveIndex:
         for (_, done), old in zip(batch, results, strict=True):
             done.set_result(old)
 
+    def remove(self, sop_uids: Iterable[str]) -> list[str]:
+        """Forget instances (IOCM rejection), and their series and study once empty; return their file paths.
+
+        Blocking. Goes through the same database thread as add(), so it is ordered with the stores.
+        """
+        uids = sorted(set(sop_uids))
+
+        def work(conn: sqlite3.Connection) -> list[str]:
+            paths: list[str] = []
+            for uid in uids:
+                row = conn.execute("SELECT path FROM instance WHERE sop_uid = ?", (uid,)).fetchone()
+                if row is not None:
+                    paths.append(row["path"])
+                    conn.execute("DELETE FROM instance WHERE sop_uid = ?", (uid,))
+            conn.execute("DELETE FROM series WHERE NOT EXISTS (SELECT 1 FROM instance i WHERE i.series_uid = series.series_uid)")
+            conn.execute("DELETE FROM study WHERE NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = study.study_uid)")
+            return paths
+
+        try:
+            return self._db.call(lambda conn: transaction(conn, work))
+        except sqlite3.Error as exc:
+            raise _index_error(exc) from None
+
     def search(
         self,
         level: Level,

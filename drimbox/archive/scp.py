@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any, cast
 
@@ -20,6 +21,7 @@ from drimbox.archive.archive import Archive
 from drimbox.archive.attributes import TRANSFER_SYNTAXES
 from drimbox.archive.errors import PROCESSING_FAILURE, ArchiveError
 from drimbox.archive.find import STUDY_ROOT_FIND, handle_find
+from drimbox.archive.store import file_meta
 from drimbox.archive.transport import FastRequestHandler, tune_association
 from drimbox.config import DicomSettings
 
@@ -71,6 +73,12 @@ def _register_storage(uid: str) -> None:
             register_uid(uid, "DrimboxStorage_" + uid.replace(".", "_"), StorageServiceClass)
 
 
+# Sees every incoming Key Object Selection document first (Part-10 bytes, calling AE): returns the status to
+# answer when it took the object (an IOCM rejection note), or None to store it like any other instance.
+KosHook = Callable[[bytes, str], "int | None"]
+KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+
+
 class ArchiveScp:
     """The SCP on `settings.host`:`settings.port` (port 0: the OS picks one, see `port`) feeding `archive`.
 
@@ -86,9 +94,11 @@ class ArchiveScp:
         network_timeout: float = 60.0,
         max_associations: int = 16,
         fast_transport: bool = True,
+        on_kos: KosHook | None = None,
     ) -> None:
         self.settings = settings
         self.archive = archive
+        self.on_kos = on_kos
         self.max_pdu = max_pdu
         self.network_timeout = network_timeout
         self.max_associations = max_associations
@@ -181,7 +191,13 @@ class ArchiveScp:
         calling = event.assoc.requestor.ae_title
         # The encoded data set as received: never decoded, never re-encoded.
         dataset = cast(BytesIO, request.DataSet).getvalue()
+        sop_class = str(request.AffectedSOPClassUID)
         try:
+            if self.on_kos is not None and sop_class == KOS_SOP_CLASS:
+                part10 = file_meta(sop_class, sop_uid, str(event.context.transfer_syntax), calling) + dataset
+                handled = self.on_kos(part10, calling)
+                if handled is not None:
+                    return handled
             self.archive.store(
                 dataset,
                 str(event.context.transfer_syntax),

@@ -309,6 +309,27 @@ def shared_scp(settings: DicomSettings) -> StoreSCP:
         return scp
 
 
+def serve_shared(settings: DicomSettings, unsolicited: Unsolicited) -> StoreSCP:
+    """Start the process's SCP now, with a handler for C-STOREs no C-MOVE asked for (the Proxy profile's IOCM
+    rejection notes); C-MOVEs then use this same listener. Blocking (binds); raises OSError if the port is taken."""
+    key = (settings.host, settings.port)
+    with _shared_lock:
+        if key in _shared:
+            raise RuntimeError(f"a C-STORE SCP already listens on {settings.host}:{settings.port}")
+        scp = StoreSCP(settings, unsolicited=unsolicited).start()
+        _shared[key] = scp
+        return scp
+
+
+def stop_shared(scp: StoreSCP) -> None:
+    """Stop one SCP started by serve_shared or shared_scp (its box is stopping; other boxes' SCPs stay)."""
+    with _shared_lock:
+        for key, known in list(_shared.items()):
+            if known is scp:
+                del _shared[key]
+    scp.stop()
+
+
 def stop_shared_scps() -> None:
     """Stop every SCP started by shared_scp (shutdown, tests)."""
     with _shared_lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ from drimbox.config import Settings
 from drimbox.dimse.find import DimseFailure, DimseUnavailable, StudyInstances, afind_study_instances
 from drimbox.hl7.ack import HL7Error
 from drimbox.hl7.report import ReportMessage, parse_report_message
+from drimbox.manifest import KosError, parse_kos
 from drimbox.manifest.kos import KosRequest, build_kos, kos_to_bytes
 from drimbox.state.outbox import Outbox, Publication
 
@@ -76,12 +78,17 @@ class Publisher:
         message = await self._message(job)
         if job.action == "withdraw":
             return await self.withdraw(job, message)
+        if job.action == "revise":
+            return await self.revise(job, message)
         return await self.publish(job, message)
 
-    async def publish(self, job: Publication, message: ReportMessage) -> Outcome:
+    async def publish(self, job: Publication, message: ReportMessage, study: StudyInstances | None = None) -> Outcome:
         report = message.report
         t0 = time.perf_counter()
-        study = await self._find(report.study_uid)
+        if study is None:
+            study = await self._find_kept(report.study_uid)
+            if not study.instances:
+                raise PermanentError("rejected", "every instance of the study was rejected by the PACS (IOCM)")
         t1 = time.perf_counter()
         self._check_matches(report, study)
         kos_uid, kos = await self._kos(job, message, study)
@@ -99,6 +106,46 @@ class Publisher:
             await self.outbox.update(previous.id, state="replaced")
             await self._study_changed(report.study_uid)
         return Outcome("published")
+
+    async def revise(self, job: Publication, message: ReportMessage) -> Outcome:
+        """An IOCM rejection note arrived: replace the live KOS by one without the rejected instances, or
+        withdraw it when none is left."""
+        live = await self.outbox.current_published(job.study_uid)
+        if live is None or live.kos_uid is None:
+            return Outcome("unchanged")  # withdrawn or replaced by a newer report meanwhile: that one is current
+        study = await self._find_kept(job.study_uid)
+        if not study.instances:
+            return await self.withdraw(job, message)
+        kept = {i.sop_instance_uid for i in study.instances}
+        if kept == await self._referenced(live.kos_uid):
+            return Outcome("unchanged")
+        return await self.publish(job, message, study)
+
+    async def _referenced(self, kos_uid: str) -> set[str]:
+        """The SOP Instance UIDs a KOS this box wrote names (empty if its file is gone: then it is rebuilt)."""
+        path = self.kos_dir / f"{kos_uid}.dcm"
+
+        def read() -> set[str]:
+            try:
+                return {i.sop_instance_uid for s in parse_kos(path.read_bytes()).series for i in s.instances}
+            except (OSError, KosError):
+                return set()
+
+        return await asyncio.to_thread(read)
+
+    async def _find_kept(self, study_uid: str) -> StudyInstances:
+        """The study as the PACS lists it, less the instances IOCM rejection notes withdrew."""
+        rejected = await self.outbox.rejected_instances(study_uid)
+        try:
+            study = await self._find(study_uid)
+        except Waiting:
+            if rejected:
+                # The PACS applied the rejection itself (deleted them): nothing of the study is left to publish.
+                return StudyInstances(study_uid=study_uid)
+            raise
+        if rejected:
+            study = dataclasses.replace(study, instances=[i for i in study.instances if i.sop_instance_uid not in rejected])
+        return study
 
     async def withdraw(self, job: Publication, message: ReportMessage) -> Outcome:
         previous = await self.outbox.current_published(message.report.study_uid)

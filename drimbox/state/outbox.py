@@ -12,9 +12,11 @@ from typing import Any
 from drimbox.state.db import Database, transaction
 
 # States a publication goes through. `received` → (`waiting` | `retrying`)* → `published` | `failed`
-# | `rejected`; a published one later becomes `replaced` (by a newer KOS) or `withdrawn`.
+# | `rejected`; a published one later becomes `replaced` (by a newer KOS) or `withdrawn`. A `revise` job (an
+# IOCM rejection note from the PACS) ends `published` (a new KOS replaced the live one), `withdrawn` (nothing
+# is left) or `unchanged` (the live KOS named none of the rejected instances).
 ACTIVE_STATES = ("received", "waiting", "retrying")
-TERMINAL_STATES = ("published", "failed", "rejected", "withdrawn", "replaced")
+TERMINAL_STATES = ("published", "failed", "rejected", "withdrawn", "replaced", "unchanged")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -48,6 +50,15 @@ CREATE TABLE IF NOT EXISTS publications (
 CREATE INDEX IF NOT EXISTS publications_study ON publications (study_uid);
 CREATE INDEX IF NOT EXISTS publications_accession ON publications (accession);
 CREATE INDEX IF NOT EXISTS publications_due ON publications (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS rejections (
+    note_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    reason_code TEXT NOT NULL,
+    sop_uids TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    publication_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS rejections_study ON rejections (study_uid);
 """
 
 
@@ -271,6 +282,60 @@ class Outbox:
         def work(conn: sqlite3.Connection) -> dict[str, int]:
             rows = conn.execute("SELECT state, COUNT(*) AS n FROM publications GROUP BY state").fetchall()
             return {r["state"]: int(r["n"]) for r in rows}
+
+        return await self.db.acall(work)
+
+    def record_rejection(self, note_uid: str, study_uid: str, reason_code: str, sop_uids: frozenset[str]) -> Accepted | None:
+        """Store an IOCM rejection note durably (blocking: the SCP thread calls it before answering success).
+
+        When the study has a KOS live in the DMP, a `revise` job is queued in the same transaction; its report
+        and HL7 message are the live publication's. None when nothing is published (yet): the rejected
+        instances are then left out of the study's coming publication.
+        """
+
+        def work(conn: sqlite3.Connection) -> Accepted | None:
+            seen = conn.execute("SELECT publication_id FROM rejections WHERE note_uid = ?", (note_uid,)).fetchone()
+            if seen is not None:
+                return Accepted(seen["publication_id"], duplicate=True) if seen["publication_id"] else None
+            now = time.time()
+            live = conn.execute(
+                "SELECT * FROM publications WHERE study_uid = ? AND state = 'published' AND kos_uid IS NOT NULL"
+                " AND action != 'withdraw' ORDER BY published_at DESC, id DESC LIMIT 1",
+                (study_uid,),
+            ).fetchone()
+            pub_id: int | None = None
+            if live is not None:
+                raw = conn.execute(
+                    "SELECT raw FROM messages WHERE publication_id = ? ORDER BY id LIMIT 1", (live["id"],)
+                ).fetchone()
+                cur = conn.execute(
+                    "INSERT INTO publications (action, document_id, accession, study_uid, state, report,"
+                    " created_at, updated_at, next_attempt_at, window_start)"
+                    " VALUES ('revise', ?, ?, ?, 'received', ?, ?, ?, ?, ?)",
+                    (f"iocm:{note_uid}", live["accession"], study_uid, live["report"], now, now, now, now),
+                )
+                pub_id = int(cur.lastrowid or 0)
+                if raw is not None:
+                    conn.execute(
+                        "INSERT INTO messages (sender, control_id, received_at, raw, publication_id)"
+                        " VALUES ('IOCM', ?, ?, ?, ?)",
+                        (note_uid, now, raw["raw"], pub_id),
+                    )
+            conn.execute(
+                "INSERT INTO rejections (note_uid, study_uid, reason_code, sop_uids, received_at, publication_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (note_uid, study_uid, reason_code, json.dumps(sorted(sop_uids)), now, pub_id),
+            )
+            return Accepted(pub_id, duplicate=False) if pub_id is not None else None
+
+        return self.db.call(lambda conn: transaction(conn, work))
+
+    async def rejected_instances(self, study_uid: str) -> frozenset[str]:
+        """Every SOP Instance UID of the study that a rejection note withdrew."""
+
+        def work(conn: sqlite3.Connection) -> frozenset[str]:
+            rows = conn.execute("SELECT sop_uids FROM rejections WHERE study_uid = ?", (study_uid,)).fetchall()
+            return frozenset(uid for r in rows for uid in json.loads(r["sop_uids"]))
 
         return await self.db.acall(work)
 
