@@ -19,7 +19,7 @@ from drimbox.config import ConfigError, TlsSettings
 log = logging.getLogger(__name__)
 
 # request[PEER]: the verified client certificate's subject ("CN=…,O=…"), or None (plain HTTP, no certificate).
-PEER = "drimbox.tls.peer"
+PEER = web.RequestKey[str | None]("drimbox_tls_peer")
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 _CLIENT_AUTH = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
@@ -37,8 +37,9 @@ def _read(key: str, path: str) -> bytes:
 
 
 def _check_certificate(key: str, path: str) -> x509.Certificate:
+    pem = _read(key, path)
     try:
-        cert = x509.load_pem_x509_certificate(_read(key, path))
+        cert = x509.load_pem_x509_certificate(pem)
     except ValueError:
         raise ConfigError(f"tls.{key}: {path!r} is not a PEM X.509 certificate") from None
     if cert.not_valid_after_utc < datetime.datetime.now(datetime.UTC):
@@ -50,8 +51,9 @@ def _check_certificate(key: str, path: str) -> x509.Certificate:
 def _load_pair(ctx: ssl.SSLContext, cert_key: str, cert: str, key_key: str, key: str) -> None:
     """Load a certificate and its key into ctx; every failure names the [tls] key at fault."""
     _check_certificate(cert_key, cert)
+    pem = _read(key_key, key)
     try:
-        serialization.load_pem_private_key(_read(key_key, key), password=None)
+        serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError):
         raise ConfigError(f"tls.{key_key}: {key!r} is not an unencrypted PEM private key") from None
     try:
@@ -118,11 +120,11 @@ def peer_subject(request: web.BaseRequest) -> str | None:
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     if ssl_object is None:
         return None
-    cert = ssl_object.getpeercert()
-    if not cert:
+    # Only a verified certificate is here: with client_auth "none" none is asked for, otherwise a bad one fails the handshake.
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
         return None
-    rdns = cert.get("subject", ())
-    return ",".join(f"{k}={v}" for rdn in rdns for k, v in rdn) or None
+    return str(x509.load_der_x509_certificate(der).subject.rfc4514_string())
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
