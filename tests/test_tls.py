@@ -144,3 +144,19 @@ def test_bad_certificates_stop_the_start_naming_the_key(pki: dict[str, Path], tm
         "tls": {"cert": str(pki["source"]), "key": str(pki["consumer-key"])},
     })  # fmt: skip
     assert cli_main(["serve", "-c", str(cfg)]) == 2
+
+
+def test_sim_certs_command_writes_a_ca_and_a_leaf_per_party_for_the_hosts_given(tmp_path: Path, capsys: Any) -> None:
+    from cryptography import x509
+
+    assert cli_main(["sim", "certs", "--out", str(tmp_path / "pki"), "--hosts", "127.0.0.1,box.example"]) == 0
+    assert "[tls]" in capsys.readouterr().out
+    for party in ("sim", "source", "consumer"):
+        cert = x509.load_pem_x509_certificate((tmp_path / "pki" / f"{party}.pem").read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert names.get_values_for_type(x509.DNSName) == ["box.example"]
+        # Each leaf is accepted by tls.py as both the server pair and the client pair, trusting the written CA.
+        pair = {"cert": str(tmp_path / "pki" / f"{party}.pem"), "key": str(tmp_path / "pki" / f"{party}-key.pem")}
+        assert server_context(TlsSettings(**pair)) is not None
+        client_context(TlsSettings(ca=str(tmp_path / "pki" / "ca.pem"), client_cert=pair["cert"], client_key=pair["key"]))
+    assert (tmp_path / "pki" / "ca-key.pem").stat().st_mode & 0o077 == 0
