@@ -62,6 +62,11 @@ def _load_pair(ctx: ssl.SSLContext, cert_key: str, cert: str, key_key: str, key:
         raise ConfigError(f"tls.{key_key}: {key!r} does not match the certificate tls.{cert_key} ({exc.reason})") from None
 
 
+def _readable(key: str, path: str) -> str:
+    _read(key, path)
+    return path
+
+
 def _load_trust(ctx: ssl.SSLContext, key: str, path: str) -> None:
     _read(key, path)
     try:
@@ -85,11 +90,11 @@ def server_context(t: TlsSettings) -> ssl.SSLContext | None:
 
 def client_context(t: TlsSettings) -> ssl.SSLContext:
     """The context of outbound HTTPS: tls.ca (or the system store), hostname checked, tls.client_cert presented."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    if t.ca:
-        _load_trust(ctx, "ca", t.ca)
-    else:
-        ctx.load_default_certs()
+    # With cafile only tls.ca is trusted (a private PKI, not mixed with the system store); without, the system store.
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=_readable("ca", t.ca) if t.ca else None)
+    except ssl.SSLError:
+        raise ConfigError(f"tls.ca: {t.ca!r} holds no PEM CA certificate") from None
     ctx.minimum_version = _VERSIONS[t.min_version]
     if t.client_cert:
         _load_pair(ctx, "client_cert", t.client_cert, "client_key", t.client_key)
