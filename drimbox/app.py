@@ -40,6 +40,7 @@ from drimbox.source.rejections import RejectionIntake
 from drimbox.source.worker import PublicationWorker
 from drimbox.state.outbox import Outbox
 from drimbox.state.series_cache import SeriesCache
+from drimbox.tls import box_to_box, peer_middleware, use
 from drimbox.viewer_routes import viewer_routes
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ class Box:
     async def start(self) -> None:
         s = self.settings
         s.var_path.mkdir(parents=True, exist_ok=True)
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        # [tls] first: a bad certificate stops the start before any listener is bound.
+        server_ssl = use(s.tls)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[peer_middleware(s.tls, box_to_box)])
         # Every component records accesses to patient data through app[AUDIT].
         app[AUDIT] = MemoryAudit()
         app.router.add_get("/health", self._health)
@@ -127,21 +130,22 @@ class Box:
             self.mllp = MllpServer(
                 s.mllp.host, s.mllp.port, handler=intake,
                 max_message_bytes=s.mllp.max_message_bytes, idle_timeout=s.mllp.idle_timeout,
+                ssl=server_ssl if s.mllp.tls else None,
             )
         # The web viewer (both roles) and, on a source (outbox), the report link that opens it.
         app.add_routes(viewer_routes(self.auth, self.outbox))
         # handler_cancellation: a client that leaves while the PACS is slow is noticed at once (C-CANCEL).
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.http.host, s.http.port)
+        site = web.TCPSite(self._runner, s.http.host, s.http.port, ssl_context=server_ssl)
         await site.start()
         if self.mllp is not None:
             await self.mllp.start()
         if self.worker is not None:
             self.worker.start()
         log.info(
-            "drimbox started: roles %s, profile %s, HTTP %s:%d%s",
-            ",".join(s.box.roles), s.box.profile, s.http.host, s.http.port,
+            "drimbox started: roles %s, profile %s, HTTP%s %s:%d%s",
+            ",".join(s.box.roles), s.box.profile, "S" if server_ssl else "", s.http.host, s.http.port,
             f", MLLP {s.mllp.host}:{self.mllp.port}" if self.mllp else "",
         )
 

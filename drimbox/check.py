@@ -6,14 +6,15 @@ import asyncio
 
 import aiohttp
 
-from drimbox.config import Settings
+from drimbox import tls
+from drimbox.config import ConfigError, Settings
 from drimbox.dimse.find import echo
 
 
 async def _http_reachable(url: str) -> str | None:
     try:
         timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+        async with aiohttp.ClientSession(timeout=timeout, connector=tls.connector()) as session, session.get(url) as resp:
             if resp.status >= 500:
                 return f"answers HTTP {resp.status}"
             return None
@@ -31,6 +32,11 @@ async def run_checks(settings: Settings) -> list[str]:
             problems.append(f"{name}: {problem}")
 
     report("configuration", None)
+    try:  # certificates readable, keys matching; peers below are then reached with the box's own client context
+        tls.use(settings.tls)
+        report("TLS certificates", None)
+    except ConfigError as exc:
+        report("TLS certificates", str(exc))
     if "source" in settings.box.roles:
         p = settings.pacs
         ok = await asyncio.to_thread(echo, p, settings.dicom.ae_title)

@@ -45,6 +45,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
+    if getattr(args, "sim_command", None) == "certs":
+        from drimbox.sim.certs import main as certs_main
+
+        return certs_main(args.out, args.hosts)
     from drimbox.sim.server import run_sim
 
     settings = _settings(args)
@@ -103,9 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("serve", help="run the box's roles until SIGTERM/SIGINT")).set_defaults(
         func=cmd_serve
     )
-    with_config(sub.add_parser("sim", help="run the national-services simulator (DMP, PSC, whitelist)")).set_defaults(
-        func=cmd_sim
-    )
+    p = with_config(sub.add_parser("sim", help="run the national-services simulator (DMP, PSC, whitelist)"))
+    p.set_defaults(func=cmd_sim)
+    sim_sub = p.add_subparsers(dest="sim_command")
+    certs = sim_sub.add_parser("certs", help="write a test CA and certificates for the simulator and two boxes")
+    certs.add_argument("--out", required=True, help="directory to write the PEM files to")
+    certs.add_argument("--hosts", default="127.0.0.1,localhost", help="names and addresses the servers answer at")
     with_config(sub.add_parser("check", help="check the configuration and every peer it names")).set_defaults(
         func=cmd_check
     )

@@ -49,6 +49,8 @@ class MllpSettings:
     max_message_bytes: int = 32 * 1024 * 1024
     # A client that sends nothing for this long is disconnected.
     idle_timeout: float = 300.0
+    # MLLP over TLS with the [tls] server certificate and client_auth (the RIS must speak TLS too).
+    tls: bool = False
 
 
 @dataclass
@@ -221,6 +223,24 @@ class SimSettings:
 
 
 @dataclass
+class TlsSettings:
+    # PEM certificate (chain) and key of the box's own HTTP server: both set → HTTPS; empty → plain HTTP.
+    cert: str = ""
+    key: str = ""
+    # Mutual TLS on the server: "none"; "optional" (a certificate is asked for, checked against client_ca if
+    # sent, and box-to-box calls must present one); "required" (no certificate, no handshake).
+    client_auth: str = "none"
+    client_ca: str = ""
+    # Trust bundle (PEM) for outbound HTTPS (DMP, Pro Santé Connect, whitelist, other boxes); empty = system store.
+    ca: str = ""
+    # Certificate and key this box presents to the DMP and to other boxes (the structure's authentication one).
+    client_cert: str = ""
+    client_key: str = ""
+    # Lowest protocol version accepted and offered: "TLSv1.2" or "TLSv1.3".
+    min_version: str = "TLSv1.2"
+
+
+@dataclass
 class Settings:
     box: BoxSettings = field(default_factory=BoxSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -235,6 +255,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
     sim: SimSettings = field(default_factory=SimSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     @property
     def var_path(self) -> Path:
@@ -321,6 +342,25 @@ def _validate(s: Settings) -> None:
     _validate_consumer(s)
     _validate_auth(s)
     _validate_sim(s)
+    _validate_tls(s)
+
+
+def _validate_tls(s: Settings) -> None:
+    """Shapes and pairs only; readability and key/certificate match are checked by drimbox.tls at start."""
+    t = s.tls
+    if t.client_auth not in ("none", "optional", "required"):
+        raise ConfigError(f"tls.client_auth: must be 'none', 'optional' or 'required', got {t.client_auth!r}")
+    if t.min_version not in ("TLSv1.2", "TLSv1.3"):
+        raise ConfigError(f"tls.min_version: must be 'TLSv1.2' or 'TLSv1.3', got {t.min_version!r}")
+    for a, b in (("cert", "key"), ("client_cert", "client_key")):
+        if bool(getattr(t, a)) != bool(getattr(t, b)):
+            raise ConfigError(f"tls.{b if getattr(t, a) else a}: required with tls.{a if getattr(t, a) else b}")
+    if t.client_auth != "none" and not t.cert:
+        raise ConfigError("tls.cert: required when tls.client_auth is not 'none' (mutual TLS needs HTTPS)")
+    if t.client_auth != "none" and not t.client_ca:
+        raise ConfigError("tls.client_ca: required when tls.client_auth is not 'none'")
+    if s.mllp.tls and not t.cert:
+        raise ConfigError("tls.cert: required when mllp.tls is true")
 
 
 def _validate_auth(s: Settings) -> None:

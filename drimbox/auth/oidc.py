@@ -22,6 +22,7 @@ from joserfc.errors import ExpiredTokenError, InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
 
+from drimbox import tls
 from drimbox.config import AuthSettings, PscSettings
 
 log = logging.getLogger(__name__)
@@ -279,7 +280,7 @@ class OidcClient:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             timeout = aiohttp.ClientTimeout(total=self._auth.http_timeout)
-            self._session = aiohttp.ClientSession(timeout=timeout)
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=tls.connector())
             self._own_session = True
         return self._session
 

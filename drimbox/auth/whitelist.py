@@ -19,6 +19,7 @@ from signxml.exceptions import InvalidInput, SignXMLException
 from signxml.verifier import SignatureConfiguration, XMLVerifier
 from signxml.xades.xades import XAdESSignatureConfiguration, XAdESVerifier
 
+from drimbox import tls
 from drimbox.config import WhitelistSettings
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class AnsWhitelist:
 
     async def _fetch(self, url: str) -> bytes:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout))
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout), connector=tls.connector())
             self._own_session = True
         try:
             async with self._session.get(url) as resp:

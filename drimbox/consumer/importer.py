@@ -18,6 +18,7 @@ from aiohttp import web
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
+from drimbox import tls
 from drimbox.config import PacsSettings, Settings
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.backend import ConsumerBackend, Grant
@@ -100,7 +101,7 @@ class _Stow:
 
     def __init__(self, url: str, timeout: float) -> None:
         self.url = url.rstrip("/")
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), connector=tls.connector())
 
     async def send(self, instance: CachedInstance) -> str | None:
         data = await asyncio.to_thread(instance.path.read_bytes)

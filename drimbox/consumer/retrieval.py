@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp.helpers import parse_mimetype
 
+from drimbox import tls
 from drimbox.dicomweb.backend import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class SourceRetriever:
         if self._session is None or self._session.closed:
             # No cookies between boxes; the token is the only credential sent.
             self._session = aiohttp.ClientSession(timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar(),
-                                                  auto_decompress=False)
+                                                  auto_decompress=False, connector=tls.connector())
         return self._session
 
     async def close(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 
 from drimbox.hl7.ack import HL7Error, build_ack, peek_header
@@ -54,7 +55,9 @@ class MllpServer:
         handler: Handler,
         max_message_bytes: int = 32 * 1024 * 1024,
         idle_timeout: float = 300.0,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
+        self._ssl = ssl  # MLLP over TLS when set ([mllp] tls)
         self._host = host
         self._port = port
         self._handler = handler
@@ -64,7 +67,7 @@ class MllpServer:
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self._host, self._port, limit=_READ_CHUNK)
+        self._server = await asyncio.start_server(self._serve, self._host, self._port, limit=_READ_CHUNK, ssl=self._ssl)
         log.info("MLLP listening on %s:%d", self._host, self.port)
 
     @property
@@ -189,10 +192,12 @@ class MllpServer:
                     break
 
 
-async def send_message(host: str, port: int, message: bytes, timeout: float = 30) -> bytes:
+async def send_message(
+    host: str, port: int, message: bytes, timeout: float = 30, ssl: ssl_module.SSLContext | None = None
+) -> bytes:
     """Send one framed message on a new connection and return the framed reply, unframed."""
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, port, limit=16 * 1024 * 1024)
+        reader, writer = await asyncio.open_connection(host, port, limit=16 * 1024 * 1024, ssl=ssl)
         try:
             writer.write(frame(message))
             await writer.drain()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -22,14 +23,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Wait until url answers any HTTP status; fail early if the process died."""
+def wait_http(
+    url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None, context: ssl.SSLContext | None = None
+) -> None:
+    """Wait until url answers any HTTP status (HTTPS with `context`); fail early if the process died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with status {proc.returncode} before {url} answered")
         try:
-            with urllib.request.urlopen(url, timeout=2):
+            with urllib.request.urlopen(url, timeout=2, context=context):
                 return
         except urllib.error.HTTPError:
             return
@@ -70,6 +73,8 @@ class DrimboxProcess:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    # For an HTTPS health_url: the trust (and, with mutual TLS, the client certificate) to reach it with.
+    ssl_context: ssl.SSLContext | None = None
 
     def start(self, timeout: float = 30.0) -> DrimboxProcess:
         env = {**os.environ, **self.env}
@@ -80,7 +85,7 @@ class DrimboxProcess:
         )
         log.close()
         try:
-            wait_http(self.health_url, timeout=timeout, proc=self.proc)
+            wait_http(self.health_url, timeout=timeout, proc=self.proc, context=self.ssl_context)
         except Exception:
             self.stop()
             raise RuntimeError(f"drimbox {self.command} did not start; log:\n{self.log()}") from None

@@ -35,7 +35,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def psc_issuer(settings: Settings) -> str:
     """{sim.public_url or http://host:port}/psc: what the box's [psc] issuer must say to use this simulator."""
-    base = settings.sim.public_url or f"http://{settings.sim.host}:{settings.sim.port}"
+    scheme = "https" if settings.tls.cert else "http"  # the simulator serves HTTPS with a [tls] certificate
+    base = settings.sim.public_url or f"{scheme}://{settings.sim.host}:{settings.sim.port}"
     return base.rstrip("/") + PREFIX
 
 

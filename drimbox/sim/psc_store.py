@@ -23,13 +23,13 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def is_loopback_redirect(uri: str) -> bool:
-    """http on a loopback host, any port and path, no fragment or user info (RFC 8252 §7.3 style)."""
+    """http(s) on a loopback host, any port and path, no fragment or user info (RFC 8252 §7.3 style)."""
     try:
         parts = urlsplit(uri)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
         return False
-    return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS and not parts.fragment and parts.username is None
+    return parts.scheme in ("http", "https") and parts.hostname in LOOPBACK_HOSTS and not parts.fragment and parts.username is None
 
 
 @dataclass(frozen=True)

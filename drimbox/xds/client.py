@@ -12,6 +12,7 @@ from types import TracebackType
 import aiohttp
 from lxml import etree
 
+from drimbox import tls
 from drimbox.xds import access, metadata, mtom, query, soap
 from drimbox.xds import namespaces as ns
 from drimbox.xds.access import AccessStatus
@@ -279,7 +280,7 @@ class DmpClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True)
+            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else tls.client_ssl())
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 

@@ -1,0 +1,160 @@
+"""The box's TLS: server and client SSL contexts from [tls], checked at start, and the peer certificate per request."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from drimbox.config import ConfigError, TlsSettings
+
+log = logging.getLogger(__name__)
+
+# request[PEER]: the verified client certificate's subject ("CN=…,O=…"), or None (plain HTTP, no certificate).
+PEER = web.RequestKey[str | None]("drimbox_tls_peer")
+
+_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+_CLIENT_AUTH = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+# The client context of this process (set by use() at start). One per process because a box is one identity:
+# the same certificate goes to the DMP, to Pro Santé Connect and to other boxes.
+_client: ssl.SSLContext | None = None
+
+
+def _read(key: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"tls.{key}: cannot read {path!r} ({exc.strerror or exc})") from None
+
+
+def _check_certificate(key: str, path: str) -> x509.Certificate:
+    pem = _read(key, path)
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise ConfigError(f"tls.{key}: {path!r} is not a PEM X.509 certificate") from None
+    if cert.not_valid_after_utc < datetime.datetime.now(datetime.UTC):
+        # Peers will refuse it; say so in the log rather than refuse to start (the operator may be renewing it).
+        log.warning("tls.%s: the certificate %s expired on %s", key, cert.subject.rfc4514_string(), cert.not_valid_after_utc)
+    return cert
+
+
+def _load_pair(ctx: ssl.SSLContext, cert_key: str, cert: str, key_key: str, key: str) -> None:
+    """Load a certificate and its key into ctx; every failure names the [tls] key at fault."""
+    _check_certificate(cert_key, cert)
+    pem = _read(key_key, key)
+    try:
+        serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"tls.{key_key}: {key!r} is not an unencrypted PEM private key") from None
+    try:
+        ctx.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"tls.{key_key}: {key!r} does not match the certificate tls.{cert_key} ({exc.reason})") from None
+
+
+def _readable(key: str, path: str) -> str:
+    _read(key, path)
+    return path
+
+
+def _load_trust(ctx: ssl.SSLContext, key: str, path: str) -> None:
+    _read(key, path)
+    try:
+        ctx.load_verify_locations(cafile=path)
+    except ssl.SSLError:
+        raise ConfigError(f"tls.{key}: {path!r} holds no PEM CA certificate") from None
+
+
+def server_context(t: TlsSettings) -> ssl.SSLContext | None:
+    """The context of the box's listeners (HTTP, MLLP), or None when tls.cert is empty (plain TCP)."""
+    if not t.cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = _VERSIONS[t.min_version]
+    _load_pair(ctx, "cert", t.cert, "key", t.key)
+    if t.client_auth != "none":
+        _load_trust(ctx, "client_ca", t.client_ca)
+    ctx.verify_mode = _CLIENT_AUTH[t.client_auth]
+    return ctx
+
+
+def client_context(t: TlsSettings) -> ssl.SSLContext:
+    """The context of outbound HTTPS: tls.ca (or the system store), hostname checked, tls.client_cert presented."""
+    # With cafile only tls.ca is trusted (a private PKI, not mixed with the system store); without, the system store.
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=_readable("ca", t.ca) if t.ca else None)
+    except ssl.SSLError:
+        raise ConfigError(f"tls.ca: {t.ca!r} holds no PEM CA certificate") from None
+    ctx.minimum_version = _VERSIONS[t.min_version]
+    if t.client_cert:
+        _load_pair(ctx, "client_cert", t.client_cert, "client_key", t.client_key)
+    return ctx
+
+
+def use(t: TlsSettings) -> ssl.SSLContext | None:
+    """Check [tls] and make its client context the one of every outbound session; the server context, if any."""
+    global _client
+    server = server_context(t)
+    _client = client_context(t)
+    return server
+
+
+def client_ssl() -> ssl.SSLContext | bool:
+    """What aiohttp's `ssl=` takes: the process's client context, or True (system store) before use()."""
+    return _client if _client is not None else True
+
+
+def connector(**kwargs: Any) -> aiohttp.TCPConnector:
+    """A TCPConnector with the process's client context: every outbound ClientSession is built with one."""
+    return aiohttp.TCPConnector(ssl=client_ssl(), **kwargs)
+
+
+def peer_subject(request: web.BaseRequest) -> str | None:
+    """The subject of the client certificate verified during this connection's handshake, if any."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return None
+    # Only a verified certificate is here: with client_auth "none" none is asked for, otherwise a bad one fails the handshake.
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    return str(x509.load_der_x509_certificate(der).subject.rfc4514_string())
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def peer_middleware(t: TlsSettings, needs_certificate: Callable[[web.Request], bool]) -> Any:
+    """Records request[PEER]; with mutual TLS on, a request for which needs_certificate() holds and that came
+    without a verified client certificate gets 403 (client_auth "optional" lets browsers in without one)."""
+    enforce = t.client_auth != "none"
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        subject = peer_subject(request)
+        request[PEER] = subject
+        if enforce and subject is None and needs_certificate(request):
+            return web.json_response(
+                {"error": "client certificate required", "detail": "this route needs mutual TLS with a certificate "
+                 "signed by a trusted CA"}, status=403)  # fmt: skip
+        if subject is not None:
+            log.debug("%s %s from certificate %s", request.method, request.path, subject)
+        return await handler(request)
+
+    return middleware
+
+
+def box_to_box(request: web.Request) -> bool:
+    """A call from another box: a Bearer token on the source's DICOMweb (the box's own viewer uses a session)."""
+    return request.path.startswith("/dicom-web") and request.headers.get("Authorization", "").startswith("Bearer ")
