@@ -84,7 +84,7 @@ def test_operator_can_empty_the_cache(orthanc: Any, source_box: Any, loaded: dic
     assert len(client.retrieve_study(STUDY)) == len(loaded)
 
     def delete(query: str = "") -> dict[str, int]:
-        req = urllib.request.Request(f"{box.url}/api/cache{query}", method="DELETE")
+        req = box.operator_request(f"/api/cache{query}", "DELETE")
         with urllib.request.urlopen(req, timeout=30) as resp:
             result: dict[str, int] = json.loads(resp.read())
             return result
