@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,6 +63,8 @@ async def test_a_launch_with_a_valid_token_needs_no_second_login(tmp_path: Path,
         async with aiohttp.ClientSession(cookies={"drimbox_session": session}) as http:
             me = await (await http.get(box.url + "/auth/me")).json()
             assert me["family"] == "MEDIONI"
+            # No refresh token came with the launch: the session ends when the software's token does.
+            assert me["session_expires_at"] <= time.time() + 300
             exams = await http.get(box.url + exams_api(resp))
             assert exams.status == 200, await exams.text()  # the exam list, asked of the DMP for them
 

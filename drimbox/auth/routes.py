@@ -159,7 +159,9 @@ class AuthGate:
         old = request.cookies.get(self.cookie)
         if old:
             await self.sessions.delete(old)
-        session_id = await self.sessions.create(professional, TokenSet(access_token=token, expires_at=expires_at))
+        # No refresh token comes with it: the session cannot outlive the token (then a PSC login, usually silent).
+        tokens = TokenSet(access_token=token, expires_at=expires_at)
+        session_id = await self.sessions.create(professional, tokens, not_after=expires_at)
         # This request already counts as logged in (its handler asks current_professional next).
         request[_REQUEST_KEY] = await self.sessions.get(session_id)
         log.info("login by launch token: professional %s", _masked(professional.id))
