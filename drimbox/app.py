@@ -15,6 +15,8 @@ from drimbox.archive.scp import ArchiveScp
 from drimbox.archive.scp import start as start_archive_scp
 from drimbox.audit import AUDIT, MemoryAudit
 from drimbox.auth import AuthGate
+from drimbox.auth.links import ReportLinks
+from drimbox.auth.operator import require_operator, uploader_check
 from drimbox.auth.tokens import BearerTokenChecker
 from drimbox.config import Settings
 from drimbox.consumer.gate import GateAuth
@@ -109,7 +111,9 @@ class Box:
                 self.proxy_scp = await asyncio.to_thread(serve_shared, s.dicom, self._unsolicited_store)
             self.backend = backend
             if isinstance(backend, NativeBackend):
-                app.add_routes(stow_routes(backend.stow, base="/dicom-web", public_url=s.box.public_url))
+                # Storing needs a professional's PSC bearer token or the operator token (open with protect_dicomweb=false).
+                upload = uploader_check(self.auth.tokens, s.auth.operator_token) if s.auth.protect_dicomweb else None
+                app.add_routes(stow_routes(backend.stow, base="/dicom-web", public_url=s.box.public_url, authorize=upload))
             routes = dicomweb_routes(
                 backend, base="/dicom-web", cors_origins=s.http.cors_origins, public_url=s.box.public_url,
                 compress=s.http.compress_on_the_fly,
@@ -117,7 +121,7 @@ class Box:
             if s.auth.protect_dicomweb:
                 # A consumer box's request needs a PSC token and the KOS that entitles it (DRIM-M contract);
                 # the box's own logged-in users (its viewer) pass on their session.
-                self.tokens = BearerTokenChecker(s, oidc=self.auth.oidc)
+                self.tokens = self.auth.tokens
                 routes = SourceAccess(self.outbox, s.var_path / "kos", self.tokens, gate=self.auth).protect(routes)
             app.add_routes(routes)
             publisher = Publisher(pipeline_settings, self.outbox, self.dmp, on_study_changed=backend.invalidate_study)
@@ -125,7 +129,8 @@ class Box:
             self.rejections = RejectionIntake(
                 self.outbox, asyncio.get_running_loop(), self.worker.wake, backend.invalidate_study, self.archive
             )
-            app.add_routes(publications_routes(self.outbox))
+            links = ReportLinks(s.auth, s.box.public_url)
+            app.add_routes(publications_routes(self.outbox, links))
             intake = ReportIntake(self.outbox, on_accepted=self.worker.wake)
             self.mllp = MllpServer(
                 s.mllp.host, s.mllp.port, handler=intake,
@@ -133,7 +138,7 @@ class Box:
                 ssl=server_ssl if s.mllp.tls else None,
             )
         # The web viewer (both roles) and, on a source (outbox), the report link that opens it.
-        app.add_routes(viewer_routes(self.auth, self.outbox))
+        app.add_routes(viewer_routes(self.auth, self.outbox, links=ReportLinks(s.auth, s.box.public_url)))
         # handler_cancellation: a client that leaves while the PACS is slow is noticed at once (C-CANCEL).
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -186,6 +191,7 @@ class Box:
 
     async def _clear_cache(self, request: web.Request) -> web.Response:
         """Operator action: drop the Proxy cache, all of it or one study (?study=UID)."""
+        await require_operator(request)
         if self.cache is None:
             return web.json_response({"error": "this box has no cache (Native profile or no source role)"}, status=404)
         study = request.query.get("study")

@@ -1,4 +1,4 @@
-"""The `drimbox` command: serve, sim, check, publish, demo."""
+"""The `drimbox` command: serve, sim, check, publish, link, demo."""
 
 from __future__ import annotations
 
@@ -79,6 +79,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0 if n else 1
 
 
+def cmd_link(args: argparse.Namespace) -> int:
+    from drimbox.auth.links import ReportLinks
+
+    settings = _settings(args)
+    if not all(c.isdigit() or c == "." for c in args.study) or not 0 < len(args.study) <= 64:
+        print("drimbox link: --study must be a DICOM UID (digits and dots, at most 64)", file=sys.stderr)
+        return 2
+    link = ReportLinks(settings.auth, settings.box.public_url).issue(args.study, args.accession, args.cda)
+    print(link.url)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from drimbox.demo import run_demo
 
@@ -119,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("publish", help="queue the publication of an accession number again"))
     p.add_argument("--accession", required=True)
     p.set_defaults(func=cmd_publish)
+    p = with_config(sub.add_parser("link", help="print the report link (signed when [auth] report_link_keys is set)"))
+    p.add_argument("--study", required=True, help="Study Instance UID")
+    p.add_argument("--accession", default="", help="accession number")
+    p.add_argument("--cda", default="", help="the report's CDA document id")
+    p.set_defaults(func=cmd_link)
     p = sub.add_parser("demo", help="the source flow on loopback: simulator, Orthanc, box, exam C")
     p.add_argument("--workdir", help="where to keep the demo's state (default: a temporary directory)")
     p.add_argument("--exit", action="store_true", help="exit once the KOS is registered instead of waiting for Ctrl-C")

@@ -165,6 +165,18 @@ class AuthSettings:
     # Source side: /dicom-web answers only a box session, or a PSC bearer token with a KOS-SOPInstanceUID naming
     # a KOS this source published and has not withdrawn (source/access.py). false: open to anyone who can connect.
     protect_dicomweb: bool = True
+    # The operator's API (GET /api/publications, DELETE /api/cache, POST /api/report-links) and STOW-RS take
+    # `Authorization: Bearer <operator token>`. Only its hash is kept here: "sha256:<64 hex digits>" of the token
+    # (`printf %s TOKEN | sha256sum`). Empty: no operator token (publications still open to a logged-in professional).
+    operator_token: str = ""
+    # HMAC-SHA256 keys (at least 32 characters each) that sign report links (/IHEInvokeImageDisplay): the first
+    # signs, every one verifies (key rotation: put the new key first, drop the old one after report_link_ttl).
+    # Empty: unsigned links are accepted, as before. Set: an unsigned, tampered or expired link is refused (403).
+    report_link_keys: list[str] = field(default_factory=list)
+    # How long a signed link opens the viewer. Reports are read weeks or months after the exam (the follow-up
+    # consultation, a second opinion); the link still needs a Pro Santé Connect login, so the signature guards the
+    # link's integrity and bounds how long a leaked copy stays useful. 90 days; later the DMP (consumer box) has it.
+    report_link_ttl: float = 90 * 24 * 3600.0
 
 
 @dataclass
@@ -389,6 +401,13 @@ def _validate_auth(s: Settings) -> None:
             raise ConfigError(f"auth.authorize_params: each entry is 'key=value', got {param!r}")
     if not a.logout_redirect.startswith("/") or a.logout_redirect.startswith("//"):
         raise ConfigError(f"auth.logout_redirect: must be a local path, got {a.logout_redirect!r}")
+    if a.operator_token and not re.fullmatch(r"sha256:[0-9a-f]{64}", a.operator_token):
+        raise ConfigError("auth.operator_token: must be 'sha256:' and the 64 lowercase hex digits of the token's SHA-256")
+    for key in a.report_link_keys:
+        if len(key) < 32:
+            raise ConfigError("auth.report_link_keys: each key needs at least 32 characters")
+    if a.report_link_ttl <= 0:
+        raise ConfigError(f"auth.report_link_ttl: must be > 0, got {a.report_link_ttl}")
     if w.certificate_url and not w.certificate_url.startswith(("http://", "https://")):
         raise ConfigError(f"whitelist.certificate_url: must be an http(s) URL, got {w.certificate_url!r}")
     if w.certificate and not Path(w.certificate).is_file():

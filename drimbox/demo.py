@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from drimbox.auth.operator import operator_token_hash
 from drimbox.hl7.mllp import send_message
 from drimbox.samples.orthanc import OrthancServer, start_orthanc
 from drimbox.samples.processes import DrimboxProcess, free_port, write_config
@@ -21,8 +22,17 @@ from drimbox.samples.studies import exam_c_study, write_study
 INS = "279035121518989"
 
 
+# The demo box's operator token (loopback only): the demo and the perf scripts read publication states with it.
+DEMO_OPERATOR_TOKEN = "drimbox-demo-operator"
+
+
+def operator_request(url: str, method: str = "GET") -> urllib.request.Request:
+    """A request to the operator API (/api/...) of a box configured by box_sections."""
+    return urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {DEMO_OPERATOR_TOKEN}"})
+
+
 def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
+    with urllib.request.urlopen(operator_request(url), timeout=10) as resp:
         return json.loads(resp.read())
 
 
@@ -44,6 +54,7 @@ def box_sections(work: Path, ports: dict[str, int], orthanc: OrthancServer) -> d
         "whitelist": {"url": f"http://127.0.0.1:{ports['sim']}/whitelist",
                       "certificate_url": f"http://127.0.0.1:{ports['sim']}/whitelist/certificate"},
         "publish": {"waiting_interval": 1.0, "backoff_initial": 0.5, "backoff_max": 5.0},
+        "auth": {"operator_token": operator_token_hash(DEMO_OPERATOR_TOKEN)},
     }
 
 

@@ -16,7 +16,10 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from drimbox.audit.events import REFUSED
 from drimbox.auth import AuthGate
+from drimbox.auth.audit import record
+from drimbox.auth.links import LinkRefused, ReportLinks
 from drimbox.state.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -35,9 +38,11 @@ _HEADERS = {
 }
 
 
-def viewer_routes(gate: AuthGate, outbox: Outbox | None, *, directory: Path = VIEWER_DIR) -> list[web.RouteDef]:
-    """GET /viewer/ and its files; on a source box (`outbox` given) also the report link."""
-    viewer = _Viewer(gate, outbox, directory)
+def viewer_routes(
+    gate: AuthGate, outbox: Outbox | None, *, directory: Path = VIEWER_DIR, links: ReportLinks | None = None
+) -> list[web.RouteDef]:
+    """GET /viewer/ and its files; on a source box (`outbox` given) also the report link, checked by `links`."""
+    viewer = _Viewer(gate, outbox, directory, links)
     return [
         web.get("/viewer", viewer.redirect_to_index),
         web.get("/viewer/", viewer.index),
@@ -47,10 +52,11 @@ def viewer_routes(gate: AuthGate, outbox: Outbox | None, *, directory: Path = VI
 
 
 class _Viewer:
-    def __init__(self, gate: AuthGate, outbox: Outbox | None, directory: Path) -> None:
+    def __init__(self, gate: AuthGate, outbox: Outbox | None, directory: Path, links: ReportLinks | None) -> None:
         self.gate = gate
         self.outbox = outbox
         self.directory = directory
+        self.links = links
 
     async def redirect_to_index(self, request: web.Request) -> web.StreamResponse:
         # Relative URLs in the page (viewer.css, main.js) need the trailing slash.
@@ -90,6 +96,15 @@ class _Viewer:
             return error_page(400, "Invalid link", "This link's accession number or report id is too long.")
         if self.outbox is None:
             return error_page(404, "No images here", "This DRIMbox does not publish images (it has no source role).")
+        if self.links is not None:
+            try:
+                # Before the login: an altered or stale link is refused without a round trip to Pro Santé Connect.
+                self.links.verify(query)
+            except LinkRefused as exc:
+                log.info("report link refused: %s", exc.reason)
+                await record(request, "report-link.refused", REFUSED, study=study, reason=exc.reason)
+                title = {"expired": "Link expired", "unsigned": "Unsigned link"}.get(exc.reason, "Link altered")
+                return error_page(403, title, exc.message)
         if await self.gate.current_professional(request) is None:
             self.gate.require_login(request, next=request.path_qs)
         published = await self.outbox.current_published(study)

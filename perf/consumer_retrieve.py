@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from drimbox.demo import box_sections
+from drimbox.demo import box_sections, operator_request
 from drimbox.hl7.mllp import send_message
 from drimbox.samples.orthanc import start_orthanc
 from drimbox.samples.processes import DrimboxProcess, free_port, write_config
@@ -41,13 +41,14 @@ async def curl(url: str, **headers: str) -> tuple[float, float, int]:
 
 
 def _published(port: int, accession: str) -> str | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/publications?accession={accession}", timeout=10) as r:
+    with urllib.request.urlopen(operator_request(f"http://127.0.0.1:{port}/api/publications?accession={accession}"),
+                                timeout=10) as r:
         found = json.loads(r.read())
     return found[-1]["kos_uid"] if found and found[-1]["state"] == "published" else None
 
 
 def _clear_source_cache(port: int) -> None:
-    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/api/cache", method="DELETE"), timeout=30)
+    urllib.request.urlopen(operator_request(f"http://127.0.0.1:{port}/api/cache", "DELETE"), timeout=30)
 
 
 def line(name: str, result: tuple[float, float, int]) -> str:
@@ -90,7 +91,7 @@ def main() -> None:
         sim = DrimboxProcess("sim", sim_cfg, f"http://127.0.0.1:{ports['sim']}/sim/dmp/documents?patient=0",
                              work / "sim.log").start()  # fmt: skip
         sections = box_sections(work, ports, orthanc)
-        sections["auth"] = {"protect_dicomweb": False}
+        sections["auth"]["protect_dicomweb"] = False
         box_cfg = write_config(work / "box.toml", sections)
         box = DrimboxProcess("serve", box_cfg, f"http://127.0.0.1:{ports['http']}/health", work / "box.log").start()
         try:

@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from drimbox.demo import box_sections
+from drimbox.demo import box_sections, operator_request
 from drimbox.hl7.mllp import send_message
 from drimbox.samples.orthanc import start_orthanc
 from drimbox.samples.processes import DrimboxProcess, free_port, write_config
@@ -25,7 +25,7 @@ from drimbox.samples.studies import study_for_exam, write_study
 
 def _published(http_port: int, accession: str) -> bool:
     url = f"http://127.0.0.1:{http_port}/api/publications?accession={accession}"
-    with urllib.request.urlopen(url, timeout=10) as resp:
+    with urllib.request.urlopen(operator_request(url), timeout=10) as resp:
         found = json.loads(resp.read())
     return bool(found) and found[-1]["state"] == "published"
 

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from drimbox.auth.operator import operator_token_hash
+from drimbox.demo import DEMO_OPERATOR_TOKEN, operator_request
 from drimbox.samples.orthanc import OrthancServer, start_orthanc, storescu
 from drimbox.samples.processes import DrimboxProcess, free_port, write_config
 from drimbox.samples.studies import StudySpec, exam_c_spec, write_study
@@ -87,7 +89,7 @@ def start_box(work: Path, name: str, orthanc: OrthancServer, sim_port: int, prof
         "pacs": {"ae_title": orthanc.aet, "port": orthanc.dicom_port},
         "dmp": {"url": f"http://127.0.0.1:{sim_port}/dmp"},
         # The benchmark measures transport, not the PSC token check (one introspection per request).
-        "auth": {"protect_dicomweb": False},
+        "auth": {"protect_dicomweb": False, "operator_token": operator_token_hash(DEMO_OPERATOR_TOKEN)},
     })
     proc = DrimboxProcess("serve", cfg, f"http://127.0.0.1:{http}/health", work / f"{name}.log").start()
     return proc
@@ -185,7 +187,7 @@ def measure_box(results: dict[str, Any], name: str, url: str, box: DrimboxProces
     say(f"{name}: cold retrieve (CT 300), cache emptied before each of 3 runs")
 
     def cold_fetch(target: str, accept: str) -> Fetch:
-        urllib.request.urlopen(urllib.request.Request(f"{url}/api/cache", method="DELETE"), timeout=30).close()
+        urllib.request.urlopen(operator_request(f"{url}/api/cache", "DELETE"), timeout=30).close()
         return fetch(target, accept)
 
     results["retrieve"][f"{name} cold, CT 300"] = best_of(3, cold_fetch, study, AS_STORED).to_json()

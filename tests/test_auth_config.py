@@ -38,6 +38,9 @@ def test_environment_overrides() -> None:
     ({"DRIMBOX_WHITELIST__CERTIFICATE_URL": ""}, "whitelist.certificate"),
     ({"DRIMBOX_WHITELIST__CERTIFICATE_URL": "file:///etc/passwd"}, "whitelist.certificate_url"),
     ({"DRIMBOX_WHITELIST__REFRESH_INTERVAL": "0"}, "whitelist.refresh_interval"),
+    ({"DRIMBOX_AUTH__OPERATOR_TOKEN": "my-plain-token"}, "auth.operator_token"),  # the hash only, never the token
+    ({"DRIMBOX_AUTH__REPORT_LINK_KEYS": "short"}, "auth.report_link_keys"),
+    ({"DRIMBOX_AUTH__REPORT_LINK_TTL": "0"}, "auth.report_link_ttl"),
 ])
 def test_bad_values_name_the_key(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):

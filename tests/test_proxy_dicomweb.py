@@ -10,6 +10,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 
 from drimbox.samples.studies import exam_c_study, write_study
+from tests.support.fixtures_mesh import OPERATOR_TOKEN
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.box]
 
@@ -84,7 +85,7 @@ def test_operator_can_empty_the_cache(orthanc: Any, source_box: Any, loaded: dic
     assert len(client.retrieve_study(STUDY)) == len(loaded)
 
     def delete(query: str = "") -> dict[str, int]:
-        req = urllib.request.Request(f"{box.url}/api/cache{query}", method="DELETE")
+        req = box.operator_request(f"/api/cache{query}", "DELETE")
         with urllib.request.urlopen(req, timeout=30) as resp:
             result: dict[str, int] = json.loads(resp.read())
             return result
@@ -122,7 +123,7 @@ async def test_single_instance_requests_on_a_cold_series_then_the_series(
                 return resp.status, len(await resp.read())
 
         for _ in range(4):
-            async with http.delete(f"{box.url}/api/cache") as resp:
+            async with http.delete(f"{box.url}/api/cache", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as resp:
                 assert resp.status == 200
             for uid in series:
                 first = by_series[uid][0]

@@ -44,7 +44,7 @@ def warmed_baseline(box: Any) -> int:
     conn, resp = open_stream(box)
     resp.read()
     conn.close()
-    urllib.request.urlopen(urllib.request.Request(f"{box.url}/api/cache", method="DELETE"), timeout=30).close()
+    urllib.request.urlopen(box.operator_request("/api/cache", "DELETE"), timeout=30).close()
     assert box.process.proc is not None
     time.sleep(0.5)
     return threads(box.process.proc.pid)

@@ -19,6 +19,7 @@ import aiohttp
 import pydicom
 import pytest
 
+from drimbox.auth.operator import operator_token_hash
 from drimbox.config import TlsSettings
 from drimbox.hl7.mllp import send_message
 from drimbox.samples.processes import DrimboxProcess, free_port, write_config
@@ -26,6 +27,7 @@ from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
 from drimbox.sim.certs import issue_test_pki
 from drimbox.tls import client_context
 from tests.support.consumer import INS, LAUNCH_FORM
+from tests.support.fixtures_mesh import OPERATOR_TOKEN
 from tests.test_source_e2e import load_exam
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.sim, pytest.mark.box]
@@ -69,7 +71,8 @@ def mesh(tmp_path: Path, orthanc: Any) -> Iterator[Mesh]:
             "mllp": {"port": mllp_port, "tls": True}, "dicom": {"port": dicom_port},
             "pacs": {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port, "timeout": 5.0},
             "publish": {"waiting_interval": 0.5, "backoff_initial": 0.2, "backoff_max": 1.0},
-            "auth": {"protect_dicomweb": True}, "tls": _tls(pki, "source", "required"),
+            "auth": {"protect_dicomweb": True, "operator_token": operator_token_hash(OPERATOR_TOKEN)},
+            "tls": _tls(pki, "source", "required"),
         },
         # The consumer serves the doctor's browser over HTTPS and presents its certificate to the DMP and sources.
         "consumer": {
@@ -92,7 +95,8 @@ def mesh(tmp_path: Path, orthanc: Any) -> Iterator[Mesh]:
 
 
 def get_json(url: str, context: ssl.SSLContext) -> Any:
-    with urllib.request.urlopen(url, timeout=10, context=context) as resp:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10, context=context) as resp:
         return json.loads(resp.read())
 
 

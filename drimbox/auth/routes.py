@@ -16,9 +16,13 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
+from drimbox.audit.events import REFUSED, SUCCESS
+from drimbox.auth.audit import record
+from drimbox.auth.launch import launch_token_middleware
 from drimbox.auth.oidc import OidcClient, OidcError, TokenSet
 from drimbox.auth.professional import Professional
 from drimbox.auth.session import PendingLogin, Session, SessionStore
+from drimbox.auth.tokens import BearerTokenChecker
 from drimbox.config import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,8 @@ class AuthGate:
         self.cookie = auth.cookie_name
         self.login_cookie = auth.cookie_name + "_login"
         self._secure = settings.box.public_url.startswith("https://")
+        # Bearer tokens (a launch that carries one, STOW-RS, box-to-box) are checked with the same provider client.
+        self.tokens = BearerTokenChecker(settings, oidc=self.oidc)
         # One refresh at a time per session; a lock lives as long as some request holds it.
         self._refresh_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -55,6 +61,8 @@ class AuthGate:
         """Add the routes, make the gate reachable from any handler (sub-apps too), close it with the app."""
         app.add_routes(self.routes())
         app[AUTH_GATE] = self
+        # A contextual launch carrying the professional's PSC access token logs them in without a PSC round trip.
+        app.middlewares.append(launch_token_middleware(self))
 
         async def _close(_: web.Application) -> None:
             await self.close()
@@ -72,6 +80,7 @@ class AuthGate:
         ]
 
     async def close(self) -> None:
+        await self.tokens.close()
         await self.oidc.close()
         await asyncio.to_thread(self.sessions.close)
 
@@ -139,6 +148,31 @@ class AuthGate:
             request[_REQUEST_KEY] = None
             return tokens.access_token
 
+    async def login_with_token(self, request: web.Request, token: str) -> tuple[Professional, str]:
+        """A new session for the professional this access token stands for (checked now, never from a cache).
+
+        Raises TokenError. Any session the browser had is ended first: the software's token names who is at the
+        keyboard, and a session of someone else must not survive beside it. Returns (professional, session id);
+        the caller sets the cookie with set_session_cookie.
+        """
+        professional, expires_at = await self.tokens.check_fresh(token)
+        old = request.cookies.get(self.cookie)
+        if old:
+            await self.sessions.delete(old)
+        # No refresh token comes with it: the session cannot outlive the token (then a PSC login, usually silent).
+        tokens = TokenSet(access_token=token, expires_at=expires_at)
+        session_id = await self.sessions.create(professional, tokens, not_after=expires_at)
+        # This request already counts as logged in (its handler asks current_professional next).
+        request[_REQUEST_KEY] = await self.sessions.get(session_id)
+        log.info("login by launch token: professional %s", _masked(professional.id))
+        return professional, session_id
+
+    def set_session_cookie(self, response: web.StreamResponse, session_id: str) -> None:
+        response.set_cookie(
+            self.cookie, session_id, max_age=int(self.settings.auth.session_ttl), path="/",
+            httponly=True, samesite="Lax", secure=self._secure,
+        )
+
     async def _refresh_and_store(self, session_id: str, tokens: TokenSet) -> TokenSet:
         fresh = await self.oidc.refresh(tokens)
         await self.sessions.update_tokens(session_id, fresh)
@@ -197,20 +231,20 @@ class AuthGate:
             professional = Professional.from_claims({**claims, **info})
         except OidcError as exc:
             log.warning("login failed: %s", exc)
+            await record(request, "auth.login", REFUSED, reason=exc.reason)
             return _page(401, "Login failed", f"The login could not be completed ({exc.reason}).", retry=True)
         except ValueError as exc:
             log.warning("login failed: %s", exc)
+            await record(request, "auth.login", REFUSED, reason="not_a_professional")
             return _page(403, "Login refused", "Pro Santé Connect did not identify a health professional.")
         old = request.cookies.get(self.cookie)
         if old:
             await self.sessions.delete(old)
         session_id = await self.sessions.create(professional, tokens)
         log.info("login: professional %s", _masked(professional.id))
+        await record(request, "auth.login", SUCCESS, professional=professional.id)
         response = _see_other(pending.next)
-        response.set_cookie(
-            self.cookie, session_id, max_age=int(self.settings.auth.session_ttl), path="/",
-            httponly=True, samesite="Lax", secure=self._secure,
-        )
+        self.set_session_cookie(response, session_id)
         response.del_cookie(self.login_cookie, path="/auth/")
         return response
 
@@ -219,6 +253,7 @@ class AuthGate:
         session = await self.sessions.delete(session_id) if session_id else None
         location = self.settings.auth.logout_redirect
         if session is not None:
+            await record(request, "auth.logout", SUCCESS, professional=session.professional.id)
             tokens = session.tokens
             if tokens.refresh_token:
                 await self.oidc.revoke(tokens.refresh_token, "refresh_token")

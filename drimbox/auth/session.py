@@ -86,12 +86,13 @@ class SessionStore:
     def close(self) -> None:
         self._db.close()
 
-    async def create(self, professional: Professional, tokens: TokenSet) -> str:
-        """A new session; returns its id (goes in the cookie, nowhere else)."""
+    async def create(self, professional: Professional, tokens: TokenSet, *, not_after: float = 0.0) -> str:
+        """A new session; returns its id (goes in the cookie, nowhere else). `not_after` (epoch) caps its life."""
         session_id = secrets.token_urlsafe(32)
         now = self._clock()
+        expires_at = min(now + self.ttl, not_after) if not_after else now + self.ttl
         row = (
-            _hash(session_id), json.dumps(professional.to_json()), json.dumps(tokens.to_json()), now, now, now + self.ttl,
+            _hash(session_id), json.dumps(professional.to_json()), json.dumps(tokens.to_json()), now, now, expires_at,
         )
 
         def _insert(conn: sqlite3.Connection) -> None:

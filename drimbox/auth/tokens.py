@@ -110,6 +110,12 @@ class BearerTokenChecker:
             self._inflight[key] = task
         return await asyncio.shield(task)
 
+    async def check_fresh(self, token: str) -> tuple[Professional, float]:
+        """(professional, expiry in epoch seconds or 0) asking the provider now: for a login, not a cached answer."""
+        if len(token) > MAX_TOKEN_LENGTH or not _B64TOKEN.fullmatch(token):
+            raise TokenError("malformed", "not a bearer token (RFC 6750 b64token)")
+        return await self._check_uncached(token)
+
     async def _check_and_remember(self, key: str, token: str) -> Professional:
         try:
             professional, expires_at = await self._check_uncached(token)

@@ -36,6 +36,8 @@ class StoreRefused(Exception):
 
 
 Store = Callable[[bytes], Awaitable[Stored]]
+# Who may store: None lets the request through, a response refuses it (answered before the body is read).
+Authorize = Callable[[web.Request], Awaitable[web.Response | None]]
 
 
 def _item(sop_class_uid: str, sop_uid: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -48,10 +50,14 @@ def _item(sop_class_uid: str, sop_uid: str, extra: dict[str, Any] | None = None)
     return item
 
 
-def stow_routes(store: Store, base: str = "/dicom-web", public_url: str = "") -> list[web.RouteDef]:
+def stow_routes(
+    store: Store, base: str = "/dicom-web", public_url: str = "", authorize: Authorize | None = None
+) -> list[web.RouteDef]:
     """POST {base}/studies and {base}/studies/{study}: every part stored durably before the answer is sent."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        if authorize is not None and (refused := await authorize(request)) is not None:
+            return refused
         expected_study = request.match_info.get("study")
         if expected_study is not None:
             check_uid(expected_study, "Study Instance UID")

@@ -1,14 +1,25 @@
-"""The source's operator API: publication states by accession number or Study Instance UID."""
+"""The source's operator API: publication states by accession number or Study Instance UID, report links for the RIS."""
 
 from __future__ import annotations
 
+import json
+import re
+
 from aiohttp import web
 
+from drimbox.auth.links import ReportLinks
+from drimbox.auth.operator import require_operator
 from drimbox.state.outbox import Outbox
 
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
-def publications_routes(outbox: Outbox) -> list[web.RouteDef]:
+
+def publications_routes(outbox: Outbox, links: ReportLinks | None = None) -> list[web.RouteDef]:
+    """GET /api/publications (operator token or a logged-in professional); POST /api/report-links (operator)."""
+
     async def list_publications(request: web.Request) -> web.Response:
+        # States name accession numbers and studies: the operator (RIS, administrator) or a logged-in professional.
+        await require_operator(request, professionals=True)
         accession = request.query.get("accession")
         study = request.query.get("study")
         if accession is None and study is None:
@@ -21,4 +32,26 @@ def publications_routes(outbox: Outbox) -> list[web.RouteDef]:
         found = await outbox.search(accession=accession, study_uid=study)
         return web.json_response([p.to_json() for p in found])
 
-    return [web.get("/api/publications", list_publications)]
+    async def report_link(request: web.Request) -> web.Response:
+        """POST {"study": UID, "accession": A, "cda": id} → {"url", "expires_at"}: the link the RIS writes."""
+        await require_operator(request)
+        if links is None:
+            return web.json_response({"error": "this box issues no report links"}, status=404)
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return web.json_response({"error": "a JSON object is expected"}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": "a JSON object is expected"}, status=400)
+        study, accession, cda = body.get("study"), body.get("accession", ""), body.get("cda", "")
+        if not isinstance(study, str) or not _UID.match(study) or len(study) > 64:
+            return web.json_response({"error": "study: a DICOM UID (digits and dots, at most 64)"}, status=400)
+        if not isinstance(accession, str) or len(accession) > 64:
+            return web.json_response({"error": "accession: at most 64 characters"}, status=400)
+        if not isinstance(cda, str) or len(cda) > 256:
+            return web.json_response({"error": "cda: at most 256 characters"}, status=400)
+        link = links.issue(study, accession, cda)
+        return web.json_response({"url": link.url, "expires_at": link.expires_at or None},
+                                 dumps=lambda o: json.dumps(o, ensure_ascii=False))  # fmt: skip
+
+    return [web.get("/api/publications", list_publications), web.post("/api/report-links", report_link)]

@@ -11,7 +11,11 @@ from typing import Any
 
 import pytest
 
+from drimbox.auth.operator import operator_token_hash
 from drimbox.samples.processes import DrimboxProcess, free_port, write_config
+
+# The test boxes' operator token: /api/publications and DELETE /api/cache need it (or a professional's login).
+OPERATOR_TOKEN = "test-operator-token"
 
 
 def get_json(url: str) -> Any:
@@ -59,7 +63,7 @@ class SourceBox:
             "psc": {"issuer": f"{sim_url}/psc"},
             "publish": {"waiting_interval": 0.5, "backoff_initial": 0.2, "backoff_max": 1.0},
             # Open /dicom-web unless a test asks otherwise: auth={"protect_dicomweb": True}.
-            "auth": {"protect_dicomweb": False},
+            "auth": {"protect_dicomweb": False, "operator_token": operator_token_hash(OPERATOR_TOKEN)},
         }
         for name, values in overrides.items():
             sections.setdefault(name, {}).update(values)
@@ -73,8 +77,14 @@ class SourceBox:
     def stop(self) -> None:
         self.process.stop()
 
+    def operator_request(self, path: str, method: str = "GET") -> urllib.request.Request:
+        """A request to this box's operator API (path from the root: "/api/cache"), with the operator token."""
+        return urllib.request.Request(f"{self.url}{path}", method=method,
+                                      headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})  # fmt: skip
+
     def publications(self, accession: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = get_json(f"{self.url}/api/publications?accession={accession}")
+        with urllib.request.urlopen(self.operator_request(f"/api/publications?accession={accession}"), timeout=10) as r:
+            result: list[dict[str, Any]] = json.loads(r.read())
         return result
 
     def wait_state(self, accession: str, states: tuple[str, ...], timeout: float = 60.0, index: int = -1) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+"""Who may call the box's operator API: the operator's bearer token (hashed in [auth] operator_token) or a session."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from drimbox.audit.events import REFUSED, SUCCESS
+from drimbox.auth.audit import record
+from drimbox.auth.professional import Professional
+from drimbox.auth.routes import gate_of
+from drimbox.auth.tokens import BearerTokenChecker, TokenError
+
+OPERATOR = "operator"
+
+
+def operator_token_hash(token: str) -> str:
+    """The value to write in [auth] operator_token for this token."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def is_operator(request: web.Request, configured: str) -> bool:
+    """True when the request carries `Authorization: Bearer <the operator token>` (compared by hash)."""
+    if not configured:
+        return False
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip() or len(token) > 512:
+        return False
+    return hmac.compare_digest(operator_token_hash(token.strip()), configured)
+
+
+def refusal(reason: str, message: str, status: int = 401) -> web.HTTPException:
+    """A JSON 401/403 the handler raises (RFC 6750: a 401 names the Bearer scheme)."""
+    headers = {"WWW-Authenticate": 'Bearer realm="drimbox"', "Cache-Control": "no-store"} if status == 401 else {}
+    body = json.dumps({"error": message, "reason": reason})
+    cls = web.HTTPUnauthorized if status == 401 else web.HTTPForbidden
+    return cls(text=body, content_type="application/json", headers=headers)
+
+
+async def require_operator(request: web.Request, *, professionals: bool = False) -> str | Professional:
+    """OPERATOR for the operator token; with `professionals`, also a logged-in professional (their Professional).
+
+    Raises a 401 JSON answer otherwise. A session is never enough for operator-only actions (emptying the cache,
+    issuing report links): those are the RIS's and the administrator's, not a reading doctor's.
+    """
+    gate = gate_of(request)
+    if is_operator(request, gate.settings.auth.operator_token):
+        return OPERATOR
+    if professionals:
+        professional = await gate.current_professional(request)
+        if professional is not None:
+            return professional
+    who = "the operator token or a Pro Santé Connect login" if professionals else "the operator token"
+    raise refusal("operator_required", f"this operator API needs {who} (Authorization: Bearer …)")
+
+
+def uploader_check(tokens: BearerTokenChecker, configured: str) -> Callable[[web.Request], Awaitable[web.Response | None]]:
+    """STOW-RS on a Native source: a professional's PSC bearer token, or the operator token; None when allowed."""
+
+    async def check(request: web.Request) -> web.Response | None:
+        if is_operator(request, configured):
+            return None
+        try:
+            professional = await tokens.check_request(request)
+        except TokenError as exc:
+            await record(request, "auth.stow", REFUSED, reason=exc.reason)
+            return exc.response()
+        await record(request, "auth.stow", SUCCESS, professional=professional.id)
+        return None
+
+    return check

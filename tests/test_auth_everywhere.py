@@ -1,0 +1,112 @@
+"""Every route of a source box (Proxy, Native) and of a consumer box refuses a request without credentials."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.support.auth_boxes import OPERATOR_TOKEN, box_settings, running_box
+from tests.support.consumer import LAUNCH_FORM
+from tests.support.drim_flow import psc_token
+
+pytestmark = [pytest.mark.sim, pytest.mark.box]
+
+# Routes anyone may call, and why each shows or moves no patient data.
+PUBLIC: dict[tuple[str, str], str] = {
+    ("GET", "/health"): "component states and counts, no identifiers",
+    ("GET", "/viewer"): "redirect to the viewer's static page",
+    ("GET", "/viewer/"): "static HTML; the images it shows come from protected routes",
+    ("GET", "/viewer/{name}"): "static CSS/JS of the viewer",
+    ("GET", "/auth/login"): "starts the Pro Santé Connect login",
+    ("GET", "/auth/callback"): "the OIDC callback, bound to the browser by state + PKCE",
+    ("GET", "/auth/logout"): "ends the caller's own session",
+    ("POST", "/auth/logout"): "ends the caller's own session",
+    ("GET", "/auth/logged-out"): "a static page",
+    ("POST", "/conso/launch"): "stores the launch server-side and sends the browser to the login (checked below)",
+}
+# On a box without the source role the report link only says so (404 "No images here"): nothing of a patient.
+PUBLIC_ON_CONSUMER = {("GET", "/IHEInvokeImageDisplay"): "answers 404 without looking anything up"}
+SAMPLE = {"study": "1.2.3", "series": "1.2.3.4", "instance": "1.2.3.4.5", "frames": "1", "ins": "279035121518989",
+          "kos_uid": "1.2.3.9", "launch_id": "abcdef", "job_id": "abcdef", "name": "main.js", "path": "7FE00010"}  # fmt: skip
+# Without these the route answers 400 before it ever asks who is calling: not what this test is about.
+QUERIES = {"/IHEInvokeImageDisplay": "?requestType=STUDY&studyUID=1.2.3", "/api/publications": "?accession=ACN103"}
+
+
+def inventory(app: web.Application) -> list[tuple[str, str]]:
+    """(method, canonical path) of every route the app serves (HEAD is checked like the GET it mirrors)."""
+    routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
+    return sorted(routes)
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: SAMPLE[m.group(1)], path) + QUERIES.get(path, "")
+
+
+def refused_without_credentials(status: int, location: str) -> bool:
+    return status == 401 or (status == 303 and location.startswith("/auth/login"))
+
+
+async def walk(url: str, app: web.Application, public: dict[tuple[str, str], str], **headers: str) -> dict[tuple[str, str], int]:
+    """Every non-public route asked without credentials; returns those that did not refuse, with their status."""
+    leaks: dict[tuple[str, str], int] = {}
+    async with aiohttp.ClientSession() as http:
+        for method, path in inventory(app):
+            if (method, path) in public or method == "OPTIONS" or (method == "HEAD" and ("GET", path) in public):
+                continue  # OPTIONS: CORS preflights carry no credentials and answer no data
+            async with http.request(method, url + concrete(path), allow_redirects=False, headers=headers) as resp:
+                await resp.read()
+                if not refused_without_credentials(resp.status, resp.headers.get("Location", "")):
+                    leaks[(method, path)] = resp.status
+    return leaks
+
+
+@pytest.mark.parametrize("roles,profile", [(["source"], "proxy"), (["source"], "native"), (["consumer"], "proxy")])
+async def test_every_route_refuses_a_caller_without_credentials(
+    tmp_path: Path, sim: Any, roles: list[str], profile: str
+) -> None:
+    async with running_box(box_settings(tmp_path, sim.url, roles, profile)) as box:
+        routes = inventory(box.app)
+        # The walk covers what each kind of box serves (a route list that lost them would pass vacuously).
+        expected = {"source": ("/dicom-web/studies/{study}/series/{series}", "/api/publications", "/IHEInvokeImageDisplay"),
+                    "consumer": ("/conso/api/exams/{kos_uid}", "/conso/dicom-web/studies/{study}",
+                                 "/conso/patients/{ins}/exams")}[roles[0]]  # fmt: skip
+        assert set(expected) <= {p for _, p in routes}, routes
+        public = PUBLIC if "source" in roles else {**PUBLIC, **PUBLIC_ON_CONSUMER}
+        assert await walk(box.url, box.app, public) == {}
+        # A cookie that names no session is no better than none.
+        assert await walk(box.url, box.app, public, Cookie="drimbox_session=forged") == {}
+        if profile == "native":
+            assert ("POST", "/dicom-web/studies") in routes
+        if roles == ["consumer"]:
+            async with aiohttp.ClientSession() as http:
+                resp = await http.post(box.url + "/conso/launch", data=LAUNCH_FORM, allow_redirects=False)
+                assert resp.status == 303 and resp.headers["Location"].startswith("/auth/login?")
+
+
+async def test_operator_api_takes_the_operator_token_and_stow_a_professional_token(tmp_path: Path, sim: Any) -> None:
+    async with running_box(box_settings(tmp_path, sim.url, ["source"], "native")) as box:
+        operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+        async with aiohttp.ClientSession() as http:
+            resp = await http.get(f"{box.url}/api/publications?accession=ACN103", headers=operator)
+            assert resp.status == 200 and await resp.json() == []
+            wrong = await http.get(f"{box.url}/api/publications?accession=ACN103",
+                                   headers={"Authorization": "Bearer not-the-operator"})  # fmt: skip
+            assert wrong.status == 401 and (await wrong.json())["reason"] == "operator_required"
+            # Emptying the cache is the operator's alone: a professional's PSC token does not do it.
+            token = psc_token(sim.url)["access_token"]
+            assert (await http.delete(f"{box.url}/api/cache", headers={"Authorization": f"Bearer {token}"})).status == 401
+            assert (await http.delete(f"{box.url}/api/cache", headers=operator)).status == 404  # Native: no cache
+            # STOW-RS: a professional's token or the operator's passes the door (then 415: not a multipart body).
+            stow = f"{box.url}/dicom-web/studies"
+            for auth in (f"Bearer {token}", f"Bearer {OPERATOR_TOKEN}"):
+                resp = await http.post(stow, data=b"x", headers={"Authorization": auth, "Content-Type": "text/plain"})
+                assert resp.status == 415, (auth[:12], await resp.text())
+            resp = await http.post(stow, data=b"x", headers={"Authorization": "Bearer forged", "Content-Type": "text/plain"})
+            assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+        assert ("auth.stow", "refused", "inactive") in box.actions()
+        assert sum(1 for a in box.actions() if a[:2] == ("auth.stow", "success")) == 1
