@@ -94,7 +94,7 @@ async def _dispatch(state: DmpState, request: SoapRequest, actions: dict[str, st
     if state.options.require_vihf:
         vihf = await asyncio.to_thread(verify_vihf, request.header, state.options.vihf_policy)
     if request.action in (ns.ACTION_ITI18, ns.ACTION_ITI43):
-        await state.access.require_consultation(vihf)  # TD0.3 must have granted access (see dmp_access)
+        await state.access.require_consultation(vihf, request.action)  # TD0.3 must have granted access (see dmp_access)
     service = state.service
     if request.action == ns.ACTION_ITI41:
         return await service.provide_and_register(request.payload, request.attachments, vihf)
