@@ -1,0 +1,43 @@
+"""HTML and JSON of access refusals: why, and the emergency-access ("bris de glace") form when it may help."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drimbox.consumer.access import EMERGENCY_REASON_MAX
+from drimbox.consumer.lookup import AccessRefused, LookupFailed
+from drimbox.consumer.pages import e, error_page, page
+
+
+def offers_emergency(exc: LookupFailed, enabled: bool) -> bool:
+    return enabled and isinstance(exc, AccessRefused) and exc.emergency_possible
+
+
+def refusal_json(exc: LookupFailed, enabled: bool) -> dict[str, Any]:
+    """What the JSON API adds to a refusal: the rule, and how to ask for emergency access when it may help."""
+    if not isinstance(exc, AccessRefused):
+        return {}
+    extra: dict[str, Any] = {"rule": exc.rule}
+    if offers_emergency(exc, enabled):
+        extra["emergency"] = {"how": "repeat the request with purpose=bris_de_glace and reason=<why>"}
+    return extra
+
+
+def refusal_page(title: str, exc: LookupFailed, *, enabled: bool, action: str, hidden: dict[str, str],
+                 reason_min: int, problem: str = "") -> str:  # fmt: skip
+    """The refusal, with the emergency form when the refusal is one emergency access may lift."""
+    if not offers_emergency(exc, enabled):
+        return error_page(title, exc.message)
+    inputs = "".join(f'<input type="hidden" name="{e(k)}" value="{e(v)}">' for k, v in hidden.items() if v)
+    warning = f'<p class="problem">{e(problem)}</p>' if problem else ""
+    form = (
+        "<h2>Emergency access (bris de glace)</h2>"
+        "<p>If the patient's condition requires it and the patient cannot authorise you, you may open their DMP in "
+        "emergency mode. The access, your identity and your reason are recorded and visible to the patient; the "
+        "DMP refuses it if the patient has blocked emergency access.</p>"
+        f'{warning}<form method="post" action="{e(action)}">{inputs}'
+        f'<p><label>Reason (required)<br><textarea name="reason" rows="3" cols="60" required minlength="{reason_min}"'
+        f' maxlength="{EMERGENCY_REASON_MAX}"></textarea></label></p>'
+        '<p><button type="submit">Open in emergency mode</button></p></form>'
+    )
+    return page(title, f'<h1>{e(title)}</h1><div class="error"><p>{e(exc.message)}</p></div>{form}')
