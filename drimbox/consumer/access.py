@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -81,6 +81,8 @@ class AccessRules:
         self.store = store
         self.audit = audit
         self.matrix = ImagingMatrix.of(settings.access.imaging_professions or DEFAULT_IMAGING_PROFESSIONS)
+        # Called when a patient's opposition is recorded: whoever keeps grants (the image backend) drops them.
+        self.on_opposition: list[Callable[[], None]] = []
 
     async def close(self) -> None:
         await self.store.close()
@@ -120,6 +122,9 @@ class AccessRules:
     async def _decide(self, pro: ProfessionalLike, patient: PatientRef, intent: AccessIntent) -> VihfIdentity:
         if intent.informed is not None and intent.launch_id:
             await self.store.apply_launch(intent.launch_id, patient.key, not intent.informed, pro.id)
+            if not intent.informed:
+                for forget in self.on_opposition:
+                    forget()
         refusal = self.matrix.refusal(pro.profession_code, [pro.specialty_code] if pro.specialty_code else [])
         if refusal:
             raise AccessRefused(refusal, HABILITATION)
