@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import pytest
@@ -16,8 +17,10 @@ from drimbox.audit.events import AUDIT, REFUSED, SUCCESS, MemoryAudit
 from drimbox.config import Settings, WhitelistSettings
 from drimbox.consumer import setup_consumer
 from drimbox.consumer.images import setup_consumer_images
+from drimbox.samples.processes import DrimboxProcess, free_port, write_config
 from drimbox.sim import build_sim_app
 from tests.support.consumer import INS, LAUNCH_FORM, FakeAuth, Pro, publish, study_spec
+from tests.support.fixtures_mesh import get_json
 
 pytestmark = pytest.mark.sim
 
@@ -253,3 +256,44 @@ async def test_a_professional_barred_by_the_patient_is_refused_emergency_include
         assert emergency.status == 403 and (await emergency.json())["rule"] == "blocked"
         assert await mesh.consultations() == []
         assert {e.detail["rule"] for e in access_events(client)} == {"blocked"}
+
+
+@pytest.mark.box
+async def test_a_consumer_box_process_with_pro_sante_connect_logins(sim: Any, tmp_path: Path) -> None:
+    """The real box: the secretary and the GP log in at the simulator's PSC; the `[access]` section is read."""
+    port = free_port()
+    cfg = write_config(tmp_path / "consumer.toml", {
+        "box": {"roles": ["consumer"], "var_dir": str(tmp_path / "consumer-var"), "public_url": f"http://127.0.0.1:{port}"},
+        "http": {"port": port},
+        "dmp": {"url": f"{sim.url}/dmp"},
+        "psc": {"issuer": f"{sim.url}/psc"},
+        "whitelist": {"url": f"{sim.url}/whitelist", "certificate_url": f"{sim.url}/whitelist/certificate"},
+        "auth": {"authorize_params": ["sim_auto=1"]},
+        "access": {"emergency_reason_min": 12},
+    })  # fmt: skip
+    box = DrimboxProcess("serve", cfg, f"http://127.0.0.1:{port}/health", tmp_path / "consumer.log").start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for who, expected in (("3101235555/SEC0001", 403), ("801234567897", 403)):
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+                launch = await http.post(f"{base}/conso/launch", allow_redirects=False,
+                                         data={**LAUNCH_FORM, "InformationEtConsentement": "false"} if who[0] == "8"
+                                         else LAUNCH_FORM)  # fmt: skip
+                next_path = parse_qs(urlsplit(launch.headers["Location"]).query)["next"][0]
+                page = await http.get(f"{base}/auth/login?{urlencode({'next': next_path, 'login_hint': who})}")
+                text = await page.text()
+                assert page.status == expected, text
+                if who[0] == "3":
+                    assert "non-medical staff" in text
+                    continue
+                assert "opposes" in text  # the GP's launch carried the patient's opposition
+                # Another launch, the patient informed: the GP is let in (TD0.3), in normal mode.
+                listed = await http.post(f"{base}/conso/launch", data=LAUNCH_FORM)
+                assert listed.status == 200, await listed.text()
+                short = await http.get(f"{base}/conso/api/patients/{INS}/exams",
+                                       params={"purpose": "bris_de_glace", "reason": "too short"})  # fmt: skip
+                assert short.status == 400  # [access] emergency_reason_min = 12 from the file
+        rows = get_json(f"{sim.url}/sim/dmp/consultations?patient={INS}")
+        assert {(r["professional"], r["purpose"]) for r in rows} == {("801234567897", "normal")}
+    finally:
+        box.stop()
