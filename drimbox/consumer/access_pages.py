@@ -23,19 +23,16 @@ def refusal_json(exc: LookupFailed, enabled: bool) -> dict[str, Any]:
     return extra
 
 
-def refusal_page(title: str, exc: LookupFailed, *, enabled: bool, action: str, hidden: dict[str, str],
-                 reason_min: int, problem: str = "") -> str:  # fmt: skip
+def refusal_page(title: str, exc: LookupFailed, *, enabled: bool, action: str, reason_min: int) -> str:
     """The refusal, with the emergency form when the refusal is one emergency access may lift."""
     if not offers_emergency(exc, enabled):
         return error_page(title, exc.message)
-    inputs = "".join(f'<input type="hidden" name="{e(k)}" value="{e(v)}">' for k, v in hidden.items() if v)
-    warning = f'<p class="problem">{e(problem)}</p>' if problem else ""
     form = (
         "<h2>Emergency access (bris de glace)</h2>"
         "<p>If the patient's condition requires it and the patient cannot authorise you, you may open their DMP in "
         "emergency mode. The access, your identity and your reason are recorded and visible to the patient; the "
         "DMP refuses it if the patient has blocked emergency access.</p>"
-        f'{warning}<form method="post" action="{e(action)}">{inputs}'
+        f'<form method="post" action="{e(action)}">'
         f'<p><label>Reason (required)<br><textarea name="reason" rows="3" cols="60" required minlength="{reason_min}"'
         f' maxlength="{EMERGENCY_REASON_MAX}"></textarea></label></p>'
         '<p><button type="submit">Open in emergency mode</button></p></form>'

@@ -174,11 +174,10 @@ def _intent(request: web.Request, lr: ListRequest, purpose: str = "normal", reas
                         launch_id=launch_id, source=client_address(request))  # fmt: skip
 
 
-def _refusal_page(ctx: ConsumerContext, lr: ListRequest, exc: LookupFailed, problem: str = "") -> str:
+def _refusal_page(ctx: ConsumerContext, lr: ListRequest, exc: LookupFailed) -> str:
     action = f"/conso/patients/{lr.patient.ins}/emergency?{urlencode({**lr.base_query, **lr.filters.to_query()})}"
     return access_pages.refusal_page(_reason(exc)[1], exc, enabled=ctx.settings.access.emergency, action=action,
-                                     hidden={}, reason_min=ctx.settings.access.emergency_reason_min,
-                                     problem=problem)  # fmt: skip
+                                     reason_min=ctx.settings.access.emergency_reason_min)  # fmt: skip
 
 
 async def emergency_page(request: web.Request) -> web.Response:

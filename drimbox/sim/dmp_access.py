@@ -9,13 +9,13 @@ import sqlite3
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 from lxml import etree
 
 from drimbox.sim.dmp_metadata import parse_cx
-from drimbox.sim.dmp_rules import INS_TEST_OID, KnownPatients
+from drimbox.sim.dmp_rules import KnownPatients
 from drimbox.sim.soap_server import SoapFault, fault_response, parse_request, soap_response
 from drimbox.sim.vihf_check import (
     FAILED_AUTHENTICATION,
@@ -51,7 +51,7 @@ log = logging.getLogger("drimbox.sim.dmp")
 #   authorisation. Emergency access (purposeofuse `bris_de_glace`) needs no authorisation but a reason in
 #   Mode_Acces_Raison, and is refused when the patient has blocked emergency access. The structure's own
 #   automatic mode (INDIRECTE, the source's publication) is not concerned. Every allowed consultation is logged.
-# Inspection for tests: GET /sim/dmp/access[?patient=INS], PUT /sim/dmp/access {"patient", "professional",
+# Inspection for tests (dmp_access_inspect.py): GET /sim/dmp/access[?patient=INS], PUT /sim/dmp/access {"patient", "professional",
 # "authorization", "reason"} (e.g. INTERDITE), DELETE /sim/dmp/access; the patient's own choices at
 # GET/PUT /sim/dmp/patients/{ins} {"opposition": bool, "emergency_access": bool}; the consultations at
 # GET /sim/dmp/consultations[?patient=INS] (who, mode, purpose of use, reason).
@@ -315,97 +315,3 @@ async def access_handler(http: web.Request) -> web.StreamResponse:
         return fault_response(SoapFault("internal error of the DMP simulator", code="Receiver"), relates_to)
     response_action = _ACTIONS[request.action][1]
     return await asyncio.to_thread(partial(soap_response, response_action, relates_to, payload, as_mtom=request.mtom))
-
-
-# -- inspection ---------------------------------------------------------------------------------
-
-
-def _patient_key(value: str) -> str | None:
-    key = parse_cx(value) if "^" in value else (value, INS_TEST_OID) if value.isalnum() else None
-    return None if key is None else "|".join(key)
-
-
-def _cx(patient_key: str) -> str:
-    ins, _, oid = patient_key.partition("|")
-    return f"{ins}^^^&{oid}&ISO^NH"
-
-
-def _row_json(row: dict[str, str]) -> dict[str, Any]:
-    return {"patient": _cx(row["patient_key"]), "professional": row["professional"],
-            "authorization": row["authorization"], "reason": row["reason"], "updated": row["updated"]}  # fmt: skip
-
-
-async def inspect_access(http: web.Request) -> web.Response:
-    """GET lists, PUT sets one authorisation, DELETE clears (all, or ?patient=)."""
-    registry = http.app[ACCESS_STATE].registry
-    patient = http.query.get("patient")
-    key = _patient_key(patient) if patient is not None else None
-    if patient is not None and key is None:
-        return web.json_response({"error": "patient must be an INS or an HL7 CX id^^^&OID&ISO^NH"}, status=400)
-    if http.method == "GET":
-        return web.json_response([_row_json(r) for r in await registry.rows(key)])
-    if http.method == "DELETE":
-        await registry.remove(key)
-        return web.json_response({"deleted": True})
-    try:
-        body = await http.json()
-    except ValueError:
-        return web.json_response({"error": "body must be JSON"}, status=400)
-    if not isinstance(body, dict):
-        return web.json_response({"error": "body must be a JSON object"}, status=400)
-    key = _patient_key(str(body.get("patient", "")))
-    professional, authorization = body.get("professional"), body.get("authorization")
-    if (
-        key is None
-        or not isinstance(professional, str)
-        or not professional
-        or authorization not in access.AUTHORIZATIONS
-    ):
-        return web.json_response({"error": "expected {patient: INS or CX, professional: id, authorization: one of "
-                                           f"{sorted(access.AUTHORIZATIONS)}, reason?: text}}"}, status=400)  # fmt: skip
-    await registry.put(key, professional, authorization, str(body.get("reason", ""))[:512])
-    rows = [_row_json(r) for r in await registry.rows(key) if r["professional"] == professional]
-    return web.json_response(rows[0] if rows else {})
-
-
-async def patient_choices(http: web.Request) -> web.Response:
-    """GET/PUT /sim/dmp/patients/{ins}: the patient's opposition and whether they allow emergency access."""
-    registry = http.app[ACCESS_STATE].registry
-    key = _patient_key(http.match_info["ins"])
-    if key is None:
-        return web.json_response({"error": "patient must be an INS or an HL7 CX id^^^&OID&ISO^NH"}, status=400)
-    opposition, emergency = await registry.choices(key)
-    if http.method == "PUT":
-        try:
-            body = await http.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict) or any(not isinstance(body.get(k, False), bool)
-                                             for k in ("opposition", "emergency_access")):  # fmt: skip
-            return web.json_response({"error": "expected {opposition?: bool, emergency_access?: bool}"}, status=400)
-        opposition = body.get("opposition", opposition)
-        emergency = body.get("emergency_access", emergency)
-        await registry.set_choices(key, opposition, emergency)
-    return web.json_response({"patient": _cx(key), "opposition": opposition, "emergency_access": emergency})
-
-
-async def list_consultations(http: web.Request) -> web.Response:
-    """GET /sim/dmp/consultations[?patient=]: every consultation the DMP let through, oldest first."""
-    registry = http.app[ACCESS_STATE].registry
-    patient = http.query.get("patient")
-    key = _patient_key(patient) if patient is not None else None
-    if patient is not None and key is None:
-        return web.json_response({"error": "patient must be an INS or an HL7 CX id^^^&OID&ISO^NH"}, status=400)
-    rows = await registry.consultations(key)
-    for row in rows:
-        row["patient"] = _cx(row.pop("patient_key"))
-    return web.json_response(rows)
-
-
-def add_access_routes(app: web.Application) -> None:
-    app.router.add_post("/dmp/access", access_handler)
-    for method in ("GET", "PUT", "DELETE"):
-        app.router.add_route(method, "/sim/dmp/access", inspect_access)
-    for method in ("GET", "PUT"):
-        app.router.add_route(method, "/sim/dmp/patients/{ins}", patient_choices)
-    app.router.add_get("/sim/dmp/consultations", list_consultations)

@@ -16,7 +16,8 @@ from lxml import etree
 
 from drimbox.config import ConfigError, Settings
 from drimbox.sim import dmp_xml
-from drimbox.sim.dmp_access import ACCESS_STATE, AccessRegistry, AccessState, add_access_routes
+from drimbox.sim.dmp_access import ACCESS_STATE, AccessRegistry, AccessState
+from drimbox.sim.dmp_access_inspect import add_access_routes
 from drimbox.sim.dmp_registration import patient_key
 from drimbox.sim.dmp_rules import INS_TEST_OID, KnownPatients, XdsError
 from drimbox.sim.dmp_service import Answer, DmpOptions, DmpService
