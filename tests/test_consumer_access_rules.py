@@ -14,11 +14,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from drimbox.audit.events import AUDIT, REFUSED, SUCCESS, MemoryAudit
-from drimbox.config import Settings, WhitelistSettings
+from drimbox.config import ConfigError, Settings, WhitelistSettings, load_settings
 from drimbox.consumer import setup_consumer
 from drimbox.consumer.images import setup_consumer_images
 from drimbox.samples.processes import DrimboxProcess, free_port, write_config
 from drimbox.sim import build_sim_app
+from drimbox.xds.habilitation import ImagingMatrix
 from tests.support.consumer import INS, LAUNCH_FORM, FakeAuth, Pro, publish, study_spec
 from tests.support.fixtures_mesh import get_json
 
@@ -297,3 +298,15 @@ async def test_a_consumer_box_process_with_pro_sante_connect_logins(sim: Any, tm
         assert {(r["professional"], r["purpose"]) for r in rows} == {("801234567897", "normal")}
     finally:
         box.stop()
+
+
+def test_the_access_section_and_the_matrix_it_sets() -> None:
+    s = load_settings(env={"DRIMBOX_ACCESS__IMAGING_PROFESSIONS": "10, 21/SM98", "DRIMBOX_ACCESS__EMERGENCY": "false"})
+    assert s.access.imaging_professions == ["10", "21/SM98"] and s.access.emergency is False
+    matrix = ImagingMatrix.of(s.access.imaging_professions)
+    assert matrix.may_read("G15_10") and matrix.may_read("21", ["SM98"])
+    assert not matrix.may_read("21", ["SM54"]) and not matrix.may_read("60") and not matrix.may_read(None)
+    assert ImagingMatrix().may_read("60") and not ImagingMatrix().may_read("21")
+    for key, value in (("IMAGING_PROFESSIONS", "10;x"), ("EMERGENCY_TTL", "0"), ("EMERGENCY_REASON_MIN", "0")):
+        with pytest.raises(ConfigError, match=f"access.{key.lower()}"):
+            load_settings(env={f"DRIMBOX_ACCESS__{key}": value})
