@@ -214,13 +214,15 @@ async def test_emergency_access_with_a_reason_is_carried_in_the_vihf_and_audited
         form = await client.post(f"/conso/patients/{INS}/emergency", data={"reason": REASON}, allow_redirects=False)
         assert form.status == 303 and form.headers["Location"].startswith(f"/conso/patients/{INS}/exams")
         listed = await client.get(form.headers["Location"])
-        assert listed.status == 200
+        assert listed.status == 200 and "Emergency access (bris de glace)</strong> in force until" in await listed.text()
         rows = await mesh.consultations()
         assert rows and {(r["professional"], r["purpose"], r["reason"]) for r in rows} == {
             (OTHER_GP.id, "bris_de_glace", REASON)}  # fmt: skip
         # Through the API parameter too; no TD0.3 was declared for it.
         api = await client.get(f"/conso/api/patients/{INS}/exams", params={"purpose": "bris_de_glace", "reason": REASON})
-        assert api.status == 200 and len((await api.json())["exams"]) == 1
+        body = await api.json()
+        assert api.status == 200 and len(body["exams"]) == 1
+        assert body["access"]["purpose"] == "bris_de_glace" and body["access"]["reason"] == REASON
         assert await mesh.sim("GET", f"/sim/dmp/access?patient={INS}") == []
         successes = [e for e in access_events(client) if e.outcome == SUCCESS]
         assert successes and all(e.detail["purpose"] == "bris_de_glace" and e.detail["reason"] == REASON

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from drimbox.audit.events import FAILURE, REFUSED, SUCCESS, AuditEvent, AuditSink
 from drimbox.config import Settings
 from drimbox.consumer import fields
-from drimbox.consumer.access_store import AccessStore
+from drimbox.consumer.access_store import AccessStore, Emergency
 from drimbox.consumer.auth import ProfessionalLike
 from drimbox.consumer.lookup import AccessRefused, LookupFailed, PatientRef, professional_identity
 from drimbox.xds.habilitation import DEFAULT_IMAGING_PROFESSIONS, ImagingMatrix
@@ -115,6 +115,9 @@ class AccessRules:
     async def grant_emergency(self, pro: ProfessionalLike, patient: PatientRef, reason: str) -> None:
         """Keep an emergency access for this professional and patient (the next consultations use it)."""
         await self.store.grant_emergency(pro.id, patient.key, reason, self.settings.access.emergency_ttl)
+
+    async def emergency_in_force(self, pro: ProfessionalLike, patient: PatientRef) -> Emergency | None:
+        return await self.store.emergency(pro.id, patient.key)
 
     async def end_emergency(self, pro: ProfessionalLike, patient: PatientRef) -> None:
         await self.store.end_emergency(pro.id, patient.key)

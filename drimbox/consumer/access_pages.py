@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from drimbox.consumer.access import EMERGENCY_REASON_MAX
+from drimbox.consumer.access_store import Emergency
 from drimbox.consumer.lookup import AccessRefused, LookupFailed
 from drimbox.consumer.pages import e, error_page, page
 
@@ -38,3 +40,18 @@ def refusal_page(title: str, exc: LookupFailed, *, enabled: bool, action: str, r
         '<p><button type="submit">Open in emergency mode</button></p></form>'
     )
     return page(title, f'<h1>{e(title)}</h1><div class="error"><p>{e(exc.message)}</p></div>{form}')
+
+
+def with_emergency_banner(html: str, emergency: Emergency) -> str:
+    """The exam list in emergency mode says so at the top, with the reason given and until when."""
+    until = dt.datetime.fromtimestamp(emergency.expires).astimezone().strftime("%Y-%m-%d %H:%M")
+    banner = (f'<div class="error"><strong>Emergency access (bris de glace)</strong> in force until {e(until)}: '
+              f"{e(emergency.reason)}. It is recorded and visible to the patient.</div>")  # fmt: skip
+    return html.replace("<body>", "<body>" + banner, 1)
+
+
+def emergency_json(emergency: Emergency | None) -> dict[str, Any]:
+    if emergency is None:
+        return {"purpose": "normal"}
+    until = dt.datetime.fromtimestamp(emergency.expires, dt.UTC).isoformat(timespec="seconds")
+    return {"purpose": "bris_de_glace", "reason": emergency.reason, "until": until}

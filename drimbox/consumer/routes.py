@@ -165,7 +165,9 @@ async def exams_page(request: web.Request) -> web.Response:
         result = await ctx.catalog.list_exams(pro, lr.patient, lr.filters, _intent(request, lr))
     except LookupFailed as exc:
         return _html(_refusal_page(ctx, lr, exc), exc.status)
-    return _html(pages.exam_list(result, pro, lr.launch, lr.base_query))
+    html = pages.exam_list(result, pro, lr.launch, lr.base_query)
+    emergency = await ctx.catalog.rules.emergency_in_force(pro, lr.patient)
+    return _html(access_pages.with_emergency_banner(html, emergency) if emergency else html)
 
 
 def _intent(request: web.Request, lr: ListRequest, purpose: str = "normal", reason: str = "") -> AccessIntent:
@@ -242,6 +244,7 @@ async def api_patient_exams(request: web.Request) -> web.Response:
         "exams": [x.to_json() for x in result.exams],
         "new_count": result.new_count,
         "previous_visit": None if previous is None else _iso(previous),
+        "access": access_pages.emergency_json(await ctx.catalog.rules.emergency_in_force(pro, lr.patient)),
     })  # fmt: skip
 
 
