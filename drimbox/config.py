@@ -212,6 +212,22 @@ class ConsumerSettings:
 
 
 @dataclass
+class AccessSettings:
+    """The consumer's DMP access rules (drimbox/consumer/access.py), checked before any DMP call."""
+
+    # Who may consult imaging: TRE_G15 profession codes, or profession/specialty ("21/SM98"). Empty = the
+    # DMP's matrix as drimbox reads it (drimbox/xds/habilitation.py: médecin, chirurgien-dentiste, sage-femme,
+    # infirmier). Non-medical staff (no RPPS profession) are never allowed, whatever this says.
+    imaging_professions: list[str] = field(default_factory=list)
+    # Offer emergency access ("bris de glace") to a refused professional; the patient may still have blocked it.
+    emergency: bool = True
+    # How long (seconds) an emergency access, once granted, covers that professional and patient.
+    emergency_ttl: float = 4 * 3600.0
+    # The reason the professional gives for an emergency access: at least this many characters.
+    emergency_reason_min: int = 8
+
+
+@dataclass
 class SimSettings:
     host: str = "127.0.0.1"
     port: int = 8090
@@ -266,6 +282,7 @@ class Settings:
     whitelist: WhitelistSettings = field(default_factory=WhitelistSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
     sim: SimSettings = field(default_factory=SimSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
 
@@ -352,6 +369,7 @@ def _validate(s: Settings) -> None:
     if s.publish.workers < 1:
         raise ConfigError(f"publish.workers: must be at least 1, got {s.publish.workers}")
     _validate_consumer(s)
+    _validate_access(s)
     _validate_auth(s)
     _validate_sim(s)
     _validate_tls(s)
@@ -464,6 +482,19 @@ def _validate_consumer(s: Settings) -> None:
                        ("retrieve_read_timeout", c.retrieve_read_timeout), ("local_pacs_timeout", c.local_pacs_timeout)):
         if value <= 0:
             raise ConfigError(f"consumer.{key}: must be > 0, got {value}")
+
+
+def _validate_access(s: Settings) -> None:
+    a = s.access
+    for entry in a.imaging_professions:
+        code, sep, specialty = entry.strip().partition("/")
+        if not code.isalnum() or (sep and not specialty.isalnum()):
+            raise ConfigError(f"access.imaging_professions: each entry is a profession code or profession/specialty "
+                              f"(10, 21/SM98), got {entry!r}")  # fmt: skip
+    if a.emergency_ttl <= 0:
+        raise ConfigError(f"access.emergency_ttl: must be > 0, got {a.emergency_ttl}")
+    if not 1 <= a.emergency_reason_min <= 200:
+        raise ConfigError(f"access.emergency_reason_min: must be between 1 and 200, got {a.emergency_reason_min}")
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:

@@ -120,6 +120,10 @@ class ConsumerBackend:
             self._opened[key] = (time.monotonic() + GRANT_TTL, kos_uid)
         return kos
 
+    def forget_grants(self) -> None:
+        """Every opened exam is checked again on its next request (an access rule changed, e.g. an opposition)."""
+        self._opened.clear()
+
     def opened(self, professional_id: str, study_uid: str) -> str | None:
         """The KOS through which this professional opened the study, if any (`open` re-checks it when stale)."""
         known = self._opened.get((professional_id, study_uid))

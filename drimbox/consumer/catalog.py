@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 from drimbox.config import Settings
 from drimbox.consumer import exams as ex
+from drimbox.consumer.access import AccessIntent, AccessRules
 from drimbox.consumer.auth import ProfessionalLike
 from drimbox.consumer.exams import Exam
-from drimbox.consumer.lookup import DmpLookup, ExamFilters, LookupFailed, PatientRef, professional_identity
+from drimbox.consumer.lookup import DmpLookup, ExamFilters, LookupFailed, PatientRef
 from drimbox.consumer.store import ConsumerStore
 from drimbox.manifest import KosError, KosSummary, parse_kos
 from drimbox.xds.client import DmpClient
@@ -39,24 +40,27 @@ class ExamList:
 class ExamCatalog:
     """The patient's exams as the DMP lists them for the logged-in professional."""
 
-    def __init__(self, settings: Settings, store: ConsumerStore, client: DmpClient) -> None:
+    def __init__(self, settings: Settings, store: ConsumerStore, client: DmpClient, rules: AccessRules) -> None:
         self.settings = settings
         self.store = store
         self.client = client
+        self.rules = rules
         self.lookup = DmpLookup(client, access_check=settings.consumer.access_check)
         self._kos_slots = asyncio.Semaphore(settings.consumer.kos_concurrency)
 
     async def close(self) -> None:
         await self.client.close()
+        await self.rules.close()
 
     async def list_exams(
-        self, pro: ProfessionalLike, patient: PatientRef, filters: ExamFilters, *, informed: bool | None
+        self, pro: ProfessionalLike, patient: PatientRef, filters: ExamFilters, intent: AccessIntent | None = None
     ) -> ExamList:
         """Every approved KOS of the patient within the filters; raises LookupFailed when there is no list."""
-        identity = professional_identity(self.settings, pro)
-        await self.lookup.ensure_access(patient, identity, informed)
-        entries = await self.lookup.find_manifests(patient, filters, identity)
-        exams = list(await asyncio.gather(*(self._exam(entry, patient, identity) for entry in entries)))
+        intent = intent or AccessIntent()
+        async with self.rules.consultation(pro, patient, intent, what="exams") as identity:
+            await self.lookup.ensure_access(patient, identity, intent.informed)
+            entries = await self.lookup.find_manifests(patient, filters, identity)
+            exams = list(await asyncio.gather(*(self._exam(entry, patient, identity) for entry in entries)))
         visit = await self.store.record_visit(
             pro.id, patient.key, [e.kos_uid for e in exams], self.settings.consumer.visit_window
         )
@@ -67,19 +71,19 @@ class ExamCatalog:
                  len(visit.new), unavailable)  # fmt: skip
         return ExamList(patient, filters, ex.newest_first(exams), visit.previous)
 
-    async def exam(self, pro: ProfessionalLike, kos_uid: str) -> Exam:
+    async def exam(self, pro: ProfessionalLike, kos_uid: str, intent: AccessIntent | None = None) -> Exam:
         """One exam with its series, if the DMP still lists its KOS as approved for this professional."""
         patient_key = await self.store.manifest_patient(kos_uid)
         if patient_key is None:
             raise ExamNotFound("this box has not listed this manifest: open the patient's exam list first")
         ins, _, oid = patient_key.partition("|")
         patient = PatientRef(ins, oid)
-        identity = professional_identity(self.settings, pro)
-        # The cached KOS says which patient; the DMP says, now, whether this professional may still see it.
-        entry = await self.lookup.current_entry(kos_uid, patient, identity)
-        if entry is None:
-            raise ExamNotFound("the DMP no longer lists this manifest (withdrawn or replaced)")
-        exam = await self._exam(entry, patient, identity)
+        async with self.rules.consultation(pro, patient, intent or AccessIntent(), what="exam", kos=kos_uid) as identity:
+            # The cached KOS says which patient; the DMP says, now, whether this professional may still see it.
+            entry = await self.lookup.current_entry(kos_uid, patient, identity)
+            if entry is None:
+                raise ExamNotFound("the DMP no longer lists this manifest (withdrawn or replaced)")
+            exam = await self._exam(entry, patient, identity)
         if exam.status != ex.AVAILABLE:
             raise LookupFailed(f"the manifest cannot be read: {exam.problem}")
         return exam

@@ -55,6 +55,8 @@ def setup_consumer_images(app: web.Application, settings: Settings, auth: Consum
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         importer = Importer(settings, backend, settings.var_path / "consumer")
         app[IMPORTER] = importer
+        # An opposition recorded by the access rules closes the exams already opened, at once.
+        app[CONSUMER].catalog.rules.on_opposition.append(backend.forget_grants)
         # Loaded now: the first exam a professional opens must not wait for the list and its signature check.
         await whitelist.ensure_fresh()
         try:

@@ -36,7 +36,7 @@ class Launch:
     given: str
     gender: str  # male, female, other, unknown
     birth_date: str  # YYYY-MM-DD
-    informed: bool  # the patient was informed and does not object: TD0.3 may be declared
+    informed: bool  # informed and not objecting: TD0.3 may be declared; false = opposition (consumer/access.py)
     filters: ExamFilters = field(default_factory=ExamFilters)
     situation: str = ""  # the practice situation the software names (shown; the VIHF uses the login's)
 

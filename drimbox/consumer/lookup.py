@@ -16,7 +16,7 @@ from drimbox.xds import namespaces as ns
 from drimbox.xds.client import DmpClient, XdsRejected, XdsTransientError
 from drimbox.xds.metadata import Code, ReferenceId, ins_cx
 from drimbox.xds.query import DocumentEntryInfo
-from drimbox.xds.vihf import PROFESSION_SCHEME, SPECIALTY_SCHEME, VihfIdentity
+from drimbox.xds.vihf import PROFESSION_SCHEME, PURPOSE_EMERGENCY, SPECIALTY_SCHEME, VihfIdentity
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,7 +43,15 @@ class PatientUnknown(LookupFailed):
 
 
 class AccessRefused(LookupFailed):
+    """Refused by an access rule; `rule` names which (drimbox/consumer/access.py), `emergency_possible` whether
+    emergency access ("bris de glace") could open it."""
+
     status = 403
+
+    def __init__(self, message: str, rule: str = "dmp_refused", *, emergency_possible: bool = False) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.emergency_possible = emergency_possible
 
 
 class DmpRefused(LookupFailed):
@@ -176,22 +184,29 @@ class DmpLookup:
         self.access_check = access_check
 
     async def ensure_access(self, patient: PatientRef, identity: VihfIdentity, informed: bool | None) -> None:
-        """TD0.2; when no authorisation is in force and the launch says the patient was informed, TD0.3."""
+        """TD0.2; when no authorisation is in force and the launch says the patient was informed, TD0.3.
+
+        In emergency access (VIHF purpose of use bris_de_glace) no authorisation is needed nor declared; TD0.2
+        still tells whether the patient barred this professional, which no emergency overrides.
+        """
         if not self.access_check:
             return
+        emergency = identity.purpose_of_use == PURPOSE_EMERGENCY
         status = await _guard(self.client.patient_access(patient.cx, identity=identity))
         if not status.dmp_exists:
             raise PatientUnknown("this patient has no DMP" + (f": {status.reason}" if status.reason else ""))
-        if status.granted:
-            return
         if status.authorization == access.INTERDITE:
             raise AccessRefused(
-                "the patient has barred you from their DMP" + (f" ({status.reason})" if status.reason else "")
+                "the patient has barred you from their DMP" + (f" ({status.reason})" if status.reason else ""),
+                "blocked",
             )
+        if status.granted or emergency:
+            return
         if not informed:
             raise AccessRefused(
                 f"you have no access authorisation to this patient's DMP ({status.authorization}); it can only be "
-                "declared when your software's launch confirms the patient was informed (InformationEtConsentement)"
+                "declared when your software's launch confirms the patient was informed (InformationEtConsentement)",
+                "no_authorization", emergency_possible=True,
             )
         declared = await _guard(self.client.declare_access(patient.cx, patient_informed=True, identity=identity))
         if not declared.granted:

@@ -13,8 +13,11 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from drimbox.audit.events import AUDIT, MemoryAudit, client_address
 from drimbox.config import Settings
-from drimbox.consumer import fields, pages
+from drimbox.consumer import access_pages, fields, pages
+from drimbox.consumer.access import AccessIntent, AccessRules, emergency_request
+from drimbox.consumer.access_store import AccessStore
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.catalog import ExamCatalog
 from drimbox.consumer.launch import Launch, parse_launch
@@ -159,12 +162,46 @@ async def exams_page(request: web.Request) -> web.Response:
     except fields.InvalidFields as exc:
         return _html(pages.launch_errors(exc.problems), 400)
     try:
-        result = await ctx.catalog.list_exams(
-            pro, lr.patient, lr.filters, informed=lr.launch.informed if lr.launch else None
-        )
+        result = await ctx.catalog.list_exams(pro, lr.patient, lr.filters, _intent(request, lr))
+    except LookupFailed as exc:
+        return _html(_refusal_page(ctx, lr, exc), exc.status)
+    html = pages.exam_list(result, pro, lr.launch, lr.base_query)
+    emergency = await ctx.catalog.rules.emergency_in_force(pro, lr.patient)
+    return _html(access_pages.with_emergency_banner(html, emergency) if emergency else html)
+
+
+def _intent(request: web.Request, lr: ListRequest, purpose: str = "normal", reason: str = "") -> AccessIntent:
+    launch_id = lr.base_query.get("launch", "")
+    return AccessIntent(purpose=purpose, reason=reason, informed=lr.launch.informed if lr.launch else None,
+                        launch_id=launch_id, source=client_address(request))  # fmt: skip
+
+
+def _refusal_page(ctx: ConsumerContext, lr: ListRequest, exc: LookupFailed) -> str:
+    action = f"/conso/patients/{lr.patient.ins}/emergency?{urlencode({**lr.base_query, **lr.filters.to_query()})}"
+    return access_pages.refusal_page(_reason(exc)[1], exc, enabled=ctx.settings.access.emergency, action=action,
+                                     reason_min=ctx.settings.access.emergency_reason_min)  # fmt: skip
+
+
+async def emergency_page(request: web.Request) -> web.Response:
+    """POST /conso/patients/{ins}/emergency: the refusal page's form asks for emergency access, with a reason."""
+    ctx = request.app[CONSUMER]
+    pro = await ctx.auth.current_professional(request)
+    if pro is None:
+        _see_other(ctx.auth.login_url(request.path_qs))
+    try:
+        lr = await _list_request(request, ctx)
+    except fields.InvalidFields as exc:
+        return _html(pages.launch_errors(exc.problems), 400)
+    form = await request.post()
+    try:
+        purpose, reason = emergency_request({k: v for k, v in form.items() if isinstance(v, str)}, ctx.settings)
+    except fields.InvalidFields as exc:
+        return _html(pages.launch_errors(exc.problems), 400)
+    try:
+        await ctx.catalog.list_exams(pro, lr.patient, lr.filters, _intent(request, lr, purpose, reason))
     except LookupFailed as exc:
         return _html(pages.error_page(_reason(exc)[1], exc.message), exc.status)
-    return _html(pages.exam_list(result, pro, lr.launch, lr.base_query))
+    _see_other(f"/conso/patients/{lr.patient.ins}/exams?{urlencode({**lr.base_query, **lr.filters.to_query()})}")
 
 
 async def _api_professional(request: web.Request, ctx: ConsumerContext) -> ProfessionalLike:
@@ -175,8 +212,9 @@ async def _api_professional(request: web.Request, ctx: ConsumerContext) -> Profe
     return pro
 
 
-def _failure(exc: LookupFailed) -> web.Response:
-    return _json({"error": exc.message, "reason": _reason(exc)[0]}, exc.status)
+def _failure(exc: LookupFailed, settings: Settings | None = None) -> web.Response:
+    extra = access_pages.refusal_json(exc, settings.access.emergency) if settings else {}
+    return _json({"error": exc.message, "reason": _reason(exc)[0], **extra}, exc.status)
 
 
 async def api_patient_exams(request: web.Request) -> web.Response:
@@ -188,12 +226,17 @@ async def api_patient_exams(request: web.Request) -> web.Response:
     except fields.InvalidFields as exc:
         return _json({"error": "invalid request", "reason": "invalid_fields",
                       "fields": [{"field": n, "problem": p} for n, p in exc.problems]}, 400)  # fmt: skip
+    intent = _intent(request, lr)
+    if "purpose" in request.query or "reason" in request.query:
+        try:
+            intent = _intent(request, lr, *emergency_request(request.query, ctx.settings))
+        except fields.InvalidFields as exc:
+            return _json({"error": "invalid request", "reason": "invalid_fields",
+                          "fields": [{"field": n, "problem": p} for n, p in exc.problems]}, 400)  # fmt: skip
     try:
-        result = await ctx.catalog.list_exams(
-            pro, lr.patient, lr.filters, informed=lr.launch.informed if lr.launch else None
-        )
+        result = await ctx.catalog.list_exams(pro, lr.patient, lr.filters, intent)
     except LookupFailed as exc:
-        return _failure(exc)
+        return _failure(exc, ctx.settings)
     previous = result.previous_visit
     return _json({
         "patient": {"ins": result.patient.ins, "oid": result.patient.oid},
@@ -201,6 +244,7 @@ async def api_patient_exams(request: web.Request) -> web.Response:
         "exams": [x.to_json() for x in result.exams],
         "new_count": result.new_count,
         "previous_visit": None if previous is None else _iso(previous),
+        "access": access_pages.emergency_json(await ctx.catalog.rules.emergency_in_force(pro, lr.patient)),
     })  # fmt: skip
 
 
@@ -213,9 +257,9 @@ async def api_exam(request: web.Request) -> web.Response:
     except fields.FieldProblem as exc:
         return _json({"error": f"kosUid {exc}", "reason": "invalid_fields"}, 400)
     try:
-        exam = await ctx.catalog.exam(pro, kos_uid)
+        exam = await ctx.catalog.exam(pro, kos_uid, AccessIntent(source=client_address(request)))
     except LookupFailed as exc:
-        return _failure(exc)
+        return _failure(exc, ctx.settings)
     return _json(exam.to_json(with_series=True))
 
 
@@ -229,6 +273,7 @@ def consumer_routes() -> list[web.RouteDef]:
         web.post("/conso/launch", post_launch),
         web.get("/conso/launches/{launch_id}", get_launch),
         web.get("/conso/patients/{ins}/exams", exams_page),
+        web.post("/conso/patients/{ins}/emergency", emergency_page),
         web.get("/conso/api/patients/{ins}/exams", api_patient_exams),
         web.get("/conso/api/exams/{kos_uid}", api_exam),
     ]
@@ -239,13 +284,17 @@ def setup_consumer(
 ) -> None:
     """Add the consumer routes; its store (var_dir/consumer) and DMP client open and close with the app."""
 
+    if AUDIT not in app:  # a consumer alone (tests): its access decisions are kept in memory
+        app[AUDIT] = MemoryAudit()
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = await ConsumerStore.open(settings.var_path / "consumer")
         dmp = client
         if dmp is None:
             signer = await asyncio.to_thread(structure_signer, settings)  # may generate a test key pair
             dmp = DmpClient(settings.dmp.url, signer=signer, timeout=settings.dmp.timeout)
-        catalog = ExamCatalog(settings, store, dmp)
+        rules = AccessRules(settings, await AccessStore.open(settings.var_path / "consumer"), app[AUDIT])
+        catalog = ExamCatalog(settings, store, dmp, rules)
         app[CONSUMER] = ConsumerContext(settings, auth, store, catalog)
         try:
             yield

@@ -9,20 +9,31 @@ import sqlite3
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 from lxml import etree
 
 from drimbox.sim.dmp_metadata import parse_cx
-from drimbox.sim.dmp_rules import INS_TEST_OID, KnownPatients
+from drimbox.sim.dmp_rules import KnownPatients
 from drimbox.sim.soap_server import SoapFault, fault_response, parse_request, soap_response
-from drimbox.sim.vihf_check import FAILED_AUTHENTICATION, Vihf, VihfError, VihfPolicy, verify_vihf
+from drimbox.sim.vihf_check import (
+    FAILED_AUTHENTICATION,
+    INVALID_TOKEN,
+    PURPOSE_OF_USE,
+    SUBJECT_ROLE,
+    Vihf,
+    VihfError,
+    VihfPolicy,
+    verify_vihf,
+)
 from drimbox.state.db import Database
 from drimbox.xds import access
 from drimbox.xds import namespaces as ns
 from drimbox.xds.access import ACCESS_NS, AccessStatus
+from drimbox.xds.habilitation import ImagingMatrix
 from drimbox.xds.schema import SchemaError, validate
+from drimbox.xds.vihf import ACCESS_REASON, PURPOSE_EMERGENCY, PURPOSE_NORMAL
 
 log = logging.getLogger("drimbox.sim.dmp")
 
@@ -31,12 +42,19 @@ log = logging.getLogger("drimbox.sim.dmp")
 # - the VIHF is verified as for every DMP transaction, and its resource-id must name the body's PatientId;
 # - a patient outside `[sim] patients` has no DMP: DmpExists=false, Authorization=NON_EXISTANTE;
 # - authorisations are per (patient, VIHF Subject/NameID) and survive restarts (SQLite under the sim's var);
-# - TD0.3 AJOUT grants VALIDE only with PatientInformed=true, and never over INTERDITE (the patient's bar);
+# - TD0.3 AJOUT grants VALIDE only with PatientInformed=true, never over INTERDITE (the patient's bar), and
+#   never for a patient who opposes the consultation of their DMP;
 # - consultation (ITI-18, ITI-43) by a professional acting in person (Authentification_Mode DIRECTE or
-#   INDIRECTE_RENFORCEE) without a VALIDE authorisation is refused with a Sender fault, subcode
-#   acc:AccessDenied. The structure's own automatic mode (INDIRECTE, the source's publication) is not.
-# Inspection for tests: GET /sim/dmp/access[?patient=INS], PUT /sim/dmp/access {"patient", "professional",
-# "authorization", "reason"} (e.g. INTERDITE), DELETE /sim/dmp/access.
+#   INDIRECTE_RENFORCEE) is refused with a Sender fault, subcode acc:AccessDenied, when: the profession may
+#   not read imaging (the habilitation matrix, drimbox/xds/habilitation.py); the patient opposes; the
+#   professional is INTERDITE (emergency access included); or, in normal mode, there is no VALIDE
+#   authorisation. Emergency access (purposeofuse `bris_de_glace`) needs no authorisation but a reason in
+#   Mode_Acces_Raison, and is refused when the patient has blocked emergency access. The structure's own
+#   automatic mode (INDIRECTE, the source's publication) is not concerned. Every allowed consultation is logged.
+# Inspection for tests (dmp_access_inspect.py): GET /sim/dmp/access[?patient=INS], PUT /sim/dmp/access {"patient", "professional",
+# "authorization", "reason"} (e.g. INTERDITE), DELETE /sim/dmp/access; the patient's own choices at
+# GET/PUT /sim/dmp/patients/{ins} {"opposition": bool, "emergency_access": bool}; the consultations at
+# GET /sim/dmp/consultations[?patient=INS] (who, mode, purpose of use, reason).
 
 # Authentication modes in which a named professional consults: they need an access authorisation.
 PERSONAL_MODES = frozenset({"DIRECTE", "INDIRECTE_RENFORCEE"})
@@ -54,7 +72,24 @@ CREATE TABLE IF NOT EXISTS authorizations (
     updated TEXT NOT NULL,
     PRIMARY KEY (patient_key, professional)
 );
+CREATE TABLE IF NOT EXISTS patient_choices (
+    patient_key TEXT PRIMARY KEY,
+    opposition INTEGER NOT NULL DEFAULT 0,
+    emergency_access INTEGER NOT NULL DEFAULT 1,
+    updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consultations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    patient_key TEXT NOT NULL,
+    professional TEXT NOT NULL,
+    action TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at TEXT NOT NULL
+);
 """
+_IMAGING = ImagingMatrix()
 
 
 class FaultQueue(Protocol):
@@ -115,17 +150,71 @@ class AccessRegistry:
 
         return await self._db.acall(read)
 
-    async def require_consultation(self, vihf: Vihf | None) -> None:
-        """Refuse ITI-18/ITI-43 to a professional acting in person without a VALIDE authorisation."""
+    async def choices(self, patient_key: str) -> tuple[bool, bool]:
+        """The patient's (opposition to consultation, emergency access allowed); (False, True) by default."""
+        row = await self._db.acall(lambda c: c.execute(
+            "SELECT opposition, emergency_access FROM patient_choices WHERE patient_key = ?", (patient_key,)).fetchone())  # fmt: skip
+        return (bool(row[0]), bool(row[1])) if row else (False, True)
+
+    async def set_choices(self, patient_key: str, opposition: bool, emergency_access: bool) -> None:
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        await self._db.acall(lambda c: c.execute(
+            "INSERT OR REPLACE INTO patient_choices VALUES (?, ?, ?, ?)",
+            (patient_key, int(opposition), int(emergency_access), now)))  # fmt: skip
+
+    async def log_consultation(self, patient_key: str, professional: str, action: str, mode: str, purpose: str,
+                               reason: str) -> None:  # fmt: skip
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        await self._db.acall(lambda c: c.execute(
+            "INSERT INTO consultations (patient_key, professional, action, mode, purpose, reason, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", (patient_key, professional, action, mode, purpose, reason, now)))  # fmt: skip
+
+    async def consultations(self, patient_key: str | None = None) -> list[dict[str, str]]:
+        def read(conn: sqlite3.Connection) -> list[dict[str, str]]:
+            sql = "SELECT patient_key, professional, action, mode, purpose, reason, at FROM consultations"
+            args: tuple[str, ...] = ()
+            if patient_key is not None:
+                sql, args = sql + " WHERE patient_key = ?", (patient_key,)
+            return [dict(r) for r in conn.execute(sql + " ORDER BY id", args)]
+
+        return await self._db.acall(read)
+
+    async def require_consultation(self, vihf: Vihf | None, action: str = "") -> None:
+        """Refuse ITI-18/ITI-43 to a professional acting in person unless the DMP's rules allow it (see top)."""
         if vihf is None or vihf.authentication_mode not in PERSONAL_MODES or vihf.patient is None:
             return
-        authorization, reason = await self.get("|".join(vihf.patient), vihf.subject)
-        if authorization != access.VALIDE:
+        roles = vihf.attributes.get(SUBJECT_ROLE, [])
+        refusal = _IMAGING.refusal(roles[0] if roles else None, roles[1:])
+        if refusal:
+            raise _denied(refusal)
+        patient_key = "|".join(vihf.patient)
+        opposition, emergency_allowed = await self.choices(patient_key)
+        if opposition:
+            raise _denied("the patient opposes the consultation of their DMP")
+        authorization, reason = await self.get(patient_key, vihf.subject)
+        if authorization == access.INTERDITE:
             why = f" ({reason})" if reason else ""
-            raise SoapFault(
-                f"access to this DMP is {authorization} for this professional{why}: declare it with TD0.3 first",
-                subcode=(ACCESS_NS, access.ACCESS_DENIED),
+            raise _denied(f"the patient has barred this professional from their DMP{why}, emergency access included")
+        purpose = (vihf.attributes.get(PURPOSE_OF_USE) or [PURPOSE_NORMAL])[0]
+        why_emergency = " ".join(vihf.attributes.get(ACCESS_REASON, [])).strip()
+        if purpose == PURPOSE_EMERGENCY:
+            if not why_emergency:
+                raise VihfError(INVALID_TOKEN, f"an emergency access (bris_de_glace) needs {ACCESS_REASON}")
+            if not emergency_allowed:
+                raise _denied("the patient has refused emergency access (bris de glace) to their DMP")
+        elif purpose != PURPOSE_NORMAL:
+            raise _denied(f"purpose of use {purpose!r} is not open to this professional")
+        elif authorization != access.VALIDE:
+            why = f" ({reason})" if reason else ""
+            raise _denied(
+                f"access to this DMP is {authorization} for this professional{why}: declare it with TD0.3 first"
             )
+        await self.log_consultation(patient_key, vihf.subject, action, vihf.authentication_mode, purpose,
+                                    why_emergency[:512])  # fmt: skip
+
+
+def _denied(message: str) -> SoapFault:
+    return SoapFault(message, subcode=(ACCESS_NS, access.ACCESS_DENIED))
 
 
 @dataclass
@@ -148,7 +237,8 @@ async def _td02(state: AccessState, key: tuple[str, str], professional: str) -> 
     if key not in state.patients:
         return AccessStatus(False, access.NON_EXISTANTE, _NO_DMP)
     authorization, reason = await state.registry.get("|".join(key), professional)
-    return AccessStatus(True, authorization, reason)
+    opposition, _ = await state.registry.choices("|".join(key))
+    return AccessStatus(True, authorization, "the patient opposes the consultation of their DMP" if opposition else reason)
 
 
 async def _td03(
@@ -158,11 +248,14 @@ async def _td03(
         return AccessStatus(False, access.NON_EXISTANTE, _NO_DMP)
     patient_key = "|".join(key)
     current, reason = await state.registry.get(patient_key, professional)
+    opposition, _ = await state.registry.choices(patient_key)
     if current == access.INTERDITE:
         return AccessStatus(True, current, reason or "the patient has barred this professional from the DMP")
     if request.action == access.REMOVE:
         await state.registry.remove(patient_key, professional)
         return AccessStatus(True, access.NON_EXISTANTE)
+    if opposition:
+        return AccessStatus(True, current, "the patient opposes the consultation of their DMP")
     if not request.patient_informed:
         return AccessStatus(True, current, "the patient must be informed, and not object, before access is declared")
     await state.registry.put(patient_key, professional, access.VALIDE)
@@ -222,56 +315,3 @@ async def access_handler(http: web.Request) -> web.StreamResponse:
         return fault_response(SoapFault("internal error of the DMP simulator", code="Receiver"), relates_to)
     response_action = _ACTIONS[request.action][1]
     return await asyncio.to_thread(partial(soap_response, response_action, relates_to, payload, as_mtom=request.mtom))
-
-
-# -- inspection ---------------------------------------------------------------------------------
-
-
-def _patient_key(value: str) -> str | None:
-    key = parse_cx(value) if "^" in value else (value, INS_TEST_OID) if value.isalnum() else None
-    return None if key is None else "|".join(key)
-
-
-def _row_json(row: dict[str, str]) -> dict[str, Any]:
-    ins, _, oid = row["patient_key"].partition("|")
-    return {"patient": f"{ins}^^^&{oid}&ISO^NH", "professional": row["professional"],
-            "authorization": row["authorization"], "reason": row["reason"], "updated": row["updated"]}  # fmt: skip
-
-
-async def inspect_access(http: web.Request) -> web.Response:
-    """GET lists, PUT sets one authorisation, DELETE clears (all, or ?patient=)."""
-    registry = http.app[ACCESS_STATE].registry
-    patient = http.query.get("patient")
-    key = _patient_key(patient) if patient is not None else None
-    if patient is not None and key is None:
-        return web.json_response({"error": "patient must be an INS or an HL7 CX id^^^&OID&ISO^NH"}, status=400)
-    if http.method == "GET":
-        return web.json_response([_row_json(r) for r in await registry.rows(key)])
-    if http.method == "DELETE":
-        await registry.remove(key)
-        return web.json_response({"deleted": True})
-    try:
-        body = await http.json()
-    except ValueError:
-        return web.json_response({"error": "body must be JSON"}, status=400)
-    if not isinstance(body, dict):
-        return web.json_response({"error": "body must be a JSON object"}, status=400)
-    key = _patient_key(str(body.get("patient", "")))
-    professional, authorization = body.get("professional"), body.get("authorization")
-    if (
-        key is None
-        or not isinstance(professional, str)
-        or not professional
-        or authorization not in access.AUTHORIZATIONS
-    ):
-        return web.json_response({"error": "expected {patient: INS or CX, professional: id, authorization: one of "
-                                           f"{sorted(access.AUTHORIZATIONS)}, reason?: text}}"}, status=400)  # fmt: skip
-    await registry.put(key, professional, authorization, str(body.get("reason", ""))[:512])
-    rows = [_row_json(r) for r in await registry.rows(key) if r["professional"] == professional]
-    return web.json_response(rows[0] if rows else {})
-
-
-def add_access_routes(app: web.Application) -> None:
-    app.router.add_post("/dmp/access", access_handler)
-    for method in ("GET", "PUT", "DELETE"):
-        app.router.add_route(method, "/sim/dmp/access", inspect_access)

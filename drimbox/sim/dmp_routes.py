@@ -16,7 +16,8 @@ from lxml import etree
 
 from drimbox.config import ConfigError, Settings
 from drimbox.sim import dmp_xml
-from drimbox.sim.dmp_access import ACCESS_STATE, AccessRegistry, AccessState, add_access_routes
+from drimbox.sim.dmp_access import ACCESS_STATE, AccessRegistry, AccessState
+from drimbox.sim.dmp_access_inspect import add_access_routes
 from drimbox.sim.dmp_registration import patient_key
 from drimbox.sim.dmp_rules import INS_TEST_OID, KnownPatients, XdsError
 from drimbox.sim.dmp_service import Answer, DmpOptions, DmpService
@@ -94,7 +95,7 @@ async def _dispatch(state: DmpState, request: SoapRequest, actions: dict[str, st
     if state.options.require_vihf:
         vihf = await asyncio.to_thread(verify_vihf, request.header, state.options.vihf_policy)
     if request.action in (ns.ACTION_ITI18, ns.ACTION_ITI43):
-        await state.access.require_consultation(vihf)  # TD0.3 must have granted access (see dmp_access)
+        await state.access.require_consultation(vihf, request.action)  # TD0.3 must have granted access (see dmp_access)
     service = state.service
     if request.action == ns.ACTION_ITI41:
         return await service.provide_and_register(request.payload, request.attachments, vihf)

@@ -32,12 +32,17 @@ PURPOSE_OF_USE_SCHEME = "1.2.250.1.213.1.1.4.248"
 PROFESSION_SCHEME = "1.2.250.1.71.1.2.7"  # e.g. 10 Médecin
 SPECIALTY_SCHEME = "1.2.250.1.71.4.2.5"  # e.g. SM26 Qualifié en Médecine Générale
 AUTHENTICATION_MODES = frozenset({"DIRECTE", "INDIRECTE", "INDIRECTE_RENFORCEE"})
-# [unsure] Only "normal" is in the ANS samples; the emergency codes are from the DMP guide as remembered.
+# The access modes of TRE_R248 ModeAcces (OID above): "normal" is in the ANS samples; "bris_de_glace"
+# (emergency access by a professional without the patient's authorisation) and "centre_15" (medical
+# regulation) are the other codes of that terminology.
+PURPOSE_NORMAL, PURPOSE_EMERGENCY, PURPOSE_REGULATION = "normal", "bris_de_glace", "centre_15"
 PURPOSES_OF_USE = {
-    "normal": "Acces normal",
-    "urgence": "Acces en urgence",
-    "bris_de_glace": "Acces en mode bris de glace",
+    PURPOSE_NORMAL: "Accès normal",
+    PURPOSE_EMERGENCY: "Accès en bris de glace",
+    PURPOSE_REGULATION: "Accès par un centre de régulation médicale",
 }
+# The VIHF attribute carrying the professional's reason for an emergency access (PSC userinfo has the same name).
+ACCESS_REASON = "Mode_Acces_Raison"
 
 
 class VihfError(ValueError):
@@ -58,7 +63,8 @@ class VihfIdentity:
     lps_version: str
     lps_homologation: str  # LPS_ID_HOMOLOGATION_DMP
     authentication_mode: str = "INDIRECTE"  # the source's automatic push; PSC users: INDIRECTE_RENFORCEE
-    purpose_of_use: str = "normal"
+    purpose_of_use: str = PURPOSE_NORMAL  # TRE_R248: normal, bris_de_glace, centre_15
+    access_reason: str = ""  # Mode_Acces_Raison: required by the DMP with bris_de_glace
     vihf_version: str = "3.0"  # [unsure] 3.0 in the ANS samples, 4.0 in newer DMP guides
 
 
@@ -104,6 +110,10 @@ def build_assertion(
     if identity.authentication_mode not in AUTHENTICATION_MODES:
         raise VihfError(f"Authentification_Mode {identity.authentication_mode!r} is not one of "
                         f"{sorted(AUTHENTICATION_MODES)}")  # fmt: skip
+    if identity.purpose_of_use not in PURPOSES_OF_USE:
+        raise VihfError(f"purpose of use {identity.purpose_of_use!r} is not one of {sorted(PURPOSES_OF_USE)}")
+    if identity.purpose_of_use == PURPOSE_EMERGENCY and not identity.access_reason.strip():
+        raise VihfError(f"an emergency access (bris_de_glace) needs its reason in {ACCESS_REASON}")
     now = now or datetime.now(UTC)
     # The SAML ID is an xs:ID (NCName): it may not start with a digit, as a bare UUID can.
     root = etree.Element(SAML + "Assertion", nsmap={"saml2": ns.SAML2, "ds": ns.DSIG},
@@ -132,6 +142,8 @@ def build_assertion(
     purpose_code = Code(purpose, PURPOSE_OF_USE_SCHEME, PURPOSES_OF_USE.get(purpose, purpose))
     _ce(_attribute(st, "urn:oasis:names:tc:xspa:1.0:subject:purposeofuse"), "PurposeOfUse", purpose_code,
         "mode acces VIHF 1.0")  # fmt: skip
+    if identity.access_reason.strip():
+        _attribute(st, ACCESS_REASON, identity.access_reason.strip())
     _attribute(st, "LPS_ID", identity.lps_id)
     _attribute(st, "LPS_Nom", identity.lps_name)
     _attribute(st, "LPS_Version", identity.lps_version)
