@@ -88,7 +88,7 @@ def _open(context: Any, link: str) -> dict[str, float]:
 
 
 def _browser_runs(box_url: str, link: str, cold: int, warm: int) -> dict[str, list[dict[str, float]]]:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import ViewportSize, sync_playwright
 
     runs: dict[str, list[dict[str, float]]] = {"cold": [], "warm": []}
     with sync_playwright() as p:
@@ -101,7 +101,7 @@ def _browser_runs(box_url: str, link: str, cold: int, warm: int) -> dict[str, li
             page.goto(f"{box_url}/auth/login?" + urlencode({"next": "/viewer/", "login_hint": RADIOLOGIST}))
             session = login.storage_state()
             login.close()
-            size = {"width": 1280, "height": 800}
+            size: ViewportSize = {"width": 1280, "height": 800}
             for _ in range(cold):
                 urllib.request.urlopen(urllib.request.Request(f"{box_url}/api/cache", method="DELETE"), timeout=30).close()
                 context = browser.new_context(storage_state=session, viewport=size)
