@@ -15,6 +15,8 @@ import signal
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -52,6 +54,26 @@ def _get_json(url: str) -> Any:
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     # SIGTERM takes the same path as Ctrl-C: the `finally` of run_demo stops every child.
     raise KeyboardInterrupt
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back while a child starts, then act on them.
+
+    Raised in the middle of subprocess.Popen, KeyboardInterrupt would leave a child forked but not yet recorded,
+    which nothing would then stop. So a Ctrl-C during a start takes effect as soon as that child is up (or its start
+    has failed), at worst after its start time-out.
+    """
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 def report_link(source_url: str, exam: ExamSpec) -> str:
@@ -97,15 +119,17 @@ def _run(args: argparse.Namespace, work: Path, started: list[Stoppable]) -> int:
 
     sim = DrimboxProcess("sim", write_config(work / "sim.toml", sim_sections(work, ports["sim"])),
                          f"{sim_url}/sim/dmp/documents?patient=0", work / "sim.log")  # fmt: skip
-    started.append(sim)  # before start(): an interrupt while it boots must still stop it
-    sim.start()
+    started.append(sim)
+    with _signals_deferred():
+        sim.start()
     _say(f"  simulator   DMP, Pro Santé Connect, whitelist at {sim_url}")
 
     orthanc: OrthancServer | None = None
     if not args.native:
         try:
-            orthanc = start_orthanc(work / "orthanc", box_aet="DRIMBOX", box_port=ports["dicom"],
-                                    extra_modalities={CONSUMER_AET: ("127.0.0.1", 104)})  # fmt: skip
+            with _signals_deferred():
+                orthanc = start_orthanc(work / "orthanc", box_aet="DRIMBOX", box_port=ports["dicom"],
+                                        extra_modalities={CONSUMER_AET: ("127.0.0.1", 104)})  # fmt: skip
             started.append(orthanc)
             _say(f"  PACS        Orthanc {orthanc.aet}, DICOM 127.0.0.1:{orthanc.dicom_port}, REST {orthanc.base_url}")
         except ToolMissing as exc:
@@ -115,7 +139,8 @@ def _run(args: argparse.Namespace, work: Path, started: list[Stoppable]) -> int:
     source = DrimboxProcess("serve", write_config(work / "source.toml", source_sections(work, ports, orthanc)),
                             f"{source_url}/health", work / "source.log")  # fmt: skip
     started.append(source)
-    source.start()
+    with _signals_deferred():
+        source.start()
     profile = "Proxy (in front of Orthanc)" if orthanc else "Native (its own archive)"
     _say(f"  source box  {profile}, {source_url}, MLLP 127.0.0.1:{ports['mllp']}, DICOM DRIMBOX@{ports['dicom']}")
 
@@ -123,7 +148,8 @@ def _run(args: argparse.Namespace, work: Path, started: list[Stoppable]) -> int:
     consumer = DrimboxProcess("serve", write_config(work / "consumer.toml", consumer_sections(work, ports, orthanc)),
                               f"{consumer_url}/health", work / "consumer.log")  # fmt: skip
     started.append(consumer)
-    consumer.start()
+    with _signals_deferred():
+        consumer.start()
     _say(f"  consumer    {consumer_url} (imports go to {'the same Orthanc' if orthanc else 'no local PACS'})")
 
     exams = [ANS_EXAMS[name] for name in DEMO_EXAMS]

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from drimbox.samples.demo_run import DemoRun, descendants, start_demo
+from drimbox.samples.demo_run import PORT_NAMES, DemoRun, descendants, start_demo
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.sim, pytest.mark.box]
 
@@ -107,7 +107,7 @@ def test_sigterm_during_start_up_leaves_nothing_running(tmp_path: Path) -> None:
     # Stopped while the boxes are still starting (before any link is printed): the clean-up must still run.
     proc = subprocess.Popen(
         [sys.executable, "-m", "drimbox.cli", "demo", "--workdir", str(tmp_path), "--native",
-         *[a for name in ("source", "consumer", "launcher", "sim", "mllp", "dicom") for a in (f"--{name}-port", "0")]],
+         *[a for name in PORT_NAMES for a in (f"--{name}-port", "0")]],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     assert proc.stdout is not None
@@ -116,8 +116,25 @@ def test_sigterm_during_start_up_leaves_nothing_running(tmp_path: Path) -> None:
     assert children, "the simulator should be running"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=40) == 0
-    time.sleep(0.2)
-    assert not [p for p in children if _alive(p)]
+    deadline = time.monotonic() + 5
+    while (alive := [p for p in children if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"still running after SIGTERM: {alive}"
+
+
+def test_native_profile_publishes_both_exams_without_a_pacs(tmp_path: Path) -> None:
+    # What a machine without Orthanc gets: the source box is the archive, the images go in by STOW-RS.
+    proc = subprocess.run(
+        [sys.executable, "-m", "drimbox.cli", "demo", "--workdir", str(tmp_path), "--native", "--exit", "--instances", "2",
+         *[a for name in PORT_NAMES for a in (f"--{name}-port", "0")]],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Native (its own archive)" in out and not re.search(r"^\s+PACS\s", out, re.M)  # no Orthanc started
+    assert re.search(r"published\s+exam C: KOS [0-9.]+ in the DMP", out), out
+    assert re.search(r"published\s+exam E: KOS [0-9.]+ in the DMP", out), out
+    assert "2 KOS for the test patient" in out
 
 
 def _read_until(stream: IO[str], pattern: re.Pattern[str], timeout: float) -> str:
