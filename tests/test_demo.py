@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from drimbox.samples.demo_run import PORT_NAMES, DemoRun, descendants, start_demo
+from drimbox.samples.demo_run import PORT_NAMES, DemoRun, descendants, processes_naming, start_demo
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.sim, pytest.mark.box]
 
@@ -98,7 +98,7 @@ async def test_demo_prints_working_links_and_stops_everything_on_ctrl_c(demo: De
     assert demo.process.wait(timeout=40) == 0
     assert "everything it started is stopped" in demo.read_rest()
     deadline = time.monotonic() + 5
-    while (alive := [p for p in children if _alive(p)]) and time.monotonic() < deadline:
+    while (alive := _left_running(children, demo.workdir)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive, f"still running after Ctrl-C: {alive}"
 
@@ -117,7 +117,7 @@ def test_sigterm_during_start_up_leaves_nothing_running(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=40) == 0
     deadline = time.monotonic() + 5
-    while (alive := [p for p in children if _alive(p)]) and time.monotonic() < deadline:
+    while (alive := _left_running(children, tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive, f"still running after SIGTERM: {alive}"
 
@@ -135,6 +135,7 @@ def test_native_profile_publishes_both_exams_without_a_pacs(tmp_path: Path) -> N
     assert re.search(r"published\s+exam C: KOS [0-9.]+ in the DMP", out), out
     assert re.search(r"published\s+exam E: KOS [0-9.]+ in the DMP", out), out
     assert "2 KOS for the test patient" in out
+    assert not processes_naming(str(tmp_path)), "--exit must stop everything it started"
 
 
 def _read_until(stream: IO[str], pattern: re.Pattern[str], timeout: float) -> str:
@@ -147,6 +148,11 @@ def _read_until(stream: IO[str], pattern: re.Pattern[str], timeout: float) -> st
             return seen
         assert line, f"the demo ended early:\n{seen}"
     raise AssertionError(f"not seen in {timeout} s: {pattern.pattern}\n{seen}")
+
+
+def _left_running(children: list[int], workdir: Path) -> list[int]:
+    """The children seen while it ran, and any process started later from its work dir (an orphan has another parent)."""
+    return sorted({p for p in children if _alive(p)} | set(processes_naming(str(workdir))))
 
 
 def _alive(pid: int) -> bool:

@@ -40,6 +40,22 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def processes_naming(text: str) -> list[int]:
+    """Running processes whose command line contains `text` (a demo's work dir): orphans included, whoever the parent."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
 @dataclass
 class DemoRun:
     """A running demo: its process, what it printed so far, and the links of its demo.json."""
