@@ -1,4 +1,4 @@
-# drimbox: `make demo` runs the whole source flow on loopback, `make test` runs the test suites.
+# drimbox: `make demo` runs the whole DRIM-M mesh on loopback, `make test` runs the test suites.
 # Each target installs what it needs: the Python virtualenv and, when missing, Debian packages.
 
 PYTHON ?= python3

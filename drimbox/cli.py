@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from drimbox.config import ConfigError, Settings, load_settings
+from drimbox.demo_options import add_demo_arguments
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -95,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from drimbox.demo import run_demo
 
     _setup_logging("WARNING")
-    return int(run_demo(workdir=args.workdir, keep_running=not args.exit, instances=args.instances))
+    return int(run_demo(args))
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
@@ -136,10 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accession", default="", help="accession number")
     p.add_argument("--cda", default="", help="the report's CDA document id")
     p.set_defaults(func=cmd_link)
-    p = sub.add_parser("demo", help="the source flow on loopback: simulator, Orthanc, box, exam C")
-    p.add_argument("--workdir", help="where to keep the demo's state (default: a temporary directory)")
-    p.add_argument("--exit", action="store_true", help="exit once the KOS is registered instead of waiting for Ctrl-C")
-    p.add_argument("--instances", type=int, default=20, help="instances in the synthetic study")
+    p = sub.add_parser("demo", help="the whole mesh on loopback: simulator, Orthanc, source and consumer boxes")
+    add_demo_arguments(p)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("perf", help="the benchmark suite beside Orthanc and dcmtk (see python -m perf --help)")
     p.add_argument("perf_args", nargs=argparse.REMAINDER, help="arguments for the suite (--full, --out DIR)")

@@ -1,7 +1,13 @@
-"""`drimbox demo`: simulator + Orthanc + source box on loopback, exam C's report in, its KOS in the DMP."""
+"""`drimbox demo`: the whole DRIM-M mesh on loopback — simulator, PACS, source box, consumer box, ANS reports in the DMP.
+
+Read top-down: ports → simulator → PACS (Orthanc, or none: Native profile) → source box → consumer box → studies of
+the ANS test patient into the PACS → reports over MLLP → wait for the KOS in the DMP → print the links → wait for
+Ctrl-C or SIGTERM → stop everything that was started, in reverse order.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import shutil
@@ -9,25 +15,39 @@ import signal
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlencode
 
-from drimbox.auth.operator import operator_token_hash
+from drimbox.demo_launcher import LaunchPageServer, launch_fields, launch_page
+from drimbox.demo_mesh import CONSUMER_AET, DEMO_OPERATOR_TOKEN, consumer_sections, sim_sections, source_sections, stow
+from drimbox.demo_options import plan_ports, wanted_ports
 from drimbox.hl7.mllp import send_message
-from drimbox.samples.orthanc import OrthancServer, start_orthanc
-from drimbox.samples.processes import DrimboxProcess, free_port, write_config
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
-from drimbox.samples.studies import exam_c_study, write_study
+from drimbox.samples.orthanc import OrthancServer, ToolMissing, start_orthanc
+from drimbox.samples.processes import DrimboxProcess, write_config
+from drimbox.samples.reports import ANS_EXAMS, ExamSpec, build_cda, build_oru
+from drimbox.samples.studies import study_for_exam, write_study
+from drimbox.sim.psc_professionals import BUILT_IN
 
 INS = "279035121518989"
+# The ANS exams of the test patient that the demo publishes: C (CT head) and E (thyroid scintigraphy).
+DEMO_EXAMS = ("C", "E")
+# The simulator's test professionals a visitor logs in as: the radiologist who signs the reports, the GP.
+LOGINS = {"801234560801": "radiologist, author of the reports", "801234567897": "general practitioner"}
 
 
-# The demo box's operator token (loopback only): the demo and the perf scripts read publication states with it.
-DEMO_OPERATOR_TOKEN = "drimbox-demo-operator"
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
 
 
 def operator_request(url: str, method: str = "GET") -> urllib.request.Request:
-    """A request to the operator API (/api/...) of a box configured by box_sections."""
+    """A request to the operator API (/api/...) of a source box configured by source_sections/box_sections."""
     return urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {DEMO_OPERATOR_TOKEN}"})
 
 
@@ -36,92 +56,166 @@ def _get_json(url: str) -> Any:
         return json.loads(resp.read())
 
 
-def _say(text: str) -> None:
-    print(text, flush=True)
-
-
-def box_sections(work: Path, ports: dict[str, int], orthanc: OrthancServer) -> dict[str, dict[str, Any]]:
-    """The configuration of a source box in Proxy profile in front of the given Orthanc."""
-    return {
-        "box": {"roles": ["source"], "profile": "proxy", "var_dir": str(work / "box"),
-                "public_url": f"http://127.0.0.1:{ports['http']}"},
-        "http": {"port": ports["http"]},
-        "mllp": {"port": ports["mllp"]},
-        "dicom": {"ae_title": "DRIMBOX", "port": ports["dicom"]},
-        "pacs": {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port},
-        "dmp": {"url": f"http://127.0.0.1:{ports['sim']}/dmp"},
-        "psc": {"issuer": f"http://127.0.0.1:{ports['sim']}/psc"},
-        "whitelist": {"url": f"http://127.0.0.1:{ports['sim']}/whitelist",
-                      "certificate_url": f"http://127.0.0.1:{ports['sim']}/whitelist/certificate"},
-        "publish": {"waiting_interval": 1.0, "backoff_initial": 0.5, "backoff_max": 5.0},
-        "auth": {"operator_token": operator_token_hash(DEMO_OPERATOR_TOKEN)},
-    }
-
-
-def run_demo(workdir: str | None = None, keep_running: bool = True, instances: int = 20) -> int:
-    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="drimbox-demo-"))
-    work.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in ("http", "mllp", "dicom", "sim")}
-    started: list[Any] = []
-    try:
-        _say(f"drimbox demo — working directory {work}")
-        orthanc = start_orthanc(work / "orthanc", box_aet="DRIMBOX", box_port=ports["dicom"])
-        started.append(orthanc)
-        _say(f"  PACS      Orthanc {orthanc.aet} at 127.0.0.1:{orthanc.dicom_port} (REST {orthanc.base_url})")
-
-        sim_cfg = write_config(work / "sim.toml", {"sim": {"port": ports["sim"], "var_dir": str(work / "sim")}})
-        sim = DrimboxProcess("sim", sim_cfg, f"http://127.0.0.1:{ports['sim']}/sim/dmp/documents?patient={INS}",
-                             work / "sim.log").start()
-        started.append(sim)
-        _say(f"  simulator DMP at http://127.0.0.1:{ports['sim']}/dmp")
-
-        box_cfg = write_config(work / "box.toml", box_sections(work, ports, orthanc))
-        box = DrimboxProcess("serve", box_cfg, f"http://127.0.0.1:{ports['http']}/health", work / "box.log").start()
-        started.append(box)
-        _say(f"  box       source/proxy, HTTP 127.0.0.1:{ports['http']}, MLLP 127.0.0.1:{ports['mllp']}")
-
-        files = write_study(work / "study", exam_c_study(instances=instances))
-        orthanc.store_files(files)
-        _say(f"  loaded    {len(files)} synthetic CT instances of exam C (study 1.2.250.1.213.4.5.2.1.103) into Orthanc")
-
-        oru = build_oru(build_cda(ANS_EXAMS["C"]), control_id=f"DEMO{int(time.time())}")
-        t0 = time.monotonic()
-        ack = asyncio.run(send_message("127.0.0.1", ports["mllp"], oru))
-        msa = next((seg for seg in ack.decode("utf-8", "replace").split("\r") if seg.startswith("MSA")), "")
-        _say(f"  ORU^R01   exam C report sent over MLLP → {msa}")
-
-        state = _wait_published(ports["http"], "ACN103", timeout=120)
-        _say(f"  state     {json.dumps(state, indent=2)}")
-        if state.get("state") != "published":
-            _say("  the publication did not reach the DMP: see box.log")
-            return 1
-        _say(f"  published in {time.monotonic() - t0:.2f} s after the ORU was sent")
-        docs = _get_json(f"http://127.0.0.1:{ports['sim']}/sim/dmp/documents?patient={INS}")
-        _say("  DMP entry " + json.dumps(docs, indent=2, ensure_ascii=False))
-        if keep_running:
-            _say("Everything is running; Ctrl-C stops it.")
-            signal.signal(signal.SIGTERM, _interrupt)
-            while True:
-                time.sleep(3600)
-        return 0
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        for thing in reversed(started):
-            thing.stop()
-        if not workdir:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def _interrupt(signum: int, frame: object) -> None:
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM takes the same path as Ctrl-C: the `finally` of run_demo stops every child.
     raise KeyboardInterrupt
 
 
-def _wait_published(http_port: int, accession: str, timeout: float) -> dict[str, Any]:
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back while a child starts, then act on them.
+
+    Raised in the middle of subprocess.Popen, KeyboardInterrupt would leave a child forked but not yet recorded,
+    which nothing would then stop. So a Ctrl-C during a start takes effect as soon as that child is up (or its start
+    has failed), at worst after its start time-out.
+    """
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise KeyboardInterrupt
+
+
+def report_link(source_url: str, exam: ExamSpec) -> str:
+    """The link a report carries (DIGEST §3): opens the viewer on the exam at the source box."""
+    query = {"requestType": "STUDY", "studyUID": exam.study_uid, "Accessionnumber": exam.accession,
+             "idCDA": exam.document_id}  # fmt: skip
+    return f"{source_url}/IHEInvokeImageDisplay?{urlencode(query)}"
+
+
+def box_sections(work: Path, ports: dict[str, int], orthanc: OrthancServer) -> dict[str, dict[str, Any]]:
+    """A source box in Proxy profile in front of `orthanc` (ports: http, mllp, dicom, sim); used by perf/."""
+    mapped = {"source": ports["http"], "mllp": ports["mllp"], "dicom": ports["dicom"], "sim": ports["sim"]}
+    return source_sections(work, mapped, orthanc)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="drimbox-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started: list[Stoppable] = []
+    try:
+        return _run(args, work, started)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        # A second Ctrl-C must not cut the clean-up short and leave children behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for thing in reversed(started):
+            thing.stop()
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+        _say("drimbox demo: everything it started is stopped.")
+
+
+def _run(args: argparse.Namespace, work: Path, started: list[Stoppable]) -> int:
+    plan = plan_ports(wanted_ports(args))
+    ports = plan.ports
+    _say(f"drimbox demo — the DRIM-M mesh on loopback (working directory {work})")
+    for name in plan.moved:
+        _say(f"  note        port {getattr(args, name + '_port')} for {name} is taken: using {ports[name]}")
+    sim_url = f"http://127.0.0.1:{ports['sim']}"
+
+    sim = DrimboxProcess("sim", write_config(work / "sim.toml", sim_sections(work, ports["sim"])),
+                         f"{sim_url}/sim/dmp/documents?patient=0", work / "sim.log")  # fmt: skip
+    started.append(sim)
+    with _signals_deferred():
+        sim.start()
+    _say(f"  simulator   DMP, Pro Santé Connect, whitelist at {sim_url}")
+
+    orthanc: OrthancServer | None = None
+    if not args.native:
+        try:
+            with _signals_deferred():
+                orthanc = start_orthanc(work / "orthanc", box_aet="DRIMBOX", box_port=ports["dicom"],
+                                        extra_modalities={CONSUMER_AET: ("127.0.0.1", 104)})  # fmt: skip
+            started.append(orthanc)
+            _say(f"  PACS        Orthanc {orthanc.aet}, DICOM 127.0.0.1:{orthanc.dicom_port}, REST {orthanc.base_url}")
+        except ToolMissing as exc:
+            _say(f"  PACS        none ({exc}): the source box runs in Native profile, it is the archive")
+
+    source_url = f"http://127.0.0.1:{ports['source']}"
+    source = DrimboxProcess("serve", write_config(work / "source.toml", source_sections(work, ports, orthanc)),
+                            f"{source_url}/health", work / "source.log")  # fmt: skip
+    started.append(source)
+    with _signals_deferred():
+        source.start()
+    profile = "Proxy (in front of Orthanc)" if orthanc else "Native (its own archive)"
+    _say(f"  source box  {profile}, {source_url}, MLLP 127.0.0.1:{ports['mllp']}, DICOM DRIMBOX@{ports['dicom']}")
+
+    consumer_url = f"http://127.0.0.1:{ports['consumer']}"
+    consumer = DrimboxProcess("serve", write_config(work / "consumer.toml", consumer_sections(work, ports, orthanc)),
+                              f"{consumer_url}/health", work / "consumer.log")  # fmt: skip
+    started.append(consumer)
+    with _signals_deferred():
+        consumer.start()
+    _say(f"  consumer    {consumer_url} (imports go to {'the same Orthanc' if orthanc else 'no local PACS'})")
+
+    exams = [ANS_EXAMS[name] for name in DEMO_EXAMS]
+    for exam in exams:
+        files = write_study(work / "studies" / exam.name,
+                            study_for_exam(exam, instances=args.instances, rows=256, columns=256))  # fmt: skip
+        if orthanc is not None:
+            orthanc.store_files(files)
+        else:
+            stow(source_url, files)
+        _say(f"  images      exam {exam.name}: {len(files)} {exam.modalities[0][0]} instances, study {exam.study_uid}")
+
+    sent_at = time.monotonic()
+    for exam in exams:
+        oru = build_oru(build_cda(exam), control_id=f"DEMO-{exam.name}-{int(time.time())}")
+        ack = asyncio.run(send_message("127.0.0.1", ports["mllp"], oru, timeout=30))
+        msa = next((s for s in ack.decode("utf-8", "replace").split("\r") if s.startswith("MSA")), "no MSA")
+        _say(f"  ORU^R01     exam {exam.name}'s report over MLLP → {msa}")
+
+    for exam in exams:
+        state = _wait_published(source_url, exam.accession, timeout=120)
+        if state.get("state") != "published":
+            _say(f"  exam {exam.name} did not reach the DMP ({json.dumps(state)}): see {work / 'source.log'}")
+            return 1
+        _say(f"  published   exam {exam.name}: KOS {state['kos_uid']} in the DMP")
+    in_dmp = _get_json(f"{sim_url}/sim/dmp/documents?patient={INS}")
+    _say(f"  DMP         {len(in_dmp)} KOS for the test patient, {time.monotonic() - sent_at:.1f} s after the reports")
+
+    launcher = LaunchPageServer(ports["launcher"], launch_page(consumer_url, launch_fields(exams[0]))).start()
+    started.append(launcher)
+    links = {"report_links": {e.name: report_link(source_url, e) for e in exams}, "consumer_launch": launcher.url,
+             "source": source_url, "consumer": consumer_url, "sim": sim_url, "logins": list(LOGINS)}  # fmt: skip
+    (work / "demo.json").write_text(json.dumps(links, indent=2))
+    _print_links(links)
+    if args.exit:
+        return 0
+    _say("Everything is running; Ctrl-C stops it.")
+    while True:
+        time.sleep(3600)
+
+
+def _print_links(links: dict[str, Any]) -> None:
+    names = {p.national_id: p.label() for p in BUILT_IN}
+    _say()
+    _say("Open in a browser:")
+    _say("  (a) the link written in the reports, on the source box (opens the viewer after the login):")
+    for name, link in links["report_links"].items():
+        _say(f"      report link, exam {name}: {link}")
+    _say("  (b) the consumer box, launched as the doctor's software would (a page that posts the ANS launch form):")
+    _say(f"      consumer launch: {links['consumer_launch']}")
+    _say("  (c) log in at the simulated Pro Santé Connect by picking one of its test professionals:")
+    for national_id, role in LOGINS.items():
+        _say(f"      {national_id}  {names.get(national_id, '')} ({role})")
+    _say()
+
+
+def _wait_published(source_url: str, accession: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        found = _get_json(f"http://127.0.0.1:{http_port}/api/publications?accession={accession}")
+        found = _get_json(f"{source_url}/api/publications?accession={accession}")
         if found:
             last = found[-1]
             if last["state"] in ("published", "failed", "rejected"):

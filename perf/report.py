@@ -93,6 +93,14 @@ def write_report(results: dict[str, Any], directory: Path) -> Path:
                 lines.append(f"| {name} | {r['clients']} | {r['aggregate_mb_per_s']} | {r['p50_s']} | {r['p95_s']} |")
         if _plot_concurrency(results, directory / "concurrency.png"):
             lines += ["", "![concurrency](concurrency.png)"]
+    if results.get("first_image"):
+        first = results["first_image"]
+        lines += ["", f"## First image in the browser ({first['study']}, Proxy box, headless Chromium)", "",
+                  "Report link opened (logged in) → the viewer's `first-image` mark; cold = box cache emptied and a fresh "
+                  "browser profile.", "", "| case | median (ms) | target (ms) | runs (ms) |", "|---|---|---|---|"]
+        for kind in ("cold", "warm"):
+            runs = ", ".join(f"{r['first_image_ms']:.0f}" for r in first["runs"][kind])
+            lines.append(f"| {kind} | {first[f'{kind}_median_ms']:.0f} | ≤ {first[f'{kind}_target_ms']:.0f} | {runs} |")
     if results.get("rss"):
         lines += ["", "## Memory", ""]
         for name, value in results["rss"].items():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import shutil
 import tempfile
 import threading
 import time
@@ -14,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from drimbox.auth.operator import operator_token_hash
-from drimbox.demo import DEMO_OPERATOR_TOKEN, operator_request
+from drimbox.demo import operator_request
+from drimbox.demo_mesh import DEMO_OPERATOR_TOKEN
 from drimbox.samples.orthanc import OrthancServer, start_orthanc, storescu
 from drimbox.samples.processes import DrimboxProcess, free_port, write_config
 from drimbox.samples.studies import StudySpec, exam_c_spec, write_study
+from perf.first_image import CHROMIUM, measure_first_image
 from perf.measure import (
     ANS_ACCEPT,
     AS_STORED,
@@ -113,6 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 orthanc.store_files(paths)
             measure_orthanc(results, orthanc, shapes)
             measure_boxes(results, work, orthanc, shapes, files, args)
+            measure_browser(results, work, orthanc, shapes["ct300"])
         finally:
             orthanc.stop()
     compute_targets(results)
@@ -133,6 +138,15 @@ def measure_orthanc(results: dict[str, Any], orthanc: OrthancServer, shapes: dic
         3, fetch, f"{orthanc.dicomweb_url}/studies?PatientID={shapes['ct300'].patient_id}", "application/dicom+json"
     ).to_json()
     results["concurrency"]["Orthanc WADO-RS"] = [concurrent_fetch(wado, n).to_json() for n in (1, 4, 16)]
+
+
+def measure_browser(results: dict[str, Any], work: Path, orthanc: OrthancServer, spec: StudySpec) -> None:
+    """What a doctor waits for: report link opened → first image painted, in headless Chromium (perf.first_image)."""
+    if shutil.which(CHROMIUM) is None or importlib.util.find_spec("playwright") is None:
+        results["notes"].append(f"first-image timing skipped: {CHROMIUM} or the playwright package is missing")
+        return
+    say("first image in Chromium after the report link (CT 300, Proxy): 3 cold, 5 warm")
+    results["first_image"] = measure_first_image(work, orthanc, spec)
 
 
 def measure_boxes(results: dict[str, Any], work: Path, orthanc: OrthancServer, shapes: dict[str, StudySpec],
@@ -233,6 +247,11 @@ def compute_targets(results: dict[str, Any]) -> None:
     orthanc_meta = m.get("Orthanc /metadata, CT 300", {}).get("total_s")
     ratio = box_meta / orthanc_meta if box_meta and orthanc_meta else None
     target("warm /metadata time / Orthanc's", ratio, "≤ 0.1", None if ratio is None else ratio <= 0.1)
+    first = results.get("first_image", {})
+    for kind in ("cold", "warm"):
+        value, goal = first.get(f"{kind}_median_ms"), first.get(f"{kind}_target_ms")
+        target(f"first image painted after the report link, {kind} (ms, median)", value,
+               f"≤ {goal:.0f}" if goal else "—", None if value is None or goal is None else value <= goal)
     rss = results["rss"].get("box proxy peak RSS, 10 clients × CT 300 (MB)")
     target("box peak RSS, 10 clients (MB)", rss, "≤ 200", None if rss is None else rss <= 200)
 
