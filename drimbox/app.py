@@ -13,7 +13,8 @@ from aiohttp import web
 from drimbox.archive.archive import Archive
 from drimbox.archive.scp import ArchiveScp
 from drimbox.archive.scp import start as start_archive_scp
-from drimbox.audit import AUDIT, MemoryAudit
+from drimbox.audit import AUDIT, AuditSink, MemoryAudit
+from drimbox.audit.trail import AuditTrail, open_trail
 from drimbox.auth import AuthGate
 from drimbox.auth.tokens import BearerTokenChecker
 from drimbox.config import Settings
@@ -56,6 +57,7 @@ class Box:
         self.scp: ArchiveScp | None = None
         self.backend: DicomwebBackend | None = None
         self.tokens: BearerTokenChecker | None = None
+        self.audit: AuditSink = MemoryAudit()
         self._runner: web.AppRunner | None = None
 
     @property
@@ -70,8 +72,11 @@ class Box:
         s = self.settings
         s.var_path.mkdir(parents=True, exist_ok=True)
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        # Every component records accesses to patient data through app[AUDIT].
-        app[AUDIT] = MemoryAudit()
+        # Every component records accesses to patient data through app[AUDIT]: the hash-chained trail on disk
+        # when [audit] enabled, else (tests, throw-away boxes) memory.
+        if s.audit.enabled:
+            self.audit = open_trail(s)
+        app[AUDIT] = self.audit
         app.router.add_get("/health", self._health)
         app.router.add_delete("/api/cache", self._clear_cache)
         # Pro Santé Connect login (/auth/*): the consumer's pages and, later, the viewer need it.
@@ -153,6 +158,8 @@ class Box:
             await asyncio.to_thread(self.scp.stop)
         if self.archive is not None:
             self.archive.close()
+        if isinstance(self.audit, AuditTrail):
+            await asyncio.to_thread(self.audit.close)
         # Release the PACS associations kept warm for the next query or retrieve.
         await asyncio.to_thread(default_pool.close_idle)
 

@@ -1,4 +1,4 @@
-"""The `drimbox` command: serve, sim, check, publish, demo."""
+"""The `drimbox` command: serve, sim, check, publish, demo, audit."""
 
 from __future__ import annotations
 
@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit", action="store_true", help="exit once the KOS is registered instead of waiting for Ctrl-C")
     p.add_argument("--instances", type=int, default=20, help="instances in the synthetic study")
     p.set_defaults(func=cmd_demo)
+    from drimbox.audit.commands import add_parser as add_audit_parser
+
+    add_audit_parser(sub)
     p = sub.add_parser("perf", help="the benchmark suite beside Orthanc and dcmtk (see python -m perf --help)")
     p.add_argument("perf_args", nargs=argparse.REMAINDER, help="arguments for the suite (--full, --out DIR)")
     p.set_defaults(func=cmd_perf)
