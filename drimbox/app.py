@@ -114,7 +114,8 @@ class Box:
                 self.tokens = BearerTokenChecker(s, oidc=self.auth.oidc)
                 routes = SourceAccess(self.outbox, s.var_path / "kos", self.tokens, gate=self.auth).protect(routes)
             app.add_routes(routes)
-            publisher = Publisher(pipeline_settings, self.outbox, self.dmp, on_study_changed=backend.invalidate_study)
+            publisher = Publisher(pipeline_settings, self.outbox, self.dmp, on_study_changed=backend.invalidate_study,
+                                  audit=self.audit)  # fmt: skip
             self.worker = PublicationWorker(s, self.outbox, publisher)
             app.add_routes(publications_routes(self.outbox))
             intake = ReportIntake(self.outbox, on_accepted=self.worker.wake)

@@ -16,6 +16,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from drimbox.audit.events import REFUSED, SUCCESS
+from drimbox.audit.request import audit_request
 from drimbox.auth import AuthGate
 from drimbox.state.outbox import Outbox
 
@@ -90,14 +92,21 @@ class _Viewer:
             return error_page(400, "Invalid link", "This link's accession number or report id is too long.")
         if self.outbox is None:
             return error_page(404, "No images here", "This DRIMbox does not publish images (it has no source role).")
-        if await self.gate.current_professional(request) is None:
+        professional = await self.gate.current_professional(request)
+        if professional is None:
             self.gate.require_login(request, next=request.path_qs)
+        who = professional.id if professional else None
         published = await self.outbox.current_published(study)
         if published is not None and (not accession or accession == published.accession):
+            await audit_request(request, "report-link.open", SUCCESS, professional=who, study=study,
+                                kos=published.kos_uid, accession=accession or None)  # fmt: skip
             raise web.HTTPSeeOther("/viewer/?" + urlencode({"base": "/dicom-web", "study": study}))
         history = await self.outbox.search(study_uid=study)
         # Replaced publications are not "withdrawn": their replacement is published, or on its way (→ 404, try later).
-        if published is None and any(p.state == "withdrawn" for p in history):
+        withdrawn = published is None and any(p.state == "withdrawn" for p in history)
+        await audit_request(request, "report-link.open", REFUSED, professional=who, study=study,
+                            accession=accession or None, status=410 if withdrawn else 404)  # fmt: skip
+        if withdrawn:
             log.info("report link to a withdrawn study")
             return error_page(
                 410, "Exam withdrawn", "The images of this exam have been withdrawn by the imaging centre."

@@ -13,6 +13,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from drimbox.audit.events import SUCCESS
+from drimbox.audit.request import audit_request, outcome_for, patient_name
 from drimbox.config import Settings
 from drimbox.consumer import fields, pages
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
@@ -163,7 +165,9 @@ async def exams_page(request: web.Request) -> web.Response:
             pro, lr.patient, lr.filters, informed=lr.launch.informed if lr.launch else None
         )
     except LookupFailed as exc:
+        await _audit_list(request, pro, lr, exc.status, _reason(exc)[0])
         return _html(pages.error_page(_reason(exc)[1], exc.message), exc.status)
+    await _audit_list(request, pro, lr, 200, None, len(result.exams))
     return _html(pages.exam_list(result, pro, lr.launch, lr.base_query))
 
 
@@ -193,7 +197,9 @@ async def api_patient_exams(request: web.Request) -> web.Response:
             pro, lr.patient, lr.filters, informed=lr.launch.informed if lr.launch else None
         )
     except LookupFailed as exc:
+        await _audit_list(request, pro, lr, exc.status, _reason(exc)[0])
         return _failure(exc)
+    await _audit_list(request, pro, lr, 200, None, len(result.exams))
     previous = result.previous_visit
     return _json({
         "patient": {"ins": result.patient.ins, "oid": result.patient.oid},
@@ -212,11 +218,25 @@ async def api_exam(request: web.Request) -> web.Response:
         kos_uid = fields.uid(request.match_info["kos_uid"])
     except fields.FieldProblem as exc:
         return _json({"error": f"kosUid {exc}", "reason": "invalid_fields"}, 400)
+    patient = ((await ctx.store.manifest_patient(kos_uid)) or "").partition("|")[0] or None
     try:
         exam = await ctx.catalog.exam(pro, kos_uid)
     except LookupFailed as exc:
+        await audit_request(request, "consumer.exam", outcome_for(exc.status), professional=pro.id, patient=patient,
+                            kos=kos_uid, status=exc.status, reason=_reason(exc)[0])  # fmt: skip
         return _failure(exc)
+    await audit_request(request, "consumer.exam", SUCCESS, professional=pro.id, patient=patient, kos=kos_uid,
+                        study=exam.study_uid)  # fmt: skip
     return _json(exam.to_json(with_series=True))
+
+
+async def _audit_list(
+    request: web.Request, pro: ProfessionalLike, lr: ListRequest, status: int, reason: str | None, count: int = 0
+) -> None:
+    """One audit record per exam-list request: who asked for which patient's list, and what came of it."""
+    name = patient_name(lr.launch.family, lr.launch.given) if lr.launch else None
+    await audit_request(request, "consumer.exams", outcome_for(status), professional=pro.id, patient=lr.patient.ins,
+                        patient_name=name, status=status, reason=reason, exams=count if status == 200 else None)
 
 
 def _iso(timestamp: float) -> str:
