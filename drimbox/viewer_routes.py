@@ -95,11 +95,11 @@ class _Viewer:
         professional = await self.gate.current_professional(request)
         if professional is None:
             self.gate.require_login(request, next=request.path_qs)
-        who = professional.id if professional else None
+        who = getattr(professional, "id", None)  # test gates may stand in with any object
         published = await self.outbox.current_published(study)
         if published is not None and (not accession or accession == published.accession):
             await audit_request(request, "report-link.open", SUCCESS, professional=who, study=study,
-                                kos=published.kos_uid, accession=accession or None)  # fmt: skip
+                                accession=accession or None)
             raise web.HTTPSeeOther("/viewer/?" + urlencode({"base": "/dicom-web", "study": study}))
         history = await self.outbox.search(study_uid=study)
         # Replaced publications are not "withdrawn": their replacement is published, or on its way (→ 404, try later).
