@@ -29,6 +29,8 @@ def _setup_logging(level: str) -> None:
     )
     # pynetdicom logs every PDU at INFO; keep the box's own log readable.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # signxml logs at DEBUG each canonicalized VIHF it signs or checks, patient INS included: never, at any level.
+    logging.getLogger("signxml").setLevel(logging.INFO)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -20,6 +21,7 @@ from drimbox.audit.syslog import SyslogSender
 if TYPE_CHECKING:
     from drimbox.config import Settings
 
+log = logging.getLogger(__name__)
 GENESIS = "0" * 64
 # Fields of a stored record, in the order they are written; `hash` covers every other one.
 FIELDS = ("seq", "at", "action", "outcome", "professional", "patient", "patient_name", "study", "kos", "source",
@@ -185,6 +187,8 @@ class AuditTrail:
             )  # fmt: skip
             self._db.execute("COMMIT")
             self._seq, self._head = seq, head
+            # Actions and sequence numbers only: who and whose data stay in the trail.
+            log.debug("audit: %s committed up to record %d", ", ".join(e.action for e, _, _ in batch), seq)
         except BaseException as exc:  # a full disk must fail the audited request, not kill the writer
             error = exc
             if self._db.in_transaction:
