@@ -132,3 +132,14 @@ async def test_a_failed_write_fails_the_record_call(tmp_path: Path) -> None:
     await trail.record(event(3))  # the writer survived and the chain continues from the last stored record
     trail.close()
     assert verify(path) == (2, None)
+
+
+def test_audit_settings_are_checked_by_name(tmp_path: Path) -> None:
+    from drimbox.config import ConfigError, load_settings
+
+    assert load_settings(env={}).audit.enabled is True
+    cfg = write_config(tmp_path / "bad.toml", {"audit": {"syslog": "syslog.example:514"}})
+    with pytest.raises(ConfigError, match="audit.syslog"):
+        load_settings(cfg, env={})
+    with pytest.raises(ConfigError, match="audit.syslog_format"):
+        load_settings(env={"DRIMBOX_AUDIT__SYSLOG_FORMAT": "cef"})

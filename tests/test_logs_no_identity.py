@@ -96,6 +96,8 @@ async def test_no_patient_identity_in_debug_logs_but_all_of_it_in_the_audit(
     source = source_box(orthanc, box={"log_level": "DEBUG"},
                         auth={"protect_dicomweb": True, "authorize_params": ["sim_auto=1"]})  # fmt: skip
     pub = await asyncio.to_thread(publish_exam, orthanc, source, tmp_path)
+    async with aiohttp.ClientSession() as http:  # no token: refused, and traced
+        assert (await http.get(f"{source.url}/dicom-web/studies/{STUDY}")).status == 401
     await consumer_flow(consumer.health_url.rsplit("/", 1)[0], pub["kos_uid"])
     await report_link(source.url)
     source.stop()
@@ -115,7 +117,9 @@ async def test_no_patient_identity_in_debug_logs_but_all_of_it_in_the_audit(
     actions = {(r["action"], r["outcome"]) for r in source_trail}
     assert {("dmp.register", "success"), ("dicomweb.retrieve", "success"), ("report-link.open", "success"),
             ("auth.login", "success")} <= actions, actions  # fmt: skip
-    retrieve = next(r for r in source_trail if r["action"] == "dicomweb.retrieve")
+    refused = next(r for r in source_trail if r["action"] == "dicomweb.retrieve")
+    assert (refused["outcome"], refused["professional"], refused["detail"]["reason"]) == ("refused", None, "token_missing")
+    retrieve = next(r for r in source_trail if r["action"] == "dicomweb.retrieve" and r["outcome"] == "success")
     assert (retrieve["professional"], retrieve["patient"], retrieve["kos"], retrieve["study"]) == (
         DOCTOR, INS, pub["kos_uid"], STUDY)
     assert retrieve["detail"]["via"] == "token" and retrieve["source"] == "127.0.0.1"
