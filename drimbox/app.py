@@ -27,7 +27,7 @@ from drimbox.dicomweb.stow import stow_routes
 from drimbox.dimse.pool import default_pool
 from drimbox.hl7.mllp import MllpServer
 from drimbox.signals import until_signalled
-from drimbox.source.access import SourceAccess
+from drimbox.source.access import SourceAccess, audit_open_access
 from drimbox.source.api import publications_routes
 from drimbox.source.dmp_gateway import XdsDmpGateway
 from drimbox.source.intake import ReportIntake
@@ -113,6 +113,8 @@ class Box:
                 # the box's own logged-in users (its viewer) pass on their session.
                 self.tokens = BearerTokenChecker(s, oidc=self.auth.oidc)
                 routes = SourceAccess(self.outbox, s.var_path / "kos", self.tokens, gate=self.auth).protect(routes)
+            else:
+                routes = audit_open_access(routes)
             app.add_routes(routes)
             publisher = Publisher(pipeline_settings, self.outbox, self.dmp, on_study_changed=backend.invalidate_study,
                                   audit=self.audit)  # fmt: skip

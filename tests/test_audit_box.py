@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,15 @@ async def test_register_replace_withdraw_are_recorded_and_survive_a_restart(
     second = await asyncio.to_thread(box.wait_state, "ACN108", ("published",), 60.0, -1)
     third = await asyncio.to_thread(publish_exam, orthanc, box, tmp_path, exam="I", instances=2)
     await asyncio.to_thread(publish_exam, orthanc, box, tmp_path, exam="I", action="withdraw", control="2")
-    records = [r for r in trail(box.config) if r["action"].startswith("dmp.")]
+    # This box's /dicom-web is open (the fixture's default): an access is traced all the same, once per series.
+    for _ in range(2):
+        with urllib.request.urlopen(f"{box.url}/dicom-web/studies/{ANS_EXAMS['I'].study_uid}/series", timeout=30) as r:
+            assert r.status == 200
+    records = trail(box.config)
+    opened = [r for r in records if r["action"] == "dicomweb.retrieve"]
+    assert [(r["detail"]["via"], r["study"], r["source"]) for r in opened] == [
+        ("open", ANS_EXAMS["I"].study_uid, "127.0.0.1")]
+    records = [r for r in records if r["action"].startswith("dmp.")]
     assert [(r["action"], r["kos"]) for r in records] == [
         ("dmp.register", first["kos_uid"]), ("dmp.replace", second["kos_uid"]),
         ("dmp.register", third["kos_uid"]), ("dmp.withdraw", third["kos_uid"])]
@@ -49,4 +58,4 @@ async def test_register_replace_withdraw_are_recorded_and_survive_a_restart(
         assert r["patient_name"] == f"{spec.family}^{spec.given}" and r["detail"]["accession"] == spec.accession
     verify = subprocess.run([sys.executable, "-m", "drimbox.cli", "audit", "verify", "-c", str(box.config)],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert verify.returncode == 0 and "4 records" in verify.stdout, verify.stdout
+    assert verify.returncode == 0 and "5 records" in verify.stdout, verify.stdout

@@ -79,6 +79,9 @@ async def report_link(base: str) -> None:
         # The link asks for a login first; the simulator's PSC needs the hint to log the doctor in without a page.
         resp = await http.get(f"{base}/auth/login?{urlencode({'next': link, 'login_hint': DOCTOR})}")
         assert urlsplit(str(resp.url)).path == "/viewer/", resp.url
+        # The viewer, on the box's own session, asks for the series.
+        series = await http.get(f"{base}/dicom-web/studies/{STUDY}/series", headers={"Accept": "application/dicom+json"})
+        assert series.status == 200, await series.text()
 
 
 def export(config: Path) -> list[dict[str, Any]]:
@@ -123,6 +126,9 @@ async def test_no_patient_identity_in_debug_logs_but_all_of_it_in_the_audit(
     assert (retrieve["professional"], retrieve["patient"], retrieve["kos"], retrieve["study"]) == (
         DOCTOR, INS, pub["kos_uid"], STUDY)
     assert retrieve["detail"]["via"] == "token" and retrieve["source"] == "127.0.0.1"
+    viewer = next(r for r in source_trail if r["detail"].get("via") == "session")
+    assert (viewer["outcome"], viewer["professional"], viewer["patient"], viewer["study"]) == (
+        "success", DOCTOR, INS, STUDY)
     register = next(r for r in source_trail if r["action"] == "dmp.register")
     assert register["professional"] == ANS_EXAMS["C"].author_id and register["kos"] == pub["kos_uid"]
     actions = {(r["action"], r["outcome"]) for r in consumer_trail}

@@ -122,11 +122,20 @@ class SourceAccess:
         return checked
 
     async def _audit(self, request: web.Request, seen: _Seen, outcome: str, **detail: str | int | None) -> None:
+        study = request.match_info.get("study")
+        if seen.via == "session" and study is not None:
+            # This box's own viewer names no KOS: the study's published one says whose images these are.
+            published = await self.outbox.current_published(study)
+            if published is not None and published.kos_uid:
+                try:
+                    seen.evidence = await self._kos(published.kos_uid)
+                except Refused:
+                    pass
         ev = seen.evidence
         await audit_request(
             request, "dicomweb.retrieve" if request.method == "GET" else f"dicomweb.{request.method.lower()}",
             outcome, professional=seen.professional, patient=ev.patient if ev else None,
-            patient_name=ev.patient_name if ev else None, study=request.match_info.get("study"), kos=seen.kos,
+            patient_name=ev.patient_name if ev else None, study=study, kos=seen.kos,
             path=request.path, via=seen.via, **detail,
         )  # fmt: skip
 
@@ -189,3 +198,23 @@ class SourceAccess:
         while len(self._evidence) > _KOS_CACHE:
             self._evidence.popitem(last=False)
         return evidence
+
+
+def audit_open_access(routes: list[web.RouteDef]) -> list[web.RouteDef]:
+    """The routes of a source whose /dicom-web is open (`[auth] protect_dicomweb = false`): traced all the same."""
+    recent = RecentAccesses()
+
+    def wrap(handler: Handler) -> Handler:
+        async def traced(request: web.Request) -> web.StreamResponse:
+            study, series = request.match_info.get("study"), request.match_info.get("series")
+            if recent.first((request.remote, study, series)):
+                await audit_request(request, "dicomweb.retrieve" if request.method == "GET"
+                                    else f"dicomweb.{request.method.lower()}", SUCCESS, study=study,
+                                    path=request.path, via="open")  # fmt: skip
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        return traced
+
+    return [r if r.method == "OPTIONS" else web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs)
+            for r in routes]  # fmt: skip
