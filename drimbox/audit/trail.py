@@ -133,7 +133,13 @@ class AuditTrail:
         loop = asyncio.get_running_loop()
         if not self._slots.acquire(blocking=False):
             # Full: wait off the loop for a slot; the request that is being audited waits with it.
-            await asyncio.to_thread(self._slots.acquire)
+            waiting = asyncio.ensure_future(asyncio.to_thread(self._slots.acquire))
+            try:
+                await asyncio.shield(waiting)
+            except asyncio.CancelledError:
+                # The client left: the slot the thread will still get goes straight back.
+                waiting.add_done_callback(lambda _: self._slots.release())
+                raise
         done: asyncio.Future[None] = loop.create_future()
         self._queue.put((event, loop, done))
         await done
