@@ -139,7 +139,7 @@ def test_audit_settings_are_checked_by_name(tmp_path: Path) -> None:
 
     assert load_settings(env={}).audit.enabled is True
     cfg = write_config(tmp_path / "bad.toml", {"audit": {"syslog": "syslog.example:514"}})
-    with pytest.raises(ConfigError, match="audit.syslog"):
+    with pytest.raises(ConfigError, match=r"audit\.syslog"):
         load_settings(cfg, env={})
-    with pytest.raises(ConfigError, match="audit.syslog_format"):
+    with pytest.raises(ConfigError, match=r"audit\.syslog_format"):
         load_settings(env={"DRIMBOX_AUDIT__SYSLOG_FORMAT": "cef"})
