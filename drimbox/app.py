@@ -13,7 +13,8 @@ from aiohttp import web
 from drimbox.archive.archive import Archive
 from drimbox.archive.scp import ArchiveScp
 from drimbox.archive.scp import start as start_archive_scp
-from drimbox.audit import AUDIT, MemoryAudit
+from drimbox.audit import AUDIT, AuditSink, MemoryAudit
+from drimbox.audit.trail import AuditTrail, open_trail
 from drimbox.auth import AuthGate
 from drimbox.auth.links import ReportLinks
 from drimbox.auth.operator import require_operator, uploader_check
@@ -31,7 +32,7 @@ from drimbox.dimse.pool import default_pool
 from drimbox.dimse.store_scp import StoreSCP, serve_shared, stop_shared
 from drimbox.hl7.mllp import MllpServer
 from drimbox.signals import until_signalled
-from drimbox.source.access import SourceAccess
+from drimbox.source.access import SourceAccess, audit_open_access
 from drimbox.source.api import publications_routes
 from drimbox.source.dmp_gateway import XdsDmpGateway
 from drimbox.source.intake import ReportIntake
@@ -65,6 +66,7 @@ class Box:
         self.tokens: BearerTokenChecker | None = None
         self.proxy_scp: StoreSCP | None = None
         self.rejections: RejectionIntake | None = None
+        self.audit: AuditSink = MemoryAudit()
         self._runner: web.AppRunner | None = None
 
     @property
@@ -81,8 +83,11 @@ class Box:
         # [tls] first: a bad certificate stops the start before any listener is bound.
         server_ssl = use(s.tls)
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[peer_middleware(s.tls, box_to_box)])
-        # Every component records accesses to patient data through app[AUDIT].
-        app[AUDIT] = MemoryAudit()
+        # Every component records accesses to patient data through app[AUDIT]: the hash-chained trail on disk
+        # when [audit] enabled, else (tests, throw-away boxes) memory.
+        if s.audit.enabled:
+            self.audit = open_trail(s)
+        app[AUDIT] = self.audit
         app.router.add_get("/health", self._health)
         app.router.add_delete("/api/cache", self._clear_cache)
         # Pro Santé Connect login (/auth/*): the consumer's pages and, later, the viewer need it.
@@ -123,8 +128,11 @@ class Box:
                 # the box's own logged-in users (its viewer) pass on their session.
                 self.tokens = self.auth.tokens
                 routes = SourceAccess(self.outbox, s.var_path / "kos", self.tokens, gate=self.auth).protect(routes)
+            else:
+                routes = audit_open_access(routes)
             app.add_routes(routes)
-            publisher = Publisher(pipeline_settings, self.outbox, self.dmp, on_study_changed=backend.invalidate_study)
+            publisher = Publisher(pipeline_settings, self.outbox, self.dmp, on_study_changed=backend.invalidate_study,
+                                  audit=self.audit)  # fmt: skip
             self.worker = PublicationWorker(s, self.outbox, publisher)
             self.rejections = RejectionIntake(
                 self.outbox, asyncio.get_running_loop(), self.worker.wake, backend.invalidate_study, self.archive
@@ -175,6 +183,8 @@ class Box:
             await asyncio.to_thread(stop_shared, self.proxy_scp)
         if self.archive is not None:
             self.archive.close()
+        if isinstance(self.audit, AuditTrail):
+            await asyncio.to_thread(self.audit.close)
         # Release the PACS associations kept warm for the next query or retrieve.
         await asyncio.to_thread(default_pool.close_idle)
 

@@ -1,4 +1,4 @@
-"""The `drimbox` command: serve, sim, check, publish, link, demo."""
+"""The `drimbox` command: serve, sim, check, publish, link, demo, audit."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def _setup_logging(level: str) -> None:
     )
     # pynetdicom logs every PDU at INFO; keep the box's own log readable.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # signxml logs at DEBUG each canonicalized VIHF it signs or checks, patient INS included: never, at any level.
+    logging.getLogger("signxml").setLevel(logging.INFO)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -140,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole mesh on loopback: simulator, Orthanc, source and consumer boxes")
     add_demo_arguments(p)
     p.set_defaults(func=cmd_demo)
+    from drimbox.audit.commands import add_parser as add_audit_parser
+
+    add_audit_parser(sub)
     p = sub.add_parser("perf", help="the benchmark suite beside Orthanc and dcmtk (see python -m perf --help)")
     p.add_argument("perf_args", nargs=argparse.REMAINDER, help="arguments for the suite (--full, --out DIR)")
     p.set_defaults(func=cmd_perf)

@@ -228,6 +228,18 @@ class AccessSettings:
 
 
 @dataclass
+class AuditSettings:
+    # The hash-chained trail of every access to patient data (drimbox/audit/trail.py); false = kept in memory only.
+    enabled: bool = True
+    # SQLite file of the trail; empty = var_dir/audit.sqlite.
+    path: str = ""
+    # Best-effort copy to a syslog collector: "udp://host:port" or "tcp://host:port"; empty = off.
+    syslog: str = ""
+    # "atna": an IHE ATNA / DICOM PS3.15 Audit Message (XML) per event; "json": the stored record.
+    syslog_format: str = "atna"
+
+
+@dataclass
 class SimSettings:
     host: str = "127.0.0.1"
     port: int = 8090
@@ -283,6 +295,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     sim: SimSettings = field(default_factory=SimSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
 
@@ -371,6 +384,10 @@ def _validate(s: Settings) -> None:
     _validate_consumer(s)
     _validate_access(s)
     _validate_auth(s)
+    if s.audit.syslog and not re.match(r"^(udp|tcp)://[^/:]+:\d{1,5}$", s.audit.syslog):
+        raise ConfigError(f"audit.syslog: must be udp://host:port or tcp://host:port, got {s.audit.syslog!r}")
+    if s.audit.syslog_format not in ("atna", "json"):
+        raise ConfigError(f"audit.syslog_format: must be 'atna' or 'json', got {s.audit.syslog_format!r}")
     _validate_sim(s)
     _validate_tls(s)
 

@@ -16,9 +16,9 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from drimbox.audit.events import REFUSED
+from drimbox.audit.events import REFUSED, SUCCESS
+from drimbox.audit.request import audit_request
 from drimbox.auth import AuthGate
-from drimbox.auth.audit import record
 from drimbox.auth.links import LinkRefused, ReportLinks
 from drimbox.state.outbox import Outbox
 
@@ -102,17 +102,24 @@ class _Viewer:
                 self.links.verify(query)
             except LinkRefused as exc:
                 log.info("report link refused: %s", exc.reason)
-                await record(request, "report-link.refused", REFUSED, study=study, reason=exc.reason)
+                await audit_request(request, "report-link.refused", REFUSED, study=study, reason=exc.reason)
                 title = {"expired": "Link expired", "unsigned": "Unsigned link"}.get(exc.reason, "Link altered")
                 return error_page(403, title, exc.message)
-        if await self.gate.current_professional(request) is None:
+        professional = await self.gate.current_professional(request)
+        if professional is None:
             self.gate.require_login(request, next=request.path_qs)
+        who = getattr(professional, "id", None)  # test gates may stand in with any object
         published = await self.outbox.current_published(study)
         if published is not None and (not accession or accession == published.accession):
+            await audit_request(request, "report-link.open", SUCCESS, professional=who, study=study,
+                                accession=accession or None)
             raise web.HTTPSeeOther("/viewer/?" + urlencode({"base": "/dicom-web", "study": study}))
         history = await self.outbox.search(study_uid=study)
         # Replaced publications are not "withdrawn": their replacement is published, or on its way (→ 404, try later).
-        if published is None and any(p.state == "withdrawn" for p in history):
+        withdrawn = published is None and any(p.state == "withdrawn" for p in history)
+        await audit_request(request, "report-link.open", REFUSED, professional=who, study=study,
+                            accession=accession or None, status=410 if withdrawn else 404)  # fmt: skip
+        if withdrawn:
             log.info("report link to a withdrawn study")
             return error_page(
                 410, "Exam withdrawn", "The images of this exam have been withdrawn by the imaging centre."

@@ -28,6 +28,7 @@ class AuditEvent:
     source: str | None = None  # where the request came from (client address, peer box)
     detail: dict[str, str] = field(default_factory=dict)  # e.g. reason, purpose of use, HTTP status
     at: float = field(default_factory=time.time)
+    patient_name: str | None = None  # "FAMILY^Given" when known (ATNA ParticipantObjectName); never in logs
 
 
 class AuditSink(Protocol):

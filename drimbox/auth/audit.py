@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from drimbox.audit import AUDIT, AuditEvent, client_address
+from drimbox.audit.request import audit_request
 
 
 async def record(
@@ -12,9 +12,4 @@ async def record(
     **detail: str,
 ) -> None:
     """One event for this request (its client address included); nothing when no audit sink is set up."""
-    sink = request.config_dict.get(AUDIT)
-    if sink is None:
-        return
-    event = AuditEvent(action, outcome, professional=professional, study=study, source=client_address(request),
-                       detail={k: v for k, v in detail.items() if v})  # fmt: skip
-    await sink.record(event)
+    await audit_request(request, action, outcome, professional=professional, study=study, **detail)

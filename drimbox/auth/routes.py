@@ -16,8 +16,8 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
-from drimbox.audit.events import REFUSED, SUCCESS
-from drimbox.auth.audit import record
+from drimbox.audit.events import FAILURE, REFUSED, SUCCESS
+from drimbox.audit.request import audit_request
 from drimbox.auth.launch import launch_token_middleware
 from drimbox.auth.oidc import OidcClient, OidcError, TokenSet
 from drimbox.auth.professional import Professional
@@ -231,18 +231,18 @@ class AuthGate:
             professional = Professional.from_claims({**claims, **info})
         except OidcError as exc:
             log.warning("login failed: %s", exc)
-            await record(request, "auth.login", REFUSED, reason=exc.reason)
+            await audit_request(request, "auth.login", FAILURE, reason=exc.reason)
             return _page(401, "Login failed", f"The login could not be completed ({exc.reason}).", retry=True)
         except ValueError as exc:
             log.warning("login failed: %s", exc)
-            await record(request, "auth.login", REFUSED, reason="not_a_professional")
+            await audit_request(request, "auth.login", REFUSED, reason="not_a_professional")
             return _page(403, "Login refused", "Pro Santé Connect did not identify a health professional.")
         old = request.cookies.get(self.cookie)
         if old:
             await self.sessions.delete(old)
         session_id = await self.sessions.create(professional, tokens)
         log.info("login: professional %s", _masked(professional.id))
-        await record(request, "auth.login", SUCCESS, professional=professional.id)
+        await audit_request(request, "auth.login", SUCCESS, professional=professional.id)
         response = _see_other(pending.next)
         self.set_session_cookie(response, session_id)
         response.del_cookie(self.login_cookie, path="/auth/")
@@ -253,7 +253,7 @@ class AuthGate:
         session = await self.sessions.delete(session_id) if session_id else None
         location = self.settings.auth.logout_redirect
         if session is not None:
-            await record(request, "auth.logout", SUCCESS, professional=session.professional.id)
+            await audit_request(request, "auth.logout", SUCCESS, professional=session.professional.id)
             tokens = session.tokens
             if tokens.refresh_token:
                 await self.oidc.revoke(tokens.refresh_token, "refresh_token")

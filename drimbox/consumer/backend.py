@@ -15,6 +15,8 @@ from typing import Protocol
 from aiohttp import web
 from pydicom.dataset import Dataset
 
+from drimbox.audit.events import REFUSED, SUCCESS
+from drimbox.audit.request import RecentAccesses, audit_request
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.exams import SOP_CLASS_MODALITY
 from drimbox.consumer.retrieval import KOS_HEADER, NotWhitelisted, RetrievedInstance, SourceRefused, SourceRetriever
@@ -77,6 +79,7 @@ class ConsumerBackend:
         self._kos: OrderedDict[str, KosSummary] = OrderedDict()
         self._opened: dict[tuple[str, str], tuple[float, str]] = {}  # (pro, study) → (until, kos_uid)
         self._prefetching: set[asyncio.Task[None]] = set()
+        self._recent = RecentAccesses()
 
     @classmethod
     def open_in(cls, directory: Path, max_bytes: int, manifests: ManifestSource, retriever: SourceRetriever,
@@ -137,7 +140,17 @@ class ConsumerBackend:
                 try:
                     grant = await self._grant(request, auth)
                 except _Refusal as exc:
+                    pro = await auth.current_professional(request)
+                    await audit_request(request, "consumer.retrieve", REFUSED, professional=pro.id if pro else None,
+                                        study=request.match_info.get("study"), status=exc.status, reason=exc.reason)
                     return exc.response()
+                series = request.match_info.get("series")
+                if self._recent.first((grant.professional_id, grant.kos_uid, series)):  # once per series, not frame
+                    kos = self._kos.get(grant.kos_uid)
+                    await audit_request(request, "consumer.retrieve", SUCCESS, professional=grant.professional_id,
+                                        patient=kos.patient_id if kos else None, kos=grant.kos_uid,
+                                        patient_name=kos.patient_name if kos else None,
+                                        study=request.match_info.get("study"), series=series)  # fmt: skip
                 token = _GRANT.set(grant)
                 try:
                     response: web.StreamResponse = await handler(request)

@@ -19,6 +19,8 @@ from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
 from drimbox import tls
+from drimbox.audit.events import REFUSED, SUCCESS
+from drimbox.audit.request import audit_request
 from drimbox.config import PacsSettings, Settings
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.backend import ConsumerBackend, Grant
@@ -283,11 +285,15 @@ def import_routes(importer_of: Callable[[], Importer], auth: ConsumerAuth) -> li
             return web.json_response({"error": "kosUid: a DICOM UID", "reason": "invalid_fields"}, status=400)
         importer = importer_of()
         try:
-            await importer.backend.open(pro, kos_uid)
+            kos = await importer.backend.open(pro, kos_uid)
         except Exception as exc:
             status = getattr(exc, "status", 404)
-            return web.json_response({"error": str(exc), "reason": "exam_refused"},
-                                     status=status if isinstance(status, int) and status >= 400 else 404)
+            status = status if isinstance(status, int) and status >= 400 else 404
+            await audit_request(request, "consumer.import", REFUSED, professional=pro.id, kos=kos_uid, status=status)
+            return web.json_response({"error": str(exc), "reason": "exam_refused"}, status=status)
+        await audit_request(request, "consumer.import", SUCCESS, professional=pro.id, kos=kos_uid, study=kos.study_uid,
+                            patient=kos.patient_id or None, patient_name=kos.patient_name or None,
+                            destination=importer.settings.consumer.local_pacs_method)  # fmt: skip
         job_id = await importer.start(Grant(pro.id, kos_uid, token))
         url = f"/conso/api/imports/{job_id}"
         return web.json_response({"id": job_id, "status_url": url}, status=202, headers={"Location": url})

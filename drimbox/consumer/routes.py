@@ -13,7 +13,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from drimbox.audit.events import AUDIT, MemoryAudit, client_address
+from drimbox.audit.events import AUDIT, SUCCESS, MemoryAudit, client_address
+from drimbox.audit.request import audit_request, outcome_for, patient_name
 from drimbox.config import Settings
 from drimbox.consumer import access_pages, fields, pages
 from drimbox.consumer.access import AccessIntent, AccessRules, emergency_request
@@ -164,7 +165,9 @@ async def exams_page(request: web.Request) -> web.Response:
     try:
         result = await ctx.catalog.list_exams(pro, lr.patient, lr.filters, _intent(request, lr))
     except LookupFailed as exc:
+        await _audit_list(request, pro, lr, exc.status, _reason(exc)[0])
         return _html(_refusal_page(ctx, lr, exc), exc.status)
+    await _audit_list(request, pro, lr, 200, None, len(result.exams))
     html = pages.exam_list(result, pro, lr.launch, lr.base_query)
     emergency = await ctx.catalog.rules.emergency_in_force(pro, lr.patient)
     return _html(access_pages.with_emergency_banner(html, emergency) if emergency else html)
@@ -200,6 +203,7 @@ async def emergency_page(request: web.Request) -> web.Response:
     try:
         await ctx.catalog.list_exams(pro, lr.patient, lr.filters, _intent(request, lr, purpose, reason))
     except LookupFailed as exc:
+        await _audit_list(request, pro, lr, exc.status, _reason(exc)[0])
         return _html(pages.error_page(_reason(exc)[1], exc.message), exc.status)
     _see_other(f"/conso/patients/{lr.patient.ins}/exams?{urlencode({**lr.base_query, **lr.filters.to_query()})}")
 
@@ -236,7 +240,9 @@ async def api_patient_exams(request: web.Request) -> web.Response:
     try:
         result = await ctx.catalog.list_exams(pro, lr.patient, lr.filters, intent)
     except LookupFailed as exc:
+        await _audit_list(request, pro, lr, exc.status, _reason(exc)[0])
         return _failure(exc, ctx.settings)
+    await _audit_list(request, pro, lr, 200, None, len(result.exams))
     previous = result.previous_visit
     return _json({
         "patient": {"ins": result.patient.ins, "oid": result.patient.oid},
@@ -256,11 +262,25 @@ async def api_exam(request: web.Request) -> web.Response:
         kos_uid = fields.uid(request.match_info["kos_uid"])
     except fields.FieldProblem as exc:
         return _json({"error": f"kosUid {exc}", "reason": "invalid_fields"}, 400)
+    patient = ((await ctx.store.manifest_patient(kos_uid)) or "").partition("|")[0] or None
     try:
         exam = await ctx.catalog.exam(pro, kos_uid, AccessIntent(source=client_address(request)))
     except LookupFailed as exc:
+        await audit_request(request, "consumer.exam", outcome_for(exc.status), professional=pro.id, patient=patient,
+                            kos=kos_uid, status=exc.status, reason=_reason(exc)[0])  # fmt: skip
         return _failure(exc, ctx.settings)
+    await audit_request(request, "consumer.exam", SUCCESS, professional=pro.id, patient=patient, kos=kos_uid,
+                        study=exam.study_uid)  # fmt: skip
     return _json(exam.to_json(with_series=True))
+
+
+async def _audit_list(
+    request: web.Request, pro: ProfessionalLike, lr: ListRequest, status: int, reason: str | None, count: int = 0
+) -> None:
+    """One audit record per exam-list request: who asked for which patient's list, and what came of it."""
+    name = patient_name(lr.launch.family, lr.launch.given) if lr.launch else None
+    await audit_request(request, "consumer.exams", outcome_for(status), professional=pro.id, patient=lr.patient.ins,
+                        patient_name=name, status=status, reason=reason, exams=count if status == 200 else None)
 
 
 def _iso(timestamp: float) -> str:

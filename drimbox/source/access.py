@@ -12,6 +12,8 @@ from typing import Protocol
 
 from aiohttp import web
 
+from drimbox.audit.events import REFUSED, SUCCESS
+from drimbox.audit.request import RecentAccesses, audit_request
 from drimbox.auth.professional import Professional
 from drimbox.auth.tokens import TokenError
 from drimbox.manifest import KosError, parse_kos
@@ -41,6 +43,18 @@ class _Evidence:
     study_uid: str
     series: frozenset[str]
     instances: frozenset[str]
+    patient: str = ""  # for the audit trail only (never logged)
+    patient_name: str = ""
+
+
+@dataclass
+class _Seen:
+    """What a check learnt about a request, whatever its outcome: the audit record's who and what."""
+
+    professional: str | None = None
+    via: str | None = None  # "session" (this box's own login) or "token" (another box)
+    kos: str | None = None
+    evidence: _Evidence | None = None
 
 
 class Refused(Exception):
@@ -76,6 +90,7 @@ class SourceAccess:
         self.gate = gate
         self.enabled = enabled
         self._evidence: OrderedDict[str, _Evidence] = OrderedDict()
+        self._recent = RecentAccesses()
 
     def protect(self, routes: list[web.RouteDef]) -> list[web.RouteDef]:
         """The same routes, each handler checked first (CORS preflights pass: they carry no credentials)."""
@@ -86,30 +101,64 @@ class SourceAccess:
 
     def _wrap(self, handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
+            seen = _Seen()
             try:
-                await self.check(request)
+                await self._check(request, seen)
             except Refused as exc:
                 log.info("DICOMweb access refused: %s %s → %d %s", request.method, request.path, exc.status, exc.reason)
+                await self._audit(request, seen, REFUSED, status=exc.status, reason=exc.reason)
                 return exc.response()
             except TokenError as exc:
                 log.info("DICOMweb access refused: %s %s → token %s", request.method, request.path, exc.reason)
+                await self._audit(request, seen, REFUSED, status=exc.status, reason=f"token_{exc.reason}")
                 return exc.response()
+            # Audited before it is served: once per person, KOS and series a while, never once per frame.
+            if self._recent.first((seen.professional, seen.kos, request.match_info.get("study"),
+                                   request.match_info.get("series"))):  # fmt: skip
+                await self._audit(request, seen, SUCCESS)
             response: web.StreamResponse = await handler(request)
             return response
 
         return checked
 
+    async def _audit(self, request: web.Request, seen: _Seen, outcome: str, **detail: str | int | None) -> None:
+        study = request.match_info.get("study")
+        if seen.via == "session" and study is not None:
+            # This box's own viewer names no KOS: the study's published one says whose images these are.
+            published = await self.outbox.current_published(study)
+            if published is not None and published.kos_uid:
+                try:
+                    seen.evidence = await self._kos(published.kos_uid)
+                except Refused:
+                    pass
+        ev = seen.evidence
+        await audit_request(
+            request, "dicomweb.retrieve" if request.method == "GET" else f"dicomweb.{request.method.lower()}",
+            outcome, professional=seen.professional, patient=ev.patient if ev else None,
+            patient_name=ev.patient_name if ev else None, study=study, kos=seen.kos,
+            path=request.path, via=seen.via, **detail,
+        )  # fmt: skip
+
     async def check(self, request: web.Request) -> None:
         """Return when the request may proceed; raise Refused or TokenError (each has `.response()`)."""
+        await self._check(request, _Seen())
+
+    async def _check(self, request: web.Request, seen: _Seen) -> None:
+        """check(), noting in `seen` who asked with which KOS, for the audit trail."""
         gate = self.gate
-        if gate is not None and await gate.current_professional(request) is not None:
-            return
-        await self.tokens.check_request(request)
+        if gate is not None:
+            professional = await gate.current_professional(request)
+            if professional is not None:
+                seen.professional, seen.via = professional.id, "session"
+                return
+        seen.via = "token"
+        seen.professional = (await self.tokens.check_request(request)).id
         kos_uid = request.headers.get(KOS_HEADER, "").strip()
         if not kos_uid:
             raise Refused(403, "kos_missing", f"the {KOS_HEADER} header naming the entitling KOS is required")
         if len(kos_uid) > 64 or not set(kos_uid) <= _UID_CHARS:
             raise Refused(403, "kos_invalid", f"{KOS_HEADER} is not a DICOM UID")
+        seen.kos = kos_uid
         info = request.match_info
         study = info.get("study")
         if study is None:
@@ -121,7 +170,7 @@ class SourceAccess:
             raise Refused(403, "withdrawn", f"this KOS was {publication.state}: ask the DMP for the current one")
         if publication.state != "published":
             raise Refused(403, "not_published", "this KOS is not published")
-        evidence = await self._kos(kos_uid)
+        evidence = seen.evidence = await self._kos(kos_uid)
         if evidence.study_uid != study:
             raise Refused(403, "kos_not_for_study", "the KOS references another study")
         series = info.get("series")
@@ -144,8 +193,28 @@ class SourceAccess:
             log.warning("DICOMweb access: the stored KOS %s cannot be read", kos_uid)
             raise Refused(403, "kos_unreadable", "this source cannot read the KOS it published") from None
         evidence = _Evidence(kos.study_uid, frozenset(s.series_uid for s in kos.series),
-                             frozenset(kos.instance_uids()))  # fmt: skip
+                             frozenset(kos.instance_uids()), kos.patient_id, kos.patient_name)  # fmt: skip
         self._evidence[kos_uid] = evidence
         while len(self._evidence) > _KOS_CACHE:
             self._evidence.popitem(last=False)
         return evidence
+
+
+def audit_open_access(routes: list[web.RouteDef]) -> list[web.RouteDef]:
+    """The routes of a source whose /dicom-web is open (`[auth] protect_dicomweb = false`): traced all the same."""
+    recent = RecentAccesses()
+
+    def wrap(handler: Handler) -> Handler:
+        async def traced(request: web.Request) -> web.StreamResponse:
+            study, series = request.match_info.get("study"), request.match_info.get("series")
+            if recent.first((request.remote, study, series)):
+                await audit_request(request, "dicomweb.retrieve" if request.method == "GET"
+                                    else f"dicomweb.{request.method.lower()}", SUCCESS, study=study,
+                                    path=request.path, via="open")  # fmt: skip
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        return traced
+
+    return [r if r.method == "OPTIONS" else web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs)
+            for r in routes]  # fmt: skip

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from drimbox.audit.events import SUCCESS, AuditEvent, AuditSink
 from drimbox.cda import ReportIdentifiers
 from drimbox.config import Settings
 from drimbox.dimse.find import DimseFailure, DimseUnavailable, StudyInstances, afind_study_instances
@@ -66,6 +67,7 @@ class Publisher:
         outbox: Outbox,
         dmp: DmpGateway,
         on_study_changed: Callable[[str], Awaitable[None]] | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self.settings = settings
         self.outbox = outbox
@@ -73,6 +75,7 @@ class Publisher:
         # Called when a published KOS is replaced or withdrawn: cached images of the study are stale.
         self.on_study_changed = on_study_changed
         self.kos_dir = settings.var_path / "kos"
+        self.audit = audit
 
     async def run(self, job: Publication) -> Outcome:
         message = await self._message(job)
@@ -96,6 +99,7 @@ class Publisher:
         previous = await self.outbox.current_published(report.study_uid)
         replaces = previous.entry_uuid if previous is not None and previous.id != job.id else None
         entry_uuid = await self.dmp.submit_kos(message, study, kos, kos_uid, replaces)
+        await self._audit("dmp.replace" if replaces else "dmp.register", message, kos_uid, entry_uuid=entry_uuid)
         log.info(
             "publication %d: C-FIND %d instances %.0f ms, KOS %.0f ms, ITI-41%s %.0f ms",
             job.id, len(study.instances), (t1 - t0) * 1000, (t2 - t1) * 1000,
@@ -152,9 +156,25 @@ class Publisher:
         if previous is None or previous.entry_uuid is None:
             raise PermanentError("rejected", "no published KOS for this study: nothing to withdraw")
         await self.dmp.withdraw(message, previous.entry_uuid)
+        await self._audit("dmp.withdraw", message, previous.kos_uid, entry_uuid=previous.entry_uuid)
         await self.outbox.update(previous.id, state="withdrawn")
         await self._study_changed(message.report.study_uid)
         return Outcome("withdrawn")
+
+    async def _audit(self, action: str, message: ReportMessage, kos_uid: str | None, **detail: str) -> None:
+        """The DMP now holds (or no longer holds) this patient's manifest: who, on whose behalf (the report's author)."""
+        if self.audit is None:
+            return
+        r = message.report
+        name = f"{r.patient_family or ''}^{r.patient_given or ''}" if r.patient_family or r.patient_given else None
+        event = AuditEvent(action, SUCCESS, professional=r.author.id if r.author else None, patient=r.ins or r.ipp,
+                           patient_name=name, study=r.study_uid, kos=kos_uid, source=self.settings.dmp.url,
+                           detail={"accession": r.accession, **detail})  # fmt: skip
+        try:
+            await self.audit.record(event)
+        except Exception as exc:
+            # The DMP already holds it: failing here would only resubmit. The error log is the trace of the gap.
+            log.error("audit trail: %s; %s of %s not recorded", exc, action, kos_uid)
 
     async def _study_changed(self, study_uid: str) -> None:
         if self.on_study_changed is not None:

@@ -1,0 +1,271 @@
+"""The audit store: an append-only, hash-chained SQLite table, each event durable before record() returns."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from drimbox.audit.events import AuditEvent
+from drimbox.audit.syslog import SyslogSender
+
+if TYPE_CHECKING:
+    from drimbox.config import Settings
+
+log = logging.getLogger(__name__)
+GENESIS = "0" * 64
+# Fields of a stored record, in the order they are written; `hash` covers every other one.
+FIELDS = ("seq", "at", "action", "outcome", "professional", "patient", "patient_name", "study", "kos", "source",
+          "detail", "prev")  # fmt: skip
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY, at TEXT NOT NULL, action TEXT NOT NULL, outcome TEXT NOT NULL,
+    professional TEXT, patient TEXT, patient_name TEXT, study TEXT, kos TEXT, source TEXT,
+    detail TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
+-- Append-only at the database level too: the box itself never updates or deletes a record. Someone with the
+-- file can drop these triggers; the hash chain is what then shows the change.
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+"""
+# Events waiting for the writer; beyond this, record() waits (backpressure) rather than grow memory.
+_QUEUE_MAX = 1024
+# One transaction (one fsync) takes at most this many waiting events: group commit under load.
+_BATCH_MAX = 256
+
+
+def iso(at: float) -> str:
+    """UTC, microseconds, fixed width: sorts as text, so --since/--until compare strings."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    """The bytes a record's hash covers: every field but `hash`, keys sorted, no spaces, UTF-8."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical(record)).hexdigest()
+
+
+def _row(event: AuditEvent, seq: int, prev: str) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "seq": seq, "at": iso(event.at), "action": event.action, "outcome": event.outcome,
+        "professional": event.professional, "patient": event.patient, "patient_name": event.patient_name,
+        "study": event.study, "kos": event.kos, "source": event.source,
+        "detail": {str(k): str(v) for k, v in event.detail.items()}, "prev": prev,
+    }  # fmt: skip
+    record["hash"] = record_hash(record)
+    return record
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk (WAL fsynced) before it returns, so a recorded event survives a power cut.
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+def _from_db(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
+    record = dict(zip((*FIELDS, "hash"), row, strict=True))
+    record["detail"] = json.loads(record["detail"])
+    return record
+
+
+_SELECT = f"SELECT {', '.join(FIELDS)}, hash FROM audit"
+
+
+@dataclass(frozen=True)
+class Broken:
+    """The first record where the chain does not hold, and why."""
+
+    seq: int
+    reason: str
+
+
+class AuditTrail:
+    """The AuditSink of a box: `record()` returns once the event is committed (fsynced) in the chain.
+
+    One writer thread owns the inserts: it takes every waiting event at once and commits them in one transaction,
+    so concurrent requests share an fsync. The optional syslog sender gets each stored record after the commit;
+    its send() never blocks (the local chain is the record of truth, the syslog copy is best-effort).
+    """
+
+    def __init__(self, path: Path, syslog: SyslogSender | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.syslog = syslog
+        self._db = _connect(path)
+        self._db.executescript(_SCHEMA)
+        # The head is re-read on open: the chain continues across restarts.
+        head = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        self._seq: int = head[0] if head else 0
+        self._head: str = head[1] if head else GENESIS
+        self._queue: queue.Queue[tuple[AuditEvent, asyncio.AbstractEventLoop, asyncio.Future[None]] | None] = (
+            queue.Queue()
+        )
+        self._slots = threading.BoundedSemaphore(_QUEUE_MAX)
+        self._writer = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
+        self._writer.start()
+        self._closed = False
+
+    @property
+    def head(self) -> tuple[int, str]:
+        return self._seq, self._head
+
+    async def record(self, event: AuditEvent) -> None:
+        if self._closed:
+            raise RuntimeError("the audit trail is closed")
+        loop = asyncio.get_running_loop()
+        if not self._slots.acquire(blocking=False):
+            # Full: wait off the loop for a slot; the request that is being audited waits with it.
+            waiting = asyncio.ensure_future(asyncio.to_thread(self._slots.acquire))
+            try:
+                await asyncio.shield(waiting)
+            except asyncio.CancelledError:
+                # The client left: the slot the thread will still get goes straight back.
+                waiting.add_done_callback(lambda _: self._slots.release())
+                raise
+        done: asyncio.Future[None] = loop.create_future()
+        self._queue.put((event, loop, done))
+        await done
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer, close the database."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._writer.join(timeout=30)
+        self._db.close()
+        if self.syslog is not None:
+            self.syslog.close()
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < _BATCH_MAX:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._write(batch)
+            if stop:
+                return
+
+    def _write(self, batch: list[tuple[AuditEvent, asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+        seq, head = self._seq, self._head
+        records: list[dict[str, Any]] = []
+        error: BaseException | None = None
+        try:
+            for event, _, _ in batch:
+                seq += 1
+                record = _row(event, seq, head)
+                head = record["hash"]
+                records.append(record)
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                f"INSERT INTO audit ({', '.join(FIELDS)}, hash) VALUES ({', '.join('?' * (len(FIELDS) + 1))})",
+                [(*(json.dumps(r[f], sort_keys=True) if f == "detail" else r[f] for f in FIELDS), r["hash"])
+                 for r in records],
+            )  # fmt: skip
+            self._db.execute("COMMIT")
+            self._seq, self._head = seq, head
+            # Actions and sequence numbers only: who and whose data stay in the trail.
+            log.debug("audit: %s committed up to record %d", ", ".join(e.action for e, _, _ in batch), seq)
+        except BaseException as exc:  # a full disk must fail the audited request, not kill the writer
+            error = exc
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        for _, loop, done in batch:
+            self._slots.release()
+            try:
+                loop.call_soon_threadsafe(_settle, done, error)
+            except RuntimeError:  # that loop is closed: nobody waits for this answer any more
+                pass
+        if error is None and self.syslog is not None:
+            for record in records:
+                self.syslog.send(record)
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.cancelled():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(RuntimeError(f"the audit trail could not be written: {error}"))
+
+
+def read_records(path: Path, since: str | None = None, until: str | None = None) -> Iterator[dict[str, Any]]:
+    """The stored records in chain order, optionally those with since <= at < until (ISO strings as `iso()`)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        sql, args = _SELECT, []
+        clauses = []
+        if since is not None:
+            clauses.append("at >= ?")
+            args.append(since)
+        if until is not None:
+            clauses.append("at < ?")
+            args.append(until)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        for row in db.execute(sql + " ORDER BY seq", args):
+            yield _from_db(row)
+    finally:
+        db.close()
+
+
+def verify_records(records: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> tuple[int, Broken | None]:
+    """Walk the chain from the first record: (records checked, the first broken one or None)."""
+    expected_prev, expected_seq, count = GENESIS, 1, 0
+    for record in records:
+        seq = record.get("seq")
+        if seq != expected_seq:
+            return count, Broken(expected_seq, f"record {expected_seq} is missing (found {seq})")
+        if record.get("prev") != expected_prev:
+            return count, Broken(seq, "its link to the previous record does not match (a record before was changed)")
+        if record_hash(record) != record.get("hash"):
+            return count, Broken(seq, "its content does not match its hash (it was changed)")
+        expected_prev, expected_seq, count = record["hash"], seq + 1, count + 1
+    return count, None
+
+
+def verify(path: Path) -> tuple[int, Broken | None]:
+    return verify_records(read_records(path))
+
+
+def audit_path(settings: Settings) -> Path:
+    """`[audit] path`, or var_dir/audit.sqlite when it is empty."""
+    return Path(settings.audit.path) if settings.audit.path else settings.var_path / "audit.sqlite"
+
+
+def open_trail(settings: Settings) -> AuditTrail:
+    """The box's trail, with its syslog copy when `[audit] syslog` names a collector."""
+    sender = None
+    if settings.audit.syslog:
+        sender = SyslogSender(settings.audit.syslog, source_id=settings.dicom.ae_title, fmt=settings.audit.syslog_format)
+    return AuditTrail(audit_path(settings), syslog=sender)
