@@ -65,3 +65,51 @@ async def test_exam_c_from_the_source_box_is_found_through_the_dmp(
         assert all(s["retrieve_url"].startswith(f"{box.url}/dicom-web/studies/1.2.250.1.213.4.5.2.1.103/series/")
                    for s in detail["series"])  # fmt: skip
         assert sum(len(s["instance_uids"]) for s in detail["series"]) == 6
+
+
+async def test_with_prefetch_a_listed_exam_is_fetched_before_it_is_opened(
+    orthanc: Any, source_box: Any, sim: Any, tmp_path: Path
+) -> None:
+    """[consumer] prefetch: showing the list starts the retrieval, so the exam opens even once its source is gone."""
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from drimbox.config import WhitelistSettings
+    from drimbox.consumer import setup_consumer
+    from drimbox.consumer.images import IMAGES, setup_consumer_images
+    from drimbox.consumer.retrieval import KOS_HEADER
+    from tests.support.drim_flow import read_multipart
+
+    load_exam(orthanc, tmp_path, "C", instances=6)
+    box = source_box(orthanc)
+    ack = await send_message("127.0.0.1", box.mllp_port, build_oru(build_cda(ANS_EXAMS["C"]), control_id="C-PRE"),
+                             timeout=30)  # fmt: skip
+    assert b"|AA|" in ack
+    pub = box.wait_state("ACN103", ("published",))
+    settings = consumer_settings(tmp_path, f"{sim.url}/dmp", prefetch=True)
+    settings.whitelist = WhitelistSettings(url=f"{sim.url}/whitelist", certificate_url=f"{sim.url}/whitelist/certificate")
+    auth = FakeAuth(Pro())
+    app = web.Application()
+    setup_consumer(app, settings, auth)
+    setup_consumer_images(app, settings, auth)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        # The launch (patient informed) declares the access; the list then shows, and starts the prefetch.
+        launched = await client.post("/conso/launch", data=LAUNCH_FORM, allow_redirects=False)
+        assert launched.status == 303
+        resp = await client.get(launched.headers["Location"].replace("/conso/patients/", "/conso/api/patients/"))
+        body = await resp.json()
+        assert resp.status == 200, body
+        assert [e["kos_uid"] for e in body["exams"]] == [pub["kos_uid"]]
+        cache = app[IMAGES].cache
+        for _ in range(200):
+            if (await cache.usage())["series"] == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert (await cache.usage())["series"] == 2
+        box.stop()  # the source is gone: the exam must come from the consumer's cache
+        accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*', KOS_HEADER: pub["kos_uid"]}
+        resp = await client.get("/conso/dicom-web/studies/1.2.250.1.213.4.5.2.1.103", headers=accept)
+        assert resp.status == 200, await resp.text()
+        assert len(await read_multipart(resp)) == 6

@@ -12,7 +12,7 @@ from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.backend import KOS_PARAM, ConsumerBackend
 from drimbox.consumer.importer import Importer, import_routes
 from drimbox.consumer.retrieval import SourceRetriever
-from drimbox.consumer.routes import CONSUMER
+from drimbox.consumer.routes import CONSUMER, PREFETCH
 from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.state.series_cache import SeriesCache
 
@@ -46,6 +46,8 @@ def setup_consumer_images(app: web.Application, settings: Settings, auth: Consum
     cache = SeriesCache(settings.var_path / "consumer-cache", c.cache_max_bytes)
     backend = ConsumerBackend(_StoreOfApp(app), cache, retriever, check_exam=check_exam)
     app[IMAGES] = backend
+    if c.prefetch:
+        app[PREFETCH] = backend.prefetch
     app.add_routes(backend.protect(dicomweb_routes(
         backend, base="/conso/dicom-web", cors_origins=settings.http.cors_origins,
         compress=settings.http.compress_on_the_fly, access_params=(KOS_PARAM,),

@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -58,6 +58,25 @@ class ConsumerContext:
 
 
 CONSUMER = web.AppKey("consumer", ConsumerContext)
+
+
+class Prefetch(Protocol):
+    """Fills the consumer's cache with exams in the background (consumer.images sets it when [consumer] prefetch)."""
+
+    def __call__(self, professional_id: str, access_token: str, kos_uids: list[str]) -> None: ...
+
+
+PREFETCH = web.AppKey("consumer_prefetch", Prefetch)
+
+
+async def _prefetch(request: web.Request, ctx: ConsumerContext, pro: ProfessionalLike, kos_uids: list[str]) -> None:
+    """Once a list is shown, its exams start coming from their sources, so View opens them from the cache."""
+    prefetch = request.app.get(PREFETCH)
+    if prefetch is None or not kos_uids:
+        return
+    token = await ctx.auth.access_token(request)
+    if token:
+        prefetch(pro.id, token, kos_uids)
 
 
 @dataclass
@@ -168,6 +187,7 @@ async def exams_page(request: web.Request) -> web.Response:
         await _audit_list(request, pro, lr, exc.status, _reason(exc)[0])
         return _html(_refusal_page(ctx, lr, exc), exc.status)
     await _audit_list(request, pro, lr, 200, None, len(result.exams))
+    await _prefetch(request, ctx, pro, [exam.kos_uid for exam in result.exams])
     html = pages.exam_list(result, pro, lr.launch, lr.base_query)
     emergency = await ctx.catalog.rules.emergency_in_force(pro, lr.patient)
     return _html(access_pages.with_emergency_banner(html, emergency) if emergency else html)
@@ -243,6 +263,7 @@ async def api_patient_exams(request: web.Request) -> web.Response:
         await _audit_list(request, pro, lr, exc.status, _reason(exc)[0])
         return _failure(exc, ctx.settings)
     await _audit_list(request, pro, lr, 200, None, len(result.exams))
+    await _prefetch(request, ctx, pro, [exam.kos_uid for exam in result.exams])
     previous = result.previous_visit
     return _json({
         "patient": {"ins": result.patient.ins, "oid": result.patient.oid},
