@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from drimbox import faults
 from drimbox.cda import ReportIdentifiers
 from drimbox.config import Settings
 from drimbox.dimse.find import DimseFailure, DimseUnavailable, StudyInstances, afind_study_instances
@@ -83,12 +84,15 @@ class Publisher:
         t0 = time.perf_counter()
         study = await self._find(report.study_uid)
         t1 = time.perf_counter()
+        faults.checkpoint("publish.found")
         self._check_matches(report, study)
         kos_uid, kos = await self._kos(job, message, study)
         t2 = time.perf_counter()
         previous = await self.outbox.current_published(report.study_uid)
         replaces = previous.entry_uuid if previous is not None and previous.id != job.id else None
+        faults.checkpoint("publish.before_iti41")
         entry_uuid = await self.dmp.submit_kos(message, study, kos, kos_uid, replaces)
+        faults.checkpoint("publish.replaced" if replaces else "publish.registered")
         log.info(
             "publication %d: C-FIND %d instances %.0f ms, KOS %.0f ms, ITI-41%s %.0f ms",
             job.id, len(study.instances), (t1 - t0) * 1000, (t2 - t1) * 1000,
@@ -105,6 +109,7 @@ class Publisher:
         if previous is None or previous.entry_uuid is None:
             raise PermanentError("rejected", "no published KOS for this study: nothing to withdraw")
         await self.dmp.withdraw(message, previous.entry_uuid)
+        faults.checkpoint("withdraw.done")
         await self.outbox.update(previous.id, state="withdrawn")
         await self._study_changed(message.report.study_uid)
         return Outcome("withdrawn")
@@ -153,6 +158,7 @@ class Publisher:
                 return job.kos_uid, await asyncio.to_thread(path.read_bytes)
         kos_uid, kos = await asyncio.to_thread(_build_kos_bytes, study, self._kos_request(message))
         await asyncio.to_thread(_write_durably, self.kos_dir / f"{kos_uid}.dcm", kos)
+        faults.checkpoint("publish.kos_written")
         await self.outbox.update(job.id, kos_uid=kos_uid)
         return kos_uid, kos
 
