@@ -1,0 +1,105 @@
+"""Fault-suite fixtures: source boxes armed with a kill point, and the sim/PACS helpers the scenarios share."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drimbox import faults
+from drimbox.hl7.mllp import send_message
+from drimbox.samples.reports import ANS_EXAMS
+from drimbox.samples.studies import study_for_exam, write_study
+from tests.support.fixtures_mesh import Sim, SourceBox
+
+INS = "279035121518989"
+# `make faults` runs every stage several times; `make test` keeps a representative, bounded subset.
+FULL = os.environ.get("DRIMBOX_FAULTS_FULL") == "1"
+REPEAT = int(os.environ.get("DRIMBOX_FAULTS_REPEAT", "3")) if FULL else 1
+
+
+def cases(ci: list[str], full_only: list[str]) -> list[Any]:
+    """Parameters for a kill-point scenario: the CI subset, or every stage × REPEAT under `make faults`."""
+    stages = ci + full_only if FULL else ci
+    return [pytest.param(s, id=f"{s}-{r}" if REPEAT > 1 else s) for s in stages for r in range(REPEAT)]
+
+
+def send(box: SourceBox, message: bytes, timeout: float = 30) -> str | None:
+    """The MSA-1 code of the box's ACK, or None when the connection ended without one (the box died)."""
+    try:
+        ack = asyncio.run(send_message("127.0.0.1", box.mllp_port, message, timeout=timeout))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    msa = next(s for s in ack.decode("utf-8", "replace").split("\r") if s.startswith("MSA"))
+    return msa.split("|")[1]
+
+
+def wait_killed(box: SourceBox, stage: str, timeout: float = 30.0) -> None:
+    """The box died by SIGKILL at exactly this kill point (not by some other crash)."""
+    proc = box.process.proc
+    assert proc is not None
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the box never reached {stage}:\n{box.process.log()}") from None
+    assert code == -9, f"exit {code}, not SIGKILL:\n{box.process.log()}"
+    assert f"SIGKILL at {stage.partition(':')[0]}" in box.process.log()
+
+
+def restart(box: SourceBox) -> None:
+    """Start the same box (same ports, same state) again, disarmed."""
+    box.process.env = {}
+    box.process.start()
+
+
+def approved(sim: Sim, kos_uid: str | None = None) -> list[dict[str, Any]]:
+    return [d for d in sim.documents(INS) if d["status"].endswith("Approved")
+            and (kos_uid is None or d["uniqueId"] == kos_uid)]
+
+
+def sim_faults(sim: Sim, **pending: float) -> None:
+    req = urllib.request.Request(f"{sim.url}/sim/dmp/faults", data=json.dumps(pending).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).close()
+
+
+def load_exam(pacs: Any, tmp_path: Path, exam: str, instances: int = 4) -> None:
+    pacs.store_files(write_study(tmp_path / f"study-{exam}", study_for_exam(ANS_EXAMS[exam], instances=instances)))
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def armed_box(tmp_path: Path, sim: Sim) -> Iterator[Callable[..., SourceBox]]:
+    """armed_box(pacs, "stage[:n]" or None, **section_overrides) → a started source box with that kill point."""
+    boxes: list[SourceBox] = []
+
+    def make(pacs: Any, kill_at: str | None, /, **overrides: dict[str, Any]) -> SourceBox:
+        if kill_at is not None:
+            faults.parse(kill_at)  # a misspelt stage fails here, not as a box that never dies
+        work = tmp_path / f"box{len(boxes)}"
+        work.mkdir()
+        overrides.setdefault("publish", {}).update({"backoff_initial": 0.2, "backoff_max": 0.5})
+        box = SourceBox(work, sim.url, pacs, **overrides)
+        box.process.env = {faults.ENV: kill_at} if kill_at else {}
+        boxes.append(box)
+        return box.start()
+
+    yield make
+    for box in boxes:
+        box.stop()
