@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import socket
 import subprocess
 import time
 import urllib.request
@@ -16,6 +18,7 @@ import pytest
 
 from drimbox import faults
 from drimbox.hl7.mllp import send_message
+from drimbox.samples.orthanc import OrthancServer, _die_with_parent, nodelay_env
 from drimbox.samples.reports import ANS_EXAMS
 from drimbox.samples.studies import study_for_exam, write_study
 from tests.support.fixtures_mesh import Sim, SourceBox
@@ -103,3 +106,23 @@ def armed_box(tmp_path: Path, sim: Sim) -> Iterator[Callable[..., SourceBox]]:
     yield make
     for box in boxes:
         box.stop()
+
+
+def restart_orthanc(server: OrthancServer, timeout: float = 30.0) -> None:
+    """Start a stopped Orthanc again on its own configuration (same ports, same storage)."""
+    exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    with open(server.workdir / "orthanc.log", "ab") as log:
+        server.process = subprocess.Popen(
+            [exe, "--no-jobs", str(server.workdir / "orthanc.json")], cwd=server.workdir, env=nodelay_env(),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.process.poll() is None, f"Orthanc did not restart:\n{server.log()[-3000:]}"
+        try:
+            server.rest("GET", "/system")
+            with socket.create_connection((server.host, server.dicom_port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("Orthanc did not answer after its restart")
