@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import http.client
+import io
 import json
 import os
 import shutil
@@ -14,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
 from drimbox import faults
@@ -96,7 +100,7 @@ def armed_box(tmp_path: Path, sim: Sim) -> Iterator[Callable[..., SourceBox]]:
         if kill_at is not None:
             faults.parse(kill_at)  # a misspelt stage fails here, not as a box that never dies
         work = tmp_path / f"box{len(boxes)}"
-        work.mkdir()
+        work.mkdir(exist_ok=True)  # a test may have prepared it (a small disk for the cache)
         overrides.setdefault("publish", {}).update({"backoff_initial": 0.2, "backoff_max": 0.5})
         box = SourceBox(work, sim.url, pacs, **overrides)
         box.process.env = {faults.ENV: kill_at} if kill_at else {}
@@ -126,3 +130,37 @@ def restart_orthanc(server: OrthancServer, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.1)
     raise AssertionError("Orthanc did not answer after its restart")
+
+
+def study_parts(body: bytes, boundary: str) -> dict[str, str]:
+    """SOP Instance UID → SHA-256 of the pixel data, for each instance of a complete multipart study."""
+    end = f"\r\n--{boundary}--".encode()
+    assert body.rstrip().endswith(end.strip()), "the multipart body is not terminated: truncated"
+    parts = {}
+    for chunk in body.split(f"--{boundary}".encode())[1:-1]:
+        _, _, payload = chunk.partition(b"\r\n\r\n")
+        ds = pydicom.dcmread(io.BytesIO(payload.removesuffix(b"\r\n")))
+        parts[str(ds.SOPInstanceUID)] = hashlib.sha256(ds.PixelData).hexdigest()
+    return parts
+
+
+def file_parts(paths: list[Path]) -> dict[str, str]:
+    """The same map for the files the PACS was loaded with."""
+    out = {}
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        out[str(ds.SOPInstanceUID)] = hashlib.sha256(ds.PixelData).hexdigest()
+    return out
+
+
+def get_study(box: SourceBox, study_uid: str, timeout: float = 60) -> tuple[int, str, bytes]:
+    """GET the whole study as multipart DICOM: (status, boundary, body); a dropped connection raises."""
+    conn = http.client.HTTPConnection("127.0.0.1", box.http_port, timeout=timeout)
+    try:
+        conn.request("GET", f"/dicom-web/studies/{study_uid}",
+                     headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        resp = conn.getresponse()
+        boundary = resp.getheader("Content-Type", "").split("boundary=")[-1].strip('"')
+        return resp.status, boundary, resp.read()
+    finally:
+        conn.close()
