@@ -15,18 +15,18 @@ import pytest
 
 from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
 from drimbox.samples.studies import exam_c_study, write_study
-from tests.faults.conftest import INS, approved, load_exam, restart_orthanc, send, sim_faults, wait_for
+from tests.faults.conftest import FULL, INS, approved, load_exam, restart_orthanc, send, sim_faults, wait_for
 from tests.test_proxy_failures import STUDY, open_stream, settle, threads, warmed_baseline
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.sim, pytest.mark.box]
 
 
 def test_dmp_down_then_back_publishes_once_and_keeps_publishing(
-    orthanc_factory: Any, armed_box: Any, sim: Any, tmp_path: Path
+    orthanc: Any, armed_box: Any, sim: Any, tmp_path: Path
 ) -> None:
-    pacs = orthanc_factory()
+    pacs = orthanc
+    pacs.clear()
     load_exam(pacs, tmp_path, "C")
-    load_exam(pacs, tmp_path, "E")
     box = armed_box(pacs, None)
     sim.stop()
     assert send(box, build_oru(build_cda(ANS_EXAMS["C"]), control_id="C-DMP-DOWN")) == "AA"
@@ -37,9 +37,10 @@ def test_dmp_down_then_back_publishes_once_and_keeps_publishing(
     pub = box.wait_state("ACN103", ("published", "failed", "rejected"))
     assert pub["state"] == "published", pub["last_error"]
     assert [e["uniqueId"] for e in sim.documents(INS)] == [pub["kos_uid"]]
-    # Nobody had to restart or poke the box: the next report goes straight through.
-    assert send(box, build_oru(build_cda(ANS_EXAMS["E"]), control_id="E-AFTER")) == "AA"
-    assert box.wait_state("ACN105", ("published", "failed", "rejected"))["attempts"] == 1
+    if FULL:  # nobody had to restart or poke the box: the next report goes straight through
+        load_exam(pacs, tmp_path, "E")
+        assert send(box, build_oru(build_cda(ANS_EXAMS["E"]), control_id="E-AFTER")) == "AA"
+        assert box.wait_state("ACN105", ("published", "failed", "rejected"))["attempts"] == 1
 
 
 def test_dmp_slower_than_the_timeout_registers_once(orthanc: Any, armed_box: Any, sim: Any, tmp_path: Path) -> None:
