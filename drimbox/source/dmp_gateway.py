@@ -105,9 +105,14 @@ class XdsDmpGateway:
             raise TransientError(str(exc)) from None
         except XdsRejected as exc:
             # Replayed after a crash: the entry may already be out of the Approved state.
-            entries = await self.client.get_documents(
-                entry_uuids=[entry_uuid], patient_id=self._patient_id(message), identity=self._identity(message)
-            )
+            try:
+                entries = await self.client.get_documents(
+                    entry_uuids=[entry_uuid], patient_id=self._patient_id(message), identity=self._identity(message)
+                )
+            except XdsTransientError as again:
+                raise TransientError(str(again)) from None
+            except XdsRejected:
+                entries = []  # the refusal of the ITI-57 is the error worth reporting
             if entries and all(not e.approved for e in entries):
                 return
             raise PermanentError("failed", str(exc)) from None
