@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.samples.reports import ANS_EXAMS, Action, build_cda, build_oru
 from drimbox.samples.studies import exam_c_study, write_study
 from tests.faults.conftest import FULL, INS, approved, load_exam, restart_orthanc, send, sim_faults, wait_for
 from tests.test_proxy_failures import STUDY, open_stream, settle, threads, warmed_baseline
@@ -43,19 +43,36 @@ def test_dmp_down_then_back_publishes_once_and_keeps_publishing(
         assert box.wait_state("ACN105", ("published", "failed", "rejected"))["attempts"] == 1
 
 
-def test_dmp_slower_than_the_timeout_registers_once(orthanc: Any, armed_box: Any, sim: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("action", ["publish", *(["replace", "withdraw"] if FULL else [])])
+def test_dmp_slower_than_the_timeout_is_not_done_twice(
+    action: Action, orthanc: Any, armed_box: Any, sim: Any, tmp_path: Path
+) -> None:
     orthanc.clear()
-    load_exam(orthanc, tmp_path, "C")
+    exam, accession = {"publish": ("C", "ACN103"), "replace": ("G1", "ACN108"), "withdraw": ("I", "ACN110")}[action]
+    load_exam(orthanc, tmp_path, exam)
     box = armed_box(orthanc, None, dmp={"timeout": 1.0})
-    # The DMP registers the KOS but answers after the box gave up: the box must not publish it again.
+    cda = build_cda(ANS_EXAMS[exam])
+    first = None
+    if action != "publish":
+        assert send(box, build_oru(cda, control_id=f"{exam}-1")) == "AA"
+        first = box.wait_state(accession, ("published",))
+        if action == "replace":
+            cda = build_cda(ANS_EXAMS["G1_MAJ"])
+    # The DMP does the work but answers after the box gave up: the box must recognise it, not do it again.
     sim_faults(sim, delay=1, delay_seconds=2.5)
-    assert send(box, build_oru(build_cda(ANS_EXAMS["C"]), control_id="C-DMP-SLOW")) == "AA"
-    pub = box.wait_state("ACN103", ("published", "failed", "rejected"), timeout=30)
-    assert pub["state"] == "published", (pub["last_error"], box.process.log())
-    assert pub["attempts"] == 2, pub  # the timed-out attempt, then the one that found it registered
+    assert send(box, build_oru(cda, action=action, control_id=f"{exam}-SLOW")) == "AA"
+    done = box.wait_state(accession, ("published", "withdrawn", "failed", "rejected"), timeout=30)
+    assert done["state"] == ("withdrawn" if action == "withdraw" else "published"), (done["last_error"], box.process.log())
+    assert done["attempts"] == 2, done  # the timed-out attempt, then the one that found it done
     assert "no answer" in box.process.log()
-    entries = sim.documents(INS)
-    assert [e["uniqueId"] for e in entries] == [pub["kos_uid"]] and len(approved(sim)) == 1
+    entries = {e["uniqueId"]: e for e in sim.documents(INS)}
+    if action == "publish":
+        assert list(entries) == [done["kos_uid"]] and len(approved(sim)) == 1
+    elif action == "replace":
+        assert first is not None and set(entries) == {first["kos_uid"], done["kos_uid"]}
+        assert [e["uniqueId"] for e in approved(sim)] == [done["kos_uid"]]
+    else:
+        assert first is not None and list(entries) == [first["kos_uid"]] and approved(sim) == []
 
 
 def test_pacs_down_during_publication_waits_then_publishes(
