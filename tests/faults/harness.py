@@ -101,7 +101,7 @@ def armed_box(tmp_path: Path, sim: Sim) -> Iterator[Callable[..., SourceBox]]:
             faults.parse(kill_at)  # a misspelt stage fails here, not as a box that never dies
         work = tmp_path / f"box{len(boxes)}"
         work.mkdir(exist_ok=True)  # a test may have prepared it (a small disk for the cache)
-        overrides.setdefault("publish", {}).update({"backoff_initial": 0.2, "backoff_max": 0.5})
+        overrides["publish"] = {"backoff_initial": 0.2, "backoff_max": 0.5, **overrides.get("publish", {})}
         box = SourceBox(work, sim.url, pacs, **overrides)
         box.process.env = {faults.ENV: kill_at} if kill_at else {}
         boxes.append(box)

@@ -75,6 +75,24 @@ def test_dmp_slower_than_the_timeout_is_not_done_twice(
         assert first is not None and list(entries) == [first["kos_uid"]] and approved(sim) == []
 
 
+def test_withdrawal_while_a_timed_out_publication_waits_to_retry_withdraws_it(
+    orthanc: Any, armed_box: Any, sim: Any, tmp_path: Path
+) -> None:
+    orthanc.clear()
+    load_exam(orthanc, tmp_path, "I")
+    box = armed_box(orthanc, None, dmp={"timeout": 1.0}, publish={"backoff_initial": 2.5, "backoff_max": 2.5})
+    sim_faults(sim, delay=1, delay_seconds=2.0)
+    cda = build_cda(ANS_EXAMS["I"])
+    assert send(box, build_oru(cda, control_id="I-SLOW")) == "AA"
+    box.wait_state("ACN110", ("retrying",), timeout=15)
+    # The KOS is in the DMP, but the box only knows it asked: the withdrawal must not take it for never sent.
+    assert [e["uniqueId"] for e in approved(sim)] == [box.publications("ACN110")[0]["kos_uid"]]
+    assert send(box, build_oru(cda, action="withdraw", control_id="I-WITHDRAW")) == "AA"
+    done = box.wait_state("ACN110", ("withdrawn", "failed", "rejected"), timeout=30)
+    assert done["state"] == "withdrawn", (done["last_error"], box.process.log())
+    assert approved(sim) == [], "the KOS stayed published in the DMP after its withdrawal"
+
+
 def test_pacs_down_during_publication_waits_then_publishes(
     orthanc_factory: Any, armed_box: Any, sim: Any, tmp_path: Path
 ) -> None:
