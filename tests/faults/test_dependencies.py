@@ -93,19 +93,28 @@ def test_withdrawal_while_a_timed_out_publication_waits_to_retry_withdraws_it(
     assert approved(sim) == [], "the KOS stayed published in the DMP after its withdrawal"
 
 
+@pytest.mark.parametrize("outage", ["stopped", *(["frozen"] if FULL else [])])
 def test_pacs_down_during_publication_waits_then_publishes(
-    orthanc_factory: Any, armed_box: Any, sim: Any, tmp_path: Path
+    outage: str, orthanc_factory: Any, armed_box: Any, sim: Any, tmp_path: Path
 ) -> None:
     pacs = orthanc_factory()
     load_exam(pacs, tmp_path, "C")
-    box = armed_box(pacs, None)
-    pacs.stop()
-    assert send(box, build_oru(build_cda(ANS_EXAMS["C"]), control_id="C-PACS-DOWN")) == "AA"
-    wait_for(lambda: box.publications("ACN103")[0]["attempts"] >= 2, 30, "two failed attempts")
-    pub = box.publications("ACN103")[0]
-    assert pub["state"] == "retrying" and "PACS" in pub["last_error"], pub
-    assert sim.documents(INS) == []
-    restart_orthanc(pacs)
+    box = armed_box(pacs, None, pacs={"timeout": 2.0})
+    if outage == "stopped":
+        pacs.stop()
+    else:
+        pacs.process.send_signal(signal.SIGSTOP)  # connections are accepted, nothing answers
+    try:
+        assert send(box, build_oru(build_cda(ANS_EXAMS["C"]), control_id="C-PACS-DOWN")) == "AA"
+        wait_for(lambda: box.publications("ACN103")[0]["attempts"] >= 2, 30, "two failed attempts")
+        pub = box.publications("ACN103")[0]
+        assert pub["state"] == "retrying" and "PACS" in pub["last_error"], pub
+        assert sim.documents(INS) == []
+    finally:
+        if outage == "frozen":
+            pacs.process.send_signal(signal.SIGCONT)
+    if outage == "stopped":
+        restart_orthanc(pacs)
     pub = box.wait_state("ACN103", ("published", "failed", "rejected"))
     assert pub["state"] == "published", pub["last_error"]
     assert [e["uniqueId"] for e in sim.documents(INS)] == [pub["kos_uid"]]
