@@ -76,7 +76,7 @@ class XdsDmpGateway:
             # same entryUUID; the DMP then refuses it for whichever reason it checks first (uniqueId or entryUUID
             # already there, RPLC target no longer Approved). If it holds our KOS, the publication happened.
             found = await self.find_entry_uuid(message, kos_uid)
-            if found is not None and found == entry.entry_uuid:
+            if found is not None:
                 return found
             raise PermanentError("failed", str(exc)) from None
         return entry.entry_uuid
