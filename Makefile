@@ -9,7 +9,7 @@ DEBS   := orthanc orthanc-dicomweb dcmtk dicom3tools chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps demo test perf lint typecheck clean
+.PHONY: venv system-deps demo test faults perf lint typecheck clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,10 @@ demo: venv system-deps
 
 test: venv system-deps
 	$(BIN)/pytest -q $(PYTEST_ARGS) tests conformance
+
+# The fault suite in full: every kill point, DRIMBOX_FAULTS_REPEAT times each (`make test` runs a subset).
+faults: venv system-deps
+	DRIMBOX_FAULTS_FULL=1 $(BIN)/pytest -q $(PYTEST_ARGS) tests/faults
 
 # The benchmark suite (about 5 minutes here); its report goes to perf/results/<date>/.
 perf: venv system-deps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -175,7 +176,7 @@ async def test_fault_injection(tmp_path: Path) -> None:
     async with running_sim(tmp_path) as sim:
         resp = await sim.client.post("/sim/dmp/faults", json={"busy": 1, "unavailable": 1, "fault": 1})
         assert resp.status == 200
-        assert await resp.json() == {"busy": 1, "unavailable": 1, "fault": 1}
+        assert await resp.json() == {"busy": 1, "unavailable": 1, "fault": 1, "delay": 0, "delay_seconds": 0.0}
         # unavailable comes first (before the request is read), then the SOAP fault, then busy.
         first = await sim.client.post("/dmp/repository", data=b"<x/>", headers={"Content-Type": "application/soap+xml"})
         assert first.status == 503
@@ -183,7 +184,8 @@ async def test_fault_injection(tmp_path: Path) -> None:
         assert reply.status == 500 and reply.fault is not None and reply.fault[0] == "Receiver"
         reply = await sim.submit(submission())
         assert reply.codes == ["XDSRegistryBusy"]
-        assert (await (await sim.client.get("/sim/dmp/faults")).json()) == {"busy": 0, "unavailable": 0, "fault": 0}
+        pending = await (await sim.client.get("/sim/dmp/faults")).json()
+        assert pending == {"busy": 0, "unavailable": 0, "fault": 0, "delay": 0, "delay_seconds": 0.0}
         assert (await sim.submit(submission())).status_type == "Success"
         await sim.client.post("/sim/dmp/faults", json={"busy": 3})
         reply = await sim.query(adhoc(base()))
@@ -192,12 +194,25 @@ async def test_fault_injection(tmp_path: Path) -> None:
         assert reply.codes == ["XDSRepositoryBusy"]
         assert (await sim.client.delete("/sim/dmp/faults")).status == 200
         assert (await (await sim.client.get("/sim/dmp/faults")).json())["busy"] == 0
-        bad_bodies: list[object] = [{"busy": -1}, {"slow": 1}, {"busy": True}, [], {}]
+        bad_bodies: list[object] = [{"busy": -1}, {"slow": 1}, {"busy": True}, [], {}, {"delay_seconds": -1}]
         for bad in bad_bodies:
             assert (await sim.client.post("/sim/dmp/faults", json=bad)).status == 400
         assert (
             await sim.client.post("/sim/dmp/faults", data=b"{", headers={"Content-Type": "application/json"})
         ).status == 400
+
+
+async def test_delay_fault_serves_the_request_then_answers_late(tmp_path: Path) -> None:
+    async with running_sim(tmp_path) as sim:
+        resp = await sim.client.post("/sim/dmp/faults", json={"delay": 1, "delay_seconds": 0.5})
+        assert (await resp.json())["delay_seconds"] == 0.5
+        started = time.monotonic()
+        assert (await sim.submit(submission())).status_type == "Success"
+        assert time.monotonic() - started >= 0.5
+        # Served once: the same KOS again is a duplicate, and answered at once.
+        started = time.monotonic()
+        assert (await sim.submit(submission())).codes == ["XDSDuplicateUniqueIdInRegistry"]
+        assert time.monotonic() - started < 0.5
 
 
 async def test_inspection_errors(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+from drimbox import faults
 from drimbox.config import PacsSettings
 from drimbox.dimse.delivery import ReceivedInstance, RetrieveOutcome, Sink
 from drimbox.dimse.message import (
@@ -82,6 +83,7 @@ def _store(op: RetrieveOperation, message: Message) -> int:
         op.cancel()
         return REFUSED_OUT_OF_RESOURCES
     op.outcome.delivered += 1
+    faults.checkpoint("retrieve.instance")
     return SUCCESS
 
 

@@ -11,6 +11,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable
 
+from drimbox import faults
 from drimbox.config import DicomSettings, PacsSettings
 from drimbox.dimse.delivery import ReceivedInstance, RetrieveFailure, RetrieveOutcome, Sink, _End
 from drimbox.dimse.get import retrieve_by_get
@@ -187,6 +188,7 @@ async def iter_retrieve(
             if isinstance(item, _End):
                 if item.error is not None:
                     raise item.error
+                faults.checkpoint("retrieve.ended")
                 return
             yield item
     finally:

@@ -9,6 +9,7 @@ import socket
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 
+from drimbox import faults
 from drimbox.hl7.ack import HL7Error, build_ack, peek_header
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class MllpServer:
             if message is None:
                 return
             await self._send(writer, await self._answer(message))
+            faults.checkpoint("mllp.ack_sent")
 
     async def _answer(self, message: bytes) -> bytes:
         try:

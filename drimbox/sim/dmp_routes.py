@@ -43,14 +43,16 @@ RESPONSE_ACTIONS = {
 }
 REGISTRY_BUSY = "XDSRegistryBusy"
 REPOSITORY_BUSY = "XDSRepositoryBusy"
-FAULT_KINDS = ("busy", "unavailable", "fault")
+FAULT_KINDS = ("busy", "unavailable", "fault", "delay")
 
 
 @dataclass
 class Faults:
-    """Failures for the next DMP requests: busy → XDS*Busy, unavailable → HTTP 503, fault → SOAP fault."""
+    """Failures for the next DMP requests: busy → XDS*Busy, unavailable → HTTP 503, fault → SOAP fault,
+    delay → the request is served, then its answer held back `delay_seconds`."""
 
     pending: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAULT_KINDS, 0))
+    delay_seconds: float = 0.0
 
     def take(self, kind: str) -> bool:
         if self.pending[kind] > 0:
@@ -109,6 +111,14 @@ async def _dispatch(state: DmpState, request: SoapRequest, actions: dict[str, st
 def _soap_handler(actions: dict[str, str]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(http: web.Request) -> web.StreamResponse:
         state = http.app[DMP_STATE]
+        delayed = state.faults.take("delay")
+        response = await serve(http, state)
+        if delayed:
+            # Late, not lost: the work is done (a KOS may be registered) when a client's time-out fires.
+            await asyncio.sleep(state.faults.delay_seconds)
+        return response
+
+    async def serve(http: web.Request, state: DmpState) -> web.StreamResponse:
         if state.faults.take("unavailable"):
             return web.Response(status=503, headers={"Retry-After": "1"}, text="DMP unavailable (injected fault)")
         body = await http.read()  # bounded by the application's client_max_size (413 beyond)
@@ -220,10 +230,13 @@ async def get_document(http: web.Request) -> web.Response:
 
 
 async def faults(http: web.Request) -> web.Response:
-    """GET shows, POST {"busy": n, "unavailable": n, "fault": n} adds, DELETE clears the pending faults."""
-    pending = http.app[DMP_STATE].faults.pending
+    """GET shows, POST {"busy": n, "unavailable": n, "fault": n, "delay": n, "delay_seconds": s} adds,
+    DELETE clears the pending faults."""
+    state = http.app[DMP_STATE].faults
+    pending = state.pending
     if http.method == "DELETE":
         pending.update(dict.fromkeys(FAULT_KINDS, 0))
+        state.delay_seconds = 0.0
     elif http.method == "POST":
         try:
             body = await http.json()
@@ -231,12 +244,18 @@ async def faults(http: web.Request) -> web.Response:
             return _json_error(400, "body must be JSON")
         if not isinstance(body, dict) or not body:
             return _json_error(400, f"body must be an object with counts for {', '.join(FAULT_KINDS)}")
+        seconds = body.pop("delay_seconds", None)
+        if seconds is not None:
+            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 <= seconds <= 600:
+                return _json_error(400, "'delay_seconds': expected a number of seconds between 0 and 600")
         for kind, count in body.items():
             if kind not in FAULT_KINDS or not isinstance(count, int) or isinstance(count, bool) or count < 0:
                 return _json_error(400, f"{kind!r}: expected one of {', '.join(FAULT_KINDS)} with a count >= 0")
+        if seconds is not None:
+            state.delay_seconds = float(seconds)
         for kind, count in body.items():
             pending[kind] += count
-    return web.json_response(pending)
+    return web.json_response({**pending, "delay_seconds": state.delay_seconds})
 
 
 def options_from_settings(settings: Settings) -> DmpOptions:

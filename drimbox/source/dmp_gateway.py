@@ -72,12 +72,12 @@ class XdsDmpGateway:
         except XdsTransientError as exc:
             raise TransientError(str(exc)) from None
         except XdsRejected as exc:
-            if any(e.code == "XDSDuplicateUniqueIdInRegistry" for e in exc.errors):
-                # We built this KOS and may have registered it just before a crash: if the DMP holds it
-                # under our entryUUID, the publication already happened.
-                found = await self.find_entry_uuid(message, kos_uid)
-                if found is not None:
-                    return found
+            # A replay (after a crash, or a time-out while the DMP did register) resends this very KOS under the
+            # same entryUUID; the DMP then refuses it for whichever reason it checks first (uniqueId or entryUUID
+            # already there, RPLC target no longer Approved). If it holds our KOS, the publication happened.
+            found = await self.find_entry_uuid(message, kos_uid)
+            if found is not None:
+                return found
             raise PermanentError("failed", str(exc)) from None
         return entry.entry_uuid
 
@@ -105,9 +105,14 @@ class XdsDmpGateway:
             raise TransientError(str(exc)) from None
         except XdsRejected as exc:
             # Replayed after a crash: the entry may already be out of the Approved state.
-            entries = await self.client.get_documents(
-                entry_uuids=[entry_uuid], patient_id=self._patient_id(message), identity=self._identity(message)
-            )
+            try:
+                entries = await self.client.get_documents(
+                    entry_uuids=[entry_uuid], patient_id=self._patient_id(message), identity=self._identity(message)
+                )
+            except XdsTransientError as again:
+                raise TransientError(str(again)) from None
+            except XdsRejected:
+                entries = []  # the refusal of the ITI-57 is the error worth reporting
             if entries and all(not e.approved for e in entries):
                 return
             raise PermanentError("failed", str(exc)) from None

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from drimbox import faults
 from drimbox.hl7.ack import HL7Error, build_ack, peek_header
 from drimbox.hl7.report import parse_report_message
 from drimbox.state.outbox import Outbox
@@ -55,6 +56,7 @@ class ReportIntake:
                 text="the message could not be stored; send it again later",
             )
             return build_ack(header, "AE", error)
+        faults.checkpoint("intake.stored")
         log.info(
             "report %s accepted (action %s, publication %d%s)",
             message.header.control_id,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from drimbox import faults
 from drimbox.audit.events import SUCCESS, AuditEvent, AuditSink
 from drimbox.cda import ReportIdentifiers
 from drimbox.config import Settings
@@ -93,12 +94,15 @@ class Publisher:
             if not study.instances:
                 raise PermanentError("rejected", "every instance of the study was rejected by the PACS (IOCM)")
         t1 = time.perf_counter()
+        faults.checkpoint("publish.found")
         self._check_matches(report, study)
         kos_uid, kos = await self._kos(job, message, study)
         t2 = time.perf_counter()
         previous = await self.outbox.current_published(report.study_uid)
         replaces = previous.entry_uuid if previous is not None and previous.id != job.id else None
+        faults.checkpoint("publish.before_iti41")
         entry_uuid = await self.dmp.submit_kos(message, study, kos, kos_uid, replaces)
+        faults.checkpoint("publish.replaced" if replaces else "publish.registered")
         await self._audit("dmp.replace" if replaces else "dmp.register", message, kos_uid, entry_uuid=entry_uuid)
         log.info(
             "publication %d: C-FIND %d instances %.0f ms, KOS %.0f ms, ITI-41%s %.0f ms",
@@ -156,6 +160,7 @@ class Publisher:
         if previous is None or previous.entry_uuid is None:
             raise PermanentError("rejected", "no published KOS for this study: nothing to withdraw")
         await self.dmp.withdraw(message, previous.entry_uuid)
+        faults.checkpoint("withdraw.done")
         await self._audit("dmp.withdraw", message, previous.kos_uid, entry_uuid=previous.entry_uuid)
         await self.outbox.update(previous.id, state="withdrawn")
         await self._study_changed(message.report.study_uid)
@@ -220,6 +225,7 @@ class Publisher:
                 return job.kos_uid, await asyncio.to_thread(path.read_bytes)
         kos_uid, kos = await asyncio.to_thread(_build_kos_bytes, study, self._kos_request(message))
         await asyncio.to_thread(_write_durably, self.kos_dir / f"{kos_uid}.dcm", kos)
+        faults.checkpoint("publish.kos_written")
         await self.outbox.update(job.id, kos_uid=kos_uid)
         return kos_uid, kos
 

@@ -108,6 +108,16 @@ class PublicationWorker:
             log.warning("publication %d: %s: %s", job.id, exc.state, exc)
             await self.outbox.update(job.id, state=exc.state, attempts=attempts, last_error=str(exc))
             return
+        except Exception as exc:
+            # Not foreseen (a full disk, a bug): back off like a transient error and say why, rather than
+            # leave the job silently due again at once.
+            delay = self._backoff(attempts)
+            log.exception("publication %d: unexpected error, retry in %.1f s", job.id, delay)
+            await self.outbox.update(
+                job.id, state="retrying", attempts=attempts, last_error=_unexpected(exc),
+                next_attempt_at=time.time() + delay,
+            )
+            return
         await self.outbox.update(
             job.id, state=outcome.state, attempts=attempts, last_error=None, published_at=time.time()
         )
@@ -118,3 +128,9 @@ class PublicationWorker:
         base = min(p.backoff_max, p.backoff_initial * (2 ** min(attempts - 1, 30)))
         # Jitter spreads retries of many jobs after a DMP outage.
         return float(base * random.uniform(0.8, 1.2))
+
+
+def _unexpected(exc: Exception) -> str:
+    """What the publication states show of an unforeseen error: its kind, not its text (which may quote data)."""
+    reason = f": {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else ""
+    return f"unexpected {type(exc).__name__}{reason}"

@@ -174,11 +174,13 @@ class Outbox:
                 )
                 pub_id, duplicate = int(cur.lastrowid or 0), False
             if action == "withdraw" and not duplicate:
-                # A withdrawal overtakes jobs of the same study that never reached the DMP.
+                # A withdrawal overtakes jobs of the same study that never reached the DMP. One with a KOS may
+                # have (an ITI-41 that timed out, a crash after the DMP answered): it runs first, then this.
                 conn.execute(
                     "UPDATE publications SET state = 'withdrawn', updated_at = ?,"
                     " last_error = 'withdrawn before it was published'"
-                    " WHERE study_uid = ? AND id < ? AND state IN ('received', 'waiting', 'retrying')",
+                    " WHERE study_uid = ? AND id < ? AND state IN ('received', 'waiting', 'retrying')"
+                    " AND kos_uid IS NULL",
                     (now, study_uid, pub_id),
                 )
             conn.execute(
