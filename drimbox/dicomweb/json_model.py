@@ -214,7 +214,7 @@ def resolve_bulk_path(ds: Dataset, path: str) -> DataElement:
     current = ds
     for i in range(0, len(parts) - 1, 2):
         seq = current.get(_tag(parts[i]))
-        index = int(parts[i + 1]) if parts[i + 1].isdigit() else -1
+        index = int(parts[i + 1]) if parts[i + 1].isascii() and parts[i + 1].isdigit() else -1
         if seq is None or seq.VR != "SQ" or not 0 <= index < len(seq.value):
             raise KeyError(f"no item {parts[i + 1]} in sequence {parts[i]}")
         current = seq.value[index]
