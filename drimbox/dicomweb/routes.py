@@ -106,6 +106,9 @@ class _Routes:
 
         return guarded
 
+    async def not_found(self, request: web.Request) -> web.StreamResponse:
+        return _error(404, "no DICOMweb resource at this path")
+
     async def preflight(self, request: web.Request) -> web.StreamResponse:
         headers = self.cors(request)
         if headers:
@@ -342,4 +345,7 @@ def dicomweb_routes(
         get(f"{frames}/rendered", r.rendered),
         get(f"{frames}/thumbnail", r.thumbnail),
         web.options(f"{base}/{{tail:.*}}", r.guard(r.preflight)),
+        # Last: any other GET under the base is a JSON 404 like every other DICOMweb error, not aiohttp's plain
+        # 405 (the OPTIONS route above matches every path).
+        get(f"{base}/{{tail:[\\s\\S]*}}", r.not_found),  # [\s\S]: "." would miss a decoded "%0A"
     ]
