@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -77,15 +78,15 @@ def sample(transfer_syntax: str, n: int = 1) -> bytes:
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.PixelData = bytes(range(32))
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = CT, ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = UID(CT), ds.SOPInstanceUID
     out = BytesIO()
     dcmwrite(out, ds, enforce_file_format=True)
     return out.getvalue()
 
 
-PART10 = {ts: sample(ts) for ts in SYNTAXES}
-DATASETS = {ts: data[split_part10(data)[1] :] for ts, data in PART10.items()}
+PART10: dict[str, bytes] = {ts: sample(ts) for ts in SYNTAXES}
+DATASETS: dict[str, bytes] = {ts: data[split_part10(data)[1] :] for ts, data in PART10.items()}
 # Shapes of hostile element headers: undefined/huge lengths, bad VRs, sequence delimiters out of place.
 HOSTILE_ELEMENTS = [
     b"\x10\x00\x10\x00PN\xff\xff", b"\x10\x00\x10\x00XX\x04\x00abcd", b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff",
@@ -99,7 +100,7 @@ HOSTILE_ELEMENTS = [
 @st.composite
 def datasets(draw: st.DrawFn) -> tuple[str, bytes]:
     """(transfer syntax the data set is declared in, its bytes): truncated, overwritten, hostile elements, or lied about."""
-    ts = draw(st.sampled_from(SYNTAXES))
+    ts: str = draw(st.sampled_from(SYNTAXES))
     data = DATASETS[ts]
     if ts == DeflatedExplicitVRLittleEndian:
         data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)  # mutate the plain bytes, deflate after
@@ -242,9 +243,8 @@ class Records(logging.Handler):
 
 @pytest.fixture(scope="module")
 def store_scp() -> Iterator[tuple[StoreSCP, Records]]:
-    received: list[str] = []
     scp = StoreSCP(DicomSettings(ae_title=AE_TITLE, host="127.0.0.1", port=0), timeout=2.0,
-                   unsolicited=lambda instance, ae: received.append(instance.sop_instance_uid) or 0).start()  # fmt: skip
+                   unsolicited=lambda instance, ae: 0x0000).start()  # fmt: skip
     records = Records()
     logging.getLogger("drimbox.dimse").addHandler(records)
     yield scp, records

@@ -170,7 +170,7 @@ def mtom_bodies(draw: st.DrawFn, envelope: bytes, attachment: bytes = KOS) -> tu
             content_type = content_type.replace(f'"{boundary[1]}"', '""')
         elif op == "start":
             start = draw(st.text(max_size=20))
-            content_type = re.sub(r'start="[^"]*"', lambda _, s=start: f'start="{s}"', content_type)
+            content_type = re.sub(r'start="[^"]*"', 'start="' + start.replace("\\", "\\\\") + '"', content_type)
         elif op == "crlf":
             body = body.replace(b"\r\n\r\n", draw(st.sampled_from([b"\n\n", b"\r\n", b"", b"\r\r"])), 1)
         elif op == "cut":
