@@ -15,14 +15,14 @@ from typing import Any, TypeVar
 from hypothesis import settings
 
 T = TypeVar("T")
-_DEFAULTS = {"ci": 20, "fuzz": 2000}
+_DEFAULTS = {"ci": 100, "fuzz": 2000}
 
 
 def examples(profile: str | None = None) -> int:
     """Cases per target: DRIMBOX_FUZZ_EXAMPLES, else the profile's default."""
     profile = profile or os.environ.get("DRIMBOX_FUZZ_PROFILE", "ci")
     raw = os.environ.get("DRIMBOX_FUZZ_EXAMPLES", "")
-    return max(1, int(raw)) if raw.strip() else _DEFAULTS.get(profile, 20)
+    return max(1, int(raw)) if raw.strip() else _DEFAULTS.get(profile, 100)
 
 
 def budget(fraction: float = 1.0) -> settings:
