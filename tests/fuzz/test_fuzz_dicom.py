@@ -56,6 +56,8 @@ from drimbox.dimse.pdu import (
     parse_rq,
 )
 from drimbox.dimse.store_scp import StoreSCP
+from drimbox.manifest.kos import KosError
+from drimbox.manifest.parse import KosSummary, parse_kos
 from drimbox.source.native_backend import NativeBackend
 from tests.fuzz.support import BackgroundLoop, budget, peak_memory, raw_http
 
@@ -411,3 +413,36 @@ def test_stow_answers_a_receipt_or_4xx_json(stow: int, path: bytes, request: tup
     assert answer.status in (200, 202, 400, 404, 409, 413, 415), (answer.status, answer.body[:300])
     if answer.status != 404:
         assert answer.headers["content-type"].startswith(("application/json", "application/dicom+json")), answer
+
+
+# -- the KOS manifest, as a consumer reads it from the DMP (ITI-43) -----------------------------------------
+
+KOS = (Path(__file__).parent.parent / "fixtures" / "xds" / "kos-exam-c.dcm").read_bytes()
+
+
+@st.composite
+def kos_files(draw: st.DrawFn) -> bytes:
+    data = KOS
+    for _ in range(draw(st.integers(1, 3))):
+        pos = draw(st.integers(132, len(data)))
+        op = draw(st.sampled_from(["truncate", "overwrite", "insert", "length"]))
+        if op == "truncate":
+            data = data[:pos]
+        elif op == "overwrite":
+            patch = draw(st.binary(min_size=1, max_size=6))
+            data = data[:pos] + patch + data[pos + len(patch) :]
+        elif op == "insert":
+            data = data[:pos] + draw(st.one_of(st.sampled_from(HOSTILE_ELEMENTS), st.binary(max_size=12))) + data[pos:]
+        elif pos + 4 <= len(data):
+            data = data[:pos] + struct.pack("<L", draw(st.sampled_from([0xFFFFFFFF, 0x7FFFFFFF, 1, 3]))) + data[pos + 4 :]
+    return data
+
+
+@given(kos_files())
+@example(KOS[:138] + b"\x01\x00" + KOS[140:])  # found: a 1-byte UL raised BytesLengthException, not KosError
+def test_kos_parser_returns_a_summary_or_kos_error(data: bytes) -> None:
+    try:
+        summary = parse_kos(data)
+    except KosError:
+        return
+    assert isinstance(summary, KosSummary)
