@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from hypothesis import example, given
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 from lxml import etree
 
@@ -22,7 +25,7 @@ from drimbox.xds import namespaces as ns
 from drimbox.xds.metadata import MetadataError
 from drimbox.xds.query import parse_document_entries
 from tests.fuzz.support import BackgroundLoop, budget, peak_rss, raw_http
-from tests.test_sim_dmp_support import sim_settings
+from tests.test_sim_dmp_support import KOS_CID, PATIENT, build_vihf, load, sim_settings, submission, with_vihf
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "xds"
 CDA = build_cda(ExamSpec())
@@ -291,3 +294,77 @@ def test_simulator_refuses_a_huge_attachment_with_413(sim_http: SimUnderTest) ->
     answer = raw_http(sim_http.port, "POST", b"/dmp/repository", {"Content-Type": content_type}, body)
     assert answer.status == 413
     assert ns.SOAP12  # the namespace module is what the simulator answers in; kept for the import's sake
+
+
+# -- the simulator's DMP rules, behind a valid signed VIHF ----------------------------------------------------
+
+_SIGNED = submission("1.2.250.1.999.1.1.2.777")  # signed once: the VIHF signs the assertion, not the body
+_BODY_NODES = [el for el in _SIGNED.envelope.iter(f"{{{ns.SOAP12}}}Body") for el in el.iter() if isinstance(el.tag, str)]
+_SERIAL = itertools.count(int(time.time()))
+_XML_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=30)
+_RULE_VALUES = st.one_of(st.sampled_from(["²", "", " ", "x" * 5000, "1.2.3", "1.2..3", "urn:uuid:x", "20241301250000",
+                                          "279035121518989^^^&1.2.250.1.213.1.4.10&ISO^NH", "^^^", "-1", "99999999999999999999"]),
+                         _XML_TEXT)  # fmt: skip
+
+
+@budget(0.3)
+@given(st.data())
+def test_simulator_rules_answer_every_signed_submission(sim_http: SimUnderTest, data: st.DataObject) -> None:
+    # A fresh KOS and uniqueId each time, so mutations are judged by the rules rather than refused as duplicates.
+    signed = submission(f"1.2.250.1.999.1.1.2.777.{next(_SERIAL)}")
+    envelope = signed.envelope
+    nodes = [el for el in envelope.iter(f"{{{ns.SOAP12}}}Body") for el in el.iter() if isinstance(el.tag, str)]
+    assert len(nodes) == len(_BODY_NODES)
+    for _ in range(data.draw(st.integers(1, 3))):
+        node = data.draw(st.sampled_from(nodes))
+        op = data.draw(st.sampled_from(["text", "attr", "attr", "drop", "dup"]))
+        if op == "text":
+            node.text = data.draw(_RULE_VALUES)
+        elif op == "attr" and node.attrib:
+            node.set(data.draw(st.sampled_from(sorted(node.attrib))), data.draw(_RULE_VALUES))
+        elif op == "drop" and node.getparent() is not None:
+            node.getparent().remove(node)  # type: ignore[union-attr]
+        elif op == "dup" and node.getparent() is not None:
+            node.addnext(copy.deepcopy(node))
+    document = data.draw(st.sampled_from([signed.document, b"", signed.document[:200], b"not dicom"]))
+    content_type, body = mtom.encode(etree.tostring(envelope), [mtom.Attachment(KOS_CID, document)], "urn:x")
+    answer = raw_http(sim_http.port, "POST", b"/dmp/repository", {"Content-Type": content_type}, body)
+    event(f"HTTP {answer.status}" + (" Success" if b"ResponseStatusType:Success" in answer.body else ""))
+    # 200: a RegistryResponse (Success or Failure with its errors); 400: a Sender fault. 500 is the simulator's bug.
+    assert answer.status in (200, 400), (answer.status, answer.body[-400:])
+
+
+_QUERY_VALUES = st.one_of(st.sampled_from([
+    "'", "''", "('')", "(", ")", "('a'", "('a','b')", "'a','b'", "('IMG-KOS^^1.2.250.1.213.1.1.4.12')", "(,)", "'^^^'",
+    "'279035121518989^^^&1.2.250.1.213.1.4.10&ISO^NH'", "'%'", "'_'", "20241301", "'2024'", "2024010112000099", "-1",
+    "('urn:oasis:names:tc:ebxml-regrep:StatusType:Approved'", "'x' OR '1'='1", "'" + "a" * 5000 + "'", "²",
+]), _XML_TEXT)  # fmt: skip
+_QUERY_SLOTS = ["$XDSDocumentEntryPatientId", "$XDSDocumentEntryStatus", "$XDSDocumentEntryTypeCode",
+                "$XDSDocumentEntryFormatCode", "$XDSDocumentEntryCreationTimeFrom", "$XDSDocumentEntryServiceStartTimeTo",
+                "$XDSDocumentEntryClassCode", "$XDSDocumentEntryReferenceIdList", "$XDSDocumentEntryEntryUUID",
+                "$XDSDocumentEntryUniqueId", "$uuid", "$XDSDocumentEntryPracticeSettingCode"]  # fmt: skip
+
+
+@budget(0.3)
+@given(st.lists(st.tuples(st.sampled_from(_QUERY_SLOTS), st.lists(_QUERY_VALUES, min_size=0, max_size=3)), max_size=4),
+       st.sampled_from(["urn:uuid:14d4debf-8f97-4251-9a74-a90016b0af0d", "urn:uuid:5c4f972b-d56b-40ac-a5fc-c8ca9b40b9d4",
+                        "urn:uuid:a7ae438b-4bc2-4642-93e9-be891f7bb155", "urn:uuid:00000000-0000-0000-0000-000000000000"]))  # fmt: skip
+def test_simulator_answers_every_signed_stored_query(
+    sim_http: SimUnderTest, slots: list[tuple[str, list[str]]], query_id: str
+) -> None:
+    envelope = load("iti18-find-documents.xml")
+    adhoc = envelope.find(f".//{{{ns.RIM}}}AdhocQuery")
+    assert adhoc is not None
+    adhoc.set("id", query_id)
+    for name, values in slots:
+        for old in adhoc.findall(f"{{{ns.RIM}}}Slot[@name='{name}']"):
+            adhoc.remove(old)
+        slot = etree.SubElement(adhoc, f"{{{ns.RIM}}}Slot", name=name)
+        value_list = etree.SubElement(slot, f"{{{ns.RIM}}}ValueList")
+        for value in values:
+            etree.SubElement(value_list, f"{{{ns.RIM}}}Value").text = value
+    with_vihf(envelope, build_vihf(PATIENT))
+    body = etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+    answer = raw_http(sim_http.port, "POST", b"/dmp/registry", {"Content-Type": "application/soap+xml"}, body)
+    event(f"HTTP {answer.status}" + (" Success" if b"ResponseStatusType:Success" in answer.body else ""))
+    assert answer.status in (200, 400), (answer.status, answer.body[-400:])
