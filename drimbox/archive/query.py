@@ -156,6 +156,8 @@ def condition(field: Field, value: str) -> tuple[str, list[object]] | None:
         raise QueryError(f"{field.keyword}: the archive does not match on this attribute")
     if field.kind == "uid":
         uids = _split_list(value)
+        if not uids:  # only separators ("\\", ","): a list of empty values, i.e. universal matching
+            return None
         if len(uids) == 1:
             return f"{column} = ?", [uids[0]]
         return f"{column} IN ({', '.join('?' * len(uids))})", list(uids)
@@ -173,6 +175,8 @@ def condition(field: Field, value: str) -> tuple[str, list[object]] | None:
         return f"{column} = ?", [value]
     if field.kind == "modalities":
         wanted = [v for v in value.split("\\") if v]
+        if not wanted:  # "\\" alone made "AND ()", an SQL syntax error (HTTP 500): it is universal matching
+            return None
         ors = ["m.modality GLOB ?" if _has_wildcard(v) else "m.modality = ?" for v in wanted]
         params: list[object] = [_glob(v) if _has_wildcard(v) else v for v in wanted]
         return (

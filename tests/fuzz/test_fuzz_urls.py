@@ -8,13 +8,15 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp import web
-from hypothesis import example, given
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 
+from drimbox.archive import Archive
 from drimbox.consumer.fields import InvalidFields
 from drimbox.consumer.launch import OPTIONAL, REQUIRED, Launch, parse_launch
 from drimbox.dicomweb.folder_backend import FolderBackend
 from drimbox.dicomweb.routes import dicomweb_routes
+from drimbox.source.native_backend import NativeBackend
 from drimbox.viewer_routes import viewer_routes
 from tests.fuzz.support import BackgroundLoop, budget, raw_http
 from tests.support.dicomweb import MULTIFRAME_SERIES, MULTIFRAME_SOP, MULTIFRAME_STUDY, write_samples
@@ -57,13 +59,19 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     loop = BackgroundLoop()
     backend = loop.run(FolderBackend.open(samples.root))
     loop.close()
+    # The same data in the Native archive under /native: its QIDO is SQL over the SQLite index.
+    archive = Archive.open(root / "var")
+    for path in [*samples.ct_paths, samples.multiframe_path, samples.rle_path]:
+        archive.store_part10(path.read_bytes(), source_ae="FUZZ")
     app = web.Application()
     app.add_routes(dicomweb_routes(backend))
+    app.add_routes(dicomweb_routes(NativeBackend(archive), base="/native"))
     outbox = FakeOutbox({STUDY: [Pub("published")], "1.2.3": [Pub("withdrawn")]})
     app.add_routes(viewer_routes(FakeGate(True), outbox, directory=viewer))  # type: ignore[arg-type]
     http = Http(app)
     yield http.port
     http.close()
+    archive.close()
 
 
 VALID = [MULTIFRAME_STUDY, MULTIFRAME_SERIES, MULTIFRAME_SOP]
@@ -77,9 +85,13 @@ FRAMES = ["1", "0", "-1", "1,2", "1,,2", "²", "1" * 30, ",", "1,3,99", "1-3", "
 SEGMENT = st.one_of(st.sampled_from(VALID + HOSTILE_SEGMENTS + WORDS + FRAMES),
                     st.text(max_size=12).map(lambda t: quote(t, safe="")))  # fmt: skip
 QUERY_KEYS = ["includefield", "limit", "offset", "fuzzymatching", "StudyDate", "PatientName", "00100010", "Modality",
-              "StudyInstanceUID", "quality", "viewport", "window", "annotation", "charset", "SOPInstanceUID", "x"]
+              "StudyInstanceUID", "quality", "viewport", "window", "annotation", "charset", "SOPInstanceUID", "x",
+              "PatientID", "AccessionNumber", "StudyTime", "SeriesInstanceUID", "ModalitiesInStudy", "00080020",
+              "InstanceNumber", "NumberOfStudyRelatedInstances", "ReferencedSOPSequence", "0020000D", "FFFFFFFF"]
 QUERY_VALUES = st.one_of(st.sampled_from(["all", "-1", "0", "99999999999999999999", "1e3", "²", "*", "?", "",
-                                          "20240101-20230101", "1,2,3", "a" * 3000, "%", "%00", "1.2.3\\1.2.4"]),
+                                          "20240101-20230101", "1,2,3", "a" * 3000, "%", "%00", "1.2.3\\1.2.4",
+                                          "' OR 1=1 --", "x'); DROP TABLE instances; --", "_", "%%", "\\", "*'*",
+                                          "PAT*", "-", "20240101-", "-20240101", "1.2.3,", ",", "CT\\MR", "1" * 70]),
                          st.text(max_size=10))  # fmt: skip
 ACCEPT = st.one_of(st.sampled_from([
     "", "*/*", "application/dicom+json", 'multipart/related; type="application/dicom"; transfer-syntax=*',
@@ -104,10 +116,11 @@ BULK = ["7FE00010", "00081140/0/00081155", "00081140/²/00081155", "00081140/99/
 
 @st.composite
 def dicomweb_requests(draw: st.DrawFn) -> tuple[bytes, str]:
+    base = draw(st.sampled_from(["dicom-web", "native"]))
     if draw(st.booleans()):
-        segments = ["dicom-web", *draw(st.lists(SEGMENT, min_size=1, max_size=8))]
+        segments = [base, *draw(st.lists(SEGMENT, min_size=1, max_size=8))]
     else:  # a real route shape, each slot right or hostile
-        segments = ["dicom-web"]
+        segments = [base]
         for part in draw(st.sampled_from(SHAPES)).split("/"):
             if part not in SLOTS:
                 segments.append(part)
@@ -142,6 +155,7 @@ def _is_http_layer_refusal(answer: object) -> bool:
 def test_dicomweb_answers_hostile_urls_with_json_errors(box: int, request: tuple[bytes, str]) -> None:
     target, accept = request
     answer = raw_http(box, "GET", target, {"Accept": _clean_header(accept)} if accept else None)
+    event(f"/{target.split(b'/')[1].decode()} HTTP {answer.status}")
     assert answer.status != 500 and answer.status < 502, (answer.status, target, answer.body[:300])
     if answer.status >= 400 and not _is_http_layer_refusal(answer):
         assert answer.headers.get("content-type", "").startswith("application/json"), (target, answer.body[:200])
@@ -221,3 +235,33 @@ def test_launch_form_gives_a_launch_or_names_the_bad_fields(changes: dict[str, s
         assert isinstance(launch, Launch)
         assert len(launch.ins) == 15 and launch.ins.isascii()  # digits, or 2A/2B (Corsica)
         Launch.from_json(launch.to_json())
+
+
+# Keys the index matches on, and values shaped like what they take (so the SQL runs) with hostile twists.
+MATCH_KEYS = ["PatientName", "PatientID", "AccessionNumber", "StudyDate", "StudyTime", "Modality", "ModalitiesInStudy",
+              "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "InstanceNumber", "00100010", "0020000D",
+              "StudyDescription", "SeriesNumber", "includefield", "limit", "offset", "fuzzymatching"]
+MATCH_VALUES = [
+    "*", "?", "PAT*", "*TROIS*", "PAT-TROIS^DOMINIQUE", "ACN103", "CT", "CT\\MR", "20240506", "20240101-20241231",
+    "-20240101", "20240101-", "1200-1300", MULTIFRAME_STUDY, f"{MULTIFRAME_STUDY}\\1.2.3", f"{MULTIFRAME_STUDY},1.2",
+    "1", "3", "O'Brien", "100%", "a_b", "[x]", "\\", "*\\*", "' OR ''='", "\"", "all", "PatientName,StudyDate",
+]  # fmt: skip
+
+
+@budget(0.6)
+@given(st.sampled_from(["dicom-web", "native"]),
+       st.sampled_from(["studies", "series", "instances", f"studies/{MULTIFRAME_STUDY}/series",
+                        f"studies/{MULTIFRAME_STUDY}/series/{MULTIFRAME_SERIES}/instances"]),
+       st.lists(st.tuples(st.sampled_from(MATCH_KEYS), st.one_of(QUERY_VALUES, st.sampled_from(MATCH_VALUES))),
+                max_size=3))  # fmt: skip
+@example("native", "studies", [("offset", "99999999999999999999")])  # found: SQLite OverflowError → 500
+@example("native", "studies", [("ModalitiesInStudy", "\\")])  # found: an empty OR list, SQL syntax error → 500
+def test_qido_answers_matches_or_a_json_error(box: int, base: str, level: str, query: list[tuple[str, str]]) -> None:
+    target = f"/{base}/{level}?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in query)
+    answer = raw_http(box, "GET", target.encode(), {"Accept": "application/dicom+json"})
+    event(f"/{base} HTTP {answer.status}")
+    assert answer.status in (200, 204, 400), (answer.status, target, answer.body[:300])
+    if answer.status == 200:
+        assert isinstance(json.loads(answer.body), list)
+    elif answer.status == 400 and not _is_http_layer_refusal(answer):  # a request line over 8190 bytes
+        assert "error" in json.loads(answer.body)
