@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from urllib.parse import quote
 
@@ -265,3 +266,42 @@ def test_qido_answers_matches_or_a_json_error(box: int, base: str, level: str, q
         assert isinstance(json.loads(answer.body), list)
     elif answer.status == 400 and not _is_http_layer_refusal(answer):  # a request line over 8190 bytes
         assert "error" in json.loads(answer.body)
+
+
+RENDER_VALUES = st.one_of(st.sampled_from([
+    "40,400", "nan,400", "40,nan", "inf,1", "-inf,1e309", "40,1e-320", "1e308,1e308", "40,400,sigmoid", "40,400,LINEAR_EXACT",
+    "40,0", "40,-1", "40", ",", "40,400,x", "40,400,linear,1", "0x10,5", "١,٢", "4096,4096", "1,1", "0,0", "64,64,0,0,64,64",
+    "4097,1", "100", "0", "101", "-5", "²", "",
+]), st.text(max_size=10))  # fmt: skip
+RENDER_PATHS = [
+    f"/{{base}}/studies/{MULTIFRAME_STUDY}/series/{MULTIFRAME_SERIES}/instances/{MULTIFRAME_SOP}/rendered",
+    f"/{{base}}/studies/{MULTIFRAME_STUDY}/series/{MULTIFRAME_SERIES}/instances/{MULTIFRAME_SOP}/frames/2/rendered",
+    f"/{{base}}/studies/{MULTIFRAME_STUDY}/series/{MULTIFRAME_SERIES}/instances/{MULTIFRAME_SOP}/thumbnail",
+    f"/{{base}}/studies/{MULTIFRAME_STUDY}/thumbnail",
+]
+
+
+@budget(0.3)
+@given(st.sampled_from(["dicom-web", "native"]), st.sampled_from(RENDER_PATHS),
+       st.dictionaries(st.sampled_from(["window", "viewport", "quality", "annotation"]), RENDER_VALUES, max_size=3),
+       st.sampled_from(["image/jpeg", "image/png", "image/gif", "*/*", "image/*", "image/png;q=0,image/jpeg;q=0"]))  # fmt: skip
+@example("native", RENDER_PATHS[0], {"window": "nan,400"}, "image/jpeg")  # found: rendered a blank image
+def test_rendered_answers_an_image_or_a_json_error(
+    box: int, base: str, path: str, params: dict[str, str], accept: str
+) -> None:
+    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+    answer = raw_http(box, "GET", (path.format(base=base) + "?" + query).encode(), {"Accept": accept})
+    event(f"HTTP {answer.status}")
+    assert answer.status in (200, 400, 404, 406), (answer.status, path, params, answer.body[:200])
+    if answer.status == 200:
+        assert answer.headers["content-type"].startswith("image/")
+        assert _finite_window(params.get("window", "")), "a NaN or infinite window rendered an image"
+    else:
+        assert "error" in json.loads(answer.body)
+
+
+def _finite_window(text: str) -> bool:
+    try:
+        return all(math.isfinite(float(p)) for p in text.split(",")[:2]) if text else True
+    except ValueError:
+        return True
