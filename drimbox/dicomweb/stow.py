@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from drimbox.dicomweb.params import BadRequest, check_uid
 
+# What aiohttp's multipart reader raises on a body that is not well-formed multipart (bad part headers included).
+_MALFORMED = (ValueError, AssertionError, BadHttpMessage)
 # One part is held in memory while it is stored; bigger instances are refused (413) rather than buffered.
 MAX_PART_BYTES = 1024 * 1024 * 1024
 
@@ -65,7 +68,7 @@ def stow_routes(store: Store, base: str = "/dicom-web", public_url: str = "") ->
             return web.json_response({"error": "only application/dicom parts are accepted"}, status=415)
         try:
             reader = await request.multipart()
-        except (ValueError, AssertionError) as exc:
+        except _MALFORMED as exc:
             return web.json_response({"error": f"unreadable multipart body: {exc}"}, status=400)
         stored: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
@@ -73,7 +76,7 @@ def stow_routes(store: Store, base: str = "/dicom-web", public_url: str = "") ->
         while True:
             try:
                 part = await reader.next()
-            except (ValueError, AssertionError) as exc:  # aiohttp's words for a body that is not multipart
+            except _MALFORMED as exc:
                 return _unreadable(exc)
             if part is None:
                 break
@@ -84,7 +87,7 @@ def stow_routes(store: Store, base: str = "/dicom-web", public_url: str = "") ->
                 failed.append(_item("", "", {"00081197": {"vr": "US", "Value": [0x0122]}}))
                 try:
                     await part.release()
-                except (ValueError, AssertionError) as exc:
+                except _MALFORMED as exc:
                     return _unreadable(exc)
                 continue
             data = bytearray()
@@ -93,7 +96,7 @@ def stow_routes(store: Store, base: str = "/dicom-web", public_url: str = "") ->
                     data += chunk
                     if len(data) > MAX_PART_BYTES:
                         return web.json_response({"error": f"a part exceeds {MAX_PART_BYTES} bytes"}, status=413)
-            except (ValueError, AssertionError) as exc:
+            except _MALFORMED as exc:
                 return _unreadable(exc)
             try:
                 result = await store(bytes(data))

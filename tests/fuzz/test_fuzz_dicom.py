@@ -407,6 +407,7 @@ def stow_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
 # Found: a bad study UID in the path (BadRequest outside any guard) and a body that is not multipart (ValueError).
 @example(b"/dicom-web/studies/1.2.3%0A", ('multipart/related; type="application/dicom"; boundary=b', b"--b--\r\n"))
 @example(b"/dicom-web/studies", ('multipart/related; type="application/dicom"; boundary=b0undary', b""))
+@example(b"/dicom-web/studies", ('multipart/related; type="application/dicom"; boundary=b', b"--b\r\nC"))  # InvalidHeader
 def test_stow_answers_a_receipt_or_4xx_json(stow: int, path: bytes, request: tuple[str, bytes]) -> None:
     content_type, body = request
     answer = raw_http(stow, "POST", path, {"Content-Type": content_type}, body)
