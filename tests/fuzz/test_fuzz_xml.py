@@ -32,7 +32,7 @@ CDA = build_cda(ExamSpec())
 ITI41 = (FIXTURES / "iti41-kos-exam-c.xml").read_bytes()
 ITI18 = (FIXTURES / "iti18-find-documents.xml").read_bytes()
 KOS = (FIXTURES / "kos-exam-c.dcm").read_bytes()
-SECRET = Path("/etc/hostname")  # any local file: its content must never come back through an entity
+SECRET = Path(__file__).resolve().parent / "xxe-secret.txt"  # what XXE payloads point at; never to come back
 
 # What an attacker puts in XML, each a class of its own.
 LAUGHS = (b'<!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">' + b"".join(
@@ -87,8 +87,7 @@ def mutated_xml(draw: st.DrawFn, base: bytes) -> bytes:
 
 
 def no_secret(value: object) -> None:
-    secret = SECRET.read_text().strip()
-    assert not secret or secret not in repr(value), "a file's content came back through an entity"
+    assert "drimbox-xxe-sentinel" not in repr(value), "a file's content came back through an entity"
 
 
 # -- CDA ----------------------------------------------------------------------------------------------
@@ -293,13 +292,10 @@ def test_simulator_refuses_a_huge_attachment_with_413(sim_http: SimUnderTest) ->
     content_type, body = mtom.encode(ITI41, [mtom.Attachment("doc1@drimbox", b"\0" * (MAX_REQUEST_BYTES + 1))], "urn:x")
     answer = raw_http(sim_http.port, "POST", b"/dmp/repository", {"Content-Type": content_type}, body)
     assert answer.status == 413
-    assert ns.SOAP12  # the namespace module is what the simulator answers in; kept for the import's sake
 
 
 # -- the simulator's DMP rules, behind a valid signed VIHF ----------------------------------------------------
 
-_SIGNED = submission("1.2.250.1.999.1.1.2.777")  # signed once: the VIHF signs the assertion, not the body
-_BODY_NODES = [el for el in _SIGNED.envelope.iter(f"{{{ns.SOAP12}}}Body") for el in el.iter() if isinstance(el.tag, str)]
 _SERIAL = itertools.count(int(time.time()))
 _XML_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=30)
 _RULE_VALUES = st.one_of(st.sampled_from(["²", "", " ", "x" * 5000, "1.2.3", "1.2..3", "urn:uuid:x", "20241301250000",
@@ -314,7 +310,7 @@ def test_simulator_rules_answer_every_signed_submission(sim_http: SimUnderTest, 
     signed = submission(f"1.2.250.1.999.1.1.2.777.{next(_SERIAL)}")
     envelope = signed.envelope
     nodes = [el for el in envelope.iter(f"{{{ns.SOAP12}}}Body") for el in el.iter() if isinstance(el.tag, str)]
-    assert len(nodes) == len(_BODY_NODES)
+    assert nodes, "the submission has a body to mutate"
     for _ in range(data.draw(st.integers(1, 3))):
         node = data.draw(st.sampled_from(nodes))
         op = data.draw(st.sampled_from(["text", "attr", "attr", "drop", "dup"]))
