@@ -163,9 +163,13 @@ def condition(field: Field, value: str) -> tuple[str, list[object]] | None:
         return f"{column} IN ({', '.join('?' * len(uids))})", list(uids)
     if field.kind == "int":
         try:
-            return f"{column} = ?", [int(value)]
+            number = int(value)
         except ValueError:
             raise QueryError(f"{field.keyword}: {value!r} is not an integer") from None
+        # An IS value has at most 12 characters; a bigger one overflowed SQLite's integers (HTTP 500).
+        if not -(2**31) <= number < 2**31:
+            raise QueryError(f"{field.keyword}: {value!r} is out of range for an integer string (IS)")
+        return f"{column} = ?", [number]
     if field.kind in ("date", "time"):
         if "-" in value:
             return _range(field, value)

@@ -257,6 +257,7 @@ MATCH_VALUES = [
                 max_size=3))  # fmt: skip
 @example("native", "studies", [("offset", "99999999999999999999")])  # found: SQLite OverflowError → 500
 @example("native", "studies", [("ModalitiesInStudy", "\\")])  # found: an empty OR list, SQL syntax error → 500
+@example("native", "series", [("SeriesNumber", "99999999999999999999")])  # found: SQLite OverflowError → 500
 def test_qido_answers_matches_or_a_json_error(box: int, base: str, level: str, query: list[tuple[str, str]]) -> None:
     target = f"/{base}/{level}?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in query)
     answer = raw_http(box, "GET", target.encode(), {"Accept": "application/dicom+json"})
