@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import struct
+import warnings
 import zlib
 from collections.abc import Iterator
 from io import BytesIO
@@ -12,10 +14,13 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from hypothesis import example, given
+from hypothesis import event, example, given
 from hypothesis import strategies as st
-from pydicom import dcmwrite
+from pydicom import dcmread, dcmwrite
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -31,6 +36,7 @@ from drimbox.archive.attributes import MAX_DEFLATE_RATIO, MIN_INFLATE_LIMIT, Ins
 from drimbox.archive.errors import ArchiveError
 from drimbox.archive.store import file_meta, split_part10
 from drimbox.config import DicomSettings
+from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.dicomweb.stow import stow_routes
 from drimbox.dimse import make_ae
 from drimbox.dimse.message import (
@@ -365,7 +371,9 @@ def stow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     loop = BackgroundLoop()
     archive = Archive.open(tmp_path_factory.mktemp("stow"))
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.add_routes(stow_routes(NativeBackend(archive).stow))
+    backend = NativeBackend(archive)
+    app.add_routes(stow_routes(backend.stow))
+    app.add_routes(dicomweb_routes(backend))  # to read back what was stored
     runner = web.AppRunner(app, access_log=None)
 
     async def start() -> int:
@@ -447,3 +455,76 @@ def test_kos_parser_returns_a_summary_or_kos_error(data: bytes) -> None:
     except KosError:
         return
     assert isinstance(summary, KosSummary)
+
+
+# -- instances with hostile values, stored (the archive checks only the UIDs), then served back ----------------
+
+_IMAGE_VALUES: dict[str, st.SearchStrategy[object]] = {
+    "Rows": st.sampled_from([0, 1, 3, 4, 65535]),
+    "Columns": st.sampled_from([0, 1, 4, 65535]),
+    "BitsAllocated": st.sampled_from([0, 1, 7, 8, 12, 16, 32, 64]),
+    "BitsStored": st.sampled_from([0, 1, 8, 12, 16, 33]),
+    "HighBit": st.sampled_from([0, 7, 11, 15, 40]),
+    "PixelRepresentation": st.sampled_from([0, 1, 2]),
+    "SamplesPerPixel": st.sampled_from([0, 1, 3, 4]),
+    "PlanarConfiguration": st.sampled_from([0, 1, 7]),
+    "PhotometricInterpretation": st.sampled_from(["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "X"]),
+    "NumberOfFrames": st.sampled_from(["0", "-1", "abc", "1e9", "", "2", "99999999"]),
+    "WindowCenter": st.sampled_from(["abc", "nan", "40", "1e308", "40\\50"]),
+    "WindowWidth": st.sampled_from(["0", "-1", "abc", "inf", "400"]),
+    "RescaleSlope": st.sampled_from(["0", "nan", "abc", "1e308"]),
+    "RescaleIntercept": st.sampled_from(["-1024", "abc"]),
+    "PixelData": st.sampled_from([b"", b"\0", bytes(range(32)), bytes(64), bytes(7)]),
+    "SOPClassUID": st.sampled_from([CT, "1.2.3", "1.2.840.10008.5.1.4.1.1.88.59"]),
+}
+
+
+def instance_with(serial: int, values: dict[str, object]) -> bytes:
+    """The sample CT with a new SOP Instance UID and these attribute values, written whatever they are."""
+    ds = dcmread(BytesIO(PART10[ExplicitVRLittleEndian]))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(f"1.2.826.0.1.3680043.8.498.2.{serial}")
+    for keyword, value in values.items():
+        if isinstance(value, str):
+            # Raw bytes, as a sender would put them: pydicom would refuse to hold "abc" in a DS or IS element.
+            raw = value.encode("ascii")
+            raw += b" " * (len(raw) % 2)
+            tag = Tag(tag_for_keyword(keyword) or 0)
+            ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(raw), raw, 0, False, True)
+        else:
+            setattr(ds, keyword, value)
+    out = BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcmwrite(out, ds, enforce_file_format=True)
+    return out.getvalue()
+
+
+@st.composite
+def hostile_instances(draw: st.DrawFn) -> bytes:
+    keywords = draw(st.lists(st.sampled_from(sorted(_IMAGE_VALUES)), min_size=1, max_size=4, unique=True))
+    return instance_with(draw(st.integers(10_000, 99_999)), {k: draw(_IMAGE_VALUES[k]) for k in keywords})
+
+
+_READ_BACK = ["", "/metadata", "/frames/1", "/frames/2", "/rendered", "/thumbnail", "/frames/1/rendered",
+              "/bulkdata/7FE00010"]  # fmt: skip
+_ACCEPTS = ["*/*", "application/dicom+json", 'multipart/related; type="application/octet-stream"',
+            'multipart/related; type="application/dicom"; transfer-syntax=*', "image/jpeg", "image/png",
+            'multipart/related; type="image/jls"', 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80']  # fmt: skip
+
+
+@budget(0.3)
+@given(hostile_instances(), st.sampled_from(_READ_BACK), st.sampled_from(_ACCEPTS))
+@example(instance_with(1, {"WindowCenter": "abc"}), "/metadata", "*/*")  # found: float("abc") in the JSON model
+@example(instance_with(2, {"BitsAllocated": 0}), "/rendered", "*/*")  # found: pydicom's ValueError as a 500
+def test_stored_hostile_values_are_served_or_refused_never_500(stow: int, data: bytes, suffix: str, accept: str) -> None:
+    body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n--b--\r\n"
+    stored = raw_http(stow, "POST", b"/dicom-web/studies", {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}, body)
+    assert stored.status in (200, 409), stored
+    if stored.status != 200:
+        return
+    receipt = json.loads(stored.body)
+    url = receipt["00081199"]["Value"][0]["00081190"]["Value"][0]
+    path = url[url.index("/dicom-web") :] + suffix
+    answer = raw_http(stow, "GET", path.encode(), {"Accept": accept})
+    event(f"{suffix or 'instance'} HTTP {answer.status}")
+    assert answer.status in (200, 204, 400, 404, 406), (answer.status, path, answer.body[:300])
