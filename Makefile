@@ -9,7 +9,7 @@ DEBS   := orthanc orthanc-dicomweb dcmtk dicom3tools chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps demo test faults perf lint typecheck clean
+.PHONY: venv system-deps demo test faults fuzz perf lint typecheck clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,14 @@ test: venv system-deps
 # The fault suite in full: every kill point, DRIMBOX_FAULTS_REPEAT times each (`make test` runs a subset).
 faults: venv system-deps
 	DRIMBOX_FAULTS_FULL=1 $(BIN)/pytest -q $(PYTEST_ARGS) tests/faults
+
+# The long fuzzing run (tests/fuzz, hypothesis profile "fuzz"): FUZZ_EXAMPLES cases per target, stopped after
+# FUZZ_SECONDS; failing cases are kept in .hypothesis/ and replayed first next time. `make test` runs a short one.
+FUZZ_EXAMPLES ?= 2000
+FUZZ_SECONDS  ?= 900
+fuzz: venv
+	DRIMBOX_FUZZ_PROFILE=fuzz DRIMBOX_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) timeout -s INT $(FUZZ_SECONDS) \
+		$(BIN)/pytest -q -p no:cacheprovider --hypothesis-show-statistics $(PYTEST_ARGS) tests/fuzz
 
 # The benchmark suite (about 5 minutes here); its report goes to perf/results/<date>/.
 perf: venv system-deps

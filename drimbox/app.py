@@ -206,7 +206,7 @@ class Box:
             return web.json_response({"error": "this box has no cache (Native profile or no source role)"}, status=404)
         study = request.query.get("study")
         if study is not None:
-            if not study or len(study) > 64 or not all(c.isdigit() or c == "." for c in study):
+            if not study or len(study) > 64 or not all(c in "0123456789." for c in study):
                 return web.json_response({"error": "study: a DICOM UID (digits and dots, at most 64)"}, status=400)
             await self.cache.invalidate_study(study)
         else:

@@ -235,7 +235,7 @@ def _version(element: etree._Element | None) -> int | None:
     value = _attr(element, "value")
     if value is None:
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # str.isdigit() also accepts "²", which int() refuses
         raise CdaError("CDA versionNumber/@value is not a positive integer")
     return int(value)
 
@@ -296,7 +296,7 @@ def _patient_name(name: etree._Element | None) -> tuple[str | None, str | None]:
 
 
 def _birth_date(value: str | None) -> str | None:
-    if value is None or len(value) < 8 or not value[:8].isdigit():
+    if value is None or len(value) < 8 or not (value[:8].isascii() and value[:8].isdigit()):
         return None
     return value[:8]
 

@@ -86,7 +86,7 @@ def cmd_link(args: argparse.Namespace) -> int:
     from drimbox.auth.links import ReportLinks
 
     settings = _settings(args)
-    if not all(c.isdigit() or c == "." for c in args.study) or not 0 < len(args.study) <= 64:
+    if not all(c in "0123456789." for c in args.study) or not 0 < len(args.study) <= 64:
         print("drimbox link: --study must be a DICOM UID (digits and dots, at most 64)", file=sys.stderr)
         return 2
     link = ReportLinks(settings.auth, settings.box.public_url).issue(args.study, args.accession, args.cda)

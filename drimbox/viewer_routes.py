@@ -90,7 +90,7 @@ class _Viewer:
         accession = query.get("accessionnumber", "")
         if request_type.upper() != "STUDY":
             return error_page(400, "Invalid link", "This link must ask for a study (requestType=STUDY).")
-        if not _UID.match(study) or len(study) > 64:
+        if not _UID.fullmatch(study) or len(study) > 64:  # fullmatch: "$" alone lets a final "\n" through
             return error_page(400, "Invalid link", "This link does not name a valid study (studyUID).")
         if len(accession) > 64 or len(query.get("idcda", "")) > 256:
             return error_page(400, "Invalid link", "This link's accession number or report id is too long.")

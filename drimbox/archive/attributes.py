@@ -59,11 +59,17 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
 )
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# A deflated data set may inflate to this many times its size (and always to 16 MiB), at most 2 GiB: beyond it is
+# a decompression bomb (1 MiB of deflate can hold 1 GiB), which would cost that memory and minutes of parsing.
+MAX_DEFLATE_RATIO = 100
+MIN_INFLATE_LIMIT = 16 * 1024 * 1024
+MAX_INFLATED_BYTES = 2 * 1024 * 1024 * 1024
 
 
 def is_uid(value: str) -> bool:
     """True when `value` is a syntactically valid UID (digits and dots, at most 64 characters)."""
-    return 0 < len(value) <= 64 and _UID_RE.match(value) is not None
+    # fullmatch: "$" would also match before a final newline, letting "1.2\n" name a directory.
+    return 0 < len(value) <= 64 and _UID_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -167,9 +173,12 @@ def _decoded(dataset: bytes, transfer_syntax: str) -> tuple[bytes, bool, bool]:
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         try:
             # Raw deflate, no zlib header (PS3.5 A.5); only for reading: the stored bytes stay deflated.
-            dataset = zlib.decompressobj(-zlib.MAX_WBITS).decompress(dataset)
+            limit = min(MAX_INFLATED_BYTES, max(MIN_INFLATE_LIMIT, MAX_DEFLATE_RATIO * len(dataset)))
+            dataset = zlib.decompressobj(-zlib.MAX_WBITS).decompress(dataset, limit + 1)
         except zlib.error:
             raise UnreadableDataset("deflated data set cannot be inflated") from None
+        if len(dataset) > limit:
+            raise UnreadableDataset(f"deflated data set inflates beyond {limit} bytes (a decompression bomb?)")
     return dataset, transfer_syntax == ImplicitVRLittleEndian, transfer_syntax != ExplicitVRBigEndian
 
 

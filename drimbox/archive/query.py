@@ -156,14 +156,20 @@ def condition(field: Field, value: str) -> tuple[str, list[object]] | None:
         raise QueryError(f"{field.keyword}: the archive does not match on this attribute")
     if field.kind == "uid":
         uids = _split_list(value)
+        if not uids:  # only separators ("\\", ","): a list of empty values, i.e. universal matching
+            return None
         if len(uids) == 1:
             return f"{column} = ?", [uids[0]]
         return f"{column} IN ({', '.join('?' * len(uids))})", list(uids)
     if field.kind == "int":
         try:
-            return f"{column} = ?", [int(value)]
+            number = int(value)
         except ValueError:
             raise QueryError(f"{field.keyword}: {value!r} is not an integer") from None
+        # An IS value has at most 12 characters; a bigger one overflowed SQLite's integers (HTTP 500).
+        if not -(2**31) <= number < 2**31:
+            raise QueryError(f"{field.keyword}: {value!r} is out of range for an integer string (IS)")
+        return f"{column} = ?", [number]
     if field.kind in ("date", "time"):
         if "-" in value:
             return _range(field, value)
@@ -173,6 +179,8 @@ def condition(field: Field, value: str) -> tuple[str, list[object]] | None:
         return f"{column} = ?", [value]
     if field.kind == "modalities":
         wanted = [v for v in value.split("\\") if v]
+        if not wanted:  # "\\" alone made "AND ()", an SQL syntax error (HTTP 500): it is universal matching
+            return None
         ors = ["m.modality GLOB ?" if _has_wildcard(v) else "m.modality = ?" for v in wanted]
         params: list[object] = [_glob(v) if _has_wildcard(v) else v for v in wanted]
         return (

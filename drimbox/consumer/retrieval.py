@@ -199,7 +199,7 @@ async def _parts(buffer: _Buffer, boundary: bytes) -> AsyncIterator[RetrievedIns
     while not await buffer.at_end():
         headers = _headers(await buffer.until(b"\r\n\r\n", MAX_HEADERS))
         length = headers.get("content-length", "")
-        if length.isdigit():
+        if length.isascii() and length.isdigit():
             # The fast path (our source boxes send Content-Length): no delimiter search through the pixels.
             if int(length) > MAX_INSTANCE:
                 raise BadResponse("an instance larger than the consumer accepts")

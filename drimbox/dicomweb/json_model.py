@@ -52,11 +52,16 @@ def _vr_of(elem: DataElement | RawDataElement, ds: Dataset) -> str:
 
 
 def _number(value: Any, vr: str) -> Any:
-    if vr in _INT_VRS:
-        number = int(value)
-        # Annex F.2.3.1: 64-bit integers beyond what a JSON number holds exactly are sent as strings.
-        return number if abs(number) <= _JSON_SAFE_INT else str(number)
-    number_f = float(value)
+    try:
+        if vr in _INT_VRS:
+            number = int(value)
+            # Annex F.2.3.1: 64-bit integers beyond what a JSON number holds exactly are sent as strings.
+            return number if abs(number) <= _JSON_SAFE_INT else str(number)
+        number_f = float(value)
+    except (TypeError, ValueError):
+        # A stored DS/IS that is not a number ("abc"): sent as the string it is, like a non-finite one below,
+        # rather than failing the whole /metadata (HTTP 500).
+        return str(value).strip()
     return number_f if math.isfinite(number_f) else str(value)
 
 
@@ -214,7 +219,7 @@ def resolve_bulk_path(ds: Dataset, path: str) -> DataElement:
     current = ds
     for i in range(0, len(parts) - 1, 2):
         seq = current.get(_tag(parts[i]))
-        index = int(parts[i + 1]) if parts[i + 1].isdigit() else -1
+        index = int(parts[i + 1]) if parts[i + 1].isascii() and parts[i + 1].isdigit() else -1
         if seq is None or seq.VR != "SQ" or not 0 <= index < len(seq.value):
             raise KeyError(f"no item {parts[i + 1]} in sequence {parts[i]}")
         current = seq.value[index]

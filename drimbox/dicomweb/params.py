@@ -32,7 +32,7 @@ def parse_frame_list(text: str) -> list[int]:
     frames: list[int] = []
     for item in text.split(","):
         item = item.strip()
-        if not item.isdigit() or int(item) < 1:
+        if not (item.isascii() and item.isdigit()) or int(item) < 1:
             raise BadRequest(f"frame number {item!r} is not a positive integer")
         frames.append(int(item))
     if not frames or len(frames) > MAX_FRAMES_PER_REQUEST:

@@ -109,6 +109,9 @@ def _matching_value(name: str, tag: int, vr: str, value: str) -> str:
     return value
 
 
+MAX_OFFSET = 2**31 - 1
+
+
 def parse_query(
     level: QueryLevel,
     params: Iterable[tuple[str, str]],
@@ -132,7 +135,8 @@ def parse_query(
         if key == "limit":
             limit = parse_int(value, "limit", minimum=1, maximum=max_limit) if value else max_limit
         elif key == "offset":
-            offset = parse_int(value, "offset") if value else 0
+            # Bounded: an offset beyond SQLite's integers made the Native index fail (HTTP 500) instead of a 400.
+            offset = parse_int(value, "offset", maximum=MAX_OFFSET) if value else 0
         elif key == "fuzzymatching":
             if value.lower() not in ("true", "false", ""):
                 raise BadRequest(f"fuzzymatching={value!r} must be true or false")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -47,7 +48,8 @@ def parse_options(query: Mapping[str, str], *, thumbnail: bool = False) -> Rende
         except (IndexError, ValueError):
             raise BadRequest(f"window={text!r}: give center,width[,function]") from None
         function = (parts[2] if len(parts) > 2 else "linear").lower().replace("_", "-")
-        if function not in _FUNCTIONS or width <= 0 or len(parts) > 3:
+        # isfinite: float() takes "nan" and "inf", which would render a blank image instead of a 400.
+        if function not in _FUNCTIONS or not (math.isfinite(center) and math.isfinite(width)) or width <= 0 or len(parts) > 3:
             raise BadRequest(f"window={text!r}: width > 0, function linear, linear-exact or sigmoid")
         window = (center, width, function)
     viewport = (THUMBNAIL_SIZE, THUMBNAIL_SIZE) if thumbnail else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydicom.dataset import Dataset
@@ -36,6 +36,7 @@ from drimbox.dicomweb.wado import aclose, send_pixel_parts, stream_instances
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 _RETRIEVE_URL = 0x00081190
 _ERRORS: tuple[tuple[type[Exception], int], ...] = (
     (BadRequest, 400),
@@ -108,6 +109,9 @@ class _Routes:
 
         return guarded
 
+    async def not_found(self, request: web.Request) -> web.StreamResponse:
+        return _error(404, "no DICOMweb resource at this path")
+
     async def preflight(self, request: web.Request) -> web.StreamResponse:
         headers = self.cors(request)
         if headers:
@@ -178,7 +182,7 @@ class _Routes:
         ranges = parse_accept(request.headers.get("Accept"))
         instance, data = await self.one_instance(study, series, sop)
         choices = pixel_choices(ranges, instance.transfer_syntax_uid, single_part_allowed=len(numbers) == 1)
-        result = await asyncio.to_thread(lambda: frames_of(read_instance(data), numbers, choices))
+        result = await _decoding(lambda: frames_of(read_instance(data), numbers, choices))
         return await send_pixel_parts(request, result, headers=self.cors(request))
 
     async def bulkdata(self, request: web.Request) -> web.StreamResponse:
@@ -191,7 +195,7 @@ class _Routes:
         is_pixels = path.strip("/").upper() == f"{PIXEL_DATA:08X}"
         stored = instance.transfer_syntax_uid if is_pixels else "1.2.840.10008.1.2.1"
         choices = pixel_choices(ranges, stored, single_part_allowed=True)
-        result = await asyncio.to_thread(lambda: bulk_of(read_instance(data), path, choices))
+        result = await _decoding(lambda: bulk_of(read_instance(data), path, choices))
         return await send_pixel_parts(request, result, headers=self.cors(request))
 
     async def rendered(self, request: web.Request) -> web.StreamResponse:
@@ -213,7 +217,7 @@ class _Routes:
         if sop is None:
             series, sop = await self._representative(study, series)
         _, data = await self.one_instance(study, series, sop)
-        image = await asyncio.to_thread(lambda: render(read_instance(data), frame, media_type, options))
+        image = await _decoding(lambda: render(read_instance(data), frame, media_type, options))
         return web.Response(body=image, headers={"Content-Type": media_type})
 
     async def _representative(self, study: str, series: str | None) -> tuple[str, str]:
@@ -272,6 +276,19 @@ class _Routes:
             return web.Response(body=body, headers=headers)
 
         return handler
+
+
+async def _decoding(work: Callable[[], T]) -> T:
+    """Run pixel work off the loop. A stored instance whose pixel attributes contradict its data (the archive keeps
+    what it is sent, checking only the UIDs) makes pydicom, numpy or Pillow fail: that is a 406 (the representation
+    cannot be produced), not a server error."""
+    try:
+        return await asyncio.to_thread(work)
+    except (DicomwebError, BadRequest, NotAcceptable):
+        raise
+    except Exception as exc:
+        log.warning("pixel data of a stored instance cannot be decoded: %s", type(exc).__name__)
+        raise NotAcceptable(f"the stored pixel data cannot be decoded or rendered ({type(exc).__name__})") from None
 
 
 def _status_of(exc: Exception) -> int:
@@ -346,4 +363,7 @@ def dicomweb_routes(
         get(f"{frames}/rendered", r.rendered),
         get(f"{frames}/thumbnail", r.thumbnail),
         web.options(f"{base}/{{tail:.*}}", r.guard(r.preflight)),
+        # Last: any other GET under the base is a JSON 404 like every other DICOMweb error, not aiohttp's plain
+        # 405 (the OPTIONS route above matches every path).
+        get(f"{base}/{{tail:[\\s\\S]*}}", r.not_found),  # [\s\S]: "." would miss a decoded "%0A"
     ]

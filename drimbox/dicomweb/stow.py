@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 
-from drimbox.dicomweb.params import check_uid
+from drimbox.dicomweb.params import BadRequest, check_uid
 
+# What aiohttp's multipart reader raises on a body that is not well-formed multipart (bad part headers included).
+_MALFORMED = (ValueError, AssertionError, BadHttpMessage)
 # One part is held in memory while it is stored; bigger instances are refused (413) rather than buffered.
 MAX_PART_BYTES = 1024 * 1024 * 1024
 
@@ -60,7 +63,10 @@ def stow_routes(
             return refused
         expected_study = request.match_info.get("study")
         if expected_study is not None:
-            check_uid(expected_study, "Study Instance UID")
+            try:
+                check_uid(expected_study, "Study Instance UID")
+            except BadRequest as exc:  # this route has no error-mapping guard: answer here, not with a bare 500
+                return web.json_response({"error": str(exc)}, status=400)
         content_type = request.headers.get("Content-Type", "")
         if not content_type.lower().startswith("multipart/related"):
             return web.json_response({"error": "STOW-RS takes multipart/related; type=\"application/dicom\""}, status=415)
@@ -68,13 +74,16 @@ def stow_routes(
             return web.json_response({"error": "only application/dicom parts are accepted"}, status=415)
         try:
             reader = await request.multipart()
-        except (ValueError, AssertionError) as exc:
+        except _MALFORMED as exc:
             return web.json_response({"error": f"unreadable multipart body: {exc}"}, status=400)
         stored: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         studies: set[str] = set()
         while True:
-            part = await reader.next()
+            try:
+                part = await reader.next()
+            except _MALFORMED as exc:
+                return _unreadable(exc)
             if part is None:
                 break
             if not isinstance(part, BodyPartReader):
@@ -82,13 +91,19 @@ def stow_routes(
             part_type = part.headers.get("Content-Type", "application/dicom").split(";")[0].strip().lower()
             if part_type != "application/dicom":
                 failed.append(_item("", "", {"00081197": {"vr": "US", "Value": [0x0122]}}))
-                await part.release()
+                try:
+                    await part.release()
+                except _MALFORMED as exc:
+                    return _unreadable(exc)
                 continue
             data = bytearray()
-            while chunk := await part.read_chunk(1024 * 1024):
-                data += chunk
-                if len(data) > MAX_PART_BYTES:
-                    return web.json_response({"error": f"a part exceeds {MAX_PART_BYTES} bytes"}, status=413)
+            try:
+                while chunk := await part.read_chunk(1024 * 1024):
+                    data += chunk
+                    if len(data) > MAX_PART_BYTES:
+                        return web.json_response({"error": f"a part exceeds {MAX_PART_BYTES} bytes"}, status=413)
+            except _MALFORMED as exc:
+                return _unreadable(exc)
             try:
                 result = await store(bytes(data))
             except StoreRefused as exc:
@@ -115,6 +130,11 @@ def stow_routes(
         return web.Response(body=json.dumps(receipt).encode(), status=status, content_type="application/dicom+json")
 
     return [web.post(f"{base}/studies", handler), web.post(f"{base}/studies/{{study}}", handler)]
+
+
+def _unreadable(exc: Exception) -> web.Response:
+    # Parts before the malformed one may be stored already; storing them again is harmless (same UIDs).
+    return web.json_response({"error": f"unreadable multipart body: {exc}"}, status=400)
 
 
 def _retrieve_url(public_url: str, base: str, s: Stored) -> dict[str, Any]:

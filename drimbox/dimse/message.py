@@ -71,7 +71,8 @@ class Command:
     def text(self, element: int) -> str:
         """A UI, AE or LO value without its padding ('' when absent)."""
         raw = self.values.get(element)
-        return "" if raw is None else raw.decode("ascii", "replace").rstrip("\0 ").lstrip(" ")
+        # "?" rather than U+FFFD for a non-ASCII byte: the value is echoed in responses, which are encoded in ASCII.
+        return "" if raw is None else raw.decode("ascii", "replace").replace("\ufffd", "?").rstrip("\0 ").lstrip(" ")
 
     @property
     def field(self) -> int:

@@ -182,9 +182,16 @@ def _items(data: bytes, start: int = 0) -> Iterator[tuple[int, bytes]]:
         pos = end
 
 
+def _printable(raw: bytes, what: str) -> str:
+    # Refused here rather than replaced by U+FFFD: an AE title or UID read back into our answer must encode.
+    if not raw.isascii():
+        raise PduError(f"{what} is not ASCII")
+    return raw.decode("ascii")
+
+
 def _uid(raw: bytes) -> str:
     # Some implementations pad UIDs with NUL or space, which PS3.8 does not allow but is common.
-    return raw.decode("ascii", "replace").rstrip("\0 ")
+    return _printable(raw, "UID").rstrip("\0 ")
 
 
 def _parse_user_information(payload: bytes) -> tuple[int, str, str, dict[str, tuple[bool, bool]]]:
@@ -208,8 +215,8 @@ def _parse_user_information(payload: bytes) -> tuple[int, str, str, dict[str, tu
 def _parse_associate(body: bytes) -> tuple[str, str, list[tuple[int, bytes]]]:
     if len(body) < 68:
         raise PduError("A-ASSOCIATE PDU shorter than its fixed fields")
-    called = body[4:20].decode("ascii", "replace").strip()
-    calling = body[20:36].decode("ascii", "replace").strip()
+    called = _printable(body[4:20], "called AE title").strip()
+    calling = _printable(body[20:36], "calling AE title").strip()
     return called, calling, list(_items(body, 68))
 
 

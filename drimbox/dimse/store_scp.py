@@ -43,6 +43,7 @@ from drimbox.dimse.pdu import (
     AssociateRJ,
     AssociateRQ,
     ContextResult,
+    PduError,
 )
 from drimbox.dimse.ul import MAX_PDU_LENGTH, Association, Message, PeerReleased
 
@@ -213,7 +214,7 @@ class StoreSCP:
             self._serve_messages(assoc)
         except PeerReleased:
             pass
-        except DimseUnavailable as exc:
+        except (DimseUnavailable, PduError) as exc:  # PduError: the peer's malformed command set, not our fault
             LOG.info("C-STORE SCP: association ended: %s", exc)
         except Exception:
             LOG.exception("C-STORE SCP: unexpected error; association aborted")

@@ -70,9 +70,18 @@ def _first(ds: Dataset, keyword: str) -> Dataset:
 def parse_kos(data: bytes) -> KosSummary:
     """Read a KOS manifest (Part-10 bytes). Raises KosError when the bytes are not a usable KOS."""
     try:
-        ds = dcmread(BytesIO(data))
+        return _summary(dcmread(BytesIO(data)))
+    except KosError:
+        raise
     except (InvalidDicomError, EOFError, ValueError, TypeError) as exc:
         raise KosError(f"not a readable DICOM file: {exc}") from exc
+    except Exception as exc:
+        # pydicom reads values lazily and raises kinds of its own (BytesLengthException...) on the first access;
+        # only the kind is kept, the message may quote values.
+        raise KosError(f"not a readable DICOM file: {type(exc).__name__}") from None
+
+
+def _summary(ds: Dataset) -> KosSummary:
     if _str(ds, "SOPClassUID") != KOS_SOP_CLASS:
         found = _str(ds, "SOPClassUID")
         raise KosError(f"SOP Class UID (0008,0016) is {found!r}, not Key Object Selection Document")

@@ -223,7 +223,7 @@ def check_entry(
         errors.append(XdsError(METADATA, "slot sourcePatientId is not an HL7 CX id^^^&OID&ISO", loc))
     if (h := entry.slot("hash")) is not None and not _SHA1.match(h):
         errors.append(XdsError(METADATA, f"slot hash {h!r} is not a SHA-1 in hexadecimal", loc))
-    if (size := entry.slot("size")) is not None and not size.isdigit():
+    if (size := entry.slot("size")) is not None and not (size.isascii() and size.isdigit()):
         errors.append(XdsError(METADATA, f"slot size {size!r} is not a number of bytes", loc))
     for scheme, name in _SINGLE_CODES:
         codes = entry.codes(scheme)
@@ -277,7 +277,7 @@ def check_document(entry: DocumentEntryIn, data: bytes | None, kinds: tuple[Docu
                 loc,
             )
         )
-    if (size := entry.slot("size")) and size.isdigit() and int(size) != len(data):
+    if (size := entry.slot("size")) and size.isascii() and size.isdigit() and int(size) != len(data):
         errors.append(
             XdsError(
                 NON_IDENTICAL_SIZE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ FAULT_ACTION = "http://www.w3.org/2005/08/addressing/soap/fault"
 _UNDERSTOOD = frozenset({ns.WSA, ns.WSSE})
 _ENV = f"{{{ns.SOAP12}}}"
 _WSA = f"{{{ns.WSA}}}"
+# Characters XML 1.0 cannot carry (controls, surrogates from undecodable headers, U+FFFE/FFFF): a reason that
+# quotes the request must not make the fault itself unserialisable.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_MAX_REASON = 1000
 
 
 class SoapFault(Exception):
@@ -122,7 +127,7 @@ def fault_response(fault: SoapFault, relates_to: str | None = None) -> web.Respo
         etree.SubElement(sub, f"{_ENV}Value").text = f"sub:{fault.subcode[1]}"
     reason = etree.SubElement(etree.SubElement(fault_el, f"{_ENV}Reason"), f"{_ENV}Text")
     reason.set("{http://www.w3.org/XML/1998/namespace}lang", "en")
-    reason.text = fault.reason
+    reason.text = _NOT_XML.sub("\ufffd", fault.reason[:_MAX_REASON])
     body = envelope(FAULT_ACTION, relates_to, fault_el)
     return web.Response(
         status=500 if fault.code == "Receiver" else 400,

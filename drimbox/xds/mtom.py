@@ -65,6 +65,8 @@ def encode(envelope: bytes, attachments: list[Attachment], action: str) -> tuple
     return content_type, b"".join(parts)
 
 
+# RFC 2046 §5.1.1: 1 to 70 characters from this set, not ending with a space.
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 _PARAM = re.compile(r';\s*([A-Za-z0-9_\-\.]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 
 
@@ -90,6 +92,9 @@ def decode(content_type: str, body: bytes) -> SoapMessage:
     boundary = params.get("boundary")
     if not boundary:
         raise MtomError("multipart/related Content-Type without a boundary parameter")
+    if not _BOUNDARY.fullmatch(boundary):
+        # Checked before use: a non-ASCII boundary cannot even be encoded to search the body with.
+        raise MtomError("multipart/related boundary is not 1 to 70 RFC 2046 characters")
     delimiter = b"--" + boundary.encode("latin-1")
     chunks = body.split(delimiter)
     if len(chunks) < 3:

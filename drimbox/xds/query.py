@@ -213,7 +213,7 @@ def parse_document_entry(eo: etree._Element) -> DocumentEntryInfo:
         repository_unique_id=_first(slots, "repositoryUniqueId"),
         home_community_id=eo.get("home"),
         hash=digest.lower() if digest else None,
-        size=int(size) if size and size.isdigit() else None,
+        size=int(size) if size and size.isascii() and size.isdigit() else None,  # isdigit() alone takes "²"
         creation_time=_first(slots, "creationTime"),
         service_start=_first(slots, "serviceStartTime"),
         service_stop=_first(slots, "serviceStopTime"),
