@@ -32,7 +32,8 @@ PUBLIC: dict[tuple[str, str], str] = {
 # On a box without the source role the report link only says so (404 "No images here"): nothing of a patient.
 PUBLIC_ON_CONSUMER = {("GET", "/IHEInvokeImageDisplay"): "answers 404 without looking anything up"}
 SAMPLE = {"study": "1.2.3", "series": "1.2.3.4", "instance": "1.2.3.4.5", "frames": "1", "ins": "279035121518989",
-          "kos_uid": "1.2.3.9", "launch_id": "abcdef", "job_id": "abcdef", "name": "main.js", "path": "7FE00010"}  # fmt: skip
+          "kos_uid": "1.2.3.9", "launch_id": "abcdef", "job_id": "abcdef", "name": "main.js", "path": "7FE00010",
+          "tail": "studies/1.2.3/unknown"}  # fmt: skip
 # Without these the route answers 400 before it ever asks who is calling: not what this test is about.
 QUERIES = {"/IHEInvokeImageDisplay": "?requestType=STUDY&studyUID=1.2.3", "/api/publications": "?accession=ACN103"}
 

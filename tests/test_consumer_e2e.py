@@ -73,13 +73,11 @@ async def test_with_prefetch_a_listed_exam_is_fetched_before_it_is_opened(
     """[consumer] prefetch: showing the list starts the retrieval, so the exam opens even once its source is gone."""
     import asyncio
 
-    from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from drimbox.config import WhitelistSettings
-    from drimbox.consumer import setup_consumer
-    from drimbox.consumer.images import IMAGES, setup_consumer_images
+    from drimbox.consumer.images import IMAGES
     from drimbox.consumer.retrieval import KOS_HEADER
+    from tests.support.consumer import consumer_app_with_images
     from tests.support.drim_flow import read_multipart
 
     load_exam(orthanc, tmp_path, "C", instances=6)
@@ -88,12 +86,7 @@ async def test_with_prefetch_a_listed_exam_is_fetched_before_it_is_opened(
                              timeout=30)  # fmt: skip
     assert b"|AA|" in ack
     pub = box.wait_state("ACN103", ("published",))
-    settings = consumer_settings(tmp_path, f"{sim.url}/dmp", prefetch=True)
-    settings.whitelist = WhitelistSettings(url=f"{sim.url}/whitelist", certificate_url=f"{sim.url}/whitelist/certificate")
-    auth = FakeAuth(Pro())
-    app = web.Application()
-    setup_consumer(app, settings, auth)
-    setup_consumer_images(app, settings, auth)
+    app = consumer_app_with_images(consumer_settings(tmp_path, f"{sim.url}/dmp", prefetch=True), sim.url, FakeAuth(Pro()))
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         # The launch (patient informed) declares the access; the list then shows, and starts the prefetch.
         launched = await client.post("/conso/launch", data=LAUNCH_FORM, allow_redirects=False)

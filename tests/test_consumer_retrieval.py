@@ -250,21 +250,13 @@ async def test_multipart_parts_with_or_without_content_length_in_any_chunking(wi
 
 async def test_setup_consumer_images_wires_login_and_exam_checks(sim: Any, tmp_path: Path) -> None:
     """What app.py gets from consumer.images: the routes need a login and an exam this box listed."""
-    from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from drimbox.config import WhitelistSettings
-    from drimbox.consumer import setup_consumer
-    from drimbox.consumer.images import setup_consumer_images
-    from tests.support.consumer import FakeAuth, Pro
+    from tests.support.consumer import FakeAuth, Pro, consumer_app_with_images
     from tests.support.consumer import consumer_settings as listing_settings
 
-    settings = listing_settings(tmp_path, f"{sim.url}/dmp")
-    settings.whitelist = WhitelistSettings(url=f"{sim.url}/whitelist", certificate_url=f"{sim.url}/whitelist/certificate")
     auth = FakeAuth(Pro())
-    app = web.Application()
-    setup_consumer(app, settings, auth)
-    setup_consumer_images(app, settings, auth)
+    app = consumer_app_with_images(listing_settings(tmp_path, f"{sim.url}/dmp"), sim.url, auth)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         resp = await client.get("/conso/dicom-web/studies/1.2.3")
         assert (resp.status, (await resp.json())["reason"]) == (403, "kos_required")

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from aiohttp import web
 from hypothesis import settings
 
 T = TypeVar("T")
@@ -44,6 +45,26 @@ class BackgroundLoop:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+        self.loop.close()
+
+
+class LoopbackApp:
+    """An aiohttp application on a loopback port, served from a background loop."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.loop = BackgroundLoop()
+        self.runner = web.AppRunner(app, access_log=None)
+
+        async def start() -> int:
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            await site.start()
+            return int(self.runner.addresses[0][1])
+
+        self.port = self.loop.run(start())
+
+    def close(self) -> None:
+        self.loop.run(self.runner.cleanup())
         self.loop.close()
 
 

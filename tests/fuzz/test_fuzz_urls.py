@@ -19,31 +19,11 @@ from drimbox.dicomweb.folder_backend import FolderBackend
 from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.source.native_backend import NativeBackend
 from drimbox.viewer_routes import viewer_routes
-from tests.fuzz.support import BackgroundLoop, budget, raw_http
+from tests.fuzz.support import BackgroundLoop, LoopbackApp, budget, raw_http
 from tests.support.dicomweb import MULTIFRAME_SERIES, MULTIFRAME_SOP, MULTIFRAME_STUDY, write_samples
 from tests.test_viewer_routes import STUDY, FakeGate, FakeOutbox, Pub
 
 SENTINEL = "drimbox-fuzz-sentinel-must-never-be-served"
-
-
-class Http:
-    """An aiohttp application on a loopback port, in a background loop."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.loop = BackgroundLoop()
-        self.runner = web.AppRunner(app, access_log=None)
-
-        async def start() -> int:
-            await self.runner.setup()
-            site = web.TCPSite(self.runner, "127.0.0.1", 0)
-            await site.start()
-            return int(self.runner.addresses[0][1])
-
-        self.port = self.loop.run(start())
-
-    def close(self) -> None:
-        self.loop.run(self.runner.cleanup())
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +49,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     app.add_routes(dicomweb_routes(NativeBackend(archive), base="/native"))
     outbox = FakeOutbox({STUDY: [Pub("published")], "1.2.3": [Pub("withdrawn")]})
     app.add_routes(viewer_routes(FakeGate(True), outbox, directory=viewer))  # type: ignore[arg-type]
-    http = Http(app)
+    http = LoopbackApp(app)
     yield http.port
     http.close()
     archive.close()

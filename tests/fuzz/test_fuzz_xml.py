@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from hypothesis import event, example, given
 from hypothesis import strategies as st
 from lxml import etree
@@ -24,7 +23,7 @@ from drimbox.xds import mtom, soap
 from drimbox.xds import namespaces as ns
 from drimbox.xds.metadata import MetadataError
 from drimbox.xds.query import parse_document_entries
-from tests.fuzz.support import BackgroundLoop, budget, peak_rss, raw_http
+from tests.fuzz.support import LoopbackApp, budget, peak_rss, raw_http
 from tests.test_sim_dmp_support import KOS_CID, PATIENT, build_vihf, load, sim_settings, submission, with_vihf
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "xds"
@@ -245,22 +244,9 @@ def test_simulator_reads_requests_or_answers_a_fault(request: tuple[str, bytes])
         assert isinstance(parsed, SoapRequest)
 
 
-class SimUnderTest:
+class SimUnderTest(LoopbackApp):
     def __init__(self, tmp: Path) -> None:
-        self.loop = BackgroundLoop()
-        self.runner = web.AppRunner(build_sim_app(sim_settings(tmp)), access_log=None)
-
-        async def start() -> int:
-            await self.runner.setup()
-            site = web.TCPSite(self.runner, "127.0.0.1", 0)
-            await site.start()
-            return int(self.runner.addresses[0][1])
-
-        self.port = self.loop.run(start())
-
-    def close(self) -> None:
-        self.loop.run(self.runner.cleanup())
-        self.loop.close()
+        super().__init__(build_sim_app(sim_settings(tmp)))
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,18 @@ def consumer_settings(tmp: Path, dmp_url: str, **consumer: Any) -> Settings:
     return s
 
 
+def consumer_app_with_images(settings: Settings, sim_url: str, auth: FakeAuth) -> web.Application:
+    """What app.py builds for a consumer: the lists and the images (/conso/dicom-web, import), the sim's whitelist."""
+    from drimbox.config import WhitelistSettings
+    from drimbox.consumer.images import setup_consumer_images
+
+    settings.whitelist = WhitelistSettings(url=f"{sim_url}/whitelist", certificate_url=f"{sim_url}/whitelist/certificate")
+    app = web.Application()
+    setup_consumer(app, settings, auth)
+    setup_consumer_images(app, settings, auth)
+    return app
+
+
 @asynccontextmanager
 async def consumer_client(settings: Settings, auth: FakeAuth) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = web.Application()
