@@ -165,6 +165,19 @@ class ProxyBackend:
             # One blob per series: the routes join items with commas into one JSON array.
             yield cached
 
+    async def holds(self, study_uid: str, series_uid: str | None = None) -> bool:
+        """Whether the series (else every series of the study) is complete in the cache: served without the PACS."""
+        if series_uid is None:
+            series = await self.cache.study_series(study_uid, self.settings.cache.study_ttl)
+            if not series:
+                return False
+        else:
+            series = [series_uid]
+        for uid in series:
+            if await self.cache.cached(study_uid, uid) is None:
+                return False
+        return True
+
     async def invalidate_study(self, study_uid: str) -> None:
         await self.cache.invalidate_study(study_uid)
 
