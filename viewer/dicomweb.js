@@ -39,6 +39,10 @@ export class Dicomweb {
     return this.json('/series');
   }
 
+  studyMetadata(cachedOnly = false) {
+    return this.json('/metadata', undefined, cachedOnly ? { 'Cache-Control': 'only-if-cached' } : {});
+  }
+
   // cachedOnly: a Proxy box answers 504 at once rather than retrieve a series it does not hold (RFC 9111).
   seriesMetadata(seriesUid, cachedOnly = false) {
     const extra = cachedOnly ? { 'Cache-Control': 'only-if-cached' } : {};

@@ -8,7 +8,7 @@ const BASES = ['/dicom-web', '/conso/dicom-web'];
 const UID = /^[0-9]+(\.[0-9]+)*$/;
 
 // fitted: the user has not zoomed or panned since the last fit, so a resize (rotating a tablet) fits again.
-const view = { stack: null, index: 0, image: null, window: null, zoom: 1, panX: 0, panY: 0, fitted: true, tool: 'window', token: 0 };
+const view = { seriesUid: null, stack: null, index: 0, image: null, window: null, zoom: 1, panX: 0, panY: 0, fitted: true, tool: 'window', token: 0 };
 const canvas = $('image');
 const ctx = canvas.getContext('2d');
 let offscreen = null; // the current image at its own size, after window/level
@@ -27,16 +27,30 @@ async function main() {
   if (!UID.test(study)) throw new Error('The address does not name a study.');
   const api = new Dicomweb(base, study, kos);
   setupControls();
-  const series = (await api.series()).sort((a, b) => value(a, '00200011', 0) - value(b, '00200011', 0));
-  if (!series.length) throw new Error('This study has no images.');
-  showSeriesList(api, series);
-  await openSeries(api, value(series[0], '0020000E'));
+  // The series list (QIDO) and, only if the box holds it already, the whole study's metadata, side by side:
+  // warm, the metadata opens the first series without waiting for the list; cold, it is a quick 504.
+  const cached = api.studyMetadata(true);
+  cached.catch(() => {});
+  const listed = api.series().then((series) => series.sort(bySeriesNumber));
+  listed.then((series) => showSeriesList(api, series), () => {});
+  // The metadata is waited for even when the list comes first: a 504 is as quick as the list, and the metadata
+  // saves the series' own request.
+  const first = await cached.then((items) => {
+    const uid = value([...items].sort(bySeriesNumber)[0], '0020000E');
+    return uid ? { uid, items: items.filter((i) => value(i, '0020000E') === uid) } : Promise.reject(new Error('empty'));
+  }).catch(() => listed.then((series) => ({ uid: value(series[0], '0020000E'), items: null })));
+  if (!first.uid) throw new Error('This study has no images.');
+  await openSeries(api, first.uid, first.items);
+}
+
+function bySeriesNumber(a, b) {
+  return value(a, '00200011', 0) - value(b, '00200011', 0);
 }
 
 // Thumbnails wait for the first image: on a cold box each one joins a series retrieve, and every one takes a
 // connection of the browser's six to this host away from the first frame.
-function loadThumbnails() {
-  for (const img of document.querySelectorAll('#series-list img[data-src]')) {
+function loadThumbnails(only = null) {
+  for (const img of only ? [only] : document.querySelectorAll('#series-list img[data-src]')) {
     img.src = img.dataset.src;
     delete img.dataset.src;
   }
@@ -55,10 +69,12 @@ function showSeriesList(api, series) {
     const button = document.createElement('button');
     button.type = 'button';
     button.dataset.series = uid;
+    button.setAttribute('aria-current', String(uid === view.seriesUid)); // the first series may be open already
     const img = document.createElement('img');
     img.alt = '';
     img.loading = 'lazy';
     img.dataset.src = api.thumbnailUrl(uid); // set once the first image is painted: loadThumbnails()
+    if (performance.getEntriesByName('first-image').length || document.body.dataset.state === 'error') loadThumbnails(img);
     const label = document.createElement('span');
     const n = value(s, '00201209', '');
     label.textContent = `${value(s, '00080060', '')} ${value(s, '00200011', '')} ${value(s, '0008103E', '')}${n ? ` (${n})` : ''}`;
@@ -75,13 +91,14 @@ function showSeriesList(api, series) {
 // the QIDO instance list (a C-FIND) orders the stack: the current image then fetches its own metadata and frame,
 // answered as soon as that one instance has arrived, and the series' metadata is asked only once that image is
 // painted (a retrieve running alongside the C-FIND would slow it down several times).
-async function openSeries(api, seriesUid) {
+async function openSeries(api, seriesUid, metadata = null) {
   const token = ++view.token;
+  view.seriesUid = seriesUid;
   for (const b of document.querySelectorAll('#series-list button')) b.setAttribute('aria-current', String(b.dataset.series === seriesUid));
   document.body.dataset.state = 'loading';
   const abort = new AbortController();
-  const cached = api.seriesMetadata(seriesUid, true);
-  const listed = api.instances(seriesUid, abort.signal);
+  const cached = metadata ? Promise.resolve(metadata) : api.seriesMetadata(seriesUid, true);
+  const listed = metadata ? Promise.reject(new Error('not needed')) : api.instances(seriesUid, abort.signal);
   cached.catch(() => {});
   listed.catch(() => {});
   const first = await Promise.any([

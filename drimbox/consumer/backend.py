@@ -280,6 +280,17 @@ class ConsumerBackend:
         except Exception:
             pass  # the reader that follows sees the same error from the shared fill
 
+    async def holds(self, study_uid: str, series_uid: str | None = None) -> bool:
+        """Whether the exam's series (or this one) are complete in the cache: served without the source box."""
+        _, kos = await self._granted()
+        if study_uid != kos.study_uid:
+            return False
+        chosen = [s for s in kos.series if series_uid is None or s.series_uid == series_uid]
+        for series in chosen:
+            if await self.cache.cached(study_uid, series.series_uid) is None:
+                return False
+        return bool(chosen)
+
     async def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *, base: str
     ) -> AsyncIterator[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
@@ -11,6 +12,7 @@ from pydicom.dataset import Dataset
 
 from drimbox.config import Settings
 from drimbox.dicomweb.backend import (
+    BytesBody,
     FileBody,
     IncompleteRetrieve,
     NotFound,
@@ -52,6 +54,8 @@ class ProxyBackend:
     def __init__(self, settings: Settings, cache: SeriesCache) -> None:
         self.settings = settings
         self.cache = cache
+        # Instance-level C-GETs in flight: a viewer asks an instance's metadata and its frame at the same time.
+        self._direct: dict[tuple[str, str, str], asyncio.Task[ReceivedInstance | None]] = {}
 
     # ---------------------------------------------------------------------------------------- QIDO
 
@@ -128,6 +132,9 @@ class ProxyBackend:
     async def iter_instances(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> AsyncIterator[StoredInstance]:
+        if sop_uid is not None and series_uid is not None and await self.cache.cached(study_uid, series_uid) is None:
+            yield await self._one_instance(study_uid, series_uid, sop_uid)
+            return
         series_list = [series_uid] if series_uid else await self._series_of(study_uid)
         if not series_list:
             raise NotFound("no such study in the PACS")
@@ -144,6 +151,64 @@ class ProxyBackend:
                         return
         if not found:
             raise NotFound("no such instance in the PACS" if sop_uid else "no such series in the PACS")
+
+    async def _one_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> StoredInstance:
+        """One instance of a series not in the cache: from the series fill or from a C-GET of its own, the first.
+
+        The fill (kept running to its end: the rest of the series is what a viewer asks next) may reach this
+        instance late (Orthanc sends a series last instance first, and a viewer opens on the middle one); an
+        instance-level retrieve alongside it answers in milliseconds. Both failing: the fill's error is the answer.
+        """
+        from_fill = asyncio.create_task(self._from_fill(study_uid, series_uid, sop_uid))
+        direct = self._direct_retrieve(study_uid, series_uid, sop_uid)
+        pending: set[asyncio.Future[object]] = {from_fill, direct}  # type: ignore[arg-type]
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda t: t is not from_fill):  # the cached file rather than memory
+                    if task.cancelled() or task.exception() is not None:
+                        continue
+                    found = task.result()
+                    if isinstance(found, ReceivedInstance):
+                        return _received(study_uid, series_uid, found)
+                    if found is not None:
+                        return found  # type: ignore[return-value]
+            error = from_fill.exception() if not from_fill.cancelled() else None
+            raise error if error is not None else NotFound("no such instance in the PACS")
+        finally:
+            # Only this request's reading of the fill ends here; the fill itself goes on (keep=True).
+            from_fill.cancel()
+
+    async def _from_fill(self, study_uid: str, series_uid: str, sop_uid: str) -> StoredInstance | None:
+        async with aclosing(self._series_instances(study_uid, series_uid, keep=True)) as instances:
+            async for instance in instances:
+                if instance.sop_instance_uid == sop_uid:
+                    return _stored(instance)
+        return None
+
+    def _direct_retrieve(self, study_uid: str, series_uid: str, sop_uid: str) -> asyncio.Task[ReceivedInstance | None]:
+        """The instance-level C-GET (or C-MOVE) of one instance, shared by the requests that want it meanwhile."""
+        key = (study_uid, series_uid, sop_uid)
+        task = self._direct.get(key)
+        if task is None:
+            task = asyncio.create_task(self._retrieve_one(study_uid, series_uid, sop_uid), name=f"get-{sop_uid}")
+            self._direct[key] = task
+
+            def forget(done: asyncio.Task[ReceivedInstance | None]) -> None:
+                self._direct.pop(key, None)
+                if not done.cancelled():
+                    done.exception()  # seen here: the fill's error is the one reported, not this one
+
+            task.add_done_callback(forget)
+        return task
+
+    async def _retrieve_one(self, study_uid: str, series_uid: str, sop_uid: str) -> ReceivedInstance | None:
+        received = iter_retrieve(self.settings.pacs, self.settings.dicom, study_uid, series_uid, sop_uid=sop_uid)
+        async with aclosing(received) as items:
+            async for item in items:
+                if item.sop_instance_uid == sop_uid:
+                    return item
+        return None
 
     async def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *, base: str
@@ -167,12 +232,10 @@ class ProxyBackend:
 
     async def holds(self, study_uid: str, series_uid: str | None = None) -> bool:
         """Whether the series (else every series of the study) is complete in the cache: served without the PACS."""
-        if series_uid is None:
-            series = await self.cache.study_series(study_uid, self.settings.cache.study_ttl)
-            if not series:
-                return False
-        else:
-            series = [series_uid]
+        # The study's series list is itself cached (study_ttl): a warm study costs no C-FIND here.
+        series = [series_uid] if series_uid else await self._series_of(study_uid)
+        if not series:
+            return False
         for uid in series:
             if await self.cache.cached(study_uid, uid) is None:
                 return False
@@ -192,3 +255,14 @@ def _stored(instance: CachedInstance) -> StoredInstance:
         body=FileBody(Path(instance.path), instance.size),
     )
 
+
+
+def _received(study_uid: str, series_uid: str, item: ReceivedInstance) -> StoredInstance:
+    return StoredInstance(
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_class_uid=item.sop_class_uid,
+        sop_instance_uid=item.sop_instance_uid,
+        transfer_syntax_uid=item.transfer_syntax_uid,
+        body=BytesBody(item.data),
+    )
