@@ -56,6 +56,7 @@ class ProxyBackend:
         self.cache = cache
         # Instance-level C-GETs in flight: a viewer asks an instance's metadata and its frame at the same time.
         self._direct: dict[tuple[str, str, str], asyncio.Task[ReceivedInstance | None]] = {}
+        self._metadata: dict[tuple[str, str, str], asyncio.Task[bytes]] = {}
 
     # ---------------------------------------------------------------------------------------- QIDO
 
@@ -223,12 +224,34 @@ class ProxyBackend:
         for series in series_list:
             cached = await self.cache.metadata(study_uid, series, base)
             if cached is None:
-                items = [item async for item in metadata_from_instances(self.iter_instances(study_uid, series), base)]
-                cached = b",".join(items)
-                # Kept only if the series made it into the cache (a complete retrieve).
-                await self.cache.store_metadata(study_uid, series, base, cached)
+                # Shielded: a client that leaves (a viewer closed once its first image is painted) must not throw
+                # away the series' metadata half computed; the next opening of the series then needs it at once.
+                cached = await asyncio.shield(self._series_metadata(study_uid, series, base))
             # One blob per series: the routes join items with commas into one JSON array.
             yield cached
+
+    def _series_metadata(self, study_uid: str, series_uid: str, base: str) -> asyncio.Task[bytes]:
+        """The series' metadata computed once (the requests that want it meanwhile share it), then kept."""
+        key = (study_uid, series_uid, base)
+        task = self._metadata.get(key)
+        if task is None:
+
+            async def compute() -> bytes:
+                instances = self.iter_instances(study_uid, series_uid)
+                blob = b",".join([item async for item in metadata_from_instances(instances, base)])
+                # Kept only if the series made it into the cache (a complete retrieve).
+                await self.cache.store_metadata(study_uid, series_uid, base, blob)
+                return blob
+
+            task = self._metadata[key] = asyncio.create_task(compute(), name=f"metadata-{series_uid}")
+
+            def forget(done: asyncio.Task[bytes]) -> None:
+                self._metadata.pop(key, None)
+                if not done.cancelled():
+                    done.exception()  # retrieved here when every request has left: no "never retrieved" warning
+
+            task.add_done_callback(forget)
+        return task
 
     async def holds(self, study_uid: str, series_uid: str | None = None) -> bool:
         """Whether the series (else every series of the study) is complete in the cache: served without the PACS."""
