@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
@@ -158,11 +159,14 @@ class ProxyBackend:
 
         The fill (kept running to its end: the rest of the series is what a viewer asks next) may reach this
         instance late (Orthanc sends a series last instance first, and a viewer opens on the middle one); an
-        instance-level retrieve alongside it answers in milliseconds. Both failing: the fill's error is the answer.
+        instance-level C-GET alongside it answers in milliseconds. Both failing: the fill's error is the answer.
         """
         from_fill = asyncio.create_task(self._from_fill(study_uid, series_uid, sop_uid))
-        direct = self._direct_retrieve(study_uid, series_uid, sop_uid)
-        pending: set[asyncio.Future[object]] = {from_fill, direct}  # type: ignore[arg-type]
+        pending: set[asyncio.Task[Any]] = {from_fill}
+        # C-GET only: two C-MOVEs in flight to the box could not both be told apart by a PACS that leaves out
+        # the Move Originator fields (store_scp.py routes by SOP Instance UID then), the same instance in each.
+        if self.settings.pacs.retrieve == "c-get":
+            pending.add(self._direct_retrieve(study_uid, series_uid, sop_uid))
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -172,8 +176,8 @@ class ProxyBackend:
                     found = task.result()
                     if isinstance(found, ReceivedInstance):
                         return _received(study_uid, series_uid, found)
-                    if found is not None:
-                        return found  # type: ignore[return-value]
+                    if isinstance(found, StoredInstance):
+                        return found
             error = from_fill.exception() if not from_fill.cancelled() else None
             raise error if error is not None else NotFound("no such instance in the PACS")
         finally:
