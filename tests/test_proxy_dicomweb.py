@@ -139,11 +139,13 @@ async def test_single_instance_requests_on_a_cold_series_then_the_series(
             assert got == loaded
 
 
+@pytest.mark.parametrize("retrieve", ["c-get", "c-move"])
 async def test_only_if_cached_and_one_instance_before_its_series(
-    orthanc: Any, source_box: Any, loaded: dict[str, str]
+    orthanc: Any, source_box: Any, loaded: dict[str, str], retrieve: str
 ) -> None:
     """What the viewer does on a cold box: metadata only if cached (504, and no retrieve started), then one
-    instance's metadata and frame at once (200); the series it belongs to then ends up cached in full."""
+    instance's metadata and frame at once (200; with C-GET, an instance-level C-GET races the series fill);
+    the series it belongs to then ends up cached in full."""
     import asyncio
     import json
     import time
@@ -151,7 +153,9 @@ async def test_only_if_cached_and_one_instance_before_its_series(
 
     import aiohttp
 
-    box = source_box(orthanc)
+    box = source_box(orthanc, pacs={"retrieve": retrieve})
+    if retrieve == "c-move":
+        orthanc.add_modality("DRIMBOX", "127.0.0.1", box.dicom_port)
     base = f"{box.url}/dicom-web/studies/{STUDY}"
     json_accept = {"Accept": "application/dicom+json"}
     cached_only = {**json_accept, "Cache-Control": "only-if-cached"}
