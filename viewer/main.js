@@ -117,7 +117,9 @@ async function openSeries(api, seriesUid, metadata = null) {
   const shown = show(Math.floor((stack.length - 1) / 2));
   if (!first.complete) {
     // A box that ignored only-if-cached (everything local) has answered in full; else ask now, without it.
-    const later = () => cached.catch((error) => (error.status === 504 ? api.seriesMetadata(seriesUid) : Promise.reject(error)));
+    // Not for a series the user has already left: that would retrieve all of it for nothing.
+    const later = () => (stack !== view.stack ? Promise.reject(new Error('series left'))
+      : cached.catch((error) => (error.status === 504 ? api.seriesMetadata(seriesUid) : Promise.reject(error))));
     shown.then(later, later).then((items) => {
       if (stack !== view.stack) return;
       const index = stack.complete(items, view.index);
