@@ -322,7 +322,9 @@ def test_first_image_does_not_wait_for_the_series_on_a_cold_proxy(
                            headers={"Cache-Control": "only-if-cached"}).status != 200:  # fmt: skip
         assert time.monotonic() < deadline, "the study never got into the box's cache"
         page.wait_for_timeout(50)
-    # ...and the study's metadata then opens it: no QIDO of its instances, no series metadata.
+    # ...and the study's metadata then opens it: no QIDO of its instances, no series metadata. (Once this page's
+    # preloads are over: a frame request of theirs must not pass for the next page's.)
+    wait_until(page, "document.getElementById('progress').value === document.getElementById('progress').max")
     requests.clear()
     page.reload()
     wait_ready(page)
