@@ -134,9 +134,16 @@ class ProxyBackend:
     async def iter_instances(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> AsyncIterator[StoredInstance]:
-        if sop_uid is not None and series_uid is not None and await self.cache.cached(study_uid, series_uid) is None:
-            yield await self._one_instance(study_uid, series_uid, sop_uid)
-            return
+        if sop_uid is not None and series_uid is not None:
+            hit = await self.cache.cached(study_uid, series_uid)
+            if hit is None:
+                yield await self._one_instance(study_uid, series_uid, sop_uid)
+                return
+            for instance in hit:
+                if instance.sop_instance_uid == sop_uid:
+                    yield _stored(instance)
+                    return
+            raise NotFound("no such instance in the PACS")
         series_list = [series_uid] if series_uid else await self._series_of(study_uid)
         if not series_list:
             raise NotFound("no such study in the PACS")
