@@ -82,3 +82,37 @@ def test_native_metadata_is_cached_but_never_stale(orthanc: Any, source_box: Any
     assert client.retrieve_study_metadata(STUDY) == first  # served again, from the cache
     storescu("127.0.0.1", box.dicom_port, "DRIMBOX", files[3:])
     assert len(client.retrieve_study_metadata(STUDY)) == 4
+
+
+def test_native_only_if_cached_answers_computed_metadata_at_once(orthanc: Any, source_box: Any, tmp_path: Path) -> None:
+    """The viewer's first question: metadata only if it is ready (504 rather than every file parsed first)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    box = source_box(orthanc, box={"profile": "native"})
+    files = write_study(tmp_path / "study", exam_c_study(instances=4))
+    storescu("127.0.0.1", box.dicom_port, "DRIMBOX", files)
+
+    def status(path: str, only_if_cached: bool = True) -> int:
+        headers = {"Accept": "application/dicom+json"} | ({"Cache-Control": "only-if-cached"} if only_if_cached else {})
+        req = urllib.request.Request(f"{box.url}/dicom-web/studies/{STUDY}{path}", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as err:
+            return int(err.code)
+
+    with urllib.request.urlopen(f"{box.url}/dicom-web/studies/{STUDY}/series", timeout=30) as resp:
+        series = sorted(s["0020000E"]["Value"][0] for s in json.loads(resp.read()))
+    assert len(series) == 2
+    assert status("/metadata") == 504 and status(f"/series/{series[0]}/metadata") == 504
+    assert status(f"/series/{series[0]}/metadata", only_if_cached=False) == 200
+    assert status(f"/series/{series[0]}/metadata") == 200
+    assert status("/metadata") == 504  # the other series' is not computed yet
+    assert status(f"/series/{series[1]}/metadata", only_if_cached=False) == 200
+    assert status("/metadata") == 200
+    # A new instance in a series: its metadata must be computed again, so not "cached" any more.
+    extra = write_study(tmp_path / "more", exam_c_study(instances=6))
+    storescu("127.0.0.1", box.dicom_port, "DRIMBOX", [f for f in extra if f.name not in {p.name for p in files}])
+    assert status("/metadata") == 504

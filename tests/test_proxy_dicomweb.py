@@ -137,3 +137,69 @@ async def test_single_instance_requests_on_a_cold_series_then_the_series(
                 assert [code for code, _ in results] == [200, 200, 200], results
             got = {str(ds.SOPInstanceUID): pixel_hash(ds) for ds in DICOMwebClient(f"{box.url}/dicom-web").retrieve_study(STUDY)}
             assert got == loaded
+
+
+@pytest.mark.parametrize("retrieve", ["c-get", "c-move"])
+async def test_only_if_cached_and_one_instance_before_its_series(
+    orthanc: Any, source_box: Any, loaded: dict[str, str], retrieve: str
+) -> None:
+    """What the viewer does on a cold box: metadata only if cached (504, and no retrieve started), then one
+    instance's metadata and frame at once (200; with C-GET, an instance-level C-GET races the series fill);
+    the series it belongs to then ends up cached in full."""
+    import asyncio
+    import json
+    import time
+    import urllib.request
+
+    import aiohttp
+
+    box = source_box(orthanc, pacs={"retrieve": retrieve})
+    if retrieve == "c-move":
+        orthanc.add_modality("DRIMBOX", "127.0.0.1", box.dicom_port)
+    base = f"{box.url}/dicom-web/studies/{STUDY}"
+    json_accept = {"Accept": "application/dicom+json"}
+    cached_only = {**json_accept, "Cache-Control": "only-if-cached"}
+
+    def cached_series() -> int:
+        health = json.loads(urllib.request.urlopen(f"{box.url}/health", timeout=30).read())
+        return int(health["components"]["cache"]["series"])
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/series", headers=json_accept) as resp:
+            series = sorted(s["0020000E"]["Value"][0] for s in await resp.json())
+        uid = series[0]
+        for url in (f"{base}/metadata", f"{base}/series/{uid}/metadata"):
+            async with http.get(url, headers=cached_only) as resp:
+                assert resp.status == 504 and (await resp.json())["status"] == 504
+        await asyncio.sleep(0.2)
+        assert cached_series() == 0  # a 504 is all it cost: the PACS was not asked for images
+
+        async with http.get(f"{base}/series/{uid}/instances", headers=json_accept) as resp:
+            instances = [i["00080018"]["Value"][0] for i in await resp.json()]
+        middle = instances[len(instances) // 2]
+        frame_accept = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
+
+        async def get(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+            async with http.get(url, headers=headers) as resp:
+                return resp.status, await resp.read()
+
+        (meta_status, meta), (frame_status, frame) = await asyncio.gather(
+            get(f"{base}/series/{uid}/instances/{middle}/metadata", json_accept),
+            get(f"{base}/series/{uid}/instances/{middle}/frames/1", frame_accept),
+        )
+        assert meta_status == 200 and [m["00080018"]["Value"][0] for m in json.loads(meta)] == [middle]
+        assert frame_status == 200 and len(frame) > 128 * 128 * 2  # the 16-bit 128² pixels, in one part
+
+        # The series goes on arriving after that one instance: soon served from the cache alone.
+        deadline = time.monotonic() + 30
+        while (status := (await get(f"{base}/series/{uid}/metadata", cached_only))[0]) == 504:
+            assert time.monotonic() < deadline, "the series never got into the cache"
+            await asyncio.sleep(0.05)
+        assert status == 200
+        status, body = await get(f"{base}/series/{uid}/metadata", cached_only)
+        assert sorted(m["00080018"]["Value"][0] for m in json.loads(body)) == sorted(instances)
+        # The study is not whole in the cache until its other series is.
+        assert (await get(f"{base}/metadata", cached_only))[0] == 504
+        assert (await get(f"{base}/series/{series[1]}/metadata", json_accept))[0] == 200
+        status, body = await get(f"{base}/metadata", cached_only)
+        assert status == 200 and {m["00080018"]["Value"][0] for m in json.loads(body)} == set(loaded)

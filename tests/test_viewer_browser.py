@@ -50,7 +50,9 @@ def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     pg = context.new_page()
     # Failed requests and page errors end up in the test's output: the first thing to read when it fails.
-    pg.on("response", lambda r: r.status >= 400 and print(f"HTTP {r.status} {r.request.method} {r.url}"))
+    # (A 504 to an only-if-cached request is the viewer's normal way to learn that a series is cold.)
+    pg.on("response", lambda r: r.status >= 400 and "only-if-cached" not in r.request.headers.get("cache-control", "")
+          and print(f"HTTP {r.status} {r.request.method} {r.url}"))
     pg.on("pageerror", lambda e: print(f"page error: {e}"))
     yield pg
     context.close()
@@ -273,3 +275,60 @@ def test_multiframe_instances_make_one_stack(
     wait_until(page, "document.getElementById('image').dataset.index === '0'")
     page.wait_for_timeout(100)
     assert canvas_png(page) != frame
+
+
+def test_first_image_does_not_wait_for_the_series_on_a_cold_proxy(
+    orthanc: Any, source_box: Any, sim: Any, page: Any, tmp_path: Path
+) -> None:
+    """Cold: the stack's order from QIDO, then the middle image's own metadata and frame; the whole series' metadata,
+    the thumbnails and the neighbours only after that image is painted. Warm: one request opens the study."""
+    source = publish_exam_c(orthanc, source_box, tmp_path)
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(source.operator_request("/api/cache", "DELETE"), timeout=30) as resp:
+        assert json.loads(resp.read())["series"] == 0
+    requests: list[tuple[str, str]] = []  # (what, cache-control) in the order the browser sent them
+
+    def record(request: Any) -> None:
+        if "/dicom-web/" in request.url:
+            path = urlsplit(request.url).path.split(f"/studies/{STUDY_C}", 1)[1] + ("?" if "?" in request.url else "")
+            requests.append((path, request.headers.get("cache-control", "")))
+
+    page.on("request", record)
+    page.goto(f"{source.url}/IHEInvokeImageDisplay?requestType=STUDY&studyUID={STUDY_C}")
+    page.click(f"button[value='{PROFESSIONAL}']")
+    wait_ready(page)
+    assert variance(canvas_png(page)) > 20
+    paths = [path for path, _ in requests]
+    first_frame = next(i for i, p in enumerate(paths) if p.endswith("/frames/1"))
+    assert paths[first_frame - 1].endswith("/instances?") or any(p.endswith("/instances?") for p in paths[:first_frame])
+    # Nothing before the first frame asks for a whole series (or study) without only-if-cached.
+    assert all(c == "only-if-cached" for p, c in requests[:first_frame] if p.endswith("/metadata") and "/instances/" not in p)
+    assert not any(p.endswith("/thumbnail?") for p in paths[:first_frame])
+    # Then the series' metadata, in full, completes the stack: the neighbours load, the thumbnails too.
+    wait_until(page, "document.getElementById('progress').value > 1")
+    wait_until(page, "[...document.querySelectorAll('#series-list img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert page.evaluate("performance.getEntriesByType('resource').filter(e => e.name.includes('/thumbnail'))"
+                         ".every(e => e.startTime >= performance.getEntriesByName('first-image')[0].startTime)")
+    # The image a complete stack would open on too: the middle of the first series (4 of the study's 8 instances).
+    assert page.get_attribute("#image", "data-index") == "1" and page.inner_text("#position") == "2 / 4"
+
+    # Warm: the fills the viewer's requests started (the second series' with its thumbnail) run to their end...
+    import time
+
+    deadline = time.monotonic() + 30
+    while page.request.get(f"{source.url}/dicom-web/studies/{STUDY_C}/metadata",
+                           headers={"Cache-Control": "only-if-cached"}).status != 200:  # fmt: skip
+        assert time.monotonic() < deadline, "the study never got into the box's cache"
+        page.wait_for_timeout(50)
+    # ...and the study's metadata then opens it: no QIDO of its instances, no series metadata. (Once this page's
+    # preloads are over: a frame request of theirs must not pass for the next page's.)
+    wait_until(page, "document.getElementById('progress').value === document.getElementById('progress').max")
+    requests.clear()
+    page.reload()
+    wait_ready(page)
+    paths = [path for path, _ in requests]
+    first_frame = next(i for i, p in enumerate(paths) if p.endswith("/frames/1"))
+    assert "/metadata" in paths[:first_frame]
+    assert not any(p.endswith("/instances?") or ("/series/" in p and p.endswith("/metadata")) for p in paths[:first_frame])

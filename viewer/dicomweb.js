@@ -23,24 +23,39 @@ export class Dicomweb {
   }
 
   // The KOS rides in a header where we can set one: QIDO reads every query parameter as a search key.
-  async fetch(url, accept) {
-    const headers = { Accept: accept };
+  async fetch(url, accept, signal = undefined, extra = {}) {
+    const headers = { Accept: accept, ...extra };
     if (this.kos) headers['KOS-SOPInstanceUID'] = this.kos;
-    const resp = await fetch(url, { headers, credentials: 'same-origin' });
+    const resp = await fetch(url, { headers, credentials: 'same-origin', signal });
     if (!resp.ok) throw new HttpError(resp.status, url);
     return resp;
   }
 
-  async json(path) {
-    return (await this.fetch(this.url(path), 'application/dicom+json')).json();
+  async json(path, signal = undefined, extra = {}) {
+    return (await this.fetch(this.url(path), 'application/dicom+json', signal, extra)).json();
   }
 
   series() {
     return this.json('/series');
   }
 
-  seriesMetadata(seriesUid) {
-    return this.json(`/series/${encodeURIComponent(seriesUid)}/metadata`);
+  studyMetadata(cachedOnly = false) {
+    return this.json('/metadata', undefined, cachedOnly ? { 'Cache-Control': 'only-if-cached' } : {});
+  }
+
+  // cachedOnly: a Proxy box answers 504 at once rather than retrieve a series it does not hold (RFC 9111).
+  seriesMetadata(seriesUid, cachedOnly = false) {
+    const extra = cachedOnly ? { 'Cache-Control': 'only-if-cached' } : {};
+    return this.json(`/series/${encodeURIComponent(seriesUid)}/metadata`, undefined, extra);
+  }
+
+  // QIDO: enough to order the stack (a C-FIND on a Proxy box: no need to wait for the images themselves).
+  instances(seriesUid, signal) {
+    return this.json(`/series/${encodeURIComponent(seriesUid)}/instances?includefield=00200013,00280008`, signal);
+  }
+
+  instanceMetadata(seriesUid, instanceUid) {
+    return this.json(`${this.instancePath(seriesUid, instanceUid)}/metadata`);
   }
 
   instancePath(seriesUid, instanceUid) {

@@ -8,7 +8,7 @@ const BASES = ['/dicom-web', '/conso/dicom-web'];
 const UID = /^[0-9]+(\.[0-9]+)*$/;
 
 // fitted: the user has not zoomed or panned since the last fit, so a resize (rotating a tablet) fits again.
-const view = { stack: null, index: 0, image: null, window: null, zoom: 1, panX: 0, panY: 0, fitted: true, tool: 'window', token: 0 };
+const view = { seriesUid: null, stack: null, index: 0, image: null, window: null, zoom: 1, panX: 0, panY: 0, fitted: true, tool: 'window', token: 0 };
 const canvas = $('image');
 const ctx = canvas.getContext('2d');
 let offscreen = null; // the current image at its own size, after window/level
@@ -27,10 +27,33 @@ async function main() {
   if (!UID.test(study)) throw new Error('The address does not name a study.');
   const api = new Dicomweb(base, study, kos);
   setupControls();
-  const series = (await api.series()).sort((a, b) => value(a, '00200011', 0) - value(b, '00200011', 0));
-  if (!series.length) throw new Error('This study has no images.');
-  showSeriesList(api, series);
-  await openSeries(api, value(series[0], '0020000E'));
+  // The series list (QIDO) and, only if the box holds it already, the whole study's metadata, side by side:
+  // warm, the metadata opens the first series without waiting for the list; cold, it is a quick 504.
+  const cached = api.studyMetadata(true);
+  cached.catch(() => {});
+  const listed = api.series().then((series) => series.sort(bySeriesNumber));
+  listed.then((series) => showSeriesList(api, series), () => {});
+  // The metadata is waited for even when the list comes first: a 504 is as quick as the list, and the metadata
+  // saves the series' own request.
+  const first = await cached.then((items) => {
+    const uid = value([...items].sort(bySeriesNumber)[0], '0020000E');
+    return uid ? { uid, items: items.filter((i) => value(i, '0020000E') === uid) } : Promise.reject(new Error('empty'));
+  }).catch(() => listed.then((series) => ({ uid: value(series[0], '0020000E'), items: null })));
+  if (!first.uid) throw new Error('This study has no images.');
+  await openSeries(api, first.uid, first.items);
+}
+
+function bySeriesNumber(a, b) {
+  return value(a, '00200011', 0) - value(b, '00200011', 0);
+}
+
+// Thumbnails wait for the first image: on a cold box each one joins a series retrieve, and every one takes a
+// connection of the browser's six to this host away from the first frame.
+function loadThumbnails(only = null) {
+  for (const img of only ? [only] : document.querySelectorAll('#series-list img[data-src]')) {
+    img.src = img.dataset.src;
+    delete img.dataset.src;
+  }
 }
 
 async function studyOfKos(kos) {
@@ -46,10 +69,12 @@ function showSeriesList(api, series) {
     const button = document.createElement('button');
     button.type = 'button';
     button.dataset.series = uid;
+    button.setAttribute('aria-current', String(uid === view.seriesUid)); // the first series may be open already
     const img = document.createElement('img');
     img.alt = '';
     img.loading = 'lazy';
-    img.src = api.thumbnailUrl(uid);
+    img.dataset.src = api.thumbnailUrl(uid); // set once the first image is painted: loadThumbnails()
+    if (performance.getEntriesByName('first-image').length || document.body.dataset.state === 'error') loadThumbnails(img);
     const label = document.createElement('span');
     const n = value(s, '00201209', '');
     label.textContent = `${value(s, '00080060', '')} ${value(s, '00200011', '')} ${value(s, '0008103E', '')}${n ? ` (${n})` : ''}`;
@@ -61,21 +86,49 @@ function showSeriesList(api, series) {
   }
 }
 
-async function openSeries(api, seriesUid) {
+// Two requests race for the stack's order. Warm, the series' metadata is in the box's cache and wins. Cold, a Proxy
+// box answers it 504 at once (only-if-cached: it would first have to retrieve the whole series from the PACS) and
+// the QIDO instance list (a C-FIND) orders the stack: the current image then fetches its own metadata and frame,
+// answered as soon as that one instance has arrived, and the series' metadata is asked only once that image is
+// painted (a retrieve running alongside the C-FIND would slow it down several times).
+async function openSeries(api, seriesUid, metadata = null) {
   const token = ++view.token;
+  view.seriesUid = seriesUid;
   for (const b of document.querySelectorAll('#series-list button')) b.setAttribute('aria-current', String(b.dataset.series === seriesUid));
   document.body.dataset.state = 'loading';
-  const metadata = await api.seriesMetadata(seriesUid);
+  const abort = new AbortController();
+  const cached = metadata ? Promise.resolve(metadata) : api.seriesMetadata(seriesUid, true);
+  const listed = metadata ? Promise.reject(new Error('not needed')) : api.instances(seriesUid, abort.signal);
+  cached.catch(() => {});
+  listed.catch(() => {});
+  const first = await Promise.any([
+    cached.then((items) => ({ items, complete: true })),
+    listed.then((items) => (items.length ? { items, complete: false } : Promise.reject(new Error('no instances')))),
+  ]).catch(async () => ({ items: await api.seriesMetadata(seriesUid), complete: true })); // its error is the one to show
+  if (first.complete) abort.abort(); // nothing left to learn from the instance list
   if (token !== view.token) return;
-  if (!metadata.length) throw new Error('This series has no images.');
-  showBanner(metadata[0]);
-  const stack = new Stack(api, seriesUid, metadata);
+  if (!first.items.length) throw new Error('This series has no images.');
+  const stack = new Stack(api, seriesUid, first.items, first.complete);
+  if (first.complete) showBanner(first.items[0]);
   stack.onprogress = () => { if (stack === view.stack) showProgress(); };
   Object.assign(view, { stack, image: null, window: null });
   $('preset').value = '';
-  const slider = $('slider');
-  slider.max = String(stack.length - 1);
-  await show(Math.floor((stack.length - 1) / 2));
+  $('slider').max = String(stack.length - 1);
+  const shown = show(Math.floor((stack.length - 1) / 2));
+  if (!first.complete) {
+    // A box that ignored only-if-cached (everything local) has answered in full; else ask now, without it.
+    // Not for a series the user has already left: that would retrieve all of it for nothing.
+    const later = () => (stack !== view.stack ? Promise.reject(new Error('series left'))
+      : cached.catch((error) => (error.status === 504 ? api.seriesMetadata(seriesUid) : Promise.reject(error))));
+    shown.then(later, later).then((items) => {
+      if (stack !== view.stack) return;
+      const index = stack.complete(items, view.index);
+      $('slider').max = String(stack.length - 1);
+      if (index !== view.index) show(index).catch(fail); else showPosition();
+      showProgress();
+    }, () => {}); // the images still load one by one, each with its own metadata
+  }
+  await shown;
 }
 
 function showBanner(item) {
@@ -93,12 +146,16 @@ export function maskIns(ins) {
   return ins.slice(0, 1) + '•'.repeat(ins.length - 4) + ins.slice(-3);
 }
 
+function showPosition() {
+  $('slider').value = String(view.index);
+  $('position').textContent = `${view.index + 1} / ${view.stack.length}`;
+}
+
 async function show(index) {
   const stack = view.stack;
   index = Math.max(0, Math.min(stack.length - 1, index));
   view.index = index;
-  $('slider').value = String(index);
-  $('position').textContent = `${index + 1} / ${stack.length}`;
+  showPosition();
   const stage = $('stage');
   if (!stack.loaded.has(index)) stage.classList.add('busy');
   let image;
@@ -107,16 +164,21 @@ async function show(index) {
   } finally {
     stage.classList.remove('busy');
   }
-  stack.preload(index);
   if (stack !== view.stack || index !== view.index) return; // the user has moved on meanwhile
   const first = view.image === null;
   view.image = image;
+  if (first) showBanner(image.item);
   if (first || !view.window) view.window = image.kind === 'gray' ? defaultWindow(image) : null;
   if (first) fit();
   renderImage();
   document.body.dataset.state = 'ready';
   canvas.dataset.index = String(index);
-  if (!performance.getEntriesByName('first-image').length) performance.mark('first-image');
+  if (!performance.getEntriesByName('first-image').length) {
+    performance.mark('first-image');
+    loadThumbnails();
+  }
+  // Neighbours after the paint: before it, they would only compete with the first image.
+  stack.preload(index);
 }
 
 // Window/level into an offscreen canvas at the image's size; the visible canvas then only scales it.
@@ -280,4 +342,5 @@ function fail(error) {
   box.textContent = text;
   box.hidden = false;
   document.body.dataset.state = 'error';
+  loadThumbnails(); // the other series may still be worth a look
 }

@@ -6,16 +6,29 @@ const PRELOAD = 6; // images loaded ahead and behind the current one
 const KEEP = 160; // frames kept in memory; the farthest from the current one go first
 const PARALLEL = 4;
 
+// The stack's order: InstanceNumber, multi-frame instances expanded into their frames.
+function framesOf(items) {
+  const frames = [];
+  const sorted = [...items].sort((a, b) => value(a, '00200013', 0) - value(b, '00200013', 0));
+  for (const item of sorted) {
+    const count = Number(value(item, '00280008', 1)) || 1;
+    for (let f = 1; f <= count; f++) frames.push({ uid: value(item, '00080018'), frame: f, key: `${value(item, '00080018')}/${f}` });
+  }
+  return frames;
+}
+
 export class Stack {
-  constructor(api, seriesUid, metadata) {
+  // `items`: the series' metadata when `complete`, else its QIDO instance list (UIDs, numbers, frame counts);
+  // then the first images fetch their own instance metadata until `complete()` brings the series'.
+  constructor(api, seriesUid, items, complete) {
     this.api = api;
     this.seriesUid = seriesUid;
-    this.frames = [];
-    const sorted = [...metadata].sort((a, b) => value(a, '00200013', 0) - value(b, '00200013', 0));
-    for (const item of sorted) {
-      const count = Number(value(item, '00280008', 1)) || 1;
-      for (let f = 1; f <= count; f++) this.frames.push({ item, frame: f, uid: value(item, '00080018') });
-    }
+    this.frames = framesOf(items);
+    this.metadata = new Map(); // SOP Instance UID → full metadata item (pixel module)
+    this.own = new Map(); // SOP Instance UID → Promise of its own instance-level metadata
+    this.isComplete = false;
+    this.preloadAt = null; // the preload asked for before the series metadata was there
+    if (complete) this.complete(items);
     this.cache = new Map(); // index → Promise<image>
     this.loaded = new Set(); // indices whose image is in memory
     this.queue = [];
@@ -27,20 +40,55 @@ export class Stack {
     return this.frames.length;
   }
 
+  // The series' metadata has arrived: every image is decoded from it from now on. If the instance list had
+  // other frame counts (a PACS that does not return NumberOfFrames), the stack is rebuilt and `index` (an
+  // index in the old stack) is returned as its index in the new one.
+  complete(items, index = 0) {
+    for (const item of items) this.metadata.set(value(item, '00080018'), item);
+    this.isComplete = true;
+    const frames = framesOf(items);
+    let moved = index;
+    if (frames.map((f) => f.key).join() !== this.frames.map((f) => f.key).join()) {
+      const position = new Map(frames.map((f, i) => [f.key, i]));
+      const cache = new Map(), loaded = new Set();
+      for (const [i, promise] of this.cache) {
+        const j = position.get(this.frames[i].key);
+        if (j === undefined) continue;
+        cache.set(j, promise);
+        if (this.loaded.has(i)) loaded.add(j);
+      }
+      moved = Math.max(0, position.get(this.frames[index]?.key) ?? Math.min(index, frames.length - 1));
+      Object.assign(this, { frames, cache, loaded });
+    }
+    if (this.preloadAt !== null) this.preload(moved);
+    return moved;
+  }
+
   // The image at `index`, loaded now if it is not already on its way.
   image(index) {
     let promise = this.cache.get(index);
     if (!promise) {
-      promise = new Promise((resolve, reject) => this.queue.unshift({ index, resolve, reject }));
+      const frame = this.frames[index];
+      promise = new Promise((resolve, reject) => this.queue.unshift({ frame, resolve, reject }));
       this.cache.set(index, promise);
-      promise.then(() => { if (this.cache.get(index) === promise) this.loaded.add(index); this.onprogress(); },
-        () => this.cache.delete(index));
+      promise.then(() => {
+        const at = this.frames.findIndex((f) => f.key === frame.key); // a rebuild may have moved it
+        if (at >= 0 && this.cache.get(at) === promise) this.loaded.add(at);
+        this.onprogress();
+      }, () => { for (const [i, p] of this.cache) if (p === promise) this.cache.delete(i); });
       this.pump();
     }
     return promise;
   }
 
+  // Neighbours only once the series' metadata is there: before that each would cost a metadata request of its own,
+  // and on a cold box they would compete with the first image for the same retrieve.
   preload(center) {
+    if (!this.isComplete) {
+      this.preloadAt = center;
+      return;
+    }
+    this.preloadAt = null;
     for (let d = PRELOAD; d >= 1; d--) {
       for (const i of [center + d, center - d]) if (i >= 0 && i < this.length) this.image(i).catch(() => {});
     }
@@ -57,19 +105,42 @@ export class Stack {
     while (this.active < PARALLEL && this.queue.length) {
       const job = this.queue.shift();
       this.active++;
-      this.load(this.frames[job.index]).then(job.resolve, job.reject).finally(() => { this.active--; this.pump(); });
+      this.load(job.frame).then(job.resolve, job.reject).finally(() => { this.active--; this.pump(); });
     }
   }
 
-  async load({ item, frame, uid }) {
+  // The instance's own metadata, asked once: what an image needs before the series' metadata has arrived.
+  ownMetadata(uid) {
+    let promise = this.own.get(uid);
+    if (!promise) {
+      promise = this.api.instanceMetadata(this.seriesUid, uid).then((items) => {
+        if (!items.length) throw new Error('This image has no metadata.');
+        return items[0];
+      });
+      this.own.set(uid, promise);
+      promise.catch(() => this.own.delete(uid));
+    }
+    return promise;
+  }
+
+  async load({ uid, frame }) {
+    let item = this.metadata.get(uid);
+    let raw = null;
+    if (!item) {
+      // The frame is asked alongside the metadata (not after it): one round trip, not two. Grayscale is by far
+      // the common case; a colour image throws this answer away and asks for the rendered one.
+      raw = this.api.rawFrame(this.seriesUid, uid, frame);
+      raw.catch(() => {});
+      item = await this.ownMetadata(uid);
+    }
     const rows = value(item, '00280010'), cols = value(item, '00280011');
     const photometric = value(item, '00280004', 'MONOCHROME2');
     if (value(item, '00280002', 1) !== 1 || !photometric.startsWith('MONOCHROME')) {
       // Colour: the server renders it; window/level does not apply.
       const bitmap = await this.api.renderedFrame(this.seriesUid, uid, frame);
-      return { kind: 'bitmap', bitmap, width: bitmap.width, height: bitmap.height };
+      return { kind: 'bitmap', bitmap, width: bitmap.width, height: bitmap.height, item };
     }
-    const buffer = await this.api.rawFrame(this.seriesUid, uid, frame);
+    const buffer = await (raw || this.api.rawFrame(this.seriesUid, uid, frame));
     const bits = value(item, '00280100', 16), signed = value(item, '00280103', 0) === 1;
     const Type = bits === 8 ? (signed ? Int8Array : Uint8Array) : (signed ? Int16Array : Uint16Array);
     const pixels = new Type(buffer, 0, rows * cols);
@@ -77,7 +148,7 @@ export class Stack {
     let min = Infinity, max = -Infinity;
     for (let i = 0; i < pixels.length; i++) { const v = pixels[i]; if (v < min) min = v; if (v > max) max = v; }
     return {
-      kind: 'gray', pixels, width: cols, height: rows, slope, intercept,
+      kind: 'gray', pixels, width: cols, height: rows, slope, intercept, item,
       invert: photometric === 'MONOCHROME1',
       min: min * slope + intercept, max: max * slope + intercept,
       center: Number(value(item, '00281050')), width_: Number(value(item, '00281051')),

@@ -237,11 +237,14 @@ class ConsumerBackend:
             raise NotFound("this exam's manifest does not reference this series")
         return chosen
 
-    async def series_instances(self, grant: Grant, kos: KosSummary, series: KosSeries) -> AsyncIterator[CachedInstance]:
+    async def series_instances(
+        self, grant: Grant, kos: KosSummary, series: KosSeries, *, keep: bool = False
+    ) -> AsyncIterator[CachedInstance]:
         """One series of the exam, from the cache or fetched from its source with the grant's token."""
         if not series.retrieve_url:
             raise NotFound("the manifest gives no Retrieve URL for this series")
-        async for instance in self.cache.series(kos.study_uid, series.series_uid, self._source(grant, series.retrieve_url)):
+        source = self._source(grant, series.retrieve_url)
+        async for instance in self.cache.series(kos.study_uid, series.series_uid, source, keep=keep):
             yield instance
 
     async def iter_instances(
@@ -260,7 +263,9 @@ class ConsumerBackend:
                     # The next series starts arriving while this one streams: the source's PACS retrieve and the
                     # WAN round trips of one series overlap the other's transfer (one series ahead, on disk).
                     ahead = asyncio.create_task(self._drain(grant, kos, chosen[n + 1]))
-                async for instance in self.series_instances(grant, kos, series):
+                # One instance wanted (a viewer's first image, a thumbnail): the series fill goes on after it is
+                # found, since the rest of the series is what the viewer asks for next.
+                async for instance in self.series_instances(grant, kos, series, keep=sop_uid is not None):
                     if sop_uid is not None and instance.sop_instance_uid != sop_uid:
                         continue
                     found = True
@@ -279,6 +284,17 @@ class ConsumerBackend:
                 pass
         except Exception:
             pass  # the reader that follows sees the same error from the shared fill
+
+    async def holds(self, study_uid: str, series_uid: str | None = None) -> bool:
+        """Whether the exam's series (or this one) are complete in the cache: served without the source box."""
+        _, kos = await self._granted()
+        if study_uid != kos.study_uid:
+            return False
+        chosen = [s for s in kos.series if series_uid is None or s.series_uid == series_uid]
+        for series in chosen:
+            if await self.cache.cached(study_uid, series.series_uid) is None:
+                return False
+        return bool(chosen)
 
     async def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *, base: str

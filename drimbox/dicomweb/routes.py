@@ -156,6 +156,10 @@ class _Routes:
         """Study / series / instance metadata, buffered: it is small, and so a partial answer can say 206."""
         study, series, sop = self.uids(request)
         media_type = json_media_type(parse_accept(request.headers.get("Accept")))
+        if "only-if-cached" in request.headers.get("Cache-Control", "").lower() and not await self.holds(study, series):
+            # RFC 9111 §5.2.1.7: a client that wants only what a cache holds gets 504 rather than a retrieve. The
+            # viewer asks so on a Proxy box: a cold series then costs it nothing, and it orders the stack by QIDO.
+            return _error(504, "not in this box's cache")
         items: list[bytes] = []
         incomplete: IncompleteRetrieve | None = None
         source = self.backend.metadata(study, series, sop, base=self.base)
@@ -175,6 +179,11 @@ class _Routes:
             headers["Warning"] = f'299 drimbox: "{incomplete.failed} instance(s) could not be read"'
         status = 206 if incomplete is not None else 200
         return web.Response(body=b"[" + b",".join(items) + b"]", status=status, headers=headers)
+
+    async def holds(self, study: str, series: str | None) -> bool:
+        """Whether the backend can answer from what it holds, without a retrieve (a backend without one: always)."""
+        holds = getattr(self.backend, "holds", None)
+        return True if holds is None else bool(await holds(study, series))
 
     async def frames(self, request: web.Request) -> web.StreamResponse:
         study, series, sop = self.uids(request)

@@ -74,6 +74,19 @@ class NativeBackend:
         for f in files:
             yield _stored(f)
 
+    async def holds(self, study_uid: str, series_uid: str | None = None) -> bool:
+        """Whether the series' (else the study's) metadata is computed already: a Cache-Control: only-if-cached
+        request then gets it at once, and else a 504 rather than every file of the study parsed first."""
+        files = await self.archive.iter_instance_paths(study_uid, series_uid, None)
+        by_series: dict[str, list[InstanceFile]] = {}
+        for f in files:
+            by_series.setdefault(f.series_uid, []).append(f)
+        ready = {(study, series): fingerprint for (study, series, _), (fingerprint, _) in self._metadata.items()}
+        return bool(by_series) and all(
+            ready.get((study_uid, series)) == hash(tuple((f.sop_uid, f.size) for f in members))
+            for series, members in by_series.items()
+        )
+
     async def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *, base: str
     ) -> AsyncIterator[bytes]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 from drimbox.config import Settings
 from drimbox.dicomweb.backend import (
+    BytesBody,
     FileBody,
     IncompleteRetrieve,
     NotFound,
@@ -52,6 +55,9 @@ class ProxyBackend:
     def __init__(self, settings: Settings, cache: SeriesCache) -> None:
         self.settings = settings
         self.cache = cache
+        # Instance-level C-GETs in flight: a viewer asks an instance's metadata and its frame at the same time.
+        self._direct: dict[tuple[str, str, str], asyncio.Task[ReceivedInstance | None]] = {}
+        self._metadata: dict[tuple[str, str, str], asyncio.Task[bytes]] = {}
 
     # ---------------------------------------------------------------------------------------- QIDO
 
@@ -128,6 +134,16 @@ class ProxyBackend:
     async def iter_instances(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> AsyncIterator[StoredInstance]:
+        if sop_uid is not None and series_uid is not None:
+            hit = await self.cache.cached(study_uid, series_uid)
+            if hit is None:
+                yield await self._one_instance(study_uid, series_uid, sop_uid)
+                return
+            for instance in hit:
+                if instance.sop_instance_uid == sop_uid:
+                    yield _stored(instance)
+                    return
+            raise NotFound("no such instance in the PACS")
         series_list = [series_uid] if series_uid else await self._series_of(study_uid)
         if not series_list:
             raise NotFound("no such study in the PACS")
@@ -145,6 +161,67 @@ class ProxyBackend:
         if not found:
             raise NotFound("no such instance in the PACS" if sop_uid else "no such series in the PACS")
 
+    async def _one_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> StoredInstance:
+        """One instance of a series not in the cache: from the series fill or from a C-GET of its own, the first.
+
+        The fill (kept running to its end: the rest of the series is what a viewer asks next) may reach this
+        instance late (Orthanc sends a series last instance first, and a viewer opens on the middle one); an
+        instance-level C-GET alongside it answers in milliseconds. Both failing: the fill's error is the answer.
+        """
+        from_fill = asyncio.create_task(self._from_fill(study_uid, series_uid, sop_uid))
+        pending: set[asyncio.Task[Any]] = {from_fill}
+        # C-GET only: two C-MOVEs in flight to the box could not both be told apart by a PACS that leaves out
+        # the Move Originator fields (store_scp.py routes by SOP Instance UID then), the same instance in each.
+        if self.settings.pacs.retrieve == "c-get":
+            pending.add(self._direct_retrieve(study_uid, series_uid, sop_uid))
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda t: t is not from_fill):  # the cached file rather than memory
+                    if task.cancelled() or task.exception() is not None:
+                        continue
+                    found = task.result()
+                    if isinstance(found, ReceivedInstance):
+                        return _received(study_uid, series_uid, found)
+                    if isinstance(found, StoredInstance):
+                        return found
+            error = from_fill.exception() if not from_fill.cancelled() else None
+            raise error if error is not None else NotFound("no such instance in the PACS")
+        finally:
+            # Only this request's reading of the fill ends here; the fill itself goes on (keep=True).
+            from_fill.cancel()
+
+    async def _from_fill(self, study_uid: str, series_uid: str, sop_uid: str) -> StoredInstance | None:
+        async with aclosing(self._series_instances(study_uid, series_uid, keep=True)) as instances:
+            async for instance in instances:
+                if instance.sop_instance_uid == sop_uid:
+                    return _stored(instance)
+        return None
+
+    def _direct_retrieve(self, study_uid: str, series_uid: str, sop_uid: str) -> asyncio.Task[ReceivedInstance | None]:
+        """The instance-level C-GET (or C-MOVE) of one instance, shared by the requests that want it meanwhile."""
+        key = (study_uid, series_uid, sop_uid)
+        task = self._direct.get(key)
+        if task is None:
+            task = asyncio.create_task(self._retrieve_one(study_uid, series_uid, sop_uid), name=f"get-{sop_uid}")
+            self._direct[key] = task
+
+            def forget(done: asyncio.Task[ReceivedInstance | None]) -> None:
+                self._direct.pop(key, None)
+                if not done.cancelled():
+                    done.exception()  # seen here: the fill's error is the one reported, not this one
+
+            task.add_done_callback(forget)
+        return task
+
+    async def _retrieve_one(self, study_uid: str, series_uid: str, sop_uid: str) -> ReceivedInstance | None:
+        received = iter_retrieve(self.settings.pacs, self.settings.dicom, study_uid, series_uid, sop_uid=sop_uid)
+        async with aclosing(received) as items:
+            async for item in items:
+                if item.sop_instance_uid == sop_uid:
+                    return item
+        return None
+
     async def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *, base: str
     ) -> AsyncIterator[bytes]:
@@ -158,12 +235,45 @@ class ProxyBackend:
         for series in series_list:
             cached = await self.cache.metadata(study_uid, series, base)
             if cached is None:
-                items = [item async for item in metadata_from_instances(self.iter_instances(study_uid, series), base)]
-                cached = b",".join(items)
-                # Kept only if the series made it into the cache (a complete retrieve).
-                await self.cache.store_metadata(study_uid, series, base, cached)
+                # Shielded: a client that leaves (a viewer closed once its first image is painted) must not throw
+                # away the series' metadata half computed; the next opening of the series then needs it at once.
+                cached = await asyncio.shield(self._series_metadata(study_uid, series, base))
             # One blob per series: the routes join items with commas into one JSON array.
             yield cached
+
+    def _series_metadata(self, study_uid: str, series_uid: str, base: str) -> asyncio.Task[bytes]:
+        """The series' metadata computed once (the requests that want it meanwhile share it), then kept."""
+        key = (study_uid, series_uid, base)
+        task = self._metadata.get(key)
+        if task is None:
+
+            async def compute() -> bytes:
+                instances = self.iter_instances(study_uid, series_uid)
+                blob = b",".join([item async for item in metadata_from_instances(instances, base)])
+                # Kept only if the series made it into the cache (a complete retrieve).
+                await self.cache.store_metadata(study_uid, series_uid, base, blob)
+                return blob
+
+            task = self._metadata[key] = asyncio.create_task(compute(), name=f"metadata-{series_uid}")
+
+            def forget(done: asyncio.Task[bytes]) -> None:
+                self._metadata.pop(key, None)
+                if not done.cancelled():
+                    done.exception()  # retrieved here when every request has left: no "never retrieved" warning
+
+            task.add_done_callback(forget)
+        return task
+
+    async def holds(self, study_uid: str, series_uid: str | None = None) -> bool:
+        """Whether the series (else every series of the study) is complete in the cache: served without the PACS."""
+        # The study's series list is itself cached (study_ttl): a warm study costs no C-FIND here.
+        series = [series_uid] if series_uid else await self._series_of(study_uid)
+        if not series:
+            return False
+        for uid in series:
+            if await self.cache.cached(study_uid, uid) is None:
+                return False
+        return True
 
     async def invalidate_study(self, study_uid: str) -> None:
         await self.cache.invalidate_study(study_uid)
@@ -179,3 +289,14 @@ def _stored(instance: CachedInstance) -> StoredInstance:
         body=FileBody(Path(instance.path), instance.size),
     )
 
+
+
+def _received(study_uid: str, series_uid: str, item: ReceivedInstance) -> StoredInstance:
+    return StoredInstance(
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_class_uid=item.sop_class_uid,
+        sop_instance_uid=item.sop_instance_uid,
+        transfer_syntax_uid=item.transfer_syntax_uid,
+        body=BytesBody(item.data),
+    )
