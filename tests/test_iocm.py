@@ -74,7 +74,7 @@ def write(ds: Dataset, path: Path) -> Path:
 
 
 def test_a_rejection_note_names_its_study_instances_and_reason(tmp_path: Path) -> None:
-    note = rejection_note("1.2.3", {"1.2.3.4": [("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5"), ("x", "1.2.3.4.6")]}, "113039")
+    note = rejection_note("1.2.3", {"1.2.3.4": [("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5"), ("1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.6")]}, "113039")
     rejection = parse_rejection(write(note, tmp_path / "n.dcm").read_bytes())
     assert (rejection.study_uid, rejection.sop_uids) == ("1.2.3", frozenset({"1.2.3.4.5", "1.2.3.4.6"}))
     assert rejection.reason == "Data Retention Policy Expired"
