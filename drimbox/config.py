@@ -237,6 +237,9 @@ class AuditSettings:
     syslog: str = ""
     # "atna": an IHE ATNA / DICOM PS3.15 Audit Message (XML) per event; "json": the stored record.
     syslog_format: str = "atna"
+    # Every this many records (and at start and clean stop) the head is signed with the structure key into
+    # audit-checkpoints.jsonl beside the trail, so a cut tail is seen by `drimbox audit verify`; 0 = off.
+    checkpoint_every: int = 100
 
 
 @dataclass
@@ -388,6 +391,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"audit.syslog: must be udp://host:port or tcp://host:port, got {s.audit.syslog!r}")
     if s.audit.syslog_format not in ("atna", "json"):
         raise ConfigError(f"audit.syslog_format: must be 'atna' or 'json', got {s.audit.syslog_format!r}")
+    if s.audit.checkpoint_every < 0:
+        raise ConfigError(f"audit.checkpoint_every: must be 0 (off) or more, got {s.audit.checkpoint_every}")
     _validate_sim(s)
     _validate_tls(s)
 

@@ -11,6 +11,7 @@ from collections.abc import Hashable
 from aiohttp import web
 
 from drimbox.audit.events import AUDIT, FAILURE, REFUSED, SUCCESS, AuditEvent, client_address
+from drimbox.tls import PEER
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,8 @@ async def audit_request(
     patient: str | None = None, patient_name: str | None = None, study: str | None = None, kos: str | None = None,
     **detail: str | int | None,
 ) -> None:
-    """Record an event for this request in app[AUDIT] (the source address is the TCP peer).
+    """Record an event for this request in app[AUDIT] (the source address is the TCP peer; with mutual TLS the
+    verified client certificate's subject goes in detail["peer_cert"]: which box called, not only from where).
 
     No sink on the app (a bare test app) → nothing to do. A sink that cannot write stops the access: 503 JSON,
     since an access that cannot be traced must not be served.
@@ -28,6 +30,9 @@ async def audit_request(
     sink = request.app.get(AUDIT)
     if sink is None:
         return
+    peer = request.get(PEER)
+    if peer:
+        detail = {**detail, "peer_cert": peer}
     event = AuditEvent(
         action=action, outcome=outcome, professional=professional, patient=patient, patient_name=patient_name,
         study=study, kos=kos, source=client_address(request),

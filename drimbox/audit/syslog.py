@@ -37,8 +37,17 @@ def syslog_frame(record: dict[str, Any], *, source_id: str, fmt: str, hostname: 
         body = json.dumps(record, sort_keys=True, ensure_ascii=False).encode()
     else:
         body = audit_message(record, source_id)
+    return _frame(body, "IHE+RFC-3881", hostname)
+
+
+def checkpoint_frame(checkpoint: dict[str, Any], *, hostname: str) -> bytes:
+    """A signed checkpoint of the trail's head as JSON, MSGID DRIMBOX-CHECKPOINT (a copy off the machine)."""
+    return _frame(json.dumps(checkpoint, sort_keys=True).encode(), "DRIMBOX-CHECKPOINT", hostname)
+
+
+def _frame(body: bytes, msgid: str, hostname: str) -> bytes:
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    header = f"<{_PRI}>1 {stamp} {hostname or '-'} drimbox - IHE+RFC-3881 - "
+    header = f"<{_PRI}>1 {stamp} {hostname or '-'} drimbox - {msgid} - "
     return header.encode() + b"\xef\xbb\xbf" + body
 
 
@@ -52,15 +61,22 @@ class SyslogSender:
         self.hostname = socket.gethostname()
         self.sent = 0
         self.dropped = 0
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(_QUEUE_MAX)
+        # (record, is a checkpoint) pairs; None stops the thread.
+        self._queue: queue.Queue[tuple[dict[str, Any], bool] | None] = queue.Queue(_QUEUE_MAX)
         self._sock: socket.socket | None = None
         self._retry_at = 0.0
         self._thread = threading.Thread(target=self._run, name="audit-syslog", daemon=True)
         self._thread.start()
 
     def send(self, record: dict[str, Any]) -> None:
+        self._put((record, False))
+
+    def send_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._put((checkpoint, True))
+
+    def _put(self, item: tuple[dict[str, Any], bool]) -> None:
         try:
-            self._queue.put_nowait(record)
+            self._queue.put_nowait(item)
         except queue.Full:
             self.dropped += 1
 
@@ -76,11 +92,15 @@ class SyslogSender:
 
     def _run(self) -> None:
         while True:
-            record = self._queue.get()
-            if record is None:
+            item = self._queue.get()
+            if item is None:
                 return
+            record, is_checkpoint = item
             try:
-                frame = syslog_frame(record, source_id=self.source_id, fmt=self.fmt, hostname=self.hostname)
+                if is_checkpoint:
+                    frame = checkpoint_frame(record, hostname=self.hostname)
+                else:
+                    frame = syslog_frame(record, source_id=self.source_id, fmt=self.fmt, hostname=self.hostname)
                 self._deliver(frame)
                 self.sent += 1
             except Exception as exc:

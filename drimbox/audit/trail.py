@@ -9,12 +9,14 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from drimbox.audit.checkpoint import CheckpointWriter, box_credentials, check_on_open
 from drimbox.audit.events import AuditEvent
 from drimbox.audit.syslog import SyslogSender
 
@@ -103,18 +105,30 @@ class AuditTrail:
     One writer thread owns the inserts: it takes every waiting event at once and commits them in one transaction,
     so concurrent requests share an fsync. The optional syslog sender gets each stored record after the commit;
     its send() never blocks (the local chain is the record of truth, the syslog copy is best-effort).
+    With `checkpoints`, the signed head goes to the checkpoint file every `checkpoint_every` records, at open when
+    records were added since the last one (a crash), and at close.
     """
 
-    def __init__(self, path: Path, syslog: SyslogSender | None = None) -> None:
+    def __init__(self, path: Path, syslog: SyslogSender | None = None, checkpoints: CheckpointWriter | None = None,
+                 checkpoint_every: int = 0) -> None:  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.syslog = syslog
+        self.checkpoints = checkpoints
+        self.checkpoint_every = checkpoint_every
         self._db = _connect(path)
         self._db.executescript(_SCHEMA)
         # The head is re-read on open: the chain continues across restarts.
         head = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         self._seq: int = head[0] if head else 0
         self._head: str = head[1] if head else GENESIS
+        if checkpoints is not None:
+            problem = check_on_open(self._seq, self._db, checkpoints.last)
+            if problem is not None:
+                # Not a reason to stop serving: the chain goes on, and `drimbox audit verify` names the damage.
+                log.error("%s: run `drimbox audit verify`", problem)
+            if self._seq > checkpoints.last_seq:
+                self._checkpoint("open")  # seals what was written since the last checkpoint (a crash, an upgrade)
         self._queue: queue.Queue[tuple[AuditEvent, asyncio.AbstractEventLoop, asyncio.Future[None]] | None] = (
             queue.Queue()
         )
@@ -151,6 +165,8 @@ class AuditTrail:
         self._closed = True
         self._queue.put(None)
         self._writer.join(timeout=30)
+        if self.checkpoints is not None and self._seq != self.checkpoints.last_seq:
+            self._checkpoint("shutdown")
         self._db.close()
         if self.syslog is not None:
             self.syslog.close()
@@ -208,6 +224,18 @@ class AuditTrail:
         if error is None and self.syslog is not None:
             for record in records:
                 self.syslog.send(record)
+        every = self.checkpoint_every
+        if error is None and records and every > 0 and seq // every > (seq - len(records)) // every:
+            self._checkpoint("periodic")
+
+    def _checkpoint(self, reason: str) -> None:
+        """Sign and append the current head; a failure is logged (the next checkpoint will cover it)."""
+        if self.checkpoints is None:
+            return
+        try:
+            self.checkpoints.write(self._seq, self._head, iso(time.time()), reason)
+        except Exception as exc:
+            log.error("audit checkpoint at record %d not written: %s", self._seq, exc)
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
@@ -263,9 +291,22 @@ def audit_path(settings: Settings) -> Path:
     return Path(settings.audit.path) if settings.audit.path else settings.var_path / "audit.sqlite"
 
 
+def checkpoints_path(settings: Settings) -> Path:
+    """audit-checkpoints.jsonl beside the trail (var_dir by default)."""
+    return audit_path(settings).with_name("audit-checkpoints.jsonl")
+
+
 def open_trail(settings: Settings) -> AuditTrail:
-    """The box's trail, with its syslog copy when `[audit] syslog` names a collector."""
+    """The box's trail, with its syslog copy when `[audit] syslog` names a collector and its signed checkpoints
+    when `[audit] checkpoint_every` > 0."""
     sender = None
     if settings.audit.syslog:
         sender = SyslogSender(settings.audit.syslog, source_id=settings.dicom.ae_title, fmt=settings.audit.syslog_format)
-    return AuditTrail(audit_path(settings), syslog=sender)
+    writer = None
+    if settings.audit.checkpoint_every > 0:
+        key, cert = box_credentials(settings)
+        path = checkpoints_path(settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = CheckpointWriter(path, key, cert, publish=sender.send_checkpoint if sender is not None else None)
+    return AuditTrail(audit_path(settings), syslog=sender, checkpoints=writer,
+                      checkpoint_every=settings.audit.checkpoint_every)  # fmt: skip

@@ -7,7 +7,10 @@ import logging
 import random
 import time
 
+from drimbox.audit.events import FAILURE, REFUSED, AuditEvent
 from drimbox.config import Settings
+from drimbox.hl7.ack import HL7Error
+from drimbox.hl7.report import ReportMessage, parse_report_message
 from drimbox.source.publish import PermanentError, Publisher, TransientError, Waiting
 from drimbox.state.outbox import Outbox, Publication
 
@@ -86,10 +89,9 @@ class PublicationWorker:
         except Waiting as exc:
             window = self.settings.publish.waiting_window
             if time.time() - job.window_start >= window:
-                await self.outbox.update(
-                    job.id, state="failed", attempts=attempts,
-                    last_error=f"{exc}; gave up after the waiting window of {window:.0f} s",
-                )
+                reason = f"{exc}; gave up after the waiting window of {window:.0f} s"
+                await self._audit_failure(job, "failed", reason)
+                await self.outbox.update(job.id, state="failed", attempts=attempts, last_error=reason)
             else:
                 await self.outbox.update(
                     job.id, state="waiting", attempts=attempts, last_error=str(exc),
@@ -106,6 +108,8 @@ class PublicationWorker:
             return
         except PermanentError as exc:
             log.warning("publication %d: %s: %s", job.id, exc.state, exc)
+            # Before the state: a crash between the two replays the job and records it again, never not at all.
+            await self._audit_failure(job, exc.state, str(exc))
             await self.outbox.update(job.id, state=exc.state, attempts=attempts, last_error=str(exc))
             return
         except Exception as exc:
@@ -123,11 +127,56 @@ class PublicationWorker:
         )
         log.info("publication %d: %s", job.id, outcome.state)
 
+    async def _audit_failure(self, job: Publication, state: str, reason: str) -> None:
+        """The job ended without reaching the DMP (`failed`) or was refused (`rejected`): one record in the trail."""
+        sink = self.publisher.audit
+        if sink is None:
+            return
+        action = "dmp.withdraw" if job.action == "withdraw" else "dmp.register"
+        message = await self._message(job)
+        r = message.report if message is not None else None
+        name = None
+        if r is not None and (r.patient_family or r.patient_given):
+            name = f"{r.patient_family or ''}^{r.patient_given or ''}"
+        event = AuditEvent(
+            action, REFUSED if state == "rejected" else FAILURE,
+            professional=r.author.id if r is not None and r.author else None,
+            patient=(r.ins or r.ipp) if r is not None else None, patient_name=name, study=job.study_uid,
+            kos=job.kos_uid, source=self.settings.dmp.url,
+            detail={"accession": job.accession, "state": state, "attempts": str(job.attempts + 1),
+                    "reason": _without_identity(reason, message)},
+        )  # fmt: skip
+        try:
+            await sink.record(event)
+        except Exception as exc:
+            log.error("audit trail: %s; %s failure of publication %d not recorded", exc, action, job.id)
+
+    async def _message(self, job: Publication) -> ReportMessage | None:
+        """The job's report, for who and whose data the failure concerns; None when it is gone or unreadable."""
+        raw = await self.outbox.raw_message(job.id)
+        if raw is None:
+            return None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, parse_report_message, raw)
+        except HL7Error:
+            return None
+
     def _backoff(self, attempts: int) -> float:
         p = self.settings.publish
         base = min(p.backoff_max, p.backoff_initial * (2 ** min(attempts - 1, 30)))
         # Jitter spreads retries of many jobs after a DMP outage.
         return float(base * random.uniform(0.8, 1.2))
+
+
+def _without_identity(reason: str, message: ReportMessage | None) -> str:
+    """The reason as the DMP or a check worded it, less any identity trait it quotes (they have their own fields)."""
+    if message is None:
+        return reason
+    r = message.report
+    for trait in (r.ins, r.ipp, r.patient_family, r.patient_given, r.patient_birth_date):
+        if trait and len(trait) >= 3:
+            reason = reason.replace(trait, "***")
+    return reason
 
 
 def _unexpected(exc: Exception) -> str:
