@@ -66,8 +66,10 @@ class CheckpointWriter:
         self.publish = publish
         self._key = key
         self._cert_sha256 = fingerprint(load_certificate(cert_path))
-        last = read_checkpoints(path)[-1] if path.is_file() else None
-        self.last: dict[str, Any] | None = last if isinstance(last, dict) else None
+        lines = read_checkpoints(path) if path.is_file() else []
+        self.last: dict[str, Any] | None = next((c for c in reversed(lines) if isinstance(c, dict)), None)
+        # A line torn by a power cut must not swallow the next checkpoint: start on a fresh line.
+        self._torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
 
     @property
     def last_seq(self) -> int:
@@ -79,6 +81,8 @@ class CheckpointWriter:
         signature = self._key.sign(signed_bytes(checkpoint), padding.PKCS1v15(), hashes.SHA256())
         checkpoint["signature"] = base64.b64encode(signature).decode("ascii")
         line = (json.dumps(checkpoint, sort_keys=True) + "\n").encode()
+        if self._torn:
+            line = b"\n" + line
         created = not self.path.exists()
         # O_APPEND: each line goes to the end whatever else has the file open; fsync: on disk before we go on.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -89,7 +93,7 @@ class CheckpointWriter:
             os.close(fd)
         if created:  # the new file's directory entry must survive a power cut too
             _fsync_dir(self.path.parent)
-        self.last = checkpoint
+        self.last, self._torn = checkpoint, False
         if self.publish is not None:
             self.publish(checkpoint)
         return checkpoint
@@ -144,7 +148,7 @@ def verify_checkpoints(trail: Path, path: Path, cert: x509.Certificate, every: i
         public_key = cert.public_key()
         for n, checkpoint in enumerate(read_checkpoints(path), start=1):
             if isinstance(checkpoint, str):
-                problems.append(f"checkpoint line {n} is not a checkpoint (the file was edited)")
+                problems.append(f"checkpoint line {n} is not a checkpoint (edited, or a write cut by a power failure)")
                 continue
             seq, head = checkpoint.get("seq"), checkpoint.get("hash")
             if not isinstance(seq, int) or not isinstance(head, str):
