@@ -41,7 +41,8 @@ def verify(cfg: Path) -> subprocess.CompletedProcess[str]:
 
 
 def checkpoints(settings: Settings) -> list[dict[str, object]]:
-    return [json.loads(line) for line in (settings.var_path / "audit-checkpoints.jsonl").read_text().splitlines()]
+    lines = (settings.var_path / "audit-checkpoints.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]
 
 
 def sql(settings: Settings, *statements: str) -> None:
@@ -142,3 +143,15 @@ async def test_checkpoints_go_to_syslog_too(tmp_path: Path) -> None:
     assert len(marked) == 1
     sent = json.loads(marked[0].split(b"\xef\xbb\xbf", 1)[1])
     assert sent == checkpoints(settings)[0] and sent["seq"] == EVERY and sent["signature"]
+
+
+async def test_a_line_torn_by_a_power_cut_is_named_and_later_checkpoints_still_hold(tmp_path: Path) -> None:
+    cfg, settings = box(tmp_path)
+    await fill(settings, EVERY)
+    with (settings.var_path / "audit-checkpoints.jsonl").open("a") as f:
+        f.write('{"seq": 6, "hash": "ab')  # the end of a write that never reached the disk
+    await fill(settings, EVERY, start=EVERY)
+    assert [c["seq"] for c in checkpoints(settings)[-1:]] == [2 * EVERY]
+    out = verify(cfg)
+    assert out.returncode == 1 and out.stdout.count("BROKEN") == 1, out.stdout
+    assert "checkpoint line 2 is not a checkpoint" in out.stdout
