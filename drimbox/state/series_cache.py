@@ -451,7 +451,7 @@ class SeriesCache:
                 (study_uid, json.dumps(series), time.time()),
             )
 
-        await self.db.acall(work)
+        await self._remember(work, "series list")
 
     async def metadata(self, study_uid: str, series_uid: str, base: str) -> bytes | None:
         def work(conn: sqlite3.Connection) -> bytes | None:
@@ -472,7 +472,14 @@ class SeriesCache:
                 (data, base, study_uid, series_uid),
             )
 
-        await self.db.acall(work)
+        await self._remember(work, "metadata")
+
+    async def _remember(self, work: Callable[[sqlite3.Connection], None], what: str) -> None:
+        """Write something the cache can do without (a full disk refuses it): the answer is served anyway."""
+        try:
+            await self.db.acall(work)
+        except sqlite3.OperationalError as exc:
+            log.warning("cache: cannot keep a %s: %s", what, exc)
 
     async def usage(self) -> dict[str, int]:
         def work(conn: sqlite3.Connection) -> dict[str, int]:
