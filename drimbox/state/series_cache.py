@@ -12,11 +12,23 @@ import sqlite3
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from drimbox.state.db import Database, transaction
+from drimbox.state.series_fill import (
+    MEMORY_AHEAD,
+    CachedInstance,
+    Cursor,
+    Fill,
+    Received,
+    SeriesInstance,
+    UncachedInstance,
+    readers_within,
+)
+
+# What readers of the cache get (the consumer imports them from here).
+__all__ = ["MEMORY_AHEAD", "CachedInstance", "Received", "SeriesCache", "SeriesInstance", "UncachedInstance"]
 
 log = logging.getLogger(__name__)
 
@@ -49,93 +61,6 @@ CREATE TABLE IF NOT EXISTS studies (
 """
 
 
-class Received(Protocol):
-    """What a fill source yields: one instance's Part-10 bytes and identity (dimse.ReceivedInstance fits)."""
-
-    @property
-    def sop_class_uid(self) -> str: ...
-    @property
-    def sop_instance_uid(self) -> str: ...
-    @property
-    def transfer_syntax_uid(self) -> str: ...
-    @property
-    def data(self) -> bytes: ...
-
-
-@dataclass(frozen=True, slots=True)
-class CachedInstance:
-    study_uid: str
-    series_uid: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-    path: Path
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class UncachedInstance:
-    """An instance handed on from memory as it was received, because the cache disk refused it (full, failing)."""
-
-    study_uid: str
-    series_uid: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-    data: bytes
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-
-SeriesInstance = CachedInstance | UncachedInstance
-
-# A fill that cannot write to disk holds at most this many received instances that some reader has not taken yet;
-# then it stops taking instances from the PACS until the slowest reader catches up. Backpressure rather than
-# dropping and re-fetching: the retrieve's own queue already slows the PACS down (iter_retrieve), a re-fetch
-# would cost a second retrieve of the series, and memory stays bounded by a few instances per series in flight.
-MEMORY_AHEAD = 4
-
-
-class _Cursor:
-    """Where one reader of a fill is: the absolute position of the next instance it will take."""
-
-    __slots__ = ("position",)
-
-    def __init__(self) -> None:
-        self.position = 0
-
-
-@dataclass
-class _Fill:
-    """A series being retrieved: what has arrived so far, and a condition readers wait on."""
-
-    instances: list[SeriesInstance] = field(default_factory=list)
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-    done: bool = False
-    error: BaseException | None = None
-    readers: int = 0
-    task: asyncio.Task[None] | None = None
-    # Cancelled because every reader left: a new reader must not join it (it would end early, silently).
-    abandoned: bool = False
-    # Run to the end even when every reader has left: a reader wanted one instance of the series, and the
-    # rest is what a viewer asks for next (cancelling would throw away a retrieve already paid for).
-    keep: bool = False
-    # The source is exhausted: only the commit is left, which a leaving reader must not interrupt.
-    received_all: bool = False
-    # Its readers accept instances from memory (serve_series): a write error degrades the fill instead of failing it.
-    may_pass: bool = False
-    # Writing to disk failed: instances now pass from memory and the series will not be cached.
-    degraded: bool = False
-    # Absolute position of instances[0]: a degraded fill drops what every reader has taken (bounded memory),
-    # and a reader arriving then cannot start from the beginning of it.
-    base: int = 0
-    cursors: set[_Cursor] = field(default_factory=set)
-    # Set by readers as they take instances or leave: a degraded fill waits on it (backpressure).
-    progress: asyncio.Event = field(default_factory=asyncio.Event)
-
-
 class SeriesCache:
     """Complete series on disk under `directory/<study>/<series>/`, indexed in SQLite, at most `max_bytes`.
 
@@ -148,7 +73,7 @@ class SeriesCache:
         self.max_bytes = max_bytes
         directory.mkdir(parents=True, exist_ok=True)
         self.db = Database(directory / "index.sqlite", SCHEMA)
-        self._fills: dict[tuple[str, str], _Fill] = {}
+        self._fills: dict[tuple[str, str], Fill] = {}
         self._generation: dict[str, int] = {}
         # For /health: the last time the disk refused a cache file (or the index), and the last series kept.
         self.last_write_error: str | None = None
@@ -251,9 +176,9 @@ class SeriesCache:
             # A degraded fill that dropped its first instances: it cannot give them again; a new fill can.
             await asyncio.wait({fill.task})
         if fill is None:
-            fill = self._fills[key] = _Fill(may_pass=may_pass)
+            fill = self._fills[key] = Fill(may_pass=may_pass)
             fill.task = asyncio.create_task(self._fill(key, fill, source), name=f"cache-fill-{series_uid}")
-        cursor = _Cursor()
+        cursor = Cursor()
         fill.cursors.add(cursor)
         fill.readers += 1
         fill.keep = fill.keep or keep
@@ -282,7 +207,7 @@ class SeriesCache:
                 fill.abandoned = True
                 fill.task.cancel()
 
-    async def _fill(self, key: tuple[str, str], fill: _Fill, source: Callable[[], AsyncIterator[Received]]) -> None:
+    async def _fill(self, key: tuple[str, str], fill: Fill, source: Callable[[], AsyncIterator[Received]]) -> None:
         study_uid, series_uid = key
         generation = self._generation.get(study_uid, 0)
         directory = self._series_dir(study_uid, series_uid)
@@ -317,7 +242,7 @@ class SeriesCache:
                         fill.instances.append(instance)
                         fill.changed.notify_all()
                     if fill.degraded:
-                        await _readers_within(fill, MEMORY_AHEAD)
+                        await readers_within(fill, MEMORY_AHEAD)
             finally:
                 # Closing the source at once is what sends C-CANCEL when the fill is abandoned.
                 aclose = getattr(received, "aclose", None)
@@ -326,7 +251,7 @@ class SeriesCache:
             fill.received_all = True
             if fill.degraded:
                 # The files written before the disk refused one go only once every reader is past them.
-                await _readers_within(fill, 0)
+                await readers_within(fill, 0)
                 await asyncio.to_thread(shutil.rmtree, directory, True)
             elif fill.instances and self._generation.get(study_uid, 0) == generation:
                 await self._commit_or_drop(fill, study_uid, series_uid, total)
@@ -348,7 +273,7 @@ class SeriesCache:
         except (OSError, sqlite3.Error) as exc:
             log.warning("cache: eviction failed: %s", exc)
 
-    def _write_failed(self, fill: _Fill, series_uid: str, exc: OSError) -> None:
+    def _write_failed(self, fill: Fill, series_uid: str, exc: OSError) -> None:
         """The cache disk refused a file: degrade the fill (readers that take bytes) or fail it; logged once."""
         self.last_write_error = f"{errno.errorcode.get(exc.errno or 0, 'OSError')}: {exc.strerror or exc}"
         self.last_write_error_at = time.time()
@@ -358,7 +283,7 @@ class SeriesCache:
         log.warning("cache: cannot write series %s (%s): served from memory, not cached", series_uid,
                     self.last_write_error)
 
-    async def _commit_or_drop(self, fill: _Fill, study_uid: str, series_uid: str, total: int) -> None:
+    async def _commit_or_drop(self, fill: Fill, study_uid: str, series_uid: str, total: int) -> None:
         files = [i for i in fill.instances if isinstance(i, CachedInstance)]
         try:
             await self._commit(study_uid, series_uid, files, total)
@@ -499,19 +424,6 @@ class SeriesCache:
             report["last_write_error"] = self.last_write_error
             report["last_write_error_at"] = self.last_write_error_at
         return report
-
-
-async def _readers_within(fill: _Fill, ahead: int) -> None:
-    """Wait until every reader is at most `ahead` instances behind the fill, dropping what all of them took."""
-    while fill.cursors:
-        slowest = min(cursor.position for cursor in fill.cursors)
-        if slowest > fill.base:
-            del fill.instances[: slowest - fill.base]
-            fill.base = slowest
-        if fill.base + len(fill.instances) - slowest <= ahead:
-            return
-        fill.progress.clear()
-        await fill.progress.wait()
 
 
 def _write(path: Path, data: bytes) -> None:
