@@ -75,6 +75,7 @@ class SeriesCache:
         self.db = Database(directory / "index.sqlite", SCHEMA)
         self._fills: dict[tuple[str, str], Fill] = {}
         self._generation: dict[str, int] = {}
+        self._drops: set[asyncio.Task[None]] = set()
         # For /health: the last time the disk refused a cache file (or the index), and the last series kept.
         self.last_write_error: str | None = None
         self.last_write_error_at: float | None = None
@@ -85,6 +86,8 @@ class SeriesCache:
         for fill in self._fills.values():
             if fill.task is not None:
                 fill.task.cancel()
+        for task in self._drops:
+            task.cancel()  # what it would have removed is unindexed: _drop_orphans removes it at the next start
         self.db.close()
 
     def _drop_orphans(self) -> None:
@@ -292,9 +295,18 @@ class SeriesCache:
             self.last_write_error = f"index: {exc}"
             self.last_write_error_at = time.time()
             log.warning("cache: cannot index series %s (%s): not cached", series_uid, exc)
-            await asyncio.to_thread(shutil.rmtree, self._series_dir(study_uid, series_uid), True)
+            # Its files go once its readers have left: a reader still behind sends them from disk.
+            task = asyncio.create_task(self._drop_when_read(fill, self._series_dir(study_uid, series_uid)))
+            self._drops.add(task)
+            task.add_done_callback(self._drops.discard)
             return
         self.last_commit_at = time.time()
+
+    async def _drop_when_read(self, fill: Fill, directory: Path) -> None:
+        while fill.readers:
+            fill.progress.clear()
+            await fill.progress.wait()
+        await asyncio.to_thread(shutil.rmtree, directory, True)
 
     async def _commit(self, study_uid: str, series_uid: str, instances: list[CachedInstance], total: int) -> None:
         def work(conn: sqlite3.Connection) -> None:
