@@ -36,6 +36,7 @@ from drimbox.source.access import SourceAccess, audit_open_access
 from drimbox.source.api import publications_routes
 from drimbox.source.dmp_gateway import XdsDmpGateway
 from drimbox.source.intake import ReportIntake
+from drimbox.source.kos_orphans import remove_orphan_kos
 from drimbox.source.native_backend import NativeBackend
 from drimbox.source.proxy_backend import ProxyBackend
 from drimbox.source.publish import Publisher
@@ -154,7 +155,9 @@ class Box:
         await site.start()
         if self.mllp is not None:
             await self.mllp.start()
-        if self.worker is not None:
+        if self.worker is not None and self.outbox is not None:
+            # Before any job runs: a KOS file a kill left unrecorded is removed, never one a job is writing.
+            await remove_orphan_kos(s.var_path / "kos", self.outbox)
             self.worker.start()
         log.info(
             "drimbox started: roles %s, profile %s, HTTP%s %s:%d%s",
@@ -228,7 +231,7 @@ class Box:
         if self.worker is not None:
             components["worker"] = {"status": "up", "last_error": self.worker.last_error}
         if self.cache is not None:
-            components["cache"] = {"status": "up", **(await self.cache.usage())}
+            components["cache"] = await self.cache.health()  # "degraded" while its disk refuses files
         body = {
             "status": "up" if healthy else "down",
             "roles": self.settings.box.roles,

@@ -1,15 +1,20 @@
-"""The series cache: one fill per series for every reader, LRU eviction by size, invalidation, no partial series."""
+"""The series cache: one fill per series for every reader, LRU eviction by size, invalidation, no partial series,
+and a disk that refuses files costing the readers nothing."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from drimbox.state.series_cache import SeriesCache
+from drimbox.state.series_cache import MEMORY_AHEAD, CachedInstance, SeriesCache, UncachedInstance
 
 
 @dataclass(frozen=True)
@@ -166,3 +171,115 @@ async def test_a_reader_that_wanted_one_instance_leaves_the_fill_running_to_the_
         assert source.started == 1 and source.sent == 30
     finally:
         cache.close()
+
+
+# ------------------------------------------------------------------------------- a cache disk that refuses files
+
+
+async def serve_all(cache: SeriesCache, study: str, series: str, source: Callable[[], AsyncIterator[Item]]) -> list[Any]:
+    return [i async for i in cache.serve_series(study, series, source)]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MB tmpfs (a disk that really fills up), unmounted afterwards."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root and mount")
+    directory = tmp_path / "tiny"
+    directory.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(directory)], capture_output=True,
+                          check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+async def test_a_full_disk_mid_series_serves_the_whole_series_from_memory_uncached(tiny_disk: Path) -> None:
+    cache = SeriesCache(tiny_disk, max_bytes=10**9)
+    try:
+        source = Source(12, size=200_000)  # 2.4 MB on a 1 MB disk: the first files fit, then ENOSPC
+        a, b = await asyncio.gather(serve_all(cache, "1.2", "S", source), serve_all(cache, "1.2", "S", source))
+        expected = [bytes([n]) * 200_000 for n in range(12)]
+        for got in (a, b):
+            assert [i.sop_instance_uid for i in got] == [f"1.2.3.{n}" for n in range(12)]
+            assert any(isinstance(i, CachedInstance) for i in got) and isinstance(got[-1], UncachedInstance)
+            assert [i.data for i in got if isinstance(i, UncachedInstance)] == expected[-sum(
+                isinstance(i, UncachedInstance) for i in got):]
+        assert source.started == 1
+        # Nothing kept, nothing half-written left: the space is free again for the next series.
+        assert await cache.cached("1.2", "S") is None
+        assert [p for p in tiny_disk.rglob("*") if p.is_file() and p.parent != tiny_disk] == []
+        health = await cache.health()
+        assert health["status"] == "degraded" and "ENOSPC" in health["last_write_error"], health
+        small = Source(3, size=1000)
+        assert len(await serve_all(cache, "1.2", "T", small)) == 3
+        assert await cache.cached("1.2", "T") is not None
+        assert (await cache.health())["status"] == "up"
+    finally:
+        cache.close()
+
+
+async def test_a_refused_series_passes_from_memory_at_the_pace_of_its_slowest_reader(tmp_path: Path) -> None:
+    (tmp_path / "1.2").write_bytes(b"")  # the study's directory cannot be made: every write is refused
+    cache = SeriesCache(tmp_path, max_bytes=10**9)
+    try:
+        source = Source(40, size=1000)
+        got: list[bytes] = []
+        async for n, instance in aenumerate(cache.serve_series("1.2", "S", source)):
+            assert isinstance(instance, UncachedInstance)
+            got.append(instance.data)
+            await asyncio.sleep(0.002)
+            # Backpressure: the PACS is never more than a few instances ahead of the reader.
+            assert source.sent <= n + 1 + MEMORY_AHEAD, (n, source.sent)
+        assert got == [bytes([n]) * 1000 for n in range(40)]
+        assert await cache.cached("1.2", "S") is None
+        assert (await cache.health())["status"] == "degraded"
+        # A reader that cannot take bytes (the consumer's importer) gets a clean error, as before.
+        with pytest.raises(OSError):
+            await read_all(cache, "S2", Source(3))
+    finally:
+        cache.close()
+
+
+async def test_a_reader_arriving_after_a_refused_fill_moved_on_gets_the_whole_series(tmp_path: Path) -> None:
+    (tmp_path / "1.2").write_bytes(b"")
+    cache = SeriesCache(tmp_path, max_bytes=10**9)
+    try:
+        source = Source(20, size=100, delay=0.002)
+        first = cache.serve_series("1.2", "S", source)
+        taken = [await anext(first) for _ in range(10)]  # instances 0..9 dropped from memory once taken
+        late = asyncio.create_task(serve_all(cache, "1.2", "S", source))
+        rest = [i async for i in first]
+        assert [i.sop_instance_uid for i in taken + rest] == [f"1.2.3.{n}" for n in range(20)]
+        assert [i.sop_instance_uid for i in await late] == [f"1.2.3.{n}" for n in range(20)]
+        assert source.started == 2
+    finally:
+        cache.close()
+
+
+async def test_a_refused_fill_stops_when_its_last_reader_leaves_even_if_kept(tmp_path: Path) -> None:
+    (tmp_path / "1.2").write_bytes(b"")
+    cache = SeriesCache(tmp_path, max_bytes=10**9)
+    try:
+        source = Source(1000, size=100, delay=0.001)
+        reader = cache.serve_series("1.2", "S", source, keep=True)
+        await anext(reader)
+        await reader.aclose()
+        for _ in range(200):
+            if source.closed:
+                break
+            await asyncio.sleep(0.01)
+        # Nothing would be cached: the rest of the series is not worth a retrieve nobody reads.
+        assert source.closed == 1 and source.sent < 1000
+    finally:
+        cache.close()
+
+
+async def aenumerate(items: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
+    n = 0
+    async for item in items:
+        yield n, item
+        n += 1

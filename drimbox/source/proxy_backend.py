@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
-from pathlib import Path
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -26,7 +25,7 @@ from drimbox.dicomweb.json_model import metadata_from_instances
 from drimbox.dimse.network import DimseFailure, DimseUnavailable
 from drimbox.dimse.retrieve import ReceivedInstance, RetrieveOutcome, iter_retrieve
 from drimbox.dimse.search import iter_find
-from drimbox.state.series_cache import CachedInstance, SeriesCache
+from drimbox.state.series_cache import SeriesCache, SeriesInstance, UncachedInstance
 
 SERIES_INSTANCE_UID = 0x0020000E
 
@@ -50,7 +49,9 @@ def _identifier(query: QidoQuery) -> Dataset:
 
 class ProxyBackend:
     """Serves DICOMweb from the PACS behind the box. Nothing of a study is held in memory: each instance goes
-    PACS → cache file → HTTP as it arrives, and later requests for the series are served from the cache."""
+    PACS → cache file → HTTP as it arrives, and later requests for the series are served from the cache.
+    A cache disk that refuses files (full) does not cut a retrieve: the series then goes PACS → memory → HTTP,
+    a few instances at a time (SeriesCache.serve_series), uncached."""
 
     def __init__(self, settings: Settings, cache: SeriesCache) -> None:
         self.settings = settings
@@ -109,14 +110,14 @@ class ProxyBackend:
 
     async def _series_instances(
         self, study_uid: str, series_uid: str, *, keep: bool = False
-    ) -> AsyncGenerator[CachedInstance, None]:
+    ) -> AsyncGenerator[SeriesInstance, None]:
         outcome = RetrieveOutcome()
         count = 0
         source = self._source(study_uid, series_uid, outcome)
         try:
             # aclosing: a request that leaves early must leave the fill at once (reader count, C-CANCEL), not
             # whenever the garbage collector finalises the generator.
-            async with aclosing(self.cache.series(study_uid, series_uid, source, keep=keep)) as instances:
+            async with aclosing(self.cache.serve_series(study_uid, series_uid, source, keep=keep)) as instances:
                 async for instance in instances:
                     count += 1
                     yield instance
@@ -139,9 +140,9 @@ class ProxyBackend:
             if hit is None:
                 yield await self._one_instance(study_uid, series_uid, sop_uid)
                 return
-            for instance in hit:
-                if instance.sop_instance_uid == sop_uid:
-                    yield _stored(instance)
+            for cached in hit:
+                if cached.sop_instance_uid == sop_uid:
+                    yield _stored(cached)
                     return
             raise NotFound("no such instance in the PACS")
         series_list = [series_uid] if series_uid else await self._series_of(study_uid)
@@ -279,16 +280,16 @@ class ProxyBackend:
         await self.cache.invalidate_study(study_uid)
 
 
-def _stored(instance: CachedInstance) -> StoredInstance:
+def _stored(instance: SeriesInstance) -> StoredInstance:
+    body = BytesBody(instance.data) if isinstance(instance, UncachedInstance) else FileBody(instance.path, instance.size)
     return StoredInstance(
         study_uid=instance.study_uid,
         series_uid=instance.series_uid,
         sop_class_uid=instance.sop_class_uid,
         sop_instance_uid=instance.sop_instance_uid,
         transfer_syntax_uid=instance.transfer_syntax_uid,
-        body=FileBody(Path(instance.path), instance.size),
+        body=body,
     )
-
 
 
 def _received(study_uid: str, series_uid: str, item: ReceivedInstance) -> StoredInstance:

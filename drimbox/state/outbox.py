@@ -266,6 +266,15 @@ class Outbox:
 
         return await self.db.acall(work)
 
+    async def kos_uids(self) -> set[str]:
+        """Every KOS UID a publication records, whatever its state (its file is what the box serves and replays)."""
+
+        def work(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute("SELECT DISTINCT kos_uid FROM publications WHERE kos_uid IS NOT NULL").fetchall()
+            return {str(r["kos_uid"]) for r in rows}
+
+        return await self.db.acall(work)
+
     def requeue(self, accession: str) -> int:
         """Put every failed, rejected or waiting job of an accession back in the queue (operator action)."""
 

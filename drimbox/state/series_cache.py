@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -10,11 +11,24 @@ import shutil
 import sqlite3
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
+from contextlib import aclosing
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 from drimbox.state.db import Database, transaction
+from drimbox.state.series_fill import (
+    MEMORY_AHEAD,
+    CachedInstance,
+    Cursor,
+    Fill,
+    Received,
+    SeriesInstance,
+    UncachedInstance,
+    readers_within,
+)
+
+# What readers of the cache get (the consumer imports them from here).
+__all__ = ["MEMORY_AHEAD", "CachedInstance", "Received", "SeriesCache", "SeriesInstance", "UncachedInstance"]
 
 log = logging.getLogger(__name__)
 
@@ -47,49 +61,6 @@ CREATE TABLE IF NOT EXISTS studies (
 """
 
 
-class Received(Protocol):
-    """What a fill source yields: one instance's Part-10 bytes and identity (dimse.ReceivedInstance fits)."""
-
-    @property
-    def sop_class_uid(self) -> str: ...
-    @property
-    def sop_instance_uid(self) -> str: ...
-    @property
-    def transfer_syntax_uid(self) -> str: ...
-    @property
-    def data(self) -> bytes: ...
-
-
-@dataclass(frozen=True, slots=True)
-class CachedInstance:
-    study_uid: str
-    series_uid: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-    path: Path
-    size: int
-
-
-@dataclass
-class _Fill:
-    """A series being retrieved: what has arrived so far, and a condition readers wait on."""
-
-    instances: list[CachedInstance] = field(default_factory=list)
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-    done: bool = False
-    error: BaseException | None = None
-    readers: int = 0
-    task: asyncio.Task[None] | None = None
-    # Cancelled because every reader left: a new reader must not join it (it would end early, silently).
-    abandoned: bool = False
-    # Run to the end even when every reader has left: a reader wanted one instance of the series, and the
-    # rest is what a viewer asks for next (cancelling would throw away a retrieve already paid for).
-    keep: bool = False
-    # The source is exhausted: only the commit is left, which a leaving reader must not interrupt.
-    received_all: bool = False
-
-
 class SeriesCache:
     """Complete series on disk under `directory/<study>/<series>/`, indexed in SQLite, at most `max_bytes`.
 
@@ -102,14 +73,21 @@ class SeriesCache:
         self.max_bytes = max_bytes
         directory.mkdir(parents=True, exist_ok=True)
         self.db = Database(directory / "index.sqlite", SCHEMA)
-        self._fills: dict[tuple[str, str], _Fill] = {}
+        self._fills: dict[tuple[str, str], Fill] = {}
         self._generation: dict[str, int] = {}
+        self._drops: set[asyncio.Task[None]] = set()
+        # For /health: the last time the disk refused a cache file (or the index), and the last series kept.
+        self.last_write_error: str | None = None
+        self.last_write_error_at: float | None = None
+        self.last_commit_at: float | None = None
         self._drop_orphans()
 
     def close(self) -> None:
         for fill in self._fills.values():
             if fill.task is not None:
                 fill.task.cancel()
+        for task in self._drops:
+            task.cancel()  # what it would have removed is unindexed: _drop_orphans removes it at the next start
         self.db.close()
 
     def _drop_orphans(self) -> None:
@@ -134,11 +112,17 @@ class SeriesCache:
         base = self._series_dir(study_uid, series_uid)
 
         def work(conn: sqlite3.Connection) -> list[CachedInstance] | None:
-            hit = conn.execute(
-                "UPDATE series SET last_access = ? WHERE study_uid = ? AND series_uid = ?",
-                (time.time(), study_uid, series_uid),
-            )
-            if hit.rowcount == 0:
+            try:
+                found = conn.execute(
+                    "UPDATE series SET last_access = ? WHERE study_uid = ? AND series_uid = ?",
+                    (time.time(), study_uid, series_uid),
+                ).rowcount > 0
+            except sqlite3.OperationalError:
+                # A full disk refuses the write: the LRU order is only a hint, the series is still served.
+                found = conn.execute(
+                    "SELECT 1 FROM series WHERE study_uid = ? AND series_uid = ?", (study_uid, series_uid)
+                ).fetchone() is not None
+            if not found:
                 return None
             rows = conn.execute(
                 "SELECT * FROM instances WHERE study_uid = ? AND series_uid = ? ORDER BY position",
@@ -155,56 +139,87 @@ class SeriesCache:
     async def series(
         self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]], *, keep: bool = False
     ) -> AsyncGenerator[CachedInstance, None]:
-        """Every instance of the series: from the cache, from a fill in progress, or from a new fill of `source`.
+        """Every instance of the series as a cached file: from the cache, from a fill in progress, or from a new fill.
 
         Instances are yielded as they arrive. When the last reader leaves before the fill ends, the fill is
         cancelled (the source iterator is closed: C-CANCEL) and nothing of it is kept — unless a reader passed
         `keep` (it wants part of the series and will leave early on purpose): then the fill completes.
+        A cache disk that refuses a file fails the fill (see serve_series for readers that take bytes instead).
         """
-        hit = await self.cached(study_uid, series_uid)
-        if hit is not None:
-            for instance in hit:
+        async with aclosing(self._read(study_uid, series_uid, source, keep=keep, may_pass=False)) as instances:
+            async for instance in instances:
+                if not isinstance(instance, CachedInstance):  # only when a serve_series fill is shared
+                    raise OSError(errno.ENOSPC, "the cache disk refused the series")
                 yield instance
-            return
+
+    def serve_series(
+        self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]], *, keep: bool = False
+    ) -> AsyncGenerator[SeriesInstance, None]:
+        """As `series`, but a cache disk that refuses a file (full, failing) does not fail the readers: the rest of
+        the series is handed on from memory as it arrives (UncachedInstance), and the series is not cached."""
+        return self._read(study_uid, series_uid, source, keep=keep, may_pass=True)
+
+    async def _read(
+        self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]], *, keep: bool,
+        may_pass: bool,
+    ) -> AsyncGenerator[SeriesInstance, None]:
         key = (study_uid, series_uid)
-        fill = self._fills.get(key)
-        if fill is not None and fill.abandoned and fill.task is not None:
-            # Let the abandoned fill finish cancelling (C-CANCEL, its files removed) before starting anew.
-            await asyncio.wait({fill.task})
+        while True:
+            hit = await self.cached(study_uid, series_uid)
+            if hit is not None:
+                for cached in hit:
+                    yield cached
+                return
             fill = self._fills.get(key)
+            if fill is None or fill.task is None:
+                break
+            if not (fill.abandoned or fill.base > 0):
+                break
+            # An abandoned fill: let it finish cancelling (C-CANCEL, its files removed) before starting anew.
+            # A degraded fill that dropped its first instances: it cannot give them again; a new fill can.
+            await asyncio.wait({fill.task})
         if fill is None:
-            fill = self._fills[key] = _Fill()
+            fill = self._fills[key] = Fill(may_pass=may_pass)
             fill.task = asyncio.create_task(self._fill(key, fill, source), name=f"cache-fill-{series_uid}")
+        cursor = Cursor()
+        fill.cursors.add(cursor)
         fill.readers += 1
         fill.keep = fill.keep or keep
         try:
-            position = 0
             while True:
                 async with fill.changed:
-                    while position >= len(fill.instances) and not fill.done:
+                    while cursor.position >= fill.base + len(fill.instances) and not fill.done:
                         await fill.changed.wait()
-                    ready = fill.instances[position:]
-                    finished, error = fill.done, fill.error
+                    ready = fill.instances[cursor.position - fill.base:]
+                    finished, error, end = fill.done, fill.error, fill.base + len(fill.instances)
                 for instance in ready:
                     yield instance
-                position += len(ready)
-                if finished and position >= len(fill.instances):
+                    cursor.position += 1
+                    fill.progress.set()
+                if finished and cursor.position >= end:
                     if error is not None:
                         raise error
                     return
         finally:
             fill.readers -= 1
-            if fill.readers == 0 and not (fill.done or fill.keep or fill.received_all) and fill.task is not None:
+            fill.cursors.discard(cursor)
+            fill.progress.set()
+            # A degraded fill caches nothing: with nobody reading, finishing it (keep) would be wasted work.
+            unwanted = fill.degraded or not (fill.keep or fill.received_all)
+            if fill.readers == 0 and not fill.done and unwanted and fill.task is not None:
                 fill.abandoned = True
                 fill.task.cancel()
 
-    async def _fill(self, key: tuple[str, str], fill: _Fill, source: Callable[[], AsyncIterator[Received]]) -> None:
+    async def _fill(self, key: tuple[str, str], fill: Fill, source: Callable[[], AsyncIterator[Received]]) -> None:
         study_uid, series_uid = key
         generation = self._generation.get(study_uid, 0)
         directory = self._series_dir(study_uid, series_uid)
         total = 0
         try:
-            await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+            try:
+                await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+            except OSError as exc:
+                self._write_failed(fill, series_uid, exc)
             seen: set[str] = set()
             received = source()
             try:
@@ -213,21 +228,36 @@ class SeriesCache:
                         continue  # a PACS may send an instance twice; a reader must see it once
                     seen.add(item.sop_instance_uid)
                     path = directory / f"{item.sop_instance_uid}.dcm"
-                    await asyncio.to_thread(_write, path, item.data)
-                    total += len(item.data)
-                    instance = CachedInstance(study_uid, series_uid, item.sop_class_uid, item.sop_instance_uid,
-                                              item.transfer_syntax_uid, path, len(item.data))
+                    if not fill.degraded:
+                        try:
+                            await asyncio.to_thread(_write, path, item.data)
+                        except OSError as exc:
+                            self._write_failed(fill, series_uid, exc)
+                    instance: SeriesInstance
+                    if fill.degraded:
+                        instance = UncachedInstance(study_uid, series_uid, item.sop_class_uid, item.sop_instance_uid,
+                                                    item.transfer_syntax_uid, item.data)
+                    else:
+                        total += len(item.data)
+                        instance = CachedInstance(study_uid, series_uid, item.sop_class_uid, item.sop_instance_uid,
+                                                  item.transfer_syntax_uid, path, len(item.data))
                     async with fill.changed:
                         fill.instances.append(instance)
                         fill.changed.notify_all()
+                    if fill.degraded:
+                        await readers_within(fill, MEMORY_AHEAD)
             finally:
                 # Closing the source at once is what sends C-CANCEL when the fill is abandoned.
                 aclose = getattr(received, "aclose", None)
                 if aclose is not None:
                     await aclose()
             fill.received_all = True
-            if fill.instances and self._generation.get(study_uid, 0) == generation:
-                await self._commit(study_uid, series_uid, fill.instances, total)
+            if fill.degraded:
+                # The files written before the disk refused one go only once every reader is past them.
+                await readers_within(fill, 0)
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+            elif fill.instances and self._generation.get(study_uid, 0) == generation:
+                await self._commit_or_drop(fill, study_uid, series_uid, total)
             else:
                 await asyncio.to_thread(shutil.rmtree, directory, True)
         except BaseException as exc:
@@ -241,7 +271,42 @@ class SeriesCache:
             async with fill.changed:
                 fill.done = True
                 fill.changed.notify_all()
-        await self._evict()
+        try:
+            await self._evict()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("cache: eviction failed: %s", exc)
+
+    def _write_failed(self, fill: Fill, series_uid: str, exc: OSError) -> None:
+        """The cache disk refused a file: degrade the fill (readers that take bytes) or fail it; logged once."""
+        self.last_write_error = f"{errno.errorcode.get(exc.errno or 0, 'OSError')}: {exc.strerror or exc}"
+        self.last_write_error_at = time.time()
+        if not fill.may_pass:
+            raise exc
+        fill.degraded = True
+        log.warning("cache: cannot write series %s (%s): served from memory, not cached", series_uid,
+                    self.last_write_error)
+
+    async def _commit_or_drop(self, fill: Fill, study_uid: str, series_uid: str, total: int) -> None:
+        files = [i for i in fill.instances if isinstance(i, CachedInstance)]
+        try:
+            await self._commit(study_uid, series_uid, files, total)
+        except (OSError, sqlite3.Error) as exc:
+            # The index is on the same disk: every reader had its instances, the series is just not kept.
+            self.last_write_error = f"index: {exc}"
+            self.last_write_error_at = time.time()
+            log.warning("cache: cannot index series %s (%s): not cached", series_uid, exc)
+            # Its files go once its readers have left: a reader still behind sends them from disk.
+            task = asyncio.create_task(self._drop_when_read(fill, self._series_dir(study_uid, series_uid)))
+            self._drops.add(task)
+            task.add_done_callback(self._drops.discard)
+            return
+        self.last_commit_at = time.time()
+
+    async def _drop_when_read(self, fill: Fill, directory: Path) -> None:
+        while fill.readers:
+            fill.progress.clear()
+            await fill.progress.wait()
+        await asyncio.to_thread(shutil.rmtree, directory, True)
 
     async def _commit(self, study_uid: str, series_uid: str, instances: list[CachedInstance], total: int) -> None:
         def work(conn: sqlite3.Connection) -> None:
@@ -323,7 +388,7 @@ class SeriesCache:
                 (study_uid, json.dumps(series), time.time()),
             )
 
-        await self.db.acall(work)
+        await self._remember(work, "series list")
 
     async def metadata(self, study_uid: str, series_uid: str, base: str) -> bytes | None:
         def work(conn: sqlite3.Connection) -> bytes | None:
@@ -344,7 +409,14 @@ class SeriesCache:
                 (data, base, study_uid, series_uid),
             )
 
-        await self.db.acall(work)
+        await self._remember(work, "metadata")
+
+    async def _remember(self, work: Callable[[sqlite3.Connection], None], what: str) -> None:
+        """Write something the cache can do without (a full disk refuses it): the answer is served anyway."""
+        try:
+            await self.db.acall(work)
+        except sqlite3.OperationalError as exc:
+            log.warning("cache: cannot keep a %s: %s", what, exc)
 
     async def usage(self) -> dict[str, int]:
         def work(conn: sqlite3.Connection) -> dict[str, int]:
@@ -354,9 +426,25 @@ class SeriesCache:
         return await self.db.acall(work)
 
 
+    async def health(self) -> dict[str, Any]:
+        """/health's cache component: "degraded" while the disk's last refusal is newer than the last series kept."""
+        failing = self.last_write_error_at is not None and (
+            self.last_commit_at is None or self.last_commit_at < self.last_write_error_at
+        )
+        report: dict[str, Any] = {"status": "degraded" if failing else "up", **(await self.usage())}
+        if self.last_write_error is not None:
+            report["last_write_error"] = self.last_write_error
+            report["last_write_error_at"] = self.last_write_error_at
+        return report
+
+
 def _write(path: Path, data: bytes) -> None:
     # No fsync: the cache can always be refilled from the PACS, and the index only names complete series.
     tmp = path.with_suffix(".part")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a half-written file would hold the space the disk lacks
+        raise

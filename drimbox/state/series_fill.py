@@ -1,0 +1,109 @@
+"""A series on its way into the cache: what has arrived, who reads it, and the pace of a fill that cannot write."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+class Received(Protocol):
+    """What a fill source yields: one instance's Part-10 bytes and identity (dimse.ReceivedInstance fits)."""
+
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def transfer_syntax_uid(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CachedInstance:
+    study_uid: str
+    series_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class UncachedInstance:
+    """An instance handed on from memory as it was received, because the cache disk refused it (full, failing)."""
+
+    study_uid: str
+    series_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+SeriesInstance = CachedInstance | UncachedInstance
+
+# A fill that cannot write to disk holds at most this many received instances that some reader has not taken yet;
+# then it stops taking instances from the PACS until the slowest reader catches up. Backpressure rather than
+# dropping and re-fetching: the retrieve's own queue already slows the PACS down (iter_retrieve), a re-fetch
+# would cost a second retrieve of the series, and memory stays bounded by a few instances per series in flight.
+MEMORY_AHEAD = 4
+
+
+class Cursor:
+    """Where one reader of a fill is: the absolute position of the next instance it will take."""
+
+    __slots__ = ("position",)
+
+    def __init__(self) -> None:
+        self.position = 0
+
+
+@dataclass
+class Fill:
+    """A series being retrieved: what has arrived so far, and a condition readers wait on."""
+
+    instances: list[SeriesInstance] = field(default_factory=list)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    done: bool = False
+    error: BaseException | None = None
+    readers: int = 0
+    task: asyncio.Task[None] | None = None
+    # Cancelled because every reader left: a new reader must not join it (it would end early, silently).
+    abandoned: bool = False
+    # Run to the end even when every reader has left: a reader wanted one instance of the series, and the
+    # rest is what a viewer asks for next (cancelling would throw away a retrieve already paid for).
+    keep: bool = False
+    # The source is exhausted: only the commit is left, which a leaving reader must not interrupt.
+    received_all: bool = False
+    # Its readers accept instances from memory (serve_series): a write error degrades the fill instead of failing it.
+    may_pass: bool = False
+    # Writing to disk failed: instances now pass from memory and the series will not be cached.
+    degraded: bool = False
+    # Absolute position of instances[0]: a degraded fill drops what every reader has taken (bounded memory),
+    # and a reader arriving then cannot start from the beginning of it.
+    base: int = 0
+    cursors: set[Cursor] = field(default_factory=set)
+    # Set by readers as they take instances or leave: a degraded fill waits on it (backpressure).
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+
+async def readers_within(fill: Fill, ahead: int) -> None:
+    """Wait until every reader is at most `ahead` instances behind the fill, dropping what all of them took."""
+    while fill.cursors:
+        slowest = min(cursor.position for cursor in fill.cursors)
+        if slowest > fill.base:
+            del fill.instances[: slowest - fill.base]
+            fill.base = slowest
+        if fill.base + len(fill.instances) - slowest <= ahead:
+            return
+        fill.progress.clear()
+        await fill.progress.wait()
