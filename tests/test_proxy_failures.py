@@ -40,12 +40,18 @@ def big_study(tmp_path: Path) -> list[Path]:
 
 
 def warmed_baseline(box: Any) -> int:
-    """Thread count once the box's thread pools exist: one full retrieve, then an empty cache again."""
+    """Thread count once the box's thread pools exist: one full retrieve and one left mid-stream (the pools grow
+    to what each path needs and keep their threads), then an empty cache again."""
     conn, resp = open_stream(box)
     resp.read()
     conn.close()
     urllib.request.urlopen(box.operator_request("/api/cache", "DELETE"), timeout=30).close()
+    conn, resp = open_stream(box)
+    resp.read(64 * 1024)
+    conn.close()
     assert box.process.proc is not None
+    time.sleep(1.0)
+    urllib.request.urlopen(box.operator_request("/api/cache", "DELETE"), timeout=30).close()
     time.sleep(0.5)
     return threads(box.process.proc.pid)
 

@@ -59,6 +59,8 @@ class ProxyBackend:
         # Instance-level C-GETs in flight: a viewer asks an instance's metadata and its frame at the same time.
         self._direct: dict[tuple[str, str, str], asyncio.Task[ReceivedInstance | None]] = {}
         self._metadata: dict[tuple[str, str, str], asyncio.Task[bytes]] = {}
+        # Readers of a series fill left running by a request that got its instance elsewhere (see _one_instance).
+        self._background: set[asyncio.Task[StoredInstance | None]] = set()
 
     # ---------------------------------------------------------------------------------------- QIDO
 
@@ -189,8 +191,17 @@ class ProxyBackend:
             error = from_fill.exception() if not from_fill.cancelled() else None
             raise error if error is not None else NotFound("no such instance in the PACS")
         finally:
-            # Only this request's reading of the fill ends here; the fill itself goes on (keep=True).
-            from_fill.cancel()
+            if not from_fill.done():
+                # Left to end by itself (its instance arrives in the fill, or the fill fails), not cancelled: the
+                # direct C-GET can answer before this reader has even started the series fill, and cancelling it
+                # then would leave the series never fetched. Once joined, the fill goes on anyway (keep=True).
+                self._background.add(from_fill)
+                from_fill.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[StoredInstance | None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # a failed fill is reported to the requests that read it, not here
 
     async def _from_fill(self, study_uid: str, series_uid: str, sop_uid: str) -> StoredInstance | None:
         async with aclosing(self._series_instances(study_uid, series_uid, keep=True)) as instances:
