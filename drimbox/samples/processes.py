@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import ssl
@@ -15,9 +16,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+_given: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
+    """A TCP port free on 127.0.0.1 right now, for a server started a moment later.
+
+    Taken below the OS's ephemeral range: a port the OS picked (bind to port 0) is also what it hands out to the
+    next outgoing connection, which then holds it before our server binds ("address already in use" under load).
+    Never the same port twice in this process.
+    """
+    low = max(10000, min(_ephemeral_low(), 65536) - 20000)
+    high = min(_ephemeral_low(), 65536) - 1
+    for _ in range(200):
+        port = random.randint(low, high)
+        if port in _given:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
