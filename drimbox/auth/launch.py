@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from drimbox.audit.events import REFUSED, SUCCESS
-from drimbox.auth.audit import record
+from drimbox.audit.request import audit_request
 from drimbox.auth.tokens import TokenError
 
 if TYPE_CHECKING:
@@ -64,14 +64,14 @@ def launch_token_middleware(gate: AuthGate) -> Middleware:
             professional, session_id = await gate.login_with_token(request, token)
         except TokenError as exc:
             log.info("launch refused: access token %s", exc.reason)
-            await record(request, "auth.launch-token", REFUSED, reason=exc.reason)
+            await audit_request(request, "auth.launch-token", REFUSED, reason=exc.reason)
             if exc.status == 503:
                 return _page(503, "Pro Santé Connect unavailable",
                              "Your access token cannot be checked now; try again later.")  # fmt: skip
             return _page(401, "Login refused", f"Your software's Pro Santé Connect access token was refused "
                                                f"({exc.reason}). Open the images again from your software, "
                                                "or log in: /auth/login")  # fmt: skip
-        await record(request, "auth.launch-token", SUCCESS, professional=professional.id)
+        await audit_request(request, "auth.launch-token", SUCCESS, professional=professional.id)
         try:
             response = await handler(request)
         except web.HTTPException as exc:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from drimbox.audit.events import REFUSED, SUCCESS
-from drimbox.auth.audit import record
+from drimbox.audit.request import audit_request
 from drimbox.auth.professional import Professional
 from drimbox.auth.routes import gate_of
 from drimbox.auth.tokens import BearerTokenChecker, TokenError
@@ -67,9 +67,9 @@ def uploader_check(tokens: BearerTokenChecker, configured: str) -> Callable[[web
         try:
             professional = await tokens.check_request(request)
         except TokenError as exc:
-            await record(request, "auth.stow", REFUSED, reason=exc.reason)
+            await audit_request(request, "auth.stow", REFUSED, reason=exc.reason)
             return exc.response()
-        await record(request, "auth.stow", SUCCESS, professional=professional.id)
+        await audit_request(request, "auth.stow", SUCCESS, professional=professional.id)
         return None
 
     return check
