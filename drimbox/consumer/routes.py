@@ -171,16 +171,25 @@ async def _list_request(request: web.Request, ctx: ConsumerContext) -> ListReque
     return ListRequest(PatientRef(ins, oid), filters, launch, base)
 
 
-async def exams_page(request: web.Request) -> web.Response:
-    """GET /conso/patients/{ins}/exams: the HTML list."""
+async def _page_request(request: web.Request) -> tuple[ConsumerContext, ProfessionalLike, ListRequest] | web.Response:
+    """What an HTML page about a patient's list starts with: the login (else to PSC), then the list's parameters
+    (else a page naming the bad fields)."""
     ctx = request.app[CONSUMER]
     pro = await ctx.auth.current_professional(request)
     if pro is None:
         _see_other(ctx.auth.login_url(request.path_qs))
     try:
-        lr = await _list_request(request, ctx)
+        return ctx, pro, await _list_request(request, ctx)
     except fields.InvalidFields as exc:
         return _html(pages.launch_errors(exc.problems), 400)
+
+
+async def exams_page(request: web.Request) -> web.Response:
+    """GET /conso/patients/{ins}/exams: the HTML list."""
+    page = await _page_request(request)
+    if isinstance(page, web.Response):
+        return page
+    ctx, pro, lr = page
     try:
         result = await ctx.catalog.list_exams(pro, lr.patient, lr.filters, _intent(request, lr))
     except LookupFailed as exc:
@@ -207,14 +216,10 @@ def _refusal_page(ctx: ConsumerContext, lr: ListRequest, exc: LookupFailed) -> s
 
 async def emergency_page(request: web.Request) -> web.Response:
     """POST /conso/patients/{ins}/emergency: the refusal page's form asks for emergency access, with a reason."""
-    ctx = request.app[CONSUMER]
-    pro = await ctx.auth.current_professional(request)
-    if pro is None:
-        _see_other(ctx.auth.login_url(request.path_qs))
-    try:
-        lr = await _list_request(request, ctx)
-    except fields.InvalidFields as exc:
-        return _html(pages.launch_errors(exc.problems), 400)
+    page = await _page_request(request)
+    if isinstance(page, web.Response):
+        return page
+    ctx, pro, lr = page
     form = await request.post()
     try:
         purpose, reason = emergency_request({k: v for k, v in form.items() if isinstance(v, str)}, ctx.settings)
