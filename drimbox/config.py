@@ -58,6 +58,13 @@ class DicomSettings:
     ae_title: str = "DRIMBOX"
     host: str = "127.0.0.1"
     port: int = 11112
+    # Native profile: who may C-STORE into the archive, each "AE_TITLE@host". The calling AE title AND the address
+    # it calls from must both match (AE titles are not secrets); a host name is resolved once at start. Empty:
+    # nobody; an operator adds each modality or PACS that feeds the archive. Anyone else is refused at association.
+    store_peers: list[str] = field(default_factory=list)
+    # Who may send IOCM rejection notes (they replace or withdraw published KOS, and in Native delete instances),
+    # same "AE_TITLE@host" form. Empty: the [pacs] peer ([pacs] ae_title@host) in Proxy profile, nobody in Native.
+    iocm_senders: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -371,6 +378,11 @@ def _validate(s: Settings) -> None:
     for key, ae in (("dicom.ae_title", s.dicom.ae_title), ("pacs.ae_title", s.pacs.ae_title)):
         if not 0 < len(ae) <= 16 or "\\" in ae:
             raise ConfigError(f"{key}: a DICOM AE title is 1 to 16 characters without backslash, got {ae!r}")
+    for key, entries in (("dicom.store_peers", s.dicom.store_peers), ("dicom.iocm_senders", s.dicom.iocm_senders)):
+        for entry in entries:
+            ae, sep, host = entry.strip().rpartition("@")
+            if not sep or not 0 < len(ae.strip()) <= 16 or "\\" in ae or not host.strip().strip("[]"):
+                raise ConfigError(f"{key}: each entry is AE_TITLE@host (AE title 1 to 16 characters), got {entry!r}")
     for key, url in (("dmp.url", s.dmp.url), ("psc.issuer", s.psc.issuer), ("whitelist.url", s.whitelist.url)):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{key}: must be an http(s) URL, got {url!r}")
