@@ -14,6 +14,7 @@ from drimbox.archive.archive import Archive
 from drimbox.archive.scp import ArchiveScp
 from drimbox.archive.scp import start as start_archive_scp
 from drimbox.audit import AUDIT, AuditSink, MemoryAudit
+from drimbox.audit.peers import ThreadAudit
 from drimbox.audit.trail import AuditTrail, open_trail
 from drimbox.auth import AuthGate
 from drimbox.auth.links import ReportLinks
@@ -28,12 +29,14 @@ from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.dicomweb.stow import stow_routes
 from drimbox.dimse.delivery import ReceivedInstance
 from drimbox.dimse.message import REFUSED_OUT_OF_RESOURCES
+from drimbox.dimse.peers import Caller, PeerList, iocm_senders, own_peer, store_peers
 from drimbox.dimse.pool import default_pool
 from drimbox.dimse.store_scp import StoreSCP, serve_shared, stop_shared
 from drimbox.hl7.mllp import MllpServer
 from drimbox.signals import until_signalled
 from drimbox.source.access import SourceAccess, audit_open_access
 from drimbox.source.api import publications_routes
+from drimbox.source.dicom_audit import ScpAudit
 from drimbox.source.dmp_gateway import XdsDmpGateway
 from drimbox.source.intake import ReportIntake
 from drimbox.source.kos_orphans import remove_orphan_kos
@@ -103,9 +106,18 @@ class Box:
             self.dmp = XdsDmpGateway(s)
             backend: ProxyBackend | NativeBackend
             pipeline_settings = s
+            # DICOM peers are recognised by AE title AND address; SCP threads audit through the loop, durably.
+            thread_audit = ThreadAudit(self.audit, asyncio.get_running_loop())
+            scp_audit = ScpAudit(thread_audit, s.dicom.ae_title)
+            senders = await asyncio.to_thread(iocm_senders, s)
             if s.box.profile == "native":
                 self.archive = Archive.open(s.var_path)
-                self.scp = start_archive_scp(s.dicom, self.archive, on_kos=self._rejection_hook)
+                stores = await asyncio.to_thread(store_peers, s)
+                # The box's own AE (its pipeline's C-FIND) is associated too, but may not store.
+                self.scp = start_archive_scp(
+                    s.dicom, self.archive, on_kos=self._rejection_hook, peers=stores | senders | own_peer(s.dicom),
+                    store_peers=stores, on_refused=scp_audit.refused, on_session=scp_audit.session,
+                )
                 backend = NativeBackend(self.archive)
                 # The box is the archive: the publication pipeline's C-FIND asks the box's own SCP.
                 own = dataclasses.replace(s.pacs, ae_title=s.dicom.ae_title, host=s.dicom.host, port=self.scp.port)
@@ -114,7 +126,11 @@ class Box:
                 self.cache = SeriesCache(s.var_path / "cache", s.cache.max_bytes)
                 backend = ProxyBackend(s, self.cache)
                 # Listening from the start (not only once a C-MOVE needs it): the PACS pushes IOCM rejection notes.
-                self.proxy_scp = await asyncio.to_thread(serve_shared, s.dicom, self._unsolicited_store)
+                # Its only callers: the PACS (C-MOVE sub-operations) and the IOCM senders.
+                pacs = await asyncio.to_thread(PeerList, [(s.pacs.ae_title, s.pacs.host)])
+                self.proxy_scp = await asyncio.to_thread(
+                    serve_shared, s.dicom, self._unsolicited_store, pacs | senders, scp_audit.refused
+                )
             self.backend = backend
             if isinstance(backend, NativeBackend):
                 # Storing needs a professional's PSC bearer token or the operator token (open with protect_dicomweb=false).
@@ -136,7 +152,8 @@ class Box:
                                   audit=self.audit)  # fmt: skip
             self.worker = PublicationWorker(s, self.outbox, publisher)
             self.rejections = RejectionIntake(
-                self.outbox, asyncio.get_running_loop(), self.worker.wake, backend.invalidate_study, self.archive
+                self.outbox, asyncio.get_running_loop(), self.worker.wake, backend.invalidate_study, self.archive,
+                senders=senders, audit=thread_audit,
             )
             links = ReportLinks(s.auth, s.box.public_url)
             app.add_routes(publications_routes(self.outbox, links))
@@ -191,16 +208,16 @@ class Box:
         # Release the PACS associations kept warm for the next query or retrieve.
         await asyncio.to_thread(default_pool.close_idle)
 
-    def _rejection_hook(self, data: bytes, calling_ae: str) -> int | None:
+    def _rejection_hook(self, data: bytes, caller: Caller) -> int | None:
         """Archive SCP thread: a KOS arrived (the intake exists once start() has run; the SCP starts before)."""
         if self.rejections is None:
-            return None
-        return self.rejections.native_kos(data, calling_ae)
+            return REFUSED_OUT_OF_RESOURCES  # starting: never archive a note unchecked, the sender retries
+        return self.rejections.native_kos(data, caller)
 
-    def _unsolicited_store(self, instance: ReceivedInstance, calling_ae: str) -> int:
+    def _unsolicited_store(self, instance: ReceivedInstance, caller: Caller) -> int:
         if self.rejections is None:
             return REFUSED_OUT_OF_RESOURCES  # starting: the PACS retries
-        return self.rejections.unsolicited(instance, calling_ae)
+        return self.rejections.unsolicited(instance, caller)
 
     async def _clear_cache(self, request: web.Request) -> web.Response:
         """Operator action: drop the Proxy cache, all of it or one study (?study=UID)."""

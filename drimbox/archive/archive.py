@@ -44,6 +44,7 @@ class StoredInstance:
     path: Path
     size: int
     outcome: Outcome
+    patient_id: str = ""  # for the audit trail of who stored what (never logged)
 
 
 class Archive:
@@ -126,6 +127,7 @@ class Archive:
             path=self.files.path(relative),
             size=size,
             outcome="replaced" if previous is not None else outcome,
+            patient_id=attrs.patient_id,
         )
 
     def remove_instances(self, sop_uids: Iterable[str]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, cast
 
@@ -24,10 +25,13 @@ from drimbox.archive.find import STUDY_ROOT_FIND, handle_find
 from drimbox.archive.store import file_meta
 from drimbox.archive.transport import FastRequestHandler, tune_association
 from drimbox.config import DicomSettings
+from drimbox.dimse.peers import CALLING_AE_NOT_RECOGNIZED, Caller, PeerList, normal_address
 
 LOG = logging.getLogger(__name__)
 
 VERIFICATION = "1.2.840.10008.1.1"
+# C-STORE status "Refused: Not Authorized" (PS3.7 C.4.2.1.4; PS3.4 GG.4.2): an associated peer that may not store.
+REFUSED_NOT_AUTHORIZED = 0x0124
 # Large PDUs: fewer PDUs (and fewer trips through pynetdicom's per-PDU machinery) per instance.
 DEFAULT_MAX_PDU = 4 * 1024 * 1024
 _QUERY_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
@@ -73,16 +77,45 @@ def _register_storage(uid: str) -> None:
             register_uid(uid, "DrimboxStorage_" + uid.replace(".", "_"), StorageServiceClass)
 
 
-# Sees every incoming Key Object Selection document first (Part-10 bytes, calling AE): returns the status to
+# Sees every incoming Key Object Selection document first (Part-10 bytes, caller): returns the status to
 # answer when it took the object (an IOCM rejection note), or None to store it like any other instance.
-KosHook = Callable[[bytes, str], "int | None"]
+KosHook = Callable[[bytes, Caller], "int | None"]
 KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+
+
+@dataclass
+class StudyTally:
+    """What one association stored into one study."""
+
+    stored: int = 0
+    failed: int = 0
+    refused: int = 0
+    patient: str = ""
+    last_status: int = 0
+
+
+@dataclass
+class StoreSession:
+    """The C-STOREs of one association (rejection notes aside), told to `on_session` when it ends."""
+
+    caller: Caller
+    studies: dict[str, StudyTally] = field(default_factory=dict)
+
+    def tally(self, study_uid: str) -> StudyTally:
+        return self.studies.setdefault(study_uid, StudyTally())
+
+
+# Told of each association refused because its caller is not a configured peer, with the reason.
+RefusedHook = Callable[[Caller, str], None]
+SessionHook = Callable[[StoreSession], None]
 
 
 class ArchiveScp:
     """The SCP on `settings.host`:`settings.port` (port 0: the OS picks one, see `port`) feeding `archive`.
 
     pynetdicom runs it in its own threads (one per association): nothing here touches the event loop.
+    A caller outside `peers` (AE title AND address) gets A-ASSOCIATE-RJ "calling AE title not recognized";
+    one inside `peers` but not `store_peers` may query and echo, and its C-STOREs are refused (0x0124).
     """
 
     def __init__(
@@ -95,10 +128,21 @@ class ArchiveScp:
         max_associations: int = 16,
         fast_transport: bool = True,
         on_kos: KosHook | None = None,
+        peers: PeerList | None = None,
+        store_peers: PeerList | None = None,
+        on_refused: RefusedHook | None = None,
+        on_session: SessionHook | None = None,
     ) -> None:
         self.settings = settings
         self.archive = archive
         self.on_kos = on_kos
+        # Who is associated at all (None: anyone), and who of them may store instances (None: all of them).
+        self.peers = peers
+        self.store_peers = store_peers
+        self.on_refused = on_refused
+        self.on_session = on_session
+        self._sessions: dict[int, StoreSession] = {}
+        self._sessions_lock = threading.Lock()
         self.max_pdu = max_pdu
         self.network_timeout = network_timeout
         self.max_associations = max_associations
@@ -131,6 +175,9 @@ class ArchiveScp:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_RELEASED, self._on_end),
+            (evt.EVT_ABORTED, self._on_end),
+            (evt.EVT_CONN_CLOSE, self._on_end),
         ]
         extra: dict[str, Any] = {"request_handler": FastRequestHandler} if self.fast_transport else {}
         server = ae.make_server(
@@ -167,10 +214,21 @@ class ArchiveScp:
         tune_association(event.assoc)
 
     def _on_requested(self, event: Event) -> None:
-        """Accept storage on abstract syntaxes pynetdicom does not know (private and newer SOP classes)."""
+        """Refuse unknown callers; accept storage on abstract syntaxes pynetdicom does not know (private, newer)."""
         assoc = event.assoc
         primitive = assoc.requestor.primitive
         if primitive is None:
+            return
+        caller = _caller(event)
+        called = str(primitive.called_ae_title).strip()
+        if self.peers is not None and called == self.settings.ae_title and not self.peers.allows(caller):
+            LOG.warning("association from %s refused: not a configured DICOM peer", caller)
+            if self.on_refused is not None:
+                self.on_refused(caller, "calling AE title and address not a configured peer")
+            # pynetdicom then skips its own negotiation (association.py: "User used EVT_REQUESTED to send ... RJ");
+            # kill() waits until the DUL has sent the A-ASSOCIATE-RJ, as pynetdicom's own rejections do.
+            assoc.acse.send_reject(*CALLING_AE_NOT_RECOGNIZED)
+            assoc.kill()
             return
         proposed = primitive.presentation_context_definition_list
         supported = {cx.abstract_syntax for cx in assoc.acceptor.supported_contexts}
@@ -188,17 +246,22 @@ class ArchiveScp:
     def _on_store(self, event: Event) -> int | Dataset:
         request = cast(C_STORE, event.request)
         sop_uid = str(request.AffectedSOPInstanceUID)
-        calling = event.assoc.requestor.ae_title
+        caller = _caller(event)
+        calling = caller.ae_title
         # The encoded data set as received: never decoded, never re-encoded.
         dataset = cast(BytesIO, request.DataSet).getvalue()
         sop_class = str(request.AffectedSOPClassUID)
         try:
             if self.on_kos is not None and sop_class == KOS_SOP_CLASS:
                 part10 = file_meta(sop_class, sop_uid, str(event.context.transfer_syntax), calling) + dataset
-                handled = self.on_kos(part10, calling)
+                handled = self.on_kos(part10, caller)
                 if handled is not None:
                     return handled
-            self.archive.store(
+            if self.store_peers is not None and not self.store_peers.allows(caller):
+                LOG.warning("C-STORE %s from %s refused: not a configured store peer", sop_uid, caller)
+                self._count(event, caller, "", REFUSED_NOT_AUTHORIZED)
+                return _status(REFUSED_NOT_AUTHORIZED, "not authorized to store here")
+            stored = self.archive.store(
                 dataset,
                 str(event.context.transfer_syntax),
                 sop_class_uid=str(request.AffectedSOPClassUID),
@@ -207,15 +270,50 @@ class ArchiveScp:
             )
         except ArchiveError as exc:
             LOG.warning("C-STORE %s from %s refused (0x%04X): %s", sop_uid, calling, exc.status, exc)
+            self._count(event, caller, "", exc.status)
             return _status(exc.status, str(exc))
         except Exception as exc:
             # Unexpected: its message might quote data set values, so only its kind is logged.
             LOG.error("C-STORE %s from %s failed: %s", sop_uid, calling, type(exc).__name__)
+            self._count(event, caller, "", PROCESSING_FAILURE)
             return _status(PROCESSING_FAILURE, "archive failure")
+        self._count(event, caller, stored.study_uid, 0x0000, stored.patient_id)
         return 0x0000
+
+    def _count(self, event: Event, caller: Caller, study_uid: str, status: int, patient: str = "") -> None:
+        """Tally one C-STORE of this association (the audit trail gets one record per association and study)."""
+        if self.on_session is None:
+            return
+        with self._sessions_lock:
+            session = self._sessions.setdefault(id(event.assoc), StoreSession(caller))
+            tally = session.tally(study_uid)
+            if status == 0x0000:
+                tally.stored += 1
+                tally.patient = tally.patient or patient
+            elif status == REFUSED_NOT_AUTHORIZED:
+                tally.refused += 1
+            else:
+                tally.failed += 1
+            if status:
+                tally.last_status = status
+
+    def _on_end(self, event: Event) -> None:
+        """The association is over (released, aborted or its connection closed): report what it stored, once."""
+        with self._sessions_lock:
+            session = self._sessions.pop(id(event.assoc), None)
+        if session is not None and self.on_session is not None:
+            self.on_session(session)
 
     def _on_find(self, event: Event) -> Any:
         return handle_find(event, self.archive.index)
+
+
+def _caller(event: Event) -> Caller:
+    requestor = event.assoc.requestor
+    # At EVT_REQUESTED pynetdicom has not yet copied the calling AE title out of the A-ASSOCIATE-RQ.
+    primitive = requestor.primitive
+    ae_title = primitive.calling_ae_title if primitive is not None else requestor.ae_title
+    return Caller(str(ae_title).strip(), normal_address(str(requestor.address)))
 
 
 def start(settings: DicomSettings, archive: Archive, **options: Any) -> ArchiveScp:

@@ -45,6 +45,7 @@ from drimbox.dimse.pdu import (
     ContextResult,
     PduError,
 )
+from drimbox.dimse.peers import CALLING_AE_NOT_RECOGNIZED, Caller, PeerList, normal_address
 from drimbox.dimse.ul import MAX_PDU_LENGTH, Association, Message, PeerReleased
 
 LOG = logging.getLogger(__name__)
@@ -126,12 +127,19 @@ def _negotiate(ae_title: str, rq: AssociateRQ) -> AssociateAC | AssociateRJ:
     return AssociateAC(rq.called_ae, rq.calling_ae, results, max_length=MAX_PDU_LENGTH)
 
 
-# A handler for C-STOREs no C-MOVE asked for (IOCM, pushes): given the instance and the calling AE, returns a status.
-Unsolicited = Callable[[ReceivedInstance, str], int]
+# A handler for C-STOREs no C-MOVE asked for (IOCM, pushes): given the instance and its caller, returns a status.
+Unsolicited = Callable[[ReceivedInstance, Caller], int]
+# Told of each association refused because its caller is not a known peer (the audit trail), with the reason.
+Refused = Callable[[Caller, str], None]
 
 
 class StoreSCP:
-    """Listens on settings.host:settings.port as settings.ae_title; one thread per incoming association."""
+    """Listens on settings.host:settings.port as settings.ae_title; one thread per incoming association.
+
+    With `peers`, only those callers (AE title and address) are associated; others get A-ASSOCIATE-RJ
+    "calling AE title not recognized" (and `on_refused` hears of it). None: any caller (C-STOREs no C-MOVE
+    asked for are still refused unless `unsolicited` takes them).
+    """
 
     def __init__(
         self,
@@ -141,8 +149,12 @@ class StoreSCP:
         max_associations: int = 16,
         timeout: float = 60.0,
         unsolicited: Unsolicited | None = None,
+        peers: PeerList | None = None,
+        on_refused: Refused | None = None,
     ) -> None:
         self.settings = settings
+        self.peers = peers
+        self.on_refused = on_refused
         self.mediator = mediator or MoveMediator()
         self.max_associations = max_associations
         self.timeout = timeout
@@ -196,7 +208,13 @@ class StoreSCP:
                 self._workers.add(worker)
             worker.start()
 
-    def _decide(self, rq: AssociateRQ) -> AssociateAC | AssociateRJ:
+    def _decide(self, rq: AssociateRQ, address: str) -> AssociateAC | AssociateRJ:
+        caller = Caller(rq.calling_ae.strip(), address)
+        if self.peers is not None and rq.called_ae == self.settings.ae_title and not self.peers.allows(caller):
+            LOG.warning("association from %s refused: not a configured DICOM peer", caller)
+            if self.on_refused is not None:
+                self.on_refused(caller, "calling AE title and address not a configured peer")
+            return AssociateRJ(*CALLING_AE_NOT_RECOGNIZED)
         with self._lock:
             if len(self._active) >= self.max_associations:
                 # Transient, service provider (presentation), "local limit exceeded": the PACS may retry.
@@ -206,12 +224,16 @@ class StoreSCP:
     def _serve(self, conn: socket.socket) -> None:
         assoc = None
         try:
-            assoc = Association.accept(conn, self.settings.ae_title, self._decide, self.timeout)
+            try:
+                address = normal_address(str(conn.getpeername()[0]))
+            except OSError:
+                address = ""  # gone already: accept() below sees it too
+            assoc = Association.accept(conn, self.settings.ae_title, lambda rq: self._decide(rq, address), self.timeout)
             if assoc is None:
                 return
             with self._lock:
                 self._active.add(assoc)
-            self._serve_messages(assoc)
+            self._serve_messages(assoc, Caller(assoc.remote_ae.strip(), address))
         except PeerReleased:
             pass
         except (DimseUnavailable, PduError) as exc:  # PduError: the peer's malformed command set, not our fault
@@ -228,12 +250,12 @@ class StoreSCP:
             with self._lock:
                 self._workers.discard(threading.current_thread())
 
-    def _serve_messages(self, assoc: Association) -> None:
+    def _serve_messages(self, assoc: Association, caller: Caller) -> None:
         while not self._stopping.is_set():
             message = assoc.receive()
             command = message.command
             if command.field == C_STORE_RQ:
-                assoc.send(message.context_id, c_store_rsp(command, self._store(assoc, message)))
+                assoc.send(message.context_id, c_store_rsp(command, self._store(assoc, message, caller)))
             elif command.field == C_ECHO_RQ:
                 assoc.send(message.context_id, c_echo_rsp(command))
             elif command.field == C_CANCEL_RQ:
@@ -243,7 +265,7 @@ class StoreSCP:
                     f"{assoc.peer} sent command 0x{command.field:04X}, which a storage SCP does not serve"
                 )
 
-    def _store(self, assoc: Association, message: Message) -> int:
+    def _store(self, assoc: Association, message: Message, caller: Caller) -> int:
         command = message.command
         context = assoc.contexts.get(message.context_id)
         if message.data is None or context is None:
@@ -260,7 +282,7 @@ class StoreSCP:
         instance = ReceivedInstance(sop_class, sop_uid, context.transfer_syntax, b"".join([header, *message.data]))
         if move is None:
             assert self.unsolicited is not None
-            return self.unsolicited(instance, assoc.remote_ae)
+            return self.unsolicited(instance, caller)
         with _delivering(move):
             delivered = move.sink.deliver(instance)
         # Success once the instance is in its request's hands (the PACS keeps the original: in the Proxy
@@ -310,14 +332,17 @@ def shared_scp(settings: DicomSettings) -> StoreSCP:
         return scp
 
 
-def serve_shared(settings: DicomSettings, unsolicited: Unsolicited) -> StoreSCP:
+def serve_shared(
+    settings: DicomSettings, unsolicited: Unsolicited, peers: PeerList | None = None, on_refused: Refused | None = None
+) -> StoreSCP:
     """Start the process's SCP now, with a handler for C-STOREs no C-MOVE asked for (the Proxy profile's IOCM
-    rejection notes); C-MOVEs then use this same listener. Blocking (binds); raises OSError if the port is taken."""
+    rejection notes) and the peers it associates with; C-MOVEs then use this same listener. Blocking (binds);
+    raises OSError if the port is taken."""
     key = (settings.host, settings.port)
     with _shared_lock:
         if key in _shared:
             raise RuntimeError(f"a C-STORE SCP already listens on {settings.host}:{settings.port}")
-        scp = StoreSCP(settings, unsolicited=unsolicited).start()
+        scp = StoreSCP(settings, unsolicited=unsolicited, peers=peers, on_refused=on_refused).start()
         _shared[key] = scp
         return scp
 

@@ -31,6 +31,7 @@ class Rejection:
     reason_code: str
     study_uid: str
     sop_uids: frozenset[str]
+    patient_id: str = ""  # as the note gives it: for the audit trail only, never logged
 
     @property
     def reason(self) -> str:
@@ -70,4 +71,4 @@ def parse_rejection(data: bytes) -> Rejection:
         # IOCM: one note per study; several would make a partial application ambiguous.
         raise NotARejection(f"a rejection note must reference instances of exactly one study, not {len(studies)}")
     [(study_uid, sops)] = studies.items()
-    return Rejection(str(ds.get("SOPInstanceUID", "")), code, study_uid, frozenset(sops))
+    return Rejection(str(ds.get("SOPInstanceUID", "")), code, study_uid, frozenset(sops), str(ds.get("PatientID", "")))

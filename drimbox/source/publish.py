@@ -103,7 +103,7 @@ class Publisher:
         faults.checkpoint("publish.before_iti41")
         entry_uuid = await self.dmp.submit_kos(message, study, kos, kos_uid, replaces)
         faults.checkpoint("publish.replaced" if replaces else "publish.registered")
-        await self._audit("dmp.replace" if replaces else "dmp.register", message, kos_uid, entry_uuid=entry_uuid)
+        await self._audit("dmp.replace" if replaces else "dmp.register", message, kos_uid, job=job, entry_uuid=entry_uuid)
         log.info(
             "publication %d: C-FIND %d instances %.0f ms, KOS %.0f ms, ITI-41%s %.0f ms",
             job.id, len(study.instances), (t1 - t0) * 1000, (t2 - t1) * 1000,
@@ -117,20 +117,27 @@ class Publisher:
 
     async def revise(self, job: Publication, message: ReportMessage) -> Outcome:
         """An IOCM rejection note arrived: replace the live KOS by one without the rejected instances, or
-        withdraw it when none is left."""
+        withdraw it when none is left.
+
+        The revision only ever removes: it names the live KOS's instances that the PACS still holds and no note
+        rejected. An instance that reached the PACS since (pushed by anyone) waits for a new report to be published.
+        """
         live = await self.outbox.current_published(job.study_uid)
         if live is None or live.kos_uid is None:
             return Outcome("unchanged")  # withdrawn or replaced by a newer report meanwhile: that one is current
+        referenced = await self._referenced(live.kos_uid)
+        if not referenced:
+            raise PermanentError("failed", f"the live KOS {live.kos_uid} is unreadable here: cannot revise it safely")
         study = await self._find_kept(job.study_uid)
+        study = dataclasses.replace(study, instances=[i for i in study.instances if i.sop_instance_uid in referenced])
         if not study.instances:
             return await self.withdraw(job, message)
-        kept = {i.sop_instance_uid for i in study.instances}
-        if kept == await self._referenced(live.kos_uid):
+        if {i.sop_instance_uid for i in study.instances} == referenced:
             return Outcome("unchanged")
         return await self.publish(job, message, study)
 
     async def _referenced(self, kos_uid: str) -> set[str]:
-        """The SOP Instance UIDs a KOS this box wrote names (empty if its file is gone: then it is rebuilt)."""
+        """The SOP Instance UIDs a KOS this box wrote names (empty if its file is gone or unreadable)."""
         path = self.kos_dir / f"{kos_uid}.dcm"
 
         def read() -> set[str]:
@@ -161,19 +168,31 @@ class Publisher:
             raise PermanentError("rejected", "no published KOS for this study: nothing to withdraw")
         await self.dmp.withdraw(message, previous.entry_uuid)
         faults.checkpoint("withdraw.done")
-        await self._audit("dmp.withdraw", message, previous.kos_uid, entry_uuid=previous.entry_uuid)
+        await self._audit("dmp.withdraw", message, previous.kos_uid, job=job, entry_uuid=previous.entry_uuid)
         await self.outbox.update(previous.id, state="withdrawn")
         await self._study_changed(message.report.study_uid)
         return Outcome("withdrawn")
 
-    async def _audit(self, action: str, message: ReportMessage, kos_uid: str | None, **detail: str) -> None:
-        """The DMP now holds (or no longer holds) this patient's manifest: who, on whose behalf (the report's author)."""
+    async def _audit(
+        self, action: str, message: ReportMessage, kos_uid: str | None, job: Publication, **detail: str
+    ) -> None:
+        """The DMP now holds (or no longer holds) this patient's manifest: who, on whose behalf (the report's author,
+        or for a revision the DICOM peer whose IOCM note caused it: the author never asked for it)."""
         if self.audit is None:
             return
         r = message.report
         name = f"{r.patient_family or ''}^{r.patient_given or ''}" if r.patient_family or r.patient_given else None
-        event = AuditEvent(action, SUCCESS, professional=r.author.id if r.author else None, patient=r.ins or r.ipp,
-                           patient_name=name, study=r.study_uid, kos=kos_uid, source=self.settings.dmp.url,
+        professional = r.author.id if r.author else None
+        source = self.settings.dmp.url
+        if job.action == "revise":
+            note = await self.outbox.rejection_of(job.id)
+            professional = None
+            if note is not None:
+                source = note.peer or source
+                detail = {**detail, "cause": "iocm", "iocm_note": note.note_uid, "iocm_peer": note.peer,
+                          "rejected_instances": str(len(note.sop_uids))}  # fmt: skip
+        event = AuditEvent(action, SUCCESS, professional=professional, patient=r.ins or r.ipp,
+                           patient_name=name, study=r.study_uid, kos=kos_uid, source=source,
                            detail={"accession": r.accession, **detail})  # fmt: skip
         try:
             await self.audit.record(event)

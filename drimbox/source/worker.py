@@ -138,9 +138,11 @@ class PublicationWorker:
         name = None
         if r is not None and (r.patient_family or r.patient_given):
             name = f"{r.patient_family or ''}^{r.patient_given or ''}"
+        # A revision is caused by a DICOM peer's IOCM note, not by the report's author.
+        author = r.author.id if r is not None and r.author and job.action != "revise" else None
         event = AuditEvent(
             action, REFUSED if state == "rejected" else FAILURE,
-            professional=r.author.id if r is not None and r.author else None,
+            professional=author,
             patient=(r.ins or r.ipp) if r is not None else None, patient_name=name, study=job.study_uid,
             kos=job.kos_uid, source=self.settings.dmp.url,
             detail={"accession": job.accession, "state": state, "attempts": str(job.attempts + 1),

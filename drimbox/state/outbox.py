@@ -56,10 +56,19 @@ CREATE TABLE IF NOT EXISTS rejections (
     reason_code TEXT NOT NULL,
     sop_uids TEXT NOT NULL,
     received_at REAL NOT NULL,
-    publication_id INTEGER
+    publication_id INTEGER,
+    peer TEXT
 );
 CREATE INDEX IF NOT EXISTS rejections_study ON rejections (study_uid);
 """
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Columns added since a box's outbox was created (CREATE TABLE IF NOT EXISTS leaves an old table as it was)."""
+    columns = {row["name"] for row in conn.execute("PRAGMA table_info(rejections)")}
+    if "peer" not in columns:
+        # Who sent the note ("AE@address"): the revision it causes is audited in that peer's name.
+        conn.execute("ALTER TABLE rejections ADD COLUMN peer TEXT")
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,16 @@ def _row(row: sqlite3.Row) -> Publication:
 
 
 @dataclass(frozen=True)
+class RejectionRecord:
+    """An IOCM rejection note as the outbox keeps it: which instances, why, and who sent it ("AE@address")."""
+
+    note_uid: str
+    reason_code: str
+    sop_uids: frozenset[str]
+    peer: str
+
+
+@dataclass(frozen=True)
 class Accepted:
     publication_id: int
     duplicate: bool
@@ -136,6 +155,7 @@ class Outbox:
 
     def __init__(self, path: Path) -> None:
         self.db = Database(path, SCHEMA)
+        self.db.call(_migrate)
 
     def close(self) -> None:
         self.db.close()
@@ -296,7 +316,9 @@ class Outbox:
 
         return await self.db.acall(work)
 
-    def record_rejection(self, note_uid: str, study_uid: str, reason_code: str, sop_uids: frozenset[str]) -> Accepted | None:
+    def record_rejection(
+        self, note_uid: str, study_uid: str, reason_code: str, sop_uids: frozenset[str], peer: str = ""
+    ) -> Accepted | None:
         """Store an IOCM rejection note durably (blocking: the SCP thread calls it before answering success).
 
         When the study has a KOS live in the DMP, a `revise` job is queued in the same transaction; its report
@@ -333,9 +355,9 @@ class Outbox:
                         (note_uid, now, raw["raw"], pub_id),
                     )
             conn.execute(
-                "INSERT INTO rejections (note_uid, study_uid, reason_code, sop_uids, received_at, publication_id)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (note_uid, study_uid, reason_code, json.dumps(sorted(sop_uids)), now, pub_id),
+                "INSERT INTO rejections (note_uid, study_uid, reason_code, sop_uids, received_at, publication_id, peer)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (note_uid, study_uid, reason_code, json.dumps(sorted(sop_uids)), now, pub_id, peer or None),
             )
             return Accepted(pub_id, duplicate=False) if pub_id is not None else None
 
@@ -347,6 +369,20 @@ class Outbox:
         def work(conn: sqlite3.Connection) -> frozenset[str]:
             rows = conn.execute("SELECT sop_uids FROM rejections WHERE study_uid = ?", (study_uid,)).fetchall()
             return frozenset(uid for r in rows for uid in json.loads(r["sop_uids"]))
+
+        return await self.db.acall(work)
+
+    async def rejection_of(self, pub_id: int) -> RejectionRecord | None:
+        """The IOCM note that queued this `revise` publication, if it is one."""
+
+        def work(conn: sqlite3.Connection) -> RejectionRecord | None:
+            row = conn.execute(
+                "SELECT note_uid, reason_code, sop_uids, peer FROM rejections WHERE publication_id = ?", (pub_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            return RejectionRecord(row["note_uid"], row["reason_code"], frozenset(json.loads(row["sop_uids"])),
+                                   row["peer"] or "")  # fmt: skip
 
         return await self.db.acall(work)
 
