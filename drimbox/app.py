@@ -118,6 +118,7 @@ class Box:
                     s.dicom, self.archive, on_kos=self._rejection_hook, peers=stores | senders | own_peer(s.dicom),
                     store_peers=stores, on_refused=scp_audit.refused, on_session=scp_audit.session,
                 )
+                log.info("archive C-STORE peers: %s; IOCM senders: %s", stores.describe(), senders.describe())
                 backend = NativeBackend(self.archive)
                 # The box is the archive: the publication pipeline's C-FIND asks the box's own SCP.
                 own = dataclasses.replace(s.pacs, ae_title=s.dicom.ae_title, host=s.dicom.host, port=self.scp.port)
@@ -131,6 +132,7 @@ class Box:
                 self.proxy_scp = await asyncio.to_thread(
                     serve_shared, s.dicom, self._unsolicited_store, pacs | senders, scp_audit.refused
                 )
+                log.info("DICOM peers: PACS %s; IOCM senders: %s", pacs.describe(), senders.describe())
             self.backend = backend
             if isinstance(backend, NativeBackend):
                 # Storing needs a professional's PSC bearer token or the operator token (open with protect_dicomweb=false).

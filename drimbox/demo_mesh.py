@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from drimbox.auth.operator import operator_token_hash
-from drimbox.samples.orthanc import OrthancServer
+from drimbox.samples.orthanc import STORESCU_AET, OrthancServer
 
 SOURCE_AET = "DRIMBOX"
 # The demo source box's operator token (loopback only): the demo, perf/ and the screenshots read publication
@@ -46,6 +46,9 @@ def source_sections(work: Path, ports: dict[str, int], pacs: OrthancServer | Non
     }  # fmt: skip
     if pacs is not None:
         sections["pacs"] = {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}
+    else:
+        # The archive takes C-STOREs from configured peers only: `storescu -aet STORESCU` on this machine may push.
+        sections["dicom"]["store_peers"] = [f"{STORESCU_AET}@127.0.0.1"]
     return sections
 
 
