@@ -83,3 +83,24 @@ async def test_a_busy_study_does_not_hold_up_the_others(tmp_path: Path) -> None:
         assert job is not None and job.id == other.publication_id != first.publication_id
     finally:
         outbox.close()
+
+
+async def test_an_older_outbox_gains_the_rejection_sender_and_a_revise_job_names_it(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "drimbox.sqlite"
+    # The rejections table as boxes created it before the sender ("AE@address") was kept.
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE rejections (note_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, reason_code TEXT"
+                     " NOT NULL, sop_uids TEXT NOT NULL, received_at REAL NOT NULL, publication_id INTEGER)")  # fmt: skip
+    outbox = Outbox(db)
+    try:
+        published = await accept(outbox, "MSG1", "DOC1")
+        await outbox.update(published.publication_id, state="published", kos_uid="9.9", published_at=time.time())
+        revise = outbox.record_rejection("1.2.3.9", "1.2.3", "113001", frozenset({"1.2.3.4.5"}), "PACS@10.0.0.7")
+        assert revise is not None and not revise.duplicate
+        note = await outbox.rejection_of(revise.publication_id)
+        assert note is not None and (note.peer, note.sop_uids) == ("PACS@10.0.0.7", frozenset({"1.2.3.4.5"}))
+        assert await outbox.rejection_of(published.publication_id) is None
+    finally:
+        outbox.close()
