@@ -1,8 +1,8 @@
 """Cross-site request forgery: a state-changing request that rides on the session cookie must come from this box.
 
-`SameSite=Lax` is not enough: it ignores ports and schemes' origins, so a page on another origin of the same site
-(another port of the same host, localhost vs 127.0.0.1 resolved alike, a sibling service) gets the cookie sent
-with its POSTs. So every request other than GET/HEAD/OPTIONS that carries the session cookie must prove it comes
+`SameSite=Lax` is not enough: it is about sites, not origins, and ignores ports, so a page on another origin of
+the same site (another port of the same host, a sibling service of the same domain) gets the cookie sent with its
+POSTs. So every request other than GET/HEAD/OPTIONS that carries the session cookie must prove it comes
 from the box's own pages, either way:
 - its Origin (or, when the browser sends none or "null", its Referer) is one of the box's own origins: the origin
   of `[box] public_url`, and the one the browser addressed (scheme + Host); or

@@ -15,8 +15,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import aiohttp
 import pytest
 
+from drimbox.audit.events import MemoryAudit
+from drimbox.config import Settings
+from drimbox.consumer.access import AccessIntent, AccessRules
+from drimbox.consumer.access_store import AccessStore
+from drimbox.consumer.lookup import AccessRefused, PatientRef
 from tests.support.auth_boxes import RunningBox, box_settings, running_box
-from tests.support.consumer import INS, LAUNCH_FORM, publish, study_spec
+from tests.support.consumer import INS, INS_OID, LAUNCH_FORM, Pro, publish, study_spec
 
 pytestmark = [pytest.mark.sim, pytest.mark.box]
 
@@ -91,3 +96,29 @@ async def test_a_doctors_launch_records_the_opposition_for_everyone_and_audits_i
         assert (await api_list(radiologist, box))[0] == 200
     changes = [(e.outcome, e.professional, e.patient, e.detail["opposed"]) for e in opposition_events(box)]
     assert changes == [("success", GP, INS, "true"), ("success", GP, INS, "false")]
+
+
+@pytest.mark.parametrize("who,records", [(Pro(id="810000000021", profession_code="21", specialty_code=None), False),
+                                         (Pro(id="3101235555/SEC0002", profession_code=None, specialty_code=None), False),
+                                         (Pro(id="810001234566", profession_code="60", specialty_code=None), True),
+                                         (Pro(), True)], ids=["pharmacist", "secretary", "nurse", "gp"])  # fmt: skip
+async def test_who_records_an_opposition_follows_the_habilitation_matrix(tmp_path: Path, who: Pro, records: bool) -> None:
+    audit = MemoryAudit()
+    rules = AccessRules(Settings(), await AccessStore.open(tmp_path), audit)
+    patient = PatientRef(INS, INS_OID)
+    try:
+        intent = AccessIntent(informed=False, launch_id="launch-1")
+        with pytest.raises(AccessRefused) as refused:
+            async with rules.consultation(who, patient, intent, what="exams"):
+                pass
+        assert refused.value.rule == ("opposition" if records else "habilitation")
+        assert await rules.store.opposed(patient.key) is records
+        (event,) = [e for e in audit.events if e.action == "consumer.opposition"]
+        assert (event.outcome, event.professional, event.patient) == ("success" if records else "refused", who.id, INS)
+        # The same launch read again (a page reloaded) is not applied, nor audited, twice.
+        with pytest.raises(AccessRefused):
+            async with rules.consultation(who, patient, intent, what="exams"):
+                pass
+        assert len([e for e in audit.events if e.action == "consumer.opposition"]) == 1
+    finally:
+        await rules.close()
