@@ -155,6 +155,19 @@ async def test_another_origin_cannot_open_emergency_access(scene: Scene) -> None
     assert not [r for r in after if r["purpose"] == "bris_de_glace"], after
     assert len(after) == len(before)
     assert not [e for e in scene.box.audit.events if e.detail.get("reason") == ATTACKER_REASON]
+    # The refusal page's own emergency form still works: the radiologist, without authorisation, asks for it.
+    context = await scene.page.context.browser.new_context()
+    page = await context.new_page()
+    await page.goto(f"{scene.box.url}/auth/login?{urlencode({'login_hint': RADIOLOGIST, 'next': '/auth/me'})}")
+    refused = await page.goto(f"{scene.box.url}{path.replace('emergency', 'exams')}?{urlencode({'oid': INS_OID})}")
+    assert refused is not None and refused.status == 403
+    await page.fill("textarea[name=reason]", "patient inconscient aux urgences")
+    await page.click("button:has-text('emergency mode')")
+    await page.wait_for_url(f"{scene.box.url}/conso/patients/{INS}/exams**")
+    assert scene.kos_uid in await page.content()
+    emergencies = [(r["professional"], r["reason"]) for r in scene.consultations() if r["purpose"] == "bris_de_glace"]
+    assert emergencies and set(emergencies) == {(RADIOLOGIST, "patient inconscient aux urgences")}
+    await context.close()
 
 
 async def test_another_origin_cannot_log_the_doctor_out(scene: Scene) -> None:
@@ -183,10 +196,16 @@ async def test_a_launch_with_another_professionals_token_does_not_switch_the_ses
     me = await scene.me()
     assert me is not None and me["id"] == GP
     assert ("auth.launch-token", "refused", "another_professional") in scene.box.actions()
-    # The doctor's own software with the doctor's own token: accepted, the session refreshed, still the doctor.
-    mine = (await asyncio.to_thread(psc_token, scene.sim_url, GP))["access_token"]
+    # The page offers to log out first; then the same launch logs the other professional in.
+    await scene.page.click("button:has-text('Log out')")
+    await scene.page.wait_for_url(f"{scene.box.url}/auth/logged-out**")
+    assert await scene.me() is None
+    await scene.page.goto(scene.serve("switch-again", auto_post(f"{scene.box.url}/conso/launch", form)))
+    await scene.page.wait_for_url(f"{scene.box.url}/conso/patients/{INS}/exams**")
+    assert (await scene.me() or {}).get("id") == RADIOLOGIST
+    # A launch with the session's own professional's token is accepted: the session refreshed, same professional.
+    mine = (await asyncio.to_thread(psc_token, scene.sim_url, RADIOLOGIST))["access_token"]
     await scene.page.goto(scene.serve("software-token", auto_post(f"{scene.box.url}/conso/launch",
                                                                    {**LAUNCH_FORM, "access_token": mine})))  # fmt: skip
     await scene.page.wait_for_url(f"{scene.box.url}/conso/patients/{INS}/exams**")
-    me = await scene.me()
-    assert me is not None and me["id"] == GP
+    assert (await scene.me() or {}).get("id") == RADIOLOGIST
