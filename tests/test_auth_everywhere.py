@@ -1,4 +1,5 @@
-"""Every route of a source box (Proxy, Native) and of a consumer box refuses a request without credentials."""
+"""Every route of a source box (Proxy, Native) and of a consumer box refuses a request without credentials, and
+every state-changing one refuses the session cookie sent from another origin (CSRF)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/viewer/{name}"): "static CSS/JS of the viewer",
     ("GET", "/auth/login"): "starts the Pro Santé Connect login",
     ("GET", "/auth/callback"): "the OIDC callback, bound to the browser by state + PKCE",
-    ("GET", "/auth/logout"): "ends the caller's own session",
-    ("POST", "/auth/logout"): "ends the caller's own session",
+    ("GET", "/auth/logout"): "a page with the logout button: a GET ends nothing",
+    ("POST", "/auth/logout"): "ends the caller's own session (posted from the box's own pages only: CSRF)",
     ("GET", "/auth/logged-out"): "a static page",
     ("POST", "/conso/launch"): "stores the launch server-side and sends the browser to the login (checked below)",
 }
@@ -79,8 +80,8 @@ async def test_every_route_refuses_a_caller_without_credentials(
         assert set(expected) <= {p for _, p in routes}, routes
         public = PUBLIC if "source" in roles else {**PUBLIC, **PUBLIC_ON_CONSUMER}
         assert await walk(box.url, box.app, public) == {}
-        # A cookie that names no session is no better than none.
-        assert await walk(box.url, box.app, public, Cookie="drimbox_session=forged") == {}
+        # A cookie that names no session is no better than none (sent as from the box's own page: past the CSRF check).
+        assert await walk(box.url, box.app, public, Cookie="drimbox_session=forged", Origin=box.url) == {}
         if profile == "native":
             assert ("POST", "/dicom-web/studies") in routes
         if roles == ["consumer"]:
@@ -111,3 +112,46 @@ async def test_operator_api_takes_the_operator_token_and_stow_a_professional_tok
             assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
         assert ("auth.stow", "refused", "inactive") in box.actions()
         assert sum(1 for a in box.actions() if a[:2] == ("auth.stow", "success")) == 1
+
+
+SAFE = ("GET", "HEAD", "OPTIONS")
+ATTACKER = "http://127.0.0.1:9"  # another origin of the same site: the session cookie (SameSite=Lax) is sent
+
+
+async def test_every_state_changing_route_refuses_the_session_cookie_from_another_origin(
+    tmp_path: Path, sim: Any
+) -> None:
+    """The CSRF check is one middleware: every POST/DELETE/PUT of a box with both roles goes through it."""
+    async with running_box(box_settings(tmp_path, sim.url, ["source", "consumer"], "native")) as box:
+        token = psc_token(sim.url)["access_token"]
+        async with aiohttp.ClientSession() as http:
+            launched = await http.post(box.url + "/conso/launch", data=LAUNCH_FORM, allow_redirects=False,
+                                       headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            session = launched.cookies["drimbox_session"].value
+            changing = [(m, p) for m, p in inventory(box.app) if m not in SAFE and (m, p) != ("POST", "/conso/launch")]
+            assert {("POST", "/auth/logout"), ("POST", "/conso/api/exams/{kos_uid}/import"),
+                    ("POST", "/conso/patients/{ins}/emergency"), ("POST", "/dicom-web/studies")} <= set(changing)
+            cookie = {"Cookie": f"drimbox_session={session}"}
+            forged = ({"Origin": ATTACKER}, {"Referer": ATTACKER + "/page"}, {"Origin": "null"}, {},
+                      {"Origin": ATTACKER, "X-CSRF-Token": "guessed"})  # fmt: skip
+            for method, path in changing:
+                for headers in forged:
+                    async with http.request(method, box.url + concrete(path), data={"reason": "x" * 20},
+                                            headers={**cookie, **headers}, allow_redirects=False) as resp:  # fmt: skip
+                        body = await resp.text()
+                        assert resp.status == 403 and "another origin" in body, (method, path, headers, body[:200])
+            # The session survived all that, and the box's own origin (or the session's token) is let through.
+            assert (await http.get(box.url + "/auth/me", headers=cookie)).status == 200
+            form = await http.get(box.url + "/auth/logout", headers=cookie)
+            csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', await form.text())
+            assert csrf, "the logout page's form carries the session's token"
+            for headers in ({"Origin": box.url}, {"Referer": box.url + "/conso/x"}, {"X-CSRF-Token": csrf[1]}):
+                resp = await http.post(box.url + "/conso/patients/bad-ins/emergency", headers={**cookie, **headers})
+                assert resp.status == 400, (headers, await resp.text())  # past the check: the handler's own answer
+            out = await http.post(box.url + "/auth/logout", data={"csrf_token": csrf[1]}, headers={**cookie, "Origin": "null"},
+                                  allow_redirects=False)  # fmt: skip
+            assert out.status == 303
+            assert (await http.get(box.url + "/auth/me", headers=cookie)).status == 401
+    refused = [e for e in box.audit.events if e.action == "auth.csrf"]
+    assert len(refused) == len(changing) * len(forged)
+    assert all(e.outcome == "refused" and e.detail["reason"] == "cross_origin" for e in refused)

@@ -289,7 +289,8 @@ async def test_logout_ends_the_session_revokes_and_goes_through_end_session(
 ) -> None:
     async with client.get(box.url + "/protected") as resp:
         assert resp.status == 200
-    async with client.post(box.url + "/auth/logout") as resp:
+    # From the box's own page (its Origin): a logout posted from elsewhere is refused (tests/security/test_csrf.py).
+    async with client.post(box.url + "/auth/logout", headers={"Origin": box.url}) as resp:
         assert resp.status == 200 and resp.url.path == "/auth/logged-out"
         assert any(r.url.path.endswith("/logout") and r.url.host == "127.0.0.1" for r in resp.history[1:])
     assert provider.calls["revoke"] == 1 and provider.calls["logout"] == 1
@@ -306,7 +307,7 @@ async def test_logout_without_end_session_endpoint_lands_locally(
     provider.end_session = False
     async with client.get(box.url + "/protected") as resp:
         assert resp.status == 200
-    async with client.get(box.url + "/auth/logout", allow_redirects=False) as resp:
+    async with client.post(box.url + "/auth/logout", headers={"Origin": box.url}, allow_redirects=False) as resp:
         assert resp.status == 303 and resp.headers["Location"] == "/auth/logged-out"
 
 

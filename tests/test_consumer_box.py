@@ -134,7 +134,8 @@ async def test_view_and_import_an_exam_through_the_consumer_box_from_a_protected
         next_path = parse_qs(urlsplit(launch.headers["Location"]).query)["next"][0]
         await http.get(f"{base}/auth/login?{urlencode({'next': next_path, 'login_hint': '801234567897'})}")
         for expected in ("stored", "skipped"):
-            started_job = await http.post(f"{base}/conso/api/exams/{pub['kos_uid']}/import")
+            # Origin: what the browser sends from the list's Import button (another origin is refused: CSRF).
+            started_job = await http.post(f"{base}/conso/api/exams/{pub['kos_uid']}/import", headers={"Origin": base})
             assert started_job.status == 202, await started_job.text()
             status_url = (await started_job.json())["status_url"]
             for _ in range(300):

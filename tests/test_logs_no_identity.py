@@ -59,7 +59,7 @@ async def consumer_flow(base: str, kos_uid: str) -> None:
         images = await http.get(f"{base}/conso/dicom-web/studies/{STUDY}?kos={kos_uid}",
                                 headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
         assert images.status == 200 and len(await images.read()) > 10_000
-        job = await http.post(f"{base}/conso/api/exams/{kos_uid}/import")
+        job = await http.post(f"{base}/conso/api/exams/{kos_uid}/import", headers={"Origin": base})
         assert job.status == 202, await job.text()
         status_url = (await job.json())["status_url"]
         for _ in range(300):
@@ -70,7 +70,7 @@ async def consumer_flow(base: str, kos_uid: str) -> None:
         assert state["state"] == "done", state
         # A refused access is traced too: an exam this doctor never listed.
         assert (await http.get(f"{base}/conso/api/exams/1.2.3.4")).status == 404
-        assert (await http.get(f"{base}/auth/logout", allow_redirects=False)).status == 303
+        assert (await http.post(f"{base}/auth/logout", headers={"Origin": base}, allow_redirects=False)).status == 303
 
 
 async def report_link(base: str) -> None:

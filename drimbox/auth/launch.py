@@ -5,6 +5,10 @@ second login for nothing. The token comes as `Authorization: Bearer …` (a soft
 form field `access_token` (RFC 6750 §2.2: a browser form cannot set headers). No ANS launch field is known for
 it [unsure]. It is checked by introspection at the provider, never from a cache; a refused token answers a
 401 page and never falls back to whatever session the browser already had.
+
+The launch is posted from other origins by design, so any page can post one (CSRF): a token of ANOTHER
+professional than the one whose session the browser holds never replaces that session (409, a page that offers
+to log out first); a token of the same professional refreshes the session.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from aiohttp.typedefs import Handler, Middleware
 
 from drimbox.audit.events import REFUSED, SUCCESS
 from drimbox.audit.request import audit_request
+from drimbox.auth.csrf import logout_form
+from drimbox.auth.professional import Professional
 from drimbox.auth.tokens import TokenError
 
 if TYPE_CHECKING:
@@ -30,6 +36,15 @@ FORM_FIELD = "access_token"
 
 class _Unreadable(Exception):
     pass
+
+
+class OtherProfessional(Exception):
+    """A launch token names someone else than the professional whose session this browser holds."""
+
+    def __init__(self, current: Professional, other: Professional) -> None:
+        super().__init__("the browser is logged in as another professional")
+        self.current = current
+        self.other = other
 
 
 async def _launch_token(request: web.Request) -> str | None:
@@ -71,6 +86,14 @@ def launch_token_middleware(gate: AuthGate) -> Middleware:
             return _page(401, "Login refused", f"Your software's Pro Santé Connect access token was refused "
                                                f"({exc.reason}). Open the images again from your software, "
                                                "or log in: /auth/login")  # fmt: skip
+        except OtherProfessional as exc:
+            log.info("launch refused: its token is for another professional than the browser's session")
+            await audit_request(request, "auth.launch-token", REFUSED, professional=exc.other.id,
+                                reason="another_professional", session_professional=exc.current.id)  # fmt: skip
+            return _page(409, "Another professional is logged in",
+                         f"This browser is logged in to the DRIMbox as {exc.current.display_name}; the launch from "
+                         "your software is for another professional. If that is you, log out first, then open "
+                         "the images again from your software.", extra=logout_form(request))  # fmt: skip
         await audit_request(request, "auth.launch-token", SUCCESS, professional=professional.id)
         try:
             response = await handler(request)
@@ -84,12 +107,13 @@ def launch_token_middleware(gate: AuthGate) -> Middleware:
     return middleware
 
 
-def _page(status: int, title: str, message: str) -> web.Response:
+def _page(status: int, title: str, message: str, *, extra: str = "") -> web.Response:
     body = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
-        f'<body><h1>{html.escape(title)}</h1><p id="error">{html.escape(message)}</p></body></html>'
+        f'<body><h1>{html.escape(title)}</h1><p id="error">{html.escape(message)}</p>{extra}</body></html>'
     )
-    headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+    headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+               "Content-Security-Policy": "frame-ancestors 'none'"}  # fmt: skip
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="drimbox", error="invalid_token"'
     return web.Response(status=status, text=body, content_type="text/html", headers=headers)

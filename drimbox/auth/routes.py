@@ -18,7 +18,8 @@ from aiohttp import web
 
 from drimbox.audit.events import FAILURE, REFUSED, SUCCESS
 from drimbox.audit.request import audit_request
-from drimbox.auth.launch import launch_token_middleware
+from drimbox.auth.csrf import CSRF_TOKEN, csrf_middleware, logout_form, token_for
+from drimbox.auth.launch import OtherProfessional, launch_token_middleware
 from drimbox.auth.oidc import OidcClient, OidcError, TokenSet
 from drimbox.auth.professional import Professional
 from drimbox.auth.session import PendingLogin, Session, SessionStore
@@ -51,7 +52,8 @@ class AuthGate:
         self.post_logout_uri = base + auth.logout_redirect
         self.cookie = auth.cookie_name
         self.login_cookie = auth.cookie_name + "_login"
-        self._secure = settings.box.public_url.startswith("https://")
+        # Secure whenever the box serves HTTPS, be it itself ([tls]) or behind a proxy (public_url).
+        self._secure = settings.box.public_url.startswith("https://") or bool(settings.tls.cert and settings.tls.key)
         # Bearer tokens (a launch that carries one, STOW-RS, box-to-box) are checked with the same provider client.
         self.tokens = BearerTokenChecker(settings, oidc=self.oidc)
         # One refresh at a time per session; a lock lives as long as some request holds it.
@@ -61,6 +63,8 @@ class AuthGate:
         """Add the routes, make the gate reachable from any handler (sub-apps too), close it with the app."""
         app.add_routes(self.routes())
         app[AUTH_GATE] = self
+        # Before anything acts on the session cookie: a state-changing request must come from the box's own pages.
+        app.middlewares.append(csrf_middleware(self))
         # A contextual launch carrying the professional's PSC access token logs them in without a PSC round trip.
         app.middlewares.append(launch_token_middleware(self))
 
@@ -73,7 +77,7 @@ class AuthGate:
         return [
             web.get("/auth/login", self._login),
             web.get("/auth/callback", self._callback),
-            web.get("/auth/logout", self._logout),
+            web.get("/auth/logout", self._logout_form),
             web.post("/auth/logout", self._logout),
             web.get("/auth/logged-out", self._logged_out),
             web.get("/auth/me", self._me),
@@ -151,12 +155,16 @@ class AuthGate:
     async def login_with_token(self, request: web.Request, token: str) -> tuple[Professional, str]:
         """A new session for the professional this access token stands for (checked now, never from a cache).
 
-        Raises TokenError. Any session the browser had is ended first: the software's token names who is at the
-        keyboard, and a session of someone else must not survive beside it. Returns (professional, session id);
-        the caller sets the cookie with set_session_cookie.
+        Raises TokenError; OtherProfessional when the browser has a live session of someone else: that session is
+        kept, never silently replaced (the launch may come from any page, CSRF; the professional logs out first).
+        A session of the same professional is replaced by the new one (a refresh). Returns (professional,
+        session id); the caller sets the cookie with set_session_cookie.
         """
         professional, expires_at = await self.tokens.check_fresh(token)
         old = request.cookies.get(self.cookie)
+        current = await self._session(request)
+        if current is not None and current.professional.id != professional.id:
+            raise OtherProfessional(current.professional, professional)
         if old:
             await self.sessions.delete(old)
         # No refresh token comes with it: the session cannot outlive the token (then a PSC login, usually silent).
@@ -164,6 +172,7 @@ class AuthGate:
         session_id = await self.sessions.create(professional, tokens, not_after=expires_at)
         # This request already counts as logged in (its handler asks current_professional next).
         request[_REQUEST_KEY] = await self.sessions.get(session_id)
+        request[CSRF_TOKEN] = token_for(session_id)
         log.info("login by launch token: professional %s", _masked(professional.id))
         return professional, session_id
 
@@ -248,7 +257,16 @@ class AuthGate:
         response.del_cookie(self.login_cookie, path="/auth/")
         return response
 
+    async def _logout_form(self, request: web.Request) -> web.StreamResponse:
+        """GET /auth/logout: a button that posts the logout (a GET changes nothing: any page can make one)."""
+        session = await self._session(request)
+        if session is None:
+            return _page(200, "Not logged in", "This browser is not logged in to this DRIMbox.", retry=True)
+        who = session.professional.display_name
+        return _page(200, "Log out", f"Log out {who} from this DRIMbox?", form=logout_form(request))
+
     async def _logout(self, request: web.Request) -> web.StreamResponse:
+        """POST /auth/logout (the CSRF middleware has checked it comes from the box's own pages)."""
         session_id = request.cookies.get(self.cookie, "")
         session = await self.sessions.delete(session_id) if session_id else None
         location = self.settings.auth.logout_redirect
@@ -340,10 +358,12 @@ def _see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
 
-def _page(status: int, title: str, message: str, *, retry: bool = False) -> web.Response:
+def _page(status: int, title: str, message: str, *, retry: bool = False, form: str = "") -> web.Response:
     link = '<p><a href="/auth/login">Log in with Pro Santé Connect</a></p>' if retry else ""
     body = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
-        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{link}</body></html>"
+        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{form}{link}</body></html>"
     )
-    return web.Response(status=status, text=body, content_type="text/html")
+    # Never framed: a page of another origin must not get a click on the logout button through a frame.
+    headers = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+    return web.Response(status=status, text=body, content_type="text/html", headers=headers)

@@ -5,7 +5,10 @@ In order, for every exam list and every exam opened (so for every image fetched,
    profession that may not read imaging, or someone without an RPPS profession, is refused;
 2. the patient's opposition: a launch whose InformationEtConsentement is false is recorded (per patient, in
    var_dir/consumer/access.sqlite) and honoured until a later launch says otherwise: no DMP transaction at all
-   (not even TD0.3, which would name the patient to the DMP), no image; emergency access does not lift it;
+   (not even TD0.3, which would name the patient to the DMP), no image; emergency access does not lift it.
+   Only a launch by a professional the matrix lets consult records or lifts an opposition (a secretary's
+   software must not block every doctor of the box); another's launch changes nothing. Each change, and each
+   launch that would have changed it but was not allowed to, is one audit event `consumer.opposition`;
 3. emergency access ("bris de glace"): asked with a mandatory reason, kept for `[access] emergency_ttl` for that
    professional and patient; the VIHF then carries purposeofuse `bris_de_glace` (TRE_R248) and the reason in
    Mode_Acces_Raison, no TD0.3 is declared, and the DMP refuses it when the patient has blocked it;
@@ -123,12 +126,9 @@ class AccessRules:
         await self.store.end_emergency(pro.id, patient.key)
 
     async def _decide(self, pro: ProfessionalLike, patient: PatientRef, intent: AccessIntent) -> VihfIdentity:
-        if intent.informed is not None and intent.launch_id:
-            await self.store.apply_launch(intent.launch_id, patient.key, not intent.informed, pro.id)
-            if not intent.informed:
-                for forget in self.on_opposition:
-                    forget()
         refusal = self.matrix.refusal(pro.profession_code, [pro.specialty_code] if pro.specialty_code else [])
+        if intent.informed is not None and intent.launch_id:
+            await self._apply_consent(pro, patient, intent, may_record=refusal is None)
         if refusal:
             raise AccessRefused(refusal, HABILITATION)
         if await self.store.opposed(patient.key):
@@ -148,6 +148,32 @@ class AccessRules:
             reason = emergency.reason
         log.info("emergency access (bris de glace) to the DMP of %s by professional %s", patient.masked, pro.id)
         return dataclasses.replace(identity, purpose_of_use=PURPOSE_EMERGENCY, access_reason=reason)
+
+    async def _apply_consent(
+        self, pro: ProfessionalLike, patient: PatientRef, intent: AccessIntent, *, may_record: bool
+    ) -> None:
+        """The opposition (or its end) a launch carries, recorded once per launch when `may_record`, and audited."""
+        opposed = not intent.informed
+        previous = await self.store.apply_launch(intent.launch_id, patient.key, opposed, pro.id, record=may_record)
+        if previous is None or previous == opposed:
+            return  # this launch was applied already, or it changes nothing
+        detail = {"opposed": "true" if opposed else "false", "launch": intent.launch_id}
+        if not may_record:
+            log.info("opposition change by a launch of a professional who may not consult ignored (%s)", patient.masked)
+            detail.update(rule=HABILITATION, reason="only a professional who may consult the DMP records or lifts "
+                                                    "an opposition: this launch changed nothing")  # fmt: skip
+            await self._opposition_event(REFUSED, pro, patient, intent, detail)
+            return
+        await self._opposition_event(SUCCESS, pro, patient, intent, detail)
+        if opposed:
+            for forget in self.on_opposition:
+                forget()
+
+    async def _opposition_event(
+        self, outcome: str, pro: ProfessionalLike, patient: PatientRef, intent: AccessIntent, detail: dict[str, str]
+    ) -> None:
+        await self.audit.record(AuditEvent(action="consumer.opposition", outcome=outcome, professional=pro.id,
+                                           patient=patient.ins, source=intent.source, detail=detail))  # fmt: skip
 
     async def _record(
         self,

@@ -25,8 +25,11 @@ def refusal_json(exc: LookupFailed, enabled: bool) -> dict[str, Any]:
     return extra
 
 
-def refusal_page(title: str, exc: LookupFailed, *, enabled: bool, action: str, reason_min: int) -> str:
-    """The refusal, with the emergency form when the refusal is one emergency access may lift."""
+def refusal_page(
+    title: str, exc: LookupFailed, *, enabled: bool, action: str, reason_min: int, form_fields: str = ""
+) -> str:
+    """The refusal, with the emergency form when the refusal is one emergency access may lift (`form_fields`: the
+    session's CSRF token)."""
     if not offers_emergency(exc, enabled):
         return error_page(title, exc.message)
     form = (
@@ -34,7 +37,7 @@ def refusal_page(title: str, exc: LookupFailed, *, enabled: bool, action: str, r
         "<p>If the patient's condition requires it and the patient cannot authorise you, you may open their DMP in "
         "emergency mode. The access, your identity and your reason are recorded and visible to the patient; the "
         "DMP refuses it if the patient has blocked emergency access.</p>"
-        f'<form method="post" action="{e(action)}">'
+        f'<form method="post" action="{e(action)}">{form_fields}'
         f'<p><label>Reason (required)<br><textarea name="reason" rows="3" cols="60" required minlength="{reason_min}"'
         f' maxlength="{EMERGENCY_REASON_MAX}"></textarea></label></p>'
         '<p><button type="submit">Open in emergency mode</button></p></form>'

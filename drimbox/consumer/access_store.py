@@ -51,19 +51,27 @@ class AccessStore:
     async def close(self) -> None:
         await asyncio.to_thread(self._db.close)
 
-    async def apply_launch(self, launch_id: str, patient_key: str, opposed: bool, professional: str) -> None:
+    async def apply_launch(
+        self, launch_id: str, patient_key: str, opposed: bool, professional: str, *, record: bool = True
+    ) -> bool | None:
         """Record the consent state a launch carries, once per launch: reloading an old launch's page does not
-        undo what a newer launch from the software said."""
+        undo what a newer launch from the software said. With `record` false the launch is only marked as seen
+        (its professional may not record an opposition). Returns whether the patient was opposed before this
+        launch, None when the launch had already been applied."""
         now = time.time()
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: sqlite3.Connection) -> bool | None:
             if conn.execute("SELECT 1 FROM applied_launches WHERE launch_id = ?", (launch_id,)).fetchone():
-                return
+                return None
             conn.execute("INSERT INTO applied_launches VALUES (?, ?)", (launch_id, now))
-            conn.execute("INSERT OR REPLACE INTO consent VALUES (?, ?, ?, ?)",
-                         (patient_key, int(opposed), professional, now))  # fmt: skip
+            row = conn.execute("SELECT opposed FROM consent WHERE patient_key = ?", (patient_key,)).fetchone()
+            if record:
+                conn.execute("INSERT OR REPLACE INTO consent VALUES (?, ?, ?, ?)",
+                             (patient_key, int(opposed), professional, now))  # fmt: skip
+            return bool(row and row[0])
 
-        await self._db.acall(lambda c: transaction(c, write))
+        result: bool | None = await self._db.acall(lambda c: transaction(c, write))
+        return result
 
     async def opposed(self, patient_key: str) -> bool:
         """Whether the latest launch for this patient said they oppose the consultation of their DMP."""

@@ -85,7 +85,7 @@ def _news(result: ExamList) -> str:
             f"consultation on {e(since)}.</div>")  # fmt: skip
 
 
-def _row(exam: Exam) -> str:
+def _row(exam: Exam, form_fields: str) -> str:
     date = e(exam.date or "—") + (f' <span class="muted">{e(exam.time)}</span>' if exam.time else "")
     new = ' <span class="new">new</span>' if exam.is_new else ""
     source = e(exam.institution) + ("<br>" if exam.institution and exam.sources else "")
@@ -93,7 +93,7 @@ def _row(exam: Exam) -> str:
     if exam.status == AVAILABLE:
         counts = f"{len(exam.series)} series, {exam.instance_count} images"
         actions = (f'<a href="{e(exam.view_url)}">View</a> '
-                   f'<form method="post" action="{e(exam.import_url)}"><button type="submit">Import</button></form>')  # fmt: skip
+                   f'<form method="post" action="{e(exam.import_url)}">{form_fields}<button type="submit">Import</button></form>')  # fmt: skip
     else:
         counts = "—"
         actions = f'<span class="problem">Unavailable: {e(exam.problem)}</span>'
@@ -103,9 +103,15 @@ def _row(exam: Exam) -> str:
             f"<td>{counts}</td><td>{source or '—'}</td><td>{actions}</td></tr>")  # fmt: skip
 
 
-def exam_list(result: ExamList, pro: ProfessionalLike, launch: Launch | None, base_query: dict[str, str]) -> str:
-    """The patient's exams, newest first, with where each comes from and what can be done with it."""
-    rows = "".join(_row(x) for x in result.exams)
+def exam_list(
+    result: ExamList, pro: ProfessionalLike, launch: Launch | None, base_query: dict[str, str], *,
+    form_fields: str = "", logout: str = "",
+) -> str:
+    """The patient's exams, newest first, with where each comes from and what can be done with it.
+
+    `form_fields` go in every form (the session's CSRF token); `logout` is the logout form, shown by the name.
+    """
+    rows = "".join(_row(x, form_fields) for x in result.exams)
     if rows:
         table = ("<table><thead><tr><th>Date</th><th>Modality</th><th>Region</th><th>Exam</th><th>Content</th>"
                  f"<th>Source</th><th></th></tr></thead><tbody>{rows}</tbody></table>")  # fmt: skip
@@ -116,5 +122,5 @@ def exam_list(result: ExamList, pro: ProfessionalLike, launch: Launch | None, ba
             + "</p>"
         )
     return page("Imaging exams", (
-        f'<p class="muted">Connected as {e(_who(pro))}</p><h1>Imaging exams</h1>{_patient(result, launch)}'
+        f'<div class="muted">Connected as {e(_who(pro))} {logout}</div><h1>Imaging exams</h1>{_patient(result, launch)}'
         f"{_news(result)}{_filters(result, base_query)}{table}"))  # fmt: skip

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from drimbox.audit.events import AUDIT, SUCCESS, MemoryAudit, client_address
 from drimbox.audit.request import audit_request, outcome_for, patient_name
+from drimbox.auth.csrf import hidden_field, logout_form
 from drimbox.config import Settings
 from drimbox.consumer import access_pages, fields, pages
 from drimbox.consumer.access import AccessIntent, AccessRules, emergency_request
@@ -194,10 +195,13 @@ async def exams_page(request: web.Request) -> web.Response:
         result = await ctx.catalog.list_exams(pro, lr.patient, lr.filters, _intent(request, lr))
     except LookupFailed as exc:
         await _audit_list(request, pro, lr, exc.status, _reason(exc)[0])
-        return _html(_refusal_page(ctx, lr, exc), exc.status)
+        return _html(_refusal_page(request, ctx, lr, exc), exc.status)
     await _audit_list(request, pro, lr, 200, None, len(result.exams))
     await _prefetch(request, ctx, pro, [exam.kos_uid for exam in result.exams])
-    html = pages.exam_list(result, pro, lr.launch, lr.base_query)
+    # Forms carry the session's CSRF token: the CSRF middleware lets only the box's own pages post.
+    csrf = hidden_field(request)
+    html = pages.exam_list(result, pro, lr.launch, lr.base_query, form_fields=csrf,
+                           logout=logout_form(request) if csrf else "")  # fmt: skip
     emergency = await ctx.catalog.rules.emergency_in_force(pro, lr.patient)
     return _html(access_pages.with_emergency_banner(html, emergency) if emergency else html)
 
@@ -208,10 +212,11 @@ def _intent(request: web.Request, lr: ListRequest, purpose: str = "normal", reas
                         launch_id=launch_id, source=client_address(request))  # fmt: skip
 
 
-def _refusal_page(ctx: ConsumerContext, lr: ListRequest, exc: LookupFailed) -> str:
+def _refusal_page(request: web.Request, ctx: ConsumerContext, lr: ListRequest, exc: LookupFailed) -> str:
     action = f"/conso/patients/{lr.patient.ins}/emergency?{urlencode({**lr.base_query, **lr.filters.to_query()})}"
     return access_pages.refusal_page(_reason(exc)[1], exc, enabled=ctx.settings.access.emergency, action=action,
-                                     reason_min=ctx.settings.access.emergency_reason_min)  # fmt: skip
+                                     reason_min=ctx.settings.access.emergency_reason_min,
+                                     form_fields=hidden_field(request))  # fmt: skip
 
 
 async def emergency_page(request: web.Request) -> web.Response:
