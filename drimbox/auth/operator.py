@@ -14,6 +14,7 @@ from drimbox.audit.request import audit_request
 from drimbox.auth.professional import Professional
 from drimbox.auth.routes import gate_of
 from drimbox.auth.tokens import BearerTokenChecker, TokenError
+from drimbox.xds.habilitation import ImagingMatrix
 
 OPERATOR = "operator"
 
@@ -58,17 +59,28 @@ async def require_operator(request: web.Request, *, professionals: bool = False)
     raise refusal("operator_required", f"this operator API needs {who} (Authorization: Bearer …)")
 
 
-def uploader_check(tokens: BearerTokenChecker, configured: str) -> Callable[[web.Request], Awaitable[web.Response | None]]:
-    """STOW-RS on a Native source: a professional's PSC bearer token, or the operator token; None when allowed."""
+def uploader_check(
+    tokens: BearerTokenChecker, configured: str, matrix: ImagingMatrix | None = None
+) -> Callable[[web.Request], Awaitable[web.Response | None]]:
+    """STOW-RS on a Native source: the operator token, or the PSC bearer token of a professional the imaging
+    habilitation `matrix` allows (a secretary's or a pharmacist's answers 403); None when allowed. Audited either way.
+    """
+    allowed = matrix or ImagingMatrix()
 
     async def check(request: web.Request) -> web.Response | None:
         if is_operator(request, configured):
+            await audit_request(request, "auth.stow", SUCCESS, professional=OPERATOR)
             return None
         try:
             professional = await tokens.check_request(request)
         except TokenError as exc:
             await audit_request(request, "auth.stow", REFUSED, reason=exc.reason)
             return exc.response()
+        not_allowed = allowed.refusal(professional.profession, [professional.specialty])
+        if not_allowed is not None:
+            await audit_request(request, "auth.stow", REFUSED, professional=professional.id, reason="not_habilitated")
+            return web.json_response({"error": f"storing images is refused: {not_allowed}", "reason": "not_habilitated"},
+                                     status=403)  # fmt: skip
         await audit_request(request, "auth.stow", SUCCESS, professional=professional.id)
         return None
 
