@@ -115,6 +115,10 @@ class ScopedBackend:
                 if skip:
                     skip -= 1
                     continue
+                if query.level is QueryLevel.SERIES and "NumberOfSeriesRelatedInstances" in ds:
+                    # The PACS counts every instance of the series: the count must not betray those hidden.
+                    allowed = len(scope.series[str(ds.SeriesInstanceUID)])
+                    ds.NumberOfSeriesRelatedInstances = min(int(ds.NumberOfSeriesRelatedInstances or 0), allowed)
                 yield ds
         finally:
             await aclose(source)

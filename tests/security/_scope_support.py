@@ -36,6 +36,8 @@ class Published:
     series: dict[str, set[str]]  # series the KOS references → their instances
     extra_series: str  # a series of the same study the KOS does not reference
     extra_instance: str
+    hidden_instance: str  # an instance the KOS does not reference, in a series it does:
+    hidden_in: str
 
     @property
     def dicomweb(self) -> str:
@@ -46,11 +48,13 @@ class Published:
         return f"{self.dicomweb}/studies/{self.study}"
 
 
-def _extra_series(template: Path, out: Path) -> tuple[str, str, Path]:
-    """An instance of exam C's study in a series of its own, numbered first (a thumbnail would pick it)."""
+def _extra_instance(template: Path, out: Path, series: str | None = None) -> tuple[str, str, Path]:
+    """An instance of exam C's study in a series of its own numbered first (a thumbnail would pick it), or in `series`."""
     ds = pydicom.dcmread(template)
-    series, sop = f"2.25.{uuid.uuid4().int}", f"2.25.{uuid.uuid4().int}"
-    ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SeriesNumber = series, sop, 0
+    sop = f"2.25.{uuid.uuid4().int}"
+    if series is None:
+        series, ds.SeriesNumber = f"2.25.{uuid.uuid4().int}", 0
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = series, sop
     ds.file_meta.MediaStorageSOPInstanceUID = sop
     ds.SeriesDescription = "NOT IN THE KOS"
     ds.PixelData = bytes(len(ds.PixelData))  # another image: a thumbnail of it is told from the KOS's
@@ -98,7 +102,7 @@ async def published_source(work: Path, sim_url: str, profile: str, orthanc: Any 
         settings.pacs.timeout = 10.0
     files = write_study(work / "study-C", study_for_exam(EXAM, instances=4, rows=32, columns=32))
     other = write_study(work / "study-E", study_for_exam(OTHER, instances=2, rows=32, columns=32))
-    extra_series, extra_sop, extra = _extra_series(files[0], work / "extra.dcm")
+    extra_series, extra_sop, extra = _extra_instance(files[0], work / "extra.dcm")
     async with running_box(settings) as box, aiohttp.ClientSession() as http:
         if profile == "proxy":
             await asyncio.to_thread(orthanc.store_files, files + other)
@@ -107,15 +111,17 @@ async def published_source(work: Path, sim_url: str, profile: str, orthanc: Any 
         await report(box)
         kos_uid = await _wait_published(box, EXAM.accession)
         kos = parse_kos((settings.var_path / "kos" / f"{kos_uid}.dcm").read_bytes())
-        # The PACS holds more than the KOS: a series added after the publication (a late reconstruction, say).
+        # The PACS holds more than the KOS: a series added after the publication (a late reconstruction, say),
+        # and an instance added to a series the KOS references.
+        _, hidden_sop, hidden = _extra_instance(files[0], work / "hidden.dcm", kos.series[0].series_uid)
         if profile == "proxy":
-            await asyncio.to_thread(orthanc.store_files, [extra])
+            await asyncio.to_thread(orthanc.store_files, [extra, hidden])
             async with http.delete(f"{box.url}/api/cache", params={"study": EXAM.study_uid}, headers=OPERATOR) as r:
                 assert r.status == 200
         else:
-            assert await stow(http, f"{box.url}/dicom-web/studies", [extra], OPERATOR) == 200
+            assert await stow(http, f"{box.url}/dicom-web/studies", [extra, hidden], OPERATOR) == 200
         series = {s.series_uid: {i.sop_instance_uid for i in s.instances} for s in kos.series}
-        yield Published(box, kos_uid, EXAM.study_uid, series, extra_series, extra_sop)
+        yield Published(box, kos_uid, EXAM.study_uid, series, extra_series, extra_sop, hidden_sop, kos.series[0].series_uid)
 
 
 async def login(http: aiohttp.ClientSession, box_url: str, who: str) -> None:

@@ -39,6 +39,8 @@ async def test_everything_under_the_study_is_what_the_kos_references(exam: Publi
     async with aiohttp.ClientSession() as http:
         status, rows = await status_json(http, f"{base}/series", **headers)
         assert status == 200 and _uids(rows, "0020000E") == allowed
+        counts = {r["0020000E"]["Value"][0]: r["00201209"]["Value"][0] for r in rows if "00201209" in r}
+        assert all(counts[s] <= len(exam.series[s]) for s in counts)
         status, rows = await status_json(http, f"{base}/instances", **headers)
         assert status == 200 and _uids(rows, "00080018") == instances
         assert _uids(rows, "0020000E") == allowed
@@ -60,9 +62,11 @@ async def test_everything_under_the_study_is_what_the_kos_references(exam: Publi
                     f"{extra}/instances/{exam.extra_instance}/frames/1"):  # fmt: skip
             status, _ = await status_json(http, url, **headers)
             assert status in (403, 404), url
-        # An instance the KOS does not reference, named under a series it does: refused too.
-        some_series = sorted(allowed)[0]
-        status, _ = await status_json(
-            http, f"{base}/series/{some_series}/instances/{exam.extra_instance}/metadata", **headers
-        )
-        assert status in (403, 404)
+        # An instance the KOS does not reference, in a series it does: never listed, never served.
+        hidden_in = exam.hidden_in
+        for url in (f"{base}/series/{hidden_in}/instances", f"{base}/series/{hidden_in}/metadata"):
+            status, items = await status_json(http, url, **headers)
+            assert status == 200 and _uids(items, "00080018") == exam.series[hidden_in], url
+        for sop in (exam.hidden_instance, exam.extra_instance):
+            status, _ = await status_json(http, f"{base}/series/{hidden_in}/instances/{sop}/metadata", **headers)
+            assert status in (403, 404)
