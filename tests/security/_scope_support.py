@@ -121,7 +121,9 @@ async def published_source(work: Path, sim_url: str, profile: str, orthanc: Any 
         else:
             assert await stow(http, f"{box.url}/dicom-web/studies", [extra, hidden], OPERATOR) == 200
         series = {s.series_uid: {i.sop_instance_uid for i in s.instances} for s in kos.series}
-        yield Published(box, kos_uid, EXAM.study_uid, series, extra_series, extra_sop, hidden_sop, kos.series[0].series_uid)
+        yield Published(
+            box, kos_uid, EXAM.study_uid, series, extra_series, extra_sop, hidden_sop, kos.series[0].series_uid
+        )
 
 
 async def login(http: aiohttp.ClientSession, box_url: str, who: str) -> None:
