@@ -1,4 +1,4 @@
-"""Who may call the box's operator API: the operator's bearer token (hashed in [auth] operator_token) or a session."""
+"""Who may call the box's operator API (the operator's bearer token, hashed in [auth] operator_token) and upload."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from aiohttp import web
 
 from drimbox.audit.events import REFUSED, SUCCESS
 from drimbox.audit.request import audit_request
-from drimbox.auth.professional import Professional
 from drimbox.auth.routes import gate_of
 from drimbox.auth.tokens import BearerTokenChecker, TokenError
 from drimbox.xds.habilitation import ImagingMatrix
@@ -42,21 +41,19 @@ def refusal(reason: str, message: str, status: int = 401) -> web.HTTPException:
     return cls(text=body, content_type="application/json", headers=headers)
 
 
-async def require_operator(request: web.Request, *, professionals: bool = False) -> str | Professional:
-    """OPERATOR for the operator token; with `professionals`, also a logged-in professional (their Professional).
+async def require_operator(request: web.Request) -> str:
+    """OPERATOR for the operator token; else a 401 JSON answer, recorded in the audit trail with who asked.
 
-    Raises a 401 JSON answer otherwise. A session is never enough for operator-only actions (emptying the cache,
+    A session is never enough for the operator's API (publication states of every patient, emptying the cache,
     issuing report links): those are the RIS's and the administrator's, not a reading doctor's.
     """
     gate = gate_of(request)
     if is_operator(request, gate.settings.auth.operator_token):
         return OPERATOR
-    if professionals:
-        professional = await gate.current_professional(request)
-        if professional is not None:
-            return professional
-    who = "the operator token or a Pro Santé Connect login" if professionals else "the operator token"
-    raise refusal("operator_required", f"this operator API needs {who} (Authorization: Bearer …)")
+    professional = await gate.current_professional(request)
+    await audit_request(request, "auth.operator", REFUSED, professional=professional.id if professional else None,
+                        path=request.path, reason="operator_required")  # fmt: skip
+    raise refusal("operator_required", "this operator API needs the operator token (Authorization: Bearer …)")
 
 
 def uploader_check(

@@ -57,7 +57,9 @@ async def test_a_login_alone_opens_nothing(exam: Published) -> None:
     # Each refusal is in the audit trail, by whom, and with the patient where the study names one.
     recorded = refusals(exam)
     assert len(recorded) >= 7 and all(who == DOCTOR for _, _, who in recorded)
-    assert (("not_granted", EXAM.ins, DOCTOR)) in recorded
+    assert ("not_granted", EXAM.ins, DOCTOR) in recorded
+    assert any(e.action == "auth.operator" and e.outcome == "refused" and e.professional == DOCTOR
+               for e in exam.box.audit.events)  # fmt: skip
 
 
 async def test_a_report_link_grants_its_study_as_far_as_the_live_kos_goes(exam: Published) -> None:
