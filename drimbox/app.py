@@ -100,6 +100,8 @@ class Box:
             consumer_auth = GateAuth(self.auth)
             setup_consumer(app, s, consumer_auth)
             setup_consumer_images(app, s, consumer_auth)
+        # Who may read imaging (the DMP's habilitation matrix): on a source box, for its sessions, tokens and uploads.
+        matrix = ImagingMatrix.of(s.access.imaging_professions or DEFAULT_IMAGING_PROFESSIONS)
         if self.is_source:
             self.outbox = Outbox(s.var_path / "drimbox.sqlite")
             self.dmp = XdsDmpGateway(s)
@@ -118,7 +120,6 @@ class Box:
                 # Listening from the start (not only once a C-MOVE needs it): the PACS pushes IOCM rejection notes.
                 self.proxy_scp = await asyncio.to_thread(serve_shared, s.dicom, self._unsolicited_store)
             self.backend = backend
-            matrix = ImagingMatrix.of(s.access.imaging_professions or DEFAULT_IMAGING_PROFESSIONS)
             if isinstance(backend, NativeBackend):
                 # Storing needs the operator token or the PSC bearer token of a professional the habilitation matrix
                 # allows (open with protect_dicomweb=false).
@@ -156,8 +157,7 @@ class Box:
             )
         # The web viewer (both roles) and, on a source (outbox), the report link that opens it.
         app.add_routes(viewer_routes(self.auth, self.outbox, links=ReportLinks(s.auth, s.box.public_url),
-                                     grants=self.auth.sessions,
-                                     matrix=ImagingMatrix.of(s.access.imaging_professions or DEFAULT_IMAGING_PROFESSIONS)))
+                                     grants=self.auth.sessions, matrix=matrix))  # fmt: skip
         # handler_cancellation: a client that leaves while the PACS is slow is noticed at once (C-CANCEL).
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
