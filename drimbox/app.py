@@ -26,6 +26,7 @@ from drimbox.consumer.images import setup_consumer_images
 from drimbox.consumer.routes import setup_consumer
 from drimbox.dicomweb.backend import DicomwebBackend
 from drimbox.dicomweb.routes import dicomweb_routes
+from drimbox.dicomweb.scope import ScopedBackend
 from drimbox.dicomweb.stow import stow_routes
 from drimbox.dimse.delivery import ReceivedInstance
 from drimbox.dimse.message import REFUSED_OUT_OF_RESOURCES
@@ -49,6 +50,7 @@ from drimbox.state.outbox import Outbox
 from drimbox.state.series_cache import SeriesCache
 from drimbox.tls import box_to_box, peer_middleware, use
 from drimbox.viewer_routes import viewer_routes
+from drimbox.xds.habilitation import DEFAULT_IMAGING_PROFESSIONS, ImagingMatrix
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,8 @@ class Box:
             consumer_auth = GateAuth(self.auth)
             setup_consumer(app, s, consumer_auth)
             setup_consumer_images(app, s, consumer_auth)
+        # Who may read imaging (the DMP's habilitation matrix): on a source box, for its sessions, tokens and uploads.
+        matrix = ImagingMatrix.of(s.access.imaging_professions or DEFAULT_IMAGING_PROFESSIONS)
         if self.is_source:
             self.outbox = Outbox(s.var_path / "drimbox.sqlite")
             self.dmp = XdsDmpGateway(s)
@@ -135,18 +139,23 @@ class Box:
                 log.info("DICOM peers: PACS %s; IOCM senders: %s", pacs.describe(), senders.describe())
             self.backend = backend
             if isinstance(backend, NativeBackend):
-                # Storing needs a professional's PSC bearer token or the operator token (open with protect_dicomweb=false).
-                upload = uploader_check(self.auth.tokens, s.auth.operator_token) if s.auth.protect_dicomweb else None
+                # Storing needs the operator token or the PSC bearer token of a professional the habilitation matrix
+                # allows (open with protect_dicomweb=false).
+                upload = uploader_check(self.auth.tokens, s.auth.operator_token, matrix) if s.auth.protect_dicomweb else None
                 app.add_routes(stow_routes(backend.stow, base="/dicom-web", public_url=s.box.public_url, authorize=upload))
+            # Protected, every answer is cut to the scope the access check leaves (the KOS's series and instances).
+            served: DicomwebBackend = ScopedBackend(backend) if s.auth.protect_dicomweb else backend
             routes = dicomweb_routes(
-                backend, base="/dicom-web", cors_origins=s.http.cors_origins, public_url=s.box.public_url,
+                served, base="/dicom-web", cors_origins=s.http.cors_origins, public_url=s.box.public_url,
                 compress=s.http.compress_on_the_fly,
             )
             if s.auth.protect_dicomweb:
-                # A consumer box's request needs a PSC token and the KOS that entitles it (DRIM-M contract);
-                # the box's own logged-in users (its viewer) pass on their session.
+                # A consumer box's request needs a PSC token and the KOS that entitles it (DRIM-M contract); the
+                # box's own viewer, a session granted the study of the report link it opened; the operator, all.
                 self.tokens = self.auth.tokens
-                routes = SourceAccess(self.outbox, s.var_path / "kos", self.tokens, gate=self.auth).protect(routes)
+                access = SourceAccess(self.outbox, s.var_path / "kos", self.tokens, gate=self.auth,
+                                      grants=self.auth.sessions, operator_token=s.auth.operator_token, matrix=matrix)
+                routes = access.protect(routes)
             else:
                 routes = audit_open_access(routes)
             app.add_routes(routes)
@@ -166,7 +175,8 @@ class Box:
                 ssl=server_ssl if s.mllp.tls else None,
             )
         # The web viewer (both roles) and, on a source (outbox), the report link that opens it.
-        app.add_routes(viewer_routes(self.auth, self.outbox, links=ReportLinks(s.auth, s.box.public_url)))
+        app.add_routes(viewer_routes(self.auth, self.outbox, links=ReportLinks(s.auth, s.box.public_url),
+                                     grants=self.auth.sessions, matrix=matrix))  # fmt: skip
         # handler_cancellation: a client that leaves while the PACS is slow is noticed at once (C-CANCEL).
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from drimbox.audit.request import audit_request
 from drimbox.auth import AuthGate
 from drimbox.auth.links import LinkRefused, ReportLinks
 from drimbox.state.outbox import Outbox
+from drimbox.xds.habilitation import ImagingMatrix
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,22 @@ _HEADERS = {
 }
 
 
+class Grants(Protocol):
+    """Where an opened report link is recorded for the session (auth.session.SessionStore fits)."""
+
+    async def grant(self, id_hash: str, study_uid: str, kos_uid: str) -> None: ...
+
+
 def viewer_routes(
-    gate: AuthGate, outbox: Outbox | None, *, directory: Path = VIEWER_DIR, links: ReportLinks | None = None
+    gate: AuthGate, outbox: Outbox | None, *, directory: Path = VIEWER_DIR, links: ReportLinks | None = None,
+    grants: Grants | None = None, matrix: ImagingMatrix | None = None,
 ) -> list[web.RouteDef]:
-    """GET /viewer/ and its files; on a source box (`outbox` given) also the report link, checked by `links`."""
-    viewer = _Viewer(gate, outbox, directory, links)
+    """GET /viewer/ and its files; on a source box (`outbox` given) also the report link, checked by `links`.
+
+    A report link that opens records a grant of its study for the session in `grants`: source.access lets a
+    session read nothing else. A professional the imaging habilitation `matrix` does not allow is refused there.
+    """
+    viewer = _Viewer(gate, outbox, directory, links, grants, matrix or ImagingMatrix())
     return [
         web.get("/viewer", viewer.redirect_to_index),
         web.get("/viewer/", viewer.index),
@@ -52,11 +65,16 @@ def viewer_routes(
 
 
 class _Viewer:
-    def __init__(self, gate: AuthGate, outbox: Outbox | None, directory: Path, links: ReportLinks | None) -> None:
+    def __init__(
+        self, gate: AuthGate, outbox: Outbox | None, directory: Path, links: ReportLinks | None,
+        grants: Grants | None, matrix: ImagingMatrix,
+    ) -> None:
         self.gate = gate
         self.outbox = outbox
         self.directory = directory
         self.links = links
+        self.grants = grants
+        self.matrix = matrix
 
     async def redirect_to_index(self, request: web.Request) -> web.StreamResponse:
         # Relative URLs in the page (viewer.css, main.js) need the trailing slash.
@@ -108,9 +126,18 @@ class _Viewer:
         professional = await self.gate.current_professional(request)
         if professional is None:
             self.gate.require_login(request, next=request.path_qs)
-        who = getattr(professional, "id", None)  # test gates may stand in with any object
+        who = professional.id
+        not_allowed = self.matrix.refusal(professional.profession, [professional.specialty])
+        if not_allowed is not None:
+            log.info("report link refused: the professional's profession may not read imaging")
+            await audit_request(request, "report-link.open", REFUSED, professional=who, study=study,
+                                accession=accession or None, status=403, reason="not_habilitated")  # fmt: skip
+            return error_page(403, "Access refused", f"Not allowed by the habilitation matrix: {not_allowed}.")
         published = await self.outbox.current_published(study)
         if published is not None and (not accession or accession == published.accession):
+            if self.grants is not None and (session := await self.gate.current_session(request)) is not None:
+                # What this session may now read at /dicom-web: this study, as far as its live KOS goes.
+                await self.grants.grant(session.id_hash, study, published.kos_uid or "")
             await audit_request(request, "report-link.open", SUCCESS, professional=who, study=study,
                                 accession=accession or None)
             raise web.HTTPSeeOther("/viewer/?" + urlencode({"base": "/dicom-web", "study": study}))

@@ -12,6 +12,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from drimbox.auth.oidc import TokenSet
+from drimbox.auth.professional import Professional
+from drimbox.auth.session import Session
 from drimbox.manifest import parse_kos
 from drimbox.samples.processes import free_port, write_config
 from tests.support.drim_flow import Doctor, protected_front, psc_token, publish_exam, revoke
@@ -40,8 +43,11 @@ def empty_pacs(orthanc: Any) -> None:
 class CookieGate:
     """auth.AuthGate stand-in: a request with the cookie drimbox_session=ok is the box's own logged-in viewer."""
 
-    async def current_professional(self, request: web.Request) -> Doctor | None:
-        return Doctor() if request.cookies.get("drimbox_session") == "ok" else None
+    async def current_session(self, request: web.Request) -> Session | None:
+        if request.cookies.get("drimbox_session") != "ok":
+            return None
+        doctor = Professional(id=Doctor().id, profession="10")
+        return Session("ok", doctor, TokenSet(access_token="-"), 0.0, 0.0, 0.0)
 
 
 async def _get(http: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, dict[str, Any]]:
@@ -82,9 +88,10 @@ async def test_token_and_kos_are_required_and_checked(orthanc: Any, source_box: 
         status, body = await _get(http, f"http://127.0.0.1:{port}/dicom-web/studies", Authorization=bearer,
                                   **{"KOS-SOPInstanceUID": kos_uid})  # fmt: skip
         assert (status, body["reason"]) == (403, "search_not_allowed")
-        # The box's own viewer, logged in with a session: no token, no KOS.
+        # The box's own viewer, logged in, but without a report link opened: nothing (tests/security covers the rest).
         async with aiohttp.ClientSession(cookies={"drimbox_session": "ok"}) as viewer:
-            assert (await _get(viewer, series))[0] == 200
+            status, body = await _get(viewer, series)
+            assert (status, body["reason"]) == (403, "not_granted")
 
         revoke_me = (await asyncio.to_thread(psc_token, sim.url))["access_token"]
         await asyncio.to_thread(revoke, sim.url, revoke_me)

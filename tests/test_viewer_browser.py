@@ -222,6 +222,11 @@ def test_viewer_without_a_session_goes_to_login(
     page.wait_for_url(f"{sim.url}/**")
     page.click(f"button[value='{PROFESSIONAL}']")
     page.wait_for_url(f"{source.url}/viewer/**")
+    # A login alone opens nothing (issue 10): the study is this session's once its report link is opened.
+    page.wait_for_selector("body[data-state=error]", timeout=30_000)
+    assert "not allowed" in page.inner_text("#message")
+    page.goto(f"{source.url}/IHEInvokeImageDisplay?requestType=STUDY&studyUID={STUDY_C}")
+    page.wait_for_url(f"{source.url}/viewer/**")
     wait_ready(page)
 
 

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from drimbox.auth.professional import Professional
 from drimbox.viewer_routes import VIEWER_DIR, viewer_routes
 
 STUDY = "1.2.250.1.213.4.5.2.1.103"
@@ -25,7 +26,7 @@ class FakeGate:
         self.logged_in = logged_in
 
     async def current_professional(self, request: web.Request) -> Any:
-        return object() if self.logged_in else None
+        return Professional(id="801234567897", profession="10") if self.logged_in else None
 
     def require_login(self, request: web.Request, next: str | None = None) -> NoReturn:
         raise web.HTTPSeeOther(location=f"/auth/login?next={next}")

@@ -1,4 +1,4 @@
-"""Who may call the box's operator API: the operator's bearer token (hashed in [auth] operator_token) or a session."""
+"""Who may call the box's operator API (the operator's bearer token, hashed in [auth] operator_token) and upload."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from aiohttp import web
 
 from drimbox.audit.events import REFUSED, SUCCESS
 from drimbox.audit.request import audit_request
-from drimbox.auth.professional import Professional
 from drimbox.auth.routes import gate_of
 from drimbox.auth.tokens import BearerTokenChecker, TokenError
+from drimbox.xds.habilitation import ImagingMatrix
 
 OPERATOR = "operator"
 
@@ -41,34 +41,43 @@ def refusal(reason: str, message: str, status: int = 401) -> web.HTTPException:
     return cls(text=body, content_type="application/json", headers=headers)
 
 
-async def require_operator(request: web.Request, *, professionals: bool = False) -> str | Professional:
-    """OPERATOR for the operator token; with `professionals`, also a logged-in professional (their Professional).
+async def require_operator(request: web.Request) -> str:
+    """OPERATOR for the operator token; else a 401 JSON answer, recorded in the audit trail with who asked.
 
-    Raises a 401 JSON answer otherwise. A session is never enough for operator-only actions (emptying the cache,
+    A session is never enough for the operator's API (publication states of every patient, emptying the cache,
     issuing report links): those are the RIS's and the administrator's, not a reading doctor's.
     """
     gate = gate_of(request)
     if is_operator(request, gate.settings.auth.operator_token):
         return OPERATOR
-    if professionals:
-        professional = await gate.current_professional(request)
-        if professional is not None:
-            return professional
-    who = "the operator token or a Pro Santé Connect login" if professionals else "the operator token"
-    raise refusal("operator_required", f"this operator API needs {who} (Authorization: Bearer …)")
+    professional = await gate.current_professional(request)
+    await audit_request(request, "auth.operator", REFUSED, professional=professional.id if professional else None,
+                        path=request.path, reason="operator_required")  # fmt: skip
+    raise refusal("operator_required", "this operator API needs the operator token (Authorization: Bearer …)")
 
 
-def uploader_check(tokens: BearerTokenChecker, configured: str) -> Callable[[web.Request], Awaitable[web.Response | None]]:
-    """STOW-RS on a Native source: a professional's PSC bearer token, or the operator token; None when allowed."""
+def uploader_check(
+    tokens: BearerTokenChecker, configured: str, matrix: ImagingMatrix | None = None
+) -> Callable[[web.Request], Awaitable[web.Response | None]]:
+    """STOW-RS on a Native source: the operator token, or the PSC bearer token of a professional the imaging
+    habilitation `matrix` allows (a secretary's or a pharmacist's answers 403); None when allowed. Audited either way.
+    """
+    allowed = matrix or ImagingMatrix()
 
     async def check(request: web.Request) -> web.Response | None:
         if is_operator(request, configured):
+            await audit_request(request, "auth.stow", SUCCESS, professional=OPERATOR)
             return None
         try:
             professional = await tokens.check_request(request)
         except TokenError as exc:
             await audit_request(request, "auth.stow", REFUSED, reason=exc.reason)
             return exc.response()
+        not_allowed = allowed.refusal(professional.profession, [professional.specialty])
+        if not_allowed is not None:
+            await audit_request(request, "auth.stow", REFUSED, professional=professional.id, reason="not_habilitated")
+            return web.json_response({"error": f"storing images is refused: {not_allowed}", "reason": "not_habilitated"},
+                                     status=403)  # fmt: skip
         await audit_request(request, "auth.stow", SUCCESS, professional=professional.id)
         return None
 

@@ -90,6 +90,10 @@ class AuthGate:
 
     # --- what other handlers call ---------------------------------------------------------------------
 
+    async def current_session(self, request: web.Request) -> Session | None:
+        """The request's live session (who, and its id_hash that keys what it was granted), None without one."""
+        return await self._session(request)
+
     async def current_professional(self, request: web.Request) -> Professional | None:
         session = await self._session(request)
         return session.professional if session else None

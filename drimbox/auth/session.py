@@ -1,4 +1,4 @@
-"""Server-side browser sessions and pending logins, in SQLite under var_dir, with absolute and idle expiry."""
+"""Server-side browser sessions, what each was granted, and pending logins, in SQLite under var_dir, with expiry."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ CREATE TABLE IF NOT EXISTS sessions (
     created_at REAL NOT NULL,
     last_seen REAL NOT NULL,
     expires_at REAL NOT NULL
+);
+-- The studies a session may read on this source box: those of the report links it opened (one row a study).
+CREATE TABLE IF NOT EXISTS grants (
+    id_hash TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    kos_uid TEXT NOT NULL,
+    granted_at REAL NOT NULL,
+    PRIMARY KEY (id_hash, study_uid)
 );
 CREATE TABLE IF NOT EXISTS pending_logins (
     state_hash TEXT PRIMARY KEY,
@@ -145,9 +153,29 @@ class SessionStore:
 
         def _delete(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM sessions WHERE id_hash = ?", (key,))
+            conn.execute("DELETE FROM grants WHERE id_hash = ?", (key,))
 
         await self._db.acall(_delete)
         return session
+
+    async def grant(self, id_hash: str, study_uid: str, kos_uid: str) -> None:
+        """Let this session read this study (as far as the study's live KOS goes): it opened a report link to it."""
+        row = (id_hash, study_uid, kos_uid, self._clock())
+
+        def _insert(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?)", row)
+
+        await self._db.acall(_insert)
+
+    async def granted(self, id_hash: str, study_uid: str) -> bool:
+        """Whether this (live) session was granted this study."""
+
+        def _get(conn: sqlite3.Connection) -> bool:
+            found = conn.execute("SELECT 1 FROM grants g JOIN sessions s ON s.id_hash = g.id_hash"
+                                 " WHERE g.id_hash = ? AND g.study_uid = ?", (id_hash, study_uid)).fetchone()  # fmt: skip
+            return found is not None
+
+        return await self._db.acall(_get)
 
     async def save_pending(self, pending: PendingLogin) -> None:
         row = (_hash(pending.state), pending.nonce, pending.code_verifier, pending.next, pending.created_at)
@@ -174,3 +202,4 @@ class SessionStore:
 
     def _purge(self, conn: sqlite3.Connection, now: float) -> None:
         conn.execute("DELETE FROM sessions WHERE expires_at <= ? OR last_seen <= ?", (now, now - self.idle))
+        conn.execute("DELETE FROM grants WHERE id_hash NOT IN (SELECT id_hash FROM sessions)")

@@ -15,11 +15,12 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 def publications_routes(outbox: Outbox, links: ReportLinks | None = None) -> list[web.RouteDef]:
-    """GET /api/publications (operator token or a logged-in professional); POST /api/report-links (operator)."""
+    """GET /api/publications and POST /api/report-links: the operator's (RIS, administrator) only."""
 
     async def list_publications(request: web.Request) -> web.Response:
-        # States name accession numbers and studies: the operator (RIS, administrator) or a logged-in professional.
-        await require_operator(request, professionals=True)
+        # States name accession numbers and studies of every patient: a professional's session is not enough
+        # (a session reads only what a report link granted it, see source/access.py).
+        await require_operator(request)
         accession = request.query.get("accession")
         study = request.query.get("study")
         if accession is None and study is None:
