@@ -169,12 +169,13 @@ class AuthSettings:
     token_audience: str = ""
     # Local page the browser lands on after logout.
     logout_redirect: str = "/auth/logged-out"
-    # Source side: /dicom-web answers only a box session, or a PSC bearer token with a KOS-SOPInstanceUID naming
-    # a KOS this source published and has not withdrawn (source/access.py). false: open to anyone who can connect.
+    # Source side: /dicom-web answers the operator token; a PSC bearer token with a KOS-SOPInstanceUID naming a KOS
+    # this source published and has not withdrawn; or a box session for the study of a report link it opened. Both
+    # only see what the live KOS references (source/access.py, dicomweb/scope.py). false: open to anyone who connects.
     protect_dicomweb: bool = True
     # The operator's API (GET /api/publications, DELETE /api/cache, POST /api/report-links) and STOW-RS take
     # `Authorization: Bearer <operator token>`. Only its hash is kept here: "sha256:<64 hex digits>" of the token
-    # (`printf %s TOKEN | sha256sum`). Empty: no operator token (publications still open to a logged-in professional).
+    # (`printf %s TOKEN | sha256sum`). Empty: no operator token (then nobody reads publications or unpublished studies).
     operator_token: str = ""
     # HMAC-SHA256 keys (at least 32 characters each) that sign report links (/IHEInvokeImageDisplay): the first
     # signs, every one verifies (key rotation: put the new key first, drop the old one after report_link_ttl).

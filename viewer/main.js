@@ -330,7 +330,7 @@ function fail(error) {
     return;
   }
   const messages = {
-    403: 'You are not allowed to see these images.',
+    403: 'You are not allowed to see these images. Open this exam from the link in its report, or from your DRIMbox exam list.',
     404: 'These images were not found: the exam may have been withdrawn or is not available on this box.',
     410: 'This exam has been withdrawn.',
     503: 'The images are not available right now (the image source cannot be reached). Try again later.',
