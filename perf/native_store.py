@@ -88,6 +88,8 @@ def run_drimbox(work: Path, files: list[Path], fast: bool) -> float:
         "DRIMBOX_BOX__VAR_DIR": str(var),
         "DRIMBOX_DICOM__PORT": "0",
         "DRIMBOX_BOX__LOG_LEVEL": "WARNING",
+        # storescu calls as STORESCU from loopback: the archive takes C-STOREs from configured peers only.
+        "DRIMBOX_DICOM__STORE_PEERS": "STORESCU@127.0.0.1",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "drimbox.archive", *([] if fast else ["--plain-transport"])],

@@ -38,6 +38,7 @@ class ScpProcess:
             "DRIMBOX_BOX__LOG_LEVEL": "WARNING",
             "DRIMBOX_DICOM__PORT": "0",
             "DRIMBOX_DICOM__AE_TITLE": AE_TITLE,
+            "DRIMBOX_DICOM__STORE_PEERS": "STORESCU@127.0.0.1",  # dcmtk's default calling AE title
         }
         self.proc = subprocess.Popen(
             [*(wrapper or []), sys.executable, "-m", "drimbox.archive"],
@@ -185,7 +186,7 @@ def test_full_disk_answers_out_of_resources(small_disk: tuple[Path, list[str]], 
         assert "Received Store Response (Refused: OutOfResources)" in log, log[-2000:]
         # What was acknowledged is there: ask the SCP itself (the tmpfs only exists in its namespace).
         own = PacsSettings(ae_title=AE_TITLE, host="127.0.0.1", port=scp.port, timeout=10)
-        found = find_study_instances(own, "TEST", burst_study_uid(burst))
+        found = find_study_instances(own, "STORESCU", burst_study_uid(burst))  # a peer the archive knows
         assert found is not None
         stored = {i.sop_instance_uid for i in found.instances}
         for path in acked:

@@ -11,6 +11,7 @@ import threading
 from drimbox.archive.archive import Archive
 from drimbox.archive.scp import ArchiveScp
 from drimbox.config import ConfigError, load_settings
+from drimbox.dimse.peers import own_peer, store_peers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     archive = Archive.open(settings.box.var_dir)
-    scp = ArchiveScp(settings.dicom, archive, fast_transport=not args.plain_transport)
+    # The same rule as `drimbox serve`: only the [dicom] store_peers may store (empty: nobody); the box's own AE
+    # from its own host may query.
+    storers = store_peers(settings)
+    scp = ArchiveScp(settings.dicom, archive, fast_transport=not args.plain_transport,
+                     peers=storers | own_peer(settings.dicom), store_peers=storers)  # fmt: skip
     try:
         port = scp.start()
         # Scripts and tests that asked for port 0 read the real one here.
