@@ -90,3 +90,38 @@ async def test_an_endpoint_entry_pins_port_and_path_and_a_redirect_is_never_foll
             assert not any(outcome == SUCCESS for kos, outcome, _ in outcomes if kos != genuine_kos), outcomes
     finally:
         sim.stop()
+
+
+@pytest.mark.parametrize("mode", ["jwt", "introspection"])
+async def test_a_token_bound_to_other_resource_servers_does_not_open_this_source(mode: str) -> None:
+    """Where the token allows it (an audience naming resource servers by URL), the source accepts only its own. A PSC
+    token names the consumer box's client id: it binds nothing, and is accepted as before."""
+    import time
+
+    from drimbox.auth.tokens import BearerTokenChecker, TokenError
+    from drimbox.config import Settings
+    from tests.support.oidc_provider import CLIENT_ID, CLIENT_SECRET, Provider, start_provider
+
+    provider = Provider()
+    runner = await start_provider(provider)
+    s = Settings()
+    s.psc.issuer, s.psc.client_id, s.psc.client_secret = provider.issuer, CLIENT_ID, CLIENT_SECRET
+    s.auth.token_check, s.auth.token_cache_ttl = mode, 0
+    s.box.public_url = "https://db-b.example:8443/"
+    checker = BearerTokenChecker(s)
+
+    def token(aud: object) -> str:
+        now = int(time.time())
+        return provider.sign({"iss": provider.issuer, "sub": "f:899700218896", "SubjectNameID": "899700218896",
+                              "azp": CLIENT_ID, "typ": "Bearer", "iat": now, "exp": now + 300, "aud": aud,
+                              "scope": "openid scope_all"})  # fmt: skip
+
+    try:
+        with pytest.raises(TokenError) as info:
+            await checker.check(token([CLIENT_ID, "https://db-a.example"]))  # meant for box A, replayed at box B
+        assert info.value.reason == "wrong_audience"
+        assert (await checker.check(token([CLIENT_ID, "https://DB-B.example:8443/dicom-web"]))).id == "899700218896"
+        assert (await checker.check(token(CLIENT_ID))).id == "899700218896"  # PSC's shape: the consumer's client
+    finally:
+        await checker.close()
+        await runner.cleanup()
