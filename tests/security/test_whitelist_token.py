@@ -125,3 +125,28 @@ async def test_a_token_bound_to_other_resource_servers_does_not_open_this_source
     finally:
         await checker.close()
         await runner.cleanup()
+
+
+def test_the_demo_and_docker_simulators_list_their_boxes_exactly(tmp_path: Path) -> None:
+    """Where the attack was run (`drimbox demo`, and the compose set-up): the source's Retrieve URLs are listed, and
+    nothing else on loopback is (Orthanc, the simulator, another port), so no other service gets a token."""
+    from drimbox.auth.whitelist import Whitelist, parse_entry
+    from drimbox.config import load_settings
+    from drimbox.demo_mesh import sim_sections, source_sections
+    from drimbox.demo_options import DEFAULT_PORTS
+    from drimbox.manifest.kos import retrieve_url
+
+    docker = Path(__file__).resolve().parents[2] / "docker"
+    demo_sim, demo_source = sim_sections(tmp_path, DEFAULT_PORTS)["sim"], source_sections(tmp_path, DEFAULT_PORTS, None)
+    setups = [
+        (load_settings(docker / "sim.toml", env={}).sim.whitelist_hosts,
+         load_settings(docker / "source.toml", env={}).box.public_url),
+        (demo_sim["whitelist_hosts"], demo_source["box"]["public_url"]),
+    ]  # fmt: skip
+    for entries, public_url in setups:
+        listed = Whitelist(db=frozenset(e for e in map(parse_entry, entries) if e is not None), vi=frozenset())
+        assert len(listed.db) == len(entries), entries
+        assert listed.allows(retrieve_url(public_url, "1.2.3", "1.2.3.4"))
+        for other in ("http://127.0.0.1:4242/dicom-web/studies/1", "http://127.0.0.1:8090/dicom-web/studies/1",
+                      f"{public_url}/api/publications", "http://localhost:8080/dicom-web/studies/1"):  # fmt: skip
+            assert not listed.allows(other), (entries, other)
