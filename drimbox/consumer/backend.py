@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -71,9 +70,10 @@ class ConsumerBackend:
     again: the box trusts its own entitlement check (the DMP listed the KOS for a logged-in professional,
     and `check_exam` may ask the DMP again), as any caching DRIMbox must.
 
-    What a KOS gets is its own evidence only: a series is cached per Retrieve URL (another box claiming the
-    same UIDs has its own copy), an instance is kept only when the KOS references it and it says so itself
-    (study, series, SOP Instance UID, patient), and what is served from a copy is what the KOS references.
+    What a KOS gets is its own evidence only: a series is cached per KOS and Retrieve URL (another KOS claiming
+    the same UIDs, from another box or the same one, has its own copy and its own check by the source), an
+    instance is kept only when the KOS references it and it says so itself (study, series, SOP Instance UID,
+    patient), and what is served is what the KOS references.
     """
 
     def __init__(
@@ -292,9 +292,9 @@ class ConsumerBackend:
             raise NotFound("the manifest gives no Retrieve URL for this series")
         evidence = self._evidence(kos, series)
         source = self._source(grant, series.retrieve_url, evidence)
-        origin = origin_of(series.retrieve_url)
+        origin = origin_of(series.retrieve_url, kos.sop_instance_uid)
         async for instance in self.cache.series(kos.study_uid, series.series_uid, source, keep=keep, origin=origin):
-            # A copy fetched for another KOS with this Retrieve URL (an earlier version) may hold more than this one.
+            # The copy is this KOS's own; filtered again all the same: nothing unreferenced is ever served.
             if instance.sop_instance_uid in evidence.sop_uids:
                 yield instance
 
@@ -346,7 +346,7 @@ class ConsumerBackend:
         for series in chosen:
             if not series.retrieve_url:
                 return False
-            if await self.cache.cached(study_uid, series.series_uid, origin=origin_of(series.retrieve_url)) is None:
+            if await self.cache.cached(study_uid, series.series_uid, origin=origin_of(series.retrieve_url, kos.sop_instance_uid)) is None:
                 return False
         return bool(chosen)
 
@@ -361,14 +361,13 @@ class ConsumerBackend:
         if study_uid != kos.study_uid:
             raise NotFound("this exam's manifest does not reference this study")
         for series in self._series(kos, series_uid):
-            # Kept per Retrieve URL and per set of referenced instances: another KOS's view is another answer.
-            origin, key = origin_of(series.retrieve_url), _metadata_key(base, self._evidence(kos, series))
-            cached = await self.cache.metadata(study_uid, series.series_uid, key, origin=origin)
+            origin = origin_of(series.retrieve_url, kos.sop_instance_uid)  # kept with this KOS's copy of the series
+            cached = await self.cache.metadata(study_uid, series.series_uid, base, origin=origin)
             if cached is None:
                 instances = self.iter_instances(study_uid, series.series_uid)
                 cached = b",".join([item async for item in metadata_from_instances(instances, base)])
                 # Computed once per series: kept with the cached series (dropped with it on eviction).
-                await self.cache.store_metadata(study_uid, series.series_uid, key, cached, origin=origin)
+                await self.cache.store_metadata(study_uid, series.series_uid, base, cached, origin=origin)
             await _serving()
             yield cached
 
@@ -413,10 +412,6 @@ async def _serving() -> None:
     hook = _SERVING.get()
     if hook is not None:
         await hook()
-
-
-def _metadata_key(base: str, evidence: SeriesEvidence) -> str:
-    return f"{base}#{hashlib.sha256(' '.join(sorted(evidence.sop_uids)).encode()).hexdigest()[:16]}"
 
 
 def _stored(instance: CachedInstance) -> StoredInstance:

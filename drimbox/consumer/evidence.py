@@ -20,9 +20,14 @@ log = logging.getLogger(__name__)
 _TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID"]
 
 
-def origin_of(retrieve_url: str) -> str:
-    """The cache origin of a series: its Retrieve URL (source box, study, series), as a digest fit for a file name."""
-    return hashlib.sha256(retrieve_url.encode()).hexdigest()[:32]
+def origin_of(retrieve_url: str, kos_uid: str) -> str:
+    """The cache origin of a series: its Retrieve URL (source box, study, series) and the KOS it was fetched for.
+
+    Per KOS, not only per URL: another KOS naming the same URLs (for another patient, or after the genuine one was
+    withdrawn) must be checked by the source box, which alone knows what it published; a cached copy would skip
+    that. The price is one more retrieve when a report's revision brings a new KOS. As a digest: a file name.
+    """
+    return hashlib.sha256(f"{kos_uid}\n{retrieve_url}".encode()).hexdigest()[:32]
 
 
 def patient_ids(kos_bytes: bytes) -> frozenset[str]:

@@ -32,8 +32,8 @@ __all__ = ["MEMORY_AHEAD", "CachedInstance", "Received", "SeriesCache", "SeriesI
 
 log = logging.getLogger(__name__)
 
-# `origin` says where a series came from: "" for the box's own PACS (the source side), a digest of the Retrieve URL on
-# the consumer side, where two boxes may claim the same study and series UIDs and one must never answer for the other.
+# `origin` says where a series came from: "" for the box's own PACS (the source side), a digest of the KOS and Retrieve
+# URL on the consumer side, where two KOS may claim the same study and series UIDs and one must never answer for another.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
     origin TEXT NOT NULL DEFAULT '',

@@ -54,6 +54,7 @@ class DicomwebServer:
     port: int
     series: dict[str, dict[str, bytes]] = field(default_factory=dict)  # series UID → instances, in order
     redirect_to: str = ""  # answer every request with a 302 there instead
+    published: set[str] | None = None  # the KOS UIDs this box published (as a source box checks); None: any
     authorizations: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
 
@@ -66,6 +67,8 @@ class DicomwebServer:
         self.authorizations.append(request.headers.get("Authorization", ""))
         if self.redirect_to:
             raise web.HTTPFound(self.redirect_to + request.path_qs)
+        if self.published is not None and request.headers.get(KOS_HEADER) not in self.published:
+            return web.json_response({"error": "this box did not publish this KOS", "reason": "kos_unknown"}, status=403)
         instances = self.series.get(request.match_info.get("series", ""), {})
         if not instances:
             return web.json_response({"error": "no such series"}, status=404)

@@ -51,11 +51,14 @@ async def test_a_forged_kos_never_poisons_the_genuine_exam_its_import_or_a_dead_
     genuine_kos = await publish(dmp, signer, spec, public_url=genuine.url)
     forged_kos = await publish(dmp, signer, spec, public_url=rogue.url)
     dead_kos = await publish(dmp, signer, spec, public_url=f"http://127.0.0.1:{free_port()}")
+    # Another box's KOS naming the genuine box's URLs: only that box may say whether it opens them.
+    borrowed_kos = await publish(dmp, signer, spec, public_url=genuine.url)
+    genuine.published = {genuine_kos}
 
     async with (serving(genuine), serving(rogue), stow_pacs(free_port()) as pacs,
                 running_consumer(tmp_path, sim.url, "pro-token", local_pacs_method="stow-rs",
                                  local_pacs_stow_url=pacs.url) as conso):  # fmt: skip
-        assert {genuine_kos, forged_kos, dead_kos} <= set(await conso.open_exam_list())
+        assert {genuine_kos, forged_kos, dead_kos, borrowed_kos} <= set(await conso.open_exam_list())
 
         # The forged exam is opened first: what the rogue sent outside its own KOS is dropped, and audited.
         status, forged_view = await conso.study(spec.study_uid, forged_kos)
@@ -90,6 +93,9 @@ async def test_a_forged_kos_never_poisons_the_genuine_exam_its_import_or_a_dead_
         status, refusal = await conso.study(spec.study_uid, dead_kos)
         assert status == 503, refusal
         assert "unreachable" in str(refusal["error"])
+        # Nor is a KOS that borrows the genuine URLs: the genuine box is asked, and refuses a KOS it never published.
+        status, refusal = await conso.study(spec.study_uid, borrowed_kos)
+        assert (status, refusal["reason"]) == (403, "source_refused"), refusal
 
 
 async def test_the_cache_keeps_one_copy_per_origin_and_forgets_an_index_without_origins(tmp_path: Path) -> None:
