@@ -269,8 +269,10 @@ class SimSettings:
     psc_access_token_lifetime: int = 300
     # JSON file of extra test professionals (one with a built-in's id replaces it); empty = built-ins only.
     professionals_file: str = ""
-    # Hosts the simulated ANS whitelist lists, each as a DRIMbox (<db>) and a viewer (<vi>) host.
-    whitelist_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1", "localhost"])
+    # What the simulated ANS whitelist lists, each as a DRIMbox (<db>) and a viewer (<vi>) entry: "host" (port 443
+    # only, as the ANS list), "host:port", "http(s)://host:port/prefix", or "host:*" (every port of a loopback host:
+    # the default, for tests whose boxes pick their ports at run time; the demo lists its boxes' exact URLs).
+    whitelist_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1:*", "localhost:*"])
 
 
 @dataclass
@@ -491,8 +493,22 @@ def _validate_sim(s: Settings) -> None:
     if not sim.whitelist_hosts:
         raise ConfigError("sim.whitelist_hosts: must list at least one host")
     for host in sim.whitelist_hosts:
-        if not _HOST_RE.match(host):
-            raise ConfigError(f"sim.whitelist_hosts: each must be a host name or IPv4 address without scheme or port, got {host!r}")
+        if not _whitelist_entry(host):
+            raise ConfigError(f"sim.whitelist_hosts: each must be host, host:port, loopback host:* or an http(s) URL "
+                              f"without query, got {host!r}")
+
+
+def _whitelist_entry(entry: str) -> bool:
+    if "://" not in entry:
+        host, sep, port = entry.partition(":")
+        loopback = host in ("127.0.0.1", "localhost")
+        return bool(_HOST_RE.match(host)) and (not sep or (port == "*" and loopback) or (port.isdigit() and 0 < int(port) < 65536))
+    parts = urlsplit(entry)
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(_HOST_RE.match(parts.hostname or "")) and not (parts.query or parts.fragment)
 
 
 def _validate_consumer(s: Settings) -> None:

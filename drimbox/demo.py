@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace, work: Path, started: list[Stoppable]) -> int:
         _say(f"  note        port {getattr(args, name + '_port')} for {name} is taken: using {ports[name]}")
     sim_url = f"http://127.0.0.1:{ports['sim']}"
 
-    sim = DrimboxProcess("sim", write_config(work / "sim.toml", sim_sections(work, ports["sim"])),
+    sim = DrimboxProcess("sim", write_config(work / "sim.toml", sim_sections(work, ports)),
                          f"{sim_url}/sim/dmp/documents?patient=0", work / "sim.log")  # fmt: skip
     started.append(sim)
     with _signals_deferred():

@@ -26,8 +26,11 @@ def national_services(sim_url: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def sim_sections(work: Path, port: int) -> dict[str, dict[str, Any]]:
-    return {"sim": {"port": port, "var_dir": str(work / "sim")}}
+def sim_sections(work: Path, ports: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """The simulator; its whitelist names the demo's two boxes exactly (scheme, port, path): nothing else on loopback
+    receives a professional's token."""
+    boxes = [f"http://127.0.0.1:{ports['source']}/dicom-web", f"http://127.0.0.1:{ports['consumer']}/conso"]
+    return {"sim": {"port": ports["sim"], "var_dir": str(work / "sim"), "whitelist_hosts": boxes}}
 
 
 def source_sections(work: Path, ports: dict[str, int], pacs: OrthancServer | None) -> dict[str, dict[str, Any]]:

@@ -19,7 +19,7 @@ from signxml.signer import XMLSigner
 from signxml.xades.xades import XAdESSigner
 
 from conformance.ans import ANS_DATA
-from drimbox.auth.whitelist import AnsWhitelist, Whitelist, WhitelistError, verify_whitelist
+from drimbox.auth.whitelist import AnsWhitelist, Endpoint, Whitelist, WhitelistError, verify_whitelist
 from drimbox.config import WhitelistSettings
 from drimbox.samples.processes import free_port
 
@@ -81,14 +81,14 @@ def signer() -> Signer:
 def test_signed_list_verifies_and_hosts_are_read(signer: Signer) -> None:
     wl = verify_whitelist(sign(LIST, signer), certificate=signer.certificate, require_signature=True)
     assert wl.signed and wl.generated_at == "2026-01-02T10:00:00Z"
-    assert ("db1.111.mesimagesmedicales.fr", None) in wl.db and ("127.0.0.1", 8080) in wl.db
-    assert ("db.example.org", 8443) in wl.db and ("vi.example.org", None) in wl.vi
+    assert Endpoint("db1.111.mesimagesmedicales.fr", None) in wl.db and Endpoint("127.0.0.1", 8080) in wl.db
+    assert Endpoint("db.example.org", 8443) in wl.db and Endpoint("vi.example.org", None) in wl.vi
 
 
 def test_xades_signed_list_verifies(signer: Signer) -> None:
     # The ANS signs its list in XAdES-BASELINE-B: more references than plain XML-DSig.
     wl = verify_whitelist(sign(LIST, signer, xades=True), certificate=signer.certificate, require_signature=True)
-    assert wl.signed and ("127.0.0.1", 8080) in wl.db
+    assert wl.signed and Endpoint("127.0.0.1", 8080) in wl.db
 
 
 @pytest.mark.parametrize("xades", [False, True])
@@ -117,13 +117,13 @@ def test_unsigned_list_refused_when_a_signature_is_required() -> None:
         verify_whitelist(LIST, certificate=None, require_signature=True)
     assert info.value.reason == "unsigned"
     wl = verify_whitelist(LIST, certificate=None, require_signature=False)
-    assert not wl.signed and ("127.0.0.1", 8080) in wl.db
+    assert not wl.signed and Endpoint("127.0.0.1", 8080) in wl.db
 
 
 @pytest.mark.skipif(not ANS_SAMPLE.exists(), reason=f"ANS data not found at {ANS_DATA}")
 def test_the_ans_sample_list_parses() -> None:
     wl = verify_whitelist(ANS_SAMPLE.read_bytes(), certificate=None, require_signature=False)
-    assert len(wl.db) == 6 and ("db2.867.mesimagesmedicales.fr", None) in wl.db
+    assert len(wl.db) == 6 and Endpoint("db2.867.mesimagesmedicales.fr", None) in wl.db
     assert wl.allows("https://db1.345.mesimagesmedicales.fr/dicom-web/studies/1.2.3/series/4.5.6")
 
 
@@ -131,7 +131,7 @@ def test_hostile_xml_is_refused() -> None:
     bomb = b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;">]>' \
            b'<ListeBlancheDRIM-M><ListeDomaines><Domaine><db>&b;</db></Domaine></ListeDomaines></ListeBlancheDRIM-M>'
     wl = verify_whitelist(bomb, certificate=None, require_signature=False)
-    assert all("aaaa" not in host for host, _ in wl.db)  # entities are not expanded
+    assert all("aaaa" not in entry.host for entry in wl.db)  # entities are not expanded
     with pytest.raises(WhitelistError) as info:
         verify_whitelist(b"<not-xml", certificate=None, require_signature=False)
     assert info.value.reason == "malformed"
@@ -141,7 +141,7 @@ def test_hostile_xml_is_refused() -> None:
     ("https://db1.111.mesimagesmedicales.fr/dicom-web/studies/1", True),
     ("https://DB1.111.mesimagesmedicales.fr./dicom-web", True),
     ("https://db1.111.mesimagesmedicales.fr:443/x", True),
-    ("https://db1.111.mesimagesmedicales.fr:8443/x", True),  # a bare host entry admits any port
+    ("https://db1.111.mesimagesmedicales.fr:8443/x", False),  # a bare host entry admits the scheme's port only
     ("http://db1.111.mesimagesmedicales.fr/x", False),  # plain http only towards loopback
     ("https://db9.111.mesimagesmedicales.fr/x", False),  # unlisted host
     ("https://vi1.111.mesimagesmedicales.fr/x", False),  # a viewer host is not a box host
@@ -273,6 +273,6 @@ async def test_unsigned_list_from_the_server(list_server: ListServer) -> None:
 
 
 def test_whitelist_object_is_plain_data() -> None:
-    wl = Whitelist(db=frozenset({("h", None), ("p", 8443)}), vi=frozenset())
-    assert wl.allows("https://h/x") and wl.allows("https://h:1/x")
+    wl = Whitelist(db=frozenset({Endpoint("h"), Endpoint("p", 8443)}), vi=frozenset())
+    assert wl.allows("https://h/x") and wl.allows("https://h:443/x") and not wl.allows("https://h:1/x")
     assert wl.allows("https://p:8443/x") and not wl.allows("https://p/x")

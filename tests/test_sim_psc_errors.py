@@ -258,8 +258,9 @@ async def test_revoked_tokens_are_inactive_and_refused_by_userinfo(tmp_path: Pat
         ({"DRIMBOX_SIM__PSC_ACCESS_TOKEN_LIFETIME": "0"}, "sim.psc_access_token_lifetime"),
         ({"DRIMBOX_SIM__PUBLIC_URL": "127.0.0.1:8090"}, "sim.public_url"),
         ({"DRIMBOX_SIM__PROFESSIONALS_FILE": "/nonexistent/pros.json"}, "sim.professionals_file"),
-        ({"DRIMBOX_SIM__WHITELIST_HOSTS": "http://box.example"}, "sim.whitelist_hosts"),
-        ({"DRIMBOX_SIM__WHITELIST_HOSTS": "box.example:8080"}, "sim.whitelist_hosts"),
+        ({"DRIMBOX_SIM__WHITELIST_HOSTS": "ftp://box.example"}, "sim.whitelist_hosts"),
+        ({"DRIMBOX_SIM__WHITELIST_HOSTS": "box.example:*"}, "sim.whitelist_hosts"),  # any port: loopback hosts only
+        ({"DRIMBOX_SIM__WHITELIST_HOSTS": "box.example:99999"}, "sim.whitelist_hosts"),
     ],
 )
 def test_sim_settings_errors_name_the_key(env: dict[str, str], named: str) -> None:

@@ -11,6 +11,7 @@ import re
 import time
 from collections import OrderedDict
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from joserfc.errors import ExpiredTokenError, JoseError, MissingClaimError
@@ -73,6 +74,8 @@ class BearerTokenChecker:
         self.issuer = settings.psc.issuer
         self.mode = settings.auth.token_check
         self.audience = settings.auth.token_audience
+        # This box as a resource server: a token whose audience names resource servers must name this one.
+        self.resource = _origin(settings.box.public_url)
         self.leeway = settings.auth.clock_leeway
         self.ttl = settings.auth.token_cache_ttl
         self._cache: OrderedDict[str, tuple[float, Professional | TokenError]] = OrderedDict()
@@ -162,10 +165,16 @@ class BearerTokenChecker:
         typ = str(claims.get("typ") or claims.get("token_type") or "").lower()
         if typ in _NOT_ACCESS:
             raise TokenError("not_access_token")
-        if self.audience:
-            aud = claims.get("aud")
-            if not (aud == self.audience or (isinstance(aud, list) and self.audience in aud)):
-                raise TokenError("wrong_audience")
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else [a for a in aud if isinstance(a, str)] if isinstance(aud, list) else []
+        if self.audience and self.audience not in audiences:
+            raise TokenError("wrong_audience")
+        # Bound to this box where the token allows it. PSC's tokens name the client that obtained them (in DRIM-M the
+        # consumer box), never the source they are presented to: a client id binds nothing here and is accepted. A
+        # token whose audience names resource servers by URL (RFC 8707 resource indicators) opens only those.
+        resources = {_origin(a) for a in audiences if "://" in a}
+        if resources and self.resource and self.resource not in resources:
+            raise TokenError("wrong_audience", "the token is for other resource servers than this box")
         if self.mode == "introspection" and not _has_profile(claims):
             # Introspection answers may carry only the identifier: userinfo has the practice situation.
             try:
@@ -213,6 +222,17 @@ class BearerTokenChecker:
         except JoseError as exc:
             raise TokenError("wrong_issuer" if "iss" in str(exc) else "malformed", str(exc)) from None
         return dict(verified.claims)
+
+
+def _origin(url: str) -> str:
+    """scheme://host:port of a URL (default ports written out), "" when it is not an http(s) URL."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    except ValueError:
+        return ""
+    host = (parts.hostname or "").rstrip(".")
+    return f"{parts.scheme}://{host}:{port}" if parts.scheme in ("http", "https") and host else ""
 
 
 def _peek_claims(token: str) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -45,25 +45,53 @@ def _parser() -> etree.XMLParser:
     return etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
 
 
-Entry = tuple[str, int | None]
+# An entry "host:*": every port of a loopback host (a simulator's list for tests whose boxes pick their ports).
+ANY_PORT = 0
+
+
+class Endpoint(NamedTuple):
+    """One listed endpoint: a host, and the port, scheme and path prefix the entry pins.
+
+    port None: the default port of the URL's scheme (443 for https, 80 for http); ANY_PORT: any (loopback only).
+    scheme None: https, or plain http towards a loopback host. path: a prefix, matched whole segment by segment.
+    """
+
+    host: str
+    port: int | None = None
+    scheme: str | None = None
+    path: str = "/"
+
+    def admits(self, scheme: str, host: str, port: int, path: str) -> bool:
+        if host != self.host or (self.scheme is not None and scheme != self.scheme):
+            return False
+        if self.port != ANY_PORT and (self.port if self.port is not None else _DEFAULT_PORTS[scheme]) != port:
+            return False
+        return self.path == "/" or path == self.path or path.startswith(self.path + "/")
+
+
+Entry = Endpoint
 
 
 @dataclass(frozen=True)
 class Whitelist:
-    """One verified list: the DRIMbox (`db`) and viewer (`vi`) hosts, with or without a port.
+    """One verified list: the DRIMbox (`db`) and viewer (`vi`) endpoints.
 
-    Host and port rules of `allows(url)`:
+    Rules of `allows(url)` (the professional's token goes only where they say):
     - the URL is http or https, without user info; https always, plain http only towards a loopback host
       (the demo on one machine: real boxes are reached over TLS);
     - its host must be one of the list's `<db>` entries (`<vi>` for viewer links), compared literally and
       case-insensitively: no DNS lookup, "localhost" and "127.0.0.1" are different entries, and a loopback
       or private address is allowed only when it is listed as such;
-    - an entry "host" (the only form the ANS list uses) admits any port of that host; an entry "host:port"
-      (an extension, for a machine that runs several things) admits exactly that port.
+    - and so must its port: an entry "host" (the only form the ANS list uses) admits the default port of the
+      scheme only (443), never another service on the same machine; "host:port" (an extension, for a machine
+      that runs several boxes) admits exactly that port; "host:*" any port, for loopback hosts only (a simulator
+      whose test boxes pick their ports at run time);
+    - an entry given as a URL "https://host[:port]/prefix" also pins the scheme and a path prefix (whole
+      segments); a URL path with dot segments or encoded slashes is refused (it could climb out of the prefix).
     """
 
-    db: frozenset[Entry]
-    vi: frozenset[Entry]
+    db: frozenset[Endpoint]
+    vi: frozenset[Endpoint]
     generated_at: str = ""
     signed: bool = False
 
@@ -80,7 +108,7 @@ class Whitelist:
         )
 
     def allows(self, url: str, role: Role = "db") -> bool:
-        """Whether `url` points at a listed host and port (rules in the class docstring)."""
+        """Whether `url` points at a listed endpoint: host, port, scheme and path (rules in the class docstring)."""
         try:
             parts = urlsplit(url)
             port = parts.port
@@ -91,9 +119,12 @@ class Whitelist:
             return False
         if parts.scheme == "http" and not _is_loopback(host):
             return False
+        path = parts.path or "/"
+        if not _plain_path(path):
+            return False
         entries = self.db if role == "db" else self.vi if role == "vi" else self.db | self.vi
         effective = port if port is not None else _DEFAULT_PORTS[parts.scheme]
-        return (host, None) in entries or (host, effective) in entries
+        return any(entry.admits(parts.scheme, host, effective, path) for entry in entries)
 
 
 def verify_whitelist(xml: bytes, *, certificate: x509.Certificate | None, require_signature: bool) -> Whitelist:
@@ -254,29 +285,48 @@ class AnsWhitelist:
             raise WhitelistError("unavailable", f"{url}: {type(exc).__name__}") from None
 
 
-def _entries(texts: Iterable[str | None]) -> Iterable[Entry]:
+def _entries(texts: Iterable[str | None]) -> Iterable[Endpoint]:
     for text in texts:
         value = (text or "").strip()
         if not value:
             continue
-        entry = _parse_entry(value)
+        entry = parse_entry(value)
         if entry is None:
-            log.warning("whitelist: entry %r ignored (not a host or host:port)", value[:100])
+            log.warning("whitelist: entry %r ignored (not a host, host:port, loopback host:* or http(s) URL)", value[:100])
         else:
             yield entry
 
 
-def _parse_entry(value: str) -> Entry | None:
-    """'host', 'host:port', '[v6]:port', or a URL (its host and explicit port are kept)."""
+def parse_entry(value: str) -> Endpoint | None:
+    """'host', 'host:port', '[v6]:port', 'host:*' (loopback only), or a URL 'scheme://host[:port][/prefix]'."""
+    any_port = value.endswith(":*") and "://" not in value
+    if any_port:
+        value = value[:-2]
+    is_url = "://" in value
     try:
-        parts = urlsplit(value if "://" in value else "//" + value)
+        parts = urlsplit(value if is_url else "//" + value)
         port = parts.port
     except ValueError:
         return None
     host = _normal_host(parts.hostname or "")
     if not host or parts.username is not None or not all(c.isalnum() or c in ".-:" for c in host):
         return None
-    return host, port
+    if any_port:
+        return Endpoint(host, ANY_PORT) if port is None and _is_loopback(host) else None
+    if not is_url:
+        return None if parts.path or parts.query or parts.fragment else Endpoint(host, port)
+    path = parts.path.rstrip("/") or "/"
+    if parts.scheme not in _DEFAULT_PORTS or parts.query or parts.fragment or not _plain_path(path):
+        return None
+    return Endpoint(host, port, parts.scheme, path)
+
+
+def _plain_path(path: str) -> bool:
+    """No dot segment, encoded slash or backslash: what a client or server might normalise out of a prefix."""
+    lowered = path.lower()
+    if "\\" in path or any(code in lowered for code in ("%2f", "%5c", "%2e")):
+        return False
+    return not any(segment in (".", "..") for segment in path.split("/"))
 
 
 def _normal_host(host: str) -> str:

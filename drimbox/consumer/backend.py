@@ -15,12 +15,13 @@ from typing import Protocol
 from aiohttp import web
 from pydicom.dataset import Dataset
 
-from drimbox.audit.events import REFUSED, SUCCESS
+from drimbox.audit.events import REFUSED, SUCCESS, AuditSink
 from drimbox.audit.request import RecentAccesses, audit_request
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
-from drimbox.consumer.exams import SOP_CLASS_MODALITY
+from drimbox.consumer.evidence import SeriesEvidence, dropped_event, only_referenced, origin_of, patient_ids
+from drimbox.consumer.kos_qido import kos_matches
 from drimbox.consumer.retrieval import KOS_HEADER, NotWhitelisted, RetrievedInstance, SourceRefused, SourceRetriever
-from drimbox.dicomweb.backend import FileBody, NotFound, QidoQuery, QueryLevel, StoredInstance
+from drimbox.dicomweb.backend import FileBody, NotFound, QidoQuery, StoredInstance
 from drimbox.dicomweb.json_model import metadata_from_instances
 from drimbox.manifest import KosError, KosSeries, KosSummary, parse_kos
 from drimbox.state.series_cache import CachedInstance, SeriesCache
@@ -36,7 +37,6 @@ _KOS_CACHE = 256
 # Fetch the next series of a study while one streams. Off: on loopback (2 cores, perf/consumer_retrieve.py) it
 # gained nothing and cost CPU contention; worth measuring again between real centres, where latency dominates.
 READ_AHEAD = False
-_STUDY, _SERIES, _SOP = 0x0020000D, 0x0020000E, 0x00080018
 
 
 class ManifestSource(Protocol):
@@ -55,6 +55,10 @@ class Grant:
 
 
 _GRANT: contextvars.ContextVar[Grant | None] = contextvars.ContextVar("drimbox_consumer_grant", default=None)
+# Called before the first answer of a request leaves (audit: success only once something is actually served).
+_SERVING: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = contextvars.ContextVar(
+    "drimbox_consumer_serving", default=None
+)
 
 
 class ConsumerBackend:
@@ -65,26 +69,30 @@ class ConsumerBackend:
     exam the professional opened (`open`). A series already cached is served without asking the source
     again: the box trusts its own entitlement check (the DMP listed the KOS for a logged-in professional,
     and `check_exam` may ask the DMP again), as any caching DRIMbox must.
+
+    What a KOS gets is its own evidence only: a series is cached per KOS and Retrieve URL (another KOS claiming
+    the same UIDs, from another box or the same one, has its own copy and its own check by the source), an
+    instance is kept only when the KOS references it and it says so itself (study, series, SOP Instance UID,
+    patient), and what is served is what the KOS references.
     """
 
     def __init__(
         self, manifests: ManifestSource, cache: SeriesCache, retriever: SourceRetriever, *,
         check_exam: Callable[[ProfessionalLike, str], Awaitable[object]] | None = None,
+        audit: Callable[[], AuditSink | None] | None = None,
     ) -> None:
         self.manifests = manifests
         self.cache = cache
         self.retriever = retriever
         # (professional, KOS UID) → raises when that professional may not open it: ExamCatalog.exam fits.
         self.check_exam = check_exam
+        # Where instances dropped during a fill (no request at hand) are recorded: app[AUDIT] at that moment.
+        self.audit = audit
         self._kos: OrderedDict[str, KosSummary] = OrderedDict()
+        self._patients: dict[str, frozenset[str]] = {}  # KOS UID → its patient's identifiers
         self._opened: dict[tuple[str, str], tuple[float, str]] = {}  # (pro, study) → (until, kos_uid)
         self._prefetching: set[asyncio.Task[None]] = set()
         self._recent = RecentAccesses()
-
-    @classmethod
-    def open_in(cls, directory: Path, max_bytes: int, manifests: ManifestSource, retriever: SourceRetriever,
-                **kwargs: Callable[[ProfessionalLike, str], Awaitable[object]] | None) -> ConsumerBackend:  # fmt: skip
-        return cls(manifests, SeriesCache(directory, max_bytes), retriever, **kwargs)
 
     async def close(self) -> None:
         for task in list(self._prefetching):
@@ -105,11 +113,12 @@ class ConsumerBackend:
             raise NotFound("this box has not listed this exam's manifest: open the patient's exam list first")
         try:
             kos = await asyncio.to_thread(parse_kos, found[1])
+            patients = await asyncio.to_thread(patient_ids, found[1])
         except KosError:
             raise NotFound("this exam's manifest cannot be read") from None
-        self._kos[kos_uid] = kos
+        self._kos[kos_uid], self._patients[kos_uid] = kos, patients
         while len(self._kos) > _KOS_CACHE:
-            self._kos.popitem(last=False)
+            self._patients.pop(self._kos.popitem(last=False)[0], None)
         return kos
 
     async def open(self, pro: ProfessionalLike, kos_uid: str) -> KosSummary:
@@ -145,28 +154,61 @@ class ConsumerBackend:
                                         study=request.match_info.get("study"), status=exc.status, reason=exc.reason)
                     return exc.response()
                 series = request.match_info.get("series")
-                if self._recent.first((grant.professional_id, grant.kos_uid, series)):  # once per series, not frame
-                    kos = self._kos.get(grant.kos_uid)
-                    await audit_request(request, "consumer.retrieve", SUCCESS, professional=grant.professional_id,
-                                        patient=kos.patient_id if kos else None, kos=grant.kos_uid,
-                                        patient_name=kos.patient_name if kos else None,
-                                        study=request.match_info.get("study"), series=series)  # fmt: skip
-                token = _GRANT.set(grant)
+                kos = await self.kos(grant.kos_uid)
+
+                async def record(outcome: str, **detail: str | int | None) -> None:
+                    await audit_request(request, "consumer.retrieve", outcome, professional=grant.professional_id,
+                                        patient=kos.patient_id or None, kos=grant.kos_uid,
+                                        patient_name=kos.patient_name or None, study=request.match_info.get("study"),
+                                        series=series, **detail)  # fmt: skip
+
+                # Refused at once when the whitelist does not list a source this request may reach; success is written
+                # only when something is served (before its first byte): a source that refuses or redirects is no
+                # success.
+                unlisted = await self._unlisted_source(kos, series)
+                if unlisted is not None:
+                    await record(REFUSED, status=unlisted.status, reason=unlisted.reason)
+                    return _json(unlisted.status, unlisted.reason, str(unlisted))
+                recorded = False
+
+                async def serving() -> None:
+                    nonlocal recorded
+                    if not recorded:
+                        recorded = True
+                        if self._recent.first((grant.professional_id, grant.kos_uid, series)):  # per series, not frame
+                            await record(SUCCESS)
+
+                token, serving_token = _GRANT.set(grant), _SERVING.set(serving)
                 try:
                     response: web.StreamResponse = await handler(request)
+                    if response.status < 400:
+                        await serving()  # an answer without instances (an empty search): still an access
                     return response
                 except SourceRefused as exc:
+                    await record(REFUSED, status=exc.status, reason="source_refused", source_reason=exc.reason)
                     return _json(exc.status, "source_refused", str(exc), source_status=exc.status,
                                  source_reason=exc.reason, source=exc.body)  # fmt: skip
-                except NotWhitelisted as exc:
+                except NotWhitelisted as exc:  # refused or redirected on the way (the list changed meanwhile)
+                    await record(REFUSED, status=exc.status, reason=exc.reason)
                     return _json(exc.status, exc.reason, str(exc))
                 finally:
                     _GRANT.reset(token)
+                    _SERVING.reset(serving_token)
 
             return entitled
 
         return [r if r.method == "OPTIONS" else web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs)
                 for r in routes]  # fmt: skip
+
+    async def _unlisted_source(self, kos: KosSummary, series_uid: str | None) -> NotWhitelisted | None:
+        """The refusal when a source this request may fetch from (one series, or the whole exam) is not listed."""
+        for series in kos.series:
+            if series_uid not in (None, series.series_uid) or not series.retrieve_url:
+                continue
+            if not await self.retriever.whitelist.check(series.retrieve_url, "db"):
+                host = series.retrieve_url.split("/", 3)[2] if series.retrieve_url.count("/") >= 2 else "?"
+                return NotWhitelisted(f"the source {host[:80]} is not an endpoint of the ANS whitelist of DRIMboxes")
+        return None
 
     async def _grant(self, request: web.Request, auth: ConsumerAuth) -> Grant:
         pro = await auth.current_professional(request)
@@ -207,29 +249,34 @@ class ConsumerBackend:
     async def search(self, query: QidoQuery) -> AsyncIterator[Dataset]:
         """QIDO answered from the KOS itself (UIDs, counts): the source is not asked, nothing else matches."""
         _, kos = await self._granted()
-        wanted = {tag: (query.value(tag) or "").split("\\") for tag in (_STUDY, _SERIES, _SOP)}
-        if wanted[_STUDY] != [""] and kos.study_uid not in wanted[_STUDY]:
-            return
-        found: list[Dataset] = []
-        if query.level is QueryLevel.STUDY:
-            found.append(_study_ds(kos))
-        for series in kos.series:
-            if wanted[_SERIES] != [""] and series.series_uid not in wanted[_SERIES]:
-                continue
-            if query.level is QueryLevel.SERIES:
-                found.append(_series_ds(kos, series))
-            elif query.level is QueryLevel.IMAGE:
-                for n, instance in enumerate(series.instances, 1):
-                    if wanted[_SOP] == [""] or instance.sop_instance_uid in wanted[_SOP]:
-                        found.append(_image_ds(kos, series, instance.sop_class_uid, instance.sop_instance_uid, n))
+        found = kos_matches(kos, query)
         for ds in found[query.offset:]:
+            await _serving()
             yield ds
 
-    def _source(self, grant: Grant, url: str) -> Callable[[], AsyncIterator[RetrievedInstance]]:
+    def _source(self, grant: Grant, url: str, evidence: SeriesEvidence) -> Callable[[], AsyncIterator[RetrievedInstance]]:
+        async def dropped(evidence: SeriesEvidence, reasons: dict[str, int]) -> None:
+            await self._record_dropped(grant, url, evidence, reasons)
+
         def source() -> AsyncIterator[RetrievedInstance]:
-            return self.retriever.iter_series(url, access_token=grant.access_token, kos_uid=grant.kos_uid)
+            received = self.retriever.iter_series(url, access_token=grant.access_token, kos_uid=grant.kos_uid)
+            return only_referenced(received, evidence, dropped)
 
         return source
+
+    async def _record_dropped(self, grant: Grant, url: str, evidence: SeriesEvidence, reasons: dict[str, int]) -> None:
+        """Audit what a source sent outside the KOS (the fill runs without a request: the sink is asked directly)."""
+        sink = self.audit() if self.audit is not None else None
+        if sink is None:
+            return
+        event = dropped_event(grant.professional_id, grant.kos_uid, self._kos.get(grant.kos_uid), url, evidence, reasons)
+        try:
+            await sink.record(event)
+        except Exception as exc:  # the instances are dropped either way; the refusal's record is what failed
+            log.error("audit trail: %s; dropped instances of series %s not recorded", exc, evidence.series_uid)
+
+    def _evidence(self, kos: KosSummary, series: KosSeries) -> SeriesEvidence:
+        return SeriesEvidence.of(kos, series, self._patients.get(kos.sop_instance_uid, frozenset()))
 
     def _series(self, kos: KosSummary, series_uid: str | None) -> list[KosSeries]:
         chosen = [s for s in kos.series if series_uid is None or s.series_uid == series_uid]
@@ -243,9 +290,13 @@ class ConsumerBackend:
         """One series of the exam, from the cache or fetched from its source with the grant's token."""
         if not series.retrieve_url:
             raise NotFound("the manifest gives no Retrieve URL for this series")
-        source = self._source(grant, series.retrieve_url)
-        async for instance in self.cache.series(kos.study_uid, series.series_uid, source, keep=keep):
-            yield instance
+        evidence = self._evidence(kos, series)
+        source = self._source(grant, series.retrieve_url, evidence)
+        origin = origin_of(series.retrieve_url, kos.sop_instance_uid)
+        async for instance in self.cache.series(kos.study_uid, series.series_uid, source, keep=keep, origin=origin):
+            # The copy is this KOS's own; filtered again all the same: nothing unreferenced is ever served.
+            if instance.sop_instance_uid in evidence.sop_uids:
+                yield instance
 
     async def iter_instances(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
@@ -269,6 +320,7 @@ class ConsumerBackend:
                     if sop_uid is not None and instance.sop_instance_uid != sop_uid:
                         continue
                     found = True
+                    await _serving()
                     yield _stored(instance)
                     if sop_uid is not None:
                         return
@@ -292,7 +344,9 @@ class ConsumerBackend:
             return False
         chosen = [s for s in kos.series if series_uid is None or s.series_uid == series_uid]
         for series in chosen:
-            if await self.cache.cached(study_uid, series.series_uid) is None:
+            if not series.retrieve_url:
+                return False
+            if await self.cache.cached(study_uid, series.series_uid, origin=origin_of(series.retrieve_url, kos.sop_instance_uid)) is None:
                 return False
         return bool(chosen)
 
@@ -307,12 +361,14 @@ class ConsumerBackend:
         if study_uid != kos.study_uid:
             raise NotFound("this exam's manifest does not reference this study")
         for series in self._series(kos, series_uid):
-            cached = await self.cache.metadata(study_uid, series.series_uid, base)
+            origin = origin_of(series.retrieve_url, kos.sop_instance_uid)  # kept with this KOS's copy of the series
+            cached = await self.cache.metadata(study_uid, series.series_uid, base, origin=origin)
             if cached is None:
                 instances = self.iter_instances(study_uid, series.series_uid)
                 cached = b",".join([item async for item in metadata_from_instances(instances, base)])
                 # Computed once per series: kept with the cached series (dropped with it on eviction).
-                await self.cache.store_metadata(study_uid, series.series_uid, base, cached)
+                await self.cache.store_metadata(study_uid, series.series_uid, base, cached, origin=origin)
+            await _serving()
             yield cached
 
     # --- prefetch (consumer.prefetch) ----------------------------------------------------------------------
@@ -352,32 +408,10 @@ def _json(status: int, reason: str, message: str, **extra: object) -> web.Respon
                              headers={"Cache-Control": "no-store"})  # fmt: skip
 
 
-def _study_ds(kos: KosSummary) -> Dataset:
-    ds = Dataset()
-    ds.StudyInstanceUID = kos.study_uid
-    ds.StudyDate, ds.StudyTime, ds.AccessionNumber = kos.study_date, kos.study_time, kos.accession_number
-    ds.StudyDescription = kos.study_description
-    modalities = sorted({SOP_CLASS_MODALITY.get(i.sop_class_uid, "OT") for s in kos.series for i in s.instances})
-    ds.ModalitiesInStudy = modalities
-    ds.NumberOfStudyRelatedSeries = len(kos.series)
-    ds.NumberOfStudyRelatedInstances = sum(len(s.instances) for s in kos.series)
-    return ds
-
-
-def _series_ds(kos: KosSummary, series: KosSeries) -> Dataset:
-    ds = Dataset()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = kos.study_uid, series.series_uid
-    kinds = {SOP_CLASS_MODALITY.get(i.sop_class_uid, "OT") for i in series.instances}
-    ds.Modality = kinds.pop() if len(kinds) == 1 else "OT"
-    ds.NumberOfSeriesRelatedInstances = len(series.instances)
-    return ds
-
-
-def _image_ds(kos: KosSummary, series: KosSeries, sop_class: str, sop_uid: str, number: int) -> Dataset:
-    ds = Dataset()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = kos.study_uid, series.series_uid
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.InstanceNumber = sop_class, sop_uid, number
-    return ds
+async def _serving() -> None:
+    hook = _SERVING.get()
+    if hook is not None:
+        await hook()
 
 
 def _stored(instance: CachedInstance) -> StoredInstance:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from drimbox.audit.events import AUDIT
 from drimbox.auth.whitelist import AnsWhitelist
 from drimbox.config import Settings
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
@@ -44,7 +45,7 @@ def setup_consumer_images(app: web.Application, settings: Settings, auth: Consum
         await app[CONSUMER].catalog.exam(pro, kos_uid)
 
     cache = SeriesCache(settings.var_path / "consumer-cache", c.cache_max_bytes)
-    backend = ConsumerBackend(_StoreOfApp(app), cache, retriever, check_exam=check_exam)
+    backend = ConsumerBackend(_StoreOfApp(app), cache, retriever, check_exam=check_exam, audit=lambda: app.get(AUDIT))
     app[IMAGES] = backend
     if c.prefetch:
         app[PREFETCH] = backend.prefetch

@@ -35,10 +35,16 @@ _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR
 
 
 class NotWhitelisted(Exception):
-    """The Retrieve URL's host is not a DRIMbox of the ANS whitelist: nothing was sent to it."""
+    """The Retrieve URL is not an endpoint of the ANS whitelist (host, port, path): nothing was sent to it."""
 
     status = 502
     reason = "source_not_whitelisted"
+
+
+class SourceRedirected(NotWhitelisted):
+    """The source answered with a redirect: never followed, since the token would go where the list did not say."""
+
+    reason = "source_redirected"
 
 
 class SourceRefused(Exception):
@@ -105,6 +111,9 @@ class SourceRetriever:
         headers = {"Authorization": f"Bearer {access_token}", KOS_HEADER: kos_uid, "Accept": ACCEPT}
         try:
             async with self._client().get(url, headers=headers, allow_redirects=False) as resp:
+                if 300 <= resp.status < 400:
+                    raise SourceRedirected(f"the source box {_origin(url)} answered HTTP {resp.status} (a redirect): "
+                                           "not followed, the professional's token goes to listed endpoints only")
                 if resp.status != 200:
                     raise await _status_error(resp, url)
                 boundary = _boundary(resp.headers.get("Content-Type", ""))

@@ -49,7 +49,7 @@ def _timestamp(moment: datetime) -> str:
 
 
 def build_document(hosts: list[str], generated: datetime) -> etree._Element:
-    """<ListeBlancheDRIM-M>: one <Domaine> per host, the host being both its DRIMbox (db) and its viewer (vi)."""
+    """<ListeBlancheDRIM-M>: one <Domaine> per entry (host, host:port, loopback host:* or URL), both its db and vi."""
     E = f"{{{NS}}}"
     root = etree.Element(f"{E}ListeBlancheDRIM-M", nsmap={None: NS}, versionFormat=FORMAT_VERSION)
     etree.SubElement(root, f"{E}DateDeGeneration").text = _timestamp(generated)

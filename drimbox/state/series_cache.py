@@ -32,17 +32,21 @@ __all__ = ["MEMORY_AHEAD", "CachedInstance", "Received", "SeriesCache", "SeriesI
 
 log = logging.getLogger(__name__)
 
+# `origin` says where a series came from: "" for the box's own PACS (the source side), a digest of the KOS and Retrieve
+# URL on the consumer side, where two KOS may claim the same study and series UIDs and one must never answer for another.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
+    origin TEXT NOT NULL DEFAULT '',
     study_uid TEXT NOT NULL,
     series_uid TEXT NOT NULL,
     bytes INTEGER NOT NULL,
     last_access REAL NOT NULL,
     metadata BLOB,
     metadata_base TEXT,
-    PRIMARY KEY (study_uid, series_uid)
+    PRIMARY KEY (origin, study_uid, series_uid)
 );
 CREATE TABLE IF NOT EXISTS instances (
+    origin TEXT NOT NULL DEFAULT '',
     study_uid TEXT NOT NULL,
     series_uid TEXT NOT NULL,
     sop_instance_uid TEXT NOT NULL,
@@ -50,7 +54,7 @@ CREATE TABLE IF NOT EXISTS instances (
     transfer_syntax_uid TEXT NOT NULL,
     size INTEGER NOT NULL,
     position INTEGER NOT NULL,
-    PRIMARY KEY (study_uid, series_uid, sop_instance_uid)
+    PRIMARY KEY (origin, study_uid, series_uid, sop_instance_uid)
 );
 CREATE INDEX IF NOT EXISTS series_lru ON series (last_access);
 CREATE TABLE IF NOT EXISTS studies (
@@ -72,8 +76,9 @@ class SeriesCache:
         self.directory = directory
         self.max_bytes = max_bytes
         directory.mkdir(parents=True, exist_ok=True)
+        _forget_index_without_origin(directory / "index.sqlite")
         self.db = Database(directory / "index.sqlite", SCHEMA)
-        self._fills: dict[tuple[str, str], Fill] = {}
+        self._fills: dict[tuple[str, str, str], Fill] = {}
         self._generation: dict[str, int] = {}
         self._drops: set[asyncio.Task[None]] = set()
         # For /health: the last time the disk refused a cache file (or the index), and the last series kept.
@@ -94,7 +99,8 @@ class SeriesCache:
         """Directories of series that never completed (crash mid-fill) are removed at start."""
 
         def known(conn: sqlite3.Connection) -> set[tuple[str, str]]:
-            return {(r["study_uid"], r["series_uid"]) for r in conn.execute("SELECT study_uid, series_uid FROM series")}
+            rows = conn.execute("SELECT origin, study_uid, series_uid FROM series")
+            return {(r["study_uid"], _dir_name(r["series_uid"], r["origin"])) for r in rows}
 
         complete = self.db.call(known)
         for study_dir in self.directory.iterdir():
@@ -104,29 +110,29 @@ class SeriesCache:
                 if (study_dir.name, series_dir.name) not in complete:
                     shutil.rmtree(series_dir, ignore_errors=True)
 
-    def _series_dir(self, study_uid: str, series_uid: str) -> Path:
-        return self.directory / study_uid / series_uid
+    def _series_dir(self, study_uid: str, series_uid: str, origin: str = "") -> Path:
+        return self.directory / study_uid / _dir_name(series_uid, origin)
 
-    async def cached(self, study_uid: str, series_uid: str) -> list[CachedInstance] | None:
+    async def cached(self, study_uid: str, series_uid: str, *, origin: str = "") -> list[CachedInstance] | None:
         """The instances of a complete cached series (and the series becomes most recently used), or None."""
-        base = self._series_dir(study_uid, series_uid)
+        base = self._series_dir(study_uid, series_uid, origin)
+        key = (origin, study_uid, series_uid)
 
         def work(conn: sqlite3.Connection) -> list[CachedInstance] | None:
             try:
                 found = conn.execute(
-                    "UPDATE series SET last_access = ? WHERE study_uid = ? AND series_uid = ?",
-                    (time.time(), study_uid, series_uid),
+                    "UPDATE series SET last_access = ? WHERE origin = ? AND study_uid = ? AND series_uid = ?",
+                    (time.time(), *key),
                 ).rowcount > 0
             except sqlite3.OperationalError:
                 # A full disk refuses the write: the LRU order is only a hint, the series is still served.
                 found = conn.execute(
-                    "SELECT 1 FROM series WHERE study_uid = ? AND series_uid = ?", (study_uid, series_uid)
+                    "SELECT 1 FROM series WHERE origin = ? AND study_uid = ? AND series_uid = ?", key
                 ).fetchone() is not None
             if not found:
                 return None
             rows = conn.execute(
-                "SELECT * FROM instances WHERE study_uid = ? AND series_uid = ? ORDER BY position",
-                (study_uid, series_uid),
+                "SELECT * FROM instances WHERE origin = ? AND study_uid = ? AND series_uid = ? ORDER BY position", key
             ).fetchall()
             return [
                 CachedInstance(study_uid, series_uid, r["sop_class_uid"], r["sop_instance_uid"],
@@ -137,7 +143,8 @@ class SeriesCache:
         return await self.db.acall(work)
 
     async def series(
-        self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]], *, keep: bool = False
+        self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]], *, keep: bool = False,
+        origin: str = "",
     ) -> AsyncGenerator[CachedInstance, None]:
         """Every instance of the series as a cached file: from the cache, from a fill in progress, or from a new fill.
 
@@ -146,26 +153,27 @@ class SeriesCache:
         `keep` (it wants part of the series and will leave early on purpose): then the fill completes.
         A cache disk that refuses a file fails the fill (see serve_series for readers that take bytes instead).
         """
-        async with aclosing(self._read(study_uid, series_uid, source, keep=keep, may_pass=False)) as instances:
+        async with aclosing(self._read(study_uid, series_uid, source, keep=keep, may_pass=False, origin=origin)) as instances:
             async for instance in instances:
                 if not isinstance(instance, CachedInstance):  # only when a serve_series fill is shared
                     raise OSError(errno.ENOSPC, "the cache disk refused the series")
                 yield instance
 
     def serve_series(
-        self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]], *, keep: bool = False
+        self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]], *, keep: bool = False,
+        origin: str = "",
     ) -> AsyncGenerator[SeriesInstance, None]:
         """As `series`, but a cache disk that refuses a file (full, failing) does not fail the readers: the rest of
         the series is handed on from memory as it arrives (UncachedInstance), and the series is not cached."""
-        return self._read(study_uid, series_uid, source, keep=keep, may_pass=True)
+        return self._read(study_uid, series_uid, source, keep=keep, may_pass=True, origin=origin)
 
     async def _read(
         self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]], *, keep: bool,
-        may_pass: bool,
+        may_pass: bool, origin: str,
     ) -> AsyncGenerator[SeriesInstance, None]:
-        key = (study_uid, series_uid)
+        key = (origin, study_uid, series_uid)
         while True:
-            hit = await self.cached(study_uid, series_uid)
+            hit = await self.cached(study_uid, series_uid, origin=origin)
             if hit is not None:
                 for cached in hit:
                     yield cached
@@ -210,10 +218,10 @@ class SeriesCache:
                 fill.abandoned = True
                 fill.task.cancel()
 
-    async def _fill(self, key: tuple[str, str], fill: Fill, source: Callable[[], AsyncIterator[Received]]) -> None:
-        study_uid, series_uid = key
+    async def _fill(self, key: tuple[str, str, str], fill: Fill, source: Callable[[], AsyncIterator[Received]]) -> None:
+        origin, study_uid, series_uid = key
         generation = self._generation.get(study_uid, 0)
-        directory = self._series_dir(study_uid, series_uid)
+        directory = self._series_dir(study_uid, series_uid, origin)
         total = 0
         try:
             try:
@@ -257,7 +265,7 @@ class SeriesCache:
                 await readers_within(fill, 0)
                 await asyncio.to_thread(shutil.rmtree, directory, True)
             elif fill.instances and self._generation.get(study_uid, 0) == generation:
-                await self._commit_or_drop(fill, study_uid, series_uid, total)
+                await self._commit_or_drop(fill, key, total)
             else:
                 await asyncio.to_thread(shutil.rmtree, directory, True)
         except BaseException as exc:
@@ -286,17 +294,18 @@ class SeriesCache:
         log.warning("cache: cannot write series %s (%s): served from memory, not cached", series_uid,
                     self.last_write_error)
 
-    async def _commit_or_drop(self, fill: Fill, study_uid: str, series_uid: str, total: int) -> None:
+    async def _commit_or_drop(self, fill: Fill, key: tuple[str, str, str], total: int) -> None:
+        origin, study_uid, series_uid = key
         files = [i for i in fill.instances if isinstance(i, CachedInstance)]
         try:
-            await self._commit(study_uid, series_uid, files, total)
+            await self._commit(key, files, total)
         except (OSError, sqlite3.Error) as exc:
             # The index is on the same disk: every reader had its instances, the series is just not kept.
             self.last_write_error = f"index: {exc}"
             self.last_write_error_at = time.time()
             log.warning("cache: cannot index series %s (%s): not cached", series_uid, exc)
             # Its files go once its readers have left: a reader still behind sends them from disk.
-            task = asyncio.create_task(self._drop_when_read(fill, self._series_dir(study_uid, series_uid)))
+            task = asyncio.create_task(self._drop_when_read(fill, self._series_dir(study_uid, series_uid, origin)))
             self._drops.add(task)
             task.add_done_callback(self._drops.discard)
             return
@@ -308,17 +317,20 @@ class SeriesCache:
             await fill.progress.wait()
         await asyncio.to_thread(shutil.rmtree, directory, True)
 
-    async def _commit(self, study_uid: str, series_uid: str, instances: list[CachedInstance], total: int) -> None:
+    async def _commit(self, key: tuple[str, str, str], instances: list[CachedInstance], total: int) -> None:
+        origin = key[0]
+
         def work(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM instances WHERE study_uid = ? AND series_uid = ?", (study_uid, series_uid))
+            conn.execute("DELETE FROM instances WHERE origin = ? AND study_uid = ? AND series_uid = ?", key)
             conn.executemany(
-                "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(i.study_uid, i.series_uid, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.size, n)
-                 for n, i in enumerate(instances)],
+                "INSERT INTO instances (origin, study_uid, series_uid, sop_instance_uid, sop_class_uid, "
+                "transfer_syntax_uid, size, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(origin, i.study_uid, i.series_uid, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid,
+                  i.size, n) for n, i in enumerate(instances)],
             )
             conn.execute(
-                "INSERT OR REPLACE INTO series (study_uid, series_uid, bytes, last_access) VALUES (?, ?, ?, ?)",
-                (study_uid, series_uid, total, time.time()),
+                "INSERT OR REPLACE INTO series (origin, study_uid, series_uid, bytes, last_access) VALUES (?, ?, ?, ?, ?)",
+                (*key, total, time.time()),
             )
 
         await self.db.acall(lambda conn: transaction(conn, work))
@@ -326,25 +338,25 @@ class SeriesCache:
     async def _evict(self) -> None:
         """Drop least recently used series until the cache fits in max_bytes."""
 
-        def work(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+        def work(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
             used = conn.execute("SELECT COALESCE(SUM(bytes), 0) AS n FROM series").fetchone()["n"]
-            victims: list[tuple[str, str]] = []
+            victims: list[tuple[str, str, str]] = []
             if used <= self.max_bytes:
                 return victims
-            for row in conn.execute("SELECT study_uid, series_uid, bytes FROM series ORDER BY last_access"):
+            for row in conn.execute("SELECT origin, study_uid, series_uid, bytes FROM series ORDER BY last_access"):
                 if used <= self.max_bytes:
                     break
-                victims.append((row["study_uid"], row["series_uid"]))
+                victims.append((row["origin"], row["study_uid"], row["series_uid"]))
                 used -= row["bytes"]
-            for study_uid, series_uid in victims:
-                conn.execute("DELETE FROM series WHERE study_uid = ? AND series_uid = ?", (study_uid, series_uid))
-                conn.execute("DELETE FROM instances WHERE study_uid = ? AND series_uid = ?", (study_uid, series_uid))
+            for key in victims:
+                conn.execute("DELETE FROM series WHERE origin = ? AND study_uid = ? AND series_uid = ?", key)
+                conn.execute("DELETE FROM instances WHERE origin = ? AND study_uid = ? AND series_uid = ?", key)
             return victims
 
         victims = await self.db.acall(lambda conn: transaction(conn, work))
-        for study_uid, series_uid in victims:
+        for origin, study_uid, series_uid in victims:
             log.info("cache: evicted series %s", series_uid)
-            await asyncio.to_thread(shutil.rmtree, self._series_dir(study_uid, series_uid), True)
+            await asyncio.to_thread(shutil.rmtree, self._series_dir(study_uid, series_uid, origin), True)
 
     async def invalidate_study(self, study_uid: str) -> None:
         """Forget every cached series of a study (publication replaced or withdrawn); fills in flight are not kept."""
@@ -390,23 +402,23 @@ class SeriesCache:
 
         await self._remember(work, "series list")
 
-    async def metadata(self, study_uid: str, series_uid: str, base: str) -> bytes | None:
+    async def metadata(self, study_uid: str, series_uid: str, base: str, *, origin: str = "") -> bytes | None:
         def work(conn: sqlite3.Connection) -> bytes | None:
             row = conn.execute(
-                "SELECT metadata FROM series WHERE study_uid = ? AND series_uid = ? AND metadata_base = ?",
-                (study_uid, series_uid, base),
+                "SELECT metadata FROM series WHERE origin = ? AND study_uid = ? AND series_uid = ? AND metadata_base = ?",
+                (origin, study_uid, series_uid, base),
             ).fetchone()
             return bytes(row["metadata"]) if row and row["metadata"] is not None else None
 
         return await self.db.acall(work)
 
-    async def store_metadata(self, study_uid: str, series_uid: str, base: str, data: bytes) -> None:
+    async def store_metadata(self, study_uid: str, series_uid: str, base: str, data: bytes, *, origin: str = "") -> None:
         """Keep a series' metadata JSON (computed once, served many times) while the series stays cached."""
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE series SET metadata = ?, metadata_base = ? WHERE study_uid = ? AND series_uid = ?",
-                (data, base, study_uid, series_uid),
+                "UPDATE series SET metadata = ?, metadata_base = ? WHERE origin = ? AND study_uid = ? AND series_uid = ?",
+                (data, base, origin, study_uid, series_uid),
             )
 
         await self._remember(work, "metadata")
@@ -436,6 +448,26 @@ class SeriesCache:
             report["last_write_error"] = self.last_write_error
             report["last_write_error_at"] = self.last_write_error_at
         return report
+
+
+def _dir_name(series_uid: str, origin: str) -> str:
+    """The series' directory under its study: the UID alone for the box's own PACS, with its origin otherwise."""
+    if origin and not origin.isalnum():
+        raise ValueError("a cache origin is a digest (letters and digits)")
+    return f"{series_uid}~{origin}" if origin else series_uid
+
+
+def _forget_index_without_origin(path: Path) -> None:
+    """An index written before series had an origin is dropped (a cache refills; its files go as orphans)."""
+    if not path.exists():
+        return
+    conn = sqlite3.connect(path)
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(series)")}
+        if columns and "origin" not in columns:
+            conn.executescript("DROP TABLE IF EXISTS series; DROP TABLE IF EXISTS instances;")
+    finally:
+        conn.close()
 
 
 def _write(path: Path, data: bytes) -> None:

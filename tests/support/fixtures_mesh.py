@@ -25,11 +25,14 @@ def get_json(url: str) -> Any:
 
 
 class Sim:
-    def __init__(self, work: Path, port: int | None = None) -> None:
+    def __init__(self, work: Path, port: int | None = None, whitelist: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.work = work
-        cfg = write_config(work / "sim.toml", {"sim": {"port": self.port, "var_dir": str(work / "sim-var")}})
+        section: dict[str, Any] = {"port": self.port, "var_dir": str(work / "sim-var")}
+        if whitelist is not None:  # else the simulator's default: every port of 127.0.0.1 and localhost
+            section["whitelist_hosts"] = whitelist
+        cfg = write_config(work / "sim.toml", {"sim": section})
         self.process = DrimboxProcess("sim", cfg, f"{self.url}/sim/dmp/documents?patient=0", work / "sim.log")
 
     def start(self) -> Sim:
