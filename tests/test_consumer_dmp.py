@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestServer
 from drimbox.config import Settings
 from drimbox.consumer.lookup import professional_identity
 from drimbox.sim import build_sim_app
-from drimbox.xds import access, soap
+from drimbox.xds import access, soap, td02
 from drimbox.xds.client import DmpClient, XdsRejected, XdsTransientError
-from drimbox.xds.metadata import ins_cx
+from drimbox.xds.metadata import INS_TEST_OID, ins_cx
 from drimbox.xds.structure import structure_signer
 from tests.support.consumer import (
     ACN_ISSUER,
@@ -65,17 +65,16 @@ async def test_td02_td03_and_the_consultation_rule(dmp_url: str, tmp_path: Path)
         with pytest.raises(XdsRejected) as refused:
             await dmp.find_documents(PATIENT)
         assert refused.value.fault is not None and access.ACCESS_DENIED in refused.value.fault.subcodes
-        not_informed = await dmp.declare_access(PATIENT, patient_informed=False)
-        assert not not_informed.granted and "informed" in not_informed.reason
-        assert (await dmp.declare_access(PATIENT, patient_informed=True)).granted
+        assert (await dmp.declare_access(PATIENT)).status == access.DMP_OK
         assert (await dmp.patient_access(PATIENT)).granted
         assert await dmp.find_documents(PATIENT) == []
         # The patient bars this professional: nothing the professional declares lifts it.
         await sim_json(dmp_url, "PUT", "/sim/dmp/access", {"patient": INS, "professional": identity.professional_id,
                                                            "authorization": "INTERDITE", "reason": "opposition"})  # fmt: skip
-        barred = await dmp.declare_access(PATIENT, patient_informed=True)
-        assert barred.authorization == access.INTERDITE and barred.reason == "opposition"
-        assert (await dmp.declare_access(PATIENT, patient_informed=True, remove=True)).authorization == access.INTERDITE
+        barred = await dmp.declare_access(PATIENT)
+        assert barred.status == access.DMP_EXCLUDED_PS and barred.context == "opposition" and not barred.granted
+        assert (await dmp.declare_access(PATIENT, remove=True)).status == access.DMP_EXCLUDED_PS
+        assert (await dmp.patient_access(PATIENT)).authorization == access.INTERDITE
         rows = await sim_json(dmp_url, "GET", f"/sim/dmp/access?patient={INS}")
         assert [(r["professional"], r["authorization"]) for r in rows] == [(identity.professional_id, "INTERDITE")]
         await sim_json(dmp_url, "DELETE", "/sim/dmp/access")
@@ -89,11 +88,10 @@ async def test_the_vihf_must_name_the_patient_of_the_access_request(dmp_url: str
     settings = consumer_settings(tmp_path, dmp_url)
     identity = professional_identity(settings, Pro())
     vihf = structure_signer(settings).issue(identity, ins_cx(NO_DMP_INS))
-    request = soap.build_request(access.ACTION_TD02, f"{dmp_url}/access", access.build_access_request(PATIENT),
-                                 security=vihf)  # fmt: skip
+    url = f"{dmp_url}/{access.PATIENTS_SERVICE}"
+    request = soap.build_request(access.ACTION_TD02, url, td02.build_request(INS, INS_TEST_OID), security=vihf)
     headers = {"Content-Type": f'application/soap+xml; charset=UTF-8; action="{access.ACTION_TD02}"'}
-    async with aiohttp.ClientSession() as http, http.post(f"{dmp_url}/access", data=request.envelope,
-                                                          headers=headers) as resp:  # fmt: skip
+    async with aiohttp.ClientSession() as http, http.post(url, data=request.envelope, headers=headers) as resp:
         assert resp.status == 400 and b"FailedAuthentication" in await resp.read()
 
 

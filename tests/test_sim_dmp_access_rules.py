@@ -68,7 +68,7 @@ async def test_the_matrix_refuses_a_pharmacist_and_lets_a_nurse_read_imaging(sim
     signer = structure_signer(settings)
     for pro_id, profession, allowed in (("810000000021", "21", False), ("810001234566", "60", True)):
         async with DmpClient(f"{sim_url}/dmp", signer=signer, identity=person(pro_id, profession)) as dmp:
-            assert (await dmp.declare_access(PATIENT, patient_informed=True)).granted
+            assert (await dmp.declare_access(PATIENT)).granted
             if allowed:
                 assert len(await dmp.find_documents(PATIENT)) == 1
                 continue
@@ -84,7 +84,7 @@ async def test_a_patient_who_opposes_is_consulted_by_nobody(sim_url: str, tmp_pa
     kos_uid = await publish(f"{sim_url}/dmp", settings, study_spec())
     signer = structure_signer(settings)
     async with DmpClient(f"{sim_url}/dmp", signer=signer, identity=person("810100000001", "10")) as dmp:
-        assert (await dmp.declare_access(PATIENT, patient_informed=True)).granted
+        assert (await dmp.declare_access(PATIENT)).granted
         (entry,) = await dmp.find_documents(PATIENT)
         state = await sim_json(sim_url, "PUT", f"/sim/dmp/patients/{INS}", {"opposition": True})
         assert state == {"patient": PATIENT, "opposition": True, "emergency_access": True}
@@ -95,8 +95,8 @@ async def test_a_patient_who_opposes_is_consulted_by_nobody(sim_url: str, tmp_pa
         with pytest.raises(XdsRejected) as refused:
             await dmp.retrieve_document(entry.repository_unique_id or "", kos_uid, patient_id=PATIENT)
         assert "opposes" in denied(refused.value)
-        declared = await dmp.declare_access(PATIENT, patient_informed=True)
-        assert "opposes" in declared.reason
+        declared = await dmp.declare_access(PATIENT)
+        assert declared.status == access.DMP_OPPOSITION and "opposes" in declared.context
         emergency = person("810100000002", "10", "bris_de_glace", REASON)
         with pytest.raises(XdsRejected) as refused:
             await dmp.find_documents(PATIENT, identity=emergency)

@@ -208,9 +208,11 @@ class DmpLookup:
                 "declared when your software's launch confirms the patient was informed (InformationEtConsentement)",
                 "no_authorization", emergency_possible=True,
             )
-        declared = await _guard(self.client.declare_access(patient.cx, patient_informed=True, identity=identity))
+        # The patient was informed and did not object (the launch says so): TD0.3 AJOUT may be sent.
+        declared = await _guard(self.client.declare_access(patient.cx, identity=identity))
         if not declared.granted:
-            raise AccessRefused(f"the DMP refused to record your access: {declared.reason or declared.authorization}")
+            raise AccessRefused(f"the DMP refused to record your access: {declared.status}"
+                                + (f" ({declared.context})" if declared.context else ""))
         log.info(
             "TD0.3: access to the DMP of %s declared for professional %s", patient.masked, identity.professional_id
         )

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -14,7 +15,6 @@ from typing import Protocol
 from aiohttp import web
 from lxml import etree
 
-from drimbox.sim.dmp_metadata import parse_cx
 from drimbox.sim.dmp_rules import KnownPatients
 from drimbox.sim.soap_server import SoapFault, fault_response, parse_request, soap_response
 from drimbox.sim.vihf_check import (
@@ -28,7 +28,7 @@ from drimbox.sim.vihf_check import (
     verify_vihf,
 )
 from drimbox.state.db import Database
-from drimbox.xds import access
+from drimbox.xds import access, td02, td03
 from drimbox.xds import namespaces as ns
 from drimbox.xds.access import ACCESS_NS, AccessStatus
 from drimbox.xds.habilitation import ImagingMatrix
@@ -37,13 +37,20 @@ from drimbox.xds.vihf import ACCESS_REASON, PURPOSE_EMERGENCY, PURPOSE_NORMAL
 
 log = logging.getLogger("drimbox.sim.dmp")
 
-# Served at POST /dmp/access (SOAP 1.2 + VIHF, payloads in xsd/DMP/access.xsd). The rules, strict like the
-# DMP's:
-# - the VIHF is verified as for every DMP transaction, and its resource-id must name the body's PatientId;
-# - a patient outside `[sim] patients` has no DMP: DmpExists=false, Authorization=NON_EXISTANTE;
-# - authorisations are per (patient, VIHF Subject/NameID) and survive restarts (SQLite under the sim's var);
-# - TD0.3 AJOUT grants VALIDE only with PatientInformed=true, never over INTERDITE (the patient's bar), and
-#   never for a patient who opposes the consultation of their DMP;
+# TD0.2 at POST /dmp/patients (HL7 v3 PRPA_IN201307UV02 -> PRPA_IN201308UV02, xds/td02.py) and TD0.3 at
+# POST /dmp/habilitations (setAuthorization -> setAuthorizationResponse, xds/td03.py), SOAP 1.2 + VIHF, every
+# payload validated against xsd/DMP/. The rules, strict like the DMP's:
+# - a request that is not schema-valid, names another interaction, an INS root that is no INS authority or an
+#   extension that is no INS, is refused with a SOAP Sender fault;
+# - the VIHF is verified as for every DMP transaction; for TD0.2 its resource-id must name the queried INS;
+#   TD0.3 names no patient in its body: the VIHF's resource-id is the patient (no VIHF, no TD0.3);
+# - a patient outside `[sim] patients` has no DMP: TD0.2 answers AA with queryResponseCode NF, TD0.3 DMPNotFound;
+# - otherwise TD0.2 answers OK with attentionLine AUTORISATION (VALIDE, EXPIREE, INTERDITE, NON_EXISTANTE) for
+#   (patient, VIHF Subject/NameID) and STATUT_MT false; authorisations survive restarts (SQLite under the var);
+# - TD0.3 AJOUT grants VALIDE (DMPOK), never over INTERDITE (DMPAccessDeniedByExcludedPs) and never for a
+#   patient who opposes the consultation of their DMP (DMPAccessDeniedByPatientOpposition); SUPPRESSION removes
+#   the authorisation (DMPOK), but never lifts an INTERDITE. That the patient was informed is the caller's
+#   duty before AJOUT: the message carries no such field;
 # - consultation (ITI-18, ITI-43) by a professional acting in person (Authentification_Mode DIRECTE or
 #   INDIRECTE_RENFORCEE) is refused with a Sender fault, subcode acc:AccessDenied, when: the profession may
 #   not read imaging (the habilitation matrix, drimbox/xds/habilitation.py); the patient opposes; the
@@ -58,10 +65,6 @@ log = logging.getLogger("drimbox.sim.dmp")
 
 # Authentication modes in which a named professional consults: they need an access authorisation.
 PERSONAL_MODES = frozenset({"DIRECTE", "INDIRECTE_RENFORCEE"})
-_ACTIONS = {
-    access.ACTION_TD02: ("PatientAccessRequest", access.ACTION_TD02_RESPONSE, "PatientAccessResponse"),
-    access.ACTION_TD03: ("DeclareAccessRequest", access.ACTION_TD03_RESPONSE, "DeclareAccessResponse"),
-}
 _NO_DMP = "this patient has no DMP"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS authorizations (
@@ -229,89 +232,83 @@ class AccessState:
 ACCESS_STATE = web.AppKey("dmp_access_state", AccessState)
 
 
-def _key(patient_id: str) -> tuple[str, str] | None:
-    return parse_cx(patient_id) if patient_id.endswith("^NH") else None
-
-
-async def _td02(state: AccessState, key: tuple[str, str], professional: str) -> AccessStatus:
-    if key not in state.patients:
-        return AccessStatus(False, access.NON_EXISTANTE, _NO_DMP)
-    authorization, reason = await state.registry.get("|".join(key), professional)
-    opposition, _ = await state.registry.choices("|".join(key))
-    return AccessStatus(True, authorization, "the patient opposes the consultation of their DMP" if opposition else reason)
-
-
-async def _td03(
-    state: AccessState, key: tuple[str, str], professional: str, request: access.DeclareRequest
-) -> AccessStatus:
-    if key not in state.patients:
-        return AccessStatus(False, access.NON_EXISTANTE, _NO_DMP)
-    patient_key = "|".join(key)
-    current, reason = await state.registry.get(patient_key, professional)
-    opposition, _ = await state.registry.choices(patient_key)
-    if current == access.INTERDITE:
-        return AccessStatus(True, current, reason or "the patient has barred this professional from the DMP")
-    if request.action == access.REMOVE:
-        await state.registry.remove(patient_key, professional)
-        return AccessStatus(True, access.NON_EXISTANTE)
-    if opposition:
-        return AccessStatus(True, current, "the patient opposes the consultation of their DMP")
-    if not request.patient_informed:
-        return AccessStatus(True, current, "the patient must be informed, and not object, before access is declared")
-    await state.registry.put(patient_key, professional, access.VALIDE)
-    return AccessStatus(True, access.VALIDE)
-
-
-async def _answer(
-    state: AccessState, request_action: str, payload: etree._Element, vihf: Vihf | None
-) -> etree._Element:
-    expected, _, answer = _ACTIONS[request_action]
-    if etree.QName(payload).localname != expected or etree.QName(payload).namespace != ACCESS_NS:
-        raise SoapFault(f"action {request_action} expects an acc:{expected} in the Body")
-    try:
-        await asyncio.to_thread(validate, payload)
-    except SchemaError as exc:
-        raise SoapFault(f"invalid {expected}: {exc}") from None
-    declare = access.parse_declare_request(payload) if request_action == access.ACTION_TD03 else None
-    patient_id = declare.patient_id if declare else access.parse_access_request(payload)
-    key = _key(patient_id)
-    if key is None:
-        raise SoapFault("PatientId must be the INS as INS^^^&OID&ISO^NH")
+async def _td02(state: AccessState, payload: etree._Element, vihf: Vihf | None) -> etree._Element:
+    request = td02.parse_request(payload)
+    key = (request.ins, request.oid)
     if vihf is not None and vihf.patient != key:
         raise VihfError(FAILED_AUTHENTICATION, "the VIHF resource-id does not designate the patient of the request")
+    if key not in state.patients:
+        return td02.build_answer(request, AccessStatus(False, access.NON_EXISTANTE))
     # Without a VIHF (tests that switch it off) nobody is named: the answer is about an anonymous caller.
-    professional = vihf.subject if vihf is not None else ""
-    status = await (_td03(state, key, professional, declare) if declare else _td02(state, key, professional))
-    return access.build_status(answer, status)
+    authorization, _ = await state.registry.get("|".join(key), vihf.subject if vihf is not None else "")
+    return td02.build_answer(request, AccessStatus(True, authorization))
 
 
-async def access_handler(http: web.Request) -> web.StreamResponse:
-    """POST /dmp/access: TD0.2 and TD0.3 (SOAP 1.2, VIHF required)."""
-    state = http.app[ACCESS_STATE]
-    if state.faults.take("unavailable"):
-        return web.Response(status=503, headers={"Retry-After": "1"}, text="DMP unavailable (injected fault)")
-    body = await http.read()
-    relates_to: str | None = None
-    try:
-        request = await asyncio.to_thread(parse_request, http.headers.get("Content-Type", ""), body)
-        relates_to = request.message_id
-        if request.action not in _ACTIONS:
-            raise SoapFault(f"action {request.action} is not served at this endpoint",
-                            subcode=(ns.WSA, "ActionNotSupported"))  # fmt: skip
-        if state.faults.take("fault"):
-            raise SoapFault("the DMP failed (injected fault)", code="Receiver")
-        vihf = None
-        if state.require_vihf:
-            vihf = await asyncio.to_thread(verify_vihf, request.header, state.vihf_policy)
-        payload = await _answer(state, request.action, request.payload, vihf)
-    except VihfError as exc:
-        log.info("VIHF refused: %s", exc.subcode)
-        return fault_response(SoapFault(exc.reason, subcode=(ns.WSSE, exc.subcode)), relates_to)
-    except SoapFault as fault:
-        log.info("SOAP fault %s on /dmp/access", fault.code)
-        return fault_response(fault, relates_to)
-    except Exception as exc:
-        log.error("DMP simulator internal error on /dmp/access: %s", type(exc).__name__)
-        return fault_response(SoapFault("internal error of the DMP simulator", code="Receiver"), relates_to)
-    response_action = _ACTIONS[request.action][1]
-    return await asyncio.to_thread(partial(soap_response, response_action, relates_to, payload, as_mtom=request.mtom))
+async def _td03(state: AccessState, payload: etree._Element, vihf: Vihf | None) -> etree._Element:
+    action, _role = td03.parse_request(payload)
+    if vihf is None or vihf.patient is None:
+        raise SoapFault("setAuthorization names its patient in the VIHF resource-id: a VIHF is required")
+    if vihf.patient not in state.patients:
+        return td03.build_answer(access.DMP_NOT_FOUND, _NO_DMP)
+    patient_key = "|".join(vihf.patient)
+    current, reason = await state.registry.get(patient_key, vihf.subject)
+    if current == access.INTERDITE:
+        return td03.build_answer(access.DMP_EXCLUDED_PS, reason or "the patient has barred this professional")
+    if action == access.REMOVE:
+        await state.registry.remove(patient_key, vihf.subject)
+        return td03.build_answer(access.DMP_OK, "authorisation removed")
+    opposition, _ = await state.registry.choices(patient_key)
+    if opposition:
+        return td03.build_answer(access.DMP_OPPOSITION, "the patient opposes the consultation of their DMP")
+    await state.registry.put(patient_key, vihf.subject, access.VALIDE)
+    return td03.build_answer(access.DMP_OK, "authorisation recorded")
+
+
+_SERVICES = {
+    access.PATIENTS_SERVICE: (access.ACTION_TD02, access.ACTION_TD02_RESPONSE, _td02),
+    access.HABILITATIONS_SERVICE: (access.ACTION_TD03, access.ACTION_TD03_RESPONSE, _td03),
+}
+
+
+def access_handler(service: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """POST /dmp/patients (TD0.2) or /dmp/habilitations (TD0.3): SOAP 1.2, VIHF required."""
+    action, response_action, answer = _SERVICES[service]
+
+    async def handler(http: web.Request) -> web.StreamResponse:
+        state = http.app[ACCESS_STATE]
+        if state.faults.take("unavailable"):
+            return web.Response(status=503, headers={"Retry-After": "1"}, text="DMP unavailable (injected fault)")
+        body = await http.read()
+        relates_to: str | None = None
+        try:
+            request = await asyncio.to_thread(parse_request, http.headers.get("Content-Type", ""), body)
+            relates_to = request.message_id
+            if request.action != action:
+                raise SoapFault(f"action {request.action} is not served at this endpoint",
+                                subcode=(ns.WSA, "ActionNotSupported"))  # fmt: skip
+            if state.faults.take("fault"):
+                raise SoapFault("the DMP failed (injected fault)", code="Receiver")
+            try:
+                await asyncio.to_thread(validate, request.payload)
+            except SchemaError as exc:
+                raise SoapFault(f"invalid {etree.QName(request.payload).localname}: {exc}") from None
+            vihf = None
+            if state.require_vihf:
+                vihf = await asyncio.to_thread(verify_vihf, request.header, state.vihf_policy)
+            payload = await answer(state, request.payload, vihf)
+            await asyncio.to_thread(validate, payload)  # the simulator's own answer, checked like a peer's
+        except access.AccessFormatError as exc:
+            return fault_response(SoapFault(f"invalid request: {exc}"), relates_to)
+        except VihfError as exc:
+            log.info("VIHF refused: %s", exc.subcode)
+            return fault_response(SoapFault(exc.reason, subcode=(ns.WSSE, exc.subcode)), relates_to)
+        except SoapFault as fault:
+            log.info("SOAP fault %s on /dmp/%s", fault.code, service)
+            return fault_response(fault, relates_to)
+        except Exception as exc:
+            log.error("DMP simulator internal error on /dmp/%s: %s", service, type(exc).__name__)
+            return fault_response(SoapFault("internal error of the DMP simulator", code="Receiver"), relates_to)
+        return await asyncio.to_thread(partial(soap_response, response_action, relates_to, payload,
+                                               as_mtom=request.mtom))  # fmt: skip
+
+    return handler

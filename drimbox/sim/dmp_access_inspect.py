@@ -1,4 +1,4 @@
-"""Inspection of the simulated DMP's access state for tests and operators, and the routes of /dmp/access."""
+"""Inspection of the simulated DMP's access state for tests and operators; the TD0.2/TD0.3 routes."""
 
 from __future__ import annotations
 
@@ -95,7 +95,8 @@ async def list_consultations(http: web.Request) -> web.Response:
 
 
 def add_access_routes(app: web.Application) -> None:
-    app.router.add_post("/dmp/access", access_handler)
+    for service in (access.PATIENTS_SERVICE, access.HABILITATIONS_SERVICE):
+        app.router.add_post(f"/dmp/{service}", access_handler(service))
     for method in ("GET", "PUT", "DELETE"):
         app.router.add_route(method, "/sim/dmp/access", inspect_access)
     for method in ("GET", "PUT"):

@@ -1,4 +1,4 @@
-"""HTTP face of the simulated DMP: SOAP at /dmp/{registry,repository}, inspection, fault injection."""
+"""HTTP face of the simulated DMP: SOAP at /dmp/{registry,repository,patients,habilitations}, inspection, faults."""
 
 from __future__ import annotations
 
@@ -288,7 +288,7 @@ def setup_dmp(app: web.Application, settings: Settings, options: DmpOptions | No
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/dmp/repository", _soap_handler(REPOSITORY_ACTIONS))
     app.router.add_post("/dmp/registry", _soap_handler(REGISTRY_ACTIONS))
-    add_access_routes(app)  # TD0.2 / TD0.3 at /dmp/access, inspection at /sim/dmp/access
+    add_access_routes(app)  # TD0.2 at /dmp/patients, TD0.3 at /dmp/habilitations, inspection at /sim/dmp/access
     app.router.add_get("/sim/dmp/documents", list_documents)
     app.router.add_get("/sim/dmp/documents/{unique_id}", get_document)
     for method in ("GET", "POST", "DELETE"):

@@ -13,9 +13,9 @@ import aiohttp
 from lxml import etree
 
 from drimbox import tls
-from drimbox.xds import access, metadata, mtom, query, soap
+from drimbox.xds import access, metadata, mtom, query, schema, soap, td02, td03
 from drimbox.xds import namespaces as ns
-from drimbox.xds.access import AccessStatus
+from drimbox.xds.access import AccessStatus, DeclareResult
 from drimbox.xds.metadata import Code, KosDocumentEntry, MetadataError, ReferenceId, SubmissionSet
 from drimbox.xds.query import DocumentEntryInfo
 from drimbox.xds.soap import RegistryError, RegistryResponse, SoapFault
@@ -84,7 +84,9 @@ class DmpClient:
         base = base_url.rstrip("/")
         self.registry_url = f"{base}/registry"
         self.repository_url = f"{base}/repository"
-        self.access_url = f"{base}/access"  # TD0.2 / TD0.3 (drimbox's equivalent, see xds/access.py)
+        # TD0.2 and TD0.3 at the DMP's services as the ANS reference DRIMbox builds them (xds/access.py).
+        self.patients_url = f"{base}/{access.PATIENTS_SERVICE}"
+        self.habilitations_url = f"{base}/{access.HABILITATIONS_SERVICE}"
         self.signer = signer
         self.identity = identity  # default actor; a call may name another (a Pro Santé Connect user)
         self.timeout = timeout
@@ -212,26 +214,31 @@ class DmpClient:
         raise XdsRejected("ITI-43", f"the repository returned no document {unique_id}")
 
     async def patient_access(self, patient_id: str, *, identity: VihfIdentity | None = None) -> AccessStatus:
-        """TD0.2: does this patient's DMP exist, and may the VIHF's professional access it?"""
-        msg = await self._call("TD0.2", self.access_url, access.ACTION_TD02, access.build_access_request(patient_id),
-                               None, patient_id=patient_id, identity=identity)  # fmt: skip
-        return self._access_status("TD0.2", msg.payload)
+        """TD0.2 (PRPA_IN201307UV02): does this patient's DMP exist, and may the VIHF's professional access it?"""
+        ins, oid = td02.split_cx(patient_id)
+        msg = await self._call("TD0.2", self.patients_url, access.ACTION_TD02, td02.build_request(ins, oid), None,
+                               patient_id=patient_id, identity=identity)  # fmt: skip
+        try:
+            schema.validate(msg.payload)
+            return td02.parse_answer(msg.payload, ins)
+        except td02.Td02Refused as exc:
+            raise XdsRejected("TD0.2", f"refused by the DMP: {exc}") from None
+        except (access.AccessFormatError, schema.SchemaError) as exc:
+            raise XdsRejected("TD0.2", f"malformed answer: {exc}") from None
 
     async def declare_access(
-        self, patient_id: str, *, patient_informed: bool, remove: bool = False, identity: VihfIdentity | None = None
-    ) -> AccessStatus:
-        """TD0.3: declare (or remove) the VIHF's professional's access authorisation to this patient's DMP."""
-        payload = access.build_declare_request(patient_id, patient_informed, access.REMOVE if remove else access.ADD)
-        msg = await self._call("TD0.3", self.access_url, access.ACTION_TD03, payload, None,
+        self, patient_id: str, *, remove: bool = False, identity: VihfIdentity | None = None
+    ) -> DeclareResult:
+        """TD0.3 (setAuthorization AJOUT, or SUPPRESSION): the VIHF's professional's authorisation to the DMP of
+        the VIHF's patient; only ask it once the patient was informed and did not object."""
+        payload = td03.build_request(access.REMOVE if remove else access.ADD)
+        msg = await self._call("TD0.3", self.habilitations_url, access.ACTION_TD03, payload, None,
                                patient_id=patient_id, identity=identity)  # fmt: skip
-        return self._access_status("TD0.3", msg.payload)
-
-    @staticmethod
-    def _access_status(transaction: str, payload: etree._Element) -> AccessStatus:
         try:
-            return access.parse_status(payload)
-        except access.AccessFormatError as exc:
-            raise XdsRejected(transaction, f"malformed answer: {exc}") from None
+            schema.validate(msg.payload)
+            return td03.parse_answer(msg.payload)
+        except (access.AccessFormatError, schema.SchemaError) as exc:
+            raise XdsRejected("TD0.3", f"malformed answer: {exc}") from None
 
     # ------------------------------------------------------------------------------ plumbing
 

@@ -26,7 +26,8 @@ def _schema(name: str) -> etree.XMLSchema:
         "query": XSD_DIR / "ebRS" / "query.xsd",
         "lcm": XSD_DIR / "ebRS" / "lcm.xsd",
         "rs": XSD_DIR / "ebRS" / "rs.xsd",
-        "access": XSD_DIR / "DMP" / "access.xsd",
+        "hl7v3": XSD_DIR / "DMP" / "hl7v3-TD0.2.xsd",
+        "habilitations": XSD_DIR / "DMP" / "habilitations.xsd",
     }[name]
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
     return etree.XMLSchema(etree.parse(str(main), parser))
@@ -37,8 +38,9 @@ _SCHEMA_BY_NS = {
     "urn:oasis:names:tc:ebxml-regrep:xsd:query:3.0": "query",
     "urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0": "lcm",
     "urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0": "rs",
-    # TD0.2 / TD0.3 (DMP access check and declaration): drimbox's own equivalent, see xsd/DMP/access.xsd.
-    "urn:drimbox:dmp:access:1": "access",
+    # TD0.2 (HL7 v3 PRPA_IN201307UV02/PRPA_IN201308UV02) and TD0.3 (setAuthorization): see xsd/DMP/.
+    "urn:hl7-org:v3": "hl7v3",
+    "urn:si-dmp-habilitations": "habilitations",
 }
 
 
