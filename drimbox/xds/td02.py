@@ -192,7 +192,9 @@ def parse_answer(root: etree._Element, ins: str) -> AccessStatus:
         return AccessStatus(False, NON_EXISTANTE)
     if answered != QUERY_OK:
         raise AccessFormatError(f"queryResponseCode {answered!r}: expected {QUERY_OK} or {QUERY_NOT_FOUND}")
-    patient_ids = root.iterfind(f"{_V}controlActProcess/{_V}subject/{_V}registrationEvent/{_V}subject1/{_V}patient/{_V}id")
+    patient_ids = root.iterfind(
+        f"{_V}controlActProcess/{_V}subject/{_V}registrationEvent/{_V}subject1/{_V}patient/{_V}id"
+    )
     if not any(p.get("extension") == ins for p in patient_ids):
         raise AccessFormatError("the answer is not about the patient asked for")
     value = _line(root, KEYWORD_AUTHORIZATION)
