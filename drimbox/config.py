@@ -189,9 +189,9 @@ class AuthSettings:
 
 @dataclass
 class ConsumerSettings:
-    # TD0.2/TD0.3 (does the DMP exist, is access authorised; declare it) before each DMP lookup. drimbox
-    # speaks its own equivalent of them (drimbox/xsd/DMP/access.xsd), as the simulator does: set false
-    # against a DMP that does not, and the DMP's own answers to ITI-18 decide alone.
+    # TD0.2/TD0.3 (does the DMP exist, is access authorised; declare it) before each DMP lookup, in the DMP's
+    # format (HL7 v3 PRPA_IN201307UV02 at {dmp}/patients, setAuthorization at {dmp}/habilitations; see
+    # drimbox/xds/access.py). false: skip them, and the DMP's own answers to ITI-18 decide alone.
     access_check: bool = True
     # INS assigning authority when a URL names none (test INS; production INS-NIR is 1.2.250.1.213.1.4.8).
     ins_oid: str = "1.2.250.1.213.1.4.10"
