@@ -114,6 +114,9 @@ def test_answers_read_as_the_reference_reads_them() -> None:
         answer = td02.build_answer(request, AccessStatus(True, authorization, treating_physician=True))
         schema.validate(answer)
         assert td02.parse_answer(answer, INS) == AccessStatus(True, authorization, treating_physician=True)
+        # The reference DRIMbox's front end takes the first code="..." after the text AUTORISATION.
+        text = etree.tostring(answer, encoding="unicode")
+        assert text.split("AUTORISATION", 1)[1].split('code="', 1)[1].split('"', 1)[0] == authorization
     not_found = td02.build_answer(request, AccessStatus(False, access.NON_EXISTANTE))
     schema.validate(not_found)
     assert not_found.find(f"{V}controlActProcess/{V}subject") is None
