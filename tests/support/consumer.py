@@ -47,6 +47,7 @@ class Pro:
     given: str | None = "Stéphane"
     profession_code: str | None = "10"
     specialty_code: str | None = "SM26"
+    sector_code: str | None = None
     structure_id: str | None = "1750000001"
     structure_name: str | None = "Cabinet du Dr Medioni"
 
