@@ -34,7 +34,10 @@ LAUNCH_FORM = {
     "Patient.name.given": "DOMINIQUE",
     "Patient.gender": "female",
     "Patient.birthDate": "1979-03-28",
+    "Address.district": "51215",
     "InformationEtConsentement": "true",
+    "PatientID": "IPP101",
+    "PatientIDIssuer": "1.2.250.1.213.4.5.2.4",
 }
 
 
