@@ -27,11 +27,11 @@ log = logging.getLogger(__name__)
 SITUATION_PATH = "/auth/situation"
 _HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
             "Referrer-Policy": "no-referrer"}  # fmt: skip
-# TRE_R02 SecteurActivite: the sectors a page names in words (the code is shown for the others).
+# TRE_R02 SecteurActivite: the common sectors a page names in words (the code is shown for the others).
 SECTORS = {
     "SA01": "Établissement public de santé", "SA02": "Hôpital militaire", "SA03": "Établissement privé PSPH",
     "SA04": "Établissement privé non PSPH", "SA05": "Centre de santé", "SA07": "Cabinet individuel",
-    "SA08": "Cabinet de groupe", "SA09": "Exercice en société", "SA25": "Laboratoire / cabinet de radiologie",
+    "SA08": "Cabinet de groupe", "SA09": "Exercice en société",
 }  # fmt: skip
 
 
