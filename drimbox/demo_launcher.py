@@ -15,7 +15,8 @@ from drimbox.samples.reports import ExamSpec
 
 
 def launch_fields(exam: ExamSpec) -> dict[str, str]:
-    """The ANS contextual-call fields for the patient of a synthetic report (the form a DPI posts)."""
+    """The ANS contextual-call fields for the patient of a synthetic report (the form a DPI posts), named exactly
+    as the ANS test server expects them (ansforge/DRIM-M_DRIMbox TestServer-AppelContextuel)."""
     birth = exam.birth_date
     return {
         "Patient.identifier.value": exam.ins,
@@ -24,7 +25,11 @@ def launch_fields(exam: ExamSpec) -> dict[str, str]:
         "Patient.name.given": exam.given,
         "Patient.gender": {"F": "female", "M": "male"}.get(exam.sex, "unknown"),
         "Patient.birthDate": f"{birth[:4]}-{birth[4:6]}-{birth[6:8]}",
+        # The INS birth place: the NIR's department and commune (characters 6 to 10).
+        "Address.district": exam.ins[5:10],
         "InformationEtConsentement": "true",
+        "PatientID": exam.ipp,
+        "PatientIDIssuer": exam.ipp_oid,
     }
 
 

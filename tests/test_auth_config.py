@@ -60,12 +60,16 @@ def test_professional_from_psc_and_plain_claims() -> None:
     psc = {
         "sub": "f:abc", "SubjectNameID": "899700218896", "family_name": "DOC", "given_name": "KIT",
         "SubjectOrganization": "CABINET", "Secteur_Activite": "SA07^1.2.250.1.71.4.2.4",
-        "SubjectRefPro": {"exercices": [{"codeProfession": "10", "codeSavoirFaire": "SM44",
-                                         "activities": [{"numeroFinessSite": "010000024"}]}]},
-    }
+        "SubjectOrganizationID": "R102671",
+        "SubjectRefPro": {"exercices": [{"codeProfession": "10", "codeSavoirFaire": "SM44", "activities": [
+            {"numeroFinessSite": "010000024", "identifiantTechniqueDeLaStructure": "R102671",
+             "ancienIdentifiantDeLaStructure": "499700218896001", "raisonSocialeSite": "CABINET",
+             "codeSecteurDactivite": "SA07"}]}]},
+    }  # fmt: skip
     p = Professional.from_claims(psc)
-    assert (p.id, p.rpps, p.profession, p.specialty, p.structure_id, p.structure_name) == (
-        "899700218896", "99700218896", "10", "SM44", "010000024", "CABINET")
+    # The structure the DMP knows is the activity's ancienIdentifiantDeLaStructure, not the technical "R…" id.
+    assert (p.id, p.rpps, p.profession, p.specialty, p.structure_id, p.structure_name, p.sector) == (
+        "899700218896", "99700218896", "10", "SM44", "499700218896001", "CABINET", "SA07^1.2.250.1.71.4.2.4")
     assert Professional.from_json(p.to_json()) == p
     plain = Professional.from_claims({"sub": "u1", "family_name": "Doe", "SubjectRole": ["40^1.2.250.1.213.1.1.5.5"]})
     assert plain.id == "u1" and plain.profession == "40" and plain.rpps == ""

@@ -119,3 +119,19 @@ async def test_after_logout_the_cookie_opens_nothing(tmp_path: Path, sim: Any) -
         link_status, where = await status(box, LINK, session)
         assert link_status == 303 and where.startswith("/auth/login?")
     assert ("auth.logout", "success", "") in box.actions()
+
+
+async def test_a_token_launch_naming_a_situation_acts_in_it_and_one_naming_none_asks(tmp_path: Path, sim: Any) -> None:
+    """The software's token logs in a professional with two situations: its Situation picks one, else the page."""
+    async with running_box(box_settings(tmp_path, sim.url, ["consumer"])) as box:
+        durand = (await asyncio.to_thread(psc_token, sim.url, "810003456789"))["access_token"]
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(box.url + "/conso/launch", data={**LAUNCH_FORM, "Situation": "1690000019"},
+                                   headers={"Authorization": f"Bearer {durand}"}, allow_redirects=False)  # fmt: skip
+            assert resp.status == 303 and resp.headers["Location"].startswith(f"/conso/patients/{INS}/exams?")
+            session = resp.cookies["drimbox_session"].value
+        async with aiohttp.ClientSession(cookies={"drimbox_session": session}) as http:
+            me = await (await http.get(box.url + "/auth/me")).json()
+            assert (me["structure_id"], me["sector"]) == ("1690000019", "SA01^1.2.250.1.71.4.2.4")
+        resp = await launch(box, bearer=durand)
+        assert resp.status == 303 and urlsplit(resp.headers["Location"]).path == "/auth/situation"

@@ -54,13 +54,41 @@ def test_a_complete_form_is_read_and_normalised() -> None:
     assert Launch.from_json(launch.to_json()) == launch
 
 
-def test_field_names_are_case_insensitive_and_the_older_consent_field_is_read() -> None:
-    form = {k.lower(): v for k, v in LAUNCH_FORM.items() if k != "InformationEtConsentement"}
-    form["patient.identifier.system"] = INS_OID  # the bare OID is accepted too
+def test_the_ans_form_as_the_ans_test_server_posts_it_is_read() -> None:
+    # The body the ANS contextual-call test server accepts: every name exactly as its ParameterList.java spells it.
+    body = ("Patient.identifier.value=279035121518989&Patient.identifier.system=urn%3Aoid%3A1.2.250.1.213.1.4.10"
+            "&Patient.name.family=PAT-TROIS&Patient.name.given=DOMINIQUE&Patient.gender=female"
+            "&Patient.birthDate=1979-03-28&Address.district=51215&InformationEtConsentement=true&PatientID=IPP101"
+            "&PatientIDIssuer=1.2.250.1.213.4.5.2.4&Situation=499700427885006")  # fmt: skip
+    launch = parse_launch((k, v[0]) for k, v in parse_qs(body, keep_blank_values=True).items())
+    assert (launch.ins, launch.ins_oid, launch.family, launch.informed) == (INS, INS_OID, "PAT-TROIS", True)
+    assert (launch.district, launch.patient_id, launch.patient_id_issuer, launch.situation) == (
+        "51215", "IPP101", "1.2.250.1.213.4.5.2.4", "499700427885006")
+    assert Launch.from_json(launch.to_json()) == launch
+
+
+def test_field_names_are_case_sensitive_and_unknown_ones_refused() -> None:
+    # Lower-cased names (what the ANS test server accepted before December 2024) are refused, naming the spelling.
+    form = {k.lower() if k.startswith("Patient.") else k: v for k, v in LAUNCH_FORM.items()}
+    found = problems(form)
+    assert found["patient.identifier.value"] == ("is not a field of the ANS launch form: it is spelled "
+                                                 "Patient.identifier.value")  # fmt: skip
+    assert found["Patient.identifier.value"] == "is missing"
+    assert problems({**LAUNCH_FORM, "situation": "1"}) == {
+        "situation": "is not a field of the ANS launch form: it is spelled Situation"}
+    assert problems({**LAUNCH_FORM, "Comment": "x"}) == {"Comment": "is not a field of the ANS launch form"}
+    # A hostile name is not echoed.
+    assert problems({**LAUNCH_FORM, "<script>\n": "x"}) == {"(a field)": "is not a field of the ANS launch form"}
+
+
+def test_the_older_consent_field_is_read_with_the_same_meaning() -> None:
+    form = {k: v for k, v in LAUNCH_FORM.items() if k != "InformationEtConsentement"}
     form["InformationEtOppositionConsultation"] = "false"
-    form["Address.district"] = "75"  # fields of no concern to the exam list are ignored
+    form["Patient.identifier.system"] = INS_OID  # the bare OID is accepted too
     launch = parse_launch(form.items())
     assert launch.informed is False and launch.ins_oid == INS_OID
+    # The access token a launch may carry is this box's extension: not an ANS field, not refused.
+    assert parse_launch({**LAUNCH_FORM, "access_token": "t"}.items()).ins == INS
 
 
 def test_corsican_ins_uses_19_and_18_for_the_key() -> None:
@@ -68,8 +96,8 @@ def test_corsican_ins_uses_19_and_18_for_the_key() -> None:
 
 
 @pytest.mark.parametrize("name", ["Patient.identifier.value", "Patient.identifier.system", "Patient.name.family",
-                                  "Patient.name.given", "Patient.gender", "Patient.birthDate",
-                                  "InformationEtConsentement"])  # fmt: skip
+                                  "Patient.name.given", "Patient.gender", "Patient.birthDate", "Address.district",
+                                  "InformationEtConsentement", "PatientID", "PatientIDIssuer"])  # fmt: skip
 def test_each_required_field_is_named_when_missing(name: str) -> None:
     form = dict(LAUNCH_FORM)
     form.pop(name)
@@ -103,6 +131,9 @@ def test_each_required_field_is_named_when_missing(name: str) -> None:
         ("AnatomicRegion", "tête", "a code"),
         ("AnatomicRegion", "774007^^SNOMED", "must be an OID"),
         ("Situation", "a\nb", "control characters"),
+        ("Address.district", "5" * 65, "longer than 64"),
+        ("PatientID", "IPP\x00101", "control characters"),
+        ("PatientIDIssuer", "x" * 65, "longer than 64"),
     ],
 )
 def test_each_invalid_field_is_named_with_its_problem(field: str, value: str, message: str) -> None:
@@ -113,7 +144,7 @@ def test_each_invalid_field_is_named_with_its_problem(field: str, value: str, me
 def test_issuer_without_accession_and_conflicting_duplicates_are_refused() -> None:
     assert "without an AccessionNumber" in problems({**LAUNCH_FORM, "AccessionNumberIssuer": "1.2.3"})[
         "AccessionNumberIssuer"]  # fmt: skip
-    form = [*LAUNCH_FORM.items(), ("patient.gender", "male")]
+    form = [*LAUNCH_FORM.items(), ("Patient.gender", "male")]
     with pytest.raises(fields.InvalidFields) as info:
         parse_launch(form)
     assert dict(info.value.problems) == {"Patient.gender": "is given twice with different values"}

@@ -14,6 +14,7 @@ from authlib.oidc.core.util import create_half_hash
 from authlib.oidc.discovery import OpenIDProviderMetadata
 from joserfc import jwt
 
+from drimbox.auth.professional import Professional
 from drimbox.config import ConfigError
 from drimbox.sim.psc_professionals import Directory
 from tests.test_sim_psc_support import (
@@ -23,6 +24,7 @@ from tests.test_sim_psc_support import (
     RADIOLOGIST,
     REDIRECT_URI,
     SECRETARY,
+    TWO_SITUATIONS,
     introspect,
     log_in,
     login_page_id,
@@ -78,7 +80,7 @@ async def test_code_flow_with_pkce_gives_tokens_that_verify_against_the_jwks(tmp
 async def test_userinfo_has_the_psc_shape_for_each_kind_of_professional(tmp_path: Path) -> None:
     async with running_psc(tmp_path) as psc:
         infos = {}
-        for who in (RADIOLOGIST, GP, NURSE, SECRETARY):
+        for who in (RADIOLOGIST, GP, NURSE, SECRETARY, TWO_SITUATIONS):
             _, token = await asyncio.to_thread(log_in, psc, who)
             response = await asyncio.to_thread(userinfo, psc, token["access_token"])
             assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
@@ -99,6 +101,15 @@ async def test_userinfo_has_the_psc_shape_for_each_kind_of_professional(tmp_path
     assert infos[GP]["SubjectRefPro"]["exercices"][0]["activities"][0]["codeModeExercice"] == "L"
     nurse = infos[NURSE]["SubjectRefPro"]["exercices"][0]
     assert nurse["codeProfession"] == "60" and len(nurse["activities"]) == 2
+    # Two situations as PSC gives them: the top level names the first (its technical id), the box must choose.
+    durand = infos[TWO_SITUATIONS]
+    assert [(a["ancienIdentifiantDeLaStructure"], a["codeSecteurDactivite"])
+            for a in durand["SubjectRefPro"]["exercices"][0]["activities"]] == [
+        ("410003456789001", "SA08"), ("1690000019", "SA01")]  # fmt: skip
+    assert (durand["SubjectOrganizationID"], durand["Secteur_Activite"]) == ("R10000345678", "SA08^1.2.250.1.71.4.2.4")
+    pro = Professional.from_claims(durand)
+    assert pro.must_choose and [s.structure_id for s in pro.situations] == ["410003456789001", "1690000019"]
+    assert Professional.from_claims(radiologist).structure_id == "101235555"
     secretary = infos[SECRETARY]
     assert secretary["SubjectRole"] == [] and secretary["SubjectRefPro"]["exercices"][0]["codeProfession"] == ""
 

@@ -24,6 +24,7 @@ from drimbox.sim import build_sim_app
 CLIENT_ID, CLIENT_SECRET = "drimbox", "drimbox-secret"
 REDIRECT_URI = "http://127.0.0.1:9/auth/callback"  # never contacted: the tests read the Location header
 RADIOLOGIST, GP, NURSE, SECRETARY = "801234560801", "801234567897", "810001234566", "3101235555/SEC0001"
+TWO_SITUATIONS = "810003456789"  # a radiologist with a practice and a hospital situation
 SCOPE = "openid scope_all"
 
 

@@ -23,6 +23,7 @@ from drimbox.auth.launch import OtherProfessional, launch_token_middleware
 from drimbox.auth.oidc import OidcClient, OidcError, TokenSet
 from drimbox.auth.professional import Professional
 from drimbox.auth.session import PendingLogin, Session, SessionStore
+from drimbox.auth.situation import situation_routes
 from drimbox.auth.tokens import BearerTokenChecker
 from drimbox.config import Settings
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # The session looked up once per request, however many helpers ask.
 _REQUEST_KEY = web.RequestKey[Session | None]("drimbox_auth_session")
+# The session a launch token opened during this request (its cookie only reaches the browser with the answer).
+_NEW_SESSION_KEY = web.RequestKey[str]("drimbox_auth_new_session")
 _SAFE_CODE = re.compile(r"[^A-Za-z0-9_.-]")
 MAX_NEXT = 2048
 
@@ -81,6 +84,7 @@ class AuthGate:
             web.post("/auth/logout", self._logout),
             web.get("/auth/logged-out", self._logged_out),
             web.get("/auth/me", self._me),
+            *situation_routes(self),
         ]
 
     async def close(self) -> None:
@@ -97,6 +101,12 @@ class AuthGate:
     async def current_professional(self, request: web.Request) -> Professional | None:
         session = await self._session(request)
         return session.professional if session else None
+
+    async def update_professional(self, request: web.Request, professional: Professional) -> None:
+        """The request's session now stands for `professional` (the same person in another practice situation)."""
+        session_id = request.get(_NEW_SESSION_KEY) or request.cookies.get(self.cookie, "")
+        await self.sessions.update_professional(session_id, professional)
+        request[_REQUEST_KEY] = None
 
     async def require_professional(self, request: web.Request, next: str | None = None) -> Professional:
         """The logged-in professional, or a 303 to the login page that comes back to `next`."""
@@ -176,6 +186,7 @@ class AuthGate:
         session_id = await self.sessions.create(professional, tokens, not_after=expires_at)
         # This request already counts as logged in (its handler asks current_professional next).
         request[_REQUEST_KEY] = await self.sessions.get(session_id)
+        request[_NEW_SESSION_KEY] = session_id
         request[CSRF_TOKEN] = token_for(session_id)
         log.info("login by launch token: professional %s", _masked(professional.id))
         return professional, session_id

@@ -146,6 +146,16 @@ class SessionStore:
 
         await self._db.acall(_update)
 
+    async def update_professional(self, session_id: str, professional: Professional) -> None:
+        """The session's professional replaced (the same person, in the practice situation they chose)."""
+        key = _hash(session_id)
+
+        def _update(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE sessions SET professional = ? WHERE id_hash = ?",
+                         (json.dumps(professional.to_json()), key))  # fmt: skip
+
+        await self._db.acall(_update)
+
     async def delete(self, session_id: str) -> Session | None:
         """End a session (logout); returns it so its tokens can be revoked, or None if there was none."""
         session = await self.get(session_id)

@@ -26,6 +26,9 @@ class ProfessionalLike(Protocol):
     def specialty_code(self) -> str | None: ...  # e.g. SM26, scheme 1.2.250.1.71.4.2.5
 
     @property
+    def sector_code(self) -> str | None: ...  # the practice situation's activity sector, "SA07^1.2.250.1.71.4.2.4"
+
+    @property
     def structure_id(self) -> str | None: ...  # the practice situation's structure, else [dmp] structure_id
 
     @property

@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from drimbox.auth import situation
 from drimbox.auth.professional import Professional
 from drimbox.auth.routes import AuthGate, safe_next
 
@@ -38,6 +39,10 @@ class GateProfessional:
         return self.professional.specialty or None
 
     @property
+    def sector_code(self) -> str | None:
+        return self.professional.sector or None
+
+    @property
     def structure_id(self) -> str | None:
         return self.professional.structure_id or None
 
@@ -62,3 +67,14 @@ class GateAuth:
 
     async def access_token(self, request: web.Request) -> str | None:
         return await self.gate.access_token(request)
+
+    async def must_choose(self, request: web.Request) -> bool:
+        professional = await self.gate.current_professional(request)
+        return professional is not None and professional.must_choose
+
+    async def use_situation(self, request: web.Request, structure_id: str) -> bool:
+        return await situation.choose(self.gate, request, structure_id) is not None
+
+    def situation_url(self, next_path: str, *, unknown: bool = False) -> str:
+        url = situation.situation_url(safe_next(next_path) or "/")
+        return url + "&unknown=1" if unknown else url

@@ -11,14 +11,21 @@ from typing import Any
 from drimbox.consumer import fields
 from drimbox.consumer.lookup import ExamFilters, PatientRef
 
-# The ANS reference DRIMbox reads field names case-insensitively; so do we. Name → canonical spelling.
+# The ANS form's field names, case-sensitive as the ANS contextual-call test server compares them
+# (ansforge/DRIM-M_DRIMbox TestServer-AppelContextuel ParameterList.java: mandatory, then optional).
 REQUIRED = ("Patient.identifier.value", "Patient.identifier.system", "Patient.name.family", "Patient.name.given",
-            "Patient.gender", "Patient.birthDate", "InformationEtConsentement")  # fmt: skip
+            "Patient.gender", "Patient.birthDate", "Address.district", "InformationEtConsentement", "PatientID",
+            "PatientIDIssuer")  # fmt: skip
 OPTIONAL = ("StudyInstanceUID", "AccessionNumber", "AccessionNumberIssuer", "Modality", "StudyDate",
             "AnatomicRegion", "Situation")  # fmt: skip
-# [unsure] The older name of the consent field; read with the same meaning (informed and not objecting).
+# The consent field's older name (the reference backend's ParameterListAPI.java still reads it): same meaning,
+# read when the new one is absent. Every other name outside the form is refused, as the ANS test server does.
 OLD_CONSENT = "InformationEtOppositionConsultation"
-_CANONICAL = {name.lower(): name for name in (*REQUIRED, *OPTIONAL, OLD_CONSENT)}
+# Not an ANS field: the professional's PSC access token a launch may carry (drimbox.auth.launch reads it).
+EXTENSIONS = ("access_token",)
+_KNOWN = frozenset((*REQUIRED, *OPTIONAL, OLD_CONSENT, *EXTENSIONS))
+# A name that differs only by case is refused with its exact spelling: older DPIs lower-cased the names.
+_SPELLING = {name.lower(): name for name in (*REQUIRED, *OPTIONAL, OLD_CONSENT)}
 # FHIR AdministrativeGender, and the HL7 v2 / DICOM letters some RIS send.
 GENDERS = {"male": "male", "female": "female", "other": "other", "unknown": "unknown",
            "m": "male", "f": "female", "o": "other", "u": "unknown"}  # fmt: skip
@@ -38,7 +45,12 @@ class Launch:
     birth_date: str  # YYYY-MM-DD
     informed: bool  # informed and not objecting: TD0.3 may be declared; false = opposition (consumer/access.py)
     filters: ExamFilters = field(default_factory=ExamFilters)
-    situation: str = ""  # the practice situation the software names (shown; the VIHF uses the login's)
+    # The practice situation the software runs in: a structure id (PSC ancienIdentifiantDeLaStructure) that selects
+    # the professional's situation, hence the VIHF's structure and sector (consumer/situation.py).
+    situation: str = ""
+    district: str = ""  # Address.district: the patient's place of birth (INSEE code), an INS trait; kept, not shown
+    patient_id: str = ""  # PatientID: the patient's local id (IPP) in the software's structure
+    patient_id_issuer: str = ""  # PatientIDIssuer: who assigned it (an OID or a structure id)
 
     @property
     def patient(self) -> PatientRef:
@@ -56,14 +68,18 @@ class Launch:
         return cls(**values)
 
 
-def _canonical(form: Iterable[tuple[str, str]]) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Field values by canonical name; a field sent twice with different values is a problem."""
+def _fields(form: Iterable[tuple[str, str]]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Field values by name; an unknown name, or a field sent twice with different values, is a problem."""
     values: dict[str, str] = {}
     problems: list[tuple[str, str]] = []
-    for raw_name, value in form:
-        name = _CANONICAL.get(raw_name.strip().lower())
-        if name is None:
-            continue  # other fields (Address.district, PatientID, ...) do not concern the exam list
+    for name, value in form:
+        if name not in _KNOWN:
+            spelled = _SPELLING.get(name.strip().lower())
+            # Names are echoed (escaped by the pages), never values; an odd name is not repeated at all.
+            shown = name if name.isascii() and name.isprintable() and 0 < len(name) <= 64 else "(a field)"
+            why = "is not a field of the ANS launch form"
+            problems.append((shown, f"{why}: it is spelled {spelled}" if spelled else why))
+            continue
         if name in values and values[name] != value:
             problems.append((name, "is given twice with different values"))
         values[name] = value
@@ -106,7 +122,7 @@ def _birth_date(value: str) -> str:
 
 def parse_launch(form: Iterable[tuple[str, str]]) -> Launch:
     """Check every field of the form; InvalidFields names each missing or wrong one, in form order."""
-    values, problems = _canonical(form)
+    values, problems = _fields(form)
     if "InformationEtConsentement" not in values and OLD_CONSENT in values:
         values["InformationEtConsentement"] = values[OLD_CONSENT]
     checked: dict[str, Any] = {}
@@ -135,7 +151,10 @@ def parse_launch(form: Iterable[tuple[str, str]]) -> Launch:
     read("Modality", fields.modalities)
     read("StudyDate", fields.parse_date_range)
     read("AnatomicRegion", fields.coded)
-    read("Situation", fields.text)
+    read("Situation", lambda v: fields.text(v, 64))
+    read("Address.district", lambda v: fields.text(v, 64))
+    read("PatientID", lambda v: fields.text(v, 64))
+    read("PatientIDIssuer", lambda v: fields.text(v, 64))
     if (
         "AccessionNumberIssuer" in checked
         and "AccessionNumber" not in checked
@@ -164,4 +183,7 @@ def parse_launch(form: Iterable[tuple[str, str]]) -> Launch:
         informed=checked["InformationEtConsentement"],
         filters=filters,
         situation=checked.get("Situation", ""),
+        district=checked["Address.district"],
+        patient_id=checked["PatientID"],
+        patient_id_issuer=checked["PatientIDIssuer"],
     )

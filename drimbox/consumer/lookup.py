@@ -166,7 +166,7 @@ def professional_identity(settings: Settings, pro: ProfessionalLike) -> VihfIden
         professional_name=name,
         roles=roles,
         structure_id=pro.structure_id or d.structure_id,
-        secteur_activite=d.secteur_activite,
+        secteur_activite=pro.sector_code or d.secteur_activite,
         lps_id=d.lps_id,
         lps_name=d.lps_name,
         lps_version=d.lps_version,

@@ -17,7 +17,7 @@ from drimbox.audit.events import AUDIT, SUCCESS, MemoryAudit, client_address
 from drimbox.audit.request import audit_request, outcome_for, patient_name
 from drimbox.auth.csrf import hidden_field, logout_form
 from drimbox.config import Settings
-from drimbox.consumer import access_pages, fields, pages
+from drimbox.consumer import access_pages, fields, pages, situation
 from drimbox.consumer.access import AccessIntent, AccessRules, emergency_request
 from drimbox.consumer.access_store import AccessStore
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
@@ -124,7 +124,7 @@ async def post_launch(request: web.Request) -> web.Response:
     if await ctx.auth.current_professional(request) is None:
         # After login the browser GETs the stored launch: nothing is posted twice.
         _see_other(ctx.auth.login_url(f"/conso/launches/{launch_id}"))
-    _see_other(exams_url(launch, launch_id))
+    await _go_to_list(request, ctx, launch, launch_id)
 
 
 async def get_launch(request: web.Request) -> web.Response:
@@ -137,7 +137,15 @@ async def get_launch(request: web.Request) -> web.Response:
     if data is None:
         return _html(pages.error_page("Launch expired", "This launch is unknown or has expired: open the patient's "
                                       "images again from your software."), 404)  # fmt: skip
-    _see_other(exams_url(Launch.from_json(data), launch_id))
+    await _go_to_list(request, ctx, Launch.from_json(data), launch_id)
+
+
+async def _go_to_list(request: web.Request, ctx: ConsumerContext, launch: Launch, launch_id: str) -> NoReturn:
+    """The launch's Situation put in use (the software knows where the doctor works), then the list, or the
+    choice of situation first when the professional has several and the launch named none of theirs."""
+    theirs = await situation.apply_launch(request, ctx.auth, launch.situation)
+    target = exams_url(launch, launch_id)
+    _see_other(await situation.choice_needed(request, ctx.auth, target, unknown=not theirs) or target)
 
 
 async def _list_request(request: web.Request, ctx: ConsumerContext) -> ListRequest:
@@ -179,6 +187,9 @@ async def _page_request(request: web.Request) -> tuple[ConsumerContext, Professi
     pro = await ctx.auth.current_professional(request)
     if pro is None:
         _see_other(ctx.auth.login_url(request.path_qs))
+    choice = await situation.choice_needed(request, ctx.auth, request.path_qs)
+    if choice is not None:
+        _see_other(choice)
     try:
         return ctx, pro, await _list_request(request, ctx)
     except fields.InvalidFields as exc:
@@ -243,6 +254,10 @@ async def _api_professional(request: web.Request, ctx: ConsumerContext) -> Profe
     if pro is None:
         body = {"error": "not logged in", "reason": "login_required", "login_url": ctx.auth.login_url(request.path_qs)}
         raise web.HTTPUnauthorized(text=json.dumps(body), content_type="application/json", headers=_PRIVATE)
+    choice = await situation.choice_needed(request, ctx.auth, request.path_qs)
+    if choice is not None:
+        body = {"error": "choose your practice situation first", "reason": "situation_required", "situation_url": choice}
+        raise web.HTTPConflict(text=json.dumps(body), content_type="application/json", headers=_PRIVATE)
     return pro
 
 

@@ -99,6 +99,23 @@ BUILT_IN: tuple[Professional, ...] = (
             _AMBROISE,
         ),
     ),
+    # A radiologist who works both in her own practice and at a hospital: two practice situations, as PSC lists them
+    # (ancienIdentifiantDeLaStructure "4" + RPPS + rank for the practice, "1" + FINESS for the hospital, as in the
+    # bac à sable's userinfo), so the box has to ask which one she consults in, or take the launch's Situation.
+    Professional(
+        national_id="810003456789", family_name="DURAND", given_name="Claire", civility="MME", practice_civility="DR",
+        profession="10", specialty_type="S", specialty="SM44",
+        situations=(
+            PracticeSituation(
+                structure_id="410003456789001", structure_name="Cabinet d'imagerie du Dr DURAND", activity_sector="SA08",
+                technical_id="R10000345678", mode="L", siret="81234567800026", postal_code="69003", city="LYON",
+            ),
+            PracticeSituation(
+                structure_id="1690000019", structure_name="Centre hospitalier simulé de Lyon", activity_sector="SA01",
+                technical_id="F690000019", finess="690000019", postal_code="69004", city="LYON",
+            ),
+        ),
+    ),
     # A medical secretary: known to the structure (CPE-style id "3" + FINESS + "/" + local id), no RPPS profession.
     Professional(
         national_id="3101235555/SEC0001", family_name="MARTIN", given_name="Julie", civility="MME", category="",

@@ -194,7 +194,8 @@ def test_report_link_answers_a_redirect_or_an_error_page(box: int, params: list[
 GOOD_FORM = {
     "Patient.identifier.value": "279035121518989", "Patient.identifier.system": "1.2.250.1.213.1.4.10",
     "Patient.name.family": "PAT-TROIS", "Patient.name.given": "DOMINIQUE", "Patient.gender": "female",
-    "Patient.birthDate": "1979-03-28", "InformationEtConsentement": "true",
+    "Patient.birthDate": "1979-03-28", "InformationEtConsentement": "true", "Address.district": "51215",
+    "PatientID": "IPP101", "PatientIDIssuer": "1.2.250.1.213.4.5.2.4",
 }  # fmt: skip
 FORM_VALUES = st.one_of(st.sampled_from([
     "", " ", "²", "١٢٣", "1" * 200, "a" * 5000, "1979-02-30", "0000-00-00", "9999-12-31", "19790328", "2024-01-01/2023-01-01",

@@ -34,7 +34,10 @@ LAUNCH_FORM = {
     "Patient.name.given": "DOMINIQUE",
     "Patient.gender": "female",
     "Patient.birthDate": "1979-03-28",
+    "Address.district": "51215",
     "InformationEtConsentement": "true",
+    "PatientID": "IPP101",
+    "PatientIDIssuer": "1.2.250.1.213.4.5.2.4",
 }
 
 
@@ -47,6 +50,7 @@ class Pro:
     given: str | None = "Stéphane"
     profession_code: str | None = "10"
     specialty_code: str | None = "SM26"
+    sector_code: str | None = None
     structure_id: str | None = "1750000001"
     structure_name: str | None = "Cabinet du Dr Medioni"
 

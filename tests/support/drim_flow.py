@@ -117,6 +117,7 @@ class Doctor:
     given: str | None = "Stéphane"
     profession_code: str | None = "10"
     specialty_code: str | None = "SM26"
+    sector_code: str | None = None
     structure_id: str | None = None
     structure_name: str | None = None
 

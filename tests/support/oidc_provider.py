@@ -28,7 +28,8 @@ USERS: dict[str, dict[str, Any]] = {
                 "codeProfession": "10",
                 "codeSavoirFaire": "SM44",
                 "activities": [{"raisonSocialeSite": "CABINET RADIOLOGIE TEST", "numeroFinessSite": "010000024",
-                                "codeSecteurDActivite": "SA07"}],
+                                "identifiantTechniqueDeLaStructure": "F010000024",
+                                "ancienIdentifiantDeLaStructure": "1010000024", "codeSecteurDactivite": "SA07"}],
             }]
         },
     },
