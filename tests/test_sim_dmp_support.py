@@ -353,7 +353,7 @@ def add_signature(
     if kos is not None and ss is not None:
         # Build the signature's metadata the way the box does, from a minimal entry carrying the KOS's context.
         scratch = etree.Element(f"{{{ns.RIM}}}RegistryObjectList")
-        metadata._signature_entry(scratch, sig, _context_entry(kos), _context_submission(ss))
+        metadata.signature_entry(scratch, sig, _context_entry(kos), _context_submission(ss))
         rol.append(scratch[0])
     for kind, source, target in ((ns.ASSOC_HAS_MEMBER, ss_id, "Signature01"),
                                  (metadata.ASSOC_SIGNS, "Signature01", ss_id)):  # fmt: skip

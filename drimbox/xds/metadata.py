@@ -391,7 +391,7 @@ def _document_entry(rol: etree._Element, e: KosDocumentEntry, sha1: str, size: i
     _external_id(eo, ns.DE_UNIQUE_ID, e.unique_id, "XDSDocumentEntry.uniqueId", lang)
 
 
-def _signature_entry(rol: etree._Element, sig: SubmissionSignature, e: KosDocumentEntry, ss: SubmissionSet) -> None:
+def signature_entry(rol: etree._Element, sig: SubmissionSignature, e: KosDocumentEntry, ss: SubmissionSet) -> None:
     """The signature's DocumentEntry: its own codes, the KOS's patient, author, setting and visibility."""
     if len(sig.unique_id) > 64 or not _OID.match(sig.unique_id):
         raise MetadataError("the signature's XDSDocumentEntry.uniqueId must be an OID of at most 64 characters")
@@ -451,7 +451,7 @@ def build_provide_and_register(
     _association(rol, ns.ASSOC_HAS_MEMBER, submission.entry_uuid, entry.entry_uuid,
                  {"SubmissionSetStatus": "Original"})  # fmt: skip
     if signature is not None:
-        _signature_entry(rol, signature, entry, submission)
+        signature_entry(rol, signature, entry, submission)
         _association(rol, ns.ASSOC_HAS_MEMBER, submission.entry_uuid, signature.entry_uuid,
                      {"SubmissionSetStatus": "Original"})  # fmt: skip
         _association(rol, ASSOC_SIGNS, signature.entry_uuid, submission.entry_uuid,
