@@ -167,7 +167,7 @@ class Box:
                 senders=senders, audit=thread_audit,
             )
             links = ReportLinks(s.auth, s.box.public_url)
-            app.add_routes(publications_routes(self.outbox, links))
+            app.add_routes(publications_routes(self.outbox, links, s))
             intake = ReportIntake(self.outbox, on_accepted=self.worker.wake)
             self.mllp = MllpServer(
                 s.mllp.host, s.mllp.port, handler=intake,

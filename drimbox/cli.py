@@ -1,4 +1,4 @@
-"""The `drimbox` command: serve, sim, check, publish, link, demo, audit."""
+"""The `drimbox` command: serve, sim, check, publish, link, xdm, demo, audit."""
 
 from __future__ import annotations
 
@@ -94,6 +94,31 @@ def cmd_link(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_xdm(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from drimbox.state.outbox import Outbox
+    from drimbox.xdm.export import ExportError, export_study
+
+    settings = _settings(args)
+    _setup_logging("WARNING")
+    if not all(c in "0123456789." for c in args.study) or not 0 < len(args.study) <= 64:
+        print("drimbox xdm export: --study must be a DICOM UID (digits and dots, at most 64)", file=sys.stderr)
+        return 2
+    outbox = Outbox(settings.var_path / "drimbox.sqlite")
+    try:
+        package = _run(export_study(settings, outbox, args.study))
+    except ExportError as exc:
+        print(f"drimbox xdm export: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        outbox.close()
+    out = Path(args.out or f"XDM_{args.study}.zip")
+    out.write_bytes(package)
+    print(f"{out}: {len(package)} bytes")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from drimbox.demo import run_demo
 
@@ -139,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accession", default="", help="accession number")
     p.add_argument("--cda", default="", help="the report's CDA document id")
     p.set_defaults(func=cmd_link)
+    p = sub.add_parser("xdm", help="IHE XDM packages of published exams")
+    xdm_sub = p.add_subparsers(dest="xdm_command", required=True)
+    export = with_config(xdm_sub.add_parser("export", help="write the XDM ZIP of a study's live KOS"))
+    export.add_argument("--study", required=True, help="Study Instance UID")
+    export.add_argument("--out", help="file to write (default XDM_<study>.zip in the current directory)")
+    export.set_defaults(func=cmd_xdm)
     p = sub.add_parser("demo", help="the whole mesh on loopback: simulator, Orthanc, source and consumer boxes")
     add_demo_arguments(p)
     p.set_defaults(func=cmd_demo)

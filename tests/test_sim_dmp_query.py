@@ -74,9 +74,11 @@ def adhoc(
 
 
 def base(**params: str | list[str]) -> dict[str, str | list[str]]:
+    """The patient's approved manifests: the format code leaves out each submission's signature entry."""
     return {
         "XDSDocumentEntryPatientId": f"'{PATIENT}'",
         "XDSDocumentEntryStatus": f"('{ns.STATUS_APPROVED}')",
+        "XDSDocumentEntryFormatCode": f"('{ns.KOS_FORMAT_CODE[0]}^^{ns.KOS_FORMAT_CODE[1]}')",
         **params,
     }
 

@@ -10,7 +10,7 @@ import pytest
 from lxml import etree
 
 from drimbox.sim import DMP_REPOSITORY_UNIQUE_ID
-from drimbox.xds import mtom
+from drimbox.xds import mtom, signature
 from drimbox.xds import namespaces as ns
 from tests.test_sim_dmp_support import (
     ANS_SAMPLES,
@@ -22,6 +22,7 @@ from tests.test_sim_dmp_support import (
     Submission,
     build_vihf,
     classification,
+    default_credentials,
     entry,
     find1,
     make_kos,
@@ -344,7 +345,12 @@ async def test_ans_sample_with_slot_order_fixed_is_accepted(tmp_path: Path) -> N
     envelope = etree.fromstring(sample.read_bytes())
     ans_patient = "162018885045327"
     kos_uid = "1.3.2.751468943.3.1234.16461.231103161723.1.1.1"
-    documents = {"DocumentKOS": make_kos(kos_uid, ans_patient), "Signature01": b"<Signature/>"}
+    kos = make_kos(kos_uid, ans_patient)
+    # The sample's signature document is not published: ours signs the sample's submission set and KOS.
+    creds = default_credentials()
+    sig = signature.sign_submission(creds.key, creds.cert, "Signature01", "1.2.250.1.999.1.1.8121.7.7153",
+                                    [signature.SignedDocument(kos_uid, kos)])  # fmt: skip
+    documents = {"DocumentKOS": kos, "Signature01": sig}
     for eo in envelope.iterfind(".//rim:ExtrinsicObject", NSMAP):
         misplaced = slot(eo, "urn:ihe:iti:xds:2013:referenceIdList")
         eo.remove(misplaced)
@@ -360,7 +366,8 @@ async def test_ans_sample_with_slot_order_fixed_is_accepted(tmp_path: Path) -> N
     async with running_sim(tmp_path, patients=[INS, ans_patient]) as sim:
         reply = await sim.post("/dmp/repository", envelope, attachments)
         assert reply.status_type == "Success", reply.errors()
-        registered = {d["uniqueId"]: d for d in await sim.documents(ans_patient)}
+        registered = {d["uniqueId"]: d for d in await sim.documents(ans_patient, signatures=True)}
+        assert [d["uniqueId"] for d in await sim.documents(ans_patient)] == [kos_uid]
     assert set(registered) == {kos_uid, "1.2.250.1.999.1.1.8121.4.4944"}
     assert registered[kos_uid]["mimeType"] == "application/dicom"
     assert registered["1.2.250.1.999.1.1.8121.4.4944"]["typeCode"]["code"] == "E1762"

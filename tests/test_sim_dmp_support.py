@@ -31,7 +31,7 @@ from signxml.signer import XMLSigner
 from conformance.ans import ANS_DATA
 from drimbox.config import Settings
 from drimbox.sim import DMP_REPOSITORY_UNIQUE_ID, DmpOptions, build_sim_app
-from drimbox.xds import mtom
+from drimbox.xds import metadata, mtom, signature
 from drimbox.xds import namespaces as ns
 
 FIXTURES = Path(__file__).parent / "fixtures" / "xds"
@@ -310,6 +310,95 @@ def inline(sub: Submission) -> etree._Element:
     return envelope
 
 
+SIGNATURE_CID = "signature@drimbox.test"
+
+
+def add_signature(
+    envelope: etree._Element, attachments: list[mtom.Attachment] | None, *, credentials: Credentials | None = None
+) -> tuple[etree._Element, list[mtom.Attachment] | None]:
+    """The ITI-41 as the DMP wants it: plus a signature entry over its documents as they stand now (a copy).
+
+    Signing at send time lets a test alter the request first and still see only the error it is about.
+    """
+    request = envelope.find(f".//{{{ns.XDSB}}}ProvideAndRegisterDocumentSetRequest")
+    if request is None or any(
+        c.get("nodeRepresentation") == "E1762" for c in envelope.iterfind(".//rim:Classification", NSMAP)
+    ):
+        return envelope, attachments
+    envelope = copy.deepcopy(envelope)
+    request = find1(envelope, ".//xdsb:ProvideAndRegisterDocumentSetRequest")
+    by_cid = {a.content_id: a.data for a in attachments or []}
+    data: dict[str, bytes] = {}
+    for doc in request.iterfind("xdsb:Document", NSMAP):
+        inc = doc.find("xop:Include", NSMAP)
+        if inc is not None and inc.get("href", "")[4:] in by_cid:
+            data[doc.get("id", "")] = by_cid[inc.get("href", "")[4:]]
+        elif inc is None and doc.text:
+            data[doc.get("id", "")] = base64.b64decode(doc.text)
+    rol = find1(request, "lcm:SubmitObjectsRequest/rim:RegistryObjectList")
+    ss = rol.find("rim:RegistryPackage", NSMAP)
+    ss_id, ss_uid = (ss.get("id", ""), "") if ss is not None else ("", "")
+    for ei in rol.iterfind(".//rim:ExternalIdentifier", NSMAP):
+        if ei.get("identificationScheme") == ns.SS_UNIQUE_ID:
+            ss_uid = ei.get("value", "")
+    signed = []
+    for eo in rol.iterfind("rim:ExtrinsicObject", NSMAP):
+        uid = next((ei.get("value", "") for ei in eo.iterfind("rim:ExternalIdentifier", NSMAP)
+                    if ei.get("identificationScheme") == ns.DE_UNIQUE_ID), "")  # fmt: skip
+        signed.append(signature.SignedDocument(uid, data.get(eo.get("id", ""), b"")))
+    creds = credentials or default_credentials()
+    xml = signature.sign_submission(creds.key, creds.cert, "sig-test", ss_uid, signed)
+    sig = metadata.SubmissionSignature(f"1.2.250.1.999.1.1.5.{uuid.uuid4().int % 10**12}", xml, "Signature01")
+    kos = rol.find("rim:ExtrinsicObject", NSMAP)
+    if kos is not None and ss is not None:
+        # Build the signature's metadata the way the box does, from a minimal entry carrying the KOS's context.
+        scratch = etree.Element(f"{{{ns.RIM}}}RegistryObjectList")
+        metadata.signature_entry(scratch, sig, _context_entry(kos), _context_submission(ss))
+        rol.append(scratch[0])
+    for kind, source, target in ((ns.ASSOC_HAS_MEMBER, ss_id, "Signature01"),
+                                 (metadata.ASSOC_SIGNS, "Signature01", ss_id)):  # fmt: skip
+        assoc = etree.SubElement(rol, f"{{{ns.RIM}}}Association", id=f"as-{kind[-7:]}-sig", associationType=kind,
+                                 sourceObject=source, targetObject=target)  # fmt: skip
+        status = etree.SubElement(assoc, f"{{{ns.RIM}}}Slot", name="SubmissionSetStatus")
+        etree.SubElement(etree.SubElement(status, f"{{{ns.RIM}}}ValueList"), f"{{{ns.RIM}}}Value").text = "Original"
+    doc = etree.SubElement(request, f"{{{ns.XDSB}}}Document", id="Signature01")
+    if attachments is None:
+        doc.text = base64.b64encode(xml).decode("ascii")
+        return envelope, None
+    etree.SubElement(doc, f"{{{ns.XOP}}}Include", href=f"cid:{SIGNATURE_CID}")
+    return envelope, [*attachments, mtom.Attachment(SIGNATURE_CID, xml, "text/xml")]
+
+
+def _values(obj: etree._Element, name: str) -> list[str]:
+    return [v.text or "" for s in obj.iterfind("rim:Slot", NSMAP) if s.get("name") == name
+            for v in s.iterfind("rim:ValueList/rim:Value", NSMAP)]  # fmt: skip
+
+
+def _context_entry(kos: etree._Element) -> metadata.KosDocumentEntry:
+    def code(scheme: str, default: metadata.Code) -> metadata.Code:
+        for c in kos.iterfind("rim:Classification", NSMAP):
+            if c.get("classificationScheme") == scheme:
+                return metadata.Code(c.get("nodeRepresentation", ""), (_values(c, "codingScheme") or [""])[0])
+        return default
+
+    patient = next((ei.get("value", "") for ei in kos.iterfind("rim:ExternalIdentifier", NSMAP)
+                    if ei.get("identificationScheme") == ns.DE_PATIENT_ID), PATIENT)  # fmt: skip
+    return metadata.KosDocumentEntry(
+        unique_id="1.2.3", patient_id=patient or PATIENT, source_patient_id=patient, source_patient_info=[],
+        creation_time="20260101", service_start="20260101", author=metadata.Author(),
+        healthcare_facility_type=code(ns.DE_HEALTHCARE_FACILITY_TYPE_CODE, metadata.Code("SA07", "1.2.250.1.71.4.2.4")),
+        practice_setting=code(ns.DE_PRACTICE_SETTING_CODE, metadata.Code("AMBULATOIRE", "1.2.250.1.213.1.1.4.9")),
+    )  # fmt: skip
+
+
+def _context_submission(ss: etree._Element) -> metadata.SubmissionSet:
+    return metadata.SubmissionSet(
+        unique_id="1.2.3", source_id="1.2.3", submission_time=(_values(ss, "submissionTime") or ["20260101"])[0],
+        author=metadata.Author(person="801234560801^BIDEAULT^Jean^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS"),
+        patient_id=PATIENT,
+    )
+
+
 # -- running the simulator -----------------------------------------------------------------------
 
 
@@ -367,6 +456,7 @@ class Sim:
         *,
         as_mtom: bool = True,
         content_type: str | None = None,
+        sign: bool = True,
     ) -> Reply:
         body = (
             envelope
@@ -374,6 +464,10 @@ class Sim:
             else etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
         )
         action = "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b"
+        if sign and isinstance(envelope, etree._Element):
+            envelope, signed = add_signature(envelope, attachments if as_mtom and content_type is None else None)
+            attachments = signed if signed is not None else attachments
+            body = etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
         if as_mtom and content_type is None:
             content_type, body = mtom.encode(body, attachments or [], action)
         headers = {"Content-Type": content_type or "application/soap+xml; charset=UTF-8"}
@@ -382,13 +476,14 @@ class Sim:
         message = mtom.decode(resp.headers.get("Content-Type", ""), raw)
         return Reply(resp.status, etree.fromstring(message.envelope), message.attachments, resp.headers["Content-Type"])
 
-    async def submit(self, sub: Submission, *, as_mtom: bool = True) -> Reply:
+    async def submit(self, sub: Submission, *, as_mtom: bool = True, sign: bool = True) -> Reply:
         if as_mtom:
-            return await self.post("/dmp/repository", sub.envelope, sub.documents())
-        return await self.post("/dmp/repository", inline(sub), as_mtom=False)
+            return await self.post("/dmp/repository", sub.envelope, sub.documents(), sign=sign)
+        return await self.post("/dmp/repository", inline(sub), as_mtom=False, sign=sign)
 
-    async def documents(self, patient: str = INS) -> list[dict[str, Any]]:
-        resp = await self.client.get("/sim/dmp/documents", params={"patient": patient})
+    async def documents(self, patient: str = INS, *, signatures: bool = False) -> list[dict[str, Any]]:
+        params = {"patient": patient, **({"signatures": "1"} if signatures else {})}
+        resp = await self.client.get("/sim/dmp/documents", params=params)
         assert resp.status == 200, await resp.text()
         result: list[dict[str, Any]] = await resp.json()
         return result

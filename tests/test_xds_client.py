@@ -163,6 +163,7 @@ class FakeDmp:
                 keep &= info.status in params["$XDSDocumentEntryStatus"]
                 refs = params.get("$XDSDocumentEntryReferenceIdList")
                 keep &= refs is None or bool({r.to_cx() for r in info.reference_ids} & set(refs))
+                keep &= info.is_kos  # stands for the typeCode/formatCode filters: the signature is no manifest
             if keep:
                 found.append(copy.deepcopy(entry))
         payload = etree.Element(f"{{{ns.QUERY}}}AdhocQueryResponse", status=ns.STATUS_SUCCESS)

@@ -105,7 +105,7 @@ def _row(exam: Exam, form_fields: str) -> str:
 
 def exam_list(
     result: ExamList, pro: ProfessionalLike, launch: Launch | None, base_query: dict[str, str], *,
-    form_fields: str = "", logout: str = "",
+    form_fields: str = "", logout: str = "", xdm_form: str = "",
 ) -> str:
     """The patient's exams, newest first, with where each comes from and what can be done with it.
 
@@ -123,4 +123,4 @@ def exam_list(
         )
     return page("Imaging exams", (
         f'<div class="muted">Connected as {e(_who(pro))} {logout}</div><h1>Imaging exams</h1>{_patient(result, launch)}'
-        f"{_news(result)}{_filters(result, base_query)}{table}"))  # fmt: skip
+        f"{_news(result)}{_filters(result, base_query)}{table}{xdm_form}"))  # fmt: skip

@@ -33,6 +33,7 @@ from drimbox.consumer.lookup import (
     PatientUnknown,
 )
 from drimbox.consumer.store import ConsumerStore
+from drimbox.consumer.xdm_import import XDM, XdmAwareCatalog, XdmContext, XdmImports, upload_form, xdm_routes
 from drimbox.xds.client import DmpClient
 from drimbox.xds.structure import structure_signer
 
@@ -212,7 +213,7 @@ async def exams_page(request: web.Request) -> web.Response:
     # Forms carry the session's CSRF token: the CSRF middleware lets only the box's own pages post.
     csrf = hidden_field(request)
     html = pages.exam_list(result, pro, lr.launch, lr.base_query, form_fields=csrf,
-                           logout=logout_form(request) if csrf else "")  # fmt: skip
+                           logout=logout_form(request) if csrf else "", xdm_form=upload_form(csrf))  # fmt: skip
     emergency = await ctx.catalog.rules.emergency_in_force(pro, lr.patient)
     return _html(access_pages.with_emergency_banner(html, emergency) if emergency else html)
 
@@ -360,13 +361,16 @@ def setup_consumer(
             signer = await asyncio.to_thread(structure_signer, settings)  # may generate a test key pair
             dmp = DmpClient(settings.dmp.url, signer=signer, timeout=settings.dmp.timeout)
         rules = AccessRules(settings, await AccessStore.open(settings.var_path / "consumer"), app[AUDIT])
-        catalog = ExamCatalog(settings, store, dmp, rules)
+        imports = await XdmImports.open(settings.var_path / "consumer")
+        catalog: ExamCatalog = XdmAwareCatalog(settings, store, dmp, rules, imports)
         app[CONSUMER] = ConsumerContext(settings, auth, store, catalog)
+        app[XDM] = XdmContext(auth, store, imports)
         try:
             yield
         finally:
             await catalog.close()
+            await imports.close()
             await store.close()
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_routes(consumer_routes())
+    app.router.add_routes(consumer_routes() + xdm_routes())

@@ -25,6 +25,7 @@ from drimbox.sim.dmp_store import DmpStore, StoredEntry
 from drimbox.sim.soap_server import SoapFault, SoapRequest, fault_response, parse_request, soap_response
 from drimbox.sim.vihf_check import Vihf, VihfError, VihfPolicy, verify_vihf
 from drimbox.xds import namespaces as ns
+from drimbox.xds.metadata import SIGNATURE_TYPE_CODE
 from drimbox.xds.schema import SchemaError, validate
 
 log = logging.getLogger("drimbox.sim.dmp")
@@ -209,6 +210,9 @@ async def list_documents(http: web.Request) -> web.Response:
         if not key or not patient.split("^")[0].isalnum():
             return _json_error(400, "patient must be an INS or an HL7 CX id^^^&OID&ISO^NH")
         entries = await store.entries(patient_key=key)
+    if http.query.get("signatures") != "1":
+        # Each ITI-41 also stores its signature; the inspection list shows the documents unless asked.
+        entries = [e for e in entries if (e.meta.get("typeCode") or {}).get("code") != SIGNATURE_TYPE_CODE.code]
     uids = {e.entry_uuid: e.unique_id for e in await store.entries()}
     replaces: dict[str, str] = {}
     replaced_by: dict[str, str] = {}

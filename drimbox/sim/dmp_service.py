@@ -32,6 +32,7 @@ from drimbox.sim.dmp_rules import (
     check_provide_and_register,
     check_submission_set,
 )
+from drimbox.sim.dmp_signature import check_signature
 from drimbox.sim.dmp_store import UPDATE_ERROR, UPDATE_OPERATION_ERROR, DmpStore, StoredEntry
 from drimbox.sim.vihf_check import FAILED_AUTHENTICATION, Vihf, VihfError, VihfPolicy
 from drimbox.xds import mtom
@@ -124,6 +125,8 @@ class DmpService:
             _check_patient(vihf, sub.submission_set.external_id(ns.SS_PATIENT_ID))
         kinds = self.options.document_kinds
         errors += await asyncio.to_thread(check_provide_and_register, sub, documents, self.patients, kinds)
+        signer = vihf.issuer if vihf is not None else None
+        errors += await asyncio.to_thread(check_signature, sub, documents, kinds, signer)
         if not errors:
             repository = self.options.repository_unique_id
             reg = await asyncio.to_thread(build_registration, sub, documents, repository)

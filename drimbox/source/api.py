@@ -9,13 +9,16 @@ from aiohttp import web
 
 from drimbox.auth.links import ReportLinks
 from drimbox.auth.operator import require_operator
+from drimbox.config import Settings
 from drimbox.state.outbox import Outbox
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
-def publications_routes(outbox: Outbox, links: ReportLinks | None = None) -> list[web.RouteDef]:
-    """GET /api/publications and POST /api/report-links: the operator's (RIS, administrator) only."""
+def publications_routes(
+    outbox: Outbox, links: ReportLinks | None = None, settings: Settings | None = None
+) -> list[web.RouteDef]:
+    """GET /api/publications, POST /api/report-links and (with `settings`) GET /api/xdm: the operator's only."""
 
     async def list_publications(request: web.Request) -> web.Response:
         # States name accession numbers and studies of every patient: a professional's session is not enough
@@ -55,4 +58,26 @@ def publications_routes(outbox: Outbox, links: ReportLinks | None = None) -> lis
         return web.json_response({"url": link.url, "expires_at": link.expires_at or None},
                                  dumps=lambda o: json.dumps(o, ensure_ascii=False))  # fmt: skip
 
-    return [web.get("/api/publications", list_publications), web.post("/api/report-links", report_link)]
+    async def xdm_export(request: web.Request) -> web.Response:
+        """GET /api/xdm?study=UID → the IHE XDM ZIP of the study's live KOS, its signature and metadata."""
+        from drimbox.xdm.export import ExportError, export_study  # the source's only user of the XDM writer
+
+        await require_operator(request)
+        study = request.query.get("study", "")
+        if not _UID.match(study) or len(study) > 64:
+            return web.json_response({"error": "give ?study=<Study Instance UID> (digits and dots, at most 64)"},
+                                     status=400)  # fmt: skip
+        assert settings is not None
+        try:
+            package = await export_study(settings, outbox, study)
+        except ExportError as exc:
+            return web.json_response({"error": str(exc)}, status=404)
+        name = f"XDM_{study}.zip"
+        return web.Response(body=package, content_type="application/zip",
+                            headers={"Content-Disposition": f'attachment; filename="{name}"',
+                                     "Cache-Control": "no-store"})  # fmt: skip
+
+    routes = [web.get("/api/publications", list_publications), web.post("/api/report-links", report_link)]
+    if settings is not None:
+        routes.append(web.get("/api/xdm", xdm_export))
+    return routes

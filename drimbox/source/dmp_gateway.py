@@ -173,6 +173,10 @@ class XdsDmpGateway:
             specialties=[f"{c.code}^{c.display}^{c.scheme}" for c in _roles(r.author)[1:]],
         )
 
+    def submission_set(self, message: ReportMessage) -> SubmissionSet:
+        """A new SubmissionSet for this report's patient and author (one per ITI-41, or per XDM package)."""
+        return self._submission(message)
+
     def _submission(self, message: ReportMessage) -> SubmissionSet:
         return SubmissionSet(
             unique_id=oid_from_uuid(),

@@ -6,6 +6,7 @@ import logging
 import re
 import ssl
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 
@@ -13,7 +14,7 @@ import aiohttp
 from lxml import etree
 
 from drimbox import tls
-from drimbox.xds import access, metadata, mtom, query, schema, soap, td02, td03
+from drimbox.xds import access, metadata, mtom, query, schema, signature, soap, td02, td03
 from drimbox.xds import namespaces as ns
 from drimbox.xds.access import AccessStatus, DeclareResult
 from drimbox.xds.metadata import Code, KosDocumentEntry, MetadataError, ReferenceId, SubmissionSet
@@ -119,13 +120,26 @@ class DmpClient:
         replaces_entry_uuid: str | None = None,
         identity: VihfIdentity | None = None,
     ) -> RegistryResponse:
-        """ITI-41: publish (or, with `replaces_entry_uuid`, replace) one KOS; Success or PartialSuccess."""
+        """ITI-41: publish (or, with `replaces_entry_uuid`, replace) one KOS, signed; Success or PartialSuccess."""
         payload, attachments = metadata.build_provide_and_register(
-            entry, submission, document, replaces_entry_uuid
+            entry, submission, document, replaces_entry_uuid, self.sign_submission(submission, entry, document)
         )
         msg = await self._call("ITI-41", self.repository_url, ns.ACTION_ITI41, payload, attachments,
                                patient_id=entry.patient_id, identity=identity)  # fmt: skip
         return self._registry_result("ITI-41", msg.payload, _REGISTRY_RESPONSE)
+
+    def sign_submission(
+        self, submission: SubmissionSet, entry: KosDocumentEntry, document: bytes
+    ) -> metadata.SubmissionSignature:
+        """The IHE DSG signature of this submission, with the structure's key (the DMP requires one)."""
+        if self.signer is None:
+            raise ValueError("ITI-41 must be signed: this DMP client has no structure key (signer)")
+        sig_uid = metadata.oid_from_uuid()
+        xml = signature.sign_submission(
+            self.signer.key, self.signer.certificate, f"sig-{uuid.uuid4().hex}", submission.unique_id,
+            [signature.SignedDocument(entry.unique_id, document)],
+        )  # fmt: skip
+        return metadata.SubmissionSignature(sig_uid, xml)
 
     async def update_status(
         self,

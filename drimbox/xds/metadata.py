@@ -222,6 +222,25 @@ class KosDocumentEntry:
         return codes
 
 
+# The submission-set signature (IHE DSG) as the ANS validator sample describes its DocumentEntry.
+SIGNATURE_MIME_TYPE = "text/xml"
+SIGNATURE_CLASS_CODE = Code("urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1", "URN", "Digital Signature")
+SIGNATURE_TYPE_CODE = Code("E1762", "ASTM", "Full Document")
+SIGNATURE_FORMAT_CODE = Code("http://www.w3.org/2000/09/xmldsig#", "URN", "Default Signature Style")
+SIGNATURE_EVENT_CODE = Code("1.2.840.10065.1.12.1.14", "1.2.840.10065.1.12", "Source")
+SIGNATURE_LANGUAGE = "art"  # ISO 639-2 "artificial languages", as in the sample
+ASSOC_SIGNS = "urn:ihe:iti:2007:AssociationType:signs"
+
+
+@dataclass(frozen=True)
+class SubmissionSignature:
+    """The signature document of one ITI-41 (see xds/signature.py) and the ids its DocumentEntry takes."""
+
+    unique_id: str  # an OID
+    xml: bytes
+    entry_uuid: str = field(default_factory=new_uuid)
+
+
 @dataclass
 class SubmissionSet:
     """The SubmissionSet that carries one publication (ITI-41) or one status update (ITI-57)."""
@@ -372,13 +391,49 @@ def _document_entry(rol: etree._Element, e: KosDocumentEntry, sha1: str, size: i
     _external_id(eo, ns.DE_UNIQUE_ID, e.unique_id, "XDSDocumentEntry.uniqueId", lang)
 
 
+def signature_entry(rol: etree._Element, sig: SubmissionSignature, e: KosDocumentEntry, ss: SubmissionSet) -> None:
+    """The signature's DocumentEntry: its own codes, the KOS's patient, author, setting and visibility."""
+    if len(sig.unique_id) > 64 or not _OID.match(sig.unique_id):
+        raise MetadataError("the signature's XDSDocumentEntry.uniqueId must be an OID of at most 64 characters")
+    lang = e.language
+    eo = _sub(rol, R + "ExtrinsicObject",
+              {"id": sig.entry_uuid, "mimeType": SIGNATURE_MIME_TYPE, "objectType": ns.OBJ_DOCUMENT_ENTRY})
+    # Signed when submitted: creation and service times are the submission's.
+    _slot(eo, "creationTime", _dtm("creationTime", ss.submission_time))
+    _slot(eo, "hash", [hashlib.sha1(sig.xml).hexdigest()])
+    _slot(eo, "languageCode", [SIGNATURE_LANGUAGE])
+    _slot(eo, "legalAuthenticator", [e.legal_authenticator] if e.legal_authenticator else [])
+    _slot(eo, "serviceStartTime", _dtm("serviceStartTime", ss.submission_time))
+    _slot(eo, "serviceStopTime", _dtm("serviceStopTime", ss.submission_time))
+    _slot(eo, "size", [str(len(sig.xml))])
+    _slot(eo, "sourcePatientId", [_check("sourcePatientId", e.patient_id)])
+    _slot(eo, REFERENCE_ID_LIST, [r.to_cx() for r in e.reference_ids])
+    _localized(eo, "Name", SIGNATURE_EVENT_CODE.display, lang)
+    _author(eo, ns.DE_AUTHOR, ss.author)
+    _classify(eo, ns.DE_CLASS_CODE, SIGNATURE_CLASS_CODE, lang, "classCode")
+    for code in e.confidentiality_codes:
+        _classify(eo, ns.DE_CONFIDENTIALITY_CODE, code, lang, "confidentialityCode")
+    _classify(eo, ns.DE_EVENT_CODE, SIGNATURE_EVENT_CODE, lang, "eventCodeList")
+    _classify(eo, ns.DE_FORMAT_CODE, SIGNATURE_FORMAT_CODE, lang, "formatCode")
+    _classify(eo, ns.DE_HEALTHCARE_FACILITY_TYPE_CODE, e.healthcare_facility_type, lang,
+              "healthcareFacilityTypeCode")
+    _classify(eo, ns.DE_PRACTICE_SETTING_CODE, e.practice_setting, lang, "practiceSettingCode")
+    _classify(eo, ns.DE_TYPE_CODE, SIGNATURE_TYPE_CODE, lang, "typeCode")
+    _external_id(eo, ns.DE_PATIENT_ID, e.patient_id, "XDSDocumentEntry.patientId", lang)
+    _external_id(eo, ns.DE_UNIQUE_ID, sig.unique_id, "XDSDocumentEntry.uniqueId", lang)
+
+
 def build_provide_and_register(
     entry: KosDocumentEntry,
     submission: SubmissionSet,
     document: bytes,
     replaces_entry_uuid: str | None = None,
+    signature: SubmissionSignature | None = None,
 ) -> tuple[etree._Element, list[Attachment]]:
-    """ITI-41 payload (xdsb:ProvideAndRegisterDocumentSetRequest) and the KOS as its MTOM attachment."""
+    """ITI-41 payload (xdsb:ProvideAndRegisterDocumentSetRequest), the KOS and its signature as attachments.
+
+    The DMP refuses a submission without its signature; `signature` may be None only for tests of that refusal.
+    """
     if entry.patient_id != submission.patient_id:
         raise MetadataError("XDSDocumentEntry.patientId differs from XDSSubmissionSet.patientId")
     sha1, size = hashlib.sha1(document).hexdigest(), len(document)
@@ -395,12 +450,23 @@ def build_provide_and_register(
     _document_entry(rol, entry, sha1, size)
     _association(rol, ns.ASSOC_HAS_MEMBER, submission.entry_uuid, entry.entry_uuid,
                  {"SubmissionSetStatus": "Original"})  # fmt: skip
+    if signature is not None:
+        signature_entry(rol, signature, entry, submission)
+        _association(rol, ns.ASSOC_HAS_MEMBER, submission.entry_uuid, signature.entry_uuid,
+                     {"SubmissionSetStatus": "Original"})  # fmt: skip
+        _association(rol, ASSOC_SIGNS, signature.entry_uuid, submission.entry_uuid,
+                     {"SubmissionSetStatus": "Original"})  # fmt: skip
     if replaces_entry_uuid is not None:
         _association(rol, ns.ASSOC_RPLC, entry.entry_uuid, replaces_entry_uuid, {})
-    content_id = f"{uuid.uuid4().hex}@drimbox"
-    doc = _sub(root, f"{{{ns.XDSB}}}Document", {"id": entry.entry_uuid})
-    _sub(doc, f"{{{ns.XOP}}}Include", {"href": f"cid:{content_id}"})
-    return root, [Attachment(content_id, document, KOS_MIME_TYPE)]
+    attachments = [Attachment(f"{uuid.uuid4().hex}@drimbox", document, KOS_MIME_TYPE)]
+    parts = [(entry.entry_uuid, attachments[0])]
+    if signature is not None:
+        attachments.append(Attachment(f"{uuid.uuid4().hex}@drimbox", signature.xml, SIGNATURE_MIME_TYPE))
+        parts.append((signature.entry_uuid, attachments[1]))
+    for entry_id, att in parts:
+        doc = _sub(root, f"{{{ns.XDSB}}}Document", {"id": entry_id})
+        _sub(doc, f"{{{ns.XOP}}}Include", {"href": f"cid:{att.content_id}"})
+    return root, attachments
 
 
 def build_update_status(

@@ -169,6 +169,11 @@ class VihfSigner:
         self.certificate = cert
         self.issuer = cert.subject.rfc4514_string()
 
+    @property
+    def key(self) -> rsa.RSAPrivateKey:
+        """The structure's private key, which also signs the ITI-41 submission sets (xds/signature.py)."""
+        return self._key
+
     @classmethod
     def from_files(cls, key_path: Path, cert_path: Path, password: bytes | None = None) -> VihfSigner:
         return cls(key_path.read_bytes(), cert_path.read_bytes(), password)
