@@ -3,6 +3,7 @@ launch's Situation, and the chosen one is what the VIHF the DMP receives names (
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import aiohttp
 import pytest
@@ -170,6 +171,9 @@ async def test_the_chosen_situation_is_what_the_dmp_receives(tmp_path: Path, sim
             assert refused.status == 400 and "n'est pas l'une des vôtres" in await refused.text()
             chosen = await http.post(box.url + form.action, data={**form.fields, "structure": HOSPITAL})
             assert chosen.status == 200 and urlsplit(str(chosen.url)).path == f"/conso/patients/{INS}/exams"
+            # The list offers to change it again, and comes back to itself.
+            change = re.search(r'<a href="(/auth/situation\?next=[^"]+)">change practice situation', await chosen.text())
+            assert change and unquote(html.unescape(change[1])).endswith(urlsplit(str(chosen.url)).query)
             # Every DMP request of that list (TD0.2, TD0.3, ITI-18) named the hospital and its sector.
             assert tap.seen and structures(tap) == {(HOSPITAL, "SA01^1.2.250.1.71.4.2.4")}
             me = await (await http.get(f"{box.url}/auth/me")).json()
@@ -211,3 +215,5 @@ async def test_the_situation_page_needs_a_session_and_a_single_situation_needs_n
         assert (me["structure_id"], me["sector"]) == ("101235555", "SA25^1.2.250.1.71.4.2.4")
         launched = await http.post(f"{box.url}/conso/launch", data=LAUNCH_FORM, allow_redirects=False)
         assert urlsplit(launched.headers["Location"]).path == f"/conso/patients/{INS}/exams"
+        listed = await http.get(box.url + launched.headers["Location"])
+        assert listed.status == 200 and "change practice situation" not in await listed.text()

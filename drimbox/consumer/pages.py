@@ -105,12 +105,14 @@ def _row(exam: Exam, form_fields: str) -> str:
 
 def exam_list(
     result: ExamList, pro: ProfessionalLike, launch: Launch | None, base_query: dict[str, str], *,
-    form_fields: str = "", logout: str = "", xdm_form: str = "",
+    form_fields: str = "", logout: str = "", xdm_form: str = "", situation_link: str = "",
 ) -> str:
     """The patient's exams, newest first, with where each comes from and what can be done with it.
 
-    `form_fields` go in every form (the session's CSRF token); `logout` is the logout form, shown by the name.
+    `form_fields` go in every form (the session's CSRF token); `logout` is the logout form, shown by the name;
+    `situation_link` the page where a professional with several practice situations picks another one.
     """
+    change = f' (<a href="{e(situation_link)}">change practice situation</a>)' if situation_link else ""
     rows = "".join(_row(x, form_fields) for x in result.exams)
     if rows:
         table = ("<table><thead><tr><th>Date</th><th>Modality</th><th>Region</th><th>Exam</th><th>Content</th>"
@@ -122,5 +124,5 @@ def exam_list(
             + "</p>"
         )
     return page("Imaging exams", (
-        f'<div class="muted">Connected as {e(_who(pro))} {logout}</div><h1>Imaging exams</h1>{_patient(result, launch)}'
+        f'<div class="muted">Connected as {e(_who(pro))}{change} {logout}</div><h1>Imaging exams</h1>{_patient(result, launch)}'
         f"{_news(result)}{_filters(result, base_query)}{table}{xdm_form}"))  # fmt: skip

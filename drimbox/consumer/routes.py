@@ -213,7 +213,8 @@ async def exams_page(request: web.Request) -> web.Response:
     # Forms carry the session's CSRF token: the CSRF middleware lets only the box's own pages post.
     csrf = hidden_field(request)
     html = pages.exam_list(result, pro, lr.launch, lr.base_query, form_fields=csrf,
-                           logout=logout_form(request) if csrf else "", xdm_form=upload_form(csrf))  # fmt: skip
+                           logout=logout_form(request) if csrf else "", xdm_form=upload_form(csrf),
+                           situation_link=situation.change_url(ctx.auth, pro, request.path_qs))  # fmt: skip
     emergency = await ctx.catalog.rules.emergency_in_force(pro, lr.patient)
     return _html(access_pages.with_emergency_banner(html, emergency) if emergency else html)
 

@@ -36,3 +36,11 @@ async def choice_needed(request: web.Request, auth: object, next_path: str, *, u
     if isinstance(auth, SituationChooser) and await auth.must_choose(request):
         return auth.situation_url(next_path, unknown=unknown)
     return None
+
+
+def change_url(auth: object, pro: object, next_path: str) -> str:
+    """The page where a professional with several practice situations picks another one; "" for one situation."""
+    situations = getattr(getattr(pro, "professional", None), "situations", ())
+    if not isinstance(auth, SituationChooser) or len(situations) < 2:
+        return ""
+    return auth.situation_url(next_path)
