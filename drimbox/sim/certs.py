@@ -119,6 +119,10 @@ def main(out: str, hosts: str) -> int:
         print(f"# {party}\n[tls]\ncert = \"{files[party]}\"\nkey = \"{files[party + '-key']}\"\n"
               f"ca = \"{files['ca']}\"\nclient_ca = \"{files['ca']}\"\n"
               f"client_cert = \"{files[party]}\"\nclient_key = \"{files[party + '-key']}\"\n")  # fmt: skip
+    # With mutual TLS a source admits the boxes the whitelist names by certificate DN: the simulator's list must.
+    dns = [x509.load_pem_x509_certificate(files[p].read_bytes()).subject.rfc4514_string() for p in ("source", "consumer")]
+    print("# sim: its whitelist's DNCertificatOperateur, one per sim.whitelist_hosts entry, in order\n[sim]\n"
+          "whitelist_operator_dns = [" + ", ".join(f'"{dn}"' for dn in dns) + "]\n")
     return 0
 
 
