@@ -193,6 +193,26 @@ def test_revocation_needs_current_crls(pki: WhitelistPki, other_pki: WhitelistPk
     assert verify_whitelist(signed, trust=trust_of(pki, check_revocation=False), require_signature=True).signed
 
 
+def test_an_intermediate_without_a_distribution_point(pki: WhitelistPki, signer: SignerKit) -> None:
+    """The signer always needs its CRL; an intermediate that names no CRL point is not asked for one."""
+    from drimbox.sim import certs
+
+    # The same ORG CA (same key and name), reissued without a CRL distribution point.
+    org_key, root_key = pki._org_key, pki._root_key
+    bare_org = certs._ca(pki.org.subject, org_key, pki.root.subject, root_key, None, 30)
+    alone = sign(LIST, signer, chain=False)
+    trust = Trust((pki.root,), (bare_org,))
+    org_crl = [x509.load_der_x509_crl(pki.crl("org.crl"))]
+    assert verify_whitelist(alone, trust=trust, require_signature=True, crls=org_crl).signed
+    with pytest.raises(WhitelistError) as info:
+        verify_whitelist(alone, trust=trust, require_signature=True, crls=[x509.load_der_x509_crl(pki.crl("root.crl"))])
+    assert info.value.reason == "revocation_unknown"
+    # The ORG CA as the simulator issues it names its CRL point: then the root's CRL is needed too.
+    with pytest.raises(WhitelistError) as info:
+        verify_whitelist(alone, trust=Trust((pki.root,), (pki.org,)), require_signature=True, crls=org_crl)
+    assert info.value.reason == "revocation_unknown"
+
+
 def test_tampered_lists_are_refused(pki: WhitelistPki, signer: SignerKit) -> None:
     signed = sign(LIST, signer)
     cases = {
