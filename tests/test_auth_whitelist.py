@@ -53,12 +53,12 @@ ANS_SIGNED_AT = datetime.datetime(2024, 7, 12, 5, 37, 19, tzinfo=datetime.UTC)
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> WhitelistPki:
-    return WhitelistPki(tmp_path_factory.mktemp("pki"), "http://127.0.0.1:9/whitelist/crl")
+    return WhitelistPki(tmp_path_factory.mktemp("pki"), "http://127.0.0.1:9/whitelist")
 
 
 @pytest.fixture(scope="module")
 def other_pki(tmp_path_factory: pytest.TempPathFactory) -> WhitelistPki:
-    return WhitelistPki(tmp_path_factory.mktemp("other-pki"), "http://127.0.0.1:9/whitelist/crl")
+    return WhitelistPki(tmp_path_factory.mktemp("other-pki"), "http://127.0.0.1:9/whitelist")
 
 
 @pytest.fixture(scope="module")
@@ -344,6 +344,8 @@ class ListServer:
     crl_hits: list[str] = field(default_factory=list)
     up: bool = True
     crls_up: bool = True
+    ca_hits: list[str] = field(default_factory=list)
+    cas_up: bool = True
 
     def settings(self, tmp: Path, **kw: object) -> WhitelistSettings:
         roots = tmp / "roots.pem"
@@ -356,7 +358,7 @@ class ListServer:
 async def list_server(tmp_path: Path) -> AsyncIterator[ListServer]:
     """The list and the CRLs at their distribution points (this server), as the ANS and IGC-Santé publish them."""
     port = free_port()
-    pki = WhitelistPki(tmp_path / "pki", f"http://127.0.0.1:{port}/crl")
+    pki = WhitelistPki(tmp_path / "pki", f"http://127.0.0.1:{port}")
     server = ListServer(f"http://127.0.0.1:{port}", pki)
     server.body = sign(LIST, pki.signer())
 
@@ -375,9 +377,15 @@ async def list_server(tmp_path: Path) -> AsyncIterator[ListServer]:
             return web.Response(status=404)
         return web.Response(body=pki.crl(request.match_info["name"]), content_type="application/pkix-crl")
 
+    async def ca(request: web.Request) -> web.Response:
+        server.ca_hits.append(request.match_info["name"])
+        if not server.cas_up:
+            return web.Response(status=404)
+        return web.Response(body=pki.ca_certificate(request.match_info["name"]), content_type="application/pkix-cert")
+
     app = web.Application()
     app.add_routes([web.get("/whitelist", whitelist), web.get("/whitelist/certificate", certificate),
-                    web.get("/crl/{name}", crl)])  # fmt: skip
+                    web.get("/crl/{name}", crl), web.get("/ca/{name}", ca)])  # fmt: skip
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -417,6 +425,31 @@ async def test_fetch_refresh_and_fail_closed(list_server: ListServer, tmp_path: 
         assert await wl.check("http://127.0.0.1:8080/x")
     finally:
         await wl.close()
+
+
+async def test_the_ans_shape_signer_only_finds_its_issuer_at_its_ca_issuers(list_server: ListServer, tmp_path: Path) -> None:
+    """KeyInfo with the signer only (the ANS's list): the ORG CA is fetched from the signer's caIssuers; it only helps
+    build the path to the configured root."""
+    list_server.body = sign(LIST, list_server.pki.signer(), chain=False)
+    wl = AnsWhitelist(list_server.settings(tmp_path))
+    try:
+        assert (await wl.refresh()).signed
+        assert list_server.ca_hits == ["org.cer"]
+    finally:
+        await wl.close()
+    list_server.cas_up = False
+    unreachable = AnsWhitelist(list_server.settings(tmp_path))
+    configured = tmp_path / "intermediates.pem"
+    configured.write_bytes(list_server.pki.org.public_bytes(serialization.Encoding.PEM))
+    from_config = AnsWhitelist(list_server.settings(tmp_path, intermediates=str(configured)))
+    try:
+        with pytest.raises(WhitelistError) as info:
+            await unreachable.refresh()
+        assert info.value.reason == "untrusted"
+        assert (await from_config.refresh()).signed
+    finally:
+        await unreachable.close()
+        await from_config.close()
 
 
 async def test_no_trust_on_first_use_unless_asked(list_server: ListServer) -> None:

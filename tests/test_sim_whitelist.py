@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from lxml import etree
 
 from conformance.ans import ANS_DATA
 from drimbox.auth.whitelist import WhitelistError, verify_whitelist
-from drimbox.auth.whitelist_trust import Trust, crl_urls
+from drimbox.auth.whitelist_trust import Trust, ca_issuer_urls, crl_urls
 from drimbox.sim.whitelist import NS
 from tests.test_sim_psc_support import RunningPsc, running_psc
 
@@ -49,15 +50,29 @@ def fetch(base: str, path: str) -> requests.Response:
     return response
 
 
-async def served(psc: RunningPsc) -> tuple[bytes, x509.Certificate, list[x509.CertificateRevocationList]]:
-    """The signed list, the root /whitelist/certificate serves, and the CRLs at the chain's distribution points."""
+@dataclass
+class Served:
+    signed: bytes
+    root: x509.Certificate  # /whitelist/certificate
+    intermediates: list[x509.Certificate]  # at the signer's caIssuers
+    crls: list[x509.CertificateRevocationList]  # at the chain's CRL distribution points
+
+    @property
+    def trust(self) -> Trust:
+        return Trust((self.root,), tuple(self.intermediates))
+
+
+async def served(psc: RunningPsc) -> Served:
+    """What a box finds: the signed list, the root, and what the certificates point at (issuer, CRLs)."""
     signed = (await asyncio.to_thread(fetch, psc.base, "/whitelist")).content
     root = x509.load_pem_x509_certificate((await asyncio.to_thread(fetch, psc.base, "/whitelist/certificate")).content)
     carried = [x509.load_der_x509_certificate(base64.b64decode(e.text or ""))
                for e in etree.fromstring(signed).iter(f"{{{DS}}}X509Certificate")]  # fmt: skip
-    urls = sorted({url for cert in carried for url in crl_urls(cert)})
+    issuers = [x509.load_der_x509_certificate((await asyncio.to_thread(fetch, psc.base, url)).content)
+               for cert in carried for url in ca_issuer_urls(cert)]  # fmt: skip
+    urls = sorted({url for cert in carried + issuers for url in crl_urls(cert)})
     crls = [x509.load_der_x509_crl((await asyncio.to_thread(fetch, psc.base, url)).content) for url in urls]
-    return signed, root, crls
+    return Served(signed, root, issuers, crls)
 
 
 @pytest.mark.skipif(not ANS_SAMPLE.exists(), reason=f"ANS data not found at {ANS_DATA}")
@@ -75,21 +90,27 @@ def test_the_reader_parses_the_ans_signed_list_and_the_simulator_uses_its_namesp
 
 async def test_signed_whitelist_verifies_up_to_the_served_root_with_the_served_crls(tmp_path: Path) -> None:
     async with running_psc(tmp_path) as psc:
-        signed, root, crls = await served(psc)
+        got = await served(psc)
         unsigned = (await asyncio.to_thread(fetch, psc.base, "/whitelist/unsigned")).content
+    signed, root = got.signed, got.root
     assert root.subject == root.issuer  # a self-signed root, the stand-in for the IGC-Santé TEST root
-    assert len(crls) == 2  # the ORG CA's (covers the signer) and the root's (covers the ORG CA)
-    wl = verify_whitelist(signed, trust=Trust((root,)), require_signature=True, crls=crls)
+    assert len(got.intermediates) == 1 and len(got.crls) == 2  # the ORG CA; its CRL and the root's
+    wl = verify_whitelist(signed, trust=got.trust, require_signature=True, crls=got.crls)
     assert wl.signed and len(wl.db) == 2
-    # The signer as the ANS's: CN, OU, a signing key usage; a CRL distribution point under the simulator.
-    keyinfo = etree.fromstring(signed)[-1].find(f"{{{DS}}}KeyInfo/{{{DS}}}X509Data/{{{DS}}}X509Certificate")
-    assert keyinfo is not None
-    signer = x509.load_der_x509_certificate(base64.b64decode(keyinfo.text or ""))
+    # KeyInfo carries the signer only, as the ANS's list: without its issuer the chain cannot be built.
+    keyinfo = etree.fromstring(signed)[-1].findall(f"{{{DS}}}KeyInfo/{{{DS}}}X509Data/{{{DS}}}X509Certificate")
+    assert len(keyinfo) == 1
+    with pytest.raises(WhitelistError) as info:
+        verify_whitelist(signed, trust=Trust((root,)), require_signature=True, crls=got.crls)
+    assert info.value.reason == "untrusted"
+    # The signer as the ANS's: CN, OU, a signing key usage; CRL point and caIssuers under the simulator.
+    signer = x509.load_der_x509_certificate(base64.b64decode(keyinfo[0].text or ""))
     assert signer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "Liste Blanche DRIM-M"
     assert signer.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == "318751275100020"
     usage = signer.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE).value
     assert isinstance(usage, x509.KeyUsage) and usage.digital_signature and usage.content_commitment
     assert crl_urls(signer) == [f"{psc.base}/whitelist/crl/org.crl"]
+    assert ca_issuer_urls(signer) == [f"{psc.base}/whitelist/ca/org.cer"]
     # Enveloped, last child; without its signature the list is the unsigned one.
     tree = etree.fromstring(signed)
     assert tree[-1].tag == f"{{{DS}}}Signature"
@@ -125,9 +146,9 @@ async def test_default_hosts_are_the_loopback_names(tmp_path: Path) -> None:
 ])  # fmt: skip
 async def test_the_simulator_signs_with_a_flawed_signer_when_told(tmp_path: Path, kind: str, expected: str) -> None:
     async with running_psc(tmp_path, whitelist_signer=kind) as psc:
-        signed, root, crls = await served(psc)
+        got = await served(psc)
     with pytest.raises(WhitelistError) as info:
-        verify_whitelist(signed, trust=Trust((root,)), require_signature=True, crls=crls)
+        verify_whitelist(got.signed, trust=got.trust, require_signature=True, crls=got.crls)
     assert info.value.reason == expected
 
 
@@ -135,13 +156,14 @@ async def test_the_root_is_kept_across_restarts_and_its_key_is_private(tmp_path:
     async with running_psc(tmp_path) as psc:
         first = (await asyncio.to_thread(fetch, psc.base, "/whitelist/certificate")).content
     async with running_psc(tmp_path) as psc:
-        signed, root, crls = await served(psc)
-    assert root == x509.load_pem_x509_certificate(first)  # boxes keep trusting the root they were given
-    assert verify_whitelist(signed, trust=Trust((root,)), require_signature=True, crls=crls).signed
+        got = await served(psc)
+    assert got.root == x509.load_pem_x509_certificate(first)  # boxes keep trusting the root they were given
+    assert verify_whitelist(got.signed, trust=got.trust, require_signature=True, crls=got.crls).signed
     assert (tmp_path / "whitelist" / "root-key.pem").stat().st_mode & 0o077 == 0
 
 
-async def test_an_unknown_crl_is_404(tmp_path: Path) -> None:
+async def test_an_unknown_crl_or_ca_is_404(tmp_path: Path) -> None:
     async with running_psc(tmp_path) as psc:
-        response = await asyncio.to_thread(requests.get, f"{psc.base}/whitelist/crl/other.crl", timeout=10)
-    assert response.status_code == 404
+        for path in ("/whitelist/crl/other.crl", "/whitelist/ca/other.cer"):
+            response = await asyncio.to_thread(requests.get, f"{psc.base}{path}", timeout=10)
+            assert response.status_code == 404, path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import time
@@ -23,6 +24,7 @@ from drimbox.auth import xmlsig
 from drimbox.auth.whitelist_trust import (
     Trust,
     TrustError,
+    ca_issuer_urls,
     check_revocation,
     crl_of,
     crl_urls,
@@ -38,6 +40,8 @@ DS = xmlsig.DS
 ROOT_NAME = "ListeBlancheDRIM-M"
 MAX_LIST_BYTES = 5 * 1024 * 1024
 MAX_CRL_BYTES = 20 * 1024 * 1024
+MAX_CERT_BYTES = 64 * 1024
+MAX_ISSUERS_FETCHED = 4
 Role = Literal["db", "vi", "any"]
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
@@ -258,9 +262,7 @@ class AnsWhitelist:
             trust = await self._trust()
             xml = await self._fetch(self.settings.url)
             now = datetime.now(UTC)
-            whitelist, chain = await asyncio.to_thread(
-                verify_signed, xml, trust=trust, require_signature=self.settings.require_signature, now=now
-            )
+            whitelist, chain = await self._verify(xml, trust, now)
             if chain and trust is not None and trust.check_revocation:
                 crls = await self._crls(chain)
                 try:
@@ -280,6 +282,45 @@ class AnsWhitelist:
         if self._own_session and self._session is not None:
             await self._session.close()
         self._session = None
+
+    async def _verify(self, xml: bytes, trust: Trust | None, now: datetime) -> tuple[Whitelist, list[x509.Certificate]]:
+        require = self.settings.require_signature
+        try:
+            return await asyncio.to_thread(verify_signed, xml, trust=trust, require_signature=require, now=now)
+        except WhitelistError as exc:
+            if exc.reason != "untrusted" or trust is None or not trust.roots:
+                raise
+            # The ANS's KeyInfo carries the signer only: its issuers are where its caIssuers say (IGC-Santé
+            # publishes them), as a validator like esignsante finds them. They only help build the path.
+            fetched = await self._issuers(xml, trust)
+            if not fetched:
+                raise
+        trust = dataclasses.replace(trust, intermediates=(*trust.intermediates, *fetched))
+        return await asyncio.to_thread(verify_signed, xml, trust=trust, require_signature=require, now=now)
+
+    async def _issuers(self, xml: bytes, trust: Trust) -> tuple[x509.Certificate, ...]:
+        try:
+            current = (await asyncio.to_thread(xmlsig.verify_enveloped, xml)).signer
+        except xmlsig.SignatureError:
+            return ()
+        found: list[x509.Certificate] = []
+        roots = {root.subject for root in trust.roots}
+        while current.issuer not in roots and len(found) < MAX_ISSUERS_FETCHED:
+            issuer = None
+            for url in ca_issuer_urls(current):
+                try:
+                    certs = load_certificates(await self._fetch(url, limit=MAX_CERT_BYTES), url)
+                except (WhitelistError, TrustError) as exc:
+                    log.warning("whitelist: issuer certificate %s unusable: %s", url, exc)
+                    continue
+                issuer = next((c for c in certs if c.subject == current.issuer), None)
+                if issuer is not None:
+                    break
+            if issuer is None or issuer in found or issuer.subject == issuer.issuer:
+                break
+            found.append(issuer)
+            current = issuer
+        return tuple(found)
 
     async def _trust(self) -> Trust | None:
         s = self.settings

@@ -10,7 +10,7 @@ from itertools import pairwise
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
 
 # The signer the ANS names (informatif/listeblanche/Readme.md): CN and OU of its IGC-Santé ORG SIGN certificate.
 SIGNER_CN = "Liste Blanche DRIM-M"
@@ -146,6 +146,16 @@ def crl_urls(cert: x509.Certificate) -> list[str]:
         return []
     return [name.value for point in points for name in point.full_name or []
             if isinstance(name, x509.UniformResourceIdentifier) and name.value.startswith(("http://", "https://"))]  # fmt: skip
+
+
+def ca_issuer_urls(cert: x509.Certificate) -> list[str]:
+    """The certificate's HTTP(S) caIssuers (authority information access): where its issuer's certificate is."""
+    access = _extension(cert, ExtensionOID.AUTHORITY_INFORMATION_ACCESS)
+    if not isinstance(access, x509.AuthorityInformationAccess):
+        return []
+    return [d.access_location.value for d in access if d.access_method == AuthorityInformationAccessOID.CA_ISSUERS
+            and isinstance(d.access_location, x509.UniformResourceIdentifier)
+            and d.access_location.value.startswith(("http://", "https://"))]  # fmt: skip
 
 
 def crl_of(issuer: x509.Certificate, crls: Sequence[x509.CertificateRevocationList]) -> x509.CertificateRevocationList | None:

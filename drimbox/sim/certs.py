@@ -11,7 +11,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 PARTIES = ("sim", "source", "consumer")
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
@@ -203,14 +203,15 @@ class SignerKit:
 
 
 class WhitelistPki:
-    """Root (kept on disk), ORG intermediate and signers (made at each start, their CRL distribution points
-    under `crl_base`), and the CRLs: the ORG one lists the "revoked" signer."""
+    """Root (kept on disk), ORG intermediate and signers (made at each start), and the CRLs: the ORG one lists the
+    "revoked" signer. Certificates point under `base_url`: CRLs at {base_url}/crl/{root,org}.crl, the ORG CA's
+    certificate (the signer's authority information access) at {base_url}/ca/org.cer, as IGC-Santé publishes."""
 
-    def __init__(self, directory: Path, crl_base: str) -> None:
+    def __init__(self, directory: Path, base_url: str) -> None:
         self.root, self._root_key = _load_or_make_root(directory)
-        self.crl_base = crl_base.rstrip("/")
+        self.base_url = base_url.rstrip("/")
         self._org_key = ec.generate_private_key(ec.SECP256R1())
-        self.org = _ca(_ca_name(ORG_CN), self._org_key, self.root.subject, self._root_key, f"{self.crl_base}/root.crl", 1825)
+        self.org = _ca(_ca_name(ORG_CN), self._org_key, self.root.subject, self._root_key, f"{self.base_url}/crl/root.crl", 1825)
         self.revoked_serial = x509.random_serial_number()
 
     def signer(self, kind: str = "valid") -> SignerKit:
@@ -227,7 +228,8 @@ class WhitelistPki:
             # Same names as the real chain, other keys: only the signatures tell them apart.
             other_root_key, other_org_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
             other_root = _ca(self.root.subject, other_root_key, self.root.subject, other_root_key, None, 3650)
-            issuer_cert = _ca(self.org.subject, other_org_key, other_root.subject, other_root_key, f"{self.crl_base}/root.crl", 1825)
+            issuer_cert = _ca(self.org.subject, other_org_key, other_root.subject, other_root_key, f"{self.base_url}/crl/root.crl",
+                              1825)  # fmt: skip
             issuer_key = other_org_key
         subject = x509.Name([
             x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
@@ -246,12 +248,19 @@ class WhitelistPki:
                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
             .add_extension(x509.CRLDistributionPoints(
-                [x509.DistributionPoint([x509.UniformResourceIdentifier(f"{self.crl_base}/org.crl")], None, None, None)]),
+                [x509.DistributionPoint([x509.UniformResourceIdentifier(f"{self.base_url}/crl/org.crl")], None, None, None)]),
+                critical=False)
+            .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+                AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(f"{self.base_url}/ca/org.cer"))]),
                 critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
             .sign(issuer_key, hashes.SHA256())
         )  # fmt: skip
         return SignerKit(key, cert, (issuer_cert,))
+
+    def ca_certificate(self, name: str) -> bytes:
+        """DER "org.cer" (what the signer's caIssuers names) or "root.cer"."""
+        return (self.org if name == "org.cer" else self.root).public_bytes(serialization.Encoding.DER)
 
     def crl(self, name: str) -> bytes:
         """DER CRL "root.crl" (the root's: nothing revoked) or "org.crl" (the ORG CA's: the revoked signer)."""

@@ -19,6 +19,7 @@ NS = "https://listeblanche.mesimagesmedicales.fr/schema"
 FORMAT_VERSION = "1.0.0"
 XML_TYPE = "application/xml"
 CRL_NAMES = ("root.crl", "org.crl")
+CA_NAMES = ("root.cer", "org.cer")
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class WhitelistService:
         base = self.settings.sim.public_url.rstrip("/") or base
         with self._lock:
             if base not in self._by_base:
-                self._by_base[base] = build_whitelist(self.settings, f"{base}/whitelist/crl")
+                self._by_base[base] = build_whitelist(self.settings, f"{base}/whitelist")
             return self._by_base[base]
 
     def for_request(self, request: web.Request) -> Whitelist:
@@ -91,17 +92,18 @@ def build_document(hosts: list[str], generated: datetime, operator_dns: list[str
 
 
 def sign_document(root: etree._Element, signer: SignerKit, now: datetime | None = None) -> bytes:
-    """The list with its enveloped XAdES-B signature in the ANS's shape. KeyInfo also carries the ORG CA (the
-    ANS's carries the signer only; a box then needs whitelist.intermediates): a box needs only the root."""
-    sign_enveloped(root, signer.key, signer.cert, signing_time=now, chain=signer.chain)
+    """The list with its enveloped XAdES-B signature in the ANS's shape: KeyInfo carries the signer only, as the
+    ANS's; a box finds the ORG CA through the signer's caIssuers (or whitelist.intermediates)."""
+    sign_enveloped(root, signer.key, signer.cert, signing_time=now)
     data: bytes = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
     return data
 
 
-def build_whitelist(settings: Settings, crl_base: str, now: datetime | None = None) -> Whitelist:
-    """The configured hosts, signed by the configured kind of signer (sim.whitelist_signer), CRLs under crl_base."""
+def build_whitelist(settings: Settings, base_url: str, now: datetime | None = None) -> Whitelist:
+    """The configured hosts, signed by the configured kind of signer (sim.whitelist_signer); the certificates
+    point at CRLs and the ORG CA under base_url (this simulator's /whitelist)."""
     moment = now or datetime.now(UTC)
-    pki = WhitelistPki(settings.sim_var_path / "whitelist", crl_base)
+    pki = WhitelistPki(settings.sim_var_path / "whitelist", base_url)
     signer = pki.signer(settings.sim.whitelist_signer)
     hosts, dns = list(settings.sim.whitelist_hosts), list(settings.sim.whitelist_operator_dns)
     unsigned = etree.tostring(build_document(hosts, moment, dns), xml_declaration=True, encoding="UTF-8")
@@ -131,13 +133,23 @@ async def crl(request: web.Request) -> web.Response:
     return web.Response(body=whitelist.pki.crl(name), content_type="application/pkix-crl")
 
 
+async def ca_certificate(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in CA_NAMES:
+        raise web.HTTPNotFound()
+    whitelist = await asyncio.to_thread(request.app[WHITELIST].for_request, request)
+    return web.Response(body=whitelist.pki.ca_certificate(name), content_type="application/pkix-cert")
+
+
 def setup_whitelist(app: web.Application, settings: Settings) -> WhitelistService:
     """Mount /whitelist (signed), /whitelist/unsigned, /whitelist/certificate (the simulated IGC-Santé root, PEM)
-    and /whitelist/crl/{root,org}.crl (DER CRLs, the certificates' distribution points)."""
+    /whitelist/crl/{root,org}.crl (DER CRLs, the certificates' distribution points) and /whitelist/ca/{org,root}.cer
+    (DER CA certificates, the signer's caIssuers)."""
     whitelist = WhitelistService(settings)
     app[WHITELIST] = whitelist
     app.router.add_get("/whitelist", signed_list)
     app.router.add_get("/whitelist/unsigned", unsigned_list)
     app.router.add_get("/whitelist/certificate", certificate)
     app.router.add_get("/whitelist/crl/{name}", crl)
+    app.router.add_get("/whitelist/ca/{name}", ca_certificate)
     return whitelist
