@@ -98,6 +98,9 @@ class Whitelist:
       whose test boxes pick their ports at run time);
     - an entry given as a URL "https://host[:port]/prefix" also pins the scheme and a path prefix (whole
       segments); a URL path with dot segments or encoded slashes is refused (it could climb out of the prefix).
+
+    `admits_operator(subject)`: a calling box's client certificate subject is the DNCertificatOperateur of an
+    entry (what a source checks with mutual TLS).
     """
 
     db: frozenset[Endpoint]
