@@ -19,7 +19,9 @@ from drimbox.audit.trail import AuditTrail, open_trail
 from drimbox.auth import AuthGate
 from drimbox.auth.links import ReportLinks
 from drimbox.auth.operator import require_operator, uploader_check
+from drimbox.auth.peer_whitelist import whitelist_peer_check
 from drimbox.auth.tokens import BearerTokenChecker
+from drimbox.auth.whitelist import AnsWhitelist
 from drimbox.config import Settings
 from drimbox.consumer.gate import GateAuth
 from drimbox.consumer.images import setup_consumer_images
@@ -70,6 +72,7 @@ class Box:
         self.scp: ArchiveScp | None = None
         self.backend: DicomwebBackend | None = None
         self.tokens: BearerTokenChecker | None = None
+        self.peer_whitelist: AnsWhitelist | None = None
         self.proxy_scp: StoreSCP | None = None
         self.rejections: RejectionIntake | None = None
         self.audit: AuditSink = MemoryAudit()
@@ -88,7 +91,12 @@ class Box:
         s.var_path.mkdir(parents=True, exist_ok=True)
         # [tls] first: a bad certificate stops the start before any listener is bound.
         server_ssl = use(s.tls)
-        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[peer_middleware(s.tls, box_to_box)])
+        # With mutual TLS, a source takes box-to-box calls only from the whitelist's operators (their certificate DN).
+        peer_check = None
+        if self.is_source and s.tls.client_auth != "none" and s.whitelist.check_client_dn:
+            self.peer_whitelist = AnsWhitelist(s.whitelist)
+            peer_check = whitelist_peer_check(self.peer_whitelist)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[peer_middleware(s.tls, box_to_box, peer_check)])
         # Every component records accesses to patient data through app[AUDIT]: the hash-chained trail on disk
         # when [audit] enabled, else (tests, throw-away boxes) memory.
         if s.audit.enabled:
@@ -205,6 +213,8 @@ class Box:
             await self.dmp.close()
         if self.tokens is not None:
             await self.tokens.close()
+        if self.peer_whitelist is not None:
+            await self.peer_whitelist.close()
         if self.outbox is not None:
             self.outbox.close()
         if self.cache is not None:

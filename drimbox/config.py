@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography import x509
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid; the message names the key."""
@@ -131,13 +133,27 @@ class PscSettings:
 @dataclass
 class WhitelistSettings:
     url: str = "http://127.0.0.1:8090/whitelist"
-    # PEM file of the certificate that signs the list (the ANS "Liste Blanche DRIM-M" one): pinned.
-    certificate: str = ""
-    # When `certificate` is empty, fetch the signer's certificate from here once at start (trust on first
-    # use: fine for the simulator on loopback, never for production, where `certificate` is set).
+    # PEM file of the root certificate(s) the signer's chain must end at: the IGC-Santé root (for the ANS TEST
+    # list, "TEST AC RACINE IGC-SANTE ELEMENTAIRE"). Empty: no signed list is trusted (unless trust_on_first_use).
+    trust_roots: str = ""
+    # PEM file of intermediate CAs (IGC-Santé "AC ... ORGANISATIONS"); the list's KeyInfo may also carry them.
+    intermediates: str = ""
+    # The signer's subject, as the ANS names it (informatif/listeblanche/Readme.md): CN exactly, OU among its OUs.
+    signer_cn: str = "Liste Blanche DRIM-M"
+    signer_ou: str = "318751275100020"
+    # Revocation of the signer (and intermediates): CRL file (PEM, one or more, or one DER); empty = each
+    # certificate's HTTP CRL distribution point is fetched at every refresh. No current CRL = list refused.
+    crl: str = ""
+    check_revocation: bool = True
+    # Explicit opt-in, for the simulator on loopback only: trust the root served at certificate_url the first
+    # time it is fetched (trust on first use). Never for the national list: set trust_roots.
+    trust_on_first_use: bool = False
     certificate_url: str = "http://127.0.0.1:8090/whitelist/certificate"
     # false: an unsigned list is accepted with a warning (a signed one is still verified).
     require_signature: bool = True
+    # With mutual TLS on a source box: a calling box's client certificate subject must be the DNCertificatOperateur
+    # of an entry of the list (else 403).
+    check_client_dn: bool = True
     refresh_interval: float = 3600.0
     # A refresh that fails keeps the last verified list this long, then every host is refused.
     max_stale: float = 24 * 3600.0
@@ -273,6 +289,12 @@ class SimSettings:
     # only, as the ANS list), "host:port", "http(s)://host:port/prefix", or "host:*" (every port of a loopback host:
     # the default, for tests whose boxes pick their ports at run time; the demo lists its boxes' exact URLs).
     whitelist_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1:*", "localhost:*"])
+    # The DNCertificatOperateur of each whitelist_hosts entry, in order (RFC 4514, as the ANS writes them): the
+    # subject of that box's client certificate. Entries beyond this list get "CN=<host>,OU=drimbox-sim,O=drimbox,C=FR".
+    whitelist_operator_dns: list[str] = field(default_factory=list)
+    # Who signs the list (tests of the boxes' checks): "valid" (the test root's chain), "untrusted" (another
+    # root), "revoked" (listed in the CRL), "wrong_cn", "wrong_ou", "expired".
+    whitelist_signer: str = "valid"
 
 
 @dataclass
@@ -465,10 +487,14 @@ def _validate_auth(s: Settings) -> None:
         raise ConfigError(f"auth.report_link_ttl: must be > 0, got {a.report_link_ttl}")
     if w.certificate_url and not w.certificate_url.startswith(("http://", "https://")):
         raise ConfigError(f"whitelist.certificate_url: must be an http(s) URL, got {w.certificate_url!r}")
-    if w.certificate and not Path(w.certificate).is_file():
-        raise ConfigError(f"whitelist.certificate: file not found: {w.certificate!r}")
-    if w.require_signature and not (w.certificate or w.certificate_url):
-        raise ConfigError("whitelist.certificate: required when whitelist.require_signature is true (or set whitelist.certificate_url)")
+    for key, path in (("whitelist.trust_roots", w.trust_roots), ("whitelist.intermediates", w.intermediates),
+                      ("whitelist.crl", w.crl)):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{key}: file not found: {path!r}")
+    if w.trust_on_first_use and not w.certificate_url:
+        raise ConfigError("whitelist.certificate_url: required when whitelist.trust_on_first_use is true")
+    if not w.signer_cn.strip() or not w.signer_ou.strip():
+        raise ConfigError("whitelist.signer_cn, whitelist.signer_ou: must not be empty")
 
 
 
@@ -492,6 +518,14 @@ def _validate_sim(s: Settings) -> None:
         raise ConfigError(f"sim.professionals_file: file not found: {sim.professionals_file!r}")
     if not sim.whitelist_hosts:
         raise ConfigError("sim.whitelist_hosts: must list at least one host")
+    if sim.whitelist_signer not in ("valid", "untrusted", "revoked", "wrong_cn", "wrong_ou", "expired"):
+        raise ConfigError(f"sim.whitelist_signer: one of valid, untrusted, revoked, wrong_cn, wrong_ou, expired; "
+                          f"got {sim.whitelist_signer!r}")
+    for dn in sim.whitelist_operator_dns:
+        try:
+            x509.Name.from_rfc4514_string(dn)
+        except ValueError:
+            raise ConfigError(f"sim.whitelist_operator_dns: not an RFC 4514 DN: {dn!r}") from None
     for host in sim.whitelist_hosts:
         if not _whitelist_entry(host):
             raise ConfigError(f"sim.whitelist_hosts: each must be host, host:port, loopback host:* or an http(s) URL "

@@ -9,6 +9,7 @@ from typing import Any
 
 from drimbox.auth.operator import operator_token_hash
 from drimbox.samples.orthanc import STORESCU_AET, OrthancServer
+from drimbox.sim.certs import whitelist_root
 
 SOURCE_AET = "DRIMBOX"
 # The demo source box's operator token (loopback only): the demo, perf/ and the screenshots read publication
@@ -17,12 +18,16 @@ DEMO_OPERATOR_TOKEN = "drimbox-demo-operator"
 CONSUMER_AET = "DRIMCONSO"
 
 
-def national_services(sim_url: str) -> dict[str, dict[str, Any]]:
-    """The [dmp], [psc] and [whitelist] sections every box of the demo shares: all played by the simulator."""
+def national_services(sim_url: str, work: Path) -> dict[str, dict[str, Any]]:
+    """The [dmp], [psc] and [whitelist] sections every box of the demo shares: all played by the simulator.
+
+    The whitelist's signer chain ends at the simulator's test root, made now in the simulator's var dir (it keeps
+    it): the boxes trust that file, as a real box trusts the IGC-Santé root; no trust on first use.
+    """
     return {
         "dmp": {"url": f"{sim_url}/dmp"},
         "psc": {"issuer": f"{sim_url}/psc"},
-        "whitelist": {"url": f"{sim_url}/whitelist", "certificate_url": f"{sim_url}/whitelist/certificate"},
+        "whitelist": {"url": f"{sim_url}/whitelist", "trust_roots": str(whitelist_root(work / "sim" / "whitelist"))},
     }
 
 
@@ -42,7 +47,7 @@ def source_sections(work: Path, ports: dict[str, int], pacs: OrthancServer | Non
         "http": {"port": ports["source"]},
         "mllp": {"port": ports["mllp"]},
         "dicom": {"ae_title": SOURCE_AET, "port": ports["dicom"]},
-        **national_services(f"http://127.0.0.1:{ports['sim']}"),
+        **national_services(f"http://127.0.0.1:{ports['sim']}", work),
         # Short waits: a demo's images are all in the PACS before the report is sent.
         "publish": {"waiting_interval": 1.0, "backoff_initial": 0.5, "backoff_max": 5.0},
         "auth": {"operator_token": operator_token_hash(DEMO_OPERATOR_TOKEN)},
@@ -62,7 +67,7 @@ def consumer_sections(work: Path, ports: dict[str, int], pacs: OrthancServer | N
         "box": {"roles": ["consumer"], "var_dir": str(work / "consumer"), "public_url": url},
         "http": {"port": ports["consumer"]},
         "dicom": {"ae_title": CONSUMER_AET},
-        **national_services(f"http://127.0.0.1:{ports['sim']}"),
+        **national_services(f"http://127.0.0.1:{ports['sim']}", work),
     }
     if pacs is not None:
         sections["consumer"] = {"local_pacs_ae_title": pacs.aet, "local_pacs_host": "127.0.0.1",

@@ -119,8 +119,8 @@ def connector(**kwargs: Any) -> aiohttp.TCPConnector:
     return aiohttp.TCPConnector(ssl=client_ssl(), **kwargs)
 
 
-def peer_subject(request: web.BaseRequest) -> str | None:
-    """The subject of the client certificate verified during this connection's handshake, if any."""
+def peer_certificate(request: web.BaseRequest) -> x509.Certificate | None:
+    """The client certificate verified during this connection's handshake, if any."""
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     if ssl_object is None:
@@ -129,25 +129,42 @@ def peer_subject(request: web.BaseRequest) -> str | None:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return None
-    return str(x509.load_der_x509_certificate(der).subject.rfc4514_string())
+    return x509.load_der_x509_certificate(der)
+
+
+def peer_subject(request: web.BaseRequest) -> str | None:
+    """The subject ("CN=…,O=…") of the client certificate verified during this connection's handshake, if any."""
+    cert = peer_certificate(request)
+    return None if cert is None else str(cert.subject.rfc4514_string())
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Whether the box behind a verified client certificate may make this call (the source's whitelist check); it
+# records its own refusals (audit), the middleware answers 403.
+PeerCheck = Callable[[web.Request, x509.Certificate], Awaitable[bool]]
 
 
-def peer_middleware(t: TlsSettings, needs_certificate: Callable[[web.Request], bool]) -> Any:
+def peer_middleware(t: TlsSettings, needs_certificate: Callable[[web.Request], bool], admit: PeerCheck | None = None) -> Any:
     """Records request[PEER]; with mutual TLS on, a request for which needs_certificate() holds and that came
-    without a verified client certificate gets 403 (client_auth "optional" lets browsers in without one)."""
+    without a verified client certificate gets 403 (client_auth "optional" lets browsers in without one), and so
+    does one whose certificate `admit` refuses (a box not on the ANS whitelist)."""
     enforce = t.client_auth != "none"
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        subject = peer_subject(request)
+        cert = peer_certificate(request)
+        subject = None if cert is None else str(cert.subject.rfc4514_string())
         request[PEER] = subject
-        if enforce and subject is None and needs_certificate(request):
-            return web.json_response(
-                {"error": "client certificate required", "detail": "this route needs mutual TLS with a certificate "
-                 "signed by a trusted CA"}, status=403)  # fmt: skip
+        if enforce and needs_certificate(request):
+            if cert is None:
+                return web.json_response(
+                    {"error": "client certificate required", "detail": "this route needs mutual TLS with a certificate "
+                     "signed by a trusted CA"}, status=403)  # fmt: skip
+            if admit is not None and not await admit(request, cert):
+                return web.json_response(
+                    {"error": "client certificate not on the ANS whitelist", "reason": "peer_not_whitelisted",
+                     "detail": "the calling box's certificate subject is no DNCertificatOperateur of the whitelist"},
+                    status=403)  # fmt: skip
         if subject is not None:
             log.debug("%s %s from certificate %s", request.method, request.path, subject)
         return await handler(request)

@@ -15,6 +15,10 @@ def test_defaults() -> None:
     assert s.auth.session_ttl == 8 * 3600 and s.auth.session_idle == 30 * 60
     assert s.auth.token_check == "introspection" and s.auth.scopes == ["openid", "scope_all"]
     assert s.whitelist.require_signature and s.whitelist.certificate_url == "http://127.0.0.1:8090/whitelist/certificate"
+    # No trust on first use unless asked; the signer the ANS names; revocation checked.
+    assert not s.whitelist.trust_on_first_use and s.whitelist.trust_roots == ""
+    assert (s.whitelist.signer_cn, s.whitelist.signer_ou) == ("Liste Blanche DRIM-M", "318751275100020")
+    assert s.whitelist.check_revocation and s.whitelist.check_client_dn
 
 
 def test_environment_overrides() -> None:
@@ -34,8 +38,14 @@ def test_environment_overrides() -> None:
     ({"DRIMBOX_AUTH__AUTHORIZE_PARAMS": "novalue"}, "auth.authorize_params"),
     ({"DRIMBOX_AUTH__LOGOUT_REDIRECT": "https://evil.example/"}, "auth.logout_redirect"),
     ({"DRIMBOX_AUTH__NOPE": "1"}, "auth.nope"),
-    ({"DRIMBOX_WHITELIST__CERTIFICATE": "/no/such/file.pem"}, "whitelist.certificate"),
-    ({"DRIMBOX_WHITELIST__CERTIFICATE_URL": ""}, "whitelist.certificate"),
+    ({"DRIMBOX_WHITELIST__TRUST_ROOTS": "/no/such/file.pem"}, "whitelist.trust_roots"),
+    ({"DRIMBOX_WHITELIST__INTERMEDIATES": "/no/such/file.pem"}, "whitelist.intermediates"),
+    ({"DRIMBOX_WHITELIST__CRL": "/no/such/file.crl"}, "whitelist.crl"),
+    ({"DRIMBOX_WHITELIST__CERTIFICATE_URL": "", "DRIMBOX_WHITELIST__TRUST_ON_FIRST_USE": "true"}, "whitelist.certificate_url"),
+    ({"DRIMBOX_WHITELIST__SIGNER_CN": " "}, "whitelist.signer_cn"),
+    ({"DRIMBOX_WHITELIST__CERTIFICATE": "/etc/hostname"}, "whitelist.certificate"),  # gone: trust_roots replaces it
+    ({"DRIMBOX_SIM__WHITELIST_SIGNER": "nobody"}, "sim.whitelist_signer"),
+    ({"DRIMBOX_SIM__WHITELIST_OPERATOR_DNS": "not a dn"}, "sim.whitelist_operator_dns"),
     ({"DRIMBOX_WHITELIST__CERTIFICATE_URL": "file:///etc/passwd"}, "whitelist.certificate_url"),
     ({"DRIMBOX_WHITELIST__REFRESH_INTERVAL": "0"}, "whitelist.refresh_interval"),
     ({"DRIMBOX_AUTH__OPERATOR_TOKEN": "my-plain-token"}, "auth.operator_token"),  # the hash only, never the token
@@ -48,12 +58,12 @@ def test_bad_values_name_the_key(env: dict[str, str], named: str) -> None:
 
 
 def test_toml_auth_section(tmp_path: Path) -> None:
-    cert = tmp_path / "wl.pem"
+    cert = tmp_path / "igc-sante-roots.pem"
     cert.write_text("-----BEGIN CERTIFICATE-----\n")
     path = tmp_path / "box.toml"
-    path.write_text(f'[auth]\nsession_idle = 600\nscopes = ["openid", "scope_all"]\n[whitelist]\ncertificate = "{cert}"\n')
+    path.write_text(f'[auth]\nsession_idle = 600\nscopes = ["openid", "scope_all"]\n[whitelist]\ntrust_roots = "{cert}"\n')
     s = load_settings(path, env={})
-    assert s.auth.session_idle == 600.0 and s.whitelist.certificate == str(cert)
+    assert s.auth.session_idle == 600.0 and s.whitelist.trust_roots == str(cert)
 
 
 def test_professional_from_psc_and_plain_claims() -> None:

@@ -79,7 +79,8 @@ def settings_for(tmp: Path, mesh: Mesh, **access: Any) -> Settings:
     s.box.roles = ["consumer"]
     s.dmp.url = mesh.dmp_url
     s.dmp.timeout = 5.0
-    s.whitelist = WhitelistSettings(url=f"{mesh.sim_url}/whitelist", certificate_url=f"{mesh.sim_url}/whitelist/certificate")
+    s.whitelist = WhitelistSettings(url=f"{mesh.sim_url}/whitelist", certificate_url=f"{mesh.sim_url}/whitelist/certificate",
+                                    trust_on_first_use=True)
     for key, value in access.items():
         setattr(s.access, key, value)
     return s
@@ -270,7 +271,8 @@ async def test_a_consumer_box_process_with_pro_sante_connect_logins(sim: Any, tm
         "http": {"port": port},
         "dmp": {"url": f"{sim.url}/dmp"},
         "psc": {"issuer": f"{sim.url}/psc"},
-        "whitelist": {"url": f"{sim.url}/whitelist", "certificate_url": f"{sim.url}/whitelist/certificate"},
+        "whitelist": {"url": f"{sim.url}/whitelist", "certificate_url": f"{sim.url}/whitelist/certificate",
+                      "trust_on_first_use": True},
         "auth": {"authorize_params": ["sim_auto=1"]},
         "access": {"emergency_reason_min": 12},
     })  # fmt: skip

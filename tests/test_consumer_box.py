@@ -32,7 +32,8 @@ def consumer_box(tmp_path: Path, sim: Any, local_pacs: Any) -> Any:
         "http": {"port": port},
         "dmp": {"url": f"{sim.url}/dmp"},
         "psc": {"issuer": f"{sim.url}/psc"},
-        "whitelist": {"url": f"{sim.url}/whitelist", "certificate_url": f"{sim.url}/whitelist/certificate"},
+        "whitelist": {"url": f"{sim.url}/whitelist", "certificate_url": f"{sim.url}/whitelist/certificate",
+                      "trust_on_first_use": True},
         "auth": {"authorize_params": ["sim_auto=1"]},
         "consumer": {"local_pacs_ae_title": local_pacs.aet, "local_pacs_port": local_pacs.dicom_port},
     })

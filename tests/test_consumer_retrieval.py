@@ -157,7 +157,7 @@ async def test_a_retrieve_url_outside_the_whitelist_is_refused_before_any_connec
     from drimbox.config import WhitelistSettings
 
     whitelist = AnsWhitelist(WhitelistSettings(url=f"{sim.url}/whitelist",
-                                               certificate_url=f"{sim.url}/whitelist/certificate"))  # fmt: skip
+                                               certificate_url=f"{sim.url}/whitelist/certificate", trust_on_first_use=True))  # fmt: skip
     retriever = SourceRetriever(whitelist, connect_timeout=1.0)
     try:
         with pytest.raises(NotWhitelisted):
@@ -185,7 +185,7 @@ async def test_the_parser_reads_another_producer_orthancs_own_wado_rs(orthanc: A
     files = write_study(tmp_path / "study", spec)
     await asyncio.to_thread(orthanc.store_files, files)
     whitelist = AnsWhitelist(WhitelistSettings(url=f"{sim.url}/whitelist",
-                                               certificate_url=f"{sim.url}/whitelist/certificate"))  # fmt: skip
+                                               certificate_url=f"{sim.url}/whitelist/certificate", trust_on_first_use=True))  # fmt: skip
     retriever = SourceRetriever(whitelist)
     try:
         got: dict[str, bytes] = {}

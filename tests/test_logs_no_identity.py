@@ -35,7 +35,8 @@ def consumer(tmp_path: Path, sim: Any, orthanc: Any) -> Iterator[DrimboxProcess]
         "http": {"port": port},
         "dmp": {"url": f"{sim.url}/dmp"},
         "psc": {"issuer": f"{sim.url}/psc"},
-        "whitelist": {"url": f"{sim.url}/whitelist", "certificate_url": f"{sim.url}/whitelist/certificate"},
+        "whitelist": {"url": f"{sim.url}/whitelist", "certificate_url": f"{sim.url}/whitelist/certificate",
+                      "trust_on_first_use": True},
         "auth": {"authorize_params": ["sim_auto=1"]},
         "consumer": {"local_pacs_ae_title": orthanc.aet, "local_pacs_port": orthanc.dicom_port},
     })  # fmt: skip

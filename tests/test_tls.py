@@ -150,7 +150,8 @@ def test_sim_certs_command_writes_a_ca_and_a_leaf_per_party_for_the_hosts_given(
     from cryptography import x509
 
     assert cli_main(["sim", "certs", "--out", str(tmp_path / "pki"), "--hosts", "127.0.0.1,box.example"]) == 0
-    assert "[tls]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[tls]" in out and 'whitelist_operator_dns = ["' in out and "CN=drimbox consumer" in out
     for party in ("sim", "source", "consumer"):
         cert = x509.load_pem_x509_certificate((tmp_path / "pki" / f"{party}.pem").read_bytes())
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -18,13 +18,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import aiohttp
 import pydicom
 import pytest
+from cryptography import x509
 
 from drimbox.auth.operator import operator_token_hash
 from drimbox.config import TlsSettings
 from drimbox.hl7.mllp import send_message
 from drimbox.samples.processes import DrimboxProcess, free_port, write_config
 from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
-from drimbox.sim.certs import issue_test_pki
+from drimbox.sim.certs import issue_test_pki, whitelist_root
 from drimbox.tls import client_context
 from tests.support.consumer import INS, LAUNCH_FORM
 from tests.support.fixtures_mesh import OPERATOR_TOKEN
@@ -60,11 +61,16 @@ def mesh(tmp_path: Path, orthanc: Any) -> Iterator[Mesh]:
     sim_port, src_port, mllp_port, dicom_port, con_port = (free_port() for _ in range(5))
     sim = f"https://127.0.0.1:{sim_port}"
     source, consumer = f"https://127.0.0.1:{src_port}", f"https://127.0.0.1:{con_port}"
+    # The boxes trust the simulated IGC-Santé root as a file (no trust on first use), made before the simulator starts.
+    root = whitelist_root(tmp_path / "sim-var" / "whitelist")
     peers: dict[str, dict[str, Any]] = {"dmp": {"url": f"{sim}/dmp", "timeout": 5.0}, "psc": {"issuer": f"{sim}/psc"},
-             "whitelist": {"url": f"{sim}/whitelist", "certificate_url": f"{sim}/whitelist/certificate"}}  # fmt: skip
+             "whitelist": {"url": f"{sim}/whitelist", "trust_roots": str(root)}}  # fmt: skip
+    # The whitelist names each box's certificate DN (DNCertificatOperateur): the source admits the consumer's only.
+    operators = [x509.load_pem_x509_certificate(pki[p].read_bytes()).subject.rfc4514_string() for p in ("consumer", "source")]
     configs: dict[str, dict[str, dict[str, Any]]] = {
         # The DMP needs the structure's certificate; PSC and the whitelist stay open to browsers ("optional").
-        "sim": {"sim": {"port": sim_port, "var_dir": str(tmp_path / "sim-var")}, "tls": _tls(pki, "sim", "optional")},
+        "sim": {"sim": {"port": sim_port, "var_dir": str(tmp_path / "sim-var"), "whitelist_operator_dns": operators},
+                "tls": _tls(pki, "sim", "optional")},
         # The source takes nobody without a certificate of the CA: consumer boxes, the RIS (MLLP over TLS), operators.
         "source": {
             **peers, "box": {"var_dir": str(tmp_path / "source-var"), "public_url": source}, "http": {"port": src_port},
@@ -139,6 +145,10 @@ async def test_publication_and_retrieval_end_to_end_over_mutual_tls(mesh: Mesh, 
     with pytest.raises(aiohttp.ClientError):
         await status_of(f"{mesh.source}/dicom-web/studies/{STUDY}/metadata", mesh.anonymous)
     assert await status_of(f"{mesh.source}/dicom-web/studies/{STUDY}/metadata", mesh.operator) == 401
+    # A box-to-box call (bearer token) from a certificate of the trusted CA whose DN the whitelist does not name.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=mesh.operator)) as http, \
+            http.get(f"{mesh.source}/dicom-web/studies/{STUDY}/metadata", headers={"Authorization": "Bearer x"}) as resp:
+        assert (resp.status, (await resp.json())["reason"]) == (403, "peer_not_whitelisted")
 
     # The doctor's browser on the consumer box (HTTPS, no certificate): launch, PSC login, the images, which the
     # consumer fetched from the source over mutual TLS with its own certificate.

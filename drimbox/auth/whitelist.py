@@ -1,13 +1,16 @@
-"""The ANS whitelist of DRIMboxes ("liste blanche"): fetched, its XML signature verified, hosts matched."""
+"""The ANS whitelist of DRIMboxes ("liste blanche"): fetched, its signature and signer verified, hosts and operators matched."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -15,34 +18,41 @@ from urllib.parse import urlsplit
 import aiohttp
 from cryptography import x509
 from lxml import etree
-from signxml.exceptions import InvalidInput, SignXMLException
-from signxml.verifier import SignatureConfiguration, XMLVerifier
-from signxml.xades.xades import XAdESSignatureConfiguration, XAdESVerifier
 
 from drimbox import tls
+from drimbox.auth import xmlsig
+from drimbox.auth.whitelist_trust import (
+    Trust,
+    TrustError,
+    ca_issuer_urls,
+    check_revocation,
+    crl_of,
+    crl_urls,
+    load_certificates,
+    load_crls,
+    signer_chain,
+)
 from drimbox.config import WhitelistSettings
 
 log = logging.getLogger(__name__)
 
-DS = "http://www.w3.org/2000/09/xmldsig#"
-XADES = "http://uri.etsi.org/01903/v1.3.2#"
+DS = xmlsig.DS
 ROOT_NAME = "ListeBlancheDRIM-M"
 MAX_LIST_BYTES = 5 * 1024 * 1024
+MAX_CRL_BYTES = 20 * 1024 * 1024
+MAX_CERT_BYTES = 64 * 1024
+MAX_ISSUERS_FETCHED = 4
 Role = Literal["db", "vi", "any"]
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
 class WhitelistError(Exception):
-    """The list cannot be used; `reason`: unavailable, malformed, unsigned, bad_signature, untrusted."""
+    """The list cannot be used; `reason`: unavailable, malformed, unsigned, bad_signature, untrusted,
+    wrong_signer (CN/OU), expired, revoked, revocation_unknown (no current CRL)."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
-
-
-def _parser() -> etree.XMLParser:
-    # No entities, no network, no huge trees: the list comes from the network.
-    return etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
 
 
 # An entry "host:*": every port of a loopback host (a simulator's list for tests whose boxes pick their ports).
@@ -88,12 +98,17 @@ class Whitelist:
       whose test boxes pick their ports at run time);
     - an entry given as a URL "https://host[:port]/prefix" also pins the scheme and a path prefix (whole
       segments); a URL path with dot segments or encoded slashes is refused (it could climb out of the prefix).
+
+    `admits_operator(subject)`: a calling box's client certificate subject is the DNCertificatOperateur of an
+    entry (what a source checks with mutual TLS).
     """
 
     db: frozenset[Endpoint]
     vi: frozenset[Endpoint]
     generated_at: str = ""
     signed: bool = False
+    # The Domaine entries' DNCertificatOperateur, normalised (see operator_key): who may call a source box.
+    operators: frozenset[OperatorKey] = field(default_factory=frozenset)
 
     @classmethod
     def from_element(cls, root: etree._Element, *, signed: bool) -> Whitelist:
@@ -105,7 +120,12 @@ class Whitelist:
             vi=frozenset(_entries(e.text for e in root.iter("{*}vi"))),
             generated_at=(generated.text or "").strip() if generated is not None else "",
             signed=signed,
+            operators=frozenset(_operators(e.text for e in root.iter("{*}DNCertificatOperateur"))),
         )
+
+    def admits_operator(self, subject: x509.Name) -> bool:
+        """Whether a certificate subject is one of the list's operator DNs (same attributes, case-insensitive)."""
+        return operator_key(subject) in self.operators
 
     def allows(self, url: str, role: Role = "db") -> bool:
         """Whether `url` points at a listed endpoint: host, port, scheme and path (rules in the class docstring)."""
@@ -127,51 +147,58 @@ class Whitelist:
         return any(entry.admits(parts.scheme, host, effective, path) for entry in entries)
 
 
-def verify_whitelist(xml: bytes, *, certificate: x509.Certificate | None, require_signature: bool) -> Whitelist:
-    """Parse and verify a list: the enveloped XML-DSig (or XAdES) signature must verify with `certificate`.
+def verify_signed(
+    xml: bytes, *, trust: Trust | None, require_signature: bool, now: datetime | None = None,
+) -> tuple[Whitelist, list[x509.Certificate]]:  # fmt: skip
+    """Parse a list and verify its XAdES signature and its signer (chain to a root of `trust`, CN/OU, dates).
 
-    Only what the signature covers is read ("see what is signed"). Unsigned, or signed but with no
-    certificate to check it against, is accepted only when `require_signature` is false.
+    Returns the list and the signer's chain ([] when unsigned lists are accepted); revocation is left to
+    `check_revocation`, which may need the network. Unsigned, or signed with no trust configured, is accepted
+    only when `require_signature` is false.
     """
     try:
-        root = etree.fromstring(xml, _parser())
+        root = etree.fromstring(xml, xmlsig.parser())
     except etree.XMLSyntaxError as exc:
         raise WhitelistError("malformed", str(exc)) from None
-    signature = root.find(f"{{{DS}}}Signature")
-    if signature is None:
-        if root.find(f".//{{{DS}}}Signature") is not None:
-            raise WhitelistError("bad_signature", "the signature is not enveloped at the top of the list")
+    if etree.QName(root).localname != ROOT_NAME:
+        raise WhitelistError("malformed", f"root element is not {ROOT_NAME}")
+    if root.find(f".//{{{DS}}}Signature") is None:
         if require_signature:
             raise WhitelistError("unsigned", "the list carries no signature and whitelist.require_signature is true")
         log.warning("whitelist: the list is unsigned; accepted because whitelist.require_signature is false")
-        return Whitelist.from_element(root, signed=False)
-    if certificate is None:
+        return Whitelist.from_element(root, signed=False), []
+    if trust is None or not trust.roots:
         if require_signature:
-            raise WhitelistError("untrusted", "no certificate to check the signature with (whitelist.certificate)")
-        log.warning("whitelist: signature NOT checked (no whitelist.certificate); accepted as unsigned")
-        return Whitelist.from_element(root, signed=False)
-    is_xades = signature.find(f".//{{{XADES}}}QualifyingProperties") is not None
+            raise WhitelistError("untrusted", "no trusted root to check the signer with (whitelist.trust_roots)")
+        log.warning("whitelist: signature NOT checked (no whitelist.trust_roots); accepted as unsigned")
+        return Whitelist.from_element(root, signed=False), []
     try:
-        if is_xades:
-            # The ANS signs with XAdES-BASELINE-B: the list, the SignedProperties and maybe the KeyInfo.
-            results = XAdESVerifier().verify(
-                xml, x509_cert=certificate, parser=_parser(),
-                expect_config=XAdESSignatureConfiguration(location="./", expect_references=True),
-            )
-        else:
-            result = XMLVerifier().verify(
-                xml, x509_cert=certificate, parser=_parser(), expect_config=SignatureConfiguration(location="./")
-            )
-            results = [result] if not isinstance(result, list) else result
-    except (SignXMLException, InvalidInput) as exc:
+        verified = xmlsig.verify_enveloped(xml)
+    except xmlsig.SignatureError as exc:
         raise WhitelistError("bad_signature", str(exc)) from None
     except (etree.LxmlError, ValueError) as exc:
         raise WhitelistError("bad_signature", type(exc).__name__) from None
-    for result in results:
-        signed = result.signed_xml
-        if signed is not None and etree.QName(signed).localname == ROOT_NAME:
-            return Whitelist.from_element(signed, signed=True)
-    raise WhitelistError("bad_signature", "the signature does not cover the whole list")
+    try:
+        chain = signer_chain(verified.signer, verified.certificates, trust, now or datetime.now(UTC))
+    except TrustError as exc:
+        raise WhitelistError(exc.reason, exc.detail) from None
+    # Everything but the one signature is covered by the reference to the whole document: read it all.
+    return Whitelist.from_element(root, signed=True), chain
+
+
+def verify_whitelist(
+    xml: bytes, *, trust: Trust | None, require_signature: bool, crls: Sequence[x509.CertificateRevocationList] = (),
+    now: datetime | None = None,
+) -> Whitelist:  # fmt: skip
+    """`verify_signed` then revocation against `crls` (no network): the whole check, for a list at hand."""
+    moment = now or datetime.now(UTC)
+    whitelist, chain = verify_signed(xml, trust=trust, require_signature=require_signature, now=moment)
+    if chain and trust is not None and trust.check_revocation:
+        try:
+            check_revocation(chain, crls, moment)
+        except TrustError as exc:
+            raise WhitelistError(exc.reason, exc.detail) from None
+    return whitelist
 
 
 class AnsWhitelist:
@@ -188,7 +215,7 @@ class AnsWhitelist:
         self._current: Whitelist | None = None
         self._fetched_at = 0.0
         self._attempted_at: float | None = None
-        self._certificate: x509.Certificate | None = None
+        self._first_use_roots: tuple[x509.Certificate, ...] = ()
         self._lock = asyncio.Lock()
         self.last_error = ""
 
@@ -211,6 +238,11 @@ class AnsWhitelist:
         await self.ensure_fresh()
         return self.is_allowed(url, role)
 
+    async def admits_operator(self, subject: x509.Name) -> bool:
+        """Whether a calling box's certificate subject is the DNCertificatOperateur of a listed Domaine."""
+        current = await self.ensure_fresh()
+        return current is not None and current.admits_operator(subject)
+
     async def ensure_fresh(self) -> Whitelist | None:
         """Refresh when due; a failed refresh keeps the previous list (until max_stale) and is retried later."""
         due = self._current is None or self._clock() - self._fetched_at >= self.settings.refresh_interval
@@ -227,20 +259,26 @@ class AnsWhitelist:
         return self.current
 
     async def refresh(self) -> Whitelist:
-        """Fetch and verify now; raises WhitelistError (the previous list stays in place)."""
+        """Fetch and verify now (signature, signer chain, revocation); raises WhitelistError (the previous list stays)."""
         self._attempted_at = self._clock()
         try:
-            certificate = await self._trusted_certificate()
+            trust = await self._trust()
             xml = await self._fetch(self.settings.url)
-            whitelist = await asyncio.to_thread(
-                verify_whitelist, xml, certificate=certificate, require_signature=self.settings.require_signature
-            )
+            now = datetime.now(UTC)
+            whitelist, chain = await self._verify(xml, trust, now)
+            if chain and trust is not None and trust.check_revocation:
+                crls = await self._crls(chain)
+                try:
+                    check_revocation(chain, crls, now)
+                except TrustError as exc:
+                    raise WhitelistError(exc.reason, exc.detail) from None
         except WhitelistError as exc:
             self.last_error = str(exc)
             raise
         self._current, self._fetched_at, self.last_error = whitelist, self._clock(), ""
-        log.info("whitelist loaded: %d box hosts, %d viewer hosts, %s, generated %s", len(whitelist.db),
-                 len(whitelist.vi), "signature verified" if whitelist.signed else "UNSIGNED", whitelist.generated_at or "?")
+        log.info("whitelist loaded: %d box hosts, %d viewer hosts, %d operators, %s, generated %s", len(whitelist.db),
+                 len(whitelist.vi), len(whitelist.operators),
+                 "signer chain and revocation verified" if whitelist.signed else "UNSIGNED", whitelist.generated_at or "?")
         return whitelist
 
     async def close(self) -> None:
@@ -248,26 +286,97 @@ class AnsWhitelist:
             await self._session.close()
         self._session = None
 
-    async def _trusted_certificate(self) -> x509.Certificate | None:
-        if self._certificate is not None:
-            return self._certificate
-        pem: bytes | None = None
-        if self.settings.certificate:
-            pem = await asyncio.to_thread(Path(self.settings.certificate).read_bytes)
-        elif self.settings.certificate_url:
-            pem = await self._fetch(self.settings.certificate_url)
-            # Pinned for the life of the process; acceptable for the simulator, not for the national list.
-            log.warning("whitelist: signer certificate taken from %s (trust on first use); set whitelist.certificate "
-                        "to pin it", self.settings.certificate_url)
-        if pem is None:
-            return None
+    async def _verify(self, xml: bytes, trust: Trust | None, now: datetime) -> tuple[Whitelist, list[x509.Certificate]]:
+        require = self.settings.require_signature
         try:
-            self._certificate = x509.load_pem_x509_certificate(pem)
-        except ValueError:
-            raise WhitelistError("untrusted", "the whitelist certificate is not a PEM X.509 certificate") from None
-        return self._certificate
+            return await asyncio.to_thread(verify_signed, xml, trust=trust, require_signature=require, now=now)
+        except WhitelistError as exc:
+            if exc.reason != "untrusted" or trust is None or not trust.roots:
+                raise
+            # The ANS's KeyInfo carries the signer only: its issuers are where its caIssuers say (IGC-Santé
+            # publishes them), as a validator like esignsante finds them. They only help build the path.
+            fetched = await self._issuers(xml, trust)
+            if not fetched:
+                raise
+        trust = dataclasses.replace(trust, intermediates=(*trust.intermediates, *fetched))
+        return await asyncio.to_thread(verify_signed, xml, trust=trust, require_signature=require, now=now)
 
-    async def _fetch(self, url: str) -> bytes:
+    async def _issuers(self, xml: bytes, trust: Trust) -> tuple[x509.Certificate, ...]:
+        try:
+            current = (await asyncio.to_thread(xmlsig.verify_enveloped, xml)).signer
+        except xmlsig.SignatureError:
+            return ()
+        found: list[x509.Certificate] = []
+        roots = {root.subject for root in trust.roots}
+        while current.issuer not in roots and len(found) < MAX_ISSUERS_FETCHED:
+            issuer = None
+            for url in ca_issuer_urls(current):
+                try:
+                    certs = load_certificates(await self._fetch(url, limit=MAX_CERT_BYTES), url)
+                except (WhitelistError, TrustError) as exc:
+                    log.warning("whitelist: issuer certificate %s unusable: %s", url, exc)
+                    continue
+                issuer = next((c for c in certs if c.subject == current.issuer), None)
+                if issuer is not None:
+                    break
+            if issuer is None or issuer in found or issuer.subject == issuer.issuer:
+                break
+            found.append(issuer)
+            current = issuer
+        return tuple(found)
+
+    async def _trust(self) -> Trust | None:
+        s = self.settings
+        try:
+            roots: tuple[x509.Certificate, ...] = ()
+            if s.trust_roots:
+                roots = tuple(load_certificates(await asyncio.to_thread(Path(s.trust_roots).read_bytes), "whitelist.trust_roots"))
+            elif s.trust_on_first_use and s.certificate_url:
+                roots = self._first_use_roots or await self._root_on_first_use()
+            intermediates: tuple[x509.Certificate, ...] = ()
+            if s.intermediates:
+                data = await asyncio.to_thread(Path(s.intermediates).read_bytes)
+                intermediates = tuple(load_certificates(data, "whitelist.intermediates"))
+        except OSError as exc:
+            raise WhitelistError("untrusted", f"cannot read a trust file: {exc.strerror or exc}") from None
+        except TrustError as exc:
+            raise WhitelistError(exc.reason, exc.detail) from None
+        if not roots:
+            return None
+        return Trust(roots, intermediates, s.signer_cn, s.signer_ou, s.check_revocation)
+
+    async def _root_on_first_use(self) -> tuple[x509.Certificate, ...]:
+        # Explicit opt-in (whitelist.trust_on_first_use): the simulator on loopback; never the national list.
+        pem = await self._fetch(self.settings.certificate_url)
+        try:
+            roots = tuple(load_certificates(pem, self.settings.certificate_url))
+        except TrustError as exc:
+            raise WhitelistError("untrusted", str(exc)) from None
+        log.warning("whitelist: trusted root taken from %s on first use (whitelist.trust_on_first_use); set "
+                    "whitelist.trust_roots to the IGC-Santé root instead", self.settings.certificate_url)
+        self._first_use_roots = roots
+        return roots
+
+    async def _crls(self, chain: Sequence[x509.Certificate]) -> list[x509.CertificateRevocationList]:
+        """The configured CRLs, then, for a certificate whose issuer has none there, its distribution point's."""
+        crls: list[x509.CertificateRevocationList] = []
+        try:
+            if self.settings.crl:
+                crls += load_crls(await asyncio.to_thread(Path(self.settings.crl).read_bytes), "whitelist.crl")
+        except OSError as exc:
+            raise WhitelistError("revocation_unknown", f"whitelist.crl: {exc.strerror or exc}") from None
+        except TrustError as exc:
+            raise WhitelistError(exc.reason, exc.detail) from None
+        for cert, issuer in pairwise(chain):
+            for url in crl_urls(cert) if crl_of(issuer, crls) is None else []:
+                try:
+                    crls += load_crls(await self._fetch(url, limit=MAX_CRL_BYTES), url)
+                    break
+                except (WhitelistError, TrustError) as exc:
+                    log.warning("whitelist: CRL %s unusable: %s", url, exc)
+        return crls
+
+    async def _fetch(self, url: str, limit: int = MAX_LIST_BYTES) -> bytes:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout), connector=tls.connector())
             self._own_session = True
@@ -278,11 +387,33 @@ class AnsWhitelist:
                 body = bytearray()
                 async for chunk in resp.content.iter_chunked(64 * 1024):
                     body += chunk
-                    if len(body) > MAX_LIST_BYTES:
-                        raise WhitelistError("malformed", f"{url}: larger than {MAX_LIST_BYTES} bytes")
+                    if len(body) > limit:
+                        raise WhitelistError("malformed", f"{url}: larger than {limit} bytes")
                 return bytes(body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise WhitelistError("unavailable", f"{url}: {type(exc).__name__}") from None
+
+
+# A DN as compared: per RDN (in order), its attributes as (OID, value casefolded, spaces collapsed).
+OperatorKey = tuple[frozenset[tuple[str, str]], ...]
+
+
+def operator_key(name: x509.Name) -> OperatorKey:
+    """X.500 compares directory strings case-insensitively and ignoring extra spaces; so does this."""
+    return tuple(
+        frozenset((a.oid.dotted_string, " ".join(str(a.value).split()).casefold()) for a in rdn) for rdn in name.rdns
+    )
+
+
+def _operators(texts: Iterable[str | None]) -> Iterable[OperatorKey]:
+    for text in texts:
+        value = (text or "").strip()
+        if not value:
+            continue
+        try:
+            yield operator_key(x509.Name.from_rfc4514_string(value))
+        except ValueError:
+            log.warning("whitelist: DNCertificatOperateur %r ignored (not an RFC 4514 DN)", value[:200])
 
 
 def _entries(texts: Iterable[str | None]) -> Iterable[Endpoint]:

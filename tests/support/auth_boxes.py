@@ -48,6 +48,7 @@ def box_settings(work: Path, sim_url: str, roles: list[str], profile: str = "pro
     s.pacs.port, s.pacs.timeout = free_port(), 2.0
     s.dmp.url, s.psc.issuer = f"{sim_url}/dmp", f"{sim_url}/psc"
     s.whitelist.url, s.whitelist.certificate_url = f"{sim_url}/whitelist", f"{sim_url}/whitelist/certificate"
+    s.whitelist.trust_on_first_use = True  # the simulator's test root, on loopback
     s.auth.operator_token = operator_token_hash(OPERATOR_TOKEN)
     # Events kept in memory, where these tests read them (the on-disk trail has its own tests).
     s.audit.enabled = False

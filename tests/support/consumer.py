@@ -87,7 +87,8 @@ def consumer_app_with_images(settings: Settings, sim_url: str, auth: FakeAuth) -
     from drimbox.config import WhitelistSettings
     from drimbox.consumer.images import setup_consumer_images
 
-    settings.whitelist = WhitelistSettings(url=f"{sim_url}/whitelist", certificate_url=f"{sim_url}/whitelist/certificate")
+    settings.whitelist = WhitelistSettings(url=f"{sim_url}/whitelist", certificate_url=f"{sim_url}/whitelist/certificate",
+                                           trust_on_first_use=True)
     app = web.Application()
     setup_consumer(app, settings, auth)
     setup_consumer_images(app, settings, auth)

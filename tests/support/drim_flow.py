@@ -153,7 +153,8 @@ def consumer_settings(work: Path, sim_url: str, pacs: Any = None, method: str = 
     s = Settings()
     s.box.var_dir = str(work / "consumer-var")
     s.dicom.ae_title = "DRIMCONSO"
-    s.whitelist = WhitelistSettings(url=f"{sim_url}/whitelist", certificate_url=f"{sim_url}/whitelist/certificate")
+    s.whitelist = WhitelistSettings(url=f"{sim_url}/whitelist", certificate_url=f"{sim_url}/whitelist/certificate",
+                                    trust_on_first_use=True)
     if pacs is not None:
         c = s.consumer
         c.local_pacs_ae_title, c.local_pacs_host, c.local_pacs_port = pacs.aet, "127.0.0.1", pacs.dicom_port
