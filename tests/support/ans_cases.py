@@ -103,8 +103,10 @@ class Mesh:
 
 def pacs_studies() -> Iterator[ExamSpec]:
     """Every study the cases expect the PACS to hold (G2's and W2's are missing on purpose)."""
-    for letter in ("C", "E", "F", "G1", "I", "Q", "U", "W", *PLAIN):
+    for letter in ("C", "E", "F", "G1", "I", "U", "W", *PLAIN):
         yield ANS_EXAMS[letter]
+    # Q's images are MR, whatever its CDA calls them.
+    yield dataclasses.replace(ANS_EXAMS["Q"], modalities=(("MR", "Imagerie par résonance magnétique"),))
     f = ANS_EXAMS["F"]
     yield dataclasses.replace(f, name="F2", study_uid=F_SECOND.study_uid, accession=F_SECOND.accession)
     # M's images are filed under the INS's real owner (PAT-TROIS): the report's traits are another person's.
@@ -225,11 +227,13 @@ def case_m_other_traits_under_the_same_ins_are_never_published(m: Mesh) -> None:
 
 
 def case_q_modality_rm_is_published(m: Mesh) -> None:
-    """Q: the CDA codes its modality "RM"; the images say MR. The KOS lists what the PACS holds."""
+    """Q: the CDA codes its modality "RM"; the images say MR. The DMP is told MR, a DICOM modality."""
     assert m.send(m.messages.oru("Q", "Q-1")) == "AA"
     pub = m.published("1.2.250.1.213.4.5.2.1.118")
     kos = m.kos(pub["kos_uid"])
     assert kos.StudyInstanceUID == "1.2.250.1.213.4.5.2.1.118"
+    codes = {c["code"] for c in m.dmp_entry(pub["kos_uid"])["eventCodes"]}
+    assert "MR" in codes and "RM" not in codes, codes
 
 
 def case_u_published(m: Mesh) -> None:
