@@ -212,3 +212,18 @@ async def test_an_outbox_of_the_previous_layout_is_migrated(tmp_path: Path) -> N
         assert (await outbox.search(study_uid=F_STUDIES[0][0]))[0].state == "published"
     finally:
         outbox.close()
+
+
+async def test_an_iocm_note_on_the_second_study_of_a_report_revises_it_with_the_report(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "db.sqlite")
+    try:
+        await _accept_f(outbox, "F1")
+        second = (await outbox.search(study_uid=F_STUDIES[1][0]))[0]
+        await outbox.update(second.id, state="published", kos_uid="9.8", entry_uuid="urn:uuid:y", published_at=time.time())
+        accepted = outbox.record_rejection("1.9.9", F_STUDIES[1][0], "113039", frozenset({"1.2"}))
+        assert accepted is not None
+        revise = await outbox.get(accepted.publication_id)
+        assert revise is not None and (revise.action, revise.study_uid) == ("revise", F_STUDIES[1][0])
+        assert await outbox.raw_message(revise.id) == b"MSH|F|F1"
+    finally:
+        outbox.close()
