@@ -24,6 +24,7 @@ from drimbox.hl7.mllp import send_message
 from drimbox.samples.reports import ANS_EXAMS, ExamSpec, build_cda, build_mdm, build_omi_cancel, build_oru
 from drimbox.samples.studies import study_for_exam, write_study
 from tests.support.fixtures_mesh import Sim, SourceBox
+from tests.test_iocm import kos_instances, rejection_note, storescu, write
 
 INS = "279035121518989"
 ACCESSION_SCHEME = "urn:ihe:iti:xds:2013:accession"
@@ -67,6 +68,7 @@ class Mesh:
     box: SourceBox
     sim: Sim
     messages: Messages
+    work: Path
 
     def send(self, raw: bytes) -> str:
         ack = asyncio.run(send_message("127.0.0.1", self.box.mllp_port, raw, timeout=30))
@@ -126,7 +128,7 @@ def start_mesh(orthanc: Any, work: Path, messages: Messages) -> Iterator[Mesh]:
     # G2 waits for a study no PACS holds: a short window makes it fail within the suite.
     box = SourceBox(box_dir, sim.url, orthanc, publish={"waiting_window": 3.0, "waiting_interval": 0.5}).start()
     try:
-        yield Mesh(box, sim, messages)
+        yield Mesh(box, sim, messages, work)
     finally:
         box.stop()
         sim.stop()
@@ -162,6 +164,16 @@ def case_f_two_studies_each_get_a_kos_replaced_and_withdrawn_together(m: Mesh) -
         assert kos.StudyInstanceUID == uid and kos.AccessionNumber == accession
         refs = m.dmp_entry(pub["kos_uid"])["referenceIds"]
         assert any(accession in r for r in refs) and any(uid in r for r in refs), refs
+    # The PACS rejects an image of the second study (IOCM): that study's KOS alone is revised, with this report.
+    series_uid, sops = next(iter(kos_instances(m.sim, first[1]["kos_uid"]).items()))
+    note = write(rejection_note(F_SECOND.study_uid, {series_uid: sops[:1]}), m.work / "f-note.dcm")
+    assert storescu(m.box.dicom_port, note).returncode == 0
+    revised = m.published(F_SECOND.study_uid)
+    assert revised["action"] == "revise" and revised["accession"] == F_SECOND.accession
+    assert sops[0] not in [i for refs in kos_instances(m.sim, revised["kos_uid"]).values() for i in refs]
+    assert m.kos(revised["kos_uid"]).AccessionNumber == F_SECOND.accession
+    assert len(m.publications(f.study_uid)) == 1
+    first[1] = revised
     # A new version of the report replaces both KOS.
     v2 = dataclasses.replace(f, document_id="1.2.250.1.213.4.5.4.4062", version=2)
     assert m.send(m.messages.report(v2, "F-2")) == "AA"
