@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.ans import ANS_DATA, excerpt_cda_c, fill, message, needs_ans_data
+from conformance.ans import ANS_DATA, M_PID, excerpt_cda_c, fill, message, needs_ans_data, with_pid
 from drimbox.cda import parse_cda
 from drimbox.hl7 import HL7Error, ReportMessage, build_ack, parse_report_message
 from drimbox.hl7.order import OrderCancel, parse_inbound
 from drimbox.samples.reports import ANS_EXAMS, build_cda
 
 pytestmark = needs_ans_data
+
+INS = "279035121518989"
 
 
 def _parse(raw: bytes) -> ReportMessage:
@@ -95,8 +97,11 @@ def test_exam_w_is_an_order_cancel_of_its_study() -> None:
     assert b"MSA|AA|001\r" in ack and b"|ACK^O23^ACK|" in ack and b"|2.5.1" in ack
 
 
-def test_exam_m_in_the_ans_template_is_refused_for_its_identity_traits() -> None:
-    # Every ANS HL7 file carries PAT-TROIS in PID; CR_M's patient has the same INS but other traits.
+def test_exam_m_is_read_with_its_own_traits_and_refused_inside_another_patients_pid() -> None:
+    # CR_M-ORU's PID carries the CDA's traits (PatientBis) under PAT-TROIS's INS: read (the PACS check is next).
+    m = _parse(with_pid(message("C/CR_C-ORU.excerpt.hl7", build_cda(ANS_EXAMS["M"])), M_PID))
+    assert (m.report.patient_family, m.report.patient_birth_date, m.patient.ins) == ("ANS-DRIM", "20120125", INS)
+    # The same CDA inside the template's PID (PAT-TROIS's traits): the RIS is told at once.
     with pytest.raises(HL7Error) as exc:
         parse_report_message(message("C/CR_C-ORU.excerpt.hl7", build_cda(ANS_EXAMS["M"])))
     assert (exc.value.ack_code, exc.value.error_code) == ("AE", "207")

@@ -3,7 +3,8 @@
 The cases and their expected outcomes are tests/support/ans_cases.py, which tests/test_ans_cases.py also runs from
 the project's own samples (so a fresh clone without the ANS data tests them too). Here the messages are the ANS
 files, their elided CDA rebuilt from the facts of each exam; an exam whose HL7 file was not harvested is sent in the
-ANS template (the C ORU, or the I depublication for a withdrawal) around its own CDA, as the ANS files all share it.
+ANS template (the C ORU, or the I depublication for a withdrawal) around its own CDA, as the ANS files share it (but
+for M, whose PID carries the CDA's traits: conformance.ans.M_PID).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conformance.ans import ANS_DATA, excerpt_cda_c, fill, message, needs_ans_data
+from conformance.ans import ANS_DATA, M_PID, excerpt_cda_c, fill, message, needs_ans_data, with_pid
 from drimbox.samples.reports import ANS_EXAMS, ExamSpec, build_cda
 from tests.support.ans_cases import Mesh, Messages, parametrize_cases, start_mesh
 
@@ -40,10 +41,15 @@ class AnsMessages(Messages):
         return b"2024091210%04d" % next(self._ids)  # MSH-7 takes it too in the ANS template
 
     def oru(self, exam: str, control_id: str, action: str = "publish") -> bytes:
+        if (exam, action) == ("M", "publish"):  # CR_M-ORU: the template with M's own PID
+            return with_pid(self.report(ANS_EXAMS["M"], control_id), M_PID)
         path, cda = self._files.get((exam, action), (None, None))
         if path is None or cda is None:
             return self.report(ANS_EXAMS[exam], control_id, action)
         return message(path, cda(), self._id())
+
+    def foreign_pid(self, exam: str, control_id: str) -> bytes:
+        return self.report(ANS_EXAMS[exam], control_id)  # the template's PID is PAT-TROIS's
 
     def report(self, exam: ExamSpec, control_id: str, action: str = "publish") -> bytes:
         template = {"publish": "C/CR_C-ORU.excerpt.hl7", "withdraw": "I/CR_I_Depublication-ORU.excerpt.hl7"}[action]

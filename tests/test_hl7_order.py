@@ -73,12 +73,12 @@ def test_several_ipc_segments_cancel_several_studies() -> None:
 
 
 def _with_pid_of(raw: bytes, other: bytes) -> bytes:
-    """The ANS template's situation: every message carries the same PID, whatever the CDA says."""
+    """The PID of another message (the test patient PAT-TROIS's) around this message's CDA."""
     pid = next(line for line in other.split(b"\r") if line.startswith(b"PID|"))
     return b"\r".join(pid if line.startswith(b"PID|") else line for line in raw.split(b"\r"))
 
 
-def test_exam_m_other_traits_under_the_same_ins_are_refused() -> None:
+def test_exam_m_traits_in_another_patients_pid_are_refused() -> None:
     template = build_oru(build_cda(ANS_EXAMS["C"]))
     e = _refused(_with_pid_of(build_oru(build_cda(ANS_EXAMS["M"])), template))
     assert (e.ack_code, e.error_code, e.location) == ("AE", "207", "PID^1^7")

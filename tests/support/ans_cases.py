@@ -40,24 +40,22 @@ PLAIN = ("H", "J", "K", "L", "N", "R", "S", "V")
 
 
 class Messages:
-    """The HL7 messages of the cases, rebuilt from the samples. Like the ANS files, every message carries the
-    ANS template's PID (the test patient PAT-TROIS), whatever its CDA says."""
-
-    def __init__(self) -> None:
-        template = build_oru(build_cda(ANS_EXAMS["C"]), control_id="PID")
-        self.template_pid = next(line for line in template.split(b"\r") if line.startswith(b"PID|"))
-
-    def _template(self, raw: bytes) -> bytes:
-        return b"\r".join(self.template_pid if s.startswith(b"PID|") else s for s in raw.split(b"\r"))
+    """The HL7 messages of the cases, rebuilt from the samples (PID from the CDA's patient, as in the ANS files)."""
 
     def oru(self, exam: str, control_id: str, action: str = "publish") -> bytes:
         return self.report(ANS_EXAMS[exam], control_id, action)
 
     def report(self, exam: ExamSpec, control_id: str, action: str = "publish") -> bytes:
-        return self._template(build_oru(build_cda(exam), action, control_id=control_id))  # type: ignore[arg-type]
+        return build_oru(build_cda(exam), action, control_id=control_id)  # type: ignore[arg-type]
 
     def mdm(self, exam: str, control_id: str) -> bytes:
-        return self._template(build_mdm(build_cda(ANS_EXAMS[exam]), control_id=control_id))
+        return build_mdm(build_cda(ANS_EXAMS[exam]), control_id=control_id)
+
+    def foreign_pid(self, exam: str, control_id: str) -> bytes:
+        """The exam's CDA in a message whose PID is the test patient PAT-TROIS's (exam C's)."""
+        pid = next(s for s in build_oru(build_cda(ANS_EXAMS["C"])).split(b"\r") if s.startswith(b"PID|"))
+        raw = self.oru(exam, control_id)
+        return b"\r".join(pid if s.startswith(b"PID|") else s for s in raw.split(b"\r"))
 
     def cancel(self, control_id: str, accession: str = "ACN124", study_uid: str = "1.2.250.1.213.4.5.2.1.124") -> bytes:
         return build_omi_cancel(control_id=control_id, accession=accession, study_uid=study_uid)
@@ -226,13 +224,13 @@ def case_i_published_then_withdrawn(m: Mesh) -> None:
 
 
 def case_m_other_traits_under_the_same_ins_are_never_published(m: Mesh) -> None:
-    """M: the test patient's INS with another person's name, sex and birth date. With the ANS template's PID the
-    RIS is told at once (AE); with a PID agreeing with the CDA, the PACS's traits stop it (rejected)."""
+    """M: the test patient's INS with another person's name, sex and birth date (PID and CDA agree on them). The
+    PACS files the study under the INS's owner: the publication is rejected. A PID disagreeing with its CDA is
+    refused at once (AE)."""
     m_uid = ANS_EXAMS["M"].study_uid
-    assert m.send(m.messages.oru("M", "M-1")) == "AE"
+    assert m.send(m.messages.foreign_pid("M", "M-1")) == "AE"
     assert m.publications(m_uid) == []
-    own_pid = build_oru(build_cda(ANS_EXAMS["M"]), control_id="M-2")
-    assert m.send(own_pid) == "AA"
+    assert m.send(m.messages.oru("M", "M-2")) == "AA"
     pub = m.wait(m_uid, ("rejected", "published", "failed"))
     assert pub["state"] == "rejected" and "Birth Date" in pub["last_error"], pub
     assert "20120125" not in pub["last_error"] and "19790328" not in pub["last_error"]
