@@ -233,3 +233,14 @@ def test_a_second_study_without_uid_or_a_repeated_one_is_refused() -> None:
         parse_cda(cda.replace(b'<id root="1.2.250.1.213.4.5.2.1.107"/>', b""))
     with pytest.raises(CdaError, match="same Study Instance UID"):
         parse_cda(cda.replace(b"1.2.250.1.213.4.5.2.1.107", b"1.2.250.1.213.4.5.2.1.106"))
+
+
+@pytest.mark.parametrize("letter", ["G2", "M", "N", "Q", "W", "H", "V"])
+def test_the_further_ans_exams_read_back_as_specified(letter: str) -> None:
+    exam = ANS_EXAMS[letter]
+    r = parse_cda(build_cda(exam))
+    assert (r.document_id, r.study_uid, r.accession, r.order_id) == (
+        exam.document_id, exam.study_uid, exam.accession, exam.order_id,
+    )  # fmt: skip
+    assert (r.patient_family, r.patient_birth_date, r.ins) == (exam.family, exam.birth_date, "279035121518989")
+    assert r.modalities == tuple(code for code, _ in exam.modalities)

@@ -171,6 +171,7 @@ ANS_EXAMS: dict[str, ExamSpec] = {
         study_uid="1.2.3.4.5.6.7.8.9",
         accession="ACN108",
         order_id="OPN108",
+        regions=(("113257007", SNOMED, "système cardiovasculaire"),),
     ),
     # M: the test patient's INS and IPP with another person's traits.
     "M": _nuclear(
