@@ -100,6 +100,12 @@ def test_each_identity_trait_is_compared(change: dict[str, str], where: str) -> 
     assert (e.error_code, e.location) == ("207", where)
 
 
+def test_a_partial_birth_date_or_an_unknown_sex_does_not_contradict() -> None:
+    raw = build_oru(build_cda(ANS_EXAMS["C"]))
+    assert isinstance(parse_inbound(raw.replace(b"||19790328|F", b"||1979|U")), ReportMessage)
+    assert _refused(raw.replace(b"||19790328|F", b"||1980|F")).location == "PID^1^7"
+
+
 def test_names_compare_without_case_accents_or_spacing() -> None:
     template = build_oru(build_cda(dataclasses.replace(ANS_EXAMS["C"], family="Pat-Trois")))
     raw = _with_pid_of(build_oru(build_cda(dataclasses.replace(ANS_EXAMS["C"], family="PÂT-TROIS "))), template)

@@ -414,11 +414,13 @@ def _check_identity(pid: _Segment, report: ReportIdentifiers) -> None:
     """The identity traits the RIS sends (PID-5/7/8) must be those of the CDA (ANS exam M: same INS, another
     patient's traits). An INS is qualified with its traits; publishing under a mismatch would file the images in
     the wrong record. The messages (and logs) name the field, never a value."""
+    # A date known only to the year or month (PID-7 "1979") is compared as far as it goes.
     birth = pid.get(7)[:8]
-    if birth and report.patient_birth_date and birth != report.patient_birth_date:
+    if birth and report.patient_birth_date and not report.patient_birth_date.startswith(birth):
         raise HL7Error("AE", "207", "the birth date in PID-7 differs from the CDA's", pid.where(7))
-    sex = pid.get(8).upper()
-    if sex and report.patient_sex and sex != report.patient_sex.upper():
+    # Only a definite sex contradicts: U (unknown) or O (other) on one side says nothing against the other.
+    sex, cda_sex = pid.get(8).upper(), (report.patient_sex or "").upper()
+    if sex in ("M", "F") and cda_sex in ("M", "F") and sex != cda_sex:
         raise HL7Error("AE", "207", "the administrative sex in PID-8 differs from the CDA's", pid.where(8))
     # The birth name: the repetition of type L (legal), else the first one.
     names = range(1, len(pid.repetitions(5)) + 1)
