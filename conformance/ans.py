@@ -45,4 +45,19 @@ def message(path: str, cda: bytes, control_id: bytes = PLACEHOLDERS[b"idMessage"
     return fill(ELIDED.sub(base64.b64encode(cda), raw), control_id)
 
 
+# PID of ANS CR_M-ORU.hl7 (upstream `Référencement DRIMBox/Jeux de données/HL7v2/Examen M/CR_M-ORU.hl7`, not in the
+# harvest): unlike the other exams' files, it carries the CDA's PatientBis traits under PAT-TROIS's INS and IPP.
+M_PID = (
+    b"PID|||279035121518989^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS^^~IPP101^^^AUT-AFFECTATION&"
+    b"1.2.250.1.213.4.5.2.4&ISO^PI||ANS-DRIM^PatientBis^PatientBis^^^^L~ANS-DRIM^^^^^^D||20120125|M|||"
+    b"^^^^^^BDL^^51215~28 Av de Breteuil^Escalier A^PARIS^^75007^FRA^H||||||||||||C||||||||N|VALI"
+)
+
+
+def with_pid(raw: bytes, pid: bytes) -> bytes:
+    """The message with its PID segment replaced (CRLF kept)."""
+    lines = raw.split(b"\r\n")
+    return b"\r\n".join(pid if line.startswith(b"PID|") else line for line in lines)
+
+
 needs_ans_data = pytest.mark.skipif(not (ANS_DATA / "hl7").is_dir(), reason=f"ANS data not found at {ANS_DATA}")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.ans import ANS_DATA, excerpt_cda_c, fill, message, needs_ans_data
+from conformance.ans import ANS_DATA, M_PID, excerpt_cda_c, fill, message, needs_ans_data, with_pid
 from drimbox.cda import parse_cda
-from drimbox.hl7 import HL7Error, ReportMessage, build_ack, parse_report_message, peek_header
+from drimbox.hl7 import HL7Error, ReportMessage, build_ack, parse_report_message
+from drimbox.hl7.order import OrderCancel, parse_inbound
 from drimbox.samples.reports import ANS_EXAMS, build_cda
 
 pytestmark = needs_ans_data
+
+INS = "279035121518989"
 
 
 def _parse(raw: bytes) -> ReportMessage:
@@ -84,11 +87,28 @@ def test_exam_i_withdraws() -> None:
     assert m.flags["INVISIBLE_REP_LEGAUX"] is True
 
 
-def test_exam_w_order_cancel_is_rejected_as_unsupported_message_type() -> None:
+def test_exam_w_is_an_order_cancel_of_its_study() -> None:
     raw = fill((ANS_DATA / "hl7" / "W" / "CR_W_Suppression-OMI.hl7").read_bytes())
+    m = parse_inbound(raw)
+    assert isinstance(m, OrderCancel)
+    assert [(s.accession, s.study_uid) for s in m.studies] == [("ACN124", "1.2.250.1.213.4.5.2.1.124")]
+    assert m.patient.ins == "279035121518989" and m.header.charset == ""  # empty MSH-18: UTF-8
+    ack = build_ack(m.header, "AA")
+    assert b"MSA|AA|001\r" in ack and b"|ACK^O23^ACK|" in ack and b"|2.5.1" in ack
+
+
+def test_exam_m_is_read_with_its_own_traits_and_refused_inside_another_patients_pid() -> None:
+    # CR_M-ORU's PID carries the CDA's traits (PatientBis) under PAT-TROIS's INS: read (the PACS check is next).
+    m = _parse(with_pid(message("C/CR_C-ORU.excerpt.hl7", build_cda(ANS_EXAMS["M"])), M_PID))
+    assert (m.report.patient_family, m.report.patient_birth_date, m.patient.ins) == ("ANS-DRIM", "20120125", INS)
+    # The same CDA inside the template's PID (PAT-TROIS's traits): the RIS is told at once.
     with pytest.raises(HL7Error) as exc:
-        parse_report_message(raw)
-    assert (exc.value.ack_code, exc.value.error_code) == ("AR", "200")
-    nak = build_ack(peek_header(raw), exc.value.ack_code, exc.value)
-    assert b"MSA|AR|001\r" in nak and b"|200^Unsupported message type^HL70357|" in nak
-    assert b"|ACK^O23^ACK|" in nak and b"|2.5.1" in nak
+        parse_report_message(message("C/CR_C-ORU.excerpt.hl7", build_cda(ANS_EXAMS["M"])))
+    assert (exc.value.ack_code, exc.value.error_code) == ("AE", "207")
+
+
+def test_exam_f_names_two_studies() -> None:
+    m = _parse(message("C/CR_C-ORU.excerpt.hl7", build_cda(ANS_EXAMS["F"])))
+    assert m.report.exams() == (("1.2.250.1.213.4.5.2.1.106", "ACN106"), ("1.2.250.1.213.4.5.2.1.107", "ACN107"))
+    second = m.for_study("1.2.250.1.213.4.5.2.1.107").report
+    assert (second.accession, second.accession_issuer) == ("ACN107", "1.2.250.1.925.994044785528.27")

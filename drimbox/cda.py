@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -102,6 +103,37 @@ class ReportIdentifiers:
     other_study_uids: tuple[str, ...] = ()
     other_orders: tuple[OrderRef, ...] = ()
 
+    def exam_count(self) -> int:
+        """How many studies the report names: one KOS is published for each."""
+        return 1 + len(self.other_study_uids)
+
+    def for_exam(self, index: int) -> ReportIdentifiers:
+        """The report seen from its index-th study (0 is the first), with that study's order and accession.
+
+        The n-th serviceEvent goes with the n-th inFulfillmentOf (ANS exam F lists them in the same order); a
+        report with fewer orders than studies gives the remaining studies its first order.
+        """
+        if index == 0:
+            return self
+        if not 0 < index < self.exam_count():
+            raise IndexError(f"the report names {self.exam_count()} studies, not {index + 1}")
+        uids = (self.study_uid, *self.other_study_uids)
+        first = OrderRef(self.accession, self.accession_issuer, self.order_id, self.order_issuer)
+        orders = (first, *self.other_orders)
+        order = orders[index] if index < len(orders) and orders[index].accession else first
+        return dataclasses.replace(
+            self,
+            study_uid=uids[index],
+            accession=order.accession or self.accession,
+            accession_issuer=order.accession_issuer,
+            order_id=order.order_id,
+            order_issuer=order.order_issuer,
+        )
+
+    def exams(self) -> tuple[tuple[str, str], ...]:
+        """(Study Instance UID, accession number) of every study the report names, the first one first."""
+        return tuple((e.study_uid, e.accession) for e in map(self.for_exam, range(self.exam_count())))
+
 
 def _parser() -> etree.XMLParser:
     # huge_tree: an embedded PDF is one text node and may exceed libxml2's 10 MB default; the
@@ -152,6 +184,11 @@ def _identifiers(doc: etree._Element) -> ReportIdentifiers:
     study_uids = [_study_uid(e, i) for i, e in enumerate(events)]
     if not study_uids or study_uids[0] is None:
         raise CdaError("CDA has no documentationOf/serviceEvent/id (Study Instance UID)")
+    if None in study_uids:
+        # A study without its UID could never be published, and would shift the order paired with the next one.
+        raise CdaError(f"CDA documentationOf[{study_uids.index(None) + 1}]/serviceEvent has no id (Study Instance UID)")
+    if len(set(study_uids)) != len(study_uids):
+        raise CdaError("CDA names the same Study Instance UID in two documentationOf/serviceEvent")
     primary = events[0]
     code = _first(primary, "h:code")
     patient_role = _first(doc, "h:recordTarget/h:patientRole")

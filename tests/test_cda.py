@@ -212,3 +212,35 @@ def test_missing_optional_parts_give_none() -> None:
     cda = cda.replace(b'<versionNumber value="1"/>', b"")
     r = parse_cda(cda)
     assert r.version is None and r.regions == ()
+
+
+def test_each_study_of_a_two_study_report_gets_its_own_order() -> None:
+    r = parse_cda(build_cda(ANS_EXAMS["F"]))
+    assert r.exams() == (("1.2.250.1.213.4.5.2.1.106", "ACN106"), ("1.2.250.1.213.4.5.2.1.107", "ACN107"))
+    second = r.for_exam(1)
+    assert (second.study_uid, second.accession, second.order_id) == ("1.2.250.1.213.4.5.2.1.107", "ACN107", "OPN107")
+    assert (second.document_id, second.ins) == (r.document_id, r.ins)  # the same report, the same patient
+    assert r.for_exam(0) is r
+    with pytest.raises(IndexError):
+        r.for_exam(2)
+    one = parse_cda(build_cda(ANS_EXAMS["C"]))
+    assert one.exams() == (("1.2.250.1.213.4.5.2.1.103", "ACN103"),)
+
+
+def test_a_second_study_without_uid_or_a_repeated_one_is_refused() -> None:
+    cda = build_cda(ANS_EXAMS["F"])
+    with pytest.raises(CdaError, match=r"documentationOf\[2\]"):
+        parse_cda(cda.replace(b'<id root="1.2.250.1.213.4.5.2.1.107"/>', b""))
+    with pytest.raises(CdaError, match="same Study Instance UID"):
+        parse_cda(cda.replace(b"1.2.250.1.213.4.5.2.1.107", b"1.2.250.1.213.4.5.2.1.106"))
+
+
+@pytest.mark.parametrize("letter", ["G2", "M", "N", "Q", "W", "H", "V"])
+def test_the_further_ans_exams_read_back_as_specified(letter: str) -> None:
+    exam = ANS_EXAMS[letter]
+    r = parse_cda(build_cda(exam))
+    assert (r.document_id, r.study_uid, r.accession, r.order_id) == (
+        exam.document_id, exam.study_uid, exam.accession, exam.order_id,
+    )  # fmt: skip
+    assert (r.patient_family, r.patient_birth_date, r.ins) == (exam.family, exam.birth_date, "279035121518989")
+    assert r.modalities == tuple(code for code, _ in exam.modalities)

@@ -188,7 +188,8 @@ def test_mdm_in_v25_and_unknown_trigger_are_rejected(cda: bytes) -> None:
     assert _error(build_mdm(cda).replace(b"MDM^T02^MDM_T02", b"MDM^T01^MDM_T01")).error_code == "201"
 
 
-def test_omi_order_cancel_is_an_unsupported_message_type() -> None:
+def test_an_omi_order_cancel_is_no_report() -> None:
+    # drimbox.hl7.order reads it (tests/test_hl7_order.py); the report parser alone still says it carries none.
     e = _error(build_omi_cancel())
     assert (e.ack_code, e.error_code) == ("AR", "200")
 

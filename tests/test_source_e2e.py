@@ -105,10 +105,18 @@ def test_depublication_i_withdraws_the_kos(orthanc: Any, source_box: Any, sim: A
     assert not entry["status"].endswith("Approved")
 
 
-def test_omi_order_cancel_is_refused_as_unsupported(orthanc: Any, source_box: Any, tmp_path: Path) -> None:
+def test_omi_order_cancel_withdraws_the_published_kos(orthanc: Any, source_box: Any, sim: Any, tmp_path: Path) -> None:
+    load_exam(orthanc, tmp_path, "W", instances=3)
     box = source_box(orthanc)
-    assert send(box, build_omi_cancel()) == "AR"
-    assert box.publications("ACN124") == []
+    assert send(box, build_oru(build_cda(ANS_EXAMS["W"]), control_id="W-1")) == "AA"
+    pub = box.wait_state("ACN124", ("published", "failed", "rejected"))
+    assert pub["state"] == "published", pub
+    assert send(box, build_omi_cancel(control_id="W-2")) == "AA"
+    cancel = box.wait_state("ACN124", ("withdrawn", "cancelled", "failed"))
+    assert (cancel["action"], cancel["state"]) == ("cancel", "withdrawn"), cancel
+    assert [p["state"] for p in box.publications("ACN124")] == ["withdrawn", "withdrawn"]
+    entry = next(d for d in sim.documents(INS) if d["uniqueId"] == pub["kos_uid"])
+    assert not entry["status"].endswith("Approved")
 
 
 def test_accession_mismatch_is_rejected_with_a_reason(orthanc: Any, source_box: Any, sim: Any, tmp_path: Path) -> None:

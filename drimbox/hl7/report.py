@@ -1,10 +1,15 @@
-"""ORU^R01 and MDM^T02/T10/T04 carrying a CDA report: read with hl7apy, checked, made a ReportMessage."""
+"""ORU^R01 and MDM^T02/T10/T04 carrying a CDA report: read with hl7apy, checked, made a ReportMessage.
+
+The segment reader here also serves drimbox.hl7.order (OMI^O23 order cancels).
+"""
 
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +28,8 @@ ACCEPTED = {
     ("MDM", "T02"): ("2.6", "MDM_T02"),
     ("MDM", "T10"): ("2.6", "MDM_T02"),
     ("MDM", "T04"): ("2.6", "MDM_T02"),
+    # ANS exam W: the RIS cancels an order (drimbox.hl7.order).
+    ("OMI", "O23"): ("2.5.1", "OMI_O23"),
 }
 # ORC-1 → (action, the OBX-11 of the report that must go with it, the MDM trigger that must go with it).
 ACTIONS = {
@@ -34,11 +41,13 @@ ACTIONS = {
 REQUIRED = {
     "ORU": ("PID", "ORC", "OBR", "OBX"),
     "MDM": ("EVN", "PID", "PV1", "ORC", "TXA", "OBX"),
+    "OMI": ("PID", "ORC", "OBR", "IPC"),
 }
 # PRT first appears in v2.7: a v2.5 ORU carrying one is read with the v2.7 definition of PRT.
 _NEWER_VERSION = "2.7"
 _SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _FLAG_SYSTEM = "MetaDMPMSS"
+REPORT_KINDS = ("ORU", "MDM")
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,13 @@ class ReportMessage:
     placer_order: str | None  # OBR-2.1
     filler_order: str | None  # OBR-3.1
     patient: PatientIds
+
+    def for_study(self, study_uid: str) -> ReportMessage:
+        """This message as it concerns one of the studies its report names (its order, its accession)."""
+        for index, (uid, _) in enumerate(self.report.exams()):
+            if uid == study_uid:
+                return dataclasses.replace(self, report=self.report.for_exam(index))
+        return self  # e.g. a report whose studies changed in a new version: judged by its first study
 
 
 class _Segment:
@@ -123,7 +139,8 @@ def parse_report_message(raw: bytes) -> ReportMessage:
         raise HL7Error("AE", "207", "internal error while reading the message") from None
 
 
-def _parse(raw: bytes) -> ReportMessage:
+def read_segments(raw: bytes) -> tuple[MessageHeader, dict[str, list[_Segment]]]:
+    """Header checks, decoding per MSH-18, and the segments by name (required ones present, in order)."""
     # Some Windows senders prefix a UTF-8 byte order mark; it is not part of the HL7 text.
     raw = raw.removeprefix(b"\xef\xbb\xbf")
     header = _check_header(raw)
@@ -136,8 +153,14 @@ def _parse(raw: bytes) -> ReportMessage:
             "AE", "102", f"the message is not valid {header.charset or 'UTF-8'} (MSH-18)", "MSH^1^18"
         ) from None
     segments = _segments(text, header)
+    return header, _check_sequence(segments, header.message_type)
+
+
+def _parse(raw: bytes) -> ReportMessage:
+    header, by_name = read_segments(raw)
     kind, trigger = header.message_type, header.trigger_event
-    by_name = _check_sequence(segments, kind)
+    if kind not in REPORT_KINDS:
+        raise HL7Error("AR", "200", f"{kind}^{trigger} carries no report", "MSH^1^9^1^1")
 
     orc = by_name["ORC"][0]
     report_obx = _report_obx(by_name["OBX"])
@@ -180,6 +203,7 @@ def _parse(raw: bytes) -> ReportMessage:
     patient = _patient_ids(pid)
     if patient.ins and report.ins and patient.ins != report.ins:
         raise HL7Error("AE", "207", "the INS in PID-3 differs from the INS of the CDA", pid.where(3))
+    _check_identity(pid, report)
     obr = by_name.get("OBR", [])
     return ReportMessage(
         header=header,
@@ -213,7 +237,7 @@ def _check_header(raw: bytes) -> MessageHeader:
         raise HL7Error("AR", "103", "MSH-18 names a character set this box does not support", "MSH^1^18")
     kind, trigger = header.message_type, header.trigger_event
     if kind not in {k for k, _ in ACCEPTED}:
-        raise HL7Error("AR", "200", "only ORU^R01 and MDM^T02/T10/T04 are accepted", "MSH^1^9^1^1")
+        raise HL7Error("AR", "200", "only ORU^R01, MDM^T02/T10/T04 and OMI^O23 are accepted", "MSH^1^9^1^1")
     if (kind, trigger) not in ACCEPTED:
         raise HL7Error("AR", "201", f"event {kind}^{trigger} is not accepted", "MSH^1^9^1^2")
     version, structure = ACCEPTED[(kind, trigger)]
@@ -377,3 +401,30 @@ def _patient_ids(pid: _Segment) -> PatientIds:
         elif kind == "PI" and ipp is None:
             ipp, ipp_oid = value, pid.get(3, 4, 2, rep=rep) or None
     return PatientIds(ins=ins, ins_oid=ins_oid, ipp=ipp, ipp_oid=ipp_oid)
+
+
+def _fold(value: str) -> str:
+    """A name as identity-vigilance compares it: case, accents, apostrophes and spacing do not count."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    letters = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(letters.replace("'", " ").replace("\u2019", " ").casefold().split())
+
+
+def _check_identity(pid: _Segment, report: ReportIdentifiers) -> None:
+    """The identity traits the RIS sends (PID-5/7/8) must be those of the CDA (ANS exam M: same INS, another
+    patient's traits). An INS is qualified with its traits; publishing under a mismatch would file the images in
+    the wrong record. The messages (and logs) name the field, never a value."""
+    # A date known only to the year or month (PID-7 "1979") is compared as far as it goes.
+    birth = pid.get(7)[:8]
+    if birth and report.patient_birth_date and not report.patient_birth_date.startswith(birth):
+        raise HL7Error("AE", "207", "the birth date in PID-7 differs from the CDA's", pid.where(7))
+    # Only a definite sex contradicts: U (unknown) or O (other) on one side says nothing against the other.
+    sex, cda_sex = pid.get(8).upper(), (report.patient_sex or "").upper()
+    if sex in ("M", "F") and cda_sex in ("M", "F") and sex != cda_sex:
+        raise HL7Error("AE", "207", "the administrative sex in PID-8 differs from the CDA's", pid.where(8))
+    # The birth name: the repetition of type L (legal), else the first one.
+    names = range(1, len(pid.repetitions(5)) + 1)
+    legal = next((r for r in names if pid.get(5, 7, rep=r).upper() == "L"), 1)
+    family = pid.get(5, 1, rep=legal)
+    if family and report.patient_family and _fold(family) != _fold(report.patient_family):
+        raise HL7Error("AE", "207", "the birth name in PID-5 differs from the CDA's", pid.where(5, legal, 1))

@@ -94,8 +94,7 @@ def _nuclear(**ids: Any) -> ExamSpec:
         ccam_code="KCQL003",
         ccam_display="Scintigraphie de la glande thyroïde",
         modalities=(("NM", "Médecine nucléaire"),),
-        regions=(),
-        **ids,
+        **{"regions": (), **ids},
     )
 
 
@@ -107,8 +106,7 @@ def _angio(**ids: Any) -> ExamSpec:
         ccam_code="DDQH006",
         ccam_display="Artériographie coronaire",
         modalities=(("XA", "Angiographie par rayons X"),),
-        regions=(),
-        **ids,
+        **{"regions": (), **ids},
     )
 
 
@@ -166,7 +164,82 @@ ANS_EXAMS: dict[str, ExamSpec] = {
         accession_issuer=_ACN_ISSUER_B,
         order_id="OPN110",
     ),
+    # G2 names a Study Instance UID no PACS holds: the report is acknowledged, no KOS can be published.
+    "G2": _angio(
+        name="G2",
+        document_id="1.2.250.1.213.4.5.4.408",
+        study_uid="1.2.3.4.5.6.7.8.9",
+        accession="ACN108",
+        order_id="OPN108",
+        regions=(("113257007", SNOMED, "système cardiovasculaire"),),
+    ),
+    # M: the test patient's INS and IPP with another person's traits.
+    "M": _nuclear(
+        name="M",
+        document_id="1.2.250.1.213.4.5.4.414",
+        study_uid="1.2.250.1.213.4.5.2.1.114",
+        accession="ACN114",
+        accession_issuer=_ACN_ISSUER_B,
+        order_id="OPN114",
+        family="ANS-DRIM",
+        given="PatientBis",
+        sex="M",
+        birth_date="20120125",
+    ),
+    "N": _angio(
+        name="N",
+        document_id="1.2.250.1.213.4.5.4.415",
+        study_uid="1.2.250.1.213.4.5.2.1.115",
+        accession="ACN115",
+        order_id="OPN115",
+        regions=(("113257007", SNOMED, "système cardiovasculaire"),),
+    ),
+    # Q codes its modality "RM" (the French label) where DICOM says MR: sent as the ANS wrote it.
+    "Q": dataclasses.replace(
+        _C,
+        name="Q",
+        document_id="1.2.250.1.213.4.5.4.418",
+        study_uid="1.2.250.1.213.4.5.2.1.118",
+        accession="ACN118",
+        order_id="OPN118",
+        procedure_code="24802-1",
+        procedure_display="RM genou",
+        ccam_code="NZQN001",
+        ccam_display="Remnographie du genou",
+        modalities=(("RM", "Imagerie par résonance magnétique"),),
+        regions=(("61685007", SNOMED, "membre inférieur"),),
+    ),
+    # W's document id was not read upstream: 424 follows the numbering of every other exam.
+    "W": dataclasses.replace(
+        _C,
+        name="W",
+        document_id="1.2.250.1.213.4.5.4.424",
+        study_uid="1.2.250.1.213.4.5.2.1.124",
+        accession="ACN124",
+        order_id="OPN124",
+    ),
 }
+# The plain CT reports of the ANS plan (same shape as exam C): (letter, number, accession issuer).
+for _letter, _n, _issuer in (
+    ("H", 109, _ACN_ISSUER_B),
+    ("J", 111, _ACN_ISSUER_B),
+    ("K", 112, _ACN_ISSUER_B),
+    ("L", 113, _C.accession_issuer),
+    ("R", 119, _C.accession_issuer),
+    ("S", 120, _ACN_ISSUER_B),
+    ("U", 122, _ACN_ISSUER_B),
+    ("V", 123, _ACN_ISSUER_B),
+):
+    ANS_EXAMS[_letter] = dataclasses.replace(
+        _C,
+        name=_letter,
+        document_id=f"1.2.250.1.213.4.5.4.{300 + _n}",
+        study_uid=f"1.2.250.1.213.4.5.2.1.{_n}",
+        accession=f"ACN{_n}",
+        accession_issuer=_issuer,
+        order_id=f"OPN{_n}",
+        regions=(),
+    )
 
 
 def tiny_pdf(text: str) -> bytes:
@@ -475,14 +548,15 @@ def build_omi_cancel(
     study_uid: str = "1.2.250.1.213.4.5.2.1.124",
     *,
     exam: ExamSpec | None = None,
+    order_control: str = "CA",
 ) -> bytes:
-    """OMI^O23 v2.5.1 order cancel shaped like ANS CR_W_Suppression-OMI.hl7 (a type this box refuses)."""
+    """OMI^O23 v2.5.1 order cancel shaped like ANS CR_W_Suppression-OMI.hl7 (ORC-1 CA, IPC-1 accession, IPC-3 study)."""
     exam = exam or ANS_EXAMS["C"]
     lines = [
         f"MSH|^~\\&|RIS_AMBROISE|CENTRE_AMBROISE|DRIMBOX|CENTRE_AMBROISE|{_stamp(None)}||OMI^O23^OMI_O23|"
         f"{escape(control_id or new_control_id())}|P|2.5.1",
         *_pid(exam, None),
-        "ORC|CA|",
+        f"ORC|{escape(order_control)}|",
         f"TQ1|||||||{datetime.now():%Y%m%d}",
         f"OBR|1|{escape(exam.order_id)}^RIS_AMBROISE|{escape(accession)}^RIS_AMBROISE|{REPORT_CODE}|",
         "OBX|1|ST|Modification Examen Imagerie|",

@@ -155,7 +155,9 @@ class XdsDmpGateway:
             masque_ps=message.flags.get("MASQUE_PS", False),
             invisible_patient=message.flags.get("INVISIBLE_PATIENT", False),
             invisible_representants_legaux=message.flags.get("INVISIBLE_REP_LEGAUX", False),
-            modalities=list(r.modalities) or study.modalities,
+            # What this study's images are: the report's codes where the PACS agrees (ANS exam Q codes MR as "RM";
+            # a two-study report lists both studies' modalities), else the PACS's own.
+            modalities=[m for m in r.modalities if m in study.modalities] or study.modalities or list(r.modalities),
             regions=[Code(code, system, display) for code, system, display in r.regions],
             reference_ids=references,
             legal_authenticator=_xcn(r.legal_authenticator),

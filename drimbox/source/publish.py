@@ -79,6 +79,8 @@ class Publisher:
         self.audit = audit
 
     async def run(self, job: Publication) -> Outcome:
+        if job.action == "cancel":
+            return await self.cancel(job)
         message = await self._message(job)
         if job.action == "withdraw":
             return await self.withdraw(job, message)
@@ -173,6 +175,23 @@ class Publisher:
         await self._study_changed(message.report.study_uid)
         return Outcome("withdrawn")
 
+    async def cancel(self, job: Publication) -> Outcome:
+        """The RIS cancelled the order (OMI^O23): withdraw the study's live KOS, if one is still live by now.
+
+        The withdrawal is made in the name of the report that published the KOS (its author, its patient): the
+        order cancel carries no professional of its own.
+        """
+        live = await self.outbox.current_published(job.study_uid)
+        if live is None or live.entry_uuid is None:
+            return Outcome("cancelled")
+        message = await self._message(live)
+        await self.dmp.withdraw(message, live.entry_uuid)
+        faults.checkpoint("withdraw.done")
+        await self._audit("dmp.withdraw", message, live.kos_uid, job=job, entry_uuid=live.entry_uuid, cause="order-cancel")
+        await self.outbox.update(live.id, state="withdrawn")
+        await self._study_changed(job.study_uid)
+        return Outcome("withdrawn")
+
     async def _audit(
         self, action: str, message: ReportMessage, kos_uid: str | None, job: Publication, **detail: str
     ) -> None:
@@ -209,9 +228,11 @@ class Publisher:
         if raw is None:
             raise PermanentError("failed", "the HL7 message of this publication is missing from the outbox")
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, parse_report_message, raw)
+            message = await asyncio.get_running_loop().run_in_executor(None, parse_report_message, raw)
         except HL7Error as exc:  # accepted once, so only a parser change can bring us here
             raise PermanentError("failed", f"stored message no longer parses: {exc.text}") from None
+        # A report naming several studies has one job per study: this one publishes (or withdraws) its own.
+        return message.for_study(job.study_uid)
 
     async def _find(self, study_uid: str) -> StudyInstances:
         try:
@@ -235,6 +256,12 @@ class Publisher:
         if study.patient_id not in known_ids:
             # Not echoed: patient identifiers stay out of states and logs.
             raise PermanentError("rejected", "the PACS's Patient ID for this study is neither the report's INS nor its IPP")
+        # Same identifier, other traits (ANS exam M): these images may be another patient's. Not echoed either.
+        if study.patient_birth_date and report.patient_birth_date and study.patient_birth_date != report.patient_birth_date:
+            raise PermanentError("rejected", "the PACS's Patient Birth Date for this study differs from the report's")
+        sex = study.patient_sex.upper()
+        if sex in ("M", "F") and (report.patient_sex or "").upper() in ("M", "F") and sex != (report.patient_sex or "").upper():
+            raise PermanentError("rejected", "the PACS's Patient Sex for this study differs from the report's")
 
     async def _kos(self, job: Publication, message: ReportMessage, study: StudyInstances) -> tuple[str, bytes]:
         """Build the KOS once and keep it: a replay after a crash resubmits the very same manifest."""

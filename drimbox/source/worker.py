@@ -132,7 +132,7 @@ class PublicationWorker:
         sink = self.publisher.audit
         if sink is None:
             return
-        action = "dmp.withdraw" if job.action == "withdraw" else "dmp.register"
+        action = "dmp.withdraw" if job.action in ("withdraw", "cancel") else "dmp.register"
         message = await self._message(job)
         r = message.report if message is not None else None
         name = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ from drimbox.state.db import Database, transaction
 # States a publication goes through. `received` → (`waiting` | `retrying`)* → `published` | `failed`
 # | `rejected`; a published one later becomes `replaced` (by a newer KOS) or `withdrawn`. A `revise` job (an
 # IOCM rejection note from the PACS) ends `published` (a new KOS replaced the live one), `withdrawn` (nothing
-# is left) or `unchanged` (the live KOS named none of the rejected instances).
+# is left) or `unchanged` (the live KOS named none of the rejected instances). An order cancel (OMI^O23) turns
+# the study's jobs that never reached the DMP `cancelled`; its own `cancel` job ends `withdrawn` (it withdrew the
+# live KOS) or `cancelled` (nothing was live, or the study was unknown: the cancel is only recorded).
 ACTIVE_STATES = ("received", "waiting", "retrying")
-TERMINAL_STATES = ("published", "failed", "rejected", "withdrawn", "replaced", "unchanged")
+TERMINAL_STATES = ("published", "failed", "rejected", "withdrawn", "replaced", "unchanged", "cancelled")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -45,7 +48,8 @@ CREATE TABLE IF NOT EXISTS publications (
     next_attempt_at REAL NOT NULL,
     published_at REAL,
     window_start REAL NOT NULL,
-    UNIQUE (document_id, action)
+    message_id INTEGER,
+    UNIQUE (document_id, action, study_uid)
 );
 CREATE INDEX IF NOT EXISTS publications_study ON publications (study_uid);
 CREATE INDEX IF NOT EXISTS publications_accession ON publications (accession);
@@ -69,6 +73,24 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "peer" not in columns:
         # Who sent the note ("AE@address"): the revision it causes is audited in that peer's name.
         conn.execute("ALTER TABLE rejections ADD COLUMN peer TEXT")
+    columns = {row["name"] for row in conn.execute("PRAGMA table_info(publications)")}
+    if "message_id" not in columns:
+        # One report may name several studies (ANS exam F): one job per study, all keyed by the report's id, so
+        # the table's uniqueness must include the study. SQLite cannot alter a constraint: rebuild the table.
+        transaction(conn, _rebuild_publications)
+
+
+def _rebuild_publications(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE publications RENAME TO publications_old")
+    create = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS publications") :]
+    conn.execute(create[: create.index(");") + 2])
+    kept = [row["name"] for row in conn.execute("PRAGMA table_info(publications_old)")]
+    cols = ", ".join(kept)
+    conn.execute(f"INSERT INTO publications ({cols}) SELECT {cols} FROM publications_old")
+    conn.execute("DROP TABLE publications_old")  # its indexes go with it
+    for statement in SCHEMA.split(";"):
+        if "ON publications " in statement:
+            conn.execute(statement)
 
 
 @dataclass(frozen=True)
@@ -150,6 +172,21 @@ class Accepted:
     duplicate: bool
 
 
+@dataclass(frozen=True)
+class Cancelled:
+    """What an order cancel did to one study."""
+
+    publication_id: int  # the `cancel` row
+    duplicate: bool
+    dropped: int  # jobs that never reached the DMP, now `cancelled`
+    withdrawing: bool  # a `cancel` job is queued to withdraw the live KOS
+    known: bool  # the box had a publication of this study
+
+
+class OrderMismatch(Exception):
+    """The box publishes this study under another accession number than the order cancel names."""
+
+
 class Outbox:
     """Publications and the raw messages that caused them, in one SQLite file."""
 
@@ -171,8 +208,13 @@ class Outbox:
         accession: str,
         study_uid: str,
         report: dict[str, Any],
+        other_studies: Sequence[tuple[str, str]] = (),
     ) -> Accepted:
-        """Store a message and its publication job durably; a re-sent message or document is a duplicate."""
+        """Store a message and its publication jobs durably; a re-sent message or document is a duplicate.
+
+        One job per study the report names: (study_uid, accession) first, then `other_studies`. Each runs, is
+        replaced and is withdrawn on its own; `publication_id` is the first study's job.
+        """
 
         def work(conn: sqlite3.Connection) -> Accepted:
             seen = conn.execute(
@@ -181,33 +223,43 @@ class Outbox:
             if seen is not None:
                 return Accepted(publication_id=seen["publication_id"], duplicate=True)
             now = time.time()
-            existing = conn.execute(
-                "SELECT id FROM publications WHERE document_id = ? AND action = ?", (document_id, action)
-            ).fetchone()
-            if existing is not None:
-                pub_id, duplicate = int(existing["id"]), True
-            else:
+            studies = list(dict.fromkeys([(study_uid, accession), *other_studies]))
+            ids: list[int] = []
+            created: list[int] = []
+            for study, acc in studies:
+                existing = conn.execute(
+                    "SELECT id FROM publications WHERE document_id = ? AND action = ? AND study_uid = ?",
+                    (document_id, action, study),
+                ).fetchone()
+                if existing is not None:
+                    ids.append(int(existing["id"]))
+                    continue
                 cur = conn.execute(
                     "INSERT INTO publications (action, document_id, accession, study_uid, state, report,"
                     " created_at, updated_at, next_attempt_at, window_start) VALUES (?, ?, ?, ?, 'received', ?, ?, ?, ?, ?)",
-                    (action, document_id, accession, study_uid, json.dumps(report), now, now, now, now),
+                    (action, document_id, acc, study, json.dumps(report), now, now, now, now),
                 )
-                pub_id, duplicate = int(cur.lastrowid or 0), False
-            if action == "withdraw" and not duplicate:
-                # A withdrawal overtakes jobs of the same study that never reached the DMP. One with a KOS may
-                # have (an ITI-41 that timed out, a crash after the DMP answered): it runs first, then this.
-                conn.execute(
-                    "UPDATE publications SET state = 'withdrawn', updated_at = ?,"
-                    " last_error = 'withdrawn before it was published'"
-                    " WHERE study_uid = ? AND id < ? AND state IN ('received', 'waiting', 'retrying')"
-                    " AND kos_uid IS NULL",
-                    (now, study_uid, pub_id),
-                )
-            conn.execute(
+                ids.append(int(cur.lastrowid or 0))
+                created.append(ids[-1])
+                if action == "withdraw":
+                    # A withdrawal overtakes jobs of the same study that never reached the DMP. One with a KOS may
+                    # have (an ITI-41 that timed out, a crash after the DMP answered): it runs first, then this.
+                    conn.execute(
+                        "UPDATE publications SET state = 'withdrawn', updated_at = ?,"
+                        " last_error = 'withdrawn before it was published'"
+                        " WHERE study_uid = ? AND id < ? AND state IN ('received', 'waiting', 'retrying')"
+                        " AND kos_uid IS NULL",
+                        (now, study, ids[-1]),
+                    )
+            cur = conn.execute(
                 "INSERT INTO messages (sender, control_id, received_at, raw, publication_id) VALUES (?, ?, ?, ?, ?)",
-                (sender, control_id, now, raw, pub_id),
+                (sender, control_id, now, raw, ids[0]),
             )
-            return Accepted(publication_id=pub_id, duplicate=duplicate)
+            # The other studies' jobs read the same message (raw_message follows message_id).
+            for pub_id in created:
+                if pub_id != ids[0]:
+                    conn.execute("UPDATE publications SET message_id = ? WHERE id = ?", (cur.lastrowid, pub_id))
+            return Accepted(publication_id=ids[0], duplicate=not created)
 
         return await self.db.acall(lambda conn: transaction(conn, work))
 
@@ -338,9 +390,7 @@ class Outbox:
             ).fetchone()
             pub_id: int | None = None
             if live is not None:
-                raw = conn.execute(
-                    "SELECT raw FROM messages WHERE publication_id = ? ORDER BY id LIMIT 1", (live["id"],)
-                ).fetchone()
+                raw = _raw_row(conn, int(live["id"]))
                 cur = conn.execute(
                     "INSERT INTO publications (action, document_id, accession, study_uid, state, report,"
                     " created_at, updated_at, next_attempt_at, window_start)"
@@ -390,9 +440,91 @@ class Outbox:
         """The first HL7 message stored for a publication (the worker re-reads its report from it)."""
 
         def work(conn: sqlite3.Connection) -> bytes | None:
-            row = conn.execute(
-                "SELECT raw FROM messages WHERE publication_id = ? ORDER BY id LIMIT 1", (pub_id,)
-            ).fetchone()
+            row = _raw_row(conn, pub_id)
             return bytes(row["raw"]) if row else None
 
         return await self.db.acall(work)
+
+    async def accept_cancel(
+        self, *, sender: str, control_id: str, raw: bytes, studies: Sequence[tuple[str, str]]
+    ) -> list[Cancelled]:
+        """Store an order cancel (OMI^O23, ORC-1 CA) and act on it in one transaction, per (study_uid, accession).
+
+        Jobs of the study that never reached the DMP are `cancelled` at once; when a KOS is live (or a job holding
+        one may have reached the DMP), a `cancel` job is queued after them to withdraw it. A study this box never
+        heard of is recorded (a `cancelled` row saying so). OrderMismatch if the box knows the study under
+        another accession: that cancel is not for this study, and nothing is stored.
+        """
+
+        def work(conn: sqlite3.Connection) -> list[Cancelled]:
+            seen = conn.execute(
+                "SELECT publication_id FROM messages WHERE sender = ? AND control_id = ?", (sender, control_id)
+            ).fetchone()
+            if seen is not None:
+                return [Cancelled(int(seen["publication_id"]), duplicate=True, dropped=0, withdrawing=False, known=True)]
+            now = time.time()
+            out: list[Cancelled] = []
+            for study_uid, accession in dict.fromkeys(studies):
+                others = conn.execute(
+                    "SELECT DISTINCT accession FROM publications WHERE study_uid = ? AND action != 'cancel'",
+                    (study_uid,),
+                ).fetchall()
+                if any(r["accession"] != accession for r in others):
+                    raise OrderMismatch(study_uid)
+                document_id = f"order-cancel:{accession}"
+                existing = conn.execute(
+                    "SELECT id FROM publications WHERE document_id = ? AND action = 'cancel' AND study_uid = ?",
+                    (document_id, study_uid),
+                ).fetchone()
+                if existing is not None:  # the same order cancelled again under another MSH-10
+                    out.append(Cancelled(int(existing["id"]), duplicate=True, dropped=0, withdrawing=False,
+                                         known=bool(others)))  # fmt: skip
+                    continue
+                cur = conn.execute(
+                    "INSERT INTO publications (action, document_id, accession, study_uid, state, report,"
+                    " created_at, updated_at, next_attempt_at, window_start)"
+                    " VALUES ('cancel', ?, ?, ?, 'received', ?, ?, ?, ?, ?)",
+                    (document_id, accession, study_uid, json.dumps({"trigger": "O23"}), now, now, now, now),
+                )
+                pub_id = int(cur.lastrowid or 0)
+                dropped = conn.execute(
+                    "UPDATE publications SET state = 'cancelled', updated_at = ?,"
+                    " last_error = 'the order was cancelled (OMI^O23) before it was published'"
+                    " WHERE study_uid = ? AND id < ? AND state IN ('received', 'waiting', 'retrying')"
+                    " AND kos_uid IS NULL",
+                    (now, study_uid, pub_id),
+                ).rowcount
+                live = conn.execute(
+                    "SELECT 1 FROM publications WHERE study_uid = ? AND id < ? AND kos_uid IS NOT NULL"
+                    " AND action != 'withdraw' AND (state = 'published' OR state IN ('received', 'waiting', 'retrying'))"
+                    " LIMIT 1",
+                    (study_uid, pub_id),
+                ).fetchone()
+                if live is None:
+                    reason = "nothing of this study was live in the DMP" if others else "unknown study: cancel recorded"
+                    conn.execute(
+                        "UPDATE publications SET state = 'cancelled', last_error = ?, published_at = ? WHERE id = ?",
+                        (reason, now, pub_id),
+                    )
+                out.append(Cancelled(pub_id, duplicate=False, dropped=dropped, withdrawing=live is not None,
+                                     known=bool(others)))  # fmt: skip
+            first = next((c.publication_id for c in out), None)
+            conn.execute(
+                "INSERT INTO messages (sender, control_id, received_at, raw, publication_id) VALUES (?, ?, ?, ?, ?)",
+                (sender, control_id, now, raw, first),
+            )
+            return out
+
+        return await self.db.acall(lambda conn: transaction(conn, work))
+
+
+def _raw_row(conn: sqlite3.Connection, pub_id: int) -> sqlite3.Row | None:
+    """The HL7 message of a job: its own, else (another study of the same report) the one it shares."""
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT raw FROM messages WHERE publication_id = ? ORDER BY id LIMIT 1", (pub_id,)
+    ).fetchone()
+    if row is None:
+        row = conn.execute(
+            "SELECT m.raw FROM messages m JOIN publications p ON p.message_id = m.id WHERE p.id = ?", (pub_id,)
+        ).fetchone()
+    return row
