@@ -51,7 +51,7 @@ from drimbox.source.worker import PublicationWorker
 from drimbox.state.outbox import Outbox
 from drimbox.state.series_cache import SeriesCache
 from drimbox.tls import box_to_box, peer_middleware, use
-from drimbox.viewer_routes import viewer_routes
+from drimbox.viewer.routes import viewer_routes
 from drimbox.xds.habilitation import DEFAULT_IMAGING_PROFESSIONS, ImagingMatrix
 
 log = logging.getLogger(__name__)

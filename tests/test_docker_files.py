@@ -45,3 +45,12 @@ def test_compose_and_dockerfile_name_files_that_exist() -> None:
     for copied in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M):
         for part in copied.split():
             assert (DOCKER.parent / part).exists(), part
+
+
+def test_the_image_runs_the_installed_wheel_not_the_source_tree() -> None:
+    # The last stage installs the wheel the first one built (it carries the viewer) and copies no source beside it.
+    stages = re.split(r"^FROM ", (DOCKER / "Dockerfile").read_text(), flags=re.M)
+    assert "pip wheel" in stages[1] and "COPY viewer" in stages[1]
+    final = stages[-1]
+    assert "pip install --no-cache-dir /wheels/" in final and "from=wheel" in final
+    assert not re.search(r"^COPY ", final, re.M)

@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from drimbox.auth.professional import Professional
-from drimbox.viewer_routes import VIEWER_DIR, viewer_routes
+from drimbox.viewer.routes import VIEWER_DIR, viewer_routes
 
 STUDY = "1.2.250.1.213.4.5.2.1.103"
 

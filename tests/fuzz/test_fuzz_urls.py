@@ -18,7 +18,7 @@ from drimbox.consumer.launch import OPTIONAL, REQUIRED, Launch, parse_launch
 from drimbox.dicomweb.folder_backend import FolderBackend
 from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.source.native_backend import NativeBackend
-from drimbox.viewer_routes import viewer_routes
+from drimbox.viewer.routes import viewer_routes
 from tests.fuzz.support import BackgroundLoop, LoopbackApp, budget, raw_http
 from tests.support.dicomweb import MULTIFRAME_SERIES, MULTIFRAME_SOP, MULTIFRAME_STUDY, write_samples
 from tests.test_viewer_routes import STUDY, FakeGate, FakeOutbox, Pub

@@ -1,8 +1,9 @@
 """The web viewer's routes: its static files at /viewer/, and the report link /IHEInvokeImageDisplay that opens it.
 
 The viewer is static (HTML, CSS, JavaScript modules, no build step). Its files live in the repository's
-top-level `viewer/` folder, next to this package: `make` installs the package in editable mode, so a fresh
-clone finds them there. `DRIMBOX_VIEWER_DIR` points elsewhere (a packaged install, a development copy).
+top-level `viewer/` folder, which the package carries as `drimbox.viewer.static`: found through
+`importlib.resources`, from a wheel as from an editable install. `DRIMBOX_VIEWER_DIR` points elsewhere (a
+development copy).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import html
 import logging
 import os
 import re
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlencode
@@ -26,7 +29,14 @@ from drimbox.xds.habilitation import ImagingMatrix
 
 log = logging.getLogger(__name__)
 
-VIEWER_DIR = Path(os.environ.get("DRIMBOX_VIEWER_DIR") or Path(__file__).resolve().parent.parent / "viewer")
+
+def _viewer_files() -> Traversable:
+    """`DRIMBOX_VIEWER_DIR` when set (a development copy), else the files the package carries."""
+    override = os.environ.get("DRIMBOX_VIEWER_DIR")
+    return Path(override) if override else resources.files("drimbox.viewer.static")
+
+
+VIEWER_DIR = _viewer_files()
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|css|js)$")
 _MEDIA_TYPES = {"html": "text/html", "css": "text/css", "js": "text/javascript"}
@@ -47,7 +57,7 @@ class Grants(Protocol):
 
 
 def viewer_routes(
-    gate: AuthGate, outbox: Outbox | None, *, directory: Path = VIEWER_DIR, links: ReportLinks | None = None,
+    gate: AuthGate, outbox: Outbox | None, *, directory: Traversable = VIEWER_DIR, links: ReportLinks | None = None,
     grants: Grants | None = None, matrix: ImagingMatrix | None = None,
 ) -> list[web.RouteDef]:
     """GET /viewer/ and its files; on a source box (`outbox` given) also the report link, checked by `links`.
@@ -66,7 +76,7 @@ def viewer_routes(
 
 class _Viewer:
     def __init__(
-        self, gate: AuthGate, outbox: Outbox | None, directory: Path, links: ReportLinks | None,
+        self, gate: AuthGate, outbox: Outbox | None, directory: Traversable, links: ReportLinks | None,
         grants: Grants | None, matrix: ImagingMatrix,
     ) -> None:
         self.gate = gate
@@ -95,8 +105,11 @@ class _Viewer:
         path = self.directory / name
         if not path.is_file():
             raise web.HTTPNotFound()
+        media_type = _MEDIA_TYPES[name.rsplit(".", 1)[1]]
+        if not isinstance(path, Path):  # a package that is not a folder on disk (a zipped install): no file to send
+            return web.Response(body=path.read_bytes(), content_type=media_type, headers=_HEADERS)
         response = web.FileResponse(path, headers=_HEADERS)
-        response.content_type = _MEDIA_TYPES[name.rsplit(".", 1)[1]]
+        response.content_type = media_type
         return response
 
     async def invoke_image_display(self, request: web.Request) -> web.StreamResponse:
