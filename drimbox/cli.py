@@ -10,7 +10,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from drimbox.config import ConfigError, Settings, load_settings
-from drimbox.demo_options import add_demo_arguments
+from drimbox.demo.options import add_demo_arguments
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -120,20 +120,10 @@ def cmd_xdm(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from drimbox.demo import run_demo
+    from drimbox.demo.main import run_demo
 
     _setup_logging("WARNING")
     return int(run_demo(args))
-
-
-def cmd_perf(args: argparse.Namespace) -> int:
-    try:
-        from perf.suite import main as perf_main
-    except ImportError:
-        print("drimbox perf: run it from a clone of the repository (the perf/ folder is not installed)", file=sys.stderr)
-        return 2
-    perf_main(args.perf_args)
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,9 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
     from drimbox.audit.commands import add_parser as add_audit_parser
 
     add_audit_parser(sub)
-    p = sub.add_parser("perf", help="the benchmark suite beside Orthanc and dcmtk (see python -m perf --help)")
-    p.add_argument("perf_args", nargs=argparse.REMAINDER, help="arguments for the suite (--full, --out DIR)")
-    p.set_defaults(func=cmd_perf)
     return parser
 
 

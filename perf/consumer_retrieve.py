@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from drimbox.demo import box_sections, operator_request
+from drimbox.demo.main import box_sections, operator_request
 from drimbox.hl7.mllp import send_message
 from drimbox.samples.orthanc import start_orthanc
 from drimbox.samples.processes import DrimboxProcess, free_port, write_config

@@ -25,8 +25,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from drimbox.auth.operator import operator_token_hash
-from drimbox.demo import operator_request
-from drimbox.demo_mesh import DEMO_OPERATOR_TOKEN
+from drimbox.demo.main import operator_request
+from drimbox.demo.mesh import DEMO_OPERATOR_TOKEN
 from drimbox.hl7.mllp import send_message
 from drimbox.samples.orthanc import OrthancServer, start_orthanc
 from drimbox.samples.processes import DrimboxProcess, free_port, write_config

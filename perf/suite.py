@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from drimbox.auth.operator import operator_token_hash
-from drimbox.demo import operator_request
-from drimbox.demo_mesh import DEMO_OPERATOR_TOKEN
+from drimbox.demo.main import operator_request
+from drimbox.demo.mesh import DEMO_OPERATOR_TOKEN
 from drimbox.samples.orthanc import OrthancServer, start_orthanc, storescu
 from drimbox.samples.processes import DrimboxProcess, free_port, write_config
 from drimbox.samples.studies import StudySpec, exam_c_spec, write_study

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from drimbox.samples.demo_run import PORT_NAMES, DemoRun, descendants, processes_naming, start_demo
+from drimbox.demo.child import PORT_NAMES, DemoRun, descendants, processes_naming, start_demo
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.sim, pytest.mark.box]
 

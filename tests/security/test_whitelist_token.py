@@ -132,8 +132,8 @@ def test_the_demo_and_docker_simulators_list_their_boxes_exactly(tmp_path: Path)
     nothing else on loopback is (Orthanc, the simulator, another port), so no other service gets a token."""
     from drimbox.auth.whitelist import Whitelist, parse_entry
     from drimbox.config import load_settings
-    from drimbox.demo_mesh import sim_sections, source_sections
-    from drimbox.demo_options import DEFAULT_PORTS
+    from drimbox.demo.mesh import sim_sections, source_sections
+    from drimbox.demo.options import DEFAULT_PORTS
     from drimbox.manifest.kos import retrieve_url
 
     docker = Path(__file__).resolve().parents[2] / "docker"

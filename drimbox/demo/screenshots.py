@@ -1,7 +1,7 @@
 """The README's screenshots, taken in headless Chromium (Playwright) against a demo: the viewer and the exam list.
 
-    python -m drimbox.samples.screenshots --out docs/                  # starts a demo, then stops it
-    python -m drimbox.samples.screenshots --demo /tmp/d --out docs/    # a demo already running with --workdir /tmp/d
+    python -m drimbox.demo.screenshots --out docs/                  # starts a demo, then stops it
+    python -m drimbox.demo.screenshots --demo /tmp/d --out docs/    # a demo already running with --workdir /tmp/d
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drimbox.samples.demo_run import DemoRun, start_demo
+from drimbox.demo.child import DemoRun, start_demo
 
 CHROMIUM = "/usr/bin/chromium"
 RADIOLOGIST = "801234560801"
@@ -89,7 +89,7 @@ def take(links: dict[str, Any], out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m drimbox.samples.screenshots", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m drimbox.demo.screenshots", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--out", default="docs", help="where to write the PNG files (default docs/)")
     parser.add_argument("--demo", help="the --workdir of a running demo (its demo.json); default: start one")

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
-from drimbox.demo_launcher import LaunchPageServer, launch_fields, launch_page
-from drimbox.demo_mesh import CONSUMER_AET, DEMO_OPERATOR_TOKEN, consumer_sections, sim_sections, source_sections, stow
-from drimbox.demo_options import plan_ports, wanted_ports
+from drimbox.demo.launcher import LaunchPageServer, launch_fields, launch_page
+from drimbox.demo.mesh import CONSUMER_AET, DEMO_OPERATOR_TOKEN, consumer_sections, sim_sections, source_sections, stow
+from drimbox.demo.options import plan_ports, wanted_ports
 from drimbox.hl7.mllp import send_message
 from drimbox.samples.orthanc import OrthancServer, ToolMissing, start_orthanc
 from drimbox.samples.processes import DrimboxProcess, write_config
