@@ -44,11 +44,11 @@ from drimbox.source.dmp_gateway import XdsDmpGateway
 from drimbox.source.intake import ReportIntake
 from drimbox.source.kos_orphans import remove_orphan_kos
 from drimbox.source.native_backend import NativeBackend
+from drimbox.source.outbox import Outbox
 from drimbox.source.proxy_backend import ProxyBackend
 from drimbox.source.publish import Publisher
 from drimbox.source.rejections import RejectionIntake
 from drimbox.source.worker import PublicationWorker
-from drimbox.state.outbox import Outbox
 from drimbox.state.series_cache import SeriesCache
 from drimbox.tls import box_to_box, peer_middleware, use
 from drimbox.viewer_routes import viewer_routes
