@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 class Box:
     """A running box: start() wires each role onto one aiohttp app and binds its listeners; stop() closes them.
 
-    Each role wires itself (drimbox.consumer.setup, drimbox.source.wiring.setup): its routes at once, its resources under
-    the app's cleanup_ctx, so stopping the app closes them in the reverse of the order they opened.
+    Each role wires itself (drimbox.consumer.setup, drimbox.source.wiring.setup): its routes at once, its resources
+    under the app's cleanup_ctx, so stopping the app closes them in the reverse of the order they opened.
     """
 
     def __init__(self, settings: Settings) -> None:

@@ -110,14 +110,24 @@ def _add_routes(
     # Protected, every answer is cut to the scope the access check leaves (the KOS's series and instances).
     served: DicomwebBackend = ScopedBackend(backend) if s.auth.protect_dicomweb else backend
     routes = dicomweb_routes(
-        served, base="/dicom-web", cors_origins=s.http.cors_origins, public_url=s.box.public_url,
+        served,
+        base="/dicom-web",
+        cors_origins=s.http.cors_origins,
+        public_url=s.box.public_url,
         compress=s.http.compress_on_the_fly,
     )
     if s.auth.protect_dicomweb:
         # A consumer box's request needs a PSC token and the KOS that entitles it (DRIM-M contract); the
         # box's own viewer, a session granted the study of the report link it opened; the operator, all.
-        access = SourceAccess(outbox, s.var_path / "kos", gate.tokens, gate=gate, grants=gate.sessions,
-                              operator_token=s.auth.operator_token, matrix=matrix)  # fmt: skip
+        access = SourceAccess(
+            outbox,
+            s.var_path / "kos",
+            gate.tokens,
+            gate=gate,
+            grants=gate.sessions,
+            operator_token=s.auth.operator_token,
+            matrix=matrix,
+        )
         routes = access.protect(routes)
     else:
         routes = audit_open_access(routes)
@@ -167,8 +177,13 @@ class _Lifecycle:
             stores = await asyncio.to_thread(store_peers, s)
             # The box's own AE (its pipeline's C-FIND) is associated too, but may not store.
             scp = app[ARCHIVE_SCP] = start_archive_scp(
-                s.dicom, app[ARCHIVE], on_kos=_native_kos(app), peers=stores | senders | own_peer(s.dicom),
-                store_peers=stores, on_refused=scp_audit.refused, on_session=scp_audit.session,
+                s.dicom,
+                app[ARCHIVE],
+                on_kos=_native_kos(app),
+                peers=stores | senders | own_peer(s.dicom),
+                store_peers=stores,
+                on_refused=scp_audit.refused,
+                on_session=scp_audit.session,
             )
             log.info("archive C-STORE peers: %s; IOCM senders: %s", stores.describe(), senders.describe())
             # The box is the archive: the publication pipeline's C-FIND asks the box's own SCP.
@@ -194,17 +209,27 @@ class _Lifecycle:
     async def pipeline(self, app: web.Application) -> AsyncIterator[None]:
         """The publication worker, the IOCM rejections intake and the HL7 intake (start() opens them)."""
         s = self.settings
-        publisher = Publisher(self.pipeline_settings, self.outbox, app[DMP], on_study_changed=self.backend.invalidate_study,
-                              audit=app[AUDIT])  # fmt: skip
+        invalidate = self.backend.invalidate_study
+        publisher = Publisher(
+            self.pipeline_settings, self.outbox, app[DMP], on_study_changed=invalidate, audit=app[AUDIT]
+        )
         worker = app[WORKER] = PublicationWorker(s, self.outbox, publisher)
         app[REJECTIONS] = RejectionIntake(
-            self.outbox, asyncio.get_running_loop(), worker.wake, self.backend.invalidate_study, app.get(ARCHIVE),
-            senders=self.senders, audit=self.thread_audit,
+            self.outbox,
+            asyncio.get_running_loop(),
+            worker.wake,
+            invalidate,
+            app.get(ARCHIVE),
+            senders=self.senders,
+            audit=self.thread_audit,
         )
         intake = ReportIntake(self.outbox, on_accepted=worker.wake)
         mllp = app[MLLP] = MllpServer(
-            s.mllp.host, s.mllp.port, handler=intake,
-            max_message_bytes=s.mllp.max_message_bytes, idle_timeout=s.mllp.idle_timeout,
+            s.mllp.host,
+            s.mllp.port,
+            handler=intake,
+            max_message_bytes=s.mllp.max_message_bytes,
+            idle_timeout=s.mllp.idle_timeout,
             ssl=self.server_ssl if s.mllp.tls else None,
         )
         try:
