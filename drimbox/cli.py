@@ -70,7 +70,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from drimbox.state.outbox import Outbox
+    from drimbox.source.outbox import Outbox
 
     settings = _settings(args)
     outbox = Outbox(settings.var_path / "drimbox.sqlite")
@@ -97,7 +97,7 @@ def cmd_link(args: argparse.Namespace) -> int:
 def cmd_xdm(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from drimbox.state.outbox import Outbox
+    from drimbox.source.outbox import Outbox
     from drimbox.xdm.export import ExportError, export_study
 
     settings = _settings(args)

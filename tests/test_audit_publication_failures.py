@@ -14,9 +14,9 @@ from drimbox.samples.processes import free_port
 from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
 from drimbox.source.dmp_gateway import XdsDmpGateway
 from drimbox.source.intake import ReportIntake
+from drimbox.source.outbox import Outbox
 from drimbox.source.publish import Publisher
 from drimbox.source.worker import PublicationWorker
-from drimbox.state.outbox import Outbox
 
 INS = "279035121518989"
 

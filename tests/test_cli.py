@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from drimbox.samples.processes import free_port, write_config
-from drimbox.state.outbox import Outbox
+from drimbox.source.outbox import Outbox
 
 
 def drimbox(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

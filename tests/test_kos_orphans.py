@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from drimbox.source.kos_orphans import remove_orphan_kos
-from drimbox.state.outbox import Outbox
+from drimbox.source.outbox import Outbox
 
 
 def aged(path: Path, content: bytes, seconds: float) -> Path:

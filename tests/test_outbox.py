@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from drimbox.state.outbox import OrderMismatch, Outbox
+from drimbox.source.outbox import OrderMismatch, Outbox
 
 
 async def accept(outbox: Outbox, control_id: str, document_id: str, action: str = "publish", study: str = "1.2.3"):
@@ -189,7 +189,7 @@ async def test_an_order_cancel_of_an_unknown_study_is_recorded_and_a_wrong_acces
 async def test_an_outbox_of_the_previous_layout_is_migrated(tmp_path: Path) -> None:
     import sqlite3
 
-    from drimbox.state.outbox import SCHEMA
+    from drimbox.source.outbox import SCHEMA
 
     db = tmp_path / "old.sqlite"
     old = SCHEMA.replace("    message_id INTEGER,\n", "").replace(

@@ -1,4 +1,4 @@
-"""The consumer's images in one call for app.py: /conso/dicom-web, the import API, their cache, client and jobs."""
+"""The consumer's images (drimbox.consumer.setup adds them): /conso/dicom-web, the import API, cache and jobs."""
 
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ class _StoreOfApp:
 def setup_consumer_images(app: web.Application, settings: Settings, auth: ConsumerAuth) -> ConsumerBackend:
     """Add /conso/dicom-web/... and /conso/api/exams/{kosUid}/import, /conso/api/imports/{id}.
 
-    Call after consumer.routes.setup_consumer (whose store and catalog these use). Opening an exam is checked
-    with the DMP (ExamCatalog.exam: the DMP must still list the KOS for this professional) once per GRANT_TTL.
+    Call after consumer.routes.setup_consumer, whose store and catalog these use (drimbox.consumer.setup does both).
+    Opening an exam is checked with the DMP (ExamCatalog.exam: the DMP must still list the KOS for this professional)
+    once per GRANT_TTL.
     """
     c = settings.consumer
     whitelist = AnsWhitelist(settings.whitelist)

@@ -20,7 +20,7 @@ from drimbox.auth.session import Session
 from drimbox.auth.tokens import TokenError
 from drimbox.dicomweb.scope import Scope, serving
 from drimbox.manifest import KosError, parse_kos
-from drimbox.state.outbox import Outbox
+from drimbox.source.outbox import Outbox
 from drimbox.xds.habilitation import ImagingMatrix
 
 log = logging.getLogger(__name__)

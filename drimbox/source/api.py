@@ -10,7 +10,7 @@ from aiohttp import web
 from drimbox.auth.links import ReportLinks
 from drimbox.auth.operator import require_operator
 from drimbox.config import Settings
-from drimbox.state.outbox import Outbox
+from drimbox.source.outbox import Outbox
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from drimbox import faults
 from drimbox.hl7.ack import HL7Error, build_ack, peek_header
 from drimbox.hl7.order import OrderCancel, parse_inbound
-from drimbox.state.outbox import OrderMismatch, Outbox
+from drimbox.source.outbox import OrderMismatch, Outbox
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from drimbox.state.outbox import Outbox
+from drimbox.source.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

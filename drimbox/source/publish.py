@@ -21,7 +21,7 @@ from drimbox.hl7.ack import HL7Error
 from drimbox.hl7.report import ReportMessage, parse_report_message
 from drimbox.manifest import KosError, parse_kos
 from drimbox.manifest.kos import KosRequest, build_kos, kos_to_bytes
-from drimbox.state.outbox import Outbox, Publication
+from drimbox.source.outbox import Outbox, Publication
 
 log = logging.getLogger(__name__)
 

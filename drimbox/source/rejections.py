@@ -16,7 +16,7 @@ from drimbox.dimse.delivery import ReceivedInstance
 from drimbox.dimse.message import REFUSED_NOT_AUTHORIZED, REFUSED_OUT_OF_RESOURCES, SUCCESS
 from drimbox.dimse.peers import Caller, PeerList
 from drimbox.source.iocm import NotARejection, Rejection, is_kos, parse_rejection
-from drimbox.state.outbox import Outbox
+from drimbox.source.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

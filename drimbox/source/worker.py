@@ -11,8 +11,8 @@ from drimbox.audit.events import FAILURE, REFUSED, AuditEvent
 from drimbox.config import Settings
 from drimbox.hl7.ack import HL7Error
 from drimbox.hl7.report import ReportMessage, parse_report_message
+from drimbox.source.outbox import Outbox, Publication
 from drimbox.source.publish import PermanentError, Publisher, TransientError, Waiting
-from drimbox.state.outbox import Outbox, Publication
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from drimbox.audit.events import REFUSED, SUCCESS
 from drimbox.audit.request import audit_request
 from drimbox.auth import AuthGate
 from drimbox.auth.links import LinkRefused, ReportLinks
-from drimbox.state.outbox import Outbox
+from drimbox.source.outbox import Outbox
 from drimbox.xds.habilitation import ImagingMatrix
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from drimbox.hl7.mllp import END, START, MllpServer, frame
 from drimbox.hl7.report import ReportMessage, parse_report_message
 from drimbox.samples.reports import build_cda, build_mdm, build_oru
 from drimbox.source.intake import ReportIntake
-from drimbox.state.outbox import Outbox
+from drimbox.source.outbox import Outbox
 from tests.fuzz.support import BackgroundLoop, budget, peak_memory
 
 CDA = build_cda(__import__("drimbox.samples.reports", fromlist=["_C"])._C)

@@ -30,8 +30,8 @@ from drimbox.samples.processes import free_port
 from drimbox.samples.reports import ANS_EXAMS, Action, build_cda, build_oru
 from drimbox.samples.studies import study_for_exam, write_study
 from drimbox.source.access import SourceAccess
+from drimbox.source.outbox import Outbox
 from drimbox.source.proxy_backend import ProxyBackend
-from drimbox.state.outbox import Outbox
 from drimbox.state.series_cache import SeriesCache
 
 INS_KEY = "279035121518989|1.2.250.1.213.1.4.10"
