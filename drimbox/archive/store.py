@@ -17,8 +17,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
-from drimbox.archive.attributes import is_uid
 from drimbox.archive.errors import ArchiveFull, ArchiveUnavailable, UnreadableDataset
+from drimbox.dimse.uid import is_lenient_uid
 
 LOG = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def split_part10(data: bytes) -> tuple[FileMetaDataset, int]:
 def relative_path(study_uid: str, series_uid: str, sop_uid: str) -> PurePosixPath:
     """Where an instance lives under the archive root; refuses anything but UIDs (no path tricks)."""
     for uid in (study_uid, series_uid, sop_uid):
-        if not is_uid(uid):
+        if not is_lenient_uid(uid):  # lenient: modalities and PACS send UIDs with leading zeros
             raise ValueError(f"not a valid UID: {uid!r}")
     return PurePosixPath(study_uid, series_uid, f"{sop_uid}.dcm")
 

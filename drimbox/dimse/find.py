@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from contextlib import closing
 from dataclasses import dataclass, field
 
@@ -31,6 +30,7 @@ from drimbox.dimse.network import DimseFailure, DimseUnavailable
 from drimbox.dimse.pdu import AssociateRQ, ProposedContext
 from drimbox.dimse.pool import AssociationPool, default_pool
 from drimbox.dimse.query import STUDY_ROOT_FIND, c_find, check_response, parse_answer, run_find
+from drimbox.dimse.uid import is_lenient_uid
 from drimbox.dimse.ul import MAX_PDU_LENGTH, Association, next_message_id
 
 # DimseFailure and DimseUnavailable are re-exported: callers of the finder catch them from here.
@@ -49,8 +49,6 @@ LOG = logging.getLogger(__name__)
 # Named SOP classes, for the callers and tests that propose them with pynetdicom.
 StudyRootQueryRetrieveInformationModelFind = UID(STUDY_ROOT_FIND)
 Verification = UID(VERIFICATION)
-
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 # Study- and patient-level return keys, asked at IMAGE level too (Orthanc and most PACS answer them there).
 STUDY_KEYS = (
@@ -275,7 +273,7 @@ def find_study_instances(
     Runs on an association from `pool` (default: the process's), given back for the next query.
     Raises DimseUnavailable (cannot reach or lost the PACS) or DimseFailure (the PACS refused the query).
     """
-    if len(study_uid) > 64 or not _UID_RE.match(study_uid):
+    if not is_lenient_uid(study_uid):  # lenient: the study as the PACS holds it, leading zeros included
         # A wildcard here would turn a lookup into a listing of every study on the PACS.
         raise ValueError(f"Study Instance UID: not a valid UID: {study_uid!r}")
     answers, study_level = run_find(pool or default_pool, pacs, calling_ae, lambda a: _find(a, study_uid))
