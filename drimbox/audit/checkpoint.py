@@ -18,6 +18,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from drimbox.state.durable import fsync_dir
+
 if TYPE_CHECKING:
     from drimbox.config import Settings
 
@@ -92,19 +94,11 @@ class CheckpointWriter:
         finally:
             os.close(fd)
         if created:  # the new file's directory entry must survive a power cut too
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self.last, self._torn = checkpoint, False
         if self.publish is not None:
             self.publish(checkpoint)
         return checkpoint
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_checkpoints(path: Path) -> list[dict[str, Any] | str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import os
 import re
 import uuid
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from lxml import etree
 from signxml.algorithms import SignatureConstructionMethod
 from signxml.signer import XMLSigner
 
+from drimbox.state.durable import write_atomic
 from drimbox.xds import namespaces as ns
 from drimbox.xds.metadata import Code
 
@@ -205,14 +205,6 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_").lower() or "vihf"
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def generate_test_credentials(directory: Path, common_name: str) -> tuple[Path, Path]:
     """A self-signed RSA key and certificate for tests and the demo, reused when already there.
 
@@ -262,5 +254,5 @@ def _write_credentials(key_path: Path, cert_path: Path, common_name: str) -> Non
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write_atomic(key_path, key_pem, 0o600)
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(key_path, key_pem, mode=0o600)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
