@@ -15,6 +15,7 @@ from lxml import etree
 from signxml.algorithms import SignatureConstructionMethod
 from signxml.signer import XMLSigner
 
+from drimbox.config import DmpSettings
 from drimbox.xds import namespaces as ns
 from drimbox.xds.metadata import Code
 
@@ -62,6 +63,33 @@ class VihfIdentity:
     purpose_of_use: str = PURPOSE_NORMAL  # TRE_R248: normal, bris_de_glace, centre_15
     access_reason: str = ""  # Mode_Acces_Raison: required by the DMP with bris_de_glace
     vihf_version: str = "3.0"  # [unsure] 3.0 in the ANS samples, 4.0 in newer DMP guides
+
+
+def vihf_identity(
+    dmp: DmpSettings,
+    *,
+    professional_id: str,
+    professional_name: str,
+    roles: Sequence[Code],
+    authentication_mode: str,
+    structure_id: str | None = None,
+    secteur_activite: str | None = None,
+) -> VihfIdentity:
+    """Who acts, in the structure and with the software `[dmp]` names; a professional's own structure and
+    sector (from Pro Santé Connect) take the place of the settings' when given."""
+    return VihfIdentity(
+        professional_id=professional_id,
+        professional_name=professional_name,
+        roles=roles,
+        structure_id=structure_id or dmp.structure_id,
+        secteur_activite=secteur_activite or dmp.secteur_activite,
+        lps_id=dmp.lps_id,
+        lps_name=dmp.lps_name,
+        lps_version=dmp.lps_version,
+        lps_homologation=dmp.lps_homologation,
+        authentication_mode=authentication_mode,
+        vihf_version=dmp.vihf_version,
+    )
 
 
 def _utc(moment: datetime) -> str:
