@@ -48,9 +48,9 @@ from pydicom.uid import UID, ImplicitVRLittleEndian
 from drimbox.config import PacsSettings
 from drimbox.dicomweb.backend import QueryLevel
 from drimbox.dicomweb.qido import parse_query
-from drimbox.dimse import find as finder
+from drimbox.dimse import study_instances as finder
 from drimbox.dimse.pool import AssociationPool
-from drimbox.dimse.search import iter_find
+from drimbox.dimse.qido_find import iter_find
 from drimbox.samples.orthanc import OrthancServer, nodelay_env, start_orthanc
 from drimbox.samples.studies import exam_c_study, write_study
 

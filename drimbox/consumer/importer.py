@@ -26,7 +26,7 @@ from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.backend import ConsumerBackend, Grant
 from drimbox.dicomweb.backend import DicomwebError
 from drimbox.dimse.network import DimseFailure, DimseUnavailable, make_ae
-from drimbox.dimse.search import iter_find
+from drimbox.dimse.qido_find import iter_find
 from drimbox.dimse.uid import is_lenient_uid
 from drimbox.state.db import Database
 from drimbox.state.series_cache import CachedInstance

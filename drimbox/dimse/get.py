@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from drimbox import faults
 from drimbox.config import PacsSettings
 from drimbox.dimse.delivery import ReceivedInstance, RetrieveOutcome, Sink
+from drimbox.dimse.find_scu import check_response
 from drimbox.dimse.message import (
     AFFECTED_SOP_CLASS_UID,
     AFFECTED_SOP_INSTANCE_UID,
@@ -40,7 +41,6 @@ from drimbox.dimse.network import DimseUnavailable
 from drimbox.dimse.operation import RetrieveOperation, run_on_pool
 from drimbox.dimse.pdu import AssociateRQ, ProposedContext
 from drimbox.dimse.pool import AssociationPool, PoolKey
-from drimbox.dimse.query import check_response
 from drimbox.dimse.storage import storage_contexts
 from drimbox.dimse.ul import MAX_PDU_LENGTH, Association, Message, next_message_id
 

@@ -13,13 +13,13 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from drimbox import faults
 from drimbox.config import DicomSettings, PacsSettings
 from drimbox.dimse.delivery import ReceivedInstance, RetrieveFailure, RetrieveOutcome, Sink, _End
+from drimbox.dimse.find_scu import list_series
 from drimbox.dimse.get import retrieve_by_get
 from drimbox.dimse.message import CANCEL, SUCCESS
 from drimbox.dimse.move import retrieve_by_move
 from drimbox.dimse.network import DimseFailure, DimseUnavailable
 from drimbox.dimse.operation import WARNING_SUBOPERATIONS
 from drimbox.dimse.pool import AssociationPool, default_pool
-from drimbox.dimse.query import list_series
 from drimbox.dimse.store_scp import StoreSCP, shared_scp
 from drimbox.dimse.uid import is_lenient_uid
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from drimbox.cda import Professional
 from drimbox.config import Settings
-from drimbox.dimse.find import StudyInstances
+from drimbox.dimse.study_instances import StudyInstances
 from drimbox.hl7.report import ReportMessage
 from drimbox.source.publish import PermanentError, TransientError
 from drimbox.xds import namespaces as ns

@@ -15,7 +15,7 @@ from drimbox import faults
 from drimbox.audit.events import SUCCESS, AuditEvent, AuditSink
 from drimbox.cda import ReportIdentifiers
 from drimbox.config import Settings
-from drimbox.dimse.find import DimseFailure, DimseUnavailable, StudyInstances, afind_study_instances
+from drimbox.dimse.study_instances import DimseFailure, DimseUnavailable, StudyInstances, afind_study_instances
 from drimbox.hl7.ack import HL7Error
 from drimbox.hl7.report import ReportMessage, parse_report_message
 from drimbox.manifest import KosError, parse_kos

@@ -23,10 +23,10 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from drimbox.config import PacsSettings
+from drimbox.dimse.find_scu import UNABLE_TO_PROCESS, c_find, run_find
 from drimbox.dimse.identifier import decode, encode
 from drimbox.dimse.network import DimseFailure
 from drimbox.dimse.pool import AssociationPool, default_pool
-from drimbox.dimse.query import UNABLE_TO_PROCESS, c_find, run_find
 from drimbox.dimse.ul import Association
 
 # How often a producer blocked on a full hand-off looks at whether the consumer has gone.

@@ -24,12 +24,12 @@ from pydicom.uid import UID
 
 from drimbox.config import PacsSettings
 from drimbox.dimse import identifier
+from drimbox.dimse.find_scu import STUDY_ROOT_FIND, c_find, check_response, parse_answer, run_find
 from drimbox.dimse.identifier import RawAnswer, tag
 from drimbox.dimse.message import C_ECHO_RSP, IMPLICIT_VR_LITTLE_ENDIAN, SUCCESS, VERIFICATION, c_echo_rq
 from drimbox.dimse.network import DimseFailure, DimseUnavailable
 from drimbox.dimse.pdu import AssociateRQ, ProposedContext
 from drimbox.dimse.pool import AssociationPool, default_pool
-from drimbox.dimse.query import STUDY_ROOT_FIND, c_find, check_response, parse_answer, run_find
 from drimbox.dimse.uid import is_lenient_uid
 from drimbox.dimse.ul import MAX_PDU_LENGTH, Association, next_message_id
 
