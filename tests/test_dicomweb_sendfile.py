@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 
 from drimbox.dicomweb import sendfile, wado
 from drimbox.dicomweb.backend import ChunkBody, FileBody, OpenFile, QidoQuery, StoredInstance
-from drimbox.dicomweb.folder_backend import FolderBackend
 from tests.support.dicomweb import SampleData, pixel_hash, serve, write_samples
+from tests.support.folder_backend import FolderBackend
 
 DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
