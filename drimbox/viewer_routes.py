@@ -28,6 +28,7 @@ from drimbox.xds.habilitation import ImagingMatrix
 log = logging.getLogger(__name__)
 
 VIEWER_DIR = Path(os.environ.get("DRIMBOX_VIEWER_DIR") or Path(__file__).resolve().parent.parent / "viewer")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|css|js)$")
 _MEDIA_TYPES = {"html": "text/html", "css": "text/css", "js": "text/javascript"}
 # Same-origin only: the viewer loads nothing from elsewhere, and decoded images come in as blobs.
