@@ -118,7 +118,7 @@ async def test_view_and_import_an_exam_through_the_consumer_box_from_a_protected
         )
         got = {}
         for part in message.get_payload():
-            ds = pydicom.dcmread(__import__("io").BytesIO(part.get_payload(decode=True)))
+            ds = pydicom.dcmread(__import__("io").BytesIO(part.get_payload(decode=True)))  # type: ignore[union-attr]
             got[str(ds.SOPInstanceUID)] = hashlib.sha256(ds.PixelData).hexdigest()
     truth = {}
     for iid in orthanc.rest("GET", "/instances"):

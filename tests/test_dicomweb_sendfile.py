@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ def get_twice_on_one_connection(url: str, accept: str) -> list[tuple[http.client
     return answers
 
 
-def run_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
+def run_on_uvloop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """The box serves on uvloop, whose transports differ from asyncio's (no loop.sendfile, no isinstance)."""
     uvloop.run(scenario())
 

@@ -27,7 +27,8 @@ from drimbox.dimse import (
 from drimbox.dimse.study_instances import StudyRootQueryRetrieveInformationModelFind, Verification
 from drimbox.manifest import KosRequest, build_kos, identity_mismatches, kos_to_bytes, parse_kos
 from drimbox.samples import studies
-from drimbox.samples.orthanc import OrthancServer, free_port
+from drimbox.samples.orthanc import OrthancServer
+from drimbox.samples.processes import free_port
 from drimbox.samples.studies import StudySpec, exam_c_spec, expected_instances, write_study
 from tests.support.dcmtk import dciodvfy
 

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from drimbox.state import durable
 from drimbox.state.durable import write_atomic
 
 
@@ -28,7 +27,12 @@ def test_named_temporary_file(tmp_path: Path) -> None:
 def test_fsyncs_file_and_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(durable.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
     write_atomic(tmp_path / "f", b"x")
     assert len(synced) == 2  # the file, then its directory
 
@@ -40,7 +44,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.M
     def fail(src: object, dst: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(durable.os, "replace", fail)
+    monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError):
         write_atomic(target, b"new")
     assert target.read_bytes() == b"old"

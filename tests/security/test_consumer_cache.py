@@ -5,6 +5,7 @@ source is dead is not answered from another source's copy."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ from tests.support.consumer import consumer_settings, publish, study_spec
 pytestmark = [pytest.mark.sim]
 
 
-def _names(instances: dict[str, bytes]) -> set[str]:
-    return {uid for uid, data in instances.items() if POISON.encode() in data}
+def _names(instances: Mapping[str, object]) -> set[str]:
+    return {uid for uid, data in instances.items() if isinstance(data, bytes) and POISON.encode() in data}
 
 
 async def test_a_forged_kos_never_poisons_the_genuine_exam_its_import_or_a_dead_sources_exam(
