@@ -1,4 +1,4 @@
-"""Finding 3 of issue 10: a forged KOS (same patient, another exam's UIDs, a rogue Retrieve URL) must not poison the
+"""Security finding 3: a forged KOS (same patient, another exam's UIDs, a rogue Retrieve URL) must not poison the
 consumer's cache: neither the genuine exam's viewer nor its import may see the rogue's instances, and an exam whose
 source is dead is not answered from another source's copy."""
 

@@ -1,4 +1,4 @@
-"""Issue 10 finding 1: a login on the source box reads only the study of a report link it opened, as its live KOS says."""
+"""Security finding 1: a login on the source box reads only the study of a report link it opened, as its live KOS says."""
 
 from __future__ import annotations
 
