@@ -1,13 +1,7 @@
 """Study Root C-FIND SCU: every instance of one study, with the patient and study attributes a KOS needs."""
 
-# On drimbox's upper layer (query.py) with pooled associations; answers are read with identifier.RawAnswer,
-# only the values the KOS needs. IMAGE-level query of a 300-instance study on Orthanc 1.10, this machine
-# (2 cores, shared), medians of `python -m perf.dimse_find --runs 30`, ms per query, all in the same run:
-#   dcmtk findscu -q, TCP_NODELAY=1, one process          ≈ 94   (--repeat on one association: ≈ 76)
-#   pynetdicom 3, a new association per query             ≈ 179
-#   this module before (pynetdicom + pydicom access)      ≈ 210  (its own run: findscu ≈ 88 / 71 there)
-#   this module, a new association (pool keeping none)    ≈ 82
-#   this module, pooled                                   ≈ 79   (1.04 × findscu --repeat)
+# On drimbox's upper layer (find_scu.py) with pooled associations; answers are read with identifier.RawAnswer,
+# only the values the KOS needs: as fast as dcmtk findscu on one association (figures in perf/dimse_find.py).
 # Orthanc is the floor: it answers from its index only when every key is one of its "main DICOM tags";
 # SOP Class UID and the two issuers are not, so it reads each instance's stored JSON (the same query for
 # SOP Instance UID alone takes ≈ 15 ms). Nothing here can win that back without asking less.
