@@ -22,6 +22,7 @@ from drimbox.auth.whitelist import AnsWhitelist
 from drimbox.config import Settings
 from drimbox.consumer.gate import GateAuth
 from drimbox.dimse.pool import default_pool
+from drimbox.dimse.uid import is_lenient_uid
 from drimbox.hl7.mllp import MllpServer
 from drimbox.signals import until_signalled
 from drimbox.source import wiring as source
@@ -144,7 +145,7 @@ class Box:
             return web.json_response({"error": "this box has no cache (Native profile or no source role)"}, status=404)
         study = request.query.get("study")
         if study is not None:
-            if not study or len(study) > 64 or not all(c in "0123456789." for c in study):
+            if not is_lenient_uid(study):  # lenient: a PACS's study UID may carry leading zeros
                 return web.json_response({"error": "study: a DICOM UID (digits and dots, at most 64)"}, status=400)
             await cache.invalidate_study(study)
         else:

@@ -10,6 +10,8 @@ from typing import TypeVar
 
 from lxml import etree
 
+from drimbox.dimse.uid import is_uid
+
 HL7_NS = "urn:hl7-org:v3"
 PS320_NS = "urn:dicom-org:ps3-20"
 NS = {"h": HL7_NS, "ps3-20": PS320_NS}
@@ -21,8 +23,6 @@ MODALITY_QUALIFIER = "121139"
 LOINC = "2.16.840.1.113883.6.1"
 REGION_QUALIFIER = "39111-0"
 
-# A Study Instance UID ends up in C-FIND keys and URLs: accept only what DICOM PS3.5 §9 allows.
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _T = TypeVar("_T")
 _TS_RE = re.compile(r"^(\d{4,14})(?:\.\d+)?(?:[+-]\d{2,4})?$")
 
@@ -293,7 +293,8 @@ def _study_uid(event: etree._Element, index: int) -> str | None:
         uid = _attr(element, "root")
         if uid is None:
             continue
-        if len(uid) > 64 or not _UID_RE.match(uid):
+        # A Study Instance UID ends up in C-FIND keys and URLs: accept only what DICOM PS3.5 §9 allows.
+        if not is_uid(uid):
             raise CdaError(f"CDA documentationOf[{index + 1}]/serviceEvent/id/@root is not a DICOM UID")
         return uid
     return None

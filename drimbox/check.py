@@ -8,7 +8,7 @@ import aiohttp
 
 from drimbox import tls
 from drimbox.config import ConfigError, Settings
-from drimbox.dimse.find import echo
+from drimbox.dimse.study_instances import echo
 
 
 async def _http_reachable(url: str) -> str | None:

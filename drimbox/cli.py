@@ -84,9 +84,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_link(args: argparse.Namespace) -> int:
     from drimbox.auth.links import ReportLinks
+    from drimbox.dimse.uid import is_lenient_uid
 
     settings = _settings(args)
-    if not all(c in "0123456789." for c in args.study) or not 0 < len(args.study) <= 64:
+    if not is_lenient_uid(args.study):  # lenient: the study as the PACS holds it
         print("drimbox link: --study must be a DICOM UID (digits and dots, at most 64)", file=sys.stderr)
         return 2
     link = ReportLinks(settings.auth, settings.box.public_url).issue(args.study, args.accession, args.cda)
@@ -97,12 +98,13 @@ def cmd_link(args: argparse.Namespace) -> int:
 def cmd_xdm(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from drimbox.dimse.uid import is_lenient_uid
     from drimbox.source.outbox import Outbox
     from drimbox.xdm.export import ExportError, export_study
 
     settings = _settings(args)
     _setup_logging("WARNING")
-    if not all(c in "0123456789." for c in args.study) or not 0 < len(args.study) <= 64:
+    if not is_lenient_uid(args.study):  # lenient: the study as the PACS holds it
         print("drimbox xdm export: --study must be a DICOM UID (digits and dots, at most 64)", file=sys.stderr)
         return 2
     outbox = Outbox(settings.var_path / "drimbox.sqlite")

@@ -3,9 +3,8 @@
     python -m perf.consumer_retrieve --instances 200 --size 512
 
 The source box is a real process (Proxy profile, Orthanc behind it); the consumer (its /conso/dicom-web over
-ConsumerBackend, whitelist from the simulator, a real PSC token) runs in this process until app.py wires it.
-The source's /dicom-web is not protected here (access.py is not wired in app.py yet): one token check per
-series request is what protection will add.
+ConsumerBackend, whitelist from the simulator, a real PSC token) runs in this process. The source's /dicom-web is
+left unprotected here (`[auth] protect_dicomweb = false`): protection adds one token check per series request.
 """
 
 from __future__ import annotations

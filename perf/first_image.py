@@ -7,7 +7,7 @@ the doctor's click on the link: the report link's redirect, the viewer's files, 
 paint. The viewer marks `performance.mark('first-image')` once the first image is drawn; its startTime counts from
 the start of the navigation, the redirect from /IHEInvokeImageDisplay included. Cold: the box's cache emptied and a
 fresh browser profile (no HTTP cache) for each run. Warm: the same link again once the box and the browser hold it.
-Targets (issue 5): ≤ 1000 ms cold, ≤ 300 ms warm. Also run by the perf suite (`python -m perf`).
+Targets: ≤ 1000 ms cold, ≤ 300 ms warm. Also run by the perf suite (`python -m perf`).
 """
 
 from __future__ import annotations

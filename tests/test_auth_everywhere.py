@@ -133,7 +133,7 @@ async def test_every_state_changing_route_refuses_the_session_cookie_from_anothe
             assert {("POST", "/auth/logout"), ("POST", "/conso/api/exams/{kos_uid}/import"),
                     ("POST", "/conso/patients/{ins}/emergency"), ("POST", "/dicom-web/studies")} <= set(changing)
             cookie = {"Cookie": f"drimbox_session={session}"}
-            forged = ({"Origin": ATTACKER}, {"Referer": ATTACKER + "/page"}, {"Origin": "null"}, {},
+            forged: tuple[dict[str, str], ...] = ({"Origin": ATTACKER}, {"Referer": ATTACKER + "/page"}, {"Origin": "null"}, {},
                       {"Origin": ATTACKER, "X-CSRF-Token": "guessed"})  # fmt: skip
             for method, path in changing:
                 for headers in forged:

@@ -77,7 +77,7 @@ async def test_token_from_another_issuer(checker: BearerTokenChecker, provider: 
 async def test_forged_signature(provider: Provider) -> None:
     checker = BearerTokenChecker(settings(provider.issuer, token_check="jwt"))
     try:
-        forged = provider.access_token(USER, key=new_key(provider.key.kid))  # right kid, wrong key
+        forged = provider.access_token(USER, key=new_key(provider.key.kid or ""))  # right kid, wrong key
         assert await reason(checker, forged) == "invalid_signature"
         unknown_kid = provider.access_token(USER, key=new_key("nope"))
         assert await reason(checker, unknown_kid) == "invalid_signature"

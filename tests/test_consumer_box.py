@@ -111,14 +111,14 @@ async def test_view_and_import_an_exam_through_the_consumer_box_from_a_protected
         first = await resp.content.readany()
         first_byte_s = time.perf_counter() - started
         body = first + await resp.read()
-        # For the figure: launch POST → PSC login → exam list → first image byte at the consumer.
+        # The consumer's headline figure: launch POST → PSC login → exam list → first image byte at the consumer.
         print(f"\nlaunch POST to first instance byte: {first_byte_s * 1000:.0f} ms")
         message = BytesParser().parsebytes(
             f"Content-Type: {resp.headers['Content-Type']}\r\n\r\n".encode() + body
         )
         got = {}
         for part in message.get_payload():
-            ds = pydicom.dcmread(__import__("io").BytesIO(part.get_payload(decode=True)))
+            ds = pydicom.dcmread(__import__("io").BytesIO(part.get_payload(decode=True)))  # type: ignore[union-attr]
             got[str(ds.SOPInstanceUID)] = hashlib.sha256(ds.PixelData).hexdigest()
     truth = {}
     for iid in orthanc.rest("GET", "/instances"):

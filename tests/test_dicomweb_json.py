@@ -12,7 +12,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-from drimbox.dicomweb.folder_backend import FolderBackend
 from drimbox.dicomweb.json_model import (
     dataset_json,
     instance_json,
@@ -22,6 +21,7 @@ from drimbox.dicomweb.json_model import (
 )
 from drimbox.samples.studies import exam_c_spec, write_study
 from tests.support.dicomweb import serve
+from tests.support.folder_backend import FolderBackend
 
 STUDY, SERIES, SOP = (
     "1.2.826.0.1.3680043.10.1234.9",

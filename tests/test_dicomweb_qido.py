@@ -11,10 +11,10 @@ import pytest
 from dicomweb_client import DICOMwebClient
 
 from drimbox.dicomweb.backend import QueryLevel, TagMatch
-from drimbox.dicomweb.folder_backend import FolderBackend
 from drimbox.dicomweb.params import BadRequest
 from drimbox.dicomweb.qido import STUDY_TAGS, element_matches, parse_query
 from tests.support.dicomweb import MULTIFRAME_STUDY, SampleData, serve, write_samples
+from tests.support.folder_backend import FolderBackend
 
 
 def test_parse_query_resolves_keywords_tags_and_lists() -> None:

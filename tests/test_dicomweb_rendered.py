@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drimbox.dicomweb.folder_backend import FolderBackend
 from tests.support.dicomweb import MULTIFRAME_SERIES, MULTIFRAME_STUDY, RLE_SOP, SampleData, serve, write_samples
+from tests.support.folder_backend import FolderBackend
 
 
 @pytest.fixture

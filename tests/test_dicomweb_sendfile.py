@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 
 from drimbox.dicomweb import sendfile, wado
 from drimbox.dicomweb.backend import ChunkBody, FileBody, OpenFile, QidoQuery, StoredInstance
-from drimbox.dicomweb.folder_backend import FolderBackend
 from tests.support.dicomweb import SampleData, pixel_hash, serve, write_samples
+from tests.support.folder_backend import FolderBackend
 
 DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -79,7 +79,7 @@ def get_twice_on_one_connection(url: str, accept: str) -> list[tuple[http.client
     return answers
 
 
-def run_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
+def run_on_uvloop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """The box serves on uvloop, whose transports differ from asyncio's (no loop.sendfile, no isinstance)."""
     uvloop.run(scenario())
 

@@ -11,8 +11,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from drimbox.dicomweb.backend import IncompleteRetrieve, QidoQuery, StoredInstance, Unavailable
-from drimbox.dicomweb.folder_backend import FolderBackend
 from tests.support.dicomweb import SampleData, serve, write_samples
+from tests.support.folder_backend import FolderBackend
 
 DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 

@@ -13,7 +13,6 @@ from dicomweb_client import DICOMwebClient
 from pydicom.encaps import get_frame
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from drimbox.dicomweb.folder_backend import FolderBackend
 from drimbox.dicomweb.transcode import can_transcode
 from tests.support.dicomweb import (
     MULTIFRAME_SERIES,
@@ -26,6 +25,7 @@ from tests.support.dicomweb import (
     serve,
     write_samples,
 )
+from tests.support.folder_backend import FolderBackend
 
 # The Accept header of the ANS validator's WADO-RS samples (wado-rs-request-series.txt and
 # wado-rs-request-instance.txt carry the same one), copied verbatim: q-list, boundary=**, trailing comma.

@@ -24,10 +24,11 @@ from drimbox.dimse import (
     find_study_instances,
     make_ae,
 )
-from drimbox.dimse.find import StudyRootQueryRetrieveInformationModelFind, Verification
+from drimbox.dimse.study_instances import StudyRootQueryRetrieveInformationModelFind, Verification
 from drimbox.manifest import KosRequest, build_kos, identity_mismatches, kos_to_bytes, parse_kos
 from drimbox.samples import studies
-from drimbox.samples.orthanc import OrthancServer, free_port
+from drimbox.samples.orthanc import OrthancServer
+from drimbox.samples.processes import free_port
 from drimbox.samples.studies import StudySpec, exam_c_spec, expected_instances, write_study
 from tests.support.dcmtk import dciodvfy
 

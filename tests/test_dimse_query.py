@@ -17,11 +17,11 @@ from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from drimbox.config import PacsSettings
-from drimbox.dimse.find import StudyRootQueryRetrieveInformationModelFind, find_study_instances
+from drimbox.dimse.find_scu import list_series
 from drimbox.dimse.network import DimseFailure, DimseUnavailable
 from drimbox.dimse.pool import AssociationPool, default_pool
-from drimbox.dimse.query import list_series
-from drimbox.dimse.search import iter_find
+from drimbox.dimse.qido_find import iter_find
+from drimbox.dimse.study_instances import StudyRootQueryRetrieveInformationModelFind, find_study_instances
 from drimbox.dimse.ul import Association
 from drimbox.samples.orthanc import OrthancServer
 from drimbox.samples.processes import free_port

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 import pytest
 
@@ -93,7 +94,7 @@ def test_exam_m_traits_in_another_patients_pid_are_refused() -> None:
         ({"family": "PAT-QUATRE"}, "PID^1^5^1^1"),
     ],
 )
-def test_each_identity_trait_is_compared(change: dict[str, str], where: str) -> None:
+def test_each_identity_trait_is_compared(change: dict[str, Any], where: str) -> None:
     template = build_oru(build_cda(ANS_EXAMS["C"]))
     other = dataclasses.replace(ANS_EXAMS["C"], **change)
     e = _refused(_with_pid_of(build_oru(build_cda(other)), template))

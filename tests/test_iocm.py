@@ -9,7 +9,7 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from drimbox.manifest import parse_kos
 from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
@@ -48,7 +48,7 @@ def rejection_note(study_uid: str, refs: dict[str, list[tuple[str, str]]], code:
     ds.CurrentRequestedProcedureEvidenceSequence = [study]
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = KOS_CLASS
+    ds.file_meta.MediaStorageSOPClassUID = UID(KOS_CLASS)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return ds
 

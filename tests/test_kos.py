@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from drimbox.dimse.find import InstanceRef, StudyInstances
+from drimbox.dimse.study_instances import InstanceRef, StudyInstances
 from drimbox.manifest import (
     KOS_SOP_CLASS,
     KosError,

@@ -2,13 +2,14 @@
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from drimbox.source.outbox import OrderMismatch, Outbox
 
 
-async def accept(outbox: Outbox, control_id: str, document_id: str, action: str = "publish", study: str = "1.2.3"):
+async def accept(outbox: Outbox, control_id: str, document_id: str, action: str = "publish", study: str = "1.2.3") -> Any:
     return await outbox.accept(
         sender="RIS|CENTRE", control_id=control_id, raw=b"MSH|...", action=action, document_id=document_id,
         accession="ACN1", study_uid=study, report={},
@@ -142,7 +143,7 @@ async def test_a_report_naming_two_studies_queues_one_job_per_study(tmp_path: Pa
         outbox.close()
 
 
-async def _cancel(outbox: Outbox, control_id: str, study: str = "1.2.3", accession: str = "ACN1"):
+async def _cancel(outbox: Outbox, control_id: str, study: str = "1.2.3", accession: str = "ACN1") -> Any:
     return await outbox.accept_cancel(sender="RIS|CENTRE", control_id=control_id, raw=b"MSH|OMI",
                                       studies=[(study, accession)])  # fmt: skip
 
@@ -153,8 +154,8 @@ async def test_an_order_cancel_drops_pending_jobs_and_queues_a_withdrawal_of_a_l
         pending = await accept(outbox, "M1", "DOC1")
         [c] = await _cancel(outbox, "O1")
         assert (c.dropped, c.withdrawing, c.known, c.duplicate) == (1, False, True, False)
-        assert (await outbox.get(pending.publication_id)).state == "cancelled"
-        assert (await outbox.get(c.publication_id)).state == "cancelled"
+        assert (await outbox.get(pending.publication_id)).state == "cancelled"  # type: ignore[union-attr]
+        assert (await outbox.get(c.publication_id)).state == "cancelled"  # type: ignore[union-attr]
         assert (await _cancel(outbox, "O1"))[0].duplicate  # the same message again
 
         live = await accept(outbox, "M2", "DOC2", study="1.2.4")

@@ -105,7 +105,7 @@ def test_client_leaving_mid_stream_cancels_and_nothing_partial_is_cached(orthanc
     baseline = warmed_baseline(box)
     conn, resp = open_stream(box)
     assert resp.read(64 * 1024)
-    conn.sock.close()  # type: ignore[union-attr]
+    conn.sock.close()
     conn.close()
     assert settle(pid, baseline) <= baseline
     # Whatever the fill had reached, the next client gets the whole study.

@@ -184,7 +184,7 @@ async def test_trusted_certs_setting_refuses_other_signers(tmp_path: Path) -> No
     """With [sim] trusted_certs set, a VIHF signed by any other certificate is refused."""
     from drimbox.config import load_settings
     from drimbox.sim.dmp_routes import options_from_settings
-    from drimbox.xds.vihf import generate_test_credentials
+    from drimbox.state.credentials import generate_test_credentials
 
     _, cert = generate_test_credentials(tmp_path / "ca", "some other structure")
     settings = load_settings(None, env={"DRIMBOX_SIM__TRUSTED_CERTS": str(cert)})

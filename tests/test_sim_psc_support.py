@@ -150,9 +150,10 @@ def server_keys(psc: RunningPsc) -> KeySet:
 def verified_claims(psc: RunningPsc, token: str, **expected: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(header, claims) of a JWT whose RS256 signature verifies against /psc/jwks and whose claims hold."""
     decoded = jwt.decode(token, server_keys(psc), algorithms=["RS256"])
+    options: dict[str, Any] = {k: {"essential": True, "value": v} for k, v in expected.items()}
     registry = jwt.JWTClaimsRegistry(
         iss={"essential": True, "value": psc.issuer}, exp={"essential": True}, iat={"essential": True},
-        sub={"essential": True}, **{k: {"essential": True, "value": v} for k, v in expected.items()},
+        sub={"essential": True}, **options,
     )  # fmt: skip
     registry.validate(decoded.claims)
     return dict(decoded.header), dict(decoded.claims)

@@ -160,7 +160,7 @@ def check_viewer_shows_exam_c(page: Any) -> None:
     page.mouse.up()
     wait_until(page, f"document.getElementById('wl').textContent !== {wl_before!r}")
     assert canvas_png(page) != before
-    # The issue's target: a window/level change is painted in under 100 ms once the image is loaded.
+    # The target: a window/level change is painted in under 100 ms once the image is loaded.
     assert float(page.get_attribute("#image", "data-render-ms") or "inf") < 100
 
     # Zoom changes the view; Reset brings back the image's own window, fitted; Fit undoes a zoom.
@@ -222,7 +222,7 @@ def test_viewer_without_a_session_goes_to_login(
     page.wait_for_url(f"{sim.url}/**")
     page.click(f"button[value='{PROFESSIONAL}']")
     page.wait_for_url(f"{source.url}/viewer/**")
-    # A login alone opens nothing (issue 10): the study is this session's once its report link is opened.
+    # A login alone opens nothing (security finding 1): the study is this session's once its report link is opened.
     page.wait_for_selector("body[data-state=error]", timeout=30_000)
     assert "not allowed" in page.inner_text("#message")
     page.goto(f"{source.url}/IHEInvokeImageDisplay?requestType=STUDY&studyUID={STUDY_C}")

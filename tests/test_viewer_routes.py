@@ -43,7 +43,7 @@ class FakeOutbox:
         return self.pubs.get(study_uid, [])
 
 
-async def client(logged_in: bool = True, pubs: dict[str, list[Pub]] | None = None, source: bool = True) -> TestClient:
+async def client(logged_in: bool = True, pubs: dict[str, list[Pub]] | None = None, source: bool = True) -> TestClient[web.Request, web.Application]:
     app = web.Application()
     outbox = FakeOutbox(pubs if pubs is not None else {STUDY: [Pub("published")]}) if source else None
     app.add_routes(viewer_routes(FakeGate(logged_in), outbox))  # type: ignore[arg-type]

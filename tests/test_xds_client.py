@@ -18,12 +18,13 @@ from aiohttp.test_utils import TestServer
 from lxml import etree
 from signxml.verifier import XMLVerifier
 
+from drimbox.state.credentials import generate_test_credentials
 from drimbox.xds import metadata, mtom, query, schema, soap
 from drimbox.xds import namespaces as ns
 from drimbox.xds.client import DmpClient, XdsRejected, XdsTransientError
 from drimbox.xds.metadata import Code, MetadataError, ReferenceId
 from drimbox.xds.soap import RegistryError
-from drimbox.xds.vihf import VihfSigner, generate_test_credentials
+from drimbox.xds.vihf import VihfSigner
 from tests.test_xds_metadata import INS, KOS, PATIENT, make_entry, make_submission
 from tests.test_xds_vihf import identity
 

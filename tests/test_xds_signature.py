@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 
+from drimbox.state.credentials import generate_test_credentials
 from drimbox.xds import metadata as m
 from drimbox.xds import namespaces as ns
 from drimbox.xds import query as q
@@ -23,7 +24,7 @@ from drimbox.xds.signature import (
     sign_submission,
     verify_submission,
 )
-from drimbox.xds.vihf import VihfSigner, generate_test_credentials
+from drimbox.xds.vihf import VihfSigner
 from tests.test_xds_metadata import KOS, make_entry, make_submission
 
 DS = f"{{{ns.DSIG}}}"

@@ -13,6 +13,7 @@ from signxml.algorithms import SignatureMethod
 from signxml.exceptions import InvalidSignature
 from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 
+from drimbox.state.credentials import generate_test_credentials
 from drimbox.xds import namespaces as ns
 from drimbox.xds import query, soap, vihf
 from drimbox.xds.metadata import Code
@@ -37,7 +38,7 @@ def identity(**overrides: str) -> vihf.VihfIdentity:
 
 @pytest.fixture(scope="module")
 def creds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return vihf.generate_test_credentials(tmp_path_factory.mktemp("vihf"), "Centre de radiologie Ambroise")
+    return generate_test_credentials(tmp_path_factory.mktemp("vihf"), "Centre de radiologie Ambroise")
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_tampering_breaks_the_signature(
 
 
 def test_another_certificate_does_not_verify(signer: vihf.VihfSigner, tmp_path: Path) -> None:
-    _, other_cert = vihf.generate_test_credentials(tmp_path, "someone else")
+    _, other_cert = generate_test_credentials(tmp_path, "someone else")
     with pytest.raises(InvalidSignature):
         verify(etree.tostring(signer.issue(identity(), PATIENT)), other_cert)
 
@@ -153,21 +154,21 @@ def test_unknown_authentication_mode_is_refused(signer: vihf.VihfSigner) -> None
 
 
 def test_test_credentials_are_reused_and_private(tmp_path: Path) -> None:
-    key, cert = vihf.generate_test_credentials(tmp_path / "creds", "Box A")
+    key, cert = generate_test_credentials(tmp_path / "creds", "Box A")
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     first = key.read_bytes(), cert.read_bytes()
-    assert vihf.generate_test_credentials(tmp_path / "creds", "Box A") == (key, cert)
+    assert generate_test_credentials(tmp_path / "creds", "Box A") == (key, cert)
     assert (key.read_bytes(), cert.read_bytes()) == first
-    other_key, _ = vihf.generate_test_credentials(tmp_path / "creds", "Box B")
+    other_key, _ = generate_test_credentials(tmp_path / "creds", "Box B")
     assert other_key != key
     cert.write_bytes(b"truncated")  # a broken pair is replaced, not trusted
-    vihf.generate_test_credentials(tmp_path / "creds", "Box A")
+    generate_test_credentials(tmp_path / "creds", "Box A")
     vihf.VihfSigner.from_files(key, cert)
 
 
 def test_key_and_certificate_must_match(tmp_path: Path) -> None:
-    key_a, _ = vihf.generate_test_credentials(tmp_path, "A")
-    _, cert_b = vihf.generate_test_credentials(tmp_path, "B")
+    key_a, _ = generate_test_credentials(tmp_path, "A")
+    _, cert_b = generate_test_credentials(tmp_path, "B")
     with pytest.raises(vihf.VihfError, match="does not match"):
         vihf.VihfSigner.from_files(key_a, cert_b)
     with pytest.raises(vihf.VihfError, match="cannot read"):
@@ -176,6 +177,6 @@ def test_key_and_certificate_must_match(tmp_path: Path) -> None:
 
 def test_concurrent_generation_yields_one_matching_pair(tmp_path: Path) -> None:
     with ThreadPoolExecutor(4) as pool:
-        pairs = list(pool.map(lambda _: vihf.generate_test_credentials(tmp_path, "shared"), range(4)))
+        pairs = list(pool.map(lambda _: generate_test_credentials(tmp_path, "shared"), range(4)))
     assert len(set(pairs)) == 1
     vihf.VihfSigner.from_files(*pairs[0])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
@@ -36,6 +35,7 @@ from drimbox.archive.errors import (
     UNKNOWN_TRANSFER_SYNTAX,
     UnreadableDataset,
 )
+from drimbox.dimse.uid import is_lenient_uid
 
 # What the archive accepts: the uncompressed syntaxes and the compressed ones modalities and PACS send.
 # Compressed data sets are stored as received; their header is Explicit VR Little Endian.
@@ -58,18 +58,11 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
     ExplicitVRBigEndian,
 )
 
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # A deflated data set may inflate to this many times its size (and always to 16 MiB), at most 2 GiB: beyond it is
 # a decompression bomb (1 MiB of deflate can hold 1 GiB), which would cost that memory and minutes of parsing.
 MAX_DEFLATE_RATIO = 100
 MIN_INFLATE_LIMIT = 16 * 1024 * 1024
 MAX_INFLATED_BYTES = 2 * 1024 * 1024 * 1024
-
-
-def is_uid(value: str) -> bool:
-    """True when `value` is a syntactically valid UID (digits and dots, at most 64 characters)."""
-    # fullmatch: "$" would also match before a final newline, letting "1.2\n" name a directory.
-    return 0 < len(value) <= 64 and _UID_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -203,7 +196,7 @@ def read_attributes(dataset: bytes, transfer_syntax: str) -> InstanceAttributes:
         # pydicom raises many kinds; their messages may quote values, so only the kind is kept.
         raise UnreadableDataset(f"data set cannot be parsed ({type(exc).__name__})") from None
     for name, uid in (("Study", attrs.study_uid), ("Series", attrs.series_uid), ("SOP", attrs.sop_uid)):
-        if not is_uid(uid):
+        if not is_lenient_uid(uid):  # lenient: modalities and PACS send UIDs with leading zeros
             raise UnreadableDataset(f"{name} Instance UID missing or not a valid UID", BAD_IDENTIFIERS)
     return attrs
 

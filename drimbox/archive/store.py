@@ -17,8 +17,9 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
-from drimbox.archive.attributes import is_uid
 from drimbox.archive.errors import ArchiveFull, ArchiveUnavailable, UnreadableDataset
+from drimbox.dimse.uid import is_lenient_uid
+from drimbox.state.durable import fsync_dir
 
 LOG = logging.getLogger(__name__)
 
@@ -86,17 +87,9 @@ def split_part10(data: bytes) -> tuple[FileMetaDataset, int]:
 def relative_path(study_uid: str, series_uid: str, sop_uid: str) -> PurePosixPath:
     """Where an instance lives under the archive root; refuses anything but UIDs (no path tricks)."""
     for uid in (study_uid, series_uid, sop_uid):
-        if not is_uid(uid):
+        if not is_lenient_uid(uid):  # lenient: modalities and PACS send UIDs with leading zeros
             raise ValueError(f"not a valid UID: {uid!r}")
     return PurePosixPath(study_uid, series_uid, f"{sop_uid}.dcm")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, chunks: Sequence[bytes | memoryview]) -> int:
@@ -168,7 +161,7 @@ class FileStore:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
                 return size, "unchanged"
             self._ensure_dir(final.parent)
             # Unique without mkstemp's retries: one writer per SOP Instance UID at a time (Archive's
@@ -190,7 +183,7 @@ class FileStore:
                 self._known_dirs.discard(final.parent)
                 self._ensure_dir(final.parent)
                 os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise self._error("cannot write the instance file", exc) from None
@@ -201,7 +194,7 @@ class FileStore:
         path = self.root / relative
         try:
             path.unlink(missing_ok=True)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             LOG.warning("archive: could not remove %s: %s", relative, exc.strerror)
 
@@ -223,7 +216,7 @@ class FileStore:
                 except FileExistsError:
                     pass
                 # A new directory is durable only once its parent's entry is.
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             if len(self._known_dirs) >= _KNOWN_DIRS_MAX:
                 # Bounded memory on a long-running box; forgetting costs one stat per directory.
                 self._known_dirs.clear()

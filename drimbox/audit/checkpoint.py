@@ -18,8 +18,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from drimbox.state.durable import fsync_dir
+
 if TYPE_CHECKING:
-    from drimbox.config import Settings
+    pass
 
 log = logging.getLogger(__name__)
 # Fields a checkpoint's signature covers (everything but `signature`).
@@ -34,17 +36,6 @@ def signed_bytes(checkpoint: dict[str, Any]) -> bytes:
 
 def fingerprint(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-def box_credentials(settings: Settings) -> tuple[Path, Path]:
-    """The structure's key and certificate, the pair that signs the VIHF: `[dmp] signing_key`/`signing_cert`, or
-    the self-signed test pair under var_dir/credentials (made on first use, exactly as the VIHF signer does)."""
-    from drimbox.xds.vihf import generate_test_credentials  # the XDS stack is only needed once a box signs
-
-    d = settings.dmp
-    if d.signing_key and d.signing_cert:
-        return Path(d.signing_key), Path(d.signing_cert)
-    return generate_test_credentials(settings.var_path / "credentials", f"drimbox {d.structure_id}")
 
 
 def load_certificate(path: Path) -> x509.Certificate:
@@ -92,19 +83,11 @@ class CheckpointWriter:
         finally:
             os.close(fd)
         if created:  # the new file's directory entry must survive a power cut too
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self.last, self._torn = checkpoint, False
         if self.publish is not None:
             self.publish(checkpoint)
         return checkpoint
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_checkpoints(path: Path) -> list[dict[str, Any] | str]:

@@ -8,9 +8,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from drimbox.audit.checkpoint import box_credentials, load_certificate, verify_checkpoints
+from drimbox.audit.checkpoint import load_certificate, verify_checkpoints
 from drimbox.audit.trail import audit_path, checkpoints_path, iso, read_records, verify
 from drimbox.config import ConfigError, Settings, load_settings
+from drimbox.state.credentials import structure_credentials
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,7 +68,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"audit trail OK: {count} records, chain intact (checkpoints off: a cut tail cannot be seen)")
         return 1 if failed else 0
     # The box's own certificate is the trust anchor, never one the checkpoint file could bring along.
-    cert = load_certificate(box_credentials(settings)[1])
+    cert = load_certificate(structure_credentials(settings)[1])
     report = verify_checkpoints(trail, checkpoints_path(settings), cert, every)
     for problem in report.problems:
         print(f"audit checkpoints BROKEN: {problem}")

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from drimbox.audit.checkpoint import CheckpointWriter, box_credentials, check_on_open
+from drimbox.audit.checkpoint import CheckpointWriter, check_on_open
 from drimbox.audit.events import AuditEvent
 from drimbox.audit.syslog import SyslogSender
+from drimbox.state.credentials import structure_credentials
 
 if TYPE_CHECKING:
     from drimbox.config import Settings
@@ -304,7 +305,7 @@ def open_trail(settings: Settings) -> AuditTrail:
         sender = SyslogSender(settings.audit.syslog, source_id=settings.dicom.ae_title, fmt=settings.audit.syslog_format)
     writer = None
     if settings.audit.checkpoint_every > 0:
-        key, cert = box_credentials(settings)
+        key, cert = structure_credentials(settings)
         path = checkpoints_path(settings)
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = CheckpointWriter(path, key, cert, publish=sender.send_checkpoint if sender is not None else None)

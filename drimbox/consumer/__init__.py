@@ -1,4 +1,4 @@
-"""The consumer box: contextual launch, the patient's exams from the DMP, and (later) their images."""
+"""The consumer box: contextual launch, the patient's exams from the DMP, their images (viewed, cached, imported)."""
 
 from aiohttp import web
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+from drimbox.dimse.uid import is_uid
+
 # INS assigning authorities (DIGEST §1): production INS-NIR, INS-NIA, test and demonstration INS.
 INS_OIDS = {
     "1.2.250.1.213.1.4.8": "INS-NIR",
@@ -15,7 +17,6 @@ INS_OIDS = {
 # Sex digit, year, month, department (Corsica 2A/2B), commune, order number, key.
 _INS = re.compile(r"^[1-8]\d{4}(\d{2}|2A|2B)\d{6}\d{2}$")
 _OID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")
-_UID = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))+$")
 _MODALITY = re.compile(r"^[A-Z][A-Z0-9]{1,15}$")
 _CODE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -95,7 +96,7 @@ def parse_date_range(value: str) -> tuple[dt.date | None, dt.date | None]:
 def uid(value: str) -> str:
     """A DICOM UID (at most 64 characters of digits and dots, no leading zero in a component)."""
     text = value.strip()
-    if len(text) > 64 or not _UID.match(text):
+    if not is_uid(text):
         raise FieldProblem("must be a DICOM UID: at most 64 digits and dots, no component with a leading zero")
     return text
 

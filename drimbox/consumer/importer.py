@@ -26,7 +26,8 @@ from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.backend import ConsumerBackend, Grant
 from drimbox.dicomweb.backend import DicomwebError
 from drimbox.dimse.network import DimseFailure, DimseUnavailable, make_ae
-from drimbox.dimse.search import iter_find
+from drimbox.dimse.qido_find import iter_find
+from drimbox.dimse.uid import is_lenient_uid
 from drimbox.state.db import Database
 from drimbox.state.series_cache import CachedInstance
 
@@ -281,7 +282,7 @@ def import_routes(importer_of: Callable[[], Importer], auth: ConsumerAuth) -> li
     async def start(request: web.Request) -> web.Response:
         pro, token = await professional(request)
         kos_uid = request.match_info["kos_uid"]
-        if not 0 < len(kos_uid) <= 64 or not set(kos_uid) <= set("0123456789."):
+        if not is_lenient_uid(kos_uid):  # lenient: the KOS UID comes from the DMP, written by another box
             return web.json_response({"error": "kosUid: a DICOM UID", "reason": "invalid_fields"}, status=400)
         importer = importer_of()
         try:

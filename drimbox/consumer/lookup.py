@@ -16,7 +16,7 @@ from drimbox.xds import namespaces as ns
 from drimbox.xds.client import DmpClient, XdsRejected, XdsTransientError
 from drimbox.xds.metadata import Code, ReferenceId, ins_cx
 from drimbox.xds.query import DocumentEntryInfo
-from drimbox.xds.vihf import PROFESSION_SCHEME, PURPOSE_EMERGENCY, SPECIALTY_SCHEME, VihfIdentity
+from drimbox.xds.vihf import PROFESSION_SCHEME, PURPOSE_EMERGENCY, SPECIALTY_SCHEME, VihfIdentity, vihf_identity
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -153,7 +153,6 @@ class ExamFilters:
 
 def professional_identity(settings: Settings, pro: ProfessionalLike) -> VihfIdentity:
     """The VIHF of a Pro Santé Connect user (INDIRECTE_RENFORCEE), signed by the structure."""
-    d = settings.dmp
     if not pro.profession_code:
         raise AccessRefused("your identity carries no profession code, which the DMP requires in the VIHF")
     # PSC and CDA write the profession as `G15_10` or `10`: the VIHF wants the bare code.
@@ -161,18 +160,14 @@ def professional_identity(settings: Settings, pro: ProfessionalLike) -> VihfIden
     if pro.specialty_code:
         roles.append(Code(pro.specialty_code.rpartition("_")[2], SPECIALTY_SCHEME, ""))
     name = " ".join(p for p in (pro.given, pro.family) if p) or pro.id
-    return VihfIdentity(
+    return vihf_identity(
+        settings.dmp,
         professional_id=pro.id,
         professional_name=name,
         roles=roles,
-        structure_id=pro.structure_id or d.structure_id,
-        secteur_activite=pro.sector_code or d.secteur_activite,
-        lps_id=d.lps_id,
-        lps_name=d.lps_name,
-        lps_version=d.lps_version,
-        lps_homologation=d.lps_homologation,
         authentication_mode="INDIRECTE_RENFORCEE",
-        vihf_version=d.vihf_version,
+        structure_id=pro.structure_id,
+        secteur_activite=pro.sector_code,
     )
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from pydicom.uid import ExplicitVRLittleEndian
 
-from drimbox.dicomweb.params import is_uid
 from drimbox.dicomweb.transcode import can_transcode, is_compressed
+from drimbox.dimse.uid import is_lenient_uid
 
 ANY_SYNTAX = "*"
 DICOM = "application/dicom"
@@ -130,7 +130,7 @@ def parse_accept(header: str | None) -> list[MediaRange]:
 
 def _wanted_syntax(params: dict[str, str], default: str) -> str | None:
     syntax = params.get("transfer-syntax", default).strip() or default
-    return syntax if syntax == ANY_SYNTAX or is_uid(syntax) else None
+    return syntax if syntax == ANY_SYNTAX or is_lenient_uid(syntax) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import re
+from drimbox.dimse.uid import is_lenient_uid
 
-# Digits and dots, no empty component, at most 64 characters (PS3.5 §9.1). Leading zeros in a component
-# are tolerated on purpose: PS3.5 forbids them, but real PACS hold such UIDs and must stay reachable.
-_UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 MAX_FRAMES_PER_REQUEST = 10_000
 
 
@@ -14,14 +11,10 @@ class BadRequest(ValueError):
     """The request is malformed (HTTP 400); the message names the parameter and is sent to the client."""
 
 
-def is_uid(value: str) -> bool:
-    """True when `value` has the syntax of a UID."""
-    return len(value) <= 64 and _UID_RE.fullmatch(value) is not None
-
-
 def check_uid(value: str, what: str) -> str:
     """`value` if it is a UID, else BadRequest naming `what` (e.g. "StudyInstanceUID")."""
-    if not is_uid(value):
+    # lenient: PS3.5 forbids leading zeros in a component, but real PACS hold such UIDs and must stay reachable.
+    if not is_lenient_uid(value):
         shown = value if len(value) <= 80 else value[:77] + "..."
         raise BadRequest(f"{what} {shown!r} is not a UID (digits and dots, at most 64 characters)")
     return value

@@ -10,7 +10,8 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
 from drimbox.dicomweb.backend import QidoQuery, QueryLevel, TagMatch
-from drimbox.dicomweb.params import BadRequest, is_uid, parse_int
+from drimbox.dicomweb.params import BadRequest, parse_int
+from drimbox.dimse.uid import is_lenient_uid
 
 
 def _tags(*keywords: str) -> frozenset[int]:
@@ -92,7 +93,7 @@ def _matching_value(name: str, tag: int, vr: str, value: str) -> str:
     if vr == "UI":
         uids = [uid.strip() for uid in value.split(",")] if value else []
         for uid in uids:
-            if not is_uid(uid):
+            if not is_lenient_uid(uid):  # lenient: a PACS's UIDs may have leading zeros
                 raise BadRequest(f"{name}: {uid!r} is not a UID (UID lists are comma-separated, no wildcards)")
         return "\\".join(uids)
     if vr in ("DA", "TM", "DT"):

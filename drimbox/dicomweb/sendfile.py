@@ -3,29 +3,23 @@
 Why: through aiohttp's writer every byte of a file is read into a new Python buffer (a thread hop per chunk)
 and copied again by `transport.write`; on the warm path (instances on disk, sent as stored) that is the whole
 cost of a retrieve. Here `os.sendfile` hands the page cache to the socket and the loop thread only waits for
-the socket to be writable. Measured on the perf CT study (300 × 526 KB, curl on loopback, 2 shared and noisy
-cores, one interleaved run): server CPU 125 → 35-40 ms a study; 1 client 1228 → 1500-2800 MB/s, 16 clients
-1441 → 2000-2800 (Orthanc's WADO-RS: 1000-1500 and 2000-3100). Ratios from one run, not absolutes.
+the socket to be writable: about a third of the server CPU a study, and more throughput (perf/README.md).
 
 A client on this host is sent copies instead (`same_host`, `_FileCopier`): one thread reads the file into a
 reusable buffer, the loop writes it. sendfile leaves the receiver to copy from page-cache memory that no CPU
-cache holds; a copy hands it data still in cache. Same total CPU a study (server 55-60 + curl 26-35 ms,
-against 31-48 + 41-74 for sendfile), the box's part higher, but steadier and mostly faster on loopback:
-in 8 interleaved runs the copy won 5 of 7 single-client and 6 of 7 16-client comparisons (e.g. 2145 vs 1547
-and 2170 vs 1954 MB/s); sendfile's receiver cost swings with memory traffic (curl 41-74 ms a study). A client
+cache holds; a copy hands it data still in cache. The same total CPU a study, the box's part higher, but
+steadier and mostly faster on loopback, where sendfile's receiver cost swings with memory traffic. A client
 across a network card (DMA reads the page cache) gets sendfile: the box's CPU is what is saved there.
 Tried and not kept: two buffers, reading ahead while writing (slower, see _FileCopier); TCP_CORK around each
-part's headers and file (+5 ms server CPU a study, -3 ms curl, no throughput change); a bigger SO_SNDBUF (the
-socket never filled with one client: no EAGAIN in 1200 sendfile calls, autotuning reaches 4 MB; 216 in 5232
-with 16 clients).
+part's headers and file (no throughput change); a bigger SO_SNDBUF (the socket rarely fills). Figures for
+each in perf/README.md.
 
 Why not `loop.sendfile`: uvloop, the box's loop, does not implement it (aiohttp's FileResponse then falls back
 to reading chunks). Why a chunked body and not one Content-Length for the whole response: that needs every
 part's size before the first byte, i.e. the whole instance list, which the cold Proxy path only learns as the
 PACS delivers; and a size from a stat before sending races with an archive replacing the file. Each file part
 is one HTTP chunk whose size comes from fstat on the descriptor being sent: exact by construction. Chunking
-costs the client nothing measurable (raw sendfile server, the same 300 files, curl: 2544 MB/s with a
-Content-Length, 2624 chunked, same curl CPU).
+costs the client nothing measurable (perf/README.md).
 
 Safety rules this module follows:
 - The socket belongs to the transport. A raw write happens only when the transport's own buffer is empty
@@ -208,9 +202,8 @@ class DirectBody:
 class _FileCopier:
     """Files sent by copying, for a client on this host: read in a thread into one reusable buffer, then written.
 
-    Tried and not kept: two buffers, reading the next chunk (or the next file) while this one is written:
-    2057 vs 2300 MB/s with one client, 2902 vs 3123 with 16, more server CPU (the reading thread and the loop
-    then compete for the cores with the client).
+    Tried and not kept: two buffers, reading the next chunk (or the next file) while this one is written: slower,
+    and more server CPU (the reading thread and the loop then compete for the cores with the client).
     """
 
     def __init__(self) -> None:

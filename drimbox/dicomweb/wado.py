@@ -149,9 +149,7 @@ async def _single_instance(
 
 # Instances pulled from the backend ahead of the one being sent; the files among them are opened (and their
 # reading from disk started, see FileBody.open_now) together, one thread hop per batch instead of one per file.
-# Measured (perf CT study, 300 × 526 KB, warm, curl, 2 cores, interleaved A/B against one hop per instance):
-# no throughput change (1 client 2744 vs 2771 MB/s, 16 clients 2471 vs 2381; server CPU 39.7 vs 38.5 ms a
-# study), nor cold (page cache evicted: 1309 vs 1414 MB/s on this VM's cached virtual disk). Kept because it
+# Measured against one hop per instance: no throughput change, warm or cold (perf/README.md). Kept because it
 # takes 16 times fewer jobs from the default executor (6 threads here, shared with SQLite and DIMSE work)
 # and lets a cold archive's next files load while the current ones are sent, so sendfile on the loop thread
 # rarely waits for a disk. 16 open descriptors a response stay far below any limit, even with many clients.

@@ -1,13 +1,13 @@
 """DIMSE side of the box (pynetdicom): SCUs towards the PACS, TCP_NODELAY sockets, per-operation time-outs."""
 
-from drimbox.dimse.find import (
+from drimbox.dimse.network import DimseFailure, DimseUnavailable, NoDelayAE, make_ae, set_nodelay
+from drimbox.dimse.study_instances import (
     InstanceRef,
     StudyInstances,
     afind_study_instances,
     echo,
     find_study_instances,
 )
-from drimbox.dimse.network import DimseFailure, DimseUnavailable, NoDelayAE, make_ae, set_nodelay
 
 __all__ = [
     "DimseFailure",

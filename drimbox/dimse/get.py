@@ -3,16 +3,9 @@
 # Runs in a worker thread on drimbox's upper layer (ul.py), not on pynetdicom. Each sub-operation's data
 # set is kept as the bytes received and prefixed with a File Meta Information header built here: nothing
 # decoded, nothing re-encoded, nothing decompressed.
-# Cold C-GET of the 158 MB study (300 × 512² CT, Orthanc 1.10 sending 16 KiB PDUs, 2 cores), medians of
-# `python -m perf.dimse_retrieve --runs 7 --pynetdicom`, all in the same run:
-#   dcmtk getscu, TCP_NODELAY=1, writing the files     ≈  370 MB/s  (DESIGN.md measured 575)
-#   dcmtk getscu --ignore (receive only)               ≈  860 MB/s
-#   pynetdicom 3.0 with dul._run_loop_delay = 0        ≈  280 MB/s  (out of the box ≈ 135)
-#   this module                                        ≈ 1120 MB/s  (1.3 × getscu --ignore, 3 × with files)
-#   this module, parallel=2 (one association a series) ≈ 1440 MB/s
-# py-spy of this module's thread: ≈ 60 % waiting for Orthanc (select), 16 % recv, 9 % joining each data set
-# into one bytes object, 3 % sending C-STORE-RSPs: Orthanc, on the other core, is now the limit. Our
-# maximum PDU size changes nothing against Orthanc, which fragments to its own MaximumPduLength (16 KiB).
+# Against Orthanc it receives faster than dcmtk getscu --ignore, and Orthanc is then the limit (figures and
+# profile in perf/dimse_retrieve.py). Our maximum PDU size changes nothing against Orthanc, which fragments
+# to its own MaximumPduLength (16 KiB).
 
 from __future__ import annotations
 
@@ -22,6 +15,7 @@ from collections.abc import Iterable
 from drimbox import faults
 from drimbox.config import PacsSettings
 from drimbox.dimse.delivery import ReceivedInstance, RetrieveOutcome, Sink
+from drimbox.dimse.find_scu import check_response
 from drimbox.dimse.message import (
     AFFECTED_SOP_CLASS_UID,
     AFFECTED_SOP_INSTANCE_UID,
@@ -40,7 +34,6 @@ from drimbox.dimse.network import DimseUnavailable
 from drimbox.dimse.operation import RetrieveOperation, run_on_pool
 from drimbox.dimse.pdu import AssociateRQ, ProposedContext
 from drimbox.dimse.pool import AssociationPool, PoolKey
-from drimbox.dimse.query import check_response
 from drimbox.dimse.storage import storage_contexts
 from drimbox.dimse.ul import MAX_PDU_LENGTH, Association, Message, next_message_id
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from drimbox.config import PacsSettings
 from drimbox.dimse.delivery import RetrieveOutcome, Sink
+from drimbox.dimse.find_scu import check_response
 from drimbox.dimse.message import C_MOVE_RQ, C_MOVE_RSP, IMPLICIT_VR_LITTLE_ENDIAN, retrieve_identifier, retrieve_rq
 from drimbox.dimse.network import DimseUnavailable
 from drimbox.dimse.operation import RetrieveOperation, run_on_pool
 from drimbox.dimse.pdu import AssociateRQ, ProposedContext
 from drimbox.dimse.pool import AssociationPool, PoolKey
-from drimbox.dimse.query import check_response
 from drimbox.dimse.store_scp import PendingMove, StoreSCP
 from drimbox.dimse.ul import MAX_PDU_LENGTH, Association, next_message_id
 

@@ -11,10 +11,10 @@ from pydicom.filereader import read_dataset
 
 from drimbox.config import PacsSettings
 from drimbox.dimse.delivery import RetrieveFailure, RetrieveOutcome, Sink
+from drimbox.dimse.find_scu import count_matches
 from drimbox.dimse.message import CANCEL, ERROR_COMMENT, PENDING, SUCCESS, c_cancel_rq
 from drimbox.dimse.network import DimseUnavailable
 from drimbox.dimse.pool import AssociationPool, PoolKey
-from drimbox.dimse.query import count_matches
 from drimbox.dimse.ul import Association, DimseTimeout, Message
 
 LOG = logging.getLogger(__name__)

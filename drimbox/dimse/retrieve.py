@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-import re
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable
@@ -14,14 +13,15 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from drimbox import faults
 from drimbox.config import DicomSettings, PacsSettings
 from drimbox.dimse.delivery import ReceivedInstance, RetrieveFailure, RetrieveOutcome, Sink, _End
+from drimbox.dimse.find_scu import list_series
 from drimbox.dimse.get import retrieve_by_get
 from drimbox.dimse.message import CANCEL, SUCCESS
 from drimbox.dimse.move import retrieve_by_move
 from drimbox.dimse.network import DimseFailure, DimseUnavailable
 from drimbox.dimse.operation import WARNING_SUBOPERATIONS
 from drimbox.dimse.pool import AssociationPool, default_pool
-from drimbox.dimse.query import list_series
 from drimbox.dimse.store_scp import StoreSCP, shared_scp
+from drimbox.dimse.uid import is_lenient_uid
 
 __all__ = [
     "DimseFailure",
@@ -34,7 +34,6 @@ __all__ = [
 
 LOG = logging.getLogger(__name__)
 
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _thread_ids = itertools.count(1)
 # Once the consumer has gone, how long it waits for the DIMSE threads to cancel and close (they give the
 # PACS at most 5 s after C-CANCEL, then abort).
@@ -45,7 +44,8 @@ _RunOne = Callable[[str | None], RetrieveOutcome]
 
 
 def _check_uid(name: str, uid: str | None) -> None:
-    if uid is not None and (len(uid) > 64 or not _UID_RE.match(uid)):
+    # lenient: the PACS's own UIDs, leading zeros included, must stay retrievable.
+    if uid is not None and not is_lenient_uid(uid):
         # A wildcard or a list here would widen the retrieve beyond what the caller asked for.
         raise ValueError(f"{name}: not a valid UID: {uid!r}")
 

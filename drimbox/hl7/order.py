@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 
+from drimbox.dimse.uid import is_uid
 from drimbox.hl7.ack import HL7Error, MessageHeader, peek_header
 from drimbox.hl7.report import PatientIds, ReportMessage, _Segment, parse_report_message, read_segments
 from drimbox.hl7.report import _patient_ids as patient_ids
 
 log = logging.getLogger(__name__)
-
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-
 
 @dataclass(frozen=True)
 class CancelledStudy:
@@ -62,7 +59,7 @@ def _cancel(header: MessageHeader, by_name: dict[str, list[_Segment]]) -> OrderC
             raise HL7Error("AE", "101", "IPC-1 (accession number) is empty", ipc.where(1))
         if not study_uid:
             raise HL7Error("AE", "101", "IPC-3 (Study Instance UID) is empty", ipc.where(3))
-        if len(study_uid) > 64 or not _UID_RE.match(study_uid):
+        if not is_uid(study_uid):
             raise HL7Error("AE", "102", "IPC-3 is not a DICOM UID", ipc.where(3))
         studies.append(CancelledStudy(study_uid, accession, procedure))
     obr = by_name["OBR"][0]

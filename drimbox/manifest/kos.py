@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 import drimbox
-from drimbox.dimse.find import InstanceRef, StudyInstances
+from drimbox.dimse.study_instances import InstanceRef, StudyInstances
 
 KOS_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.88.59")
 INS_ISSUER = "ASIP-SANTE-INS-NIR"

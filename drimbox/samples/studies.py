@@ -12,7 +12,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from drimbox.dimse.find import InstanceRef, StudyInstances
+from drimbox.dimse.study_instances import InstanceRef, StudyInstances
 
 if TYPE_CHECKING:
     # Only for the type: the report builders pull in lxml and the HL7 layer, which images do not need.

@@ -1,4 +1,4 @@
-"""The national-services simulator (`drimbox sim`): a DMP as strict as the real one; PSC, whitelist later."""
+"""The national-services simulator (`drimbox sim`): a DMP as strict as the real one, Pro Santé Connect, the whitelist."""
 
 from drimbox.sim.app import MAX_REQUEST_BYTES, build_sim_app
 from drimbox.sim.dmp_kinds import CDA_IMAGING_REPORT, DEFAULT_KINDS, KOS, SUBMISSION_SIGNATURE, DocumentKind

@@ -23,8 +23,8 @@ from drimbox.sim.vihf_check import (
     PURPOSE_OF_USE,
     SUBJECT_ROLE,
     Vihf,
-    VihfError,
     VihfPolicy,
+    VihfRefused,
     verify_vihf,
 )
 from drimbox.state.db import Database
@@ -202,7 +202,7 @@ class AccessRegistry:
         why_emergency = " ".join(vihf.attributes.get(ACCESS_REASON, [])).strip()
         if purpose == PURPOSE_EMERGENCY:
             if not why_emergency:
-                raise VihfError(INVALID_TOKEN, f"an emergency access (bris_de_glace) needs {ACCESS_REASON}")
+                raise VihfRefused(INVALID_TOKEN, f"an emergency access (bris_de_glace) needs {ACCESS_REASON}")
             if not emergency_allowed:
                 raise _denied("the patient has refused emergency access (bris de glace) to their DMP")
         elif purpose != PURPOSE_NORMAL:
@@ -236,7 +236,7 @@ async def _td02(state: AccessState, payload: etree._Element, vihf: Vihf | None) 
     request = td02.parse_request(payload)
     key = (request.ins, request.oid)
     if vihf is not None and vihf.patient != key:
-        raise VihfError(FAILED_AUTHENTICATION, "the VIHF resource-id does not designate the patient of the request")
+        raise VihfRefused(FAILED_AUTHENTICATION, "the VIHF resource-id does not designate the patient of the request")
     if key not in state.patients:
         return td02.build_answer(request, AccessStatus(False, access.NON_EXISTANTE))
     # Without a VIHF (tests that switch it off) nobody is named: the answer is about an anonymous caller.
@@ -299,7 +299,7 @@ def access_handler(service: str) -> Callable[[web.Request], Awaitable[web.Stream
             await asyncio.to_thread(validate, payload)  # the simulator's own answer, checked like a peer's
         except access.AccessFormatError as exc:
             return fault_response(SoapFault(f"invalid request: {exc}"), relates_to)
-        except VihfError as exc:
+        except VihfRefused as exc:
             log.info("VIHF refused: %s", exc.subcode)
             return fault_response(SoapFault(exc.reason, subcode=(ns.WSSE, exc.subcode)), relates_to)
         except SoapFault as fault:

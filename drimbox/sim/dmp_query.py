@@ -12,7 +12,7 @@ from drimbox.sim import dmp_xml
 from drimbox.sim.dmp_registration import patient_key
 from drimbox.sim.dmp_rules import UNKNOWN_PATIENT, KnownPatients, XdsError
 from drimbox.sim.dmp_store import DmpStore, StoredEntry
-from drimbox.sim.vihf_check import FAILED_AUTHENTICATION, VihfError
+from drimbox.sim.vihf_check import FAILED_AUTHENTICATION, VihfRefused
 from drimbox.xds import namespaces as ns
 
 MISSING_PARAM = "XDSStoredQueryMissingParam"
@@ -73,7 +73,9 @@ _TOKEN = re.compile(r"\s*(?:'((?:[^']|'')*)'|([^,'()\s]+))\s*")
 _DTM = re.compile(r"^\d{4}(\d{2}){0,5}$")
 
 
-class QueryError(Exception):
+class StoredQueryError(Exception):
+    """An ITI-18 stored query the registry refuses; `error` is the XDS error it answers with."""
+
     def __init__(self, code: str, context: str) -> None:
         super().__init__(context)
         self.error = XdsError(code, context)
@@ -88,12 +90,12 @@ def parse_value(raw: str, name: str) -> list[str]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if m is None or m.end() == pos:
-            raise QueryError(REGISTRY_ERROR, f"{name}: cannot read value {raw!r}")
+            raise StoredQueryError(REGISTRY_ERROR, f"{name}: cannot read value {raw!r}")
         values.append(m.group(1).replace("''", "'") if m.group(1) is not None else m.group(2))
         pos = m.end()
         if pos < len(text):
             if text[pos] != ",":
-                raise QueryError(REGISTRY_ERROR, f"{name}: values of {raw!r} must be separated by commas")
+                raise StoredQueryError(REGISTRY_ERROR, f"{name}: values of {raw!r} must be separated by commas")
             pos += 1
     return values
 
@@ -108,7 +110,7 @@ class Params:
     def single(self, name: str) -> str | None:
         values = self.all(name)
         if len(values) > 1:
-            raise QueryError(PARAM_NUMBER, f"{name} takes a single value, got {len(values)}")
+            raise StoredQueryError(PARAM_NUMBER, f"{name} takes a single value, got {len(values)}")
         return values[0] if values else None
 
 
@@ -117,13 +119,13 @@ def read_params(adhoc: etree._Element, allowed: set[str], required: tuple[str, .
     for slot in adhoc.findall(f"{{{ns.RIM}}}Slot"):
         name = slot.get("name", "")
         if name not in allowed:
-            raise QueryError(REGISTRY_ERROR, f"parameter {name} is not known to this stored query")
+            raise StoredQueryError(REGISTRY_ERROR, f"parameter {name} is not known to this stored query")
         for value in slot.findall(f"{{{ns.RIM}}}ValueList/{{{ns.RIM}}}Value"):
             groups.setdefault(name, []).append(parse_value(value.text or "", name))
     params = Params(groups)
     for name in required:
         if not params.all(name):
-            raise QueryError(MISSING_PARAM, f"required parameter {name} is missing")
+            raise StoredQueryError(MISSING_PARAM, f"required parameter {name} is missing")
     for name in _SINGLE & allowed:
         params.single(name)
     return params
@@ -132,7 +134,7 @@ def read_params(adhoc: etree._Element, allowed: set[str], required: tuple[str, .
 def _code(value: str, name: str) -> tuple[str, str]:
     code, sep, scheme = value.partition("^^")
     if not sep or not code or not scheme:
-        raise QueryError(REGISTRY_ERROR, f"{name}: coded value {value!r} must be code^^codingScheme")
+        raise StoredQueryError(REGISTRY_ERROR, f"{name}: coded value {value!r} must be code^^codingScheme")
     return code, scheme
 
 
@@ -168,7 +170,7 @@ def find_filter(params: Params) -> list[Any]:
         bound = params.single(name)
         if bound is not None:
             if not _DTM.match(bound):
-                raise QueryError(REGISTRY_ERROR, f"{name}: {bound!r} is not YYYY[MM[DD[hh[mm[ss]]]]]")
+                raise StoredQueryError(REGISTRY_ERROR, f"{name}: {bound!r} is not YYYY[MM[DD[hh[mm[ss]]]]]")
             tests.append(lambda e, k=key, b=bound, g=edge: _time_ok(e.meta.get(k), b, g))
     if f"{_DE}AuthorPerson" in params.groups:
         patterns = [_like(p) for p in params.all(f"{_DE}AuthorPerson")]
@@ -189,11 +191,11 @@ async def _find(params: Params, store: DmpStore, patients: KnownPatients, scope:
     patient = params.single(f"{_DE}PatientId") or ""
     key = patient_key(patient)
     if not key:
-        raise QueryError(REGISTRY_ERROR, f"{_DE}PatientId {patient!r} is not an HL7 CX id^^^&OID&ISO")
+        raise StoredQueryError(REGISTRY_ERROR, f"{_DE}PatientId {patient!r} is not an HL7 CX id^^^&OID&ISO")
     if tuple(key.split("|")) not in patients:
-        raise QueryError(UNKNOWN_PATIENT, f"{_DE}PatientId {patient} has no DMP in this registry")
+        raise StoredQueryError(UNKNOWN_PATIENT, f"{_DE}PatientId {patient} has no DMP in this registry")
     if scope is not None and key != scope:
-        raise VihfError(FAILED_AUTHENTICATION, "the VIHF resource-id does not designate the patient of the query")
+        raise VihfRefused(FAILED_AUTHENTICATION, "the VIHF resource-id does not designate the patient of the query")
     statuses = set(params.all(f"{_DE}Status"))
     tests = find_filter(params)
     entries = await store.entries(patient_key=key)
@@ -209,12 +211,12 @@ async def run_stored_query(
     return_type = option.get("returnType", "RegistryObject") if option is not None else "RegistryObject"
     try:
         if adhoc is None or adhoc.get("id") not in QUERIES:
-            raise QueryError(
+            raise StoredQueryError(
                 UNKNOWN_QUERY, f"stored query {adhoc.get('id') if adhoc is not None else None} is not known"
             )
         name, allowed, required = QUERIES[adhoc.get("id", "")]
         if return_type not in ("LeafClass", "ObjectRef"):
-            raise QueryError(REGISTRY_ERROR, f"returnType {return_type} is not supported: use LeafClass or ObjectRef")
+            raise StoredQueryError(REGISTRY_ERROR, f"returnType {return_type} is not supported: use LeafClass or ObjectRef")
         params = read_params(adhoc, allowed, required)
         if name == "GetAssociations":
             objects = await _associations(params, store, scope)
@@ -228,8 +230,8 @@ async def run_stored_query(
             else:
                 objects = [dmp_xml.entry_element(e) for e in entries]
         if len(objects) > MAX_RESULTS:
-            raise QueryError(TOO_MANY, f"{len(objects)} results exceed the limit of {MAX_RESULTS}")
-    except QueryError as exc:
+            raise StoredQueryError(TOO_MANY, f"{len(objects)} results exceed the limit of {MAX_RESULTS}")
+    except StoredQueryError as exc:
         return dmp_xml.adhoc_response([exc.error], [])
     return dmp_xml.adhoc_response([], objects)
 
@@ -237,7 +239,7 @@ async def run_stored_query(
 async def _get_documents(params: Params, store: DmpStore, scope: str | None) -> list[StoredEntry]:
     uuids, uids = params.all(f"{_DE}EntryUUID"), params.all(f"{_DE}UniqueId")
     if bool(uuids) == bool(uids):
-        raise QueryError(MISSING_PARAM, f"exactly one of {_DE}EntryUUID and {_DE}UniqueId is required")
+        raise StoredQueryError(MISSING_PARAM, f"exactly one of {_DE}EntryUUID and {_DE}UniqueId is required")
     entries = await (store.entries(entry_uuids=uuids) if uuids else store.entries(unique_ids=uids))
     # Documents of another patient than the VIHF's are not disclosed.
     return [e for e in entries if scope is None or e.patient_key == scope]

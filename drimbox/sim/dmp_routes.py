@@ -23,7 +23,7 @@ from drimbox.sim.dmp_rules import INS_TEST_OID, KnownPatients, XdsError
 from drimbox.sim.dmp_service import Answer, DmpOptions, DmpService
 from drimbox.sim.dmp_store import DmpStore, StoredEntry
 from drimbox.sim.soap_server import SoapFault, SoapRequest, fault_response, parse_request, soap_response
-from drimbox.sim.vihf_check import Vihf, VihfError, VihfPolicy, verify_vihf
+from drimbox.sim.vihf_check import Vihf, VihfPolicy, VihfRefused, verify_vihf
 from drimbox.xds import namespaces as ns
 from drimbox.xds.metadata import SIGNATURE_TYPE_CODE
 from drimbox.xds.schema import SchemaError, validate
@@ -136,7 +136,7 @@ def _soap_handler(actions: dict[str, str]) -> Callable[[web.Request], Awaitable[
                 # Not the schema message itself: it may quote values, and logs carry no patient data.
                 log.error("the simulator built a %s that does not validate", etree.QName(answer.payload).localname)
                 raise SoapFault("internal error: invalid response", code="Receiver") from None
-        except VihfError as exc:
+        except VihfRefused as exc:
             log.info("VIHF refused: %s", exc.subcode)
             return fault_response(SoapFault(exc.reason, subcode=(ns.WSSE, exc.subcode)), relates_to)
         except SoapFault as fault:

@@ -34,7 +34,7 @@ from drimbox.sim.dmp_rules import (
 )
 from drimbox.sim.dmp_signature import check_signature
 from drimbox.sim.dmp_store import UPDATE_ERROR, UPDATE_OPERATION_ERROR, DmpStore, StoredEntry
-from drimbox.sim.vihf_check import FAILED_AUTHENTICATION, Vihf, VihfError, VihfPolicy
+from drimbox.sim.vihf_check import FAILED_AUTHENTICATION, Vihf, VihfPolicy, VihfRefused
 from drimbox.xds import mtom
 from drimbox.xds import namespaces as ns
 from drimbox.xds.schema import SchemaError, validate
@@ -75,7 +75,7 @@ def _check_patient(vihf: Vihf | None, patient: str | None) -> None:
     if vihf is None or patient is None or parse_cx(patient) is None:
         return
     if parse_cx(patient) != vihf.patient:
-        raise VihfError(FAILED_AUTHENTICATION, "the VIHF resource-id does not designate the patient of the request")
+        raise VihfRefused(FAILED_AUTHENTICATION, "the VIHF resource-id does not designate the patient of the request")
 
 
 def _documents(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from drimbox.sim.dmp_rules import (
     UNRESOLVED_REFERENCE,
     XdsError,
 )
+from drimbox.state.durable import write_atomic
 from drimbox.xds import namespaces as ns
 
 T = TypeVar("T")
@@ -102,14 +102,6 @@ class StoredAssociation:
     source: str
     target: str
     slots: dict[str, list[str]]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DmpStore:
@@ -314,13 +306,7 @@ class DmpStore:
     def _write_file(self, name: str, data: bytes) -> Path:
         """Write, fsync, rename, fsync the directory: the file exists whole or not at all."""
         final = self.documents / name
-        tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(self.documents)
+        write_atomic(final, data, tmp=final.with_suffix(".tmp"))
         return final
 
     # -- reads --------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +10,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import KeySet, RSAKey
 
+from drimbox.state.durable import write_atomic
+
 KEY_FILE = "signing-key.pem"
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def load_signing_key(directory: Path) -> RSAKey:
@@ -37,7 +30,7 @@ def load_signing_key(directory: Path) -> RSAKey:
             pem = key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
-            _write_atomic(path, pem, 0o600)
+            write_atomic(path, pem, mode=0o600)
         pem = path.read_bytes()
     jwk = RSAKey.import_key(pem, {"use": "sig", "alg": "RS256"})
     jwk.ensure_kid()

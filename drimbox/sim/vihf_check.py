@@ -62,7 +62,7 @@ FAILED_CHECK = "FailedCheck"
 FAILED_AUTHENTICATION = "FailedAuthentication"
 
 
-class VihfError(Exception):
+class VihfRefused(Exception):
     """The VIHF is refused; `subcode` is the wsse fault subcode the DMP answers with."""
 
     def __init__(self, subcode: str, reason: str) -> None:
@@ -122,16 +122,16 @@ def _cert_dn(cert: x509.Certificate) -> list[tuple[str, str]]:
 def _certificate(signature: etree._Element) -> x509.Certificate:
     text = signature.findtext(f"{_DS}KeyInfo/{_DS}X509Data/{_DS}X509Certificate")
     if not text or not text.strip():
-        raise VihfError(INVALID_TOKEN, "the VIHF signature carries no X509Certificate in its KeyInfo")
+        raise VihfRefused(INVALID_TOKEN, "the VIHF signature carries no X509Certificate in its KeyInfo")
     try:
         return x509.load_der_x509_certificate(base64.b64decode("".join(text.split()), validate=True))
     except (binascii.Error, ValueError):
-        raise VihfError(INVALID_TOKEN, "the VIHF KeyInfo certificate is not a base64 DER X.509 certificate") from None
+        raise VihfRefused(INVALID_TOKEN, "the VIHF KeyInfo certificate is not a base64 DER X.509 certificate") from None
 
 
 def _check_trust(cert: x509.Certificate, policy: VihfPolicy, now: dt.datetime) -> None:
     if policy.check_validity and not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise VihfError(FAILED_CHECK, "the VIHF signing certificate is outside its validity period")
+        raise VihfRefused(FAILED_CHECK, "the VIHF signing certificate is outside its validity period")
     if not policy.trusted:
         return
     for anchor in policy.trusted:
@@ -142,14 +142,14 @@ def _check_trust(cert: x509.Certificate, policy: VihfPolicy, now: dt.datetime) -
             return
         except (ValueError, TypeError, InvalidSignature):
             continue
-    raise VihfError(FAILED_CHECK, "the VIHF signing certificate is not issued by a trusted authority")
+    raise VihfRefused(FAILED_CHECK, "the VIHF signing certificate is not issued by a trusted authority")
 
 
 def _instant(value: str, what: str) -> dt.datetime:
     try:
         moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise VihfError(INVALID_TOKEN, f"the VIHF {what} {value!r} is not an xs:dateTime") from None
+        raise VihfRefused(INVALID_TOKEN, f"the VIHF {what} {value!r} is not an xs:dateTime") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
@@ -161,9 +161,9 @@ def _check_conditions(assertion: etree._Element, now: dt.datetime) -> None:
     not_before, not_after = conditions.get("NotBefore"), conditions.get("NotOnOrAfter")
     skew = dt.timedelta(minutes=5)
     if not_before and now + skew < _instant(not_before, "Conditions/@NotBefore"):
-        raise VihfError(FAILED_CHECK, "the VIHF is not valid yet (Conditions/@NotBefore)")
+        raise VihfRefused(FAILED_CHECK, "the VIHF is not valid yet (Conditions/@NotBefore)")
     if not_after and now - skew >= _instant(not_after, "Conditions/@NotOnOrAfter"):
-        raise VihfError(FAILED_CHECK, "the VIHF has expired (Conditions/@NotOnOrAfter)")
+        raise VihfRefused(FAILED_CHECK, "the VIHF has expired (Conditions/@NotOnOrAfter)")
 
 
 def _attributes(assertion: etree._Element) -> dict[str, list[str]]:
@@ -179,23 +179,23 @@ def _attributes(assertion: etree._Element) -> dict[str, list[str]]:
 
 
 def verify_vihf(header: etree._Element, policy: VihfPolicy, now: dt.datetime | None = None) -> Vihf:
-    """Check the VIHF of a request header; return what it asserts or raise VihfError."""
+    """Check the VIHF of a request header; return what it asserts or raise VihfRefused."""
     now = now or dt.datetime.now(dt.UTC)
     security = header.find(f"{{{ns.WSSE}}}Security")
     if security is None:
-        raise VihfError(INVALID_SECURITY, "no wsse:Security header: the DMP requires a VIHF")
+        raise VihfRefused(INVALID_SECURITY, "no wsse:Security header: the DMP requires a VIHF")
     assertions = security.findall(f"{_SAML}Assertion")
     if len(assertions) != 1:
-        raise VihfError(
+        raise VihfRefused(
             INVALID_SECURITY, f"wsse:Security must hold one saml2:Assertion (VIHF), found {len(assertions)}"
         )
     assertion = assertions[0]
     assertion_id = assertion.get("ID")
     if assertion.get("Version") != "2.0" or not assertion_id:
-        raise VihfError(INVALID_TOKEN, "the VIHF must be a SAML 2.0 assertion with an ID")
+        raise VihfRefused(INVALID_TOKEN, "the VIHF must be a SAML 2.0 assertion with an ID")
     signature = assertion.find(f"{_DS}Signature")
     if signature is None:
-        raise VihfError(FAILED_CHECK, "the VIHF is not signed (no ds:Signature in the assertion)")
+        raise VihfRefused(FAILED_CHECK, "the VIHF is not signed (no ds:Signature in the assertion)")
     cert = _certificate(signature)
     _check_trust(cert, policy, now)
     # Verify a standalone copy so nothing outside the assertion takes part in the signed content.
@@ -206,24 +206,24 @@ def verify_vihf(header: etree._Element, policy: VihfPolicy, now: dt.datetime | N
     try:
         result = XMLVerifier().verify(standalone, x509_cert=cert, expect_config=config)
     except (SignXMLException, InvalidSignature, ValueError) as exc:
-        raise VihfError(FAILED_CHECK, f"the VIHF signature does not verify: {type(exc).__name__}: {exc}") from None
+        raise VihfRefused(FAILED_CHECK, f"the VIHF signature does not verify: {type(exc).__name__}: {exc}") from None
     signed = result.signed_xml if not isinstance(result, list) else None
     if signed is None or signed.tag != f"{_SAML}Assertion" or signed.get("ID") != assertion_id:
-        raise VihfError(FAILED_CHECK, "the VIHF signature does not cover the whole assertion")
+        raise VihfRefused(FAILED_CHECK, "the VIHF signature does not cover the whole assertion")
     # From here on, read only what was signed.
     issuer = (signed.findtext(f"{_SAML}Issuer") or "").strip()
     if not issuer or _dn(issuer) != _cert_dn(cert):
-        raise VihfError(INVALID_TOKEN, "the VIHF Issuer must be the subject DN of the signing certificate")
+        raise VihfRefused(INVALID_TOKEN, "the VIHF Issuer must be the subject DN of the signing certificate")
     subject = (signed.findtext(f"{_SAML}Subject/{_SAML}NameID") or "").strip()
     if not subject:
-        raise VihfError(INVALID_TOKEN, "the VIHF has no Subject/NameID (the professional's identifier)")
+        raise VihfRefused(INVALID_TOKEN, "the VIHF has no Subject/NameID (the professional's identifier)")
     if signed.find(f"{_SAML}AuthnStatement/{_SAML}AuthnContext/{_SAML}AuthnContextClassRef") is None:
-        raise VihfError(INVALID_TOKEN, "the VIHF has no AuthnStatement/AuthnContext/AuthnContextClassRef")
+        raise VihfRefused(INVALID_TOKEN, "the VIHF has no AuthnStatement/AuthnContext/AuthnContextClassRef")
     _check_conditions(signed, now)
     attrs = _attributes(signed)
     for name in REQUIRED_ATTRIBUTES:
         if not attrs.get(name):
-            raise VihfError(INVALID_TOKEN, f"the VIHF attribute {name} is missing or empty")
+            raise VihfRefused(INVALID_TOKEN, f"the VIHF attribute {name} is missing or empty")
     checks = (
         ("VIHF_Version", VIHF_VERSIONS),
         ("Authentification_Mode", AUTHENTICATION_MODES),
@@ -231,8 +231,8 @@ def verify_vihf(header: etree._Element, policy: VihfPolicy, now: dt.datetime | N
     )
     for name, allowed in checks:
         if attrs[name][0] not in allowed:
-            raise VihfError(INVALID_TOKEN, f"the VIHF attribute {name} must be one of {', '.join(sorted(allowed))}")
+            raise VihfRefused(INVALID_TOKEN, f"the VIHF attribute {name} must be one of {', '.join(sorted(allowed))}")
     resource_id = attrs[RESOURCE_ID][0]
     if parse_cx(resource_id) is None:
-        raise VihfError(INVALID_TOKEN, "the VIHF resource-id must be the patient's INS as id^^^&OID&ISO^NH")
+        raise VihfRefused(INVALID_TOKEN, "the VIHF resource-id must be the patient's INS as id^^^&OID&ISO^NH")
     return Vihf(subject, issuer, resource_id, attrs["Authentification_Mode"][0], attrs)

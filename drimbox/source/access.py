@@ -19,6 +19,7 @@ from drimbox.auth.professional import Professional
 from drimbox.auth.session import Session
 from drimbox.auth.tokens import TokenError
 from drimbox.dicomweb.scope import Scope, serving
+from drimbox.dimse.uid import is_lenient_uid
 from drimbox.manifest import KosError, parse_kos
 from drimbox.source.outbox import Outbox
 from drimbox.xds.habilitation import ImagingMatrix
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 KOS_HEADER = "KOS-SOPInstanceUID"
 _KOS_CACHE = 512
-_UID_CHARS = frozenset("0123456789.")
 
 
 class Gate(Protocol):
@@ -224,7 +224,7 @@ class SourceAccess:
         kos_uid = request.headers.get(KOS_HEADER, "").strip()
         if not kos_uid:
             raise Refused(403, "kos_missing", f"the {KOS_HEADER} header naming the entitling KOS is required")
-        if len(kos_uid) > 64 or not set(kos_uid) <= _UID_CHARS:
+        if not is_lenient_uid(kos_uid):  # lenient: a header from another box; the outbox lookup decides
             raise Refused(403, "kos_invalid", f"{KOS_HEADER} is not a DICOM UID")
         publication = next((p for p in await self.outbox.search(study_uid=study) if p.kos_uid == kos_uid), None)
         if publication is None:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 
 from aiohttp import web
 
 from drimbox.auth.links import ReportLinks
 from drimbox.auth.operator import require_operator
 from drimbox.config import Settings
+from drimbox.dimse.uid import is_lenient_uid
 from drimbox.source.outbox import Outbox
-
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 def publications_routes(
@@ -48,7 +46,8 @@ def publications_routes(
         if not isinstance(body, dict):
             return web.json_response({"error": "a JSON object is expected"}, status=400)
         study, accession, cda = body.get("study"), body.get("accession", ""), body.get("cda", "")
-        if not isinstance(study, str) or not _UID.match(study) or len(study) > 64:
+        # lenient: the study is named as the PACS holds it, leading zeros included
+        if not isinstance(study, str) or not is_lenient_uid(study):
             return web.json_response({"error": "study: a DICOM UID (digits and dots, at most 64)"}, status=400)
         if not isinstance(accession, str) or len(accession) > 64:
             return web.json_response({"error": "accession: at most 64 characters"}, status=400)
@@ -64,7 +63,7 @@ def publications_routes(
 
         await require_operator(request)
         study = request.query.get("study", "")
-        if not _UID.match(study) or len(study) > 64:
+        if not is_lenient_uid(study):
             return web.json_response({"error": "give ?study=<Study Instance UID> (digits and dots, at most 64)"},
                                      status=400)  # fmt: skip
         assert settings is not None

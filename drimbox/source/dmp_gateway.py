@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from drimbox.cda import Professional
 from drimbox.config import Settings
-from drimbox.dimse.find import StudyInstances
+from drimbox.dimse.study_instances import StudyInstances
 from drimbox.hl7.report import ReportMessage
 from drimbox.source.publish import PermanentError, TransientError
 from drimbox.xds import namespaces as ns
@@ -27,7 +27,7 @@ from drimbox.xds.metadata import (
     xon,
 )
 from drimbox.xds.structure import structure_signer
-from drimbox.xds.vihf import PROFESSION_SCHEME, SPECIALTY_SCHEME, VihfIdentity
+from drimbox.xds.vihf import PROFESSION_SCHEME, SPECIALTY_SCHEME, VihfIdentity, vihf_identity
 
 TEST_INS_OID = "1.2.250.1.213.1.4.10"
 HEALTHCARE_FACILITY_SCHEME = "1.2.250.1.71.4.2.4"
@@ -197,18 +197,12 @@ class XdsDmpGateway:
             pro_id, name = author.id, f"{author.given or ''} {author.family or ''}".strip()
         else:
             pro_id, name = s.structure_id, s.structure_name
-        return VihfIdentity(
+        return vihf_identity(
+            s,
             professional_id=pro_id,
             professional_name=name or pro_id,
             roles=_roles(author),
-            structure_id=s.structure_id,
-            secteur_activite=s.secteur_activite,
-            lps_id=s.lps_id,
-            lps_name=s.lps_name,
-            lps_version=s.lps_version,
-            lps_homologation=s.lps_homologation,
             authentication_mode="INDIRECTE",
-            vihf_version=s.vihf_version,
         )
 
 

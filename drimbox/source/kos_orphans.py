@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from drimbox.dimse.uid import is_lenient_uid
 from drimbox.source.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def _old_kos_files(kos_dir: Path, before: float) -> list[Path]:
     found = []
     for entry in entries:
         path = Path(entry.path)
-        if path.suffix not in (".dcm", ".tmp") or not _is_uid(path.stem) or not entry.is_file(follow_symlinks=False):
+        if path.suffix not in (".dcm", ".tmp") or not is_lenient_uid(path.stem) or not entry.is_file(follow_symlinks=False):
             continue
         try:
             if entry.stat(follow_symlinks=False).st_mtime < before:
@@ -60,6 +61,3 @@ def _old_kos_files(kos_dir: Path, before: float) -> list[Path]:
             continue
     return found
 
-
-def _is_uid(name: str) -> bool:
-    return 0 < len(name) <= 64 and all(c.isdigit() or c == "." for c in name)

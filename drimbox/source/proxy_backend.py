@@ -23,8 +23,8 @@ from drimbox.dicomweb.backend import (
 )
 from drimbox.dicomweb.json_model import metadata_from_instances
 from drimbox.dimse.network import DimseFailure, DimseUnavailable
+from drimbox.dimse.qido_find import iter_find
 from drimbox.dimse.retrieve import ReceivedInstance, RetrieveOutcome, iter_retrieve
-from drimbox.dimse.search import iter_find
 from drimbox.state.series_cache import SeriesCache, SeriesInstance, UncachedInstance
 
 SERIES_INSTANCE_UID = 0x0020000E

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,12 +15,13 @@ from drimbox import faults
 from drimbox.audit.events import SUCCESS, AuditEvent, AuditSink
 from drimbox.cda import ReportIdentifiers
 from drimbox.config import Settings
-from drimbox.dimse.find import DimseFailure, DimseUnavailable, StudyInstances, afind_study_instances
+from drimbox.dimse.study_instances import DimseFailure, DimseUnavailable, StudyInstances, afind_study_instances
 from drimbox.hl7.ack import HL7Error
 from drimbox.hl7.report import ReportMessage, parse_report_message
 from drimbox.manifest import KosError, parse_kos
 from drimbox.manifest.kos import KosRequest, build_kos, kos_to_bytes
 from drimbox.source.outbox import Outbox, Publication
+from drimbox.state.durable import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -308,14 +308,5 @@ def _build_kos_bytes(study: StudyInstances, request: KosRequest) -> tuple[str, b
 
 def _write_durably(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    # `<uid>.tmp`: what a crash leaves behind, kos_orphans finds by that name and removes.
+    write_atomic(path, data, tmp=path.with_suffix(".tmp"))

@@ -1,4 +1,5 @@
-"""State shared by the roles: the series cache (Proxy and consumer: series_cache, series_fill) and the SQLite helper (db).
+"""State shared by the roles: the series cache (series_cache, series_fill), the SQLite helper (db), atomic writes
+(durable) and the structure's signing credentials (credentials).
 
 The source's publication outbox lives with the source (drimbox.source.outbox); the consumer's stores with the consumer.
 """

@@ -24,6 +24,7 @@ from drimbox.audit.events import REFUSED, SUCCESS
 from drimbox.audit.request import audit_request
 from drimbox.auth import AuthGate
 from drimbox.auth.links import LinkRefused, ReportLinks
+from drimbox.dimse.uid import is_lenient_uid
 from drimbox.source.outbox import Outbox
 from drimbox.xds.habilitation import ImagingMatrix
 
@@ -37,7 +38,6 @@ def _viewer_files() -> Traversable:
 
 
 VIEWER_DIR = _viewer_files()
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|css|js)$")
 _MEDIA_TYPES = {"html": "text/html", "css": "text/css", "js": "text/javascript"}
 # Same-origin only: the viewer loads nothing from elsewhere, and decoded images come in as blobs.
@@ -121,7 +121,7 @@ class _Viewer:
         accession = query.get("accessionnumber", "")
         if request_type.upper() != "STUDY":
             return error_page(400, "Invalid link", "This link must ask for a study (requestType=STUDY).")
-        if not _UID.fullmatch(study) or len(study) > 64:  # fullmatch: "$" alone lets a final "\n" through
+        if not is_lenient_uid(study):  # lenient: the link names the study as the PACS holds it
             return error_page(400, "Invalid link", "This link does not name a valid study (studyUID).")
         if len(accession) > 64 or len(query.get("idcda", "")) > 256:
             return error_page(400, "Invalid link", "This link's accession number or report id is too long.")

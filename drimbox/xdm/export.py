@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from drimbox.config import Settings
 from drimbox.consumer.exams import SOP_CLASS_MODALITY
-from drimbox.dimse.find import InstanceRef, StudyInstances
+from drimbox.dimse.study_instances import InstanceRef, StudyInstances
 from drimbox.hl7.ack import HL7Error
 from drimbox.hl7.report import ReportMessage, parse_report_message
 from drimbox.manifest import KosError, parse_kos

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from drimbox.config import Settings
-from drimbox.xds.vihf import VihfSigner, generate_test_credentials
+from drimbox.state.credentials import structure_credentials
+from drimbox.xds.vihf import VihfSigner
 
 
 def structure_signer(settings: Settings) -> VihfSigner:
@@ -13,8 +12,4 @@ def structure_signer(settings: Settings) -> VihfSigner:
 
     Source and consumer share it: the VIHF is signed by the structure, whoever acts in it.
     """
-    d = settings.dmp
-    if d.signing_key and d.signing_cert:
-        return VihfSigner.from_files(Path(d.signing_key), Path(d.signing_cert))
-    key, cert = generate_test_credentials(settings.var_path / "credentials", f"drimbox {d.structure_id}")
-    return VihfSigner.from_files(key, cert)
+    return VihfSigner.from_files(*structure_credentials(settings))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,13 +9,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from lxml import etree
 from signxml.algorithms import SignatureConstructionMethod
 from signxml.signer import XMLSigner
 
+from drimbox.config import DmpSettings
 from drimbox.xds import namespaces as ns
 from drimbox.xds.metadata import Code
 
@@ -66,6 +63,33 @@ class VihfIdentity:
     purpose_of_use: str = PURPOSE_NORMAL  # TRE_R248: normal, bris_de_glace, centre_15
     access_reason: str = ""  # Mode_Acces_Raison: required by the DMP with bris_de_glace
     vihf_version: str = "3.0"  # [unsure] 3.0 in the ANS samples, 4.0 in newer DMP guides
+
+
+def vihf_identity(
+    dmp: DmpSettings,
+    *,
+    professional_id: str,
+    professional_name: str,
+    roles: Sequence[Code],
+    authentication_mode: str,
+    structure_id: str | None = None,
+    secteur_activite: str | None = None,
+) -> VihfIdentity:
+    """Who acts, in the structure and with the software `[dmp]` names; a professional's own structure and
+    sector (from Pro Santé Connect) take the place of the settings' when given."""
+    return VihfIdentity(
+        professional_id=professional_id,
+        professional_name=professional_name,
+        roles=roles,
+        structure_id=structure_id or dmp.structure_id,
+        secteur_activite=secteur_activite or dmp.secteur_activite,
+        lps_id=dmp.lps_id,
+        lps_name=dmp.lps_name,
+        lps_version=dmp.lps_version,
+        lps_homologation=dmp.lps_homologation,
+        authentication_mode=authentication_mode,
+        vihf_version=dmp.vihf_version,
+    )
 
 
 def _utc(moment: datetime) -> str:
@@ -199,68 +223,3 @@ class VihfSigner:
         )
         signed: etree._Element = signer.sign(assertion, key=self._key, cert=self._cert_pem)
         return signed
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_").lower() or "vihf"
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def generate_test_credentials(directory: Path, common_name: str) -> tuple[Path, Path]:
-    """A self-signed RSA key and certificate for tests and the demo, reused when already there.
-
-    Returns (key path, certificate path). Never for production: the DMP wants an IGC-Santé certificate.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    key_path = directory / f"{_slug(common_name)}.key.pem"
-    cert_path = directory / f"{_slug(common_name)}.cert.pem"
-    # Two processes starting together (box and simulator) must not end up with one's key and the other's cert.
-    with open(directory / f".{_slug(common_name)}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if key_path.exists() and cert_path.exists():
-            try:
-                VihfSigner.from_files(key_path, cert_path)
-                return key_path, cert_path
-            except VihfError:
-                pass  # half-written or mismatched pair: make a new one
-        _write_credentials(key_path, cert_path, common_name)
-    return key_path, cert_path
-
-
-def self_signed_certificate(key: rsa.RSAPrivateKey, name: x509.Name, years: int = 10) -> x509.Certificate:
-    """A self-signed signing certificate (digitalSignature + nonRepudiation, like an IGC-Santé ORG SIGN one)."""
-    now = datetime.now(UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=365 * years))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, True, *([False] * 7)), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-
-
-def _write_credentials(key_path: Path, cert_path: Path, common_name: str) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([
-        x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "drimbox test"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])  # fmt: skip
-    cert = self_signed_certificate(key, name)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    _write_atomic(key_path, key_pem, 0o600)
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from drimbox.archive import Archive
 from drimbox.consumer.fields import InvalidFields
 from drimbox.consumer.launch import OPTIONAL, REQUIRED, Launch, parse_launch
-from drimbox.dicomweb.folder_backend import FolderBackend
 from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.source.native_backend import NativeBackend
 from drimbox.viewer.routes import viewer_routes
 from tests.fuzz.support import BackgroundLoop, LoopbackApp, budget, raw_http
 from tests.support.dicomweb import MULTIFRAME_SERIES, MULTIFRAME_SOP, MULTIFRAME_STUDY, write_samples
+from tests.support.folder_backend import FolderBackend
 from tests.test_viewer_routes import STUDY, FakeGate, FakeOutbox, Pub
 
 SENTINEL = "drimbox-fuzz-sentinel-must-never-be-served"

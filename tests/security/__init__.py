@@ -1,1 +1,1 @@
-"""Regression tests for the findings of the outside security test (issue 10): each performs the real attack."""
+"""Regression tests for the findings of the outside security test: each performs the real attack."""

@@ -114,7 +114,7 @@ class ConsumerUnderTest:
 
     @property
     def app(self) -> web.Application:
-        return self.client.server.app
+        return self.client.app
 
     async def open_exam_list(self) -> list[str]:
         """The professional's launch and exam list: the consumer fetches (and keeps) every listed KOS."""

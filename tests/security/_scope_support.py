@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pydicom
+from pydicom.uid import UID
 
 from drimbox.hl7.mllp import send_message
 from drimbox.manifest import parse_kos
@@ -55,7 +56,7 @@ def _extra_instance(template: Path, out: Path, series: str | None = None) -> tup
     if series is None:
         series, ds.SeriesNumber = f"2.25.{uuid.uuid4().int}", 0
     ds.SeriesInstanceUID, ds.SOPInstanceUID = series, sop
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop)
     ds.SeriesDescription = "NOT IN THE KOS"
     ds.PixelData = bytes(len(ds.PixelData))  # another image: a thumbnail of it is told from the KOS's
     ds.save_as(out, enforce_file_format=True)

@@ -1,10 +1,11 @@
-"""Finding 3 of issue 10: a forged KOS (same patient, another exam's UIDs, a rogue Retrieve URL) must not poison the
+"""Security finding 3: a forged KOS (same patient, another exam's UIDs, a rogue Retrieve URL) must not poison the
 consumer's cache: neither the genuine exam's viewer nor its import may see the rogue's instances, and an exam whose
 source is dead is not answered from another source's copy."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ from tests.support.consumer import consumer_settings, publish, study_spec
 pytestmark = [pytest.mark.sim]
 
 
-def _names(instances: dict[str, bytes]) -> set[str]:
-    return {uid for uid, data in instances.items() if POISON.encode() in data}
+def _names(instances: Mapping[str, object]) -> set[str]:
+    return {uid for uid, data in instances.items() if isinstance(data, bytes) and POISON.encode() in data}
 
 
 async def test_a_forged_kos_never_poisons_the_genuine_exam_its_import_or_a_dead_sources_exam(

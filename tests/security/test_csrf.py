@@ -113,7 +113,12 @@ async def scene(tmp_path: Path, sim: Any) -> AsyncIterator[Scene]:
             context = await browser.new_context()
             page = await context.new_page()
             s = Scene(box, sim.url, kos_uid, f"http://127.0.0.1:{port}", pages, page)
-            page.on("response", lambda r: r.url.startswith(box.url) and s.seen.append((r.request.method + " " + r.url, r.status)))
+
+            def record(r: Any) -> None:
+                if r.url.startswith(box.url):
+                    s.seen.append((r.request.method + " " + r.url, r.status))
+
+            page.on("response", record)
             # The doctor logs in (the simulator's PSC, no page with sim_auto), then opens the patient from their
             # software: a page of another origin that posts the ANS launch form (as the demo's launcher does).
             await page.goto(f"{box.url}/auth/login?{urlencode({'login_hint': GP, 'next': '/auth/me'})}")

@@ -1,4 +1,4 @@
-"""Issue 10, findings 2, 4 (DICOM half) and 9: DICOM peers that may not write, rewrite or withdraw publications.
+"""Security findings 2, 4 (DICOM half) and 9: DICOM peers that may not write, rewrite or withdraw publications.
 
 The attacks are the outside tester's: dcmtk storescu from an unknown AE title, and pynetdicom with the right AE
 title from another loopback address (127.0.0.2), against real box processes (Proxy in front of a real Orthanc,

@@ -1,4 +1,4 @@
-"""Issue 10 finding 1: a login on the source box reads only the study of a report link it opened, as its live KOS says."""
+"""Security finding 1: a login on the source box reads only the study of a report link it opened, as its live KOS says."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _jar() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
 
 
-def refusals(exam: Published) -> list[tuple[str, str | None, Any]]:
+def refusals(exam: Published) -> list[tuple[str | None, str | None, Any]]:
     """(reason, patient, professional) of every refused DICOMweb request, as the audit trail recorded it."""
     return [(e.detail.get("reason"), e.patient, e.professional) for e in exam.box.audit.events
             if e.action.startswith("dicomweb.") and e.outcome == "refused"]  # fmt: skip

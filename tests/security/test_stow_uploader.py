@@ -1,4 +1,4 @@
-"""Issue 10 finding 7: STOW-RS on a Native source takes the operator token or a professional the matrix allows."""
+"""Security finding 7: STOW-RS on a Native source takes the operator token or a professional the matrix allows."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 10 finding 4 (HTTP): a token and KOS C reach only what KOS C references, never another series of the study."""
+"""Security finding 4 (HTTP): a token and KOS C reach only what KOS C references, never another series of the study."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Findings 5 and 9 of issue 10: the professional's token goes only to an endpoint the ANS whitelist lists (scheme,
+"""Security findings 5 and 9: the professional's token goes only to an endpoint the ANS whitelist lists (scheme,
 host, port, path prefix), never along a redirect; and the audit trail says `refused` when the whitelist refuses."""
 
 from __future__ import annotations

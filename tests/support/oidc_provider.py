@@ -83,7 +83,7 @@ class Provider:
 
             ident, _, secret = base64.b64decode(header[6:]).decode().partition(":")
             return unquote(ident) == CLIENT_ID and unquote(secret) == CLIENT_SECRET
-        return form.get("client_id") == CLIENT_ID and form.get("client_secret") == CLIENT_SECRET
+        return bool(form.get("client_id") == CLIENT_ID and form.get("client_secret") == CLIENT_SECRET)
 
     def _claims(self, token: str) -> dict[str, Any] | None:
         try:

@@ -1,13 +1,7 @@
 """Study Root C-FIND SCU: every instance of one study, with the patient and study attributes a KOS needs."""
 
-# On drimbox's upper layer (query.py) with pooled associations; answers are read with identifier.RawAnswer,
-# only the values the KOS needs. IMAGE-level query of a 300-instance study on Orthanc 1.10, this machine
-# (2 cores, shared), medians of `python -m perf.dimse_find --runs 30`, ms per query, all in the same run:
-#   dcmtk findscu -q, TCP_NODELAY=1, one process          ≈ 94   (--repeat on one association: ≈ 76)
-#   pynetdicom 3, a new association per query             ≈ 179
-#   this module before (pynetdicom + pydicom access)      ≈ 210  (its own run: findscu ≈ 88 / 71 there)
-#   this module, a new association (pool keeping none)    ≈ 82
-#   this module, pooled                                   ≈ 79   (1.04 × findscu --repeat)
+# On drimbox's upper layer (find_scu.py) with pooled associations; answers are read with identifier.RawAnswer,
+# only the values the KOS needs: as fast as dcmtk findscu on one association (figures in perf/dimse_find.py).
 # Orthanc is the floor: it answers from its index only when every key is one of its "main DICOM tags";
 # SOP Class UID and the two issuers are not, so it reads each instance's stored JSON (the same query for
 # SOP Instance UID alone takes ≈ 15 ms). Nothing here can win that back without asking less.
@@ -16,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from contextlib import closing
 from dataclasses import dataclass, field
 
@@ -25,12 +18,13 @@ from pydicom.uid import UID
 
 from drimbox.config import PacsSettings
 from drimbox.dimse import identifier
+from drimbox.dimse.find_scu import STUDY_ROOT_FIND, c_find, check_response, parse_answer, run_find
 from drimbox.dimse.identifier import RawAnswer, tag
 from drimbox.dimse.message import C_ECHO_RSP, IMPLICIT_VR_LITTLE_ENDIAN, SUCCESS, VERIFICATION, c_echo_rq
 from drimbox.dimse.network import DimseFailure, DimseUnavailable
 from drimbox.dimse.pdu import AssociateRQ, ProposedContext
 from drimbox.dimse.pool import AssociationPool, default_pool
-from drimbox.dimse.query import STUDY_ROOT_FIND, c_find, check_response, parse_answer, run_find
+from drimbox.dimse.uid import is_lenient_uid
 from drimbox.dimse.ul import MAX_PDU_LENGTH, Association, next_message_id
 
 # DimseFailure and DimseUnavailable are re-exported: callers of the finder catch them from here.
@@ -49,8 +43,6 @@ LOG = logging.getLogger(__name__)
 # Named SOP classes, for the callers and tests that propose them with pynetdicom.
 StudyRootQueryRetrieveInformationModelFind = UID(STUDY_ROOT_FIND)
 Verification = UID(VERIFICATION)
-
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 # Study- and patient-level return keys, asked at IMAGE level too (Orthanc and most PACS answer them there).
 STUDY_KEYS = (
@@ -275,7 +267,7 @@ def find_study_instances(
     Runs on an association from `pool` (default: the process's), given back for the next query.
     Raises DimseUnavailable (cannot reach or lost the PACS) or DimseFailure (the PACS refused the query).
     """
-    if len(study_uid) > 64 or not _UID_RE.match(study_uid):
+    if not is_lenient_uid(study_uid):  # lenient: the study as the PACS holds it, leading zeros included
         # A wildcard here would turn a lookup into a listing of every study on the PACS.
         raise ValueError(f"Study Instance UID: not a valid UID: {study_uid!r}")
     answers, study_level = run_find(pool or default_pool, pacs, calling_ae, lambda a: _find(a, study_uid))

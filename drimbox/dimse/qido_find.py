@@ -1,11 +1,6 @@
 """Streaming Study Root C-FIND for asyncio callers (QIDO-RS in the Proxy profile): pooled, bounded, cancellable."""
 
-# The QIDO-RS `/studies?PatientID=…` as a STUDY C-FIND to Orthanc 1.10 (one match), medians of
-# `python -m perf.dimse_find --runs 30 --http`, ms, same run (2 cores, shared):
-#   findscu -q, one process ≈ 19.8; findscu --repeat, per query on one association ≈ 1.0
-#   iter_find before (pynetdicom, a new association per query)  ≈ 21   (its own run)
-#   iter_find, a new association ≈ 2.4; pooled ≈ 1.8 (1.5 per query in a burst, like --repeat)
-#   QIDO-RS through the box (curl) ≈ 3.8, was ≈ 21.6; Orthanc's own QIDO-RS ≈ 2.2
+# A pooled STUDY C-FIND costs about what findscu --repeat does on one association (figures in perf/dimse_find.py).
 # What is left over findscu is the thread that runs the query (≈ 0.1-0.3 ms to start) and two hops to the
 # event loop; answers cross by call_soon_threadsafe, not an executor round trip each.
 
@@ -23,10 +18,10 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from drimbox.config import PacsSettings
+from drimbox.dimse.find_scu import UNABLE_TO_PROCESS, c_find, run_find
 from drimbox.dimse.identifier import decode, encode
 from drimbox.dimse.network import DimseFailure
 from drimbox.dimse.pool import AssociationPool, default_pool
-from drimbox.dimse.query import UNABLE_TO_PROCESS, c_find, run_find
 from drimbox.dimse.ul import Association
 
 # How often a producer blocked on a full hand-off looks at whether the consumer has gone.

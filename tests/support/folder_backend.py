@@ -1,4 +1,4 @@
-"""A DicomwebBackend over a directory of Part-10 files indexed at start: tests, demos, and the reference backend."""
+"""A DicomwebBackend over a directory of Part-10 files indexed at start: the tests' reference backend."""
 
 from __future__ import annotations
 
