@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from drimbox.samples.reports import tiny_pdf
+from drimbox.demo.samples.reports import tiny_pdf
 
 REPO = Path(__file__).resolve().parents[1]
 ANS_DATA = Path(os.environ.get("DRIMBOX_ANS_DATA", REPO.parent / "shared" / "ans-data"))

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from conformance.ans import ANS_DATA, excerpt_cda_c, fill, message, needs_ans_data
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.demo.samples.studies import study_for_exam, write_study
 from drimbox.hl7 import send_message
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
-from drimbox.samples.studies import study_for_exam, write_study
 
 pytestmark = [needs_ans_data, pytest.mark.orthanc, pytest.mark.sim, pytest.mark.box]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from conformance.ans import ANS_DATA, M_PID, excerpt_cda_c, fill, message, needs_ans_data, with_pid
-from drimbox.cda import parse_cda
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda
 from drimbox.hl7 import HL7Error, ReportMessage, build_ack, parse_report_message
+from drimbox.hl7.cda import parse_cda
 from drimbox.hl7.order import OrderCancel, parse_inbound
-from drimbox.samples.reports import ANS_EXAMS, build_cda
 
 pytestmark = needs_ans_data
 

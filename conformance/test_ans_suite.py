@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from conformance.ans import ANS_DATA, M_PID, excerpt_cda_c, fill, message, needs_ans_data, with_pid
-from drimbox.samples.reports import ANS_EXAMS, ExamSpec, build_cda
+from drimbox.demo.samples.reports import ANS_EXAMS, ExamSpec, build_cda
 from tests.support.ans_cases import Mesh, Messages, parametrize_cases, start_mesh
 
 pytestmark = [needs_ans_data, pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.sim, pytest.mark.box]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from conformance.ans import ANS_DATA, needs_ans_data
-from drimbox.samples.studies import exam_c_study, write_study
+from drimbox.demo.samples.studies import exam_c_study, write_study
 
 pytestmark = [needs_ans_data, pytest.mark.orthanc, pytest.mark.box]
 

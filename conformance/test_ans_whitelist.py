@@ -12,7 +12,7 @@ from conformance.ans import ANS_DATA, needs_ans_data
 from drimbox.auth.whitelist import AnsWhitelist, WhitelistError
 from drimbox.auth.xmlsig import verify_enveloped
 from drimbox.config import WhitelistSettings
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 
 UNSIGNED = ANS_DATA / "informatif" / "listeblanche" / "LISTEBLANCHE_DRIM-M_NONSIGNEE_TEST_.xml"
 # DRIM-M_DATA informatif/listeblanche/LISTEBLANCHE_DRIM-M_TEST_SIGNEE.xml, kept with the project's tests.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +24,6 @@ from drimbox.consumer.gate import GateAuth
 from drimbox.dimse.pool import default_pool
 from drimbox.dimse.uid import is_lenient_uid
 from drimbox.hl7.mllp import MllpServer
-from drimbox.signals import until_signalled
 from drimbox.source import wiring as source
 from drimbox.source.outbox import Outbox
 from drimbox.source.wiring import ARCHIVE, CACHE, MLLP, OUTBOX, WORKER
@@ -191,12 +190,12 @@ def _closing(whitelist: AnsWhitelist) -> Callable[[web.Application], AsyncIterat
     return context
 
 
-async def serve(settings: Settings) -> None:
-    """Run a box until SIGTERM or SIGINT, then stop it cleanly."""
+async def serve(settings: Settings, until: Callable[[], Awaitable[None]]) -> None:
+    """Run a box until `until()` returns (the command line: SIGTERM or SIGINT), then stop it cleanly."""
     box = Box(settings)
     await box.start()
     try:
-        await until_signalled()
+        await until()
     finally:
         log.info("stopping")
         await box.stop()

@@ -18,11 +18,11 @@ import urllib.request
 from pathlib import Path
 
 from drimbox.demo.main import box_sections, operator_request
+from drimbox.demo.samples.orthanc import start_orthanc
+from drimbox.demo.samples.processes import DrimboxProcess, free_port, write_config
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.demo.samples.studies import study_for_exam, write_study
 from drimbox.hl7.mllp import send_message
-from drimbox.samples.orthanc import start_orthanc
-from drimbox.samples.processes import DrimboxProcess, free_port, write_config
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
-from drimbox.samples.studies import study_for_exam, write_study
 from tests.support.drim_flow import consumer_settings, psc_token, running_consumer
 
 ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'

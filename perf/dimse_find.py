@@ -47,13 +47,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
 from drimbox.config import PacsSettings
+from drimbox.demo.samples.orthanc import OrthancServer, nodelay_env, start_orthanc
+from drimbox.demo.samples.studies import exam_c_study, write_study
 from drimbox.dicomweb.backend import QueryLevel
 from drimbox.dicomweb.qido import parse_query
 from drimbox.dimse import study_instances as finder
 from drimbox.dimse.pool import AssociationPool
 from drimbox.dimse.qido_find import iter_find
-from drimbox.samples.orthanc import OrthancServer, nodelay_env, start_orthanc
-from drimbox.samples.studies import exam_c_study, write_study
 
 BOX_AET = "DRIMBOX"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -171,7 +171,7 @@ def ours_study(
 
 def http_candidates(work: Path, orthanc: OrthancServer, patient_id: str) -> tuple[dict[str, Callable[[], float]], Callable[[], None]]:
     """QIDO-RS through a box in the Proxy profile, and Orthanc's own, timed by curl."""
-    from drimbox.samples.processes import DrimboxProcess, free_port, write_config
+    from drimbox.demo.samples.processes import DrimboxProcess, free_port, write_config
     from perf.measure import fetch
 
     http, mllp, dicom = free_port(), free_port(), free_port()

@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import cast
 
 from drimbox.config import DicomSettings, PacsSettings
+from drimbox.demo.samples.orthanc import OrthancServer, start_orthanc
+from drimbox.demo.samples.processes import free_port
+from drimbox.demo.samples.studies import exam_c_study, write_study
 from drimbox.dimse.pool import AssociationPool
 from drimbox.dimse.retrieve import RetrieveOutcome, iter_retrieve
 from drimbox.dimse.store_scp import StoreSCP
-from drimbox.samples.orthanc import OrthancServer, start_orthanc
-from drimbox.samples.processes import free_port
-from drimbox.samples.studies import exam_c_study, write_study
 
 BOX_AET = "DRIMBOX"
 

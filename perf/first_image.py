@@ -27,11 +27,11 @@ from urllib.parse import urlencode
 from drimbox.auth.operator import operator_token_hash
 from drimbox.demo.main import operator_request
 from drimbox.demo.mesh import DEMO_OPERATOR_TOKEN
+from drimbox.demo.samples.orthanc import OrthancServer, start_orthanc
+from drimbox.demo.samples.processes import DrimboxProcess, free_port, write_config
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.demo.samples.studies import StudySpec, write_study
 from drimbox.hl7.mllp import send_message
-from drimbox.samples.orthanc import OrthancServer, start_orthanc
-from drimbox.samples.processes import DrimboxProcess, free_port, write_config
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
-from drimbox.samples.studies import StudySpec, write_study
 
 CHROMIUM = "/usr/bin/chromium"
 RADIOLOGIST = "801234560801"

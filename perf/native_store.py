@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from drimbox.samples.processes import free_port
-from drimbox.samples.studies import exam_c_study, write_study
+from drimbox.demo.samples.processes import free_port
+from drimbox.demo.samples.studies import exam_c_study, write_study
 
 AE_TITLE = "DRIMBOX"
 # dcmtk leaves Nagle on unless told: without this every tool crawls at ~11 MB/s on loopback.

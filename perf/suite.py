@@ -18,9 +18,9 @@ from typing import Any
 from drimbox.auth.operator import operator_token_hash
 from drimbox.demo.main import operator_request
 from drimbox.demo.mesh import DEMO_OPERATOR_TOKEN
-from drimbox.samples.orthanc import OrthancServer, start_orthanc, storescu
-from drimbox.samples.processes import DrimboxProcess, free_port, write_config
-from drimbox.samples.studies import StudySpec, exam_c_spec, write_study
+from drimbox.demo.samples.orthanc import OrthancServer, start_orthanc, storescu
+from drimbox.demo.samples.processes import DrimboxProcess, free_port, write_config
+from drimbox.demo.samples.studies import StudySpec, exam_c_spec, write_study
 from perf.first_image import CHROMIUM, measure_first_image
 from perf.measure import (
     ANS_ACCEPT,

@@ -17,8 +17,8 @@ from pydicom import dcmread
 from drimbox.archive import Archive
 from drimbox.archive.store import INCOMING, split_part10
 from drimbox.config import PacsSettings
+from drimbox.demo.samples.studies import exam_c_study, write_study
 from drimbox.dimse import find_study_instances
-from drimbox.samples.studies import exam_c_study, write_study
 from tests.support.dcmtk import require_tool
 
 pytestmark = pytest.mark.dcmtk

@@ -22,7 +22,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from drimbox.archive import Archive, ArchiveFull, ArchiveUnavailable, QueryError, UnreadableDataset
 from drimbox.archive.store import INCOMING, file_meta, split_part10
-from drimbox.samples.studies import StudySpec, exam_c_spec, iter_study
+from drimbox.demo.samples.studies import StudySpec, exam_c_spec, iter_study
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 

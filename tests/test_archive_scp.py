@@ -20,8 +20,8 @@ from pynetdicom import _config
 from drimbox.archive import Archive, ArchiveScp
 from drimbox.archive.store import file_meta, split_part10
 from drimbox.config import DicomSettings, PacsSettings
+from drimbox.demo.samples.studies import CT_IMAGE_STORAGE, exam_c_spec, expected_instances, write_study
 from drimbox.dimse import find_study_instances, make_ae
-from drimbox.samples.studies import CT_IMAGE_STORAGE, exam_c_spec, expected_instances, write_study
 from tests.support.dcmtk import require_tool
 from tests.test_archive_index import read_only
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
 from tests.support.drim_flow import publish_exam
 from tests.test_source_e2e import send
 

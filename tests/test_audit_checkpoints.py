@@ -14,7 +14,7 @@ import pytest
 
 from drimbox.audit.trail import AuditTrail, open_trail, record_hash
 from drimbox.config import Settings, load_settings
-from drimbox.samples.processes import write_config
+from drimbox.demo.samples.processes import write_config
 from tests.test_audit_trail import event
 
 EVERY = 5

@@ -11,7 +11,7 @@ from aiohttp import web
 from drimbox.audit.events import AUDIT, SUCCESS, MemoryAudit
 from drimbox.audit.request import audit_request
 from drimbox.config import TlsSettings
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 from drimbox.sim.certs import issue_test_pki
 from drimbox.tls import box_to_box, client_context, peer_middleware, server_context
 

@@ -10,8 +10,8 @@ import pytest
 
 from drimbox.audit.events import MemoryAudit
 from drimbox.config import load_settings
-from drimbox.samples.processes import free_port
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.demo.samples.processes import free_port
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
 from drimbox.source.dmp_gateway import XdsDmpGateway
 from drimbox.source.intake import ReportIntake
 from drimbox.source.outbox import Outbox

@@ -11,7 +11,7 @@ from lxml import etree
 from drimbox.audit.events import REFUSED, SUCCESS, AuditEvent
 from drimbox.audit.syslog import SyslogSender
 from drimbox.audit.trail import AuditTrail, verify
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 
 INS = "279035121518989"
 STUDY = "1.2.250.1.213.4.5.2.1.103"

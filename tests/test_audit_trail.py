@@ -13,7 +13,7 @@ import pytest
 
 from drimbox.audit.events import REFUSED, SUCCESS, AuditEvent
 from drimbox.audit.trail import GENESIS, AuditTrail, record_hash, verify, verify_records
-from drimbox.samples.processes import write_config
+from drimbox.demo.samples.processes import write_config
 
 INS = "279035121518989"
 

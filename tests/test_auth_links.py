@@ -13,7 +13,7 @@ import pytest
 from drimbox.auth.links import ReportLinks
 from drimbox.cli import main
 from drimbox.config import AuthSettings
-from drimbox.samples.processes import write_config
+from drimbox.demo.samples.processes import write_config
 from tests.support.auth_boxes import LINK_KEY, OLD_LINK_KEY, OPERATOR_TOKEN, box_settings, running_box
 
 pytestmark = [pytest.mark.box]

@@ -16,7 +16,7 @@ from aiohttp import web
 from drimbox.auth import oidc as oidc_module
 from drimbox.auth.routes import AuthGate, access_token, current_professional, require_login, require_professional
 from drimbox.config import Settings
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 from tests.support.oidc_provider import CLIENT_ID, CLIENT_SECRET, Provider, start_provider
 
 

@@ -14,7 +14,7 @@ from drimbox.auth.routes import AuthGate, access_token, require_professional
 from drimbox.auth.tokens import BearerTokenChecker, TokenError
 from drimbox.auth.whitelist import AnsWhitelist
 from drimbox.config import Settings
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 from drimbox.sim.app import build_sim_app
 
 pytestmark = pytest.mark.sim

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from drimbox.auth.professional import PracticeSituation, Professional
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 from tests.support.auth_boxes import box_settings, running_box
 from tests.support.consumer import INS, LAUNCH_FORM
 

@@ -12,7 +12,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from drimbox.auth.tokens import BearerTokenChecker, TokenError
 from drimbox.config import Settings
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 from tests.support.oidc_provider import CLIENT_ID, CLIENT_SECRET, Provider, new_key, start_provider
 
 USER = "899700218896"

@@ -21,7 +21,7 @@ from drimbox.auth.whitelist import AnsWhitelist, Endpoint, Whitelist, WhitelistE
 from drimbox.auth.whitelist_trust import Trust
 from drimbox.auth.xmlsig import SignatureError, issuer_serial_v2, sign_enveloped, verify_enveloped
 from drimbox.config import WhitelistSettings
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 from drimbox.sim.certs import SignerKit, WhitelistPki
 
 ANS_SAMPLE = ANS_DATA / "informatif" / "listeblanche" / "LISTEBLANCHE_DRIM-M_NONSIGNEE_TEST_.xml"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from drimbox.cda import CdaError, parse_cda
-from drimbox.samples.reports import ANS_EXAMS, build_cda
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda
+from drimbox.hl7.cda import CdaError, parse_cda
 
 INS = "279035121518989"
 STUDY_C = b'<id root="1.2.250.1.213.4.5.2.1.103"/>'

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from drimbox.samples.processes import free_port, write_config
+from drimbox.demo.samples.processes import free_port, write_config
 from drimbox.source.outbox import Outbox
 
 

@@ -17,7 +17,7 @@ from drimbox.audit.events import AUDIT, REFUSED, SUCCESS, MemoryAudit
 from drimbox.config import ConfigError, Settings, WhitelistSettings, load_settings
 from drimbox.consumer import setup_consumer
 from drimbox.consumer.images import setup_consumer_images
-from drimbox.samples.processes import DrimboxProcess, free_port, write_config
+from drimbox.demo.samples.processes import DrimboxProcess, free_port, write_config
 from drimbox.sim import build_sim_app
 from drimbox.xds.habilitation import ImagingMatrix
 from tests.support.consumer import INS, LAUNCH_FORM, FakeAuth, Pro, publish, study_spec

@@ -9,9 +9,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import aiohttp
 import pytest
 
+from drimbox.demo.samples.processes import DrimboxProcess, free_port, write_config
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
 from drimbox.hl7.mllp import send_message
-from drimbox.samples.processes import DrimboxProcess, free_port, write_config
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
 from tests.support.consumer import INS, LAUNCH_FORM
 from tests.test_source_e2e import load_exam
 

@@ -8,8 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
 from drimbox.hl7.mllp import send_message
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
 from tests.support.consumer import INS, LAUNCH_FORM, FakeAuth, Pro, consumer_client, consumer_settings
 from tests.test_source_e2e import load_exam
 

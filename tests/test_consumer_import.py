@@ -12,8 +12,8 @@ import pytest
 
 from drimbox.consumer.backend import Grant
 from drimbox.consumer.importer import Importer
+from drimbox.demo.samples.processes import free_port
 from drimbox.manifest import parse_kos
-from drimbox.samples.processes import free_port
 from tests.support.drim_flow import (
     DOCTOR,
     consumer_settings,

@@ -13,8 +13,8 @@ import pydicom
 import pytest
 
 from drimbox.consumer.retrieval import KOS_HEADER, NotWhitelisted, SourceRetriever, SourceUnavailable
+from drimbox.demo.samples.processes import free_port
 from drimbox.manifest import parse_kos
-from drimbox.samples.processes import free_port
 from tests.support.drim_flow import (
     consumer_settings,
     protected_front,
@@ -178,8 +178,8 @@ async def test_the_parser_reads_another_producer_orthancs_own_wado_rs(orthanc: A
     """Orthanc's multipart (its own boundary, part headers and padding) read by the consumer's streaming parser."""
     from drimbox.auth.whitelist import AnsWhitelist
     from drimbox.config import WhitelistSettings
-    from drimbox.samples.reports import ANS_EXAMS
-    from drimbox.samples.studies import study_for_exam, write_study
+    from drimbox.demo.samples.reports import ANS_EXAMS
+    from drimbox.demo.samples.studies import study_for_exam, write_study
 
     spec = study_for_exam(ANS_EXAMS["C"], instances=8)
     files = write_study(tmp_path / "study", spec)

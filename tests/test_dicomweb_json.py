@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
+from drimbox.demo.samples.studies import exam_c_spec, write_study
 from drimbox.dicomweb.json_model import (
     dataset_json,
     instance_json,
@@ -19,7 +20,6 @@ from drimbox.dicomweb.json_model import (
     read_header,
     resolve_bulk_path,
 )
-from drimbox.samples.studies import exam_c_spec, write_study
 from tests.support.dicomweb import serve
 from tests.support.folder_backend import FolderBackend
 

@@ -16,6 +16,10 @@ from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from drimbox.config import PacsSettings
+from drimbox.demo.samples import studies
+from drimbox.demo.samples.orthanc import OrthancServer
+from drimbox.demo.samples.processes import free_port
+from drimbox.demo.samples.studies import StudySpec, exam_c_spec, expected_instances, write_study
 from drimbox.dimse import (
     DimseFailure,
     DimseUnavailable,
@@ -26,10 +30,6 @@ from drimbox.dimse import (
 )
 from drimbox.dimse.study_instances import StudyRootQueryRetrieveInformationModelFind, Verification
 from drimbox.manifest import KosRequest, build_kos, identity_mismatches, kos_to_bytes, parse_kos
-from drimbox.samples import studies
-from drimbox.samples.orthanc import OrthancServer
-from drimbox.samples.processes import free_port
-from drimbox.samples.studies import StudySpec, exam_c_spec, expected_instances, write_study
 from tests.support.dcmtk import dciodvfy
 
 BOX_AET = "DRIMBOX"

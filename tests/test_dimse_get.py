@@ -22,6 +22,9 @@ from pydicom import dcmread
 from pydicom.uid import RLELossless
 
 from drimbox.config import DicomSettings, PacsSettings
+from drimbox.demo.samples.orthanc import OrthancServer
+from drimbox.demo.samples.processes import free_port
+from drimbox.demo.samples.studies import StudySpec, exam_c_spec, iter_study, write_study
 from drimbox.dimse import message as msg
 from drimbox.dimse import pdu
 from drimbox.dimse.delivery import ReceivedInstance, Sink
@@ -29,9 +32,6 @@ from drimbox.dimse.network import DimseUnavailable
 from drimbox.dimse.pool import AssociationPool
 from drimbox.dimse.retrieve import RetrieveFailure, RetrieveOutcome, iter_retrieve
 from drimbox.dimse.storage import storage_contexts
-from drimbox.samples.orthanc import OrthancServer
-from drimbox.samples.processes import free_port
-from drimbox.samples.studies import StudySpec, exam_c_spec, iter_study, write_study
 
 LOCAL = DicomSettings(ae_title="DRIMBOX", host="127.0.0.1", port=0)
 STUDY_UID = "1.2.250.1.213.4.5.2.1.103.71"

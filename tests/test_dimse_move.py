@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from drimbox.config import DicomSettings
+from drimbox.demo.samples.orthanc import OrthancServer, nodelay_env
+from drimbox.demo.samples.processes import free_port
+from drimbox.demo.samples.studies import StudySpec, write_study
 from drimbox.dimse.delivery import ReceivedInstance, RetrieveFailure, Sink
 from drimbox.dimse.network import DimseFailure, DimseUnavailable
 from drimbox.dimse.pool import AssociationPool
 from drimbox.dimse.retrieve import RetrieveOutcome, iter_retrieve
 from drimbox.dimse.store_scp import MoveMediator, PendingMove, StoreSCP, shared_scp, stop_shared_scps
-from drimbox.samples.orthanc import OrthancServer, nodelay_env
-from drimbox.samples.processes import free_port
-from drimbox.samples.studies import StudySpec, write_study
 from tests.test_dimse_get import (
     all_uids,
     assert_same_as_orthanc,

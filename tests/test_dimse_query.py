@@ -17,15 +17,15 @@ from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from drimbox.config import PacsSettings
+from drimbox.demo.samples.orthanc import OrthancServer
+from drimbox.demo.samples.processes import free_port
+from drimbox.demo.samples.studies import StudySpec, exam_c_spec, expected_instances, write_study
 from drimbox.dimse.find_scu import list_series
 from drimbox.dimse.network import DimseFailure, DimseUnavailable
 from drimbox.dimse.pool import AssociationPool, default_pool
 from drimbox.dimse.qido_find import iter_find
 from drimbox.dimse.study_instances import StudyRootQueryRetrieveInformationModelFind, find_study_instances
 from drimbox.dimse.ul import Association
-from drimbox.samples.orthanc import OrthancServer
-from drimbox.samples.processes import free_port
-from drimbox.samples.studies import StudySpec, exam_c_spec, expected_instances, write_study
 from tests.test_dimse_get import open_connections, wait_until
 
 BOX_AET = "DRIMBOX"

@@ -9,8 +9,8 @@ import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_mdm, build_oru
 from drimbox.hl7 import HL7Error, MessageHeader, build_ack, peek_header
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_mdm, build_oru
 
 NOW = datetime(2024, 9, 12, 10, 30, 15, tzinfo=timezone(timedelta(hours=2)))
 

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_mdm, build_oru
 from drimbox.hl7 import HL7Error, MllpServer, build_ack, parse_report_message, peek_header, send_message
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_mdm, build_oru
 
 VT, END = b"\x0b", b"\x1c\x0d"
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_mdm, build_omi_cancel, build_oru
 from drimbox.hl7 import HL7Error, ReportMessage, build_ack, peek_header
 from drimbox.hl7.order import CancelledStudy, OrderCancel, parse_inbound
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_mdm, build_omi_cancel, build_oru
 
 W_STUDY = "1.2.250.1.213.4.5.2.1.124"
 

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_mdm, build_omi_cancel, build_oru
 from drimbox.hl7 import HL7Error, parse_report_message, peek_header
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_mdm, build_omi_cancel, build_oru
 
 INS = "279035121518989"
 IDENTITY = (INS, "PAT-TROIS", "DOMINIQUE", "19790328", "IPP101")

@@ -11,8 +11,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
 from drimbox.manifest import parse_kos
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
 from drimbox.source.iocm import NotARejection, parse_rejection
 from tests.support.fixtures_mesh import get_json
 from tests.test_source_e2e import INS, load_exam, send
@@ -149,7 +149,7 @@ def test_proxy_rejection_notes_replace_then_withdraw_the_kos(orthanc: Any, sourc
 def test_native_rejection_note_removes_the_instances_and_revises_the_kos(
     orthanc: Any, source_box: Any, sim: Any, tmp_path: Path
 ) -> None:
-    from drimbox.samples.studies import study_for_exam, write_study
+    from drimbox.demo.samples.studies import study_for_exam, write_study
 
     box = source_box(orthanc, box={"profile": "native"})
     files = write_study(tmp_path / "study", study_for_exam(ANS_EXAMS["C"], instances=4))

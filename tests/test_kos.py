@@ -10,6 +10,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from drimbox.demo.samples import studies
+from drimbox.demo.samples.studies import exam_c_spec, expected_instances
 from drimbox.dimse.study_instances import InstanceRef, StudyInstances
 from drimbox.manifest import (
     KOS_SOP_CLASS,
@@ -20,8 +22,6 @@ from drimbox.manifest import (
     kos_to_bytes,
     parse_kos,
 )
-from drimbox.samples import studies
-from drimbox.samples.studies import exam_c_spec, expected_instances
 from tests.support.dcmtk import DciodvfyReport, dciodvfy
 
 PUBLIC_URL = "http://127.0.0.1:8080"

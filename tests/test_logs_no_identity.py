@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import aiohttp
 import pytest
 
-from drimbox.samples.processes import DrimboxProcess, free_port, write_config
-from drimbox.samples.reports import ANS_EXAMS
+from drimbox.demo.samples.processes import DrimboxProcess, free_port, write_config
+from drimbox.demo.samples.reports import ANS_EXAMS
 from tests.support.consumer import INS, LAUNCH_FORM
 from tests.support.drim_flow import DOCTOR, publish_exam
 

@@ -11,10 +11,10 @@ import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
+from drimbox.demo.samples.orthanc import storescu
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.demo.samples.studies import exam_c_study, write_study
 from drimbox.hl7.mllp import send_message
-from drimbox.samples.orthanc import storescu
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
-from drimbox.samples.studies import exam_c_study, write_study
 
 pytestmark = [pytest.mark.dcmtk, pytest.mark.box, pytest.mark.sim]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from drimbox.samples.studies import exam_c_study, write_study
+from drimbox.demo.samples.studies import exam_c_study, write_study
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.box]
 

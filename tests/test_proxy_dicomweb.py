@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
-from drimbox.samples.studies import exam_c_study, write_study
+from drimbox.demo.samples.studies import exam_c_study, write_study
 from tests.support.fixtures_mesh import OPERATOR_TOKEN
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.box]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from drimbox.samples import studies
-from drimbox.samples.studies import exam_c_spec, exam_c_study, expected_instances, study_for_exam, write_study
+from drimbox.demo.samples import studies
+from drimbox.demo.samples.studies import exam_c_spec, exam_c_study, expected_instances, study_for_exam, write_study
 from tests.support.dcmtk import dciodvfy
 
 
@@ -49,7 +49,7 @@ def test_expected_instances_match_the_files(tmp_path: Path) -> None:
 
 
 def test_study_for_a_synthetic_report() -> None:
-    reports = pytest.importorskip("drimbox.samples.reports")
+    reports = pytest.importorskip("drimbox.demo.samples.reports")
     exam = reports.ANS_EXAMS["E"]
     spec = study_for_exam(exam, instances=5, accession="OTHER")
     assert (spec.study_uid, spec.patient_id, spec.accession_number) == (exam.study_uid, exam.ins, "OTHER")

@@ -18,7 +18,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from drimbox.config import Settings
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 from drimbox.sim import build_sim_app
 
 CLIENT_ID, CLIENT_SECRET = "drimbox", "drimbox-secret"

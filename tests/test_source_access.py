@@ -15,8 +15,8 @@ from aiohttp import web
 from drimbox.auth.oidc import TokenSet
 from drimbox.auth.professional import Professional
 from drimbox.auth.session import Session
+from drimbox.demo.samples.processes import free_port, write_config
 from drimbox.manifest import parse_kos
-from drimbox.samples.processes import free_port, write_config
 from tests.support.drim_flow import Doctor, protected_front, psc_token, publish_exam, revoke
 from tests.support.fixtures_mesh import Sim
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_mdm, build_omi_cancel, build_oru
+from drimbox.demo.samples.studies import study_for_exam, write_study
 from drimbox.hl7.mllp import send_message
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_mdm, build_omi_cancel, build_oru
-from drimbox.samples.studies import study_for_exam, write_study
 from tests.support.fixtures_mesh import get_json
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.sim, pytest.mark.box]

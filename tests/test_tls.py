@@ -15,8 +15,8 @@ from aiohttp import web
 
 from drimbox.cli import main as cli_main
 from drimbox.config import ConfigError, TlsSettings, load_settings
+from drimbox.demo.samples.processes import free_port, write_config
 from drimbox.hl7.mllp import MllpServer, send_message
-from drimbox.samples.processes import free_port, write_config
 from drimbox.sim.certs import issue, issue_test_pki, make_ca
 from drimbox.tls import PEER, box_to_box, client_context, peer_middleware, server_context
 

@@ -22,9 +22,9 @@ from cryptography import x509
 
 from drimbox.auth.operator import operator_token_hash
 from drimbox.config import TlsSettings
+from drimbox.demo.samples.processes import DrimboxProcess, free_port, write_config
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
 from drimbox.hl7.mllp import send_message
-from drimbox.samples.processes import DrimboxProcess, free_port, write_config
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
 from drimbox.sim.certs import issue_test_pki, whitelist_root
 from drimbox.tls import client_context
 from tests.support.consumer import INS, LAUNCH_FORM

@@ -15,7 +15,7 @@ from drimbox.audit.events import AUDIT, REFUSED, MemoryAudit
 from drimbox.auth.peer_whitelist import whitelist_peer_check
 from drimbox.auth.whitelist import AnsWhitelist
 from drimbox.config import Settings, TlsSettings, WhitelistSettings
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 from drimbox.sim import build_sim_app
 from drimbox.sim.certs import issue_test_pki
 from drimbox.tls import PEER, box_to_box, client_context, peer_middleware, server_context

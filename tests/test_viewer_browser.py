@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
 from tests.support.consumer import INS, LAUNCH_FORM
 from tests.test_consumer_box import consumer_box, local_pacs  # noqa: F401  (fixtures reused as they are)
 from tests.test_source_e2e import load_exam

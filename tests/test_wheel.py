@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from drimbox.samples.processes import free_port, wait_http, write_config
+from drimbox.demo.samples.processes import free_port, wait_http, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 VIEWER_FILES = sorted(p.name for p in (ROOT / "viewer").iterdir() if p.suffix in (".html", ".css", ".js"))

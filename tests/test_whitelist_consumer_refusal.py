@@ -14,7 +14,7 @@ from drimbox.audit.events import AUDIT, MemoryAudit
 from drimbox.config import Settings, WhitelistSettings
 from drimbox.consumer import setup_consumer
 from drimbox.consumer.images import setup_consumer_images
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 from drimbox.sim import build_sim_app
 from tests.support.consumer import LAUNCH_FORM, FakeAuth, Pro, publish, study_spec
 

@@ -11,12 +11,12 @@ import pytest
 from lxml import etree
 
 from drimbox.state.credentials import generate_test_credentials
-from drimbox.xdm.package import KOS_FILE, SIGNATURE_FILE, XdmError, build_package, read_package
 from drimbox.xds import metadata as m
 from drimbox.xds import namespaces as ns
 from drimbox.xds import schema
 from drimbox.xds.signature import SignedDocument, sign_submission
 from drimbox.xds.vihf import VihfSigner
+from drimbox.xds.xdm import KOS_FILE, SIGNATURE_FILE, XdmError, build_package, read_package
 from tests.test_xds_metadata import KOS, make_entry, make_submission
 
 R = f"{{{ns.RIM}}}"

@@ -14,10 +14,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from drimbox.cli import main as cli_main
 from drimbox.consumer.retrieval import KOS_HEADER
+from drimbox.demo.samples.processes import free_port
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
 from drimbox.hl7.mllp import send_message
-from drimbox.samples.processes import free_port
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
-from drimbox.xdm.package import read_package
+from drimbox.xds.xdm import read_package
 from tests.support.consumer import INS, FakeAuth, Pro, consumer_app_with_images, consumer_settings
 from tests.support.drim_flow import read_multipart
 from tests.test_source_e2e import load_exam

@@ -27,11 +27,11 @@ from drimbox.consumer.lookup import ExamFilters, LookupFailed, PatientRef
 from drimbox.consumer.store import ConsumerStore
 from drimbox.manifest import KosError, parse_kos
 from drimbox.state.db import Database, transaction
-from drimbox.xdm.package import MAX_PACKAGE_BYTES, XdmError, XdmExam, read_package
 from drimbox.xds import namespaces as ns
 from drimbox.xds.client import DmpClient
 from drimbox.xds.metadata import Author, Code, ReferenceId
 from drimbox.xds.query import DocumentEntryInfo
+from drimbox.xds.xdm import MAX_PACKAGE_BYTES, XdmError, XdmExam, read_package
 
 log = logging.getLogger(__name__)
 _PRIVATE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}

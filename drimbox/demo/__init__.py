@@ -6,7 +6,8 @@
     launcher.py     the stand-in for the doctor's software (a page that posts the launch form to the consumer)
     child.py        `drimbox demo` as a child process, followed until ready, then stopped (tests, screenshots)
     screenshots.py  the README's screenshots, taken in headless Chromium against a demo
+    samples/        ANS-shaped studies, reports and messages, an Orthanc and drimbox processes: the demo's
+                    material, which the tests, perf/ and conformance/ build their fixtures from
 
-`drimbox serve` imports none of this. The test material the demo shares with the tests and perf (studies,
-reports, Orthanc, drimbox processes) stays in drimbox.samples.
+`drimbox serve` imports none of this (tests/test_imports.py checks it).
 """

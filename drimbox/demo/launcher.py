@@ -11,7 +11,7 @@ import html
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from drimbox.samples.reports import ExamSpec
+from drimbox.demo.samples.reports import ExamSpec
 
 
 def launch_fields(exam: ExamSpec) -> dict[str, str]:

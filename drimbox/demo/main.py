@@ -24,11 +24,11 @@ from urllib.parse import urlencode
 from drimbox.demo.launcher import LaunchPageServer, launch_fields, launch_page
 from drimbox.demo.mesh import CONSUMER_AET, DEMO_OPERATOR_TOKEN, consumer_sections, sim_sections, source_sections, stow
 from drimbox.demo.options import plan_ports, wanted_ports
+from drimbox.demo.samples.orthanc import OrthancServer, ToolMissing, start_orthanc
+from drimbox.demo.samples.processes import DrimboxProcess, write_config
+from drimbox.demo.samples.reports import ANS_EXAMS, ExamSpec, build_cda, build_oru
+from drimbox.demo.samples.studies import study_for_exam, write_study
 from drimbox.hl7.mllp import send_message
-from drimbox.samples.orthanc import OrthancServer, ToolMissing, start_orthanc
-from drimbox.samples.processes import DrimboxProcess, write_config
-from drimbox.samples.reports import ANS_EXAMS, ExamSpec, build_cda, build_oru
-from drimbox.samples.studies import study_for_exam, write_study
 from drimbox.sim.psc_professionals import BUILT_IN
 
 INS = "279035121518989"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from drimbox.auth.operator import operator_token_hash
-from drimbox.samples.orthanc import STORESCU_AET, OrthancServer
+from drimbox.demo.samples.orthanc import STORESCU_AET, OrthancServer
 from drimbox.sim.certs import whitelist_root
 
 SOURCE_AET = "DRIMBOX"

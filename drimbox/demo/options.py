@@ -6,7 +6,7 @@ import argparse
 import socket
 from dataclasses import dataclass
 
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 
 # One HTTP port per service, so the links a newcomer sees are the same from one run to the next.
 DEFAULT_PORTS: dict[str, int] = {

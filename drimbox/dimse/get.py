@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from drimbox import faults
 from drimbox.config import PacsSettings
 from drimbox.dimse.delivery import ReceivedInstance, RetrieveOutcome, Sink
 from drimbox.dimse.find_scu import check_response
@@ -36,6 +35,7 @@ from drimbox.dimse.pdu import AssociateRQ, ProposedContext
 from drimbox.dimse.pool import AssociationPool, PoolKey
 from drimbox.dimse.storage import storage_contexts
 from drimbox.dimse.ul import MAX_PDU_LENGTH, Association, Message, next_message_id
+from drimbox.state import faults
 
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 _GET_CONTEXT = 1

@@ -10,7 +10,6 @@ import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable
 
-from drimbox import faults
 from drimbox.config import DicomSettings, PacsSettings
 from drimbox.dimse.delivery import ReceivedInstance, RetrieveFailure, RetrieveOutcome, Sink, _End
 from drimbox.dimse.find_scu import list_series
@@ -22,6 +21,7 @@ from drimbox.dimse.operation import WARNING_SUBOPERATIONS
 from drimbox.dimse.pool import AssociationPool, default_pool
 from drimbox.dimse.store_scp import StoreSCP, shared_scp
 from drimbox.dimse.uid import is_lenient_uid
+from drimbox.state import faults
 
 __all__ = [
     "DimseFailure",

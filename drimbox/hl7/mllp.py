@@ -9,8 +9,8 @@ import socket
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 
-from drimbox import faults
 from drimbox.hl7.ack import HL7Error, build_ack, peek_header
+from drimbox.state import faults
 
 log = logging.getLogger(__name__)
 

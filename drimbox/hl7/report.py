@@ -17,8 +17,8 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.exceptions import HL7apyException, InvalidName
 from hl7apy.parser import parse_segment
 
-from drimbox.cda import CdaError, ReportIdentifiers, parse_cda
 from drimbox.hl7.ack import Delimiters, HL7Error, MessageHeader, peek_header
+from drimbox.hl7.cda import CdaError, ReportIdentifiers, parse_cda
 
 log = logging.getLogger(__name__)
 

@@ -1,20 +1,21 @@
-"""Runs the national-services simulator as its own process until SIGTERM or SIGINT."""
+"""Runs the national-services simulator as its own process until told to stop."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from drimbox.config import Settings
-from drimbox.signals import until_signalled
 from drimbox.sim.app import build_sim_app
 from drimbox.tls import peer_middleware, use
 
 log = logging.getLogger(__name__)
 
 
-async def run_sim(settings: Settings) -> None:
+async def run_sim(settings: Settings, until: Callable[[], Awaitable[None]]) -> None:
+    """Serve the simulator until `until()` returns (the command line: SIGTERM or SIGINT)."""
     server_ssl = use(settings.tls)
     app = build_sim_app(settings)
     # As the real DMP: with mutual TLS on, /dmp needs the structure's authentication certificate (signed by the
@@ -29,6 +30,6 @@ async def run_sim(settings: Settings) -> None:
         "https" if server_ssl else "http", settings.sim.host, settings.sim.port,
     )
     try:
-        await until_signalled()
+        await until()
     finally:
         await runner.cleanup()

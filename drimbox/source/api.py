@@ -59,7 +59,7 @@ def publications_routes(
 
     async def xdm_export(request: web.Request) -> web.Response:
         """GET /api/xdm?study=UID → the IHE XDM ZIP of the study's live KOS, its signature and metadata."""
-        from drimbox.xdm.export import ExportError, export_study  # the source's only user of the XDM writer
+        from drimbox.source.xdm_export import ExportError, export_study  # the source's only user of the XDM writer
 
         await require_operator(request)
         study = request.query.get("study", "")

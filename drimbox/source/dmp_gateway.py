@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from drimbox.cda import Professional
 from drimbox.config import Settings
 from drimbox.dimse.study_instances import StudyInstances
+from drimbox.hl7.cda import Professional
 from drimbox.hl7.report import ReportMessage
 from drimbox.source.publish import PermanentError, TransientError
 from drimbox.xds import namespaces as ns

@@ -6,10 +6,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from drimbox import faults
 from drimbox.hl7.ack import HL7Error, build_ack, peek_header
 from drimbox.hl7.order import OrderCancel, parse_inbound
 from drimbox.source.outbox import OrderMismatch, Outbox
+from drimbox.state import faults
 
 log = logging.getLogger(__name__)
 

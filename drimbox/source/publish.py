@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from drimbox import faults
 from drimbox.audit.events import SUCCESS, AuditEvent, AuditSink
-from drimbox.cda import ReportIdentifiers
 from drimbox.config import Settings
 from drimbox.dimse.study_instances import DimseFailure, DimseUnavailable, StudyInstances, afind_study_instances
 from drimbox.hl7.ack import HL7Error
+from drimbox.hl7.cda import ReportIdentifiers
 from drimbox.hl7.report import ReportMessage, parse_report_message
 from drimbox.manifest import KosError, parse_kos
 from drimbox.manifest.kos import KosRequest, build_kos, kos_to_bytes
 from drimbox.source.outbox import Outbox, Publication
+from drimbox.state import faults
 from drimbox.state.durable import write_atomic
 
 log = logging.getLogger(__name__)

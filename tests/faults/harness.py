@@ -20,11 +20,11 @@ from typing import Any
 import pydicom
 import pytest
 
-from drimbox import faults
+from drimbox.demo.samples.orthanc import OrthancServer, _die_with_parent, nodelay_env
+from drimbox.demo.samples.reports import ANS_EXAMS
+from drimbox.demo.samples.studies import study_for_exam, write_study
 from drimbox.hl7.mllp import send_message
-from drimbox.samples.orthanc import OrthancServer, _die_with_parent, nodelay_env
-from drimbox.samples.reports import ANS_EXAMS
-from drimbox.samples.studies import study_for_exam, write_study
+from drimbox.state import faults
 from tests.support.fixtures_mesh import Sim, SourceBox
 
 INS = "279035121518989"

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from drimbox.samples.reports import ANS_EXAMS, Action, build_cda, build_oru
-from drimbox.samples.studies import exam_c_study, write_study
+from drimbox.demo.samples.reports import ANS_EXAMS, Action, build_cda, build_oru
+from drimbox.demo.samples.studies import exam_c_study, write_study
 from tests.faults.harness import FULL, INS, approved, load_exam, restart_orthanc, send, sim_faults, wait_for
 from tests.test_proxy_failures import STUDY, open_stream, settle, threads, warmed_baseline
 

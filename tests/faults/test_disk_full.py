@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
-from drimbox.samples.studies import exam_c_study, study_for_exam, write_study
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.demo.samples.studies import exam_c_study, study_for_exam, write_study
 from tests.faults.harness import INS, file_parts, get_study, load_exam, send, study_parts, wait_for
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.sim, pytest.mark.box]

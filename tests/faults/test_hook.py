@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from drimbox import faults
+from drimbox.state import faults
 
 LOOP = (
-    "from drimbox import faults\n"
+    "from drimbox.state import faults\n"
     "for i in range(5):\n"
     "    faults.checkpoint('publish.registered')\n"
     "    print(i, flush=True)\n"

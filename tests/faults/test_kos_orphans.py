@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
 from tests.faults.harness import INS, load_exam, restart, send, wait_killed
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.sim, pytest.mark.box]

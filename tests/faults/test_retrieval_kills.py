@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from drimbox.samples.studies import exam_c_study, write_study
+from drimbox.demo.samples.studies import exam_c_study, write_study
 from tests.faults.harness import cases, file_parts, get_study, restart, study_parts, wait_killed
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.box]

@@ -11,15 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from drimbox.demo.samples.reports import build_cda, build_mdm, build_oru
 from drimbox.hl7.ack import HL7Error, build_ack, peek_header
 from drimbox.hl7.mllp import END, START, MllpServer, frame
 from drimbox.hl7.report import ReportMessage, parse_report_message
-from drimbox.samples.reports import build_cda, build_mdm, build_oru
 from drimbox.source.intake import ReportIntake
 from drimbox.source.outbox import Outbox
 from tests.fuzz.support import BackgroundLoop, budget, peak_memory
 
-CDA = build_cda(__import__("drimbox.samples.reports", fromlist=["_C"])._C)
+CDA = build_cda(__import__("drimbox.demo.samples.reports", fromlist=["_C"])._C)
 BASES = [
     build_oru(CDA, control_id="FUZZ-ORU", timestamp="20250101120000"),
     build_mdm(CDA, "T02", control_id="FUZZ-MDM", timestamp="20250101120000"),

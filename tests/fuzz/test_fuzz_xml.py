@@ -14,8 +14,8 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 from lxml import etree
 
-from drimbox.cda import CdaError, ReportIdentifiers, parse_cda
-from drimbox.samples.reports import ExamSpec, build_cda
+from drimbox.demo.samples.reports import ExamSpec, build_cda
+from drimbox.hl7.cda import CdaError, ReportIdentifiers, parse_cda
 from drimbox.sim import build_sim_app
 from drimbox.sim.app import MAX_REQUEST_BYTES
 from drimbox.sim.soap_server import SoapFault, SoapRequest, parse_request

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from drimbox.audit.events import AUDIT, AuditEvent, MemoryAudit
 from drimbox.consumer.images import IMAGES
 from drimbox.consumer.retrieval import KOS_HEADER
-from drimbox.samples.studies import StudySpec, iter_study
+from drimbox.demo.samples.studies import StudySpec, iter_study
 from tests.support.consumer import INS, LAUNCH_FORM, FakeAuth, Pro, consumer_app_with_images, consumer_settings
 
 ACCEPT = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}

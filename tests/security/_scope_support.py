@@ -15,10 +15,10 @@ import aiohttp
 import pydicom
 from pydicom.uid import UID
 
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.demo.samples.studies import study_for_exam, write_study
 from drimbox.hl7.mllp import send_message
 from drimbox.manifest import parse_kos
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
-from drimbox.samples.studies import study_for_exam, write_study
 from tests.support.auth_boxes import OPERATOR_TOKEN, RunningBox, box_settings, running_box
 
 EXAM = ANS_EXAMS["C"]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from drimbox.audit.events import REFUSED
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 from tests.security._consumer_support import (
     POISON,
     DicomwebServer,

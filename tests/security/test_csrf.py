@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from drimbox.demo.launcher import launch_page
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 from tests.support.auth_boxes import RunningBox, box_settings, running_box
 from tests.support.consumer import INS, INS_OID, LAUNCH_FORM, publish, study_spec
 from tests.support.drim_flow import psc_token

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from drimbox.config import load_settings
+from drimbox.demo.samples.processes import free_port
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.demo.samples.studies import study_for_exam, write_study
 from drimbox.dimse.peers import Caller, PeerList, iocm_senders, store_peers
-from drimbox.samples.processes import free_port
-from drimbox.samples.reports import ANS_EXAMS, build_cda, build_oru
-from drimbox.samples.studies import study_for_exam, write_study
 from tests.security._peers_support import (
     OTHER_LOOPBACK,
     injected_series,

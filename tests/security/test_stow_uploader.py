@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from drimbox.samples.studies import study_for_exam, write_study
+from drimbox.demo.samples.studies import study_for_exam, write_study
 from tests.security._scope_support import DOCTOR, EXAM, OPERATOR, SECRETARY, stow
 from tests.support.auth_boxes import box_settings, running_box
 from tests.support.drim_flow import psc_token

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from drimbox.audit.events import REFUSED, SUCCESS
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 from tests.security._consumer_support import DicomwebServer, running_consumer, serving, study_files
 from tests.support.consumer import consumer_settings, publish, study_spec
 from tests.support.drim_flow import psc_token

@@ -20,9 +20,9 @@ from typing import Any
 import pydicom
 import pytest
 
+from drimbox.demo.samples.reports import ANS_EXAMS, ExamSpec, build_cda, build_mdm, build_omi_cancel, build_oru
+from drimbox.demo.samples.studies import study_for_exam, write_study
 from drimbox.hl7.mllp import send_message
-from drimbox.samples.reports import ANS_EXAMS, ExamSpec, build_cda, build_mdm, build_omi_cancel, build_oru
-from drimbox.samples.studies import study_for_exam, write_study
 from tests.support.fixtures_mesh import Sim, SourceBox
 from tests.test_iocm import kos_instances, rejection_note, storescu, write
 

@@ -14,7 +14,7 @@ from drimbox.app import Box
 from drimbox.audit import AUDIT, MemoryAudit
 from drimbox.auth.operator import operator_token_hash
 from drimbox.config import Settings
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 
 OPERATOR_TOKEN = "auth-test-operator-token"
 LINK_KEY = "k1-" + "x" * 40

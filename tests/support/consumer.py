@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from drimbox.config import Settings
 from drimbox.consumer import setup_consumer
+from drimbox.demo.samples.studies import StudySpec, exam_c_spec, expected_instances
 from drimbox.manifest import KosRequest, build_kos, kos_to_bytes
-from drimbox.samples.studies import StudySpec, exam_c_spec, expected_instances
 from drimbox.xds import namespaces as ns
 from drimbox.xds.client import DmpClient
 from drimbox.xds.metadata import Author, Code, KosDocumentEntry, ReferenceId, SubmissionSet, ins_cx, oid_from_uuid, xon

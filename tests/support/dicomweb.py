@@ -15,9 +15,9 @@ from aiohttp import web
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, RLELossless
 
+from drimbox.demo.samples.studies import StudySpec, exam_c_spec, write_study
 from drimbox.dicomweb.backend import DicomwebBackend
 from drimbox.dicomweb.routes import dicomweb_routes
-from drimbox.samples.studies import StudySpec, exam_c_spec, write_study
 
 MULTIFRAME_STUDY = "1.2.826.0.1.3680043.10.1234.7"
 MULTIFRAME_SERIES = MULTIFRAME_STUDY + ".1"

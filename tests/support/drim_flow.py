@@ -24,11 +24,11 @@ from drimbox.consumer.backend import KOS_PARAM, ConsumerBackend
 from drimbox.consumer.importer import Importer, import_routes
 from drimbox.consumer.retrieval import SourceRetriever
 from drimbox.consumer.store import ConsumerStore
+from drimbox.demo.samples.processes import free_port
+from drimbox.demo.samples.reports import ANS_EXAMS, Action, build_cda, build_oru
+from drimbox.demo.samples.studies import study_for_exam, write_study
 from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.hl7.mllp import send_message
-from drimbox.samples.processes import free_port
-from drimbox.samples.reports import ANS_EXAMS, Action, build_cda, build_oru
-from drimbox.samples.studies import study_for_exam, write_study
 from drimbox.source.access import SourceAccess
 from drimbox.source.outbox import Outbox
 from drimbox.source.proxy_backend import ProxyBackend

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from drimbox.auth.operator import operator_token_hash
-from drimbox.samples.orthanc import STORESCU_AET
-from drimbox.samples.processes import DrimboxProcess, free_port, write_config
+from drimbox.demo.samples.orthanc import STORESCU_AET
+from drimbox.demo.samples.processes import DrimboxProcess, free_port, write_config
 
 # The test boxes' operator token: /api/publications and DELETE /api/cache need it (or a professional's login).
 OPERATOR_TOKEN = "test-operator-token"
@@ -71,7 +71,7 @@ class SourceBox:
         }
         if overrides.get("box", {}).get("profile") == "native":
             # The archive takes C-STOREs from known peers only: the test PACS (which also sends the IOCM notes)
-            # and the storescu helper of drimbox.samples, both on loopback. A test may replace either list.
+            # and the storescu helper of drimbox.demo.samples, both on loopback. A test may replace either list.
             sections["dicom"]["store_peers"] = [f"{peer.aet}@127.0.0.1", f"{STORESCU_AET}@127.0.0.1"]
             sections["dicom"]["iocm_senders"] = [f"{peer.aet}@127.0.0.1"]
         for name, values in overrides.items():

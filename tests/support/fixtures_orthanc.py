@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from drimbox.samples.orthanc import OrthancServer, ToolMissing, start_orthanc
+from drimbox.demo.samples.orthanc import OrthancServer, ToolMissing, start_orthanc
 
 
 @pytest.fixture(scope="session")

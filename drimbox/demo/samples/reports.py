@@ -9,8 +9,8 @@ from datetime import datetime
 from typing import Any, Literal
 from xml.sax.saxutils import escape as xml_escape
 
-from drimbox.cda import CdaError, ReportIdentifiers, parse_cda
 from drimbox.hl7.ack import CHARSETS, escape, new_control_id
+from drimbox.hl7.cda import CdaError, ReportIdentifiers, parse_cda
 
 LOINC = "2.16.840.1.113883.6.1"
 SNOMED = "2.16.840.1.113883.6.96"

@@ -14,10 +14,10 @@ from drimbox.hl7.report import ReportMessage, parse_report_message
 from drimbox.manifest import KosError, parse_kos
 from drimbox.source.dmp_gateway import XdsDmpGateway
 from drimbox.source.outbox import Outbox, Publication
-from drimbox.xdm.package import build_package
 from drimbox.xds.metadata import MetadataError, SubmissionSignature, oid_from_uuid
 from drimbox.xds.signature import SignedDocument, sign_submission
 from drimbox.xds.structure import structure_signer
+from drimbox.xds.xdm import build_package
 
 
 class ExportError(LookupError):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from drimbox.config import PacsSettings
-from drimbox.samples.processes import free_port
+from drimbox.demo.samples.processes import free_port
 
 ORTHANC_AET = "ORTHANC"
 _PR_SET_PDEATHSIG = 1

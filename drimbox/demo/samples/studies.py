@@ -16,7 +16,7 @@ from drimbox.dimse.study_instances import InstanceRef, StudyInstances
 
 if TYPE_CHECKING:
     # Only for the type: the report builders pull in lxml and the HL7 layer, which images do not need.
-    from drimbox.samples.reports import ExamSpec
+    from drimbox.demo.samples.reports import ExamSpec
 
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 # Non-CT synthetic exams are written as Secondary Capture, the one image IOD that accepts any modality.

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from drimbox.cli.signals import until_signalled
 from drimbox.config import ConfigError, Settings, load_settings
 from drimbox.demo.options import add_demo_arguments
 
@@ -43,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _setup_logging(settings.box.log_level)
-    _run(serve(settings))
+    _run(serve(settings, until_signalled))
     return 0
 
 
@@ -56,12 +57,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _setup_logging(settings.box.log_level)
-    _run(run_sim(settings))
+    _run(run_sim(settings, until_signalled))
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from drimbox.check import run_checks
+    from drimbox.cli.check import run_checks
 
     settings = _settings(args)
     _setup_logging("WARNING")
@@ -100,7 +101,7 @@ def cmd_xdm(args: argparse.Namespace) -> int:
 
     from drimbox.dimse.uid import is_lenient_uid
     from drimbox.source.outbox import Outbox
-    from drimbox.xdm.export import ExportError, export_study
+    from drimbox.source.xdm_export import ExportError, export_study
 
     settings = _settings(args)
     _setup_logging("WARNING")
@@ -181,6 +182,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

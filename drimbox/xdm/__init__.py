@@ -1,1 +1,0 @@
-"""IHE XDM (ITI-32) packages of a published exam: the ZIP the source exports and the consumer imports."""
