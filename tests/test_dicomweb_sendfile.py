@@ -237,8 +237,38 @@ async def test_streamed_bodies_are_read_before_the_next_instance_is_asked(sample
     assert backend.events == [e for n in range(count) for e in (f"yield {n}", f"read {n}")]
 
 
-def open_descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _socket_ports() -> dict[str, tuple[int, int]]:
+    """inode → (local port, remote port) of this process's TCP sockets (/proc/self/net/tcp*)."""
+    ports: dict[str, tuple[int, int]] = {}
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/self/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            ports[inode] = (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def held_by_the_server(root: Path, port: int) -> list[str]:
+    """What this process holds open that the served request is responsible for: a file under `root`, or a TCP socket
+    to or from `port`. Counted precisely: other tests' threads may open and close descriptors meanwhile."""
+    held: list[str] = []
+    ports = _socket_ports()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed since listed
+        if target.startswith("socket:["):
+            local, remote = ports.get(target[8:-1], (0, 0))
+            if port in (local, remote) and local != 0:
+                held.append(f"{fd} → {target} ({local}↔{remote})")
+        elif target.startswith(str(root)):
+            held.append(f"{fd} → {target}")
+    return held
 
 
 def test_uvloop_client_leaving_mid_body_stops_cleanly(samples: SampleData, file_path: list[int]) -> None:
@@ -247,18 +277,21 @@ def test_uvloop_client_leaving_mid_body_stops_cleanly(samples: SampleData, file_
         backend.repeat = 100_000  # far more than any socket buffer holds
         study = f"/dicom-web/studies/{samples.spec.study_uid}"
         async with serve(backend, handler_cancellation=True) as url:
-            before = open_descriptors()
+            port = int(url.rsplit(":", 1)[1])
+            listening = held_by_the_server(samples.root, port)  # the listening socket only
             async with aiohttp.ClientSession() as session:
                 resp = await session.get(url + study, headers={"Accept": DICOM_ANY})
                 assert resp.status == 200
                 await resp.content.readexactly(200_000)
+                assert len(held_by_the_server(samples.root, port)) > len(listening), "sanity: a live request is seen"
                 resp.close()  # drops the connection mid-body
                 await asyncio.wait_for(backend.closed.wait(), timeout=10)
             for _ in range(50):  # the server side of the socket closes once the handler has unwound
-                if open_descriptors() <= before:
+                if held_by_the_server(samples.root, port) == listening:
                     break
                 await asyncio.sleep(0.05)
-            assert open_descriptors() <= before  # no file or duplicate socket left open
+            # No instance file, no connection (nor a duplicate of its socket) left open.
+            assert held_by_the_server(samples.root, port) == listening
             assert backend.yielded < 100_000 * 6
             backend.repeat, backend.closed = 1, asyncio.Event()
             async with aiohttp.ClientSession() as session:  # and the server still serves
