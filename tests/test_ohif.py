@@ -138,7 +138,7 @@ def test_ohif_reads_a_protected_box_with_the_operator_token(
     box = source_box(orthanc, http={"cors_origins": [origin]}, auth={"protect_dicomweb": True})
     dicomweb = f"{box.url}/dicom-web"
     # Without the token the same OHIF lists nothing: the box refuses its search (with no CORS header on the
-    # refusal, so the browser reports a failed request rather than the 401 itself).
+    # refusal today, so the browser reports a failed request rather than the 401 itself: either counts here).
     with serve_ohif(dist, app_config(dicomweb), ohif_port) as ohif:
         page.goto(f"{ohif}/")
         wait_for(page, lambda: any(f"{dicomweb}/studies?" in f for f in page.failures),
