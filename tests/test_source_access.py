@@ -17,7 +17,7 @@ from drimbox.auth.professional import Professional
 from drimbox.auth.session import Session
 from drimbox.demo.samples.processes import free_port, write_config
 from drimbox.manifest import parse_kos
-from tests.support.drim_flow import Doctor, protected_front, psc_token, publish_exam, revoke
+from tests.support.drim_flow import VIEWER_ORIGIN, Doctor, protected_front, psc_token, publish_exam, revoke
 from tests.support.fixtures_mesh import Sim
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.sim, pytest.mark.box]
@@ -72,6 +72,11 @@ async def test_token_and_kos_are_required_and_checked(orthanc: Any, source_box: 
         kos_uid = pub["kos_uid"]
         status, body = await _get(http, series)
         assert (status, body["reason"]) == (401, "missing")
+        # A viewer on an allowed origin sees the refusal itself (CORS on it), not a network error.
+        async with http.get(series, headers={"Origin": VIEWER_ORIGIN}) as refused:
+            assert refused.status == 401 and refused.headers["Access-Control-Allow-Origin"] == VIEWER_ORIGIN
+        async with http.get(series, headers={"Origin": "http://elsewhere.example"}) as refused:
+            assert refused.status == 401 and "Access-Control-Allow-Origin" not in refused.headers
         status, body = await _get(http, series, Authorization="Bearer not-a-token")
         assert status == 401
         status, body = await _get(http, series, Authorization=bearer)

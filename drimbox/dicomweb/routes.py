@@ -75,23 +75,7 @@ class _Routes:
     # --- plumbing ---------------------------------------------------------------------------------------
 
     def cors(self, request: web.Request) -> dict[str, str]:
-        """CORS response headers for this request's Origin; none by default (same-origin only)."""
-        origin = request.headers.get("Origin")
-        if not self.cors_origins or origin is None:
-            return {}
-        if "*" in self.cors_origins:
-            allowed = "*"
-        elif origin in self.cors_origins:
-            allowed = origin
-        else:
-            return {}
-        headers = {
-            "Access-Control-Allow-Origin": allowed,
-            "Access-Control-Expose-Headers": "Content-Type, Content-Length, Content-Location, Warning",
-        }
-        if allowed != "*":
-            headers["Vary"] = "Origin"
-        return headers
+        return cors_headers(self.cors_origins, request)
 
     def guard(self, handler: Handler) -> Handler:
         """Map the errors of a handler to JSON bodies with their status, and add CORS headers."""
@@ -318,6 +302,30 @@ def _qido_json(ds: Dataset, level: QueryLevel, tags: Any, origin: str | None) ->
         url += f"/instances/{ds.get('SOPInstanceUID', '')}"
     out[f"{_RETRIEVE_URL:08X}"] = {"vr": "UR", "Value": [url]}
     return dict(sorted(out.items()))
+
+
+def cors_headers(cors_origins: Sequence[str], request: web.Request) -> dict[str, str]:
+    """CORS response headers for this request's Origin; none by default (same-origin only).
+
+    An access layer in front of the routes adds them to its refusals too: a viewer on another origin must see the
+    401/403 (log in, or not allowed), not a network error it cannot tell from a box that is down.
+    """
+    origin = request.headers.get("Origin")
+    if not cors_origins or origin is None:
+        return {}
+    if "*" in cors_origins:
+        allowed = "*"
+    elif origin in cors_origins:
+        allowed = origin
+    else:
+        return {}
+    headers = {
+        "Access-Control-Allow-Origin": allowed,
+        "Access-Control-Expose-Headers": "Content-Type, Content-Length, Content-Location, Warning, WWW-Authenticate",
+    }
+    if allowed != "*":
+        headers["Vary"] = "Origin"
+    return headers
 
 
 def dicomweb_routes(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +18,7 @@ from drimbox.auth.operator import OPERATOR, is_operator
 from drimbox.auth.professional import Professional
 from drimbox.auth.session import Session
 from drimbox.auth.tokens import TokenError
+from drimbox.dicomweb.routes import cors_headers
 from drimbox.dicomweb.scope import Scope, serving
 from drimbox.dimse.uid import is_lenient_uid
 from drimbox.manifest import KosError, parse_kos
@@ -96,6 +97,7 @@ class SourceAccess:
     def __init__(
         self, outbox: Outbox, kos_dir: Path, tokens: Tokens, *, gate: Gate | None = None, grants: Grants | None = None,
         operator_token: str = "", matrix: ImagingMatrix | None = None, enabled: bool = True,
+        cors_origins: Sequence[str] = (),
     ) -> None:
         self.outbox = outbox
         self.kos_dir = kos_dir
@@ -105,6 +107,7 @@ class SourceAccess:
         self.operator_token = operator_token
         self.matrix = matrix or ImagingMatrix()
         self.enabled = enabled
+        self.cors_origins = tuple(cors_origins)
         self._evidence: OrderedDict[str, _Evidence] = OrderedDict()
         self._recent = RecentAccesses()
 
@@ -115,6 +118,10 @@ class SourceAccess:
         return [r if r.method == "OPTIONS" else web.RouteDef(r.method, r.path, self._wrap(r.handler), r.kwargs)
                 for r in routes]  # fmt: skip
 
+    def _cors(self, request: web.Request, response: web.Response) -> web.Response:
+        response.headers.update(cors_headers(self.cors_origins, request))
+        return response
+
     def _wrap(self, handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
             seen = _Seen()
@@ -123,11 +130,11 @@ class SourceAccess:
             except Refused as exc:
                 log.info("DICOMweb access refused: %s %s → %d %s", request.method, request.path, exc.status, exc.reason)
                 await self._audit(request, seen, REFUSED, status=exc.status, reason=exc.reason)
-                return exc.response()
+                return self._cors(request, exc.response())
             except TokenError as exc:
                 log.info("DICOMweb access refused: %s %s → token %s", request.method, request.path, exc.reason)
                 await self._audit(request, seen, REFUSED, status=exc.status, reason=f"token_{exc.reason}")
-                return exc.response()
+                return self._cors(request, exc.response())
             # Audited before it is served: once per person, KOS and series a while, never once per frame.
             if self._recent.first((seen.professional, seen.kos, request.match_info.get("study"),
                                    request.match_info.get("series"))):  # fmt: skip

@@ -127,6 +127,7 @@ def _add_routes(
             grants=gate.sessions,
             operator_token=s.auth.operator_token,
             matrix=matrix,
+            cors_origins=s.http.cors_origins,
         )
         routes = access.protect(routes)
     else:

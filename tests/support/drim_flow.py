@@ -28,6 +28,7 @@ from drimbox.demo.samples.processes import free_port
 from drimbox.demo.samples.reports import ANS_EXAMS, Action, build_cda, build_oru
 from drimbox.demo.samples.studies import study_for_exam, write_study
 from drimbox.dicomweb.routes import dicomweb_routes
+from drimbox.dicomweb.scope import ScopedBackend
 from drimbox.hl7.mllp import send_message
 from drimbox.source.access import SourceAccess
 from drimbox.source.outbox import Outbox
@@ -79,12 +80,16 @@ def publish_exam(orthanc: Any, box: Any, work: Path, *, exam: str = "C", instanc
     return result
 
 
+# A viewer on another origin that the protected front lets call it (CORS).
+VIEWER_ORIGIN = "http://viewer.example"
+
+
 @asynccontextmanager
 async def protected_front(box: Any, sim_url: str, port: int, *, gate: Any = None) -> AsyncIterator[SourceAccess]:
     """The source box's /dicom-web behind SourceAccess, on 127.0.0.1:`port` (the box's public URL).
 
-    Served in this process over the box's own ProxyBackend settings (same Orthanc), reading the box's outbox
-    and stored KOS: what app.py will assemble once the access check is wired there.
+    Served in this process over the box's own ProxyBackend settings (same Orthanc), reading the box's outbox and
+    stored KOS, assembled as source/wiring.py does (the scope wrapper, CORS for VIEWER_ORIGIN), with a test gate.
     """
     settings = load_settings(box.config, env={})
     settings.psc.issuer = f"{sim_url}/psc"
@@ -93,9 +98,11 @@ async def protected_front(box: Any, sim_url: str, port: int, *, gate: Any = None
     outbox = Outbox(var / "drimbox.sqlite")
     cache = SeriesCache(box.work / "front-cache", 1024**3)
     tokens = BearerTokenChecker(settings)
-    access = SourceAccess(outbox, var / "kos", tokens, gate=gate, enabled=True)
+    access = SourceAccess(outbox, var / "kos", tokens, gate=gate, enabled=True, cors_origins=[VIEWER_ORIGIN])
     app = web.Application()
-    app.add_routes(access.protect(dicomweb_routes(ProxyBackend(settings, cache), base="/dicom-web", compress=False)))
+    backend = ScopedBackend(ProxyBackend(settings, cache))
+    app.add_routes(access.protect(dicomweb_routes(backend, base="/dicom-web", compress=False,
+                                                  cors_origins=[VIEWER_ORIGIN])))  # fmt: skip
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
