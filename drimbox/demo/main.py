@@ -189,7 +189,10 @@ def _run(args: argparse.Namespace, work: Path, started: list[Stoppable]) -> int:
         report_uid = asyncio.run(publish_report(ris_settings, orus[exam.name]))
         _say(f"  RIS         exam {exam.name}'s report (CDA) in the DMP: {report_uid}")
     in_dmp = _get_json(f"{sim_url}/sim/dmp/documents?patient={INS}")
-    _say(f"  DMP         {len(in_dmp)} documents for the test patient, {time.monotonic() - sent_at:.1f} s after the reports")
+    kos_count = sum(1 for d in in_dmp if d["mimeType"] == "application/dicom")
+    report_count = sum(1 for d in in_dmp if "18748-4" in json.dumps(d.get("typeCode")))
+    _say(f"  DMP         {kos_count} KOS and {report_count} reports for the test patient, "
+         f"{time.monotonic() - sent_at:.1f} s after the reports")  # fmt: skip
 
     launcher = LaunchPageServer(ports["launcher"], launch_page(consumer_url, launch_fields(exams[0]))).start()
     started.append(launcher)

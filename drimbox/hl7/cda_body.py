@@ -51,13 +51,41 @@ def read_body(cda: bytes) -> ReportBody:
             paragraphs.append(title.strip())
         narrative = section.find("h:text", _NS)
         if narrative is not None:
-            # The narrative block's markup (paragraph, list, table) is flattened: shown as text, never as HTML.
-            words = " ".join("".join(narrative.itertext()).split())
-            if words:
-                paragraphs.append(words)
+            paragraphs += _narrative(narrative)
     if not paragraphs:
         raise CdaError("the CDA's structuredBody has no text")
     return ReportBody(text=tuple(paragraphs))
+
+
+# Narrative elements that start a line of their own; the rest (content, sub, sup...) stays inline.
+_BLOCKS = frozenset({"paragraph", "item", "tr", "caption", "br"})
+
+
+def _narrative(block: etree._Element) -> list[str]:
+    """The lines of a section's narrative block: its markup is read as text, never passed on as HTML."""
+    lines: list[str] = []
+    current: list[str] = []
+
+    def flush() -> None:
+        words = " ".join("".join(current).split())
+        if words:
+            lines.append(words)
+        current.clear()
+
+    def walk(element: etree._Element) -> None:
+        current.append(element.text or "")
+        for child in element:
+            block = isinstance(child.tag, str) and etree.QName(child).localname in _BLOCKS
+            if block:
+                flush()
+            walk(child)
+            if block:
+                flush()
+            current.append(child.tail or "")
+
+    walk(block)
+    flush()
+    return lines
 
 
 def _non_xml(text: etree._Element) -> ReportBody:
