@@ -11,7 +11,7 @@ from aiohttp import web
 
 from drimbox.audit.events import SUCCESS, client_address
 from drimbox.audit.request import audit_request, outcome_for
-from drimbox.consumer import fields, pages, situation
+from drimbox.consumer import fields, situation
 from drimbox.consumer.access import AccessIntent
 from drimbox.consumer.auth import ProfessionalLike
 from drimbox.consumer.catalog import ExamCatalog, ExamNotFound
@@ -20,17 +20,11 @@ from drimbox.consumer.lookup import DmpRefused, LookupFailed, PatientRef, _guard
 from drimbox.hl7.cda import CdaError
 from drimbox.hl7.cda_body import ReportBody, read_body
 from drimbox.i18n import Messages
+from drimbox.viewer import report_page
 from drimbox.xds.query import DocumentEntryInfo
 from drimbox.xds.report_entry import REPORT_TYPE_CODE, is_report
 
 log = logging.getLogger(__name__)
-
-_PRIVATE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
-# The page may be framed by the box's own viewer; it frames nothing but the box's own PDF.
-PAGE_CSP = ("default-src 'none'; style-src 'unsafe-inline'; frame-src 'self'; object-src 'self'; "
-            "form-action 'self'; frame-ancestors 'self'; base-uri 'none'")  # fmt: skip
-# The PDF runs no script of the box's origin: nothing may load, it may be framed only by the box's page.
-PDF_CSP = "default-src 'none'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
 
 
 class ReportUnreadable(LookupFailed):
@@ -145,23 +139,15 @@ async def _patient(catalog: ExamCatalog, kos_uid: str) -> PatientRef:
 # ------------------------------------------------------------------------------------------------ HTTP
 
 
-def _page(m: Messages, title: str, body: str, status: int = 200) -> web.Response:
-    html = pages.page(title, body).replace('<html lang="fr">', f'<html lang="{m.lang}">', 1)
-    return web.Response(text=html, status=status, content_type="text/html", charset="utf-8",
-                        headers={**_PRIVATE, "Content-Security-Policy": PAGE_CSP})  # fmt: skip
-
-
 def _refused(m: Messages, exc: LookupFailed) -> web.Response:
     key = {403: "report.error.refused", 404: "report.error.not_found"}.get(exc.status, "report.error.failed")
-    title = m("report.error.title")
-    return _page(m, title, f'<h1>{pages.e(title)}</h1><div class="error"><p>{pages.e(m(key))}</p></div>', exc.status)
+    return report_page.message_page(m, "report.error.title", key, exc.status)
 
 
 async def _handler_start(request: web.Request) -> tuple[ExamCatalog, ProfessionalLike, str] | web.Response:
     from drimbox.consumer.routes import CONSUMER  # the routes module wires this one: imported when serving
 
     ctx = request.app[CONSUMER]
-    m = Messages.of(request)
     pro = await ctx.auth.current_professional(request)
     if pro is None:
         raise web.HTTPSeeOther(ctx.auth.login_url(request.path_qs), headers={"Cache-Control": "no-store"})
@@ -171,9 +157,7 @@ async def _handler_start(request: web.Request) -> tuple[ExamCatalog, Professiona
     try:
         kos_uid = fields.uid(request.match_info["kos_uid"])
     except fields.FieldProblem:
-        title = m("report.error.title")
-        body = f'<h1>{pages.e(title)}</h1><div class="error"><p>{pages.e(m("report.error.invalid"))}</p></div>'
-        return _page(m, title, body, 400)
+        return report_page.message_page(Messages.of(request), "report.error.title", "report.error.invalid", 400)
     return ctx.catalog, pro, kos_uid
 
 
@@ -192,57 +176,36 @@ async def _report_or_refusal(
     return exam, report
 
 
-async def report_page(request: web.Request) -> web.Response:
+async def get_report_page(request: web.Request) -> web.Response:
     """GET /conso/exams/{kos_uid}/report: the report of the exam, in a page with the non-diagnostic notice."""
     start = await _handler_start(request)
     if isinstance(start, web.Response):
         return start
-    catalog, pro, kos_uid = start
-    found = await _report_or_refusal(request, catalog, pro, kos_uid)
+    found = await _report_or_refusal(request, *start)
     if isinstance(found, web.Response):
         return found
-    exam, report = found
-    m = Messages.of(request)
-    title = m("report.page.title")
+    (exam, report), m = found, Messages.of(request)
     about = m("report.page.exam", description=exam.description or "—", date=m.date(exam.date) if exam.date else "—")
-    notice = f'<p class="banner">{pages.e(m("common.non_diagnostic"))}</p>'
-    head = f"<h1>{pages.e(title)}</h1>{notice}<p>{pages.e(about)}</p>"
-    if report is None or report.body is None:
-        return _page(m, title, f'{head}<div class="error"><p>{pages.e(m("report.none"))}</p></div>')
-    meta = m("report.page.document", title=report.title, date=m.date(report.date) if report.date else "—")
-    head += f'<p class="muted">{pages.e(meta)}</p>'
-    if report.body.pdf is not None:
-        pdf = f"{report_url(kos_uid)}.pdf"
-        body = (f'<p><a href="{pages.e(pdf)}" target="_blank" rel="noopener">{pages.e(m("report.page.open_pdf"))}</a></p>'
-                f'<iframe src="{pages.e(pdf)}" title="{pages.e(report.title)}" '
-                'style="width:100%;height:80vh;border:1px solid #ccc"></iframe>')  # fmt: skip
-    else:
-        body = '<div class="report">' + "".join(f"<p>{pages.e(p)}</p>" for p in report.body.text) + "</div>"
-    return _page(m, title, head + body)
+    if report is None:
+        return report_page.report_page(m, about=about, body=None)
+    return report_page.report_page(m, about=about, body=report.body, title=report.title, date=report.date,
+                                   pdf_url=f"{report_url(exam.kos_uid)}.pdf")  # fmt: skip
 
 
-async def report_pdf(request: web.Request) -> web.Response:
+async def get_report_pdf(request: web.Request) -> web.Response:
     """GET /conso/exams/{kos_uid}/report.pdf: the PDF of the report's nonXMLBody, inline, sandboxed by its CSP."""
     start = await _handler_start(request)
     if isinstance(start, web.Response):
         return start
-    catalog, pro, kos_uid = start
-    found = await _report_or_refusal(request, catalog, pro, kos_uid)
+    found = await _report_or_refusal(request, *start)
     if isinstance(found, web.Response):
         return found
     _, report = found
-    if report is None or report.body is None or report.body.pdf is None:
-        m = Messages.of(request)
-        title = m("report.page.title")
-        return _page(m, title, f'<h1>{pages.e(title)}</h1><div class="error"><p>{pages.e(m("report.no_pdf"))}</p></div>',
-                     404)  # fmt: skip
-    headers = {**_PRIVATE, "Content-Security-Policy": PDF_CSP, "X-Frame-Options": "SAMEORIGIN",
-               "Content-Disposition": 'inline; filename="compte-rendu.pdf"'}  # fmt: skip
-    return web.Response(body=report.body.pdf, content_type="application/pdf", headers=headers)
+    return report_page.pdf_response(Messages.of(request), report.body if report else None)
 
 
 def report_routes() -> list[web.RouteDef]:
     return [
-        web.get("/conso/exams/{kos_uid}/report", report_page),
-        web.get("/conso/exams/{kos_uid}/report.pdf", report_pdf),
+        web.get("/conso/exams/{kos_uid}/report", get_report_page),
+        web.get("/conso/exams/{kos_uid}/report.pdf", get_report_pdf),
     ]
