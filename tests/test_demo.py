@@ -78,6 +78,20 @@ async def test_demo_prints_working_links_and_stops_everything_on_ctrl_c(demo: De
         assert meta.status == 200, await meta.text()
         instances = await meta.json()
         assert len(instances) == 4 and {i["00100020"]["Value"][0] for i in instances} == {INS}
+        # The link opened: the same session reads the report the source box received with the study.
+        report = await http.get(f"{source}/reports/{STUDY_C}")
+        text = await report.text()
+        assert report.status == 200 and "Compte rendu" in text and f'<iframe src="/reports/{STUDY_C}/pdf"' in text
+        pdf = await http.get(f"{source}/reports/{STUDY_C}/pdf")
+        assert pdf.content_type == "application/pdf" and (await pdf.read()).startswith(b"%PDF-")
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        # A login alone, without the report link, opens no report on the source box.
+        source = demo.links["source"]
+        refused = await login_with_hint(http, f"{source}/auth/login?next=/reports/{STUDY_C}", GP)
+        assert urlsplit(str(refused.url)).path == f"/reports/{STUDY_C}"
+        assert refused.status == 403 and "depuis le lien de son compte rendu" in await refused.text()
+        assert (await http.get(f"{source}/reports/{STUDY_C}/pdf")).status == 403
 
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         # (b) The consumer launch page posts the ANS form; after the login the exam list shows both exams.
