@@ -13,8 +13,9 @@ _PRIVATE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "R
 # The page may be framed by the box's own viewer; it frames nothing but the box's own PDF; no script at all.
 PAGE_CSP = ("default-src 'none'; style-src 'unsafe-inline'; frame-src 'self'; object-src 'self'; "
             "form-action 'self'; frame-ancestors 'self'; base-uri 'none'")  # fmt: skip
-# The PDF loads nothing and may be framed only by the box's page; served inline, never sniffed as anything else.
-PDF_CSP = "default-src 'none'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
+# The PDF loads nothing, runs in an opaque origin (sandbox: no script of the box's), is framed only by the box's
+# page, served inline, never sniffed as anything else. Chromium's PDF viewer renders it so (tests/test_report_browser).
+PDF_CSP = "default-src 'none'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'; sandbox"
 _STYLE = (
     "body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1b1b;max-width:72rem}h1{font-size:1.4rem}"
     ".muted{color:#666}.banner{background:#eef5ff;border:1px solid #b7d2f7;padding:.6rem;margin:1rem 0}"
