@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -51,7 +52,12 @@ async def test_the_report_pdf_shows_in_the_page(dmp_url: str, tmp_path: Path) ->
         try:
             page = await browser.new_page(locale="fr-FR")
             problems: list[str] = []
-            page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
+
+            def console(msg: Any) -> None:
+                if msg.type == "error":
+                    problems.append(msg.text)
+
+            page.on("console", console)
             await page.goto(str(client.make_url(f"/conso/exams/{kos_c}/report")))
             assert await page.locator("h1").inner_text() == "Compte rendu"
             assert await page.locator(".banner").inner_text() == "Visualisation non diagnostique"
