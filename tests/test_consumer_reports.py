@@ -118,7 +118,8 @@ async def test_the_consumer_shows_each_exam_s_report_or_says_there_is_none(
     kos_c = await publish(dmp_url, settings, study_spec())  # exam C, whose report the RIS publishes
     kos_other = await publish(dmp_url, settings, study_spec(4, modality="MR", date="20220301"))
     await publish_report(ris_settings(tmp_path, dmp_url), oru_of())
-    assert (await consumer.post("/conso/launch", data=LAUNCH_FORM)).status == 200
+    list_page = await consumer.post("/conso/launch", data=LAUNCH_FORM)
+    assert list_page.status == 200 and f'href="/conso/exams/{kos_c}/report">Compte rendu</a>' in await list_page.text()
 
     listed = await (await consumer.get(f"/conso/api/patients/{LAUNCH_FORM['Patient.identifier.value']}/exams")).json()
     reports = {x["kos_uid"]: x["report"] for x in listed["exams"]}
