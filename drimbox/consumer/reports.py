@@ -86,6 +86,8 @@ async def reports_for(
     catalog: ExamCatalog, pro: ProfessionalLike, patient: PatientRef, exams: list[Exam], intent: AccessIntent
 ) -> dict[str, dict[str, str | None] | None]:
     """kos_uid → `report` field for a list; a failed lookup leaves every report out rather than the list."""
+    if not exams:  # nothing to attach a report to: no DMP query
+        return {}
     try:
         reports = await patient_reports(catalog, pro, patient, intent)
     except LookupFailed as exc:
