@@ -78,6 +78,20 @@ async def test_demo_prints_working_links_and_stops_everything_on_ctrl_c(demo: De
         assert meta.status == 200, await meta.text()
         instances = await meta.json()
         assert len(instances) == 4 and {i["00100020"]["Value"][0] for i in instances} == {INS}
+        # The link opened: the same session reads the report the source box received with the study.
+        report = await http.get(f"{source}/reports/{STUDY_C}")
+        text = await report.text()
+        assert report.status == 200 and "Compte rendu" in text and f'<iframe src="/reports/{STUDY_C}/pdf"' in text
+        pdf = await http.get(f"{source}/reports/{STUDY_C}/pdf")
+        assert pdf.content_type == "application/pdf" and (await pdf.read()).startswith(b"%PDF-")
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        # A login alone, without the report link, opens no report on the source box.
+        source = demo.links["source"]
+        refused = await login_with_hint(http, f"{source}/auth/login?next=/reports/{STUDY_C}", GP)
+        assert urlsplit(str(refused.url)).path == f"/reports/{STUDY_C}"
+        assert refused.status == 403 and "depuis le lien de son compte rendu" in await refused.text()
+        assert (await http.get(f"{source}/reports/{STUDY_C}/pdf")).status == 403
 
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         # (b) The consumer launch page posts the ANS form; after the login the exam list shows both exams.
@@ -92,6 +106,13 @@ async def test_demo_prints_working_links_and_stops_everything_on_ctrl_c(demo: De
         assert exams_page.status == 200 and urlsplit(str(exams_page.url)).path == f"/conso/patients/{INS}/exams"
         listed = await (await http.get(f"{demo.links['consumer']}/conso/api/patients/{INS}/exams")).json()
         assert sorted(m for e in listed["exams"] for m in e["modalities"]) == ["CT", "NM"]
+        # The RIS published each exam's report: the list links it, its page shows the PDF.
+        reports = [e["report"] for e in listed["exams"]]
+        assert all(e["report"] and e["report"]["url"] == f"/conso/exams/{e['kos_uid']}/report" for e in listed["exams"])
+        report = await http.get(demo.links["consumer"] + reports[0]["url"])
+        assert report.status == 200 and "Visualisation non diagnostique" in await report.text()
+        pdf = await http.get(demo.links["consumer"] + reports[0]["url"] + ".pdf")
+        assert pdf.content_type == "application/pdf" and (await pdf.read()).startswith(b"%PDF-")
 
     # Ctrl-C: the demo stops every process it started, and says so.
     demo.process.send_signal(signal.SIGINT)
@@ -134,7 +155,8 @@ def test_native_profile_publishes_both_exams_without_a_pacs(tmp_path: Path) -> N
     assert "Native (its own archive)" in out and not re.search(r"^\s+PACS\s", out, re.M)  # no Orthanc started
     assert re.search(r"published\s+exam C: KOS [0-9.]+ in the DMP", out), out
     assert re.search(r"published\s+exam E: KOS [0-9.]+ in the DMP", out), out
-    assert "2 KOS for the test patient" in out
+    assert "2 KOS and 2 reports for the test patient" in out  # the RIS step published the CDA reports
+    assert re.search(r"RIS\s+exam C's report \(CDA\) in the DMP: 1\.2\.250\.1\.213\.4\.5\.4\.403", out), out
     assert not processes_naming(str(tmp_path)), "--exit must stop everything it started"
 
 

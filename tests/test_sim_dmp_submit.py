@@ -163,9 +163,15 @@ REFUSALS: list[tuple[str, Callable[[Submission], None], str, str]] = [
     ("wrong classCode", _set_code(ns.DE_CLASS_CODE, "11"), METADATA, "classCode 11^^1.2.250.1.213.1.1.4.1"),
     (
         "wrong typeCode",
+        _set_code(ns.DE_TYPE_CODE, "11488-4", "2.16.840.1.113883.6.1"),
+        METADATA,
+        "typeCode 11488-4^^2.16.840.1.113883.6.1 is not accepted",
+    ),
+    (
+        "a KOS typed as the CDA report",
         _set_code(ns.DE_TYPE_CODE, "18748-4", "2.16.840.1.113883.6.1"),
         METADATA,
-        "typeCode 18748-4^^2.16.840.1.113883.6.1 is not accepted",
+        "classCode must be 10^^1.2.250.1.213.1.1.4.1 for typeCode 18748-4",
     ),
     ("missing typeCode", _remove_classification(ns.DE_TYPE_CODE), METADATA, "typeCode is required once"),
     ("KOS not application/dicom", _set_mime, METADATA, "mimeType 'text/xml' is not accepted"),

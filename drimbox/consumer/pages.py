@@ -10,6 +10,8 @@ from drimbox.consumer.auth import ProfessionalLike
 from drimbox.consumer.catalog import ExamList
 from drimbox.consumer.exams import AVAILABLE, Exam
 from drimbox.consumer.launch import Launch
+from drimbox.consumer.reports import report_url
+from drimbox.i18n import DEFAULT, text
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1b1b;max-width:72rem}
@@ -92,7 +94,7 @@ def _row(exam: Exam, form_fields: str) -> str:
     source += ", ".join(f"<code>{e(h)}</code>" for h in exam.sources)
     if exam.status == AVAILABLE:
         counts = f"{len(exam.series)} series, {exam.instance_count} images"
-        actions = (f'<a href="{e(exam.view_url)}">View</a> '
+        actions = (f'<a href="{e(exam.view_url)}">View</a> <a href="{e(report_url(exam.kos_uid))}">{e(text(DEFAULT, "report.link"))}</a> '
                    f'<form method="post" action="{e(exam.import_url)}">{form_fields}<button type="submit">Import</button></form>')  # fmt: skip
     else:
         counts = "—"

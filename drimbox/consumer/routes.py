@@ -17,7 +17,7 @@ from drimbox.audit.events import AUDIT, SUCCESS, MemoryAudit, client_address
 from drimbox.audit.request import audit_request, outcome_for, patient_name
 from drimbox.auth.csrf import hidden_field, logout_form
 from drimbox.config import Settings
-from drimbox.consumer import access_pages, fields, pages, situation
+from drimbox.consumer import access_pages, fields, pages, reports, situation
 from drimbox.consumer.access import AccessIntent, AccessRules, emergency_request
 from drimbox.consumer.access_store import AccessStore
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
@@ -292,10 +292,11 @@ async def api_patient_exams(request: web.Request) -> web.Response:
     await _audit_list(request, pro, lr, 200, None, len(result.exams))
     await _prefetch(request, ctx, pro, [exam.kos_uid for exam in result.exams])
     previous = result.previous_visit
+    found = await reports.reports_for(ctx.catalog, pro, lr.patient, result.exams, intent)
     return _json({
         "patient": {"ins": result.patient.ins, "oid": result.patient.oid},
         "query": {**result.filters.to_json(), "oid": result.patient.oid},
-        "exams": [x.to_json() for x in result.exams],
+        "exams": [{**x.to_json(), "report": found.get(x.kos_uid)} for x in result.exams],
         "new_count": result.new_count,
         "previous_visit": None if previous is None else _iso(previous),
         "access": access_pages.emergency_json(await ctx.catalog.rules.emergency_in_force(pro, lr.patient)),
@@ -319,7 +320,8 @@ async def api_exam(request: web.Request) -> web.Response:
         return _failure(exc, ctx.settings)
     await audit_request(request, "consumer.exam", SUCCESS, professional=pro.id, patient=patient, kos=kos_uid,
                         study=exam.study_uid)  # fmt: skip
-    return _json(exam.to_json(with_series=True))
+    report = await reports.report_of_exam(ctx.catalog, pro, exam, AccessIntent(source=client_address(request)))
+    return _json({**exam.to_json(with_series=True), "report": report})
 
 
 async def _audit_list(
@@ -344,6 +346,7 @@ def consumer_routes() -> list[web.RouteDef]:
         web.post("/conso/patients/{ins}/emergency", emergency_page),
         web.get("/conso/api/patients/{ins}/exams", api_patient_exams),
         web.get("/conso/api/exams/{kos_uid}", api_exam),
+        *reports.report_routes(),
     ]
 
 

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
+from drimbox.config import load_settings
 from drimbox.demo.launcher import LaunchPageServer, launch_fields, launch_page
 from drimbox.demo.mesh import CONSUMER_AET, DEMO_OPERATOR_TOKEN, consumer_sections, sim_sections, source_sections, stow
 from drimbox.demo.options import plan_ports, wanted_ports
+from drimbox.demo.ris import publish_report
 from drimbox.demo.samples.orthanc import OrthancServer, ToolMissing, start_orthanc
 from drimbox.demo.samples.processes import DrimboxProcess, write_config
 from drimbox.demo.samples.reports import ANS_EXAMS, ExamSpec, build_cda, build_oru
@@ -168,8 +170,9 @@ def _run(args: argparse.Namespace, work: Path, started: list[Stoppable]) -> int:
         _say(f"  images      exam {exam.name}: {len(files)} {exam.modalities[0][0]} instances, study {exam.study_uid}")
 
     sent_at = time.monotonic()
+    orus: dict[str, bytes] = {}
     for exam in exams:
-        oru = build_oru(build_cda(exam), control_id=f"DEMO-{exam.name}-{int(time.time())}")
+        oru = orus[exam.name] = build_oru(build_cda(exam), control_id=f"DEMO-{exam.name}-{int(time.time())}")
         ack = asyncio.run(send_message("127.0.0.1", ports["mllp"], oru, timeout=30))
         msa = next((s for s in ack.decode("utf-8", "replace").split("\r") if s.startswith("MSA")), "no MSA")
         _say(f"  ORU^R01     exam {exam.name}'s report over MLLP → {msa}")
@@ -180,8 +183,16 @@ def _run(args: argparse.Namespace, work: Path, started: list[Stoppable]) -> int:
             _say(f"  exam {exam.name} did not reach the DMP ({json.dumps(state)}): see {work / 'source.log'}")
             return 1
         _say(f"  published   exam {exam.name}: KOS {state['kos_uid']} in the DMP")
+    # The RIS publishes the reports to the DMP itself (the box publishes only the KOS); the consumer shows them.
+    ris_settings = load_settings(work / "source.toml")
+    for exam in exams:
+        report_uid = asyncio.run(publish_report(ris_settings, orus[exam.name]))
+        _say(f"  RIS         exam {exam.name}'s report (CDA) in the DMP: {report_uid}")
     in_dmp = _get_json(f"{sim_url}/sim/dmp/documents?patient={INS}")
-    _say(f"  DMP         {len(in_dmp)} KOS for the test patient, {time.monotonic() - sent_at:.1f} s after the reports")
+    kos_count = sum(1 for d in in_dmp if d["mimeType"] == "application/dicom")
+    report_count = sum(1 for d in in_dmp if "18748-4" in json.dumps(d.get("typeCode")))
+    _say(f"  DMP         {kos_count} KOS and {report_count} reports for the test patient, "
+         f"{time.monotonic() - sent_at:.1f} s after the reports")  # fmt: skip
 
     launcher = LaunchPageServer(ports["launcher"], launch_page(consumer_url, launch_fields(exams[0]))).start()
     started.append(launcher)

@@ -72,18 +72,47 @@ SUBMISSION_SIGNATURE = DocumentKind(
     mime_types=frozenset({"text/xml"}),
 )
 
-# The CDA imaging report, for whoever makes the simulator accept the RIS's publication too. Not enabled by
-# default: the DRIMbox publishes only the KOS. [unsure] the formatCode the DMP expects for CR-IMG was not
-# checked against the CI-SIS value sets; this is the IHE RAD one.
+
+def check_cda_report(data: bytes, entry: DocumentEntryIn) -> str | None:
+    """A CR d'imagerie must be a CDA R2 report (LOINC 18748-4) of the entry's patient, its id the uniqueId."""
+    from drimbox.hl7.cda import CdaError, parse_cda
+
+    try:
+        report = parse_cda(data)
+    except CdaError as exc:
+        return f"the document is not a readable CDA R2: {exc}"
+    if report.document_code != REPORT_LOINC:
+        return f"ClinicalDocument/code {report.document_code or '(none)'} is not {REPORT_LOINC} (CR d'imagerie)"
+    unique_id = entry.external_id(ns.DE_UNIQUE_ID)
+    if unique_id is not None and unique_id != report.document_id:
+        return "XDSDocumentEntry.uniqueId must equal the CDA's ClinicalDocument/id (root^extension)"
+    patient = parse_cx(entry.external_id(ns.DE_PATIENT_ID) or "")
+    if patient is not None and report.ins != patient[0]:
+        # Said without the identifiers themselves: responses end up in client logs.
+        return "the CDA's patient INS differs from XDSDocumentEntry.patientId"
+    return None
+
+
+REPORT_LOINC = "18748-4"
+CDA_FORMAT_SCHEME = "1.3.6.1.4.1.19376.1.2.3"
+# The RIS's CDA imaging report (CR d'imagerie médicale). formatCode: a CDA R2 N1 whose body is a PDF is an
+# IHE XDS-SD document (templateId 1.3.6.1.4.1.19376.1.2.20, as the ANS CR_C sample declares); a structured
+# report takes the IHE RAD one. [unsure] neither was checked against the CI-SIS JDV J10 value set.
 CDA_IMAGING_REPORT = DocumentKind(
-    name="imaging report (CDA R2, CR-IMG)",
+    name="imaging report (CDA R2, CR d'imagerie)",
     class_code=("10", "1.2.250.1.213.1.1.4.1"),
-    type_code=("18748-4", "2.16.840.1.113883.6.1"),
-    format_codes=frozenset({("urn:ihe:rad:CDA:ImagingReportStructuredHeadings:2013", "1.3.6.1.4.1.19376.1.2.3")}),
+    type_code=(REPORT_LOINC, "2.16.840.1.113883.6.1"),
+    format_codes=frozenset(
+        {
+            ("urn:ihe:iti:xds-sd:pdf:2008", CDA_FORMAT_SCHEME),
+            ("urn:ihe:rad:CDA:ImagingReportStructuredHeadings:2013", CDA_FORMAT_SCHEME),
+        }
+    ),
     mime_types=frozenset({"text/xml"}),
+    content_check=check_cda_report,
 )
 
-DEFAULT_KINDS: tuple[DocumentKind, ...] = (KOS, SUBMISSION_SIGNATURE)
+DEFAULT_KINDS: tuple[DocumentKind, ...] = (KOS, CDA_IMAGING_REPORT, SUBMISSION_SIGNATURE)
 
 # confidentialityCode values: HL7 Confidentiality (one required) plus the DMP's visibility flags.
 HL7_CONFIDENTIALITY: frozenset[CodePair] = frozenset((c, ns.CONFIDENTIALITY_SCHEME) for c in ("N", "R", "V"))

@@ -46,6 +46,7 @@ from drimbox.source.outbox import Outbox
 from drimbox.source.proxy_backend import ProxyBackend
 from drimbox.source.publish import Publisher
 from drimbox.source.rejections import RejectionIntake
+from drimbox.source.reports import SourceReports
 from drimbox.source.worker import PublicationWorker
 from drimbox.state.series_cache import SeriesCache
 from drimbox.xds.habilitation import ImagingMatrix
@@ -134,6 +135,8 @@ def _add_routes(
         routes = audit_open_access(routes)
     app.add_routes(routes)
     app.add_routes(publications_routes(outbox, ReportLinks(s.auth, s.box.public_url), s))
+    # The report the box holds, to a session its report link opened (the same grant as the images).
+    app.add_routes(SourceReports(gate, gate.sessions, outbox, matrix).routes())
 
 
 class _Lifecycle:

@@ -164,6 +164,11 @@ class Author:
     specialties: list[str] = field(default_factory=list)
 
 
+KOS_CLASS = Code(*ns.KOS_CLASS_CODE)
+KOS_TYPE = Code(*ns.KOS_TYPE_CODE)
+KOS_FORMAT = Code(*ns.KOS_FORMAT_CODE, KOS_FORMAT_DISPLAY)
+
+
 @dataclass
 class KosDocumentEntry:
     """The DocumentEntry of one KOS manifest, as the source box publishes it to the DMP."""
@@ -195,6 +200,11 @@ class KosDocumentEntry:
     hash: str | None = None  # SHA-1 hex of the KOS bytes; computed when None, checked when given
     size: int | None = None
     entry_uuid: str = field(default_factory=new_uuid)
+    # The document's kind: a KOS unless set (the RIS's CDA report takes the CR-IMG codes, xds/report_entry.py).
+    mime_type: str = KOS_MIME_TYPE
+    class_code: Code = KOS_CLASS
+    type_code: Code = KOS_TYPE
+    format_code: Code = KOS_FORMAT
 
     @property
     def confidentiality_codes(self) -> list[Code]:
@@ -361,7 +371,7 @@ def _document_entry(rol: etree._Element, e: KosDocumentEntry, sha1: str, size: i
     _check_ids(e.patient_id, e.unique_id, "XDSDocumentEntry")
     lang = e.language
     eo = _sub(rol, R + "ExtrinsicObject",
-              {"id": e.entry_uuid, "mimeType": KOS_MIME_TYPE, "objectType": ns.OBJ_DOCUMENT_ENTRY})
+              {"id": e.entry_uuid, "mimeType": e.mime_type, "objectType": ns.OBJ_DOCUMENT_ENTRY})
     # rim.xsd: every Slot comes before Name, Description, Classification and ExternalIdentifier.
     _slot(eo, "creationTime", _dtm("creationTime", e.creation_time))
     _slot(eo, "hash", [sha1])
@@ -377,16 +387,16 @@ def _document_entry(rol: etree._Element, e: KosDocumentEntry, sha1: str, size: i
     if e.comments:
         _localized(eo, "Description", e.comments, lang)
     _author(eo, ns.DE_AUTHOR, e.author)
-    _classify(eo, ns.DE_CLASS_CODE, Code(*ns.KOS_CLASS_CODE), lang, "classCode")
+    _classify(eo, ns.DE_CLASS_CODE, e.class_code, lang, "classCode")
     for code in e.confidentiality_codes:
         _classify(eo, ns.DE_CONFIDENTIALITY_CODE, code, lang, "confidentialityCode")
     for code in e.event_codes:
         _classify(eo, ns.DE_EVENT_CODE, code, lang, "eventCodeList")
-    _classify(eo, ns.DE_FORMAT_CODE, Code(*ns.KOS_FORMAT_CODE, KOS_FORMAT_DISPLAY), lang, "formatCode")
+    _classify(eo, ns.DE_FORMAT_CODE, e.format_code, lang, "formatCode")
     _classify(eo, ns.DE_HEALTHCARE_FACILITY_TYPE_CODE, e.healthcare_facility_type, lang,
               "healthcareFacilityTypeCode")
     _classify(eo, ns.DE_PRACTICE_SETTING_CODE, e.practice_setting, lang, "practiceSettingCode")
-    _classify(eo, ns.DE_TYPE_CODE, Code(*ns.KOS_TYPE_CODE), lang, "typeCode")
+    _classify(eo, ns.DE_TYPE_CODE, e.type_code, lang, "typeCode")
     _external_id(eo, ns.DE_PATIENT_ID, e.patient_id, "XDSDocumentEntry.patientId", lang)
     _external_id(eo, ns.DE_UNIQUE_ID, e.unique_id, "XDSDocumentEntry.uniqueId", lang)
 
@@ -458,7 +468,7 @@ def build_provide_and_register(
                      {"SubmissionSetStatus": "Original"})  # fmt: skip
     if replaces_entry_uuid is not None:
         _association(rol, ns.ASSOC_RPLC, entry.entry_uuid, replaces_entry_uuid, {})
-    attachments = [Attachment(f"{uuid.uuid4().hex}@drimbox", document, KOS_MIME_TYPE)]
+    attachments = [Attachment(f"{uuid.uuid4().hex}@drimbox", document, entry.mime_type)]
     parts = [(entry.entry_uuid, attachments[0])]
     if signature is not None:
         attachments.append(Attachment(f"{uuid.uuid4().hex}@drimbox", signature.xml, SIGNATURE_MIME_TYPE))
