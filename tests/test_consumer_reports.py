@@ -84,12 +84,12 @@ async def test_the_dmp_refuses_a_report_whose_id_is_not_the_cda_s(dmp_url: str, 
         entry = dataclasses.replace(report_entry(base, message.cda, message.report), unique_id="1.2.250.1.999.77")
         with pytest.raises(XdsRejected, match="ClinicalDocument/id"):
             await gateway.client.provide_and_register(entry, gateway.submission_set(message), message.cda,
-                                                      identity=gateway._identity(message))  # fmt: skip
+                                                      identity=gateway.identity(message))  # fmt: skip
         # The same CDA declared as a KOS is refused too: its kind is in the codes, not only the bytes.
         kos_like = dataclasses.replace(base, unique_id=EXAM_C.document_id)
         with pytest.raises(XdsRejected):
             await gateway.client.provide_and_register(kos_like, gateway.submission_set(message), message.cda,
-                                                      identity=gateway._identity(message))  # fmt: skip
+                                                      identity=gateway.identity(message))  # fmt: skip
     finally:
         await gateway.close()
 

@@ -67,7 +67,7 @@ class XdsDmpGateway:
         entry = self.document_entry(message, study, kos_uid)
         try:
             await self.client.provide_and_register(
-                entry, self._submission(message), kos, replaces_entry_uuid=replaces, identity=self._identity(message)
+                entry, self._submission(message), kos, replaces_entry_uuid=replaces, identity=self.identity(message)
             )
         except XdsTransientError as exc:
             raise TransientError(str(exc)) from None
@@ -84,7 +84,7 @@ class XdsDmpGateway:
     async def find_entry_uuid(self, message: ReportMessage, kos_uid: str) -> str | None:
         try:
             entries = await self.client.get_documents(
-                unique_ids=[kos_uid], patient_id=self._patient_id(message), identity=self._identity(message)
+                unique_ids=[kos_uid], patient_id=self._patient_id(message), identity=self.identity(message)
             )
         except XdsTransientError as exc:
             raise TransientError(str(exc)) from None
@@ -99,7 +99,7 @@ class XdsDmpGateway:
         target = ns.STATUS_DELETED if self.settings.dmp.withdraw_status == "deleted" else ns.STATUS_DEPRECATED
         try:
             await self.client.update_status(
-                entry_uuid, self._submission(message), new_status=target, identity=self._identity(message)
+                entry_uuid, self._submission(message), new_status=target, identity=self.identity(message)
             )
         except XdsTransientError as exc:
             raise TransientError(str(exc)) from None
@@ -107,7 +107,7 @@ class XdsDmpGateway:
             # Replayed after a crash: the entry may already be out of the Approved state.
             try:
                 entries = await self.client.get_documents(
-                    entry_uuids=[entry_uuid], patient_id=self._patient_id(message), identity=self._identity(message)
+                    entry_uuids=[entry_uuid], patient_id=self._patient_id(message), identity=self.identity(message)
                 )
             except XdsTransientError as again:
                 raise TransientError(str(again)) from None
@@ -188,7 +188,9 @@ class XdsDmpGateway:
             patient_id=self._patient_id(message),
         )
 
-    def _identity(self, message: ReportMessage) -> VihfIdentity:
+    def identity(self, message: ReportMessage) -> VihfIdentity:
+        """The VIHF identity this report's transactions go under (the report's author, or the sender's); the RIS of
+        the demo publishes the report itself under it too."""
         s, r, sender = self.settings.dmp, message.report, message.sender
         author = r.author
         if sender is not None and sender.id:
