@@ -10,6 +10,7 @@ from drimbox.consumer.auth import ProfessionalLike
 from drimbox.consumer.catalog import ExamList
 from drimbox.consumer.exams import AVAILABLE, Exam
 from drimbox.consumer.launch import Launch
+from drimbox.i18n import DEFAULT, Messages
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1b1b;max-width:72rem}
@@ -27,25 +28,27 @@ def e(value: object) -> str:
     return escape(str(value), quote=True)
 
 
-def page(title: str, body: str) -> str:
-    return ('<!DOCTYPE html>\n<html lang="fr"><head><meta charset="utf-8">'
+def page(title: str, body: str, *, lang: str = DEFAULT) -> str:
+    """The page shell: `lang` is the language its words are in (Messages.lang), for `<html lang>`."""
+    return (f'<!DOCTYPE html>\n<html lang="{e(lang)}"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{e(title)} — drimbox</title><style>{_STYLE}</style></head>"
             f"<body>{body}</body></html>\n")  # fmt: skip
 
 
-def launch_errors(problems: list[tuple[str, str]]) -> str:
+def launch_errors(m: Messages, problems: list[tuple[str, str]]) -> str:
+    # The field names are the ANS launch's own; what is wrong with each comes from the field checks.
     items = "".join(f"<li><code>{e(name)}</code> {e(why)}</li>" for name, why in problems)
-    return page("Invalid launch", (
-        "<h1>The call from your software cannot be used</h1>"
-        f'<div class="error"><p>These fields are missing or invalid:</p><ul>{items}</ul></div>'
-        '<p class="muted">Correct the patient record or the integration in your software, then open the '
-        "patient's images again from it.</p>"))  # fmt: skip
+    return page(m("consumer.launch.title"), (
+        f"<h1>{e(m('consumer.launch.heading'))}</h1>"
+        f'<div class="error"><p>{e(m("consumer.launch.fields"))}</p><ul>{items}</ul></div>'
+        f'<p class="muted">{e(m("consumer.launch.advice"))}</p>'), lang=m.lang)  # fmt: skip
 
 
-def error_page(title: str, message: str, *, link: tuple[str, str] | None = None) -> str:
+def error_page(m: Messages, title: str, message: str, *, link: tuple[str, str] | None = None) -> str:
+    """An error page in `m`'s language; `title` and `message` are already in it (from the catalogue)."""
     more = f'<p><a href="{e(link[0])}">{e(link[1])}</a></p>' if link else ""
-    return page(title, f'<h1>{e(title)}</h1><div class="error"><p>{e(message)}</p></div>{more}')
+    return page(title, f'<h1>{e(title)}</h1><div class="error"><p>{e(message)}</p></div>{more}', lang=m.lang)
 
 
 def _when(timestamp: float) -> str:
