@@ -68,12 +68,12 @@ def choice_page(request: web.Request, professional: Professional, next_path: str
         f' <small>({html.escape(s.structure_id)})</small></label></p>'
         for i, s in enumerate(professional.situations)
     )
-    notice = f'<p role="alert">{html.escape(m("auth.situation_unknown"))}</p>' if unknown else ""
-    title = html.escape(m("auth.situation_title"))
+    notice = f'<p role="alert">{html.escape(m("auth.situation_unknown"), quote=False)}</p>' if unknown else ""
+    title = html.escape(m("auth.situation_title"), quote=False)
     name = m.person(professional.family, professional.given, professional.id)
     return (
         f'<!doctype html><html lang="{m.lang}"><head><meta charset="utf-8"><title>{title}</title></head><body>'
-        f"<h1>{title}</h1><p>{html.escape(m('auth.situation_intro', name=name))}</p>{notice}"
+        f"<h1>{title}</h1><p>{html.escape(m('auth.situation_intro', name=name), quote=False)}</p>{notice}"
         f'<form method="post" action="{SITUATION_PATH}">{hidden_field(request)}'
         f'<input type="hidden" name="next" value="{html.escape(next_path)}">{options}'
         f'<button type="submit">{html.escape(m("auth.situation_submit"))}</button></form></body></html>'
