@@ -27,7 +27,7 @@ def reason(exc: LookupFailed) -> str:
 
 def title(m: Messages, exc: LookupFailed) -> str:
     code = reason(exc)
-    return m(f"consumer.errors.{code}" if code in _REASONS.values() else "consumer.errors.failed")
+    return m(f"consumer.errors.{code}" if code in (*_REASONS.values(), "not_found") else "consumer.errors.failed")
 
 
 def explanation(m: Messages, exc: LookupFailed) -> str:
@@ -36,8 +36,17 @@ def explanation(m: Messages, exc: LookupFailed) -> str:
     if isinstance(exc, AccessRefused):
         return m(f"consumer.access.rule.{exc.rule if exc.rule in _RULES else 'dmp_refused'}")
     code = reason(exc)
-    known = code in ("dmp_unavailable", "patient_unknown", "dmp_refused")
+    known = code in ("dmp_unavailable", "patient_unknown", "dmp_refused", "not_found")
     return m(f"consumer.errors.{code}_detail" if known else "consumer.errors.failed_detail")
+
+
+def quoted_detail(exc: LookupFailed) -> str:
+    """The DMP's or the configuration's own words, quoted on the page where the catalogue cannot say them: a DMP
+    refusal's reason, the habilitation matrix's configured text, an unexpected failure. "" where the catalogue's
+    explanation says it all."""
+    if isinstance(exc, AccessRefused):
+        return exc.message if exc.rule in ("habilitation", "dmp_refused") or exc.rule not in _RULES else ""
+    return exc.message if reason(exc) in ("dmp_refused", "failed") else ""
 
 
 def offers_emergency(exc: LookupFailed, enabled: bool) -> bool:
@@ -56,7 +65,7 @@ def refusal_json(exc: LookupFailed, enabled: bool) -> dict[str, Any]:
 
 def failure_page(m: Messages, exc: LookupFailed) -> str:
     """A failure of the DMP or of an access rule, as a page in the professional's language."""
-    return error_page(m, title(m, exc), explanation(m, exc))
+    return error_page(m, title(m, exc), explanation(m, exc), detail=quoted_detail(exc))
 
 
 def refusal_page(
@@ -74,7 +83,9 @@ def refusal_page(
         f' minlength="{reason_min}" maxlength="{EMERGENCY_REASON_MAX}"></textarea></label></p>'
         f'<p><button type="submit">{e(m("consumer.access.emergency_submit"))}</button></p></form>'
     )
-    body = f'<h1>{e(heading)}</h1><div class="error"><p>{e(explanation(m, exc))}</p></div>{form}'
+    detail = quoted_detail(exc)
+    quoted = f'<p class="muted">{e(m("consumer.errors.detail", detail=detail))}</p>' if detail else ""
+    body = f'<h1>{e(heading)}</h1><div class="error"><p>{e(explanation(m, exc))}</p>{quoted}</div>{form}'
     return page(heading, body, lang=m.lang)
 
 

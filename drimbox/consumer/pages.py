@@ -45,10 +45,13 @@ def launch_errors(m: Messages, problems: list[tuple[str, str]]) -> str:
         f'<p class="muted">{e(m("consumer.launch.advice"))}</p>'), lang=m.lang)  # fmt: skip
 
 
-def error_page(m: Messages, title: str, message: str, *, link: tuple[str, str] | None = None) -> str:
-    """An error page in `m`'s language; `title` and `message` are already in it (from the catalogue)."""
+def error_page(m: Messages, title: str, message: str, *, link: tuple[str, str] | None = None, detail: str = "") -> str:
+    """An error page in `m`'s language; `title` and `message` are already in it (from the catalogue), `detail`
+    quotes words from elsewhere (the DMP's answer), labelled as such."""
     more = f'<p><a href="{e(link[0])}">{e(link[1])}</a></p>' if link else ""
-    return page(title, f'<h1>{e(title)}</h1><div class="error"><p>{e(message)}</p></div>{more}', lang=m.lang)
+    quoted = f'<p class="muted">{e(m("consumer.errors.detail", detail=detail))}</p>' if detail else ""
+    body = f'<h1>{e(title)}</h1><div class="error"><p>{e(message)}</p>{quoted}</div>{more}'
+    return page(title, body, lang=m.lang)
 
 
 def _when(timestamp: float) -> str:
