@@ -92,10 +92,10 @@ def _see_other(location: str) -> NoReturn:
     raise web.HTTPSeeOther(location, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
 
-def _reason(exc: LookupFailed) -> tuple[str, str]:
-    """(reason code, English title): the code for JSON and the audit trail; pages take their words from
-    access_pages, in the request's language."""
-    return access_pages.reason(exc), access_pages.title(Messages("en"), exc)
+def _reason(exc: LookupFailed) -> tuple[str]:
+    """(reason code,): the code for JSON and the audit trail; pages take their words from access_pages, in the
+    request's language."""
+    return (access_pages.reason(exc),)
 
 
 def exams_url(launch: Launch, launch_id: str) -> str:
