@@ -185,7 +185,7 @@ async def test_invalid_launch_answers_400_listing_the_fields(tmp_path: Path) -> 
                                                         "Patient.gender": ""}, allow_redirects=False)  # fmt: skip
         assert resp.status == 400 and resp.content_type == "text/html"
         page = await resp.text()
-        assert "<code>Patient.birthDate</code>" in page and "<code>Patient.gender</code> is missing" in page
+        assert "<code>Patient.birthDate</code>" in page and "<code>Patient.gender</code> est absent" in page
         assert "<script" not in page and resp.headers["Cache-Control"] == "no-store"
         assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
 

@@ -11,6 +11,7 @@ import pytest
 
 from drimbox.consumer.access_pages import refusal_page
 from drimbox.consumer.lookup import AccessRefused
+from drimbox.consumer.pages import LAUNCH_PROBLEMS, launch_errors
 from drimbox.i18n import Messages
 from tests.support.auth_boxes import box_settings, running_box
 from tests.support.consumer import LAUNCH_FORM
@@ -68,7 +69,8 @@ async def test_auth_consumer_and_report_link_pages_in_french_and_english(tmp_pat
             fr_status, fr, en_status, en = await both(http, "POST", box.url + "/conso/launch", data=bad)
             assert fr_status == en_status == 400 and "Lancement invalide" in fr and "Invalid launch" in en
             assert "Patient.birthDate" in fr and "Ces champs sont absents ou invalides" in fr
-            assert '<html lang="fr">' in fr  # the field's own problem comes from the field checks
+            assert "doit être une date AAAA-MM-JJ" in fr and "must be a date YYYY-MM-DD" in en
+            assert_french(fr)
 
             # The professional's software logs them in with the launch; then a launch that expired.
             token = psc_token(sim.url)["access_token"]
@@ -131,3 +133,14 @@ def test_the_english_word_check_catches_english() -> None:
     with pytest.raises(AssertionError):
         assert_french('<html lang="fr"><body><p>This link is not valid.</p></body></html>')
     assert_french('<html lang="fr"><body><p>Ce lien n\'est pas valide (requestType=STUDY).</p></body></html>')
+
+
+def test_the_launch_problems_the_catalogue_translates_are_the_ones_the_checks_say() -> None:
+    """The table matches the checks' English by text: a check reworded must be reworded there too."""
+    source = "".join(p.read_text(encoding="utf-8") for p in (Path(__file__).parents[1] / "drimbox/consumer").glob("*.py")
+                     if p.name != "pages.py")  # fmt: skip
+    stale = [english for english in LAUNCH_PROBLEMS if f'"{english}' not in source]
+    assert not stale, stale
+    fr = launch_errors(Messages("fr"), [("Patient.gender", "is missing"), ("patient.name", "is not a field of the ANS "
+                                        "launch form: it is spelled Patient.name.family"), ("x", "an unlisted problem")])
+    assert "est absent" in fr and "il s&#x27;écrit Patient.name.family" in fr and "an unlisted problem" in fr
