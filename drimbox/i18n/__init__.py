@@ -113,10 +113,6 @@ class Messages:
         """A person's name as French records write it, in every language: family name in capitals, then given."""
         return " ".join(p for p in (family.strip().upper(), given.strip()) if p) or fallback
 
-    def html_lang(self) -> str:
-        """The `<html lang>` attribute of a page in this language (the language itself: "fr", "en")."""
-        return self.lang
-
 
 @web.middleware
 async def language_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
