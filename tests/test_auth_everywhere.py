@@ -140,7 +140,7 @@ async def test_every_state_changing_route_refuses_the_session_cookie_from_anothe
                     async with http.request(method, box.url + concrete(path), data={"reason": "x" * 20},
                                             headers={**cookie, **headers}, allow_redirects=False) as resp:  # fmt: skip
                         body = await resp.text()
-                        assert resp.status == 403 and "another origin" in body, (method, path, headers, body[:200])
+                        assert resp.status == 403 and "autre origine" in body, (method, path, headers, body[:200])
             # The session survived all that, and the box's own origin (or the session's token) is let through.
             assert (await http.get(box.url + "/auth/me", headers=cookie)).status == 200
             form = await http.get(box.url + "/auth/logout", headers=cookie)

@@ -72,15 +72,15 @@ async def test_signed_links_open_and_altered_expired_or_unsigned_ones_are_refuse
         for name, value in (("studyUID", "1.2.250.1.213.4.5.2.1.105"), ("accessionNumber", "ACN105"),
                             ("exp", str(int(time.time()) + 10 * 365 * 24 * 3600)), ("sig", "A" * 43)):  # fmt: skip
             status, page = await opens(http, box.url, with_param(issued["url"], name, value))
-            assert status == 403 and "altered" in page, name
+            assert status == 403 and "Lien altéré" in page, name
 
         unsigned = f"/IHEInvokeImageDisplay?requestType=STUDY&studyUID={STUDY}"
         status, page = await opens(http, box.url, unsigned)
-        assert status == 403 and "not signed" in page
+        assert status == 403 and "pas signé" in page
 
         stale = ReportLinks(settings.auth, box.url).issue(STUDY, "ACN103", now=time.time() - 91 * 24 * 3600)
         status, page = await opens(http, box.url, stale.url)
-        assert status == 403 and "expired" in page
+        assert status == 403 and "a expiré" in page
 
         # Rotation: a link signed with the previous key still opens; one signed with a foreign key does not.
         old = ReportLinks(AuthSettings(report_link_keys=[OLD_LINK_KEY]), box.url).issue(STUDY, "ACN103")

@@ -169,7 +169,7 @@ async def test_state_mismatch_is_refused(box: Box, client: aiohttp.ClientSession
     callback = await _callback_url(box, client)
     tampered = callback.replace("state=", "state=x")
     async with client.get(tampered, allow_redirects=False) as resp:
-        assert resp.status == 400 and "state" in await resp.text()
+        assert resp.status == 400 and "état différent" in await resp.text()
     # Another browser (no login cookie) presenting this callback: login CSRF, refused.
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other:
         async with other.get(callback, allow_redirects=False) as resp:

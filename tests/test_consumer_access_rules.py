@@ -124,7 +124,7 @@ async def test_opposition_is_recorded_and_honoured_nothing_asked_nothing_fetched
         page = await client.post("/conso/launch", data={**LAUNCH_FORM, "InformationEtConsentement": "false"})
         assert page.status == 403
         text = await page.text()
-        assert "opposes" in text and "bris de glace" not in text.lower()  # no emergency form over an opposition
+        assert "oppose à la consultation" in text and "bris de glace" not in text.lower()  # no emergency form over an opposition
         # Recorded: later requests without a launch are refused too, with the rule named.
         api = await client.get(f"/conso/api/patients/{INS}/exams")
         assert api.status == 403
@@ -185,7 +185,7 @@ async def test_habilitation_matrix_secretary_nurse_gp_and_its_configuration(mesh
     async with consumer(settings_for(tmp_path / "narrow", mesh, imaging_professions=["10"]), FakeAuth(NURSE)) as client:
         resp = await client.get(f"/conso/api/patients/{INS}/exams")
         body = await resp.json()
-        assert resp.status == 403 and body["rule"] == "habilitation" and "infirmier" in body["error"]
+        assert resp.status == 403 and body["rule"] == "habilitation" and "infirmier" in body["detail"]
 
     # Widening it does not bind the DMP: the simulator, the reference, still refuses a pharmacist's VIHF.
     async with consumer(settings_for(tmp_path / "wide", mesh, imaging_professions=["10", "21"]),
@@ -200,7 +200,7 @@ async def test_emergency_access_with_a_reason_is_carried_in_the_vihf_and_audited
         # No authorisation and no launch saying the patient was informed: refused, emergency access offered.
         page = await client.get(f"/conso/patients/{INS}/exams")
         text = await page.text()
-        assert page.status == 403 and "Emergency access (bris de glace)" in text and 'name="reason"' in text
+        assert page.status == 403 and "Accès en urgence (bris de glace)" in text and 'name="reason"' in text
         api = await client.get(f"/conso/api/patients/{INS}/exams")
         body = await api.json()
         assert api.status == 403 and body["rule"] == "no_authorization" and "bris_de_glace" in body["emergency"]["how"]
@@ -215,7 +215,7 @@ async def test_emergency_access_with_a_reason_is_carried_in_the_vihf_and_audited
         form = await client.post(f"/conso/patients/{INS}/emergency", data={"reason": REASON}, allow_redirects=False)
         assert form.status == 303 and form.headers["Location"].startswith(f"/conso/patients/{INS}/exams")
         listed = await client.get(form.headers["Location"])
-        assert listed.status == 200 and "Emergency access (bris de glace)</strong> in force until" in await listed.text()
+        assert listed.status == 200 and "Accès en urgence (bris de glace)</strong> en vigueur jusqu" in await listed.text()
         rows = await mesh.consultations()
         assert rows and {(r["professional"], r["purpose"], r["reason"]) for r in rows} == {
             (OTHER_GP.id, "bris_de_glace", REASON)}  # fmt: skip
@@ -235,7 +235,7 @@ async def test_emergency_access_refused_when_the_patient_blocked_it(mesh: Mesh, 
     async with consumer(settings_for(tmp_path, mesh), FakeAuth(OTHER_GP)) as client:
         resp = await client.get(f"/conso/api/patients/{INS}/exams", params={"purpose": "bris_de_glace", "reason": REASON})
         body = await resp.json()
-        assert resp.status == 403 and "refused emergency access" in body["error"]
+        assert resp.status == 403 and "refused emergency access" in body["detail"]
         page = await client.post(f"/conso/patients/{INS}/emergency", data={"reason": REASON}, allow_redirects=False)
         assert page.status == 403 and "refused emergency access" in await page.text()
         assert await mesh.consultations() == []
@@ -252,7 +252,7 @@ async def test_a_professional_barred_by_the_patient_is_refused_emergency_include
     async with consumer(settings_for(tmp_path, mesh), FakeAuth(GP)) as client:
         page = await client.post("/conso/launch", data=LAUNCH_FORM)
         text = await page.text()
-        assert page.status == 403 and "barred" in text and "Emergency access" not in text
+        assert page.status == 403 and "vous a interdit" in text and "Accès en urgence" not in text
         api = await (await client.get(f"/conso/api/patients/{INS}/exams")).json()
         assert api["rule"] == "blocked" and "emergency" not in api
         emergency = await client.get(f"/conso/api/patients/{INS}/exams",
@@ -291,7 +291,7 @@ async def test_a_consumer_box_process_with_pro_sante_connect_logins(sim: Any, tm
                 if who[0] == "3":
                     assert "non-medical staff" in text
                     continue
-                assert "opposes" in text  # the GP's launch carried the patient's opposition
+                assert "oppose à la consultation" in text  # the GP's launch carried the patient's opposition
                 # Another launch, the patient informed: the GP is let in (TD0.3), in normal mode.
                 listed = await http.post(f"{base}/conso/launch", data=LAUNCH_FORM)
                 assert listed.status == 200, await listed.text()

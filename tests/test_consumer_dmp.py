@@ -139,7 +139,7 @@ async def test_the_exam_list_through_the_dmp(dmp_url: str, tmp_path: Path, caplo
         assert r.status == 404 and (await r.json())["reason"] == "not_found"
         await withdraw(dmp_url, settings, kos_c)
         r = await client.get(f"/conso/api/exams/{kos_c}")
-        assert r.status == 404 and "no longer" in (await r.json())["error"]
+        assert r.status == 404 and "no longer" in (await r.json())["detail"]
         assert [x["kos_uid"] for x in (await listed())["exams"]] == [kos_mr]
     mine = [r.getMessage() for r in caplog.records if r.name.startswith("drimbox.consumer")]
     assert any("INS…989" in m for m in mine)
@@ -152,7 +152,7 @@ async def test_unknown_patient_and_refused_access(dmp_url: str, tmp_path: Path) 
     auth = FakeAuth(Pro())
     async with consumer_client(settings, auth) as client:
         resp = await client.post("/conso/launch", data={**LAUNCH_FORM, "Patient.identifier.value": NO_DMP_INS})
-        assert resp.status == 404 and "has no DMP" in await resp.text()
+        assert resp.status == 404 and "pas de DMP" in await resp.text()
         r = await client.get(f"/conso/api/patients/{NO_DMP_INS}/exams")
         assert r.status == 404 and (await r.json())["reason"] == "patient_unknown"
         # No authorisation yet, and a launch that does not say the patient was informed: refused.
@@ -165,7 +165,7 @@ async def test_unknown_patient_and_refused_access(dmp_url: str, tmp_path: Path) 
         await sim_json(dmp_url, "PUT", "/sim/dmp/access", {"patient": INS, "professional": Pro().id,
                                                            "authorization": "INTERDITE"})  # fmt: skip
         r = await client.get(f"/conso/api/patients/{INS}/exams")
-        assert r.status == 403 and "barred" in (await r.json())["error"]
+        assert r.status == 403 and "barred" in (await r.json())["detail"]
 
 
 async def test_a_kos_that_cannot_be_fetched_leaves_the_rest_listed_and_kos_are_cached(

@@ -185,7 +185,7 @@ async def test_invalid_launch_answers_400_listing_the_fields(tmp_path: Path) -> 
                                                         "Patient.gender": ""}, allow_redirects=False)  # fmt: skip
         assert resp.status == 400 and resp.content_type == "text/html"
         page = await resp.text()
-        assert "<code>Patient.birthDate</code>" in page and "<code>Patient.gender</code> is missing" in page
+        assert "<code>Patient.birthDate</code>" in page and "<code>Patient.gender</code> est absent" in page
         assert "<script" not in page and resp.headers["Cache-Control"] == "no-store"
         assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
 
@@ -211,7 +211,7 @@ async def test_launch_without_login_goes_through_login_and_back_without_repostin
         assert target.path == f"/conso/patients/{INS}/exams"
         assert parse_qs(target.query) == {"oid": [INS_OID], "launch": [launch_id], "modality": ["CT"]}
         resp = await client.get("/conso/launches/" + "x" * 32, allow_redirects=False)
-        assert resp.status == 404 and "expired" in await resp.text()
+        assert resp.status == 404 and "a expiré" in await resp.text()
 
 
 async def test_logged_in_launch_goes_straight_to_the_list_and_unlogged_api_is_401(tmp_path: Path) -> None:
@@ -247,7 +247,7 @@ async def test_an_unreachable_dmp_is_a_503_page_and_json(tmp_path: Path) -> None
     settings = consumer_settings(tmp_path, "http://127.0.0.1:9/dmp")  # port 9 (discard): nothing listens
     async with consumer_client(settings, FakeAuth(Pro())) as client:
         resp = await client.post("/conso/launch", data=LAUNCH_FORM)  # follows the 303 to the list
-        assert resp.status == 503 and "The DMP cannot be reached" in await resp.text()
+        assert resp.status == 503 and "Le DMP ne répond pas" in await resp.text()
         resp = await client.get(f"/conso/api/patients/{INS}/exams")
         assert resp.status == 503 and (await resp.json())["reason"] == "dmp_unavailable"
 

@@ -56,3 +56,9 @@ def test_dates_are_written_as_each_language_writes_them() -> None:
     assert Messages("fr").date(dt.date(2021, 1, 8)) == "08/01/2021"
     assert Messages("en").date("2021-01-08") == "2021-01-08"
     assert Messages("fr").date("2021") == "2021"  # partial or odd values are shown as they are
+
+
+def test_names_are_written_as_french_records_write_them() -> None:
+    assert Messages("fr").person("Durand", "Jeanne") == "DURAND Jeanne"
+    assert Messages("en").person("de la Tour", " Anne ") == "DE LA TOUR Anne"
+    assert Messages("fr").person("", "", "899700000001") == "899700000001"

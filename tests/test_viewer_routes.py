@@ -103,18 +103,23 @@ async def test_report_link_asks_for_login_and_comes_back_to_itself() -> None:
 async def test_report_link_errors_are_clear_pages() -> None:
     c = await client(pubs={STUDY: [Pub("withdrawn")], "1.2.3": [Pub("waiting")]})
     try:
+        # French by default, English when the browser prefers it.
         cases = [
-            (link(requestType="SERIES"), 400, "requestType"),
-            (link(studyUID="1.2.x"), 400, "studyUID"),
-            (link(studyUID=""), 400, "studyUID"),
-            (link(studyUID="9.9.9"), 404, "not published"),
-            (link(studyUID="1.2.3"), 404, "not published"),
-            (link(), 410, "withdrawn"),
+            (link(requestType="SERIES"), 400, "requestType", "requestType"),
+            (link(studyUID="1.2.x"), 400, "studyUID", "studyUID"),
+            (link(studyUID=""), 400, "studyUID", "studyUID"),
+            (link(studyUID="9.9.9"), 404, "Examen introuvable", "not published"),
+            (link(studyUID="1.2.3"), 404, "pas publié", "not published"),
+            (link(), 410, "retirées", "withdrawn"),
         ]
-        for url, status, words in cases:
+        for url, status, french, english in cases:
             resp = await c.get(url, allow_redirects=False)
             assert resp.status == status, url
-            assert resp.content_type == "text/html" and words in await resp.text(), url
+            text = await resp.text()
+            assert resp.content_type == "text/html" and french in text and '<html lang="fr">' in text, url
+            resp = await c.get(url, allow_redirects=False, headers={"Accept-Language": "en-GB,en;q=0.9,fr;q=0.5"})
+            text = await resp.text()
+            assert resp.status == status and english in text and '<html lang="en">' in text, url
     finally:
         await c.close()
     other = await client(pubs={STUDY: [Pub("published", accession="OTHER")]})

@@ -30,6 +30,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from drimbox.audit.events import REFUSED
 from drimbox.audit.request import audit_request
+from drimbox.i18n import Messages
 
 if TYPE_CHECKING:
     from drimbox.auth.routes import AuthGate
@@ -70,8 +71,9 @@ def hidden_field(request: web.Request) -> str:
 
 def logout_form(request: web.Request) -> str:
     """The logout button: a POST form carrying the session's token (GET /auth/logout only shows this form)."""
+    label = html.escape(Messages.of(request)("auth.logout_button"))
     return (f'<form method="post" action="/auth/logout">{hidden_field(request)}'
-            '<button type="submit">Log out</button></form>')  # fmt: skip
+            f'<button type="submit">{label}</button></form>')  # fmt: skip
 
 
 def origin_of(url: str) -> str | None:
@@ -137,12 +139,12 @@ def csrf_middleware(gate: AuthGate) -> Middleware:
 
 
 def refusal(request: web.Request) -> web.Response:
-    message = ("This request was sent by a page that is not this DRIMbox's (another site or another origin): "
-               "it was refused. If you did mean it, do it again from the DRIMbox's own page.")  # fmt: skip
+    m = Messages.of(request)
     headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
     if request.path.startswith(_JSON_PREFIXES):
-        body = json.dumps({"error": "request from another origin refused", "reason": "cross_origin"})
+        body = json.dumps({"error": m("auth.csrf_json"), "reason": "cross_origin"})
         return web.Response(status=403, text=body, content_type="application/json", headers=headers)
-    page = ('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Request refused</title></head>'
-            f'<body><h1>Request refused</h1><p id="error">{html.escape(message)}</p></body></html>')  # fmt: skip
+    title = html.escape(m("auth.csrf_title"))
+    page = (f'<!doctype html><html lang="{m.lang}"><head><meta charset="utf-8"><title>{title}</title></head>'
+            f'<body><h1>{title}</h1><p id="error">{html.escape(m("auth.csrf_message"))}</p></body></html>')  # fmt: skip
     return web.Response(status=403, text=page, content_type="text/html", headers=headers)

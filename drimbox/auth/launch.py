@@ -25,6 +25,7 @@ from drimbox.audit.request import audit_request
 from drimbox.auth.csrf import logout_form
 from drimbox.auth.professional import Professional
 from drimbox.auth.tokens import TokenError
+from drimbox.i18n import Messages
 
 if TYPE_CHECKING:
     from drimbox.auth.routes import AuthGate
@@ -72,7 +73,7 @@ def launch_token_middleware(gate: AuthGate) -> Middleware:
         try:
             token = await _launch_token(request)
         except _Unreadable:
-            return _page(400, "Launch refused", "The launch carries two access tokens (header and form): send one.")
+            return _page(request, 400, "auth.launch_refused", "auth.launch_two_tokens")
         if token is None:
             return await handler(request)
         try:
@@ -81,19 +82,15 @@ def launch_token_middleware(gate: AuthGate) -> Middleware:
             log.info("launch refused: access token %s", exc.reason)
             await audit_request(request, "auth.launch-token", REFUSED, reason=exc.reason)
             if exc.status == 503:
-                return _page(503, "Pro Santé Connect unavailable",
-                             "Your access token cannot be checked now; try again later.")  # fmt: skip
-            return _page(401, "Login refused", f"Your software's Pro Santé Connect access token was refused "
-                                               f"({exc.reason}). Open the images again from your software, "
-                                               "or log in: /auth/login")  # fmt: skip
+                return _page(request, 503, "auth.psc_unavailable", "auth.token_unavailable")
+            return _page(request, 401, "auth.login_refused", "auth.token_refused", reason=exc.reason)
         except OtherProfessional as exc:
             log.info("launch refused: its token is for another professional than the browser's session")
             await audit_request(request, "auth.launch-token", REFUSED, professional=exc.other.id,
                                 reason="another_professional", session_professional=exc.current.id)  # fmt: skip
-            return _page(409, "Another professional is logged in",
-                         f"This browser is logged in to the DRIMbox as {exc.current.display_name}; the launch from "
-                         "your software is for another professional. If that is you, log out first, then open "
-                         "the images again from your software.", extra=logout_form(request))  # fmt: skip
+            current = exc.current
+            name = Messages.of(request).person(current.family, current.given, current.id)
+            return _page(request, 409, "auth.other_title", "auth.other_message", extra=logout_form(request), name=name)
         await audit_request(request, "auth.launch-token", SUCCESS, professional=professional.id)
         try:
             response = await handler(request)
@@ -107,9 +104,12 @@ def launch_token_middleware(gate: AuthGate) -> Middleware:
     return middleware
 
 
-def _page(status: int, title: str, message: str, *, extra: str = "") -> web.Response:
+def _page(request: web.Request, status: int, title_key: str, message_key: str, *, extra: str = "",
+          **params: object) -> web.Response:  # fmt: skip
+    m = Messages.of(request)
+    title, message = m(title_key), m(message_key, **params)
     body = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
+        f'<!doctype html><html lang="{m.lang}"><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
         f'<body><h1>{html.escape(title)}</h1><p id="error">{html.escape(message)}</p>{extra}</body></html>'
     )
     headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",

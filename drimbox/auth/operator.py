@@ -13,6 +13,7 @@ from drimbox.audit.events import REFUSED, SUCCESS
 from drimbox.audit.request import audit_request
 from drimbox.auth.routes import gate_of
 from drimbox.auth.tokens import BearerTokenChecker, TokenError
+from drimbox.i18n import Messages
 from drimbox.xds.habilitation import ImagingMatrix
 
 OPERATOR = "operator"
@@ -53,7 +54,7 @@ async def require_operator(request: web.Request) -> str:
     professional = await gate.current_professional(request)
     await audit_request(request, "auth.operator", REFUSED, professional=professional.id if professional else None,
                         path=request.path, reason="operator_required")  # fmt: skip
-    raise refusal("operator_required", "this operator API needs the operator token (Authorization: Bearer …)")
+    raise refusal("operator_required", Messages.of(request)("auth.operator_refused"))
 
 
 def uploader_check(
@@ -76,8 +77,8 @@ def uploader_check(
         not_allowed = allowed.refusal(professional.profession, [professional.specialty])
         if not_allowed is not None:
             await audit_request(request, "auth.stow", REFUSED, professional=professional.id, reason="not_habilitated")
-            return web.json_response({"error": f"storing images is refused: {not_allowed}", "reason": "not_habilitated"},
-                                     status=403)  # fmt: skip
+            error = Messages.of(request)("auth.stow_refused")
+            return web.json_response({"error": error, "reason": "not_habilitated", "detail": not_allowed}, status=403)
         await audit_request(request, "auth.stow", SUCCESS, professional=professional.id)
         return None
 

@@ -26,6 +26,8 @@ from drimbox.auth.session import PendingLogin, Session, SessionStore
 from drimbox.auth.situation import situation_routes
 from drimbox.auth.tokens import BearerTokenChecker
 from drimbox.config import Settings
+from drimbox.i18n import MIDDLEWARE as LANGUAGE_MIDDLEWARE
+from drimbox.i18n import Messages
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ class AuthGate:
         """Add the routes, make the gate reachable from any handler (sub-apps too), close it with the app."""
         app.add_routes(self.routes())
         app[AUTH_GATE] = self
+        # Outermost of ours: every page it wraps, refusals included, says its language.
+        app.middlewares.append(LANGUAGE_MIDDLEWARE)
         # Before anything acts on the session cookie: a state-changing request must come from the box's own pages.
         app.middlewares.append(csrf_middleware(self))
         # A contextual launch carrying the professional's PSC access token logs them in without a PSC round trip.
@@ -207,13 +211,13 @@ class AuthGate:
     async def _login(self, request: web.Request) -> web.StreamResponse:
         next = safe_next(request.query.get("next", "/"))
         if next is None:
-            return _page(400, "Login refused", "The address to come back to must be a path on this box.")
+            return _page(request, 400, "auth.login_refused", "auth.bad_next")
         login_hint = request.query.get("login_hint", "")[:128]
         try:
             auth_request = await self.oidc.authorization_request(self.redirect_uri, login_hint=login_hint)
         except OidcError as exc:
             log.warning("login: provider unavailable (%s)", exc)
-            return _page(503, "Pro Santé Connect unavailable", "The login service cannot be reached; try again later.")
+            return _page(request, 503, "auth.psc_unavailable", "auth.psc_unreachable")
         pending = PendingLogin(auth_request.state, auth_request.nonce, auth_request.code_verifier, next, self._clock())
         await self.sessions.save_pending(pending)
         response = _see_other(auth_request.url)
@@ -229,20 +233,20 @@ class AuthGate:
         state = query.get("state", "")
         cookie_state = request.cookies.get(self.login_cookie, "")
         if not state or not cookie_state or not hmac.compare_digest(state.encode(), cookie_state.encode()):
-            return _page(400, "Login refused", "This login answer does not belong to this browser (state mismatch).", retry=True)
+            return _page(request, 400, "auth.login_refused", "auth.state_mismatch", retry=True)
         if "error" in query:
             await self.sessions.pop_pending(state)
             code = _SAFE_CODE.sub("", query["error"])[:64]
-            return _page(401, "Login failed", f"Pro Santé Connect answered: {code}.", retry=True)
+            return _page(request, 401, "auth.login_failed", "auth.provider_answered", retry=True, code=code)
         # RFC 9207: when the provider names itself, it must be ours (mix-up defence).
         if "iss" in query and query["iss"] != self.oidc.issuer:
-            return _page(400, "Login refused", "The answer comes from another provider.", retry=True)
+            return _page(request, 400, "auth.login_refused", "auth.other_issuer", retry=True)
         pending = await self.sessions.pop_pending(state)
         if pending is None:
-            return _page(400, "Login refused", "This login has expired or was already used.", retry=True)
+            return _page(request, 400, "auth.login_refused", "auth.login_expired", retry=True)
         code = query.get("code", "")
         if not code:
-            return _page(400, "Login refused", "The answer carries no authorization code.", retry=True)
+            return _page(request, 400, "auth.login_refused", "auth.no_code", retry=True)
         try:
             tokens = await self.oidc.exchange_code(code, pending.code_verifier, self.redirect_uri)
             if not tokens.id_token:
@@ -256,11 +260,11 @@ class AuthGate:
         except OidcError as exc:
             log.warning("login failed: %s", exc)
             await audit_request(request, "auth.login", FAILURE, reason=exc.reason)
-            return _page(401, "Login failed", f"The login could not be completed ({exc.reason}).", retry=True)
+            return _page(request, 401, "auth.login_failed", "auth.login_incomplete", retry=True, reason=exc.reason)
         except ValueError as exc:
             log.warning("login failed: %s", exc)
             await audit_request(request, "auth.login", REFUSED, reason="not_a_professional")
-            return _page(403, "Login refused", "Pro Santé Connect did not identify a health professional.")
+            return _page(request, 403, "auth.login_refused", "auth.not_professional")
         old = request.cookies.get(self.cookie)
         if old:
             await self.sessions.delete(old)
@@ -276,9 +280,10 @@ class AuthGate:
         """GET /auth/logout: a button that posts the logout (a GET changes nothing: any page can make one)."""
         session = await self._session(request)
         if session is None:
-            return _page(200, "Not logged in", "This browser is not logged in to this DRIMbox.", retry=True)
-        who = session.professional.display_name
-        return _page(200, "Log out", f"Log out {who} from this DRIMbox?", form=logout_form(request))
+            return _page(request, 200, "auth.not_logged_in_title", "auth.not_logged_in", retry=True)
+        pro = session.professional
+        who = Messages.of(request).person(pro.family, pro.given, pro.id)
+        return _page(request, 200, "auth.logout_title", "auth.logout_confirm", form=logout_form(request), name=who)
 
     async def _logout(self, request: web.Request) -> web.StreamResponse:
         """POST /auth/logout (the CSRF middleware has checked it comes from the box's own pages)."""
@@ -303,12 +308,13 @@ class AuthGate:
         return response
 
     async def _logged_out(self, request: web.Request) -> web.StreamResponse:
-        return _page(200, "Logged out", "You are logged out of this DRIMbox.", retry=True)
+        return _page(request, 200, "auth.logged_out_title", "auth.logged_out", retry=True)
 
     async def _me(self, request: web.Request) -> web.StreamResponse:
         session = await self._session(request)
         if session is None:
-            return web.json_response({"error": "not logged in", "login": "/auth/login"}, status=401)
+            error = Messages.of(request)("auth.not_logged_in_json")
+            return web.json_response({"error": error, "login": "/auth/login"}, status=401)
         body: dict[str, Any] = session.professional.to_json()
         body["session_expires_at"] = session.expires_at
         return web.json_response(body)
@@ -373,10 +379,15 @@ def _see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
 
-def _page(status: int, title: str, message: str, *, retry: bool = False, form: str = "") -> web.Response:
-    link = '<p><a href="/auth/login">Log in with Pro Santé Connect</a></p>' if retry else ""
+def _page(
+    request: web.Request, status: int, title_key: str, message_key: str, *, retry: bool = False, form: str = "",
+    **params: object,
+) -> web.Response:
+    m = Messages.of(request)
+    title, message = m(title_key), m(message_key, **params)
+    link = f'<p><a href="/auth/login">{html.escape(m("auth.login_link"))}</a></p>' if retry else ""
     body = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
+        f'<!doctype html><html lang="{m.lang}"><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
         f"<body><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{form}{link}</body></html>"
     )
     # Never framed: a page of another origin must not get a click on the logout button through a frame.

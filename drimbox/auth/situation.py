@@ -18,6 +18,7 @@ from drimbox.audit.events import REFUSED, SUCCESS
 from drimbox.audit.request import audit_request
 from drimbox.auth.csrf import hidden_field
 from drimbox.auth.professional import PracticeSituation, Professional
+from drimbox.i18n import Messages
 
 if TYPE_CHECKING:
     from drimbox.auth.routes import AuthGate
@@ -27,12 +28,8 @@ log = logging.getLogger(__name__)
 SITUATION_PATH = "/auth/situation"
 _HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
             "Referrer-Policy": "no-referrer"}  # fmt: skip
-# TRE_R02 SecteurActivite: the common sectors a page names in words (the code is shown for the others).
-SECTORS = {
-    "SA01": "Établissement public de santé", "SA02": "Hôpital militaire", "SA03": "Établissement privé PSPH",
-    "SA04": "Établissement privé non PSPH", "SA05": "Centre de santé", "SA07": "Cabinet individuel",
-    "SA08": "Cabinet de groupe", "SA09": "Exercice en société",
-}  # fmt: skip
+# TRE_R02 SecteurActivite: the common sectors a page names in words (auth.sector_*; the code is shown for others).
+SECTORS = frozenset({"SA01", "SA02", "SA03", "SA04", "SA05", "SA07", "SA08", "SA09"})
 
 
 def situation_url(next_path: str) -> str:
@@ -54,32 +51,32 @@ async def choose(gate: AuthGate, request: web.Request, structure_id: str) -> Pro
     return chosen
 
 
-def _label(situation: PracticeSituation) -> str:
+def _label(m: Messages, situation: PracticeSituation) -> str:
     code = situation.sector.partition("^")[0]
-    sector = SECTORS.get(code, code)
+    sector = m(f"auth.sector_{code}") if code in SECTORS else code
     parts = [situation.structure_name or situation.structure_id, sector, situation.place]
     return " — ".join(html.escape(p) for p in parts if p)
 
 
 def choice_page(request: web.Request, professional: Professional, next_path: str, *, unknown: bool = False) -> str:
-    """The French page listing the professional's situations, each a radio button of one POST form."""
+    """The page listing the professional's situations, each a radio button of one POST form."""
+    m = Messages.of(request)
     current = professional.structure_id
     options = "".join(
         f'<p><label><input type="radio" name="structure" value="{html.escape(s.structure_id)}"'
-        f'{" checked" if s.structure_id == current or (not current and i == 0) else ""}> {_label(s)}'
+        f'{" checked" if s.structure_id == current or (not current and i == 0) else ""}> {_label(m, s)}'
         f' <small>({html.escape(s.structure_id)})</small></label></p>'
         for i, s in enumerate(professional.situations)
     )
-    notice = ('<p role="alert">La situation d\'exercice transmise par votre logiciel n\'est pas l\'une des vôtres : '
-              "choisissez-la ci-dessous.</p>") if unknown else ""  # fmt: skip
+    notice = f'<p role="alert">{html.escape(m("auth.situation_unknown"), quote=False)}</p>' if unknown else ""
+    title = html.escape(m("auth.situation_title"), quote=False)
+    name = m.person(professional.family, professional.given, professional.id)
     return (
-        '<!doctype html><html lang="fr"><head><meta charset="utf-8"><title>Situation d\'exercice</title></head><body>'
-        f"<h1>Situation d'exercice</h1><p>{html.escape(professional.display_name)}, Pro Santé Connect vous connaît "
-        "plusieurs situations d'exercice. Veuillez choisir celle dans laquelle vous consultez : elle est transmise "
-        f"au DMP (structure et secteur d'activité).</p>{notice}"
+        f'<!doctype html><html lang="{m.lang}"><head><meta charset="utf-8"><title>{title}</title></head><body>'
+        f"<h1>{title}</h1><p>{html.escape(m('auth.situation_intro', name=name), quote=False)}</p>{notice}"
         f'<form method="post" action="{SITUATION_PATH}">{hidden_field(request)}'
         f'<input type="hidden" name="next" value="{html.escape(next_path)}">{options}'
-        '<button type="submit">Valider</button></form></body></html>'
+        f'<button type="submit">{html.escape(m("auth.situation_submit"))}</button></form></body></html>'
     )
 
 
@@ -103,7 +100,7 @@ def situation_routes(gate: AuthGate) -> list[web.RouteDef]:
         next_path = safe_next(next_value if isinstance(next_value, str) else "/") or "/"
         professional = await gate.current_professional(request)
         if professional is None:
-            raise web.HTTPUnauthorized(text="Vous n'êtes pas connecté à cette DRIMbox.", headers=_HEADERS)
+            raise web.HTTPUnauthorized(text=Messages.of(request)("auth.not_logged_in_box"), headers=_HEADERS)
         chosen = await choose(gate, request, structure if isinstance(structure, str) else "")
         if chosen is None:
             await audit_request(request, "auth.situation", REFUSED, professional=professional.id, reason="unknown")

@@ -7,8 +7,46 @@ from typing import Any
 
 from drimbox.consumer.access import EMERGENCY_REASON_MAX
 from drimbox.consumer.access_store import Emergency
-from drimbox.consumer.lookup import AccessRefused, LookupFailed
+from drimbox.consumer.lookup import AccessRefused, DmpRefused, DmpUnavailable, LookupFailed, PatientUnknown
 from drimbox.consumer.pages import e, error_page, page
+from drimbox.i18n import Messages
+
+# The `reason` code of each failure (JSON, audit); its title and explanation are consumer.errors.<reason>.
+_REASONS: dict[type[LookupFailed], str] = {
+    DmpUnavailable: "dmp_unavailable", PatientUnknown: "patient_unknown", AccessRefused: "access_refused",
+    DmpRefused: "dmp_refused",
+}  # fmt: skip
+# The access rules a refusal names (consumer/access.py, lookup.py) that the catalogue explains in words.
+_RULES = frozenset({"habilitation", "opposition", "blocked", "no_authorization", "dmp_refused"})
+
+
+def reason(exc: LookupFailed) -> str:
+    """The failure's `reason` code: an English identifier for programs and the audit trail."""
+    return next((v for k, v in _REASONS.items() if isinstance(exc, k)), "not_found" if exc.status == 404 else "failed")
+
+
+def title(m: Messages, exc: LookupFailed) -> str:
+    code = reason(exc)
+    return m(f"consumer.errors.{code}" if code in (*_REASONS.values(), "not_found") else "consumer.errors.failed")
+
+
+def explanation(m: Messages, exc: LookupFailed) -> str:
+    """What the professional reads about the failure, in their language; the detailed (English) message of the
+    DMP or of the rule stays in the log and the audit trail."""
+    if isinstance(exc, AccessRefused):
+        return m(f"consumer.access.rule.{exc.rule if exc.rule in _RULES else 'dmp_refused'}")
+    code = reason(exc)
+    known = code in ("dmp_unavailable", "patient_unknown", "dmp_refused", "not_found")
+    return m(f"consumer.errors.{code}_detail" if known else "consumer.errors.failed_detail")
+
+
+def quoted_detail(exc: LookupFailed) -> str:
+    """The DMP's or the configuration's own words, quoted on the page where the catalogue cannot say them: a DMP
+    refusal's reason, the habilitation matrix's configured text, an unexpected failure. "" where the catalogue's
+    explanation says it all."""
+    if isinstance(exc, AccessRefused):
+        return exc.message if exc.rule in ("habilitation", "dmp_refused") or exc.rule not in _RULES else ""
+    return exc.message if reason(exc) in ("dmp_refused", "failed") else ""
 
 
 def offers_emergency(exc: LookupFailed, enabled: bool) -> bool:
@@ -25,31 +63,40 @@ def refusal_json(exc: LookupFailed, enabled: bool) -> dict[str, Any]:
     return extra
 
 
+def failure_page(m: Messages, exc: LookupFailed) -> str:
+    """A failure of the DMP or of an access rule, as a page in the professional's language."""
+    return error_page(m, title(m, exc), explanation(m, exc), detail=quoted_detail(exc))
+
+
 def refusal_page(
-    title: str, exc: LookupFailed, *, enabled: bool, action: str, reason_min: int, form_fields: str = ""
+    m: Messages, exc: LookupFailed, *, enabled: bool, action: str, reason_min: int, form_fields: str = ""
 ) -> str:
     """The refusal, with the emergency form when the refusal is one emergency access may lift (`form_fields`: the
     session's CSRF token)."""
     if not offers_emergency(exc, enabled):
-        return error_page(title, exc.message)
+        return failure_page(m, exc)
+    heading = title(m, exc)
     form = (
-        "<h2>Emergency access (bris de glace)</h2>"
-        "<p>If the patient's condition requires it and the patient cannot authorise you, you may open their DMP in "
-        "emergency mode. The access, your identity and your reason are recorded and visible to the patient; the "
-        "DMP refuses it if the patient has blocked emergency access.</p>"
+        f"<h2>{e(m('consumer.access.emergency_title'))}</h2><p>{e(m('consumer.access.emergency_intro'))}</p>"
         f'<form method="post" action="{e(action)}">{form_fields}'
-        f'<p><label>Reason (required)<br><textarea name="reason" rows="3" cols="60" required minlength="{reason_min}"'
-        f' maxlength="{EMERGENCY_REASON_MAX}"></textarea></label></p>'
-        '<p><button type="submit">Open in emergency mode</button></p></form>'
+        f'<p><label>{e(m("consumer.access.emergency_reason"))}<br><textarea name="reason" rows="3" cols="60" required'
+        f' minlength="{reason_min}" maxlength="{EMERGENCY_REASON_MAX}"></textarea></label></p>'
+        f'<p><button type="submit">{e(m("consumer.access.emergency_submit"))}</button></p></form>'
     )
-    return page(title, f'<h1>{e(title)}</h1><div class="error"><p>{e(exc.message)}</p></div>{form}')
+    detail = quoted_detail(exc)
+    quoted = f'<p class="muted">{e(m("consumer.errors.detail", detail=detail))}</p>' if detail else ""
+    body = f'<h1>{e(heading)}</h1><div class="error"><p>{e(explanation(m, exc))}</p>{quoted}</div>{form}'
+    return page(heading, body, lang=m.lang)
 
 
-def with_emergency_banner(html: str, emergency: Emergency) -> str:
+def with_emergency_banner(html: str, emergency: Emergency, m: Messages | None = None) -> str:
     """The exam list in emergency mode says so at the top, with the reason given and until when."""
-    until = dt.datetime.fromtimestamp(emergency.expires).astimezone().strftime("%Y-%m-%d %H:%M")
-    banner = (f'<div class="error"><strong>Emergency access (bris de glace)</strong> in force until {e(until)}: '
-              f"{e(emergency.reason)}. It is recorded and visible to the patient.</div>")  # fmt: skip
+    m = m or Messages("fr")
+    when = dt.datetime.fromtimestamp(emergency.expires).astimezone()
+    until = f"{m.date(when.date())} {when.strftime('%H:%M')}"
+    text = m("consumer.access.banner", until=until, reason=emergency.reason)
+    banner = (f'<div class="error"><strong>{e(m("consumer.access.emergency_title"))}</strong> '
+              f"{e(text)}</div>")  # fmt: skip
     return html.replace("<body>", "<body>" + banner, 1)
 
 

@@ -11,7 +11,7 @@ from drimbox.consumer.catalog import ExamList
 from drimbox.consumer.exams import AVAILABLE, Exam
 from drimbox.consumer.launch import Launch
 from drimbox.consumer.reports import report_url
-from drimbox.i18n import DEFAULT, text
+from drimbox.i18n import DEFAULT, Messages, text
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1b1b;max-width:72rem}
@@ -29,25 +29,61 @@ def e(value: object) -> str:
     return escape(str(value), quote=True)
 
 
-def page(title: str, body: str) -> str:
-    return ('<!DOCTYPE html>\n<html lang="fr"><head><meta charset="utf-8">'
+def page(title: str, body: str, *, lang: str = DEFAULT) -> str:
+    """The page shell: `lang` is the language its words are in (Messages.lang), for `<html lang>`."""
+    return (f'<!DOCTYPE html>\n<html lang="{e(lang)}"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{e(title)} — drimbox</title><style>{_STYLE}</style></head>"
             f"<body>{body}</body></html>\n")  # fmt: skip
 
 
-def launch_errors(problems: list[tuple[str, str]]) -> str:
-    items = "".join(f"<li><code>{e(name)}</code> {e(why)}</li>" for name, why in problems)
-    return page("Invalid launch", (
-        "<h1>The call from your software cannot be used</h1>"
-        f'<div class="error"><p>These fields are missing or invalid:</p><ul>{items}</ul></div>'
-        '<p class="muted">Correct the patient record or the integration in your software, then open the '
-        "patient's images again from it.</p>"))  # fmt: skip
+# What the launch's field checks (consumer/launch.py, fields.py, routes.py) say in English, by catalogue key
+# (consumer.launch.problem.*): a problem not listed is shown as the check says it.
+LAUNCH_PROBLEMS: dict[str, str] = {
+    "is missing": "missing",
+    "is given twice with different values": "twice",
+    "is not a field of the ANS launch form": "unknown_field",
+    "is empty": "empty",
+    "must be true or false (whether the patient was informed and does not object)": "consent",
+    "must be male, female, other or unknown (or M, F, O, U)": "gender",
+    "is given without an AccessionNumber": "accession_issuer",
+    "is for another patient": "other_patient",
+    "must be a date YYYY-MM-DD (or YYYYMMDD)": "date",
+    "is before 1850": "before_1850",
+    "is in the future": "future",
+    "must be the 15-character INS (13-character NIR and its 2-digit key)": "ins_length",
+    "is not an INS: digits only, except 2A/2B for the department, first digit 1 to 8": "ins_digits",
+    "has a NIR key that does not match its first 13 characters": "ins_key",
+    "must be an OID (digits and dots), bare or as urn:oid:…": "oid",
+    "must be a DICOM UID: at most 64 digits and dots, no component with a leading zero": "uid",
+    "contains control characters": "control",
+}
 
 
-def error_page(title: str, message: str, *, link: tuple[str, str] | None = None) -> str:
+def launch_errors(m: Messages, problems: list[tuple[str, str]]) -> str:
+    # The field names are the ANS launch's own; what is wrong with each comes from the field checks.
+    items = "".join(f"<li><code>{e(name)}</code> {e(_problem(m, why))}</li>" for name, why in problems)
+    return page(m("consumer.launch.title"), (
+        f"<h1>{e(m('consumer.launch.heading'))}</h1>"
+        f'<div class="error"><p>{e(m("consumer.launch.fields"))}</p><ul>{items}</ul></div>'
+        f'<p class="muted">{e(m("consumer.launch.advice"))}</p>'), lang=m.lang)  # fmt: skip
+
+
+def _problem(m: Messages, why: str) -> str:
+    head, sep, spelled = why.partition(": it is spelled ")
+    key = LAUNCH_PROBLEMS.get(head)
+    if key is None:
+        return why
+    return m(f"consumer.launch.problem.{key}") + (m("consumer.launch.spelled", name=spelled) if sep else "")
+
+
+def error_page(m: Messages, title: str, message: str, *, link: tuple[str, str] | None = None, detail: str = "") -> str:
+    """An error page in `m`'s language; `title` and `message` are already in it (from the catalogue), `detail`
+    quotes words from elsewhere (the DMP's answer), labelled as such."""
     more = f'<p><a href="{e(link[0])}">{e(link[1])}</a></p>' if link else ""
-    return page(title, f'<h1>{e(title)}</h1><div class="error"><p>{e(message)}</p></div>{more}')
+    quoted = f'<p class="muted">{e(m("consumer.errors.detail", detail=detail))}</p>' if detail else ""
+    body = f'<h1>{e(title)}</h1><div class="error"><p>{e(message)}</p>{quoted}</div>{more}'
+    return page(title, body, lang=m.lang)
 
 
 def _when(timestamp: float) -> str:

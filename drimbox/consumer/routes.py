@@ -24,16 +24,13 @@ from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.catalog import ExamCatalog
 from drimbox.consumer.launch import Launch, parse_launch
 from drimbox.consumer.lookup import (
-    AccessRefused,
-    DmpRefused,
-    DmpUnavailable,
     ExamFilters,
     LookupFailed,
     PatientRef,
-    PatientUnknown,
 )
 from drimbox.consumer.store import ConsumerStore
 from drimbox.consumer.xdm_import import XDM, XdmAwareCatalog, XdmContext, XdmImports, upload_form, xdm_routes
+from drimbox.i18n import Messages
 from drimbox.xds.client import DmpClient
 from drimbox.xds.structure import structure_signer
 
@@ -41,12 +38,6 @@ log = logging.getLogger(__name__)
 # Pages name a patient: never cached, never framed, never sent as a Referer elsewhere.
 _PRIVATE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 _HTML = {**_PRIVATE, "Content-Security-Policy": pages.CSP, "X-Frame-Options": "DENY"}
-_REASONS: dict[type[LookupFailed], tuple[str, str]] = {
-    DmpUnavailable: ("dmp_unavailable", "The DMP cannot be reached"),
-    PatientUnknown: ("patient_unknown", "Patient unknown to the DMP"),
-    AccessRefused: ("access_refused", "Access to the DMP refused"),
-    DmpRefused: ("dmp_refused", "The DMP refused the request"),
-}
 
 
 @dataclass
@@ -101,9 +92,10 @@ def _see_other(location: str) -> NoReturn:
     raise web.HTTPSeeOther(location, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
 
-def _reason(exc: LookupFailed) -> tuple[str, str]:
-    return next((v for k, v in _REASONS.items() if isinstance(exc, k)), ("not_found" if exc.status == 404 else "failed",
-                                                                          "The exam cannot be shown"))  # fmt: skip
+def _reason(exc: LookupFailed) -> tuple[str]:
+    """(reason code,): the code for JSON and the audit trail; pages take their words from access_pages, in the
+    request's language."""
+    return (access_pages.reason(exc),)
 
 
 def exams_url(launch: Launch, launch_id: str) -> str:
@@ -119,7 +111,7 @@ async def post_launch(request: web.Request) -> web.Response:
         launch = parse_launch((k, v) for k, v in form.items() if isinstance(v, str))
     except fields.InvalidFields as exc:
         log.info("launch refused: %s", ", ".join(name for name, _ in exc.problems))
-        return _html(pages.launch_errors(exc.problems), 400)
+        return _html(pages.launch_errors(Messages.of(request), exc.problems), 400)
     launch_id = await ctx.store.save_launch(launch.to_json(), ctx.settings.consumer.launch_ttl)
     log.info("launch for %s stored", launch.patient.masked)
     if await ctx.auth.current_professional(request) is None:
@@ -136,8 +128,8 @@ async def get_launch(request: web.Request) -> web.Response:
     launch_id = request.match_info["launch_id"]
     data = await ctx.store.launch(launch_id, ctx.settings.consumer.launch_ttl)
     if data is None:
-        return _html(pages.error_page("Launch expired", "This launch is unknown or has expired: open the patient's "
-                                      "images again from your software."), 404)  # fmt: skip
+        m = Messages.of(request)
+        return _html(pages.error_page(m, m("consumer.launch.expired_title"), m("consumer.launch.expired")), 404)
     await _go_to_list(request, ctx, Launch.from_json(data), launch_id)
 
 
@@ -194,7 +186,7 @@ async def _page_request(request: web.Request) -> tuple[ConsumerContext, Professi
     try:
         return ctx, pro, await _list_request(request, ctx)
     except fields.InvalidFields as exc:
-        return _html(pages.launch_errors(exc.problems), 400)
+        return _html(pages.launch_errors(Messages.of(request), exc.problems), 400)
 
 
 async def exams_page(request: web.Request) -> web.Response:
@@ -227,7 +219,7 @@ def _intent(request: web.Request, lr: ListRequest, purpose: str = "normal", reas
 
 def _refusal_page(request: web.Request, ctx: ConsumerContext, lr: ListRequest, exc: LookupFailed) -> str:
     action = f"/conso/patients/{lr.patient.ins}/emergency?{urlencode({**lr.base_query, **lr.filters.to_query()})}"
-    return access_pages.refusal_page(_reason(exc)[1], exc, enabled=ctx.settings.access.emergency, action=action,
+    return access_pages.refusal_page(Messages.of(request), exc, enabled=ctx.settings.access.emergency, action=action,
                                      reason_min=ctx.settings.access.emergency_reason_min,
                                      form_fields=hidden_field(request))  # fmt: skip
 
@@ -242,30 +234,33 @@ async def emergency_page(request: web.Request) -> web.Response:
     try:
         purpose, reason = emergency_request({k: v for k, v in form.items() if isinstance(v, str)}, ctx.settings)
     except fields.InvalidFields as exc:
-        return _html(pages.launch_errors(exc.problems), 400)
+        return _html(pages.launch_errors(Messages.of(request), exc.problems), 400)
     try:
         await ctx.catalog.list_exams(pro, lr.patient, lr.filters, _intent(request, lr, purpose, reason))
     except LookupFailed as exc:
         await _audit_list(request, pro, lr, exc.status, _reason(exc)[0])
-        return _html(pages.error_page(_reason(exc)[1], exc.message), exc.status)
+        return _html(access_pages.failure_page(Messages.of(request), exc), exc.status)
     _see_other(f"/conso/patients/{lr.patient.ins}/exams?{urlencode({**lr.base_query, **lr.filters.to_query()})}")
 
 
 async def _api_professional(request: web.Request, ctx: ConsumerContext) -> ProfessionalLike:
     pro = await ctx.auth.current_professional(request)
     if pro is None:
-        body = {"error": "not logged in", "reason": "login_required", "login_url": ctx.auth.login_url(request.path_qs)}
+        body = {"error": Messages.of(request)("consumer.errors.not_logged_in"), "reason": "login_required", "login_url": ctx.auth.login_url(request.path_qs)}
         raise web.HTTPUnauthorized(text=json.dumps(body), content_type="application/json", headers=_PRIVATE)
     choice = await situation.choice_needed(request, ctx.auth, request.path_qs)
     if choice is not None:
-        body = {"error": "choose your practice situation first", "reason": "situation_required", "situation_url": choice}
+        body = {"error": Messages.of(request)("consumer.errors.situation_required"), "reason": "situation_required",
+                "situation_url": choice}
         raise web.HTTPConflict(text=json.dumps(body), content_type="application/json", headers=_PRIVATE)
     return pro
 
 
-def _failure(exc: LookupFailed, settings: Settings | None = None) -> web.Response:
+def _failure(request: web.Request, exc: LookupFailed, settings: Settings | None = None) -> web.Response:
     extra = access_pages.refusal_json(exc, settings.access.emergency) if settings else {}
-    return _json({"error": exc.message, "reason": _reason(exc)[0], **extra}, exc.status)
+    error = access_pages.explanation(Messages.of(request), exc)
+    # `detail`: the DMP's or the rule's own words (English), for whoever integrates or runs the box.
+    return _json({"error": error, "reason": _reason(exc)[0], "detail": exc.message, **extra}, exc.status)
 
 
 async def api_patient_exams(request: web.Request) -> web.Response:
@@ -275,20 +270,20 @@ async def api_patient_exams(request: web.Request) -> web.Response:
     try:
         lr = await _list_request(request, ctx)
     except fields.InvalidFields as exc:
-        return _json({"error": "invalid request", "reason": "invalid_fields",
+        return _json({"error": Messages.of(request)("consumer.errors.invalid_request"), "reason": "invalid_fields",
                       "fields": [{"field": n, "problem": p} for n, p in exc.problems]}, 400)  # fmt: skip
     intent = _intent(request, lr)
     if "purpose" in request.query or "reason" in request.query:
         try:
             intent = _intent(request, lr, *emergency_request(request.query, ctx.settings))
         except fields.InvalidFields as exc:
-            return _json({"error": "invalid request", "reason": "invalid_fields",
+            return _json({"error": Messages.of(request)("consumer.errors.invalid_request"), "reason": "invalid_fields",
                           "fields": [{"field": n, "problem": p} for n, p in exc.problems]}, 400)  # fmt: skip
     try:
         result = await ctx.catalog.list_exams(pro, lr.patient, lr.filters, intent)
     except LookupFailed as exc:
         await _audit_list(request, pro, lr, exc.status, _reason(exc)[0])
-        return _failure(exc, ctx.settings)
+        return _failure(request, exc, ctx.settings)
     await _audit_list(request, pro, lr, 200, None, len(result.exams))
     await _prefetch(request, ctx, pro, [exam.kos_uid for exam in result.exams])
     previous = result.previous_visit
@@ -310,14 +305,15 @@ async def api_exam(request: web.Request) -> web.Response:
     try:
         kos_uid = fields.uid(request.match_info["kos_uid"])
     except fields.FieldProblem as exc:
-        return _json({"error": f"kosUid {exc}", "reason": "invalid_fields"}, 400)
+        return _json({"error": Messages.of(request)("consumer.errors.invalid_kos"), "reason": "invalid_fields",
+                      "fields": [{"field": "kosUid", "problem": str(exc)}]}, 400)  # fmt: skip
     patient = ((await ctx.store.manifest_patient(kos_uid)) or "").partition("|")[0] or None
     try:
         exam = await ctx.catalog.exam(pro, kos_uid, AccessIntent(source=client_address(request)))
     except LookupFailed as exc:
         await audit_request(request, "consumer.exam", outcome_for(exc.status), professional=pro.id, patient=patient,
                             kos=kos_uid, status=exc.status, reason=_reason(exc)[0])  # fmt: skip
-        return _failure(exc, ctx.settings)
+        return _failure(request, exc, ctx.settings)
     await audit_request(request, "consumer.exam", SUCCESS, professional=pro.id, patient=patient, kos=kos_uid,
                         study=exam.study_uid)  # fmt: skip
     report = await reports.report_of_exam(ctx.catalog, pro, exam, AccessIntent(source=client_address(request)))

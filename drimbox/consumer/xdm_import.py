@@ -25,6 +25,7 @@ from drimbox.consumer.catalog import ExamCatalog, ExamList
 from drimbox.consumer.exams import Exam
 from drimbox.consumer.lookup import ExamFilters, LookupFailed, PatientRef
 from drimbox.consumer.store import ConsumerStore
+from drimbox.i18n import DEFAULT, Messages
 from drimbox.manifest import KosError, parse_kos
 from drimbox.state.db import Database, transaction
 from drimbox.xds import namespaces as ns
@@ -227,9 +228,12 @@ async def api_import(request: web.Request) -> web.Response:
     """POST /conso/api/xdm: import an XDM package (application/zip body or multipart `file`)."""
     pro, exam, patient, problem = await _run_import(request)
     if pro is None:
-        return web.json_response({"error": "not logged in", "reason": "login_required"}, status=401, headers=_PRIVATE)
+        error = Messages.of(request)("consumer.errors.not_logged_in")
+        return web.json_response({"error": error, "reason": "login_required"}, status=401, headers=_PRIVATE)
     if exam is None or patient is None:
-        return web.json_response({"error": problem, "reason": "invalid_xdm"}, status=422, headers=_PRIVATE)
+        error = Messages.of(request)("consumer.xdm.refused", problem=problem)
+        return web.json_response({"error": error, "reason": "invalid_xdm", "detail": problem}, status=422,
+                                 headers=_PRIVATE)  # fmt: skip
     return web.json_response({"kos_uid": exam.entry.unique_id, "study_uid": next(iter(exam.entry.study_uids), None),
                               "patient": {"ins": patient.ins, "oid": patient.oid}, "exams_url": exams_url(patient)},
                              status=201, headers=_PRIVATE)  # fmt: skip
@@ -241,16 +245,19 @@ async def form_import(request: web.Request) -> web.Response:
     if pro is None:
         raise web.HTTPSeeOther(request.app[XDM].auth.login_url("/conso/xdm"), headers=_PRIVATE)
     if exam is None or patient is None:
-        body = pages.error_page("XDM package refused", problem)
+        m = Messages.of(request)
+        body = pages.error_page(m, m("consumer.xdm.refused_title"), m("consumer.xdm.refused", problem=problem))
         return web.Response(text=body, status=422, content_type="text/html", charset="utf-8", headers=_PRIVATE)
     raise web.HTTPSeeOther(exams_url(patient), headers=_PRIVATE)
 
 
-def upload_form(form_fields: str) -> str:
+def upload_form(form_fields: str, m: Messages | None = None) -> str:
     """The exam list's form to import an XDM package (form_fields: the session's CSRF token)."""
+    m = m or Messages(DEFAULT)
+    label, button = pages.e(m("consumer.xdm.upload_label")), pages.e(m("consumer.xdm.upload_button"))
     return ('<form method="post" action="/conso/xdm" enctype="multipart/form-data" class="xdm">'
-            f'{form_fields}<label>Import an IHE XDM package (ZIP) <input type="file" name="file" accept=".zip,'
-            'application/zip" required></label> <button type="submit">Import</button></form>')  # fmt: skip
+            f'{form_fields}<label>{label} <input type="file" name="file" accept=".zip,'
+            f'application/zip" required></label> <button type="submit">{button}</button></form>')  # fmt: skip
 
 
 def xdm_routes() -> list[web.RouteDef]:

@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 LANGUAGES: Final = ("fr", "en")
 DEFAULT: Final = "fr"
@@ -107,6 +108,34 @@ class Messages:
         if day is None:
             return str(value)
         return day.strftime("%d/%m/%Y") if self.lang == "fr" else day.isoformat()
+
+    def person(self, family: str, given: str, fallback: str = "") -> str:
+        """A person's name as French records write it, in every language: family name in capitals, then given."""
+        return " ".join(p for p in (family.strip().upper(), given.strip()) if p) or fallback
+
+
+@web.middleware
+async def language_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every HTML answer says its language (Content-Language) and that it depends on Accept-Language (Vary)."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        _mark(request, exc)
+        raise
+    _mark(request, response)
+    return response
+
+
+def _mark(request: web.Request, response: web.StreamResponse) -> None:
+    if response.prepared or not response.content_type.startswith(("text/html", "application/json")):
+        return
+    response.headers.setdefault("Content-Language", language(request))
+    vary = response.headers.get("Vary", "")
+    if "accept-language" not in vary.lower():
+        response.headers["Vary"] = f"{vary}, Accept-Language" if vary else "Accept-Language"
+
+
+MIDDLEWARE: Final[Middleware] = language_middleware
 
 
 def _date(value: dt.date | str) -> dt.date | None:

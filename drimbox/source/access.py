@@ -21,6 +21,7 @@ from drimbox.auth.tokens import TokenError
 from drimbox.dicomweb.routes import cors_headers
 from drimbox.dicomweb.scope import Scope, serving
 from drimbox.dimse.uid import is_lenient_uid
+from drimbox.i18n import DEFAULT, Messages, catalogue
 from drimbox.manifest import KosError, parse_kos
 from drimbox.source.outbox import Outbox
 from drimbox.xds.habilitation import ImagingMatrix
@@ -72,9 +73,14 @@ class Refused(Exception):
         super().__init__(message)
         self.status, self.reason, self.message = status, reason, message
 
-    def response(self) -> web.Response:
-        return web.json_response({"error": self.message, "reason": self.reason, "status": self.status},
-                                 status=self.status)
+    def response(self, request: web.Request | None = None) -> web.Response:
+        """The JSON refusal: `error` in the requester's language (a person may read it in the viewer), `reason`
+        the code programs act on, `detail` the English explanation for integrators."""
+        m = Messages.of(request) if request is not None else Messages(DEFAULT)
+        key = f"source.refused.{self.reason}"
+        error = m(key) if key in catalogue(DEFAULT) else m("source.refused.other")
+        return web.json_response({"error": error, "reason": self.reason, "status": self.status,
+                                  "detail": self.message}, status=self.status)  # fmt: skip
 
 
 class SourceAccess:
@@ -130,7 +136,7 @@ class SourceAccess:
             except Refused as exc:
                 log.info("DICOMweb access refused: %s %s → %d %s", request.method, request.path, exc.status, exc.reason)
                 await self._audit(request, seen, REFUSED, status=exc.status, reason=exc.reason)
-                return self._cors(request, exc.response())
+                return self._cors(request, exc.response(request))
             except TokenError as exc:
                 log.info("DICOMweb access refused: %s %s → token %s", request.method, request.path, exc.reason)
                 await self._audit(request, seen, REFUSED, status=exc.status, reason=f"token_{exc.reason}")

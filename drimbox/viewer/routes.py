@@ -25,6 +25,7 @@ from drimbox.audit.request import audit_request
 from drimbox.auth import AuthGate
 from drimbox.auth.links import LinkRefused, ReportLinks
 from drimbox.dimse.uid import is_lenient_uid
+from drimbox.i18n import Messages
 from drimbox.source.outbox import Outbox
 from drimbox.xds.habilitation import ImagingMatrix
 
@@ -120,13 +121,13 @@ class _Viewer:
         study = query.get("studyuid", "")
         accession = query.get("accessionnumber", "")
         if request_type.upper() != "STUDY":
-            return error_page(400, "Invalid link", "This link must ask for a study (requestType=STUDY).")
+            return error_page(request, 400, "source.link.invalid_title", "source.link.not_study")
         if not is_lenient_uid(study):  # lenient: the link names the study as the PACS holds it
-            return error_page(400, "Invalid link", "This link does not name a valid study (studyUID).")
+            return error_page(request, 400, "source.link.invalid_title", "source.link.bad_study")
         if len(accession) > 64 or len(query.get("idcda", "")) > 256:
-            return error_page(400, "Invalid link", "This link's accession number or report id is too long.")
+            return error_page(request, 400, "source.link.invalid_title", "source.link.too_long")
         if self.outbox is None:
-            return error_page(404, "No images here", "This DRIMbox does not publish images (it has no source role).")
+            return error_page(request, 404, "source.link.no_images_title", "source.link.no_images")
         if self.links is not None:
             try:
                 # Before the login: an altered or stale link is refused without a round trip to Pro Santé Connect.
@@ -134,8 +135,8 @@ class _Viewer:
             except LinkRefused as exc:
                 log.info("report link refused: %s", exc.reason)
                 await audit_request(request, "report-link.refused", REFUSED, study=study, reason=exc.reason)
-                title = {"expired": "Link expired", "unsigned": "Unsigned link"}.get(exc.reason, "Link altered")
-                return error_page(403, title, exc.message)
+                kind = exc.reason if exc.reason in ("expired", "unsigned") else "altered"
+                return error_page(request, 403, f"source.link.{kind}_title", f"source.link.{kind}")
         professional = await self.gate.current_professional(request)
         if professional is None:
             self.gate.require_login(request, next=request.path_qs)
@@ -145,7 +146,7 @@ class _Viewer:
             log.info("report link refused: the professional's profession may not read imaging")
             await audit_request(request, "report-link.open", REFUSED, professional=who, study=study,
                                 accession=accession or None, status=403, reason="not_habilitated")  # fmt: skip
-            return error_page(403, "Access refused", f"Not allowed by the habilitation matrix: {not_allowed}.")
+            return error_page(request, 403, "source.link.refused_title", "source.link.not_habilitated")
         published = await self.outbox.current_published(study)
         if published is not None and (not accession or accession == published.accession):
             if self.grants is not None and (session := await self.gate.current_session(request)) is not None:
@@ -161,20 +162,17 @@ class _Viewer:
                             accession=accession or None, status=410 if withdrawn else 404)  # fmt: skip
         if withdrawn:
             log.info("report link to a withdrawn study")
-            return error_page(
-                410, "Exam withdrawn", "The images of this exam have been withdrawn by the imaging centre."
-            )
+            return error_page(request, 410, "source.link.withdrawn_title", "source.link.withdrawn")
         log.info("report link to a study this box has not published")
-        return error_page(
-            404,
-            "Exam not found",
-            "This imaging centre has not published images for this report (or not yet). Check the link, or try later.",
-        )
+        return error_page(request, 404, "source.link.not_found_title", "source.link.not_found")
 
 
-def error_page(status: int, title: str, message: str) -> web.Response:
+def error_page(request: web.Request, status: int, title_key: str, message_key: str) -> web.Response:
+    """A report link's error page, in the language the browser prefers (French by default)."""
+    m = Messages.of(request)
+    title, message = m(title_key), m(message_key)
     body = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<!doctype html><html lang="{m.lang}"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         '<meta name="viewport" content="width=device-width, initial-scale=1"></head>'
         f'<body><h1>{html.escape(title)}</h1><p id="error">{html.escape(message)}</p></body></html>'
     )

@@ -110,7 +110,7 @@ async def scene(tmp_path: Path, sim: Any) -> AsyncIterator[Scene]:
                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                       "--disable-component-update", "--no-first-run"],
             )  # fmt: skip
-            context = await browser.new_context()
+            context = await browser.new_context(locale="fr-FR")  # a French doctor's browser
             page = await context.new_page()
             s = Scene(box, sim.url, kos_uid, f"http://127.0.0.1:{port}", pages, page)
 
@@ -161,13 +161,13 @@ async def test_another_origin_cannot_open_emergency_access(scene: Scene) -> None
     assert len(after) == len(before)
     assert not [e for e in scene.box.audit.events if e.detail.get("reason") == ATTACKER_REASON]
     # The refusal page's own emergency form still works: the radiologist, without authorisation, asks for it.
-    context = await scene.page.context.browser.new_context()
+    context = await scene.page.context.browser.new_context(locale="fr-FR")
     page = await context.new_page()
     await page.goto(f"{scene.box.url}/auth/login?{urlencode({'login_hint': RADIOLOGIST, 'next': '/auth/me'})}")
     refused = await page.goto(f"{scene.box.url}{path.replace('emergency', 'exams')}?{urlencode({'oid': INS_OID})}")
     assert refused is not None and refused.status == 403
     await page.fill("textarea[name=reason]", "patient inconscient aux urgences")
-    await page.click("button:has-text('emergency mode')")
+    await page.click("button:has-text('mode urgence')")
     await page.wait_for_url(f"{scene.box.url}/conso/patients/{INS}/exams**")
     assert scene.kos_uid in await page.content()
     emergencies = [(r["professional"], r["reason"]) for r in scene.consultations() if r["purpose"] == "bris_de_glace"]
@@ -187,7 +187,7 @@ async def test_another_origin_cannot_log_the_doctor_out(scene: Scene) -> None:
     assert (await scene.me() or {}).get("id") == GP
     # The doctor's own logout: the confirmation page's button.
     await scene.page.goto(f"{scene.box.url}/auth/logout")
-    await scene.page.click("button:has-text('Log out')")
+    await scene.page.click("button:has-text('Se déconnecter')")
     await scene.page.wait_for_url(f"{scene.box.url}/auth/logged-out**")
     assert await scene.me() is None
 
@@ -197,12 +197,12 @@ async def test_a_launch_with_another_professionals_token_does_not_switch_the_ses
     form = {**LAUNCH_FORM, "access_token": other}
     status = await scene.visit("switch", auto_post(f"{scene.box.url}/conso/launch", form), "/conso/launch")
     assert status == 409, await scene.page.content()
-    assert "log out" in (await scene.page.content()).lower()
+    assert "déconnectez-vous" in (await scene.page.content()).lower()
     me = await scene.me()
     assert me is not None and me["id"] == GP
     assert ("auth.launch-token", "refused", "another_professional") in scene.box.actions()
     # The page offers to log out first; then the same launch logs the other professional in.
-    await scene.page.click("button:has-text('Log out')")
+    await scene.page.click("button:has-text('Se déconnecter')")
     await scene.page.wait_for_url(f"{scene.box.url}/auth/logged-out**")
     assert await scene.me() is None
     await scene.page.goto(scene.serve("switch-again", auto_post(f"{scene.box.url}/conso/launch", form)))

@@ -86,7 +86,7 @@ async def test_a_doctors_launch_records_the_opposition_for_everyone_and_audits_i
         assert status == 200, page
         status, page, gp = await launch_as(box, GP, OPPOSED)
         async with gp:
-            assert status == 403 and "opposes" in page
+            assert status == 403 and "oppose à la consultation" in page
         status, body = await api_list(radiologist, box)
         assert status == 403 and body["rule"] == "opposition"
         # A doctor's later launch, the patient informed, lifts it.
