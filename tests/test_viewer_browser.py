@@ -47,7 +47,9 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    # In English, explicitly: these paths' assertions read the English pages (the French viewer is in
+    # test_viewer_tools.py); without a locale, Chromium would follow the machine's LANG.
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-GB")
     pg = context.new_page()
     # Failed requests and page errors end up in the test's output: the first thing to read when it fails.
     # (A 504 to an only-if-cached request is the viewer's normal way to learn that a series is cold.)
@@ -132,7 +134,7 @@ def check_viewer_shows_exam_c(page: Any) -> None:
     ins = page.inner_text("#ins")
     assert INS not in ins and ins.endswith(INS[-3:])
     assert page.inner_text("#modality") == "CT"
-    assert "Non-diagnostic" in page.inner_text(".notice")
+    assert "Non-diagnostic viewer" in page.inner_text(".notice")
     first = canvas_png(page)
     assert variance(first) > 20, "the canvas is blank"
 

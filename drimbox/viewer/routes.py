@@ -25,6 +25,7 @@ from drimbox.audit.request import audit_request
 from drimbox.auth import AuthGate
 from drimbox.auth.links import LinkRefused, ReportLinks
 from drimbox.dimse.uid import is_lenient_uid
+from drimbox.i18n import LANGUAGES, catalogue
 from drimbox.source.outbox import Outbox
 from drimbox.xds.habilitation import ImagingMatrix
 
@@ -69,6 +70,7 @@ def viewer_routes(
     return [
         web.get("/viewer", viewer.redirect_to_index),
         web.get("/viewer/", viewer.index),
+        web.get("/viewer/messages/{lang}.json", viewer.messages),
         web.get("/viewer/{name}", viewer.static),
         web.get("/IHEInvokeImageDisplay", viewer.invoke_image_display),
     ]
@@ -100,6 +102,18 @@ class _Viewer:
         if not _STATIC_NAME.match(name):
             raise web.HTTPNotFound()
         return self._file(name)
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """The viewer's words in one language: the [viewer] and [common] tables, keys without their table's name."""
+        lang = request.match_info["lang"]
+        if lang not in LANGUAGES:
+            raise web.HTTPNotFound()
+        words = {
+            key.split(".", 1)[1]: message
+            for key, message in catalogue(lang).items()
+            if key.startswith(("viewer.", "common."))
+        }
+        return web.json_response(words, headers=_HEADERS)
 
     def _file(self, name: str) -> web.StreamResponse:
         path = self.directory / name
