@@ -139,8 +139,8 @@ def open_page(browser: Any, url: str, locale: str = "fr-FR", **context: Any) -> 
     page.goto(url)
     page.wait_for_selector("body[data-state=ready], body[data-state=error]", timeout=30_000)
     assert page.get_attribute("body", "data-state") == "ready", page.inner_text("#message")
-    # The words have arrived once the page's language is set from the catalogue.
-    wait_until(page, f"document.documentElement.lang === {locale[:2]!r}")
+    # The words (and the tools' modules) arrive once the first image is painted.
+    wait_until(page, f"document.body.dataset.words === {locale[:2]!r}")
     return page
 
 
@@ -361,3 +361,16 @@ def test_the_page_reads_french_without_its_catalogue(server: str, browser: Any) 
     assert "Visionneuse non diagnostique" in page.inner_text(".notice")
     assert page.inner_text("button[data-tool=window]") == "Fenêtre"
     ctx.close()
+
+
+def test_the_words_and_tools_load_after_the_first_image(server: str, browser: Any) -> None:
+    """The first image's budget (issue 5): the catalogue and the tools' modules are asked only once it is painted."""
+    page = open_page(browser, f"{server}/viewer/?base=/dicom-web&study={STUDY}")
+    later = page.evaluate(
+        "() => performance.getEntriesByType('resource')"
+        ".filter(e => /messages\\/fr\\.json|measure\\.js|panels\\.js/.test(e.name))"
+        ".map(e => [e.name.split('/').pop(), e.startTime - performance.getEntriesByName('first-image')[0].startTime])"
+    )
+    assert sorted(name for name, _ in later) == ["fr.json", "measure.js", "panels.js"], later
+    assert all(after >= 0 for _, after in later), later
+    page.context.close()

@@ -12,16 +12,22 @@ export function pickLanguage(preferred) {
   return 'fr';
 }
 
-// Fetched alongside the first image's requests, never before them: the image does not need words.
-export const ready = fetch(`messages/${LANG}.json`, { credentials: 'same-origin' })
-  .then((resp) => (resp.ok ? resp.json() : {}))
-  .catch(() => ({}))
-  .then((loaded) => { words = loaded; translatePage(); return words; });
+let loading = null;
+
+// Asked once the first image is painted (or the page has failed): the image needs no words, and until they
+// arrive the page's own text is the French one.
+export function loadWords() {
+  loading ||= fetch(`messages/${LANG}.json`, { credentials: 'same-origin' })
+    .then((resp) => (resp.ok ? resp.json() : {}))
+    .catch(() => ({}))
+    .then((loaded) => { words = loaded; translatePage(); return words; });
+  return loading;
+}
 
 // The message `key` with its {placeholders} filled in; the key itself if the catalogue lacks it (a visible bug).
 export function t(key, params = {}) {
   const template = words[key];
-  if (template === undefined) return key;
+  if (template === undefined) return hasWords() ? key : '';
   return template.replace(/\{(\w+)\}/g, (whole, name) => (name in params ? String(params[name]) : whole));
 }
 
@@ -41,4 +47,5 @@ export function translatePage(root = document) {
   for (const el of root.querySelectorAll('[data-i18n-title]')) el.title = t(el.dataset.i18nTitle);
   for (const el of root.querySelectorAll('[data-i18n-aria-label]')) el.setAttribute('aria-label', t(el.dataset.i18nAriaLabel));
   document.getElementById('stage')?.setAttribute('data-loading', t('loading'));
+  document.body.dataset.words = LANG; // the page speaks its language now (the tests wait for it)
 }

@@ -1,10 +1,8 @@
 // The viewer's page: reads its target from the URL, fills the banner and the series panel, shows a stack.
 // Every text from the server goes in with textContent (never innerHTML): nothing it sends can run as markup.
-import { Dicomweb, HttpError, personName, value } from './dicomweb.js';
+import { Dicomweb, HttpError, maskIns, personName, value } from './dicomweb.js';
 import { Stack, applyWindow, defaultWindow } from './stack.js';
-import { LANG, ready, t } from './i18n.js';
-import { POINTS, draw as drawMeasurements, label as measurementLabel } from './measure.js';
-import { fillTags, maskIns, toggle, toggleHelp } from './panels.js';
+import { LANG, loadWords, t } from './i18n.js';
 
 const $ = (id) => document.getElementById(id);
 const BASES = ['/dicom-web', '/conso/dicom-web'];
@@ -21,8 +19,20 @@ let offscreen = null; // the current image at its own size, after window/level
 let frameRequest = null; // what the next animation frame does: 'paint' or 'render'
 
 main().catch(fail);
-// Texts computed from the catalogue (read-outs, measurements) are written again once it has arrived.
-ready.then(() => { showReadouts(); showMeasurements(); });
+
+// What the first image does not need loads after it is painted (the first image: issue 5): the words, the
+// measurement and tag-panel modules. A measurement click in the few ms before they are in does nothing.
+let extras = null; // { measure, panels } once loaded
+let later = null;
+function loadLater() {
+  later ||= Promise.all([
+    loadWords(),
+    Promise.all([import('./measure.js'), import('./panels.js')]).then(([measure, panels]) => { extras = { measure, panels }; }),
+  ]).then(() => { showReadouts(); showMeasurements(); if (!$('tags').hidden && view.image) extras.panels.fillTags(view.image.item); });
+  return later;
+}
+
+const isMeasureTool = (tool) => tool === 'distance' || tool === 'angle';
 
 async function main() {
   const params = new URLSearchParams(location.search);
@@ -185,7 +195,7 @@ async function show(index) {
   if (first) showBanner(image.item);
   if (first || !view.window) view.window = image.kind === 'gray' ? defaultWindow(image) : null;
   if (first) fit();
-  if (!$('tags').hidden) fillTags(image.item);
+  if (!$('tags').hidden && extras) extras.panels.fillTags(image.item);
   showMeasurements();
   renderImage();
   document.body.dataset.state = 'ready';
@@ -193,6 +203,7 @@ async function show(index) {
   if (!performance.getEntriesByName('first-image').length) {
     performance.mark('first-image');
     loadThumbnails();
+    loadLater();
   }
   // Neighbours after the paint: before it, they would only compete with the first image.
   stack.preload(index);
@@ -234,9 +245,9 @@ function paint() {
   canvas.dataset.zoom = view.zoom.toFixed(3); // for the tests
   ctx.drawImage(offscreen, -view.image.width / 2, -view.image.height / 2);
   const measures = currentMeasures();
-  if (measures.length) {
+  if (measures.length && extras) {
     const toScreen = (p) => { const [x, y] = toCanvas(p); return [x * ratio, y * ratio]; };
-    drawMeasurements(ctx, measures, view.image.item, toScreen, ratio);
+    extras.measure.draw(ctx, measures, view.image.item, toScreen, ratio);
   }
 }
 
@@ -262,10 +273,10 @@ function currentMeasures() {
 // The finished measurements of the image on screen, as text (for reading them out, and for the tests).
 function showMeasurements() {
   const list = $('measurements');
-  const items = view.image ? currentMeasures().filter((m) => m.done).map((m) => {
+  const items = view.image && extras ? currentMeasures().filter((m) => m.done).map((m) => {
     const li = document.createElement('li');
     li.dataset.kind = m.kind;
-    li.textContent = measurementLabel(m, view.image.item);
+    li.textContent = extras.measure.label(m, view.image.item);
     return li;
   }) : [];
   list.replaceChildren(...items);
@@ -335,7 +346,7 @@ function scrollBy(step) {
 
 // A measurement in progress: the points placed so far, the next one following the pointer.
 function measureAt(e) {
-  if (!view.image) return;
+  if (!view.image || !extras) return;
   const measures = currentMeasures();
   let m = measures.find((x) => !x.done);
   const p = toImage(e.clientX, e.clientY);
@@ -344,7 +355,7 @@ function measureAt(e) {
     measures.push(m);
   }
   m.points[m.points.length - 1] = p;
-  if (m.points.length === POINTS[m.kind]) {
+  if (m.points.length === extras.measure.POINTS[m.kind]) {
     m.done = true;
     showMeasurements();
   } else {
@@ -386,9 +397,22 @@ function toggleCine(on = !view.cine) {
   showReadouts();
 }
 
+function toggle(panel, button, open = panel.hidden) {
+  panel.hidden = !open;
+  button.setAttribute('aria-pressed', String(open));
+  return open;
+}
+
+function toggleHelp() {
+  const help = $('help');
+  if (help.open) help.close(); else help.showModal();
+}
+
 function setupControls() {
   $('cine').addEventListener('click', () => toggleCine());
-  $('tags-toggle').addEventListener('click', () => { if (toggle($('tags'), $('tags-toggle')) && view.image) fillTags(view.image.item); });
+  $('tags-toggle').addEventListener('click', () => {
+    if (toggle($('tags'), $('tags-toggle')) && view.image && extras) extras.panels.fillTags(view.image.item);
+  });
   $('help-toggle').addEventListener('click', toggleHelp);
   for (const b of document.querySelectorAll('[data-tool]')) b.addEventListener('click', () => setTool(b.dataset.tool));
   $('fit').addEventListener('click', fit);
@@ -415,7 +439,7 @@ function setupControls() {
       drag = null;
       return;
     }
-    if (view.tool in POINTS) { measureAt(e); return; }
+    if (isMeasureTool(view.tool)) { measureAt(e); return; }
     drag = { x: e.clientX, y: e.clientY, window: view.window, zoom: view.zoom, panX: view.panX, panY: view.panY, index: view.index, touch: e.pointerType === 'touch' };
   });
   canvas.addEventListener('pointermove', (e) => {
@@ -429,7 +453,7 @@ function setupControls() {
       schedule(paint);
       return;
     }
-    if (view.tool in POINTS) { followPointer(e); return; }
+    if (isMeasureTool(view.tool)) { followPointer(e); return; }
     if (!drag) return;
     const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
     if (drag.touch && view.tool !== 'pan') {
@@ -482,7 +506,7 @@ async function fail(error) {
     return;
   }
   toggleCine(false);
-  await ready;
+  await loadLater();
   const known = [403, 404, 410, 503];
   const text = error instanceof HttpError
     ? (known.includes(error.status) ? t(`error.${error.status}`) : t('error.http', { status: error.status }))

@@ -1,11 +1,6 @@
-// The side panels: the current image's DICOM tags (patient identity masked as in the banner) and the help.
+// The DICOM tag panel: the current image's attributes, the patient's identity masked as in the banner.
+import { maskIns } from './dicomweb.js';
 import { t } from './i18n.js';
-
-// Enough to recognise the patient on screen, not enough to copy the national identifier.
-export function maskIns(ins) {
-  if (ins.length < 6) return '•••';
-  return ins.slice(0, 1) + '•'.repeat(ins.length - 4) + ins.slice(-3);
-}
 
 const PATIENT_NAME = '00100010', PATIENT_ID = '00100020', PATIENT_SEX = '00100040';
 
@@ -37,15 +32,4 @@ export function fillTags(item) {
     rows.push(tr);
   }
   body.replaceChildren(...rows);
-}
-
-export function toggle(panel, button, open = panel.hidden) {
-  panel.hidden = !open;
-  button?.setAttribute('aria-pressed', String(open));
-  return open;
-}
-
-export function toggleHelp() {
-  const help = document.getElementById('help');
-  if (help.open) help.close(); else help.showModal();
 }
