@@ -156,7 +156,7 @@ def test_every_word_the_viewer_names_is_in_the_catalogue() -> None:
     words = {key.split(".", 1)[1] for key in catalogue("fr") if key.startswith(("viewer.", "common."))}
     page = (VIEWER_DIR / "index.html").read_text(encoding="utf-8")
     named = set(re.findall(r'data-i18n(?:-[a-z-]+)?="([^"]+)"', page))
-    for name in ("main.js", "measure.js", "panels.js", "stack.js", "i18n.js"):
+    for name in ("main.js", "measure.js", "panels.js", "stack.js", "i18n.js", "compare.js"):
         script = (VIEWER_DIR / name).read_text(encoding="utf-8")
         named |= set(re.findall(r"\b(?:t|problem)\('([a-z0-9_.]+)'", script))
         named |= set(re.findall(r"key: '([a-z0-9_.]+)'", script))

@@ -37,12 +37,16 @@ CALIBRATED = STUDY + ".1"  # Pixel Spacing 0.5 (rows) \ 0.25 (columns)
 DETECTOR = STUDY + ".2"  # Imager Pixel Spacing only (a radiograph): lengths are approximate
 KOS_WITH_REPORT = "1.2.826.0.1.3680043.10.1313.9.1"
 KOS_WITHOUT = "1.2.826.0.1.3680043.10.1313.9.2"
+PREVIOUS = "1.2.826.0.1.3680043.10.1313.2"  # the same patient's earlier chest CT: 6 slices
+PREVIOUS_SERIES = PREVIOUS + ".1"
+KOS_PREVIOUS = "1.2.826.0.1.3680043.10.1313.9.3"
+KOS_HEAD = "1.2.826.0.1.3680043.10.1313.9.4"  # later than PREVIOUS, but of another region
 INS = "180012345678901"
 SIZE = 128
 SLICES = 12
 
 
-def _instance(series: str, number: int, spacing: dict[str, list[float]]) -> Dataset:
+def _instance(series: str, number: int, spacing: dict[str, list[float]], study: str = STUDY) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = UID(f"{series}.{number}")
@@ -50,11 +54,11 @@ def _instance(series: str, number: int, spacing: dict[str, list[float]]) -> Data
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = STUDY, series
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "DUPONT^JEANNE", INS, "19700214", "F"
     ds.OtherPatientIDs = "LOCAL-4242"
-    ds.StudyDate, ds.Modality, ds.StudyDescription = "20210108", "CT", "TDM THORAX"
-    ds.SeriesNumber, ds.InstanceNumber = 1 if series == CALIBRATED else 2, number
+    ds.StudyDate, ds.Modality, ds.StudyDescription = "20210108" if study == STUDY else "20200601", "CT", "TDM THORAX"
+    ds.SeriesNumber, ds.InstanceNumber = 2 if series == DETECTOR else 1, number
     ds.SeriesDescription = "Calibrated" if series == CALIBRATED else "Detector"
     ds.Rows = ds.Columns = SIZE
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -75,12 +79,32 @@ def write_study(root: Path) -> None:
         _instance(CALIBRATED, n, {"PixelSpacing": [0.5, 0.25]}).save_as(root / f"c{n}.dcm", enforce_file_format=True)
     for n in range(1, 4):
         _instance(DETECTOR, n, {"ImagerPixelSpacing": [0.2, 0.2]}).save_as(root / f"d{n}.dcm", enforce_file_format=True)
+    for n in range(1, 7):
+        _instance(PREVIOUS_SERIES, n, {"PixelSpacing": [0.7, 0.7]}, PREVIOUS).save_as(root / f"p{n}.dcm", enforce_file_format=True)
+
+
+def _summary(kos: str) -> dict[str, Any]:
+    """An exam as the consumer's JSON lists it (the fields the viewer reads)."""
+    study, date, regions, description = {
+        KOS_WITH_REPORT: (STUDY, "2021-01-08", ["THORAX"], "TDM THORAX"),
+        KOS_WITHOUT: (STUDY, "2021-01-08", ["THORAX"], "TDM THORAX"),
+        KOS_PREVIOUS: (PREVIOUS, "2020-06-01", ["THORAX"], "TDM THORAX ancien"),
+        KOS_HEAD: ("1.2.826.0.1.3680043.10.1313.3", "2020-12-01", ["TETE"], "TDM CEREBRALE"),
+    }[kos]
+    return {"kos_uid": kos, "study_uid": study, "date": date, "modalities": ["CT"], "regions": regions,
+            "description": description}  # fmt: skip
+
+
+async def _patient_exams(request: web.Request) -> web.Response:
+    if request.match_info["ins"] != INS:
+        return web.json_response({"error": "unknown patient"}, status=404)
+    return web.json_response({"exams": [_summary(k) for k in (KOS_WITH_REPORT, KOS_HEAD, KOS_PREVIOUS)]})
 
 
 async def _exam(request: web.Request) -> web.Response:
     """What the consumer's exam API says of a KOS (its study, and its report when it has one)."""
     kos = request.match_info["kos"]
-    exam: dict[str, Any] = {"study_uid": STUDY}
+    exam = _summary(kos)
     if kos == KOS_WITH_REPORT:
         exam["report"] = {"url": f"/conso/reports/{kos}", "title": "CR TDM thorax", "date": "20210108"}
     return web.json_response(exam)
@@ -102,7 +126,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         app.add_routes(viewer_routes(FakeGate(True), None))  # type: ignore[arg-type]
         app.add_routes(dicomweb_routes(backend))
         app.add_routes(dicomweb_routes(backend, base="/conso/dicom-web"))
-        app.add_routes([web.get("/conso/api/exams/{kos}", _exam)])
+        app.add_routes([web.get("/conso/api/exams/{kos}", _exam), web.get("/conso/api/patients/{ins}/exams", _patient_exams)])
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -373,4 +397,48 @@ def test_the_words_and_tools_load_after_the_first_image(server: str, browser: An
     )
     assert sorted(name for name, _ in later) == ["fr.json", "measure.js", "panels.js"], later
     assert all(after >= 0 for _, after in later), later
+    page.context.close()
+
+
+def test_two_exams_side_by_side_scroll_in_step(server: str, browser: Any) -> None:
+    """From the consumer: the patient's previous exam of the same region is offered, opens beside, and follows."""
+    page = open_page(browser, f"{server}/viewer/?kos={KOS_WITH_REPORT}")
+    page.wait_for_selector("#compare-tools", state="visible")
+    # The earlier chest CT, not the more recent head CT.
+    assert page.eval_on_selector("#compare-with", "s => s.value") == KOS_PREVIOUS
+    assert page.inner_text("#compare-with option:checked").startswith("01/06/2020 · CT · TDM THORAX ancien")
+    page.click("#compare")
+    page.wait_for_selector("#peer")
+    peer = page.frame_locator("#peer")
+    peer.locator("body[data-state=ready]").wait_for(timeout=30_000)
+    # The compared exam keeps its own non-diagnostic notice and banner (its date).
+    assert "Visionneuse non diagnostique" in peer.locator(".notice").inner_text()
+    assert peer.locator("#study-date").inner_text() == "01/06/2020"
+    left, right = page.locator("#image").bounding_box(), peer.locator("#image").bounding_box()
+    assert right["x"] >= left["x"] + left["width"] - 1, (left, right)  # side by side at 1280 wide
+
+    # Scrolling one scrolls the other to the same place in its stack: last to last, first to first.
+    page.focus("#image")
+    page.keyboard.press("End")
+    wait_until(page, f"document.getElementById('image').dataset.index === '{SLICES - 1}'")
+    frame = page.frame(url=lambda url: "embedded=1" in url)
+    assert frame is not None
+    wait_until(frame, "document.getElementById('image').dataset.index === '5'")
+    peer.locator("#image").focus()
+    frame.press("#image", "Home")
+    wait_until(page, "document.getElementById('image').dataset.index === '0'")
+    # Unsynchronised: the other side stays where it is.
+    page.uncheck("#sync")
+    page.focus("#image")
+    page.keyboard.press("End")
+    wait_until(page, f"document.getElementById('image').dataset.index === '{SLICES - 1}'")
+    page.wait_for_timeout(300)
+    assert frame.evaluate("() => document.getElementById('image').dataset.index") == "0"
+    page.click("#compare")
+    page.wait_for_selector("#peer", state="detached")
+    page.context.close()
+    # On the source box (no KOS) there is nothing granted to compare with: no button.
+    page = open_page(browser, f"{server}/viewer/?base=/dicom-web&study={STUDY}")
+    page.wait_for_timeout(300)
+    assert not page.is_visible("#compare-tools")
     page.context.close()

@@ -29,7 +29,70 @@ function loadLater() {
     loadWords(),
     Promise.all([import('./measure.js'), import('./panels.js')]).then(([measure, panels]) => { extras = { measure, panels }; }),
   ]).then(() => { showReadouts(); showMeasurements(); if (!$('tags').hidden && view.image) extras.panels.fillTags(view.image.item); });
+  later.then(offerComparison).catch(() => {}); // no comparison offered is not an error of this exam
   return later;
+}
+
+const EMBEDDED = new URLSearchParams(location.search).get('embedded') === '1';
+if (EMBEDDED) document.body.dataset.embedded = '1';
+
+// Comparison: only from the consumer's list (the KOS is known, so is the patient's list of exams). On the source
+// box a report link grants its own study only: nothing to compare with, no button.
+async function offerComparison() {
+  if (!view.exam || EMBEDDED || !view.image) return;
+  const compare = await import('./compare.js');
+  const exams = await compare.patientExams(view.exam, value(view.image.item, '00100020', ''));
+  if (!compare.fillChoices($('compare-with'), exams, view.exam, formatDate)) return;
+  $('compare-tools').hidden = false;
+  $('compare').addEventListener('click', () => toggleComparison(compare));
+  $('compare-with').addEventListener('change', () => { if (view.peer) openPeer(compare); });
+}
+
+function toggleComparison(compare) {
+  if (view.peer) {
+    view.peer.remove();
+    view.peer = null;
+    delete document.body.dataset.compare;
+  } else {
+    openPeer(compare);
+  }
+  $('compare').setAttribute('aria-pressed', String(Boolean(view.peer)));
+}
+
+function openPeer(compare) {
+  view.peer?.remove();
+  const frame = document.createElement('iframe');
+  frame.id = 'peer';
+  frame.title = t('compare.frame');
+  frame.src = compare.peerUrl($('compare-with').value);
+  view.peer = frame;
+  document.body.dataset.compare = '1';
+  document.querySelector('main').append(frame);
+}
+
+// Scrolling in step: each side says where it is as a fraction of its stack (two exams rarely have as many
+// slices), the other goes there. A position received is not sent back.
+let following = false;
+function announce() {
+  const target = view.peer ? view.peer.contentWindow : (EMBEDDED ? window.parent : null);
+  if (!target || following || !view.stack || !$('sync').checked) return;
+  target.postMessage({ drimbox: 'scroll', fraction: view.index / Math.max(1, view.stack.length - 1) }, location.origin);
+}
+
+window.addEventListener('message', (e) => {
+  if (e.origin !== location.origin || e.data?.drimbox !== 'scroll' || !view.stack) return;
+  if (!EMBEDDED && !$('sync').checked) return;
+  const index = Math.round(Number(e.data.fraction) * (view.stack.length - 1));
+  if (!Number.isFinite(index) || index === view.index) return;
+  following = true;
+  show(index).catch(fail).finally(() => { following = false; });
+});
+
+function formatDate(d) {
+  // As the box's pages write dates: 08/01/2021 in French, ISO in English.
+  const digits = String(d).replace(/-/g, '');
+  if (!/^\d{8}$/.test(digits)) return String(d);
+  return LANG === 'fr' ? `${digits.slice(6)}/${digits.slice(4, 6)}/${digits.slice(0, 4)}` : `${digits.slice(0, 4)}-${digits.slice(4, 6)}-${digits.slice(6)}`;
 }
 
 const isMeasureTool = (tool) => tool === 'distance' || tool === 'angle';
@@ -78,6 +141,7 @@ async function studyOfKos(kos) {
   const resp = await fetch(`/conso/api/exams/${encodeURIComponent(kos)}`, { credentials: 'same-origin' });
   if (!resp.ok) throw new HttpError(resp.status, resp.url);
   const exam = await resp.json();
+  view.exam = exam;
   showReportButton(exam.report);
   return exam.study_uid || '';
 }
@@ -164,9 +228,7 @@ function showBanner(item) {
   $('patient').textContent = personName(item, '00100010') || '—';
   $('ins').textContent = maskIns(value(item, '00100020', ''));
   const d = value(item, '00080020', '');
-  // As the box's pages write dates: 08/01/2021 in French, ISO in English.
-  const date = LANG === 'fr' ? `${d.slice(6)}/${d.slice(4, 6)}/${d.slice(0, 4)}` : `${d.slice(0, 4)}-${d.slice(4, 6)}-${d.slice(6)}`;
-  $('study-date').textContent = /^\d{8}$/.test(d) ? date : '—';
+  $('study-date').textContent = /^\d{8}$/.test(d) ? formatDate(d) : '—';
   $('modality').textContent = value(item, '00080060', '—');
   $('description').textContent = value(item, '00081030', '—');
 }
@@ -200,6 +262,7 @@ async function show(index) {
   renderImage();
   document.body.dataset.state = 'ready';
   canvas.dataset.index = String(index);
+  announce();
   if (!performance.getEntriesByName('first-image').length) {
     performance.mark('first-image');
     loadThumbnails();

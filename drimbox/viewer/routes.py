@@ -41,9 +41,10 @@ def _viewer_files() -> Traversable:
 VIEWER_DIR = _viewer_files()
 _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|css|js)$")
 _MEDIA_TYPES = {"html": "text/html", "css": "text/css", "js": "text/javascript"}
-# Same-origin only: the viewer loads nothing from elsewhere, and decoded images come in as blobs.
+# Same-origin only: the viewer loads nothing from elsewhere, and decoded images come in as blobs. Framed by
+# this box only: the comparison puts a second viewer beside the first in an <iframe>.
 _HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     # Small files that change with the code: revalidated each time (ETag/Last-Modified make that cheap).
