@@ -248,9 +248,19 @@ def test_view_from_the_consumer_exam_list(
     next_path = parse_qs(urlsplit(launch.headers["location"]).query)["next"][0]
     page.goto(f"{base}/auth/login?" + urlencode({"next": next_path, "login_hint": PROFESSIONAL}))
     assert urlsplit(page.url).path == f"/conso/patients/{INS}/exams"
+    asked: list[int] = []  # the patient's exams, asked by the viewer for the comparison
+    page.on("response", lambda r: f"/conso/api/patients/{INS}/exams" in r.url and asked.append(r.status))
     page.click("text=View")
     page.wait_for_url(f"{base}/viewer/**")
     check_viewer_shows_exam_c(page)
+    # The viewer found the patient (the image's Patient ID is the INS) and asked for the list: one exam only,
+    # nothing to compare with, so no Compare button.
+    wait_until(page, "document.body.dataset.words === 'en'")
+    for _ in range(100):
+        if asked:
+            break
+        page.wait_for_timeout(50)
+    assert asked == [200] and not page.is_visible("#compare-tools")
     # The series panel lists the series with a thumbnail that loaded.
     assert page.locator("#series-list img").count() >= 1
     wait_until(page, "[...document.querySelectorAll('#series-list img')].every(i => i.complete && i.naturalWidth > 0)")
