@@ -2,7 +2,6 @@
 // Every text from the server goes in with textContent (never innerHTML): nothing it sends can run as markup.
 import { Dicomweb, HttpError, maskIns, personName, value } from './dicomweb.js';
 import { Stack, applyWindow, defaultWindow } from './stack.js';
-import { LANG, loadWords, t } from './i18n.js';
 
 const $ = (id) => document.getElementById(id);
 const BASES = ['/dicom-web', '/conso/dicom-web'];
@@ -23,10 +22,13 @@ main().catch(fail);
 // What the first image does not need loads after it is painted (the first image: issue 5): the words, the
 // measurement and tag-panel modules. A measurement click in the few ms before they are in does nothing.
 let extras = null; // { measure, panels } once loaded
+let i18n = null; // the words' module, once loaded: until then the page's own (French) text stays
+const t = (key, params) => (i18n ? i18n.t(key, params) : '');
 let later = null;
 function loadLater() {
   later ||= Promise.all([
-    loadWords(),
+    import('./i18n.js').then((module) => { i18n = module; return module.loadWords(); })
+      .then(() => { if (view.image) showBanner(view.image.item); }), // its date as this language writes it
     Promise.all([import('./measure.js'), import('./panels.js')]).then(([measure, panels]) => { extras = { measure, panels }; }),
   ]).then(() => { showReadouts(); showMeasurements(); if (!$('tags').hidden && view.image) extras.panels.fillTags(view.image.item); });
   later.then(offerComparison).catch(() => {}); // no comparison offered is not an error of this exam
@@ -92,7 +94,7 @@ function formatDate(d) {
   // As the box's pages write dates: 08/01/2021 in French, ISO in English.
   const digits = String(d).replace(/-/g, '');
   if (!/^\d{8}$/.test(digits)) return String(d);
-  return LANG === 'fr' ? `${digits.slice(6)}/${digits.slice(4, 6)}/${digits.slice(0, 4)}` : `${digits.slice(0, 4)}-${digits.slice(4, 6)}-${digits.slice(6)}`;
+  return (i18n?.LANG || 'fr') === 'fr' ? `${digits.slice(6)}/${digits.slice(4, 6)}/${digits.slice(0, 4)}` : `${digits.slice(0, 4)}-${digits.slice(4, 6)}-${digits.slice(6)}`;
 }
 
 const isMeasureTool = (tool) => tool === 'distance' || tool === 'angle';
