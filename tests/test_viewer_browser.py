@@ -249,7 +249,12 @@ def test_view_from_the_consumer_exam_list(
     page.goto(f"{base}/auth/login?" + urlencode({"next": next_path, "login_hint": PROFESSIONAL}))
     assert urlsplit(page.url).path == f"/conso/patients/{INS}/exams"
     asked: list[int] = []  # the patient's exams, asked by the viewer for the comparison
-    page.on("response", lambda r: f"/conso/api/patients/{INS}/exams" in r.url and asked.append(r.status))
+
+    def record(r: Any) -> None:
+        if f"/conso/api/patients/{INS}/exams" in r.url:
+            asked.append(r.status)
+
+    page.on("response", record)
     page.click("text=View")
     page.wait_for_url(f"{base}/viewer/**")
     check_viewer_shows_exam_c(page)
