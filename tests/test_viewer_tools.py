@@ -442,3 +442,17 @@ def test_two_exams_side_by_side_scroll_in_step(server: str, browser: Any) -> Non
     page.wait_for_timeout(300)
     assert not page.is_visible("#compare-tools")
     page.context.close()
+
+
+def test_comparison_on_a_portrait_tablet_puts_the_exams_one_above_the_other(server: str, browser: Any) -> None:
+    page = open_page(browser, f"{server}/viewer/?kos={KOS_WITH_REPORT}", viewport={"width": 768, "height": 1024}, has_touch=True)
+    page.wait_for_selector("#compare-tools", state="visible")
+    page.click("#compare")
+    peer = page.frame_locator("#peer")
+    peer.locator("body[data-state=ready]").wait_for(timeout=30_000)
+    mine, theirs = page.locator("#image").bounding_box(), page.locator("#peer").bounding_box()
+    assert theirs["y"] >= mine["y"] + mine["height"] - 1 and theirs["y"] + theirs["height"] <= 1024 + 1, (mine, theirs)
+    assert mine["height"] > 200 and peer.locator("#image").bounding_box()["height"] > 150
+    assert page.evaluate("document.documentElement.scrollWidth") <= 768
+    assert page.is_visible(".notice") and peer.locator(".notice").is_visible()
+    page.context.close()
