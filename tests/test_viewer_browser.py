@@ -47,7 +47,9 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    # In English, explicitly: these paths' assertions read the English pages (the French viewer is in
+    # test_viewer_tools.py); without a locale, Chromium would follow the machine's LANG.
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-GB")
     pg = context.new_page()
     # Failed requests and page errors end up in the test's output: the first thing to read when it fails.
     # (A 504 to an only-if-cached request is the viewer's normal way to learn that a series is cold.)
@@ -132,7 +134,7 @@ def check_viewer_shows_exam_c(page: Any) -> None:
     ins = page.inner_text("#ins")
     assert INS not in ins and ins.endswith(INS[-3:])
     assert page.inner_text("#modality") == "CT"
-    assert "Non-diagnostic" in page.inner_text(".notice")
+    assert "Non-diagnostic viewer" in page.inner_text(".notice")
     first = canvas_png(page)
     assert variance(first) > 20, "the canvas is blank"
 
@@ -246,9 +248,24 @@ def test_view_from_the_consumer_exam_list(
     next_path = parse_qs(urlsplit(launch.headers["location"]).query)["next"][0]
     page.goto(f"{base}/auth/login?" + urlencode({"next": next_path, "login_hint": PROFESSIONAL}))
     assert urlsplit(page.url).path == f"/conso/patients/{INS}/exams"
+    asked: list[int] = []  # the patient's exams, asked by the viewer for the comparison
+
+    def record(r: Any) -> None:
+        if f"/conso/api/patients/{INS}/exams" in r.url:
+            asked.append(r.status)
+
+    page.on("response", record)
     page.click("text=View")
     page.wait_for_url(f"{base}/viewer/**")
     check_viewer_shows_exam_c(page)
+    # The viewer found the patient (the image's Patient ID is the INS) and asked for the list: one exam only,
+    # nothing to compare with, so no Compare button.
+    wait_until(page, "document.body.dataset.words === 'en'")
+    for _ in range(100):
+        if asked:
+            break
+        page.wait_for_timeout(50)
+    assert asked == [200] and not page.is_visible("#compare-tools")
     # The series panel lists the series with a thumbnail that loaded.
     assert page.locator("#series-list img").count() >= 1
     wait_until(page, "[...document.querySelectorAll('#series-list img')].every(i => i.complete && i.naturalWidth > 0)")

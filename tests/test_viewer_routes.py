@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, urlsplit
@@ -10,6 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from drimbox.auth.professional import Professional
+from drimbox.i18n import catalogue, text
 from drimbox.viewer.routes import VIEWER_DIR, viewer_routes
 
 STUDY = "1.2.250.1.213.4.5.2.1.103"
@@ -63,7 +65,7 @@ async def test_static_files_are_served_with_their_types_and_nothing_else() -> No
     c = await client()
     try:
         index = await c.get("/viewer/")
-        assert index.status == 200 and "non-diagnostic" in (await index.text()).lower()
+        assert index.status == 200 and "non diagnostique" in (await index.text()).lower()
         assert "default-src 'self'" in index.headers["Content-Security-Policy"]
         js = await c.get("/viewer/main.js")
         assert js.status == 200 and js.content_type == "text/javascript"
@@ -135,3 +137,35 @@ async def test_report_link_errors_are_clear_pages() -> None:
         assert (await consumer_only.get("/viewer/")).status == 200
     finally:
         await consumer_only.close()
+
+
+async def test_the_viewer_words_come_from_the_catalogue_in_french_or_english() -> None:
+    c = await client()
+    try:
+        fr = await c.get("/viewer/messages/fr.json")
+        en = await c.get("/viewer/messages/en.json")
+        assert fr.status == en.status == 200 and fr.content_type == "application/json"
+        words_fr, words_en = await fr.json(), await en.json()
+        assert words_fr["notice"] == "Visionneuse non diagnostique" and words_en["notice"] == "Non-diagnostic viewer"
+        assert words_fr["non_diagnostic"] == text("fr", "common.non_diagnostic")  # [common] comes too
+        assert set(words_fr) == set(words_en)
+        assert not any(key.startswith(("consumer.", "auth.")) for key in words_fr)  # only the viewer's part
+        for bad in ("/viewer/messages/de.json", "/viewer/messages/..%2Ffr.json", "/viewer/messages/fr.toml"):
+            assert (await c.get(bad)).status == 404, bad
+    finally:
+        await c.close()
+
+
+def test_every_word_the_viewer_names_is_in_the_catalogue() -> None:
+    """The keys the page and the scripts name (data-i18n*, t('…'), problem('…'), error.key) all exist."""
+    words = {key.split(".", 1)[1] for key in catalogue("fr") if key.startswith(("viewer.", "common."))}
+    page = (VIEWER_DIR / "index.html").read_text(encoding="utf-8")
+    named = set(re.findall(r'data-i18n(?:-[a-z-]+)?="([^"]+)"', page))
+    for name in ("main.js", "measure.js", "panels.js", "stack.js", "i18n.js", "compare.js"):
+        script = (VIEWER_DIR / name).read_text(encoding="utf-8")
+        named |= set(re.findall(r"\b(?:t|problem)\('([a-z0-9_.]+)'", script))
+        named |= set(re.findall(r"key: '([a-z0-9_.]+)'", script))
+        # Keys built at run time: the error pages by HTTP status, the measure labels by kind.
+        named |= {f"error.{status}" for status in re.findall(r"\[(\d{3}(?:, \d{3})*)\]", script) for status in status.split(", ")}
+    assert len(named) > 60, sorted(named)
+    assert named <= words, sorted(named - words)

@@ -117,6 +117,12 @@ export function value(item, tag, fallback = undefined) {
   return v && v.length ? v[0] : fallback;
 }
 
+// Enough to recognise the patient on screen, not enough to copy the national identifier.
+export function maskIns(ins) {
+  if (ins.length < 6) return '•••';
+  return ins.slice(0, 1) + '•'.repeat(ins.length - 4) + ins.slice(-3);
+}
+
 export function personName(item, tag) {
   const v = value(item, tag);
   return (v && (v.Alphabetic || '')).replace(/\^+/g, ' ').trim();

@@ -1,14 +1,17 @@
 // The viewer's page: reads its target from the URL, fills the banner and the series panel, shows a stack.
 // Every text from the server goes in with textContent (never innerHTML): nothing it sends can run as markup.
-import { Dicomweb, HttpError, personName, value } from './dicomweb.js';
+import { Dicomweb, HttpError, maskIns, personName, value } from './dicomweb.js';
 import { Stack, applyWindow, defaultWindow } from './stack.js';
 
 const $ = (id) => document.getElementById(id);
 const BASES = ['/dicom-web', '/conso/dicom-web'];
 const UID = /^[0-9]+(\.[0-9]+)*$/;
+// An error a person reads: its message is a catalogue key (the words may not have arrived when it is thrown).
+const problem = (key) => Object.assign(new Error(key), { key });
 
 // fitted: the user has not zoomed or panned since the last fit, so a resize (rotating a tablet) fits again.
-const view = { seriesUid: null, stack: null, index: 0, image: null, window: null, zoom: 1, panX: 0, panY: 0, fitted: true, tool: 'window', token: 0 };
+// measures: frame key → that image's measurements ({kind, points: [{x, y}] in image pixels, done}).
+const view = { seriesUid: null, stack: null, index: 0, image: null, window: null, zoom: 1, panX: 0, panY: 0, fitted: true, tool: 'window', token: 0, measures: new Map(), cine: null };
 const canvas = $('image');
 const ctx = canvas.getContext('2d');
 let offscreen = null; // the current image at its own size, after window/level
@@ -16,15 +19,95 @@ let frameRequest = null; // what the next animation frame does: 'paint' or 'rend
 
 main().catch(fail);
 
+// What the first image does not need loads after it is painted (the first image: issue 5): the words, the
+// measurement and tag-panel modules. A measurement click in the few ms before they are in does nothing.
+let extras = null; // { measure, panels } once loaded
+let i18n = null; // the words' module, once loaded: until then the page's own (French) text stays
+const t = (key, params) => (i18n ? i18n.t(key, params) : '');
+let later = null;
+function loadLater() {
+  later ||= Promise.all([
+    import('./i18n.js').then((module) => { i18n = module; return module.loadWords(); })
+      .then(() => { if (view.image) showBanner(view.image.item); }), // its date as this language writes it
+    Promise.all([import('./measure.js'), import('./panels.js')]).then(([measure, panels]) => { extras = { measure, panels }; }),
+  ]).then(() => { showReadouts(); showMeasurements(); if (!$('tags').hidden && view.image) extras.panels.fillTags(view.image.item); });
+  later.then(offerComparison).catch(() => {}); // no comparison offered is not an error of this exam
+  return later;
+}
+
+const EMBEDDED = new URLSearchParams(location.search).get('embedded') === '1';
+if (EMBEDDED) document.body.dataset.embedded = '1';
+
+// Comparison: only from the consumer's list (the KOS is known, so is the patient's list of exams). On the source
+// box a report link grants its own study only: nothing to compare with, no button.
+async function offerComparison() {
+  if (!view.exam || EMBEDDED || !view.image) return;
+  const compare = await import('./compare.js');
+  const exams = await compare.patientExams(view.exam, value(view.image.item, '00100020', ''));
+  if (!compare.fillChoices($('compare-with'), exams, view.exam, formatDate)) return;
+  $('compare-tools').hidden = false;
+  $('compare').addEventListener('click', () => toggleComparison(compare));
+  $('compare-with').addEventListener('change', () => { if (view.peer) openPeer(compare); });
+}
+
+function toggleComparison(compare) {
+  if (view.peer) {
+    view.peer.remove();
+    view.peer = null;
+    delete document.body.dataset.compare;
+  } else {
+    openPeer(compare);
+  }
+  $('compare').setAttribute('aria-pressed', String(Boolean(view.peer)));
+}
+
+function openPeer(compare) {
+  view.peer?.remove();
+  const frame = document.createElement('iframe');
+  frame.id = 'peer';
+  frame.title = t('compare.frame');
+  frame.src = compare.peerUrl($('compare-with').value);
+  view.peer = frame;
+  document.body.dataset.compare = '1';
+  document.querySelector('main').append(frame);
+}
+
+// Scrolling in step: each side says where it is as a fraction of its stack (two exams rarely have as many
+// slices), the other goes there. A position received is not sent back.
+let following = false;
+function announce() {
+  const target = view.peer ? view.peer.contentWindow : (EMBEDDED ? window.parent : null);
+  if (!target || following || !view.stack || !$('sync').checked) return;
+  target.postMessage({ drimbox: 'scroll', fraction: view.index / Math.max(1, view.stack.length - 1) }, location.origin);
+}
+
+window.addEventListener('message', (e) => {
+  if (e.origin !== location.origin || e.data?.drimbox !== 'scroll' || !view.stack) return;
+  if (!EMBEDDED && !$('sync').checked) return;
+  const index = Math.round(Number(e.data.fraction) * (view.stack.length - 1));
+  if (!Number.isFinite(index) || index === view.index) return;
+  following = true;
+  show(index).catch(fail).finally(() => { following = false; });
+});
+
+function formatDate(d) {
+  // As the box's pages write dates: 08/01/2021 in French, ISO in English.
+  const digits = String(d).replace(/-/g, '');
+  if (!/^\d{8}$/.test(digits)) return String(d);
+  return (i18n?.LANG || 'fr') === 'fr' ? `${digits.slice(6)}/${digits.slice(4, 6)}/${digits.slice(0, 4)}` : `${digits.slice(0, 4)}-${digits.slice(4, 6)}-${digits.slice(6)}`;
+}
+
+const isMeasureTool = (tool) => tool === 'distance' || tool === 'angle';
+
 async function main() {
   const params = new URLSearchParams(location.search);
   const kos = params.get('kos') || '';
   const base = params.get('base') || (kos ? '/conso/dicom-web' : '/dicom-web');
   let study = params.get('study') || '';
-  if (!BASES.includes(base)) throw new Error('This address does not name a DICOMweb service of this box.');
-  if (kos && !UID.test(kos)) throw new Error('The exam identifier (kos) is not valid.');
+  if (!BASES.includes(base)) throw problem('error.address');
+  if (kos && !UID.test(kos)) throw problem('error.kos');
   if (!study && kos) study = await studyOfKos(kos);
-  if (!UID.test(study)) throw new Error('The address does not name a study.');
+  if (!UID.test(study)) throw problem('error.study');
   const api = new Dicomweb(base, study, kos);
   setupControls();
   // The series list (QIDO) and, only if the box holds it already, the whole study's metadata, side by side:
@@ -39,7 +122,7 @@ async function main() {
     const uid = value([...items].sort(bySeriesNumber)[0], '0020000E');
     return uid ? { uid, items: items.filter((i) => value(i, '0020000E') === uid) } : Promise.reject(new Error('empty'));
   }).catch(() => listed.then((series) => ({ uid: value(series[0], '0020000E'), items: null })));
-  if (!first.uid) throw new Error('This study has no images.');
+  if (!first.uid) throw problem('error.empty_study');
   await openSeries(api, first.uid, first.items);
 }
 
@@ -59,7 +142,19 @@ function loadThumbnails(only = null) {
 async function studyOfKos(kos) {
   const resp = await fetch(`/conso/api/exams/${encodeURIComponent(kos)}`, { credentials: 'same-origin' });
   if (!resp.ok) throw new HttpError(resp.status, resp.url);
-  return (await resp.json()).study_uid || '';
+  const exam = await resp.json();
+  view.exam = exam;
+  showReportButton(exam.report);
+  return exam.study_uid || '';
+}
+
+// The exam's report, when the consumer knows one (`report: {url, title, date}`); no field, or null: no button.
+function showReportButton(report) {
+  const link = $('report');
+  if (!report || typeof report.url !== 'string' || !report.url.startsWith('/')) return; // same box only
+  link.href = report.url;
+  if (report.title) link.dataset.title = report.title;
+  link.hidden = false;
 }
 
 function showSeriesList(api, series) {
@@ -107,7 +202,7 @@ async function openSeries(api, seriesUid, metadata = null) {
   ]).catch(async () => ({ items: await api.seriesMetadata(seriesUid), complete: true })); // its error is the one to show
   if (first.complete) abort.abort(); // nothing left to learn from the instance list
   if (token !== view.token) return;
-  if (!first.items.length) throw new Error('This series has no images.');
+  if (!first.items.length) throw problem('error.empty_series');
   const stack = new Stack(api, seriesUid, first.items, first.complete);
   if (first.complete) showBanner(first.items[0]);
   stack.onprogress = () => { if (stack === view.stack) showProgress(); };
@@ -135,15 +230,9 @@ function showBanner(item) {
   $('patient').textContent = personName(item, '00100010') || '—';
   $('ins').textContent = maskIns(value(item, '00100020', ''));
   const d = value(item, '00080020', '');
-  $('study-date').textContent = d.length === 8 ? `${d.slice(6)}/${d.slice(4, 6)}/${d.slice(0, 4)}` : '—';
+  $('study-date').textContent = /^\d{8}$/.test(d) ? formatDate(d) : '—';
   $('modality').textContent = value(item, '00080060', '—');
   $('description').textContent = value(item, '00081030', '—');
-}
-
-// Enough to recognise the patient on screen, not enough to copy the national identifier.
-export function maskIns(ins) {
-  if (ins.length < 6) return '•••';
-  return ins.slice(0, 1) + '•'.repeat(ins.length - 4) + ins.slice(-3);
 }
 
 function showPosition() {
@@ -170,12 +259,16 @@ async function show(index) {
   if (first) showBanner(image.item);
   if (first || !view.window) view.window = image.kind === 'gray' ? defaultWindow(image) : null;
   if (first) fit();
+  if (!$('tags').hidden && extras) extras.panels.fillTags(image.item);
+  showMeasurements();
   renderImage();
   document.body.dataset.state = 'ready';
   canvas.dataset.index = String(index);
+  announce();
   if (!performance.getEntriesByName('first-image').length) {
     performance.mark('first-image');
     loadThumbnails();
+    loadLater();
   }
   // Neighbours after the paint: before it, they would only compete with the first image.
   stack.preload(index);
@@ -194,11 +287,10 @@ function renderImage() {
     const out = octx.createImageData(image.width, image.height);
     applyWindow(image, view.window, out);
     octx.putImageData(out, 0, 0);
-    $('wl').textContent = `W ${Math.round(view.window.width)} L ${Math.round(view.window.center)}`;
   } else {
     octx.drawImage(image.bitmap, 0, 0);
-    $('wl').textContent = '';
   }
+  showReadouts();
   paint();
   // Exposed for the tests and the perf suite: the time of the last window/level + paint, in ms.
   canvas.dataset.renderMs = (performance.now() - started).toFixed(1);
@@ -215,7 +307,52 @@ function paint() {
   const s = view.zoom * ratio;
   ctx.setTransform(s, 0, 0, s, w / 2 + view.panX * ratio, h / 2 + view.panY * ratio);
   ctx.imageSmoothingEnabled = view.zoom < 3;
+  canvas.dataset.zoom = view.zoom.toFixed(3); // for the tests
   ctx.drawImage(offscreen, -view.image.width / 2, -view.image.height / 2);
+  const measures = currentMeasures();
+  if (measures.length && extras) {
+    const toScreen = (p) => { const [x, y] = toCanvas(p); return [x * ratio, y * ratio]; };
+    extras.measure.draw(ctx, measures, view.image.item, toScreen, ratio);
+  }
+}
+
+// Image pixels ↔ the canvas's CSS pixels, through the zoom and pan paint() applies.
+function toCanvas(p) {
+  return [(p.x - view.image.width / 2) * view.zoom + canvas.clientWidth / 2 + view.panX,
+    (p.y - view.image.height / 2) * view.zoom + canvas.clientHeight / 2 + view.panY];
+}
+
+function toImage(clientX, clientY) {
+  const r = canvas.getBoundingClientRect();
+  return { x: (clientX - r.left - canvas.clientWidth / 2 - view.panX) / view.zoom + view.image.width / 2,
+    y: (clientY - r.top - canvas.clientHeight / 2 - view.panY) / view.zoom + view.image.height / 2 };
+}
+
+function currentMeasures() {
+  const key = view.stack?.frames[view.index]?.key;
+  if (!key) return [];
+  if (!view.measures.has(key)) view.measures.set(key, []);
+  return view.measures.get(key);
+}
+
+// The finished measurements of the image on screen, as text (for reading them out, and for the tests).
+function showMeasurements() {
+  const list = $('measurements');
+  const items = view.image && extras ? currentMeasures().filter((m) => m.done).map((m) => {
+    const li = document.createElement('li');
+    li.dataset.kind = m.kind;
+    li.textContent = extras.measure.label(m, view.image.item);
+    return li;
+  }) : [];
+  list.replaceChildren(...items);
+}
+
+function showReadouts() {
+  const image = view.image;
+  $('wl').textContent = image?.kind === 'gray' && view.window
+    ? t('wl', { width: Math.round(view.window.width), center: Math.round(view.window.center) }) : '';
+  if (view.stack) showProgress();
+  $('cine').textContent = t(view.cine ? 'cine.stop' : 'cine.play') || $('cine').textContent;
 }
 
 // Many input events per frame collapse into one paint; a render (window/level, then paint) covers a paint.
@@ -243,6 +380,8 @@ function fit() {
 
 function reset() {
   if (view.image?.kind === 'gray') view.window = defaultWindow(view.image);
+  view.measures.clear();
+  showMeasurements();
   $('preset').value = '';
   fit();
   schedule(renderImage);
@@ -261,6 +400,7 @@ function zoomBy(factor) {
 }
 
 function setTool(tool) {
+  cancelMeasure();
   view.tool = tool;
   for (const b of document.querySelectorAll('[data-tool]')) b.setAttribute('aria-pressed', String(b.dataset.tool === tool));
 }
@@ -269,7 +409,76 @@ function scrollBy(step) {
   if (view.stack) show(view.index + step).catch(fail);
 }
 
+// A measurement in progress: the points placed so far, the next one following the pointer.
+function measureAt(e) {
+  if (!view.image || !extras) return;
+  const measures = currentMeasures();
+  let m = measures.find((x) => !x.done);
+  const p = toImage(e.clientX, e.clientY);
+  if (!m) {
+    m = { kind: view.tool, points: [p], done: false };
+    measures.push(m);
+  }
+  m.points[m.points.length - 1] = p;
+  if (m.points.length === extras.measure.POINTS[m.kind]) {
+    m.done = true;
+    showMeasurements();
+  } else {
+    m.points.push({ ...p });
+  }
+  schedule(paint);
+}
+
+function followPointer(e) {
+  const m = currentMeasures().find((x) => !x.done);
+  if (!m || !view.image) return;
+  m.points[m.points.length - 1] = toImage(e.clientX, e.clientY);
+  schedule(paint);
+}
+
+function cancelMeasure() {
+  const measures = currentMeasures();
+  const open = measures.findIndex((m) => !m.done);
+  if (open >= 0) { measures.splice(open, 1); schedule(paint); }
+}
+
+// Cine: the next image every 1/fps s, looping; an image not yet loaded is waited for rather than skipped.
+function toggleCine(on = !view.cine) {
+  if (view.cine) { clearTimeout(view.cine.timer); view.cine = null; }
+  if (on && view.stack) {
+    const cine = { timer: null };
+    view.cine = cine;
+    const step = () => {
+      if (view.cine !== cine) return;
+      const fps = Math.max(1, Math.min(30, Number($('fps').value) || 10));
+      const started = performance.now();
+      show((view.index + 1) % view.stack.length).catch(fail).finally(() => {
+        cine.timer = setTimeout(step, Math.max(0, 1000 / fps - (performance.now() - started)));
+      });
+    };
+    cine.timer = setTimeout(step, 0);
+  }
+  $('cine').setAttribute('aria-pressed', String(Boolean(view.cine)));
+  showReadouts();
+}
+
+function toggle(panel, button, open = panel.hidden) {
+  panel.hidden = !open;
+  button.setAttribute('aria-pressed', String(open));
+  return open;
+}
+
+function toggleHelp() {
+  const help = $('help');
+  if (help.open) help.close(); else help.showModal();
+}
+
 function setupControls() {
+  $('cine').addEventListener('click', () => toggleCine());
+  $('tags-toggle').addEventListener('click', () => {
+    if (toggle($('tags'), $('tags-toggle')) && view.image && extras) extras.panels.fillTags(view.image.item);
+  });
+  $('help-toggle').addEventListener('click', toggleHelp);
   for (const b of document.querySelectorAll('[data-tool]')) b.addEventListener('click', () => setTool(b.dataset.tool));
   $('fit').addEventListener('click', fit);
   $('reset').addEventListener('click', reset);
@@ -281,15 +490,43 @@ function setupControls() {
   $('slider').addEventListener('input', (e) => scrollBy(Number(e.target.value) - view.index));
   canvas.addEventListener('wheel', (e) => { e.preventDefault(); scrollBy(Math.sign(e.deltaY)); }, { passive: false });
   let drag = null;
+  const touches = new Map(); // pointerId → {x, y}: two of them make a pinch
+  let pinch = null;
   canvas.addEventListener('pointerdown', (e) => {
     canvas.focus();
     canvas.setPointerCapture(e.pointerId);
-    drag = { x: e.clientX, y: e.clientY, window: view.window, zoom: view.zoom, panX: view.panX, panY: view.panY };
+    if (e.pointerType === 'touch') touches.set(e.pointerId, { x: e.clientX, y: e.clientY });
+    if (touches.size === 2) {
+      // Two fingers: pinch zoom and pan, whatever the tool; a measurement begun by the first finger is dropped.
+      cancelMeasure();
+      const [a, b] = [...touches.values()];
+      pinch = { distance: Math.hypot(a.x - b.x, a.y - b.y) || 1, mid: [(a.x + b.x) / 2, (a.y + b.y) / 2], zoom: view.zoom, panX: view.panX, panY: view.panY };
+      drag = null;
+      return;
+    }
+    if (isMeasureTool(view.tool)) { measureAt(e); return; }
+    drag = { x: e.clientX, y: e.clientY, window: view.window, zoom: view.zoom, panX: view.panX, panY: view.panY, index: view.index, touch: e.pointerType === 'touch' };
   });
   canvas.addEventListener('pointermove', (e) => {
+    if (touches.has(e.pointerId)) touches.set(e.pointerId, { x: e.clientX, y: e.clientY });
+    if (pinch && touches.size === 2) {
+      const [a, b] = [...touches.values()];
+      view.zoom = Math.max(0.05, pinch.zoom * Math.hypot(a.x - b.x, a.y - b.y) / pinch.distance);
+      view.panX = pinch.panX + (a.x + b.x) / 2 - pinch.mid[0];
+      view.panY = pinch.panY + (a.y + b.y) / 2 - pinch.mid[1];
+      view.fitted = false;
+      schedule(paint);
+      return;
+    }
+    if (isMeasureTool(view.tool)) { followPointer(e); return; }
     if (!drag) return;
     const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
-    if (view.tool === 'window' && drag.window) {
+    if (drag.touch && view.tool !== 'pan') {
+      // One finger on a tablet scrolls the stack (a finger has no wheel): one image per 12 px, upwards forward
+      // as a touch screen scrolls a page.
+      const target = drag.index - Math.round(dy / 12);
+      if (target !== view.index) scrollBy(target - view.index);
+    } else if (view.tool === 'window' && drag.window) {
       // Right widens the window, down raises the level: the usual radiology convention.
       setWindow(drag.window.center + dy * drag.window.width / 256, drag.window.width + dx * drag.window.width / 128);
     } else if (view.tool === 'pan') {
@@ -298,18 +535,22 @@ function setupControls() {
       view.zoom = Math.max(0.05, drag.zoom * Math.exp(-dy / 200)); view.fitted = false; schedule(paint);
     }
   });
-  const end = () => { drag = null; };
+  const end = (e) => { drag = null; touches.delete(e.pointerId); if (touches.size < 2) pinch = null; };
   canvas.addEventListener('pointerup', end);
   canvas.addEventListener('pointercancel', end);
   document.addEventListener('keydown', (e) => {
     if (e.target instanceof HTMLInputElement || e.target instanceof HTMLSelectElement) return;
+    if ($('help').open) return; // the dialog has the keyboard: Escape closes it
     const keys = {
       ArrowUp: () => scrollBy(-1), ArrowDown: () => scrollBy(1), PageUp: () => scrollBy(-10), PageDown: () => scrollBy(10),
       Home: () => scrollBy(-view.index), End: () => scrollBy(Infinity),
       '+': () => zoomBy(1.2), '-': () => zoomBy(1 / 1.2),
       f: fit, r: reset, w: () => setTool('window'), p: () => setTool('pan'), z: () => setTool('zoom'),
+      d: () => setTool('distance'), a: () => setTool('angle'), ' ': () => toggleCine(),
+      t: () => $('tags-toggle').click(), '?': toggleHelp,
+      Escape: () => { cancelMeasure(); toggle($('tags'), $('tags-toggle'), false); },
     };
-    const action = keys[e.key];
+    const action = keys[e.key.length === 1 ? e.key.toLowerCase() : e.key] || keys[e.key];
     if (action && !e.ctrlKey && !e.metaKey && !e.altKey) { e.preventDefault(); action(); }
   });
   new ResizeObserver(() => (view.fitted ? fit() : schedule(paint))).observe($('stage'));
@@ -320,24 +561,21 @@ function showProgress() {
   const bar = $('progress');
   bar.max = stack.length;
   bar.value = stack.loaded.size;
-  bar.title = `${bar.value} of ${stack.length} images loaded`;
+  bar.title = t('loaded', { n: bar.value, total: stack.length });
 }
 
-function fail(error) {
+async function fail(error) {
   if (error instanceof HttpError && error.status === 401) {
     // Not logged in (or the session ended): log in, then come back to this very view.
     location.assign(`/auth/login?next=${encodeURIComponent(location.pathname + location.search)}`);
     return;
   }
-  const messages = {
-    403: 'You are not allowed to see these images. Open this exam from the link in its report, or from your DRIMbox exam list.',
-    404: 'These images were not found: the exam may have been withdrawn or is not available on this box.',
-    410: 'This exam has been withdrawn.',
-    503: 'The images are not available right now (the image source cannot be reached). Try again later.',
-  };
+  toggleCine(false);
+  await loadLater();
+  const known = [403, 404, 410, 503];
   const text = error instanceof HttpError
-    ? messages[error.status] || `The images could not be loaded (error ${error.status}).`
-    : error.message || String(error);
+    ? (known.includes(error.status) ? t(`error.${error.status}`) : t('error.http', { status: error.status }))
+    : error.key ? t(error.key) : error.message || String(error);
   const box = $('message');
   box.textContent = text;
   box.hidden = false;

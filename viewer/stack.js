@@ -114,7 +114,7 @@ export class Stack {
     let promise = this.own.get(uid);
     if (!promise) {
       promise = this.api.instanceMetadata(this.seriesUid, uid).then((items) => {
-        if (!items.length) throw new Error('This image has no metadata.');
+        if (!items.length) throw Object.assign(new Error('error.no_metadata'), { key: 'error.no_metadata' });
         return items[0];
       });
       this.own.set(uid, promise);

@@ -25,7 +25,7 @@ from drimbox.audit.request import audit_request
 from drimbox.auth import AuthGate
 from drimbox.auth.links import LinkRefused, ReportLinks
 from drimbox.dimse.uid import is_lenient_uid
-from drimbox.i18n import Messages
+from drimbox.i18n import LANGUAGES, Messages, catalogue
 from drimbox.source.outbox import Outbox
 from drimbox.xds.habilitation import ImagingMatrix
 
@@ -41,9 +41,10 @@ def _viewer_files() -> Traversable:
 VIEWER_DIR = _viewer_files()
 _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|css|js)$")
 _MEDIA_TYPES = {"html": "text/html", "css": "text/css", "js": "text/javascript"}
-# Same-origin only: the viewer loads nothing from elsewhere, and decoded images come in as blobs.
+# Same-origin only: the viewer loads nothing from elsewhere, and decoded images come in as blobs. Framed by
+# this box only: the comparison puts a second viewer beside the first in an <iframe>.
 _HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     # Small files that change with the code: revalidated each time (ETag/Last-Modified make that cheap).
@@ -70,6 +71,7 @@ def viewer_routes(
     return [
         web.get("/viewer", viewer.redirect_to_index),
         web.get("/viewer/", viewer.index),
+        web.get("/viewer/messages/{lang}.json", viewer.messages),
         web.get("/viewer/{name}", viewer.static),
         web.get("/IHEInvokeImageDisplay", viewer.invoke_image_display),
     ]
@@ -101,6 +103,18 @@ class _Viewer:
         if not _STATIC_NAME.match(name):
             raise web.HTTPNotFound()
         return self._file(name)
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """The viewer's words in one language: the [viewer] and [common] tables, keys without their table's name."""
+        lang = request.match_info["lang"]
+        if lang not in LANGUAGES:
+            raise web.HTTPNotFound()
+        words = {
+            key.split(".", 1)[1]: message
+            for key, message in catalogue(lang).items()
+            if key.startswith(("viewer.", "common."))
+        }
+        return web.json_response(words, headers=_HEADERS)
 
     def _file(self, name: str) -> web.StreamResponse:
         path = self.directory / name
