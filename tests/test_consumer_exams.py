@@ -10,6 +10,7 @@ from drimbox.consumer.catalog import ExamList
 from drimbox.consumer.launch import parse_launch
 from drimbox.consumer.lookup import ExamFilters, PatientRef
 from drimbox.consumer.store import ConsumerStore
+from drimbox.i18n import Messages
 from drimbox.manifest import parse_kos
 from drimbox.xds import namespaces as ns
 from drimbox.xds.metadata import Author, Code, ReferenceId, xon
@@ -121,7 +122,12 @@ def test_the_exam_page_escapes_everything_and_has_no_script() -> None:
     html = pages.exam_list(result, Pro(given="<Jean>"), launch, {"oid": INS_OID})
     assert "<script" not in html and "&lt;script&gt;" in html and "&lt;b&gt;reach" in html
     assert "O&#x27;&lt;I&gt;BRIEN" in html and "&lt;Jean&gt;" in html
-    assert "1 new exam(s)" in html and "2021-01-08" in html and "127.0.0.1:18080" in html
-    assert f'href="/viewer/?kos={kos_uid}"' in html and f'action="/conso/api/exams/{kos_uid}/import"' in html
-    assert "Unavailable: cannot" in html and "show every exam" in html
-    assert html.index("2021-01-08") < html.index("2019-01-01")
+    assert "1 nouvel(s) examen(s) depuis votre dernière consultation" in html and "nouveau depuis" in html
+    assert "08/01/2021" in html and "127.0.0.1:18080" in html and "Examens d&#x27;imagerie" in html
+    assert f'href="/viewer/?kos={kos_uid}"' in html and 'action="/conso/imports"' in html
+    assert f'name="one" value="{kos_uid}"' in html and f'name="kos" value="{kos_uid}"' in html
+    assert "Indisponible : cannot" in html and "Tous les examens" in html
+    assert html.index("08/01/2021") < html.index("01/01/2019")
+    english = pages.exam_list(result, Pro(given="<Jean>"), launch, {"oid": INS_OID}, m=Messages("en"))
+    assert "1 new exam(s) since your last consultation" in english and "2021-01-08" in english
+    assert "Unavailable: cannot" in english and "Every exam" in english

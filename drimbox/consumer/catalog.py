@@ -61,6 +61,8 @@ class ExamCatalog:
             await self.lookup.ensure_access(patient, identity, intent.informed)
             entries = await self.lookup.find_manifests(patient, filters, identity)
             exams = list(await asyncio.gather(*(self._exam(entry, patient, identity) for entry in entries)))
+        # Free text is the box's own filter: the DMP's FindDocuments has no parameter for it.
+        exams = [x for x in exams if filters.has_text(x.description)]
         visit = await self.store.record_visit(
             pro.id, patient.key, [e.kos_uid for e in exams], self.settings.consumer.visit_window
         )

@@ -22,6 +22,7 @@ from drimbox.consumer.access import AccessIntent, AccessRules, emergency_request
 from drimbox.consumer.access_store import AccessStore
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.catalog import ExamCatalog
+from drimbox.consumer.importer import target_names
 from drimbox.consumer.launch import Launch, parse_launch
 from drimbox.consumer.lookup import (
     AccessRefused,
@@ -34,6 +35,7 @@ from drimbox.consumer.lookup import (
 )
 from drimbox.consumer.store import ConsumerStore
 from drimbox.consumer.xdm_import import XDM, XdmAwareCatalog, XdmContext, XdmImports, upload_form, xdm_routes
+from drimbox.i18n import Messages
 from drimbox.xds.client import DmpClient
 from drimbox.xds.structure import structure_signer
 
@@ -214,7 +216,8 @@ async def exams_page(request: web.Request) -> web.Response:
     csrf = hidden_field(request)
     html = pages.exam_list(result, pro, lr.launch, lr.base_query, form_fields=csrf,
                            logout=logout_form(request) if csrf else "", xdm_form=upload_form(csrf),
-                           situation_link=situation.change_url(ctx.auth, pro, request.path_qs))  # fmt: skip
+                           situation_link=situation.change_url(ctx.auth, pro, request.path_qs),
+                           m=Messages.of(request), targets=target_names(ctx.settings))  # fmt: skip
     emergency = await ctx.catalog.rules.emergency_in_force(pro, lr.patient)
     return _html(access_pages.with_emergency_banner(html, emergency) if emergency else html)
 
@@ -322,6 +325,29 @@ async def api_exam(request: web.Request) -> web.Response:
     return _json(exam.to_json(with_series=True))
 
 
+async def series_page(request: web.Request) -> web.Response:
+    """GET /conso/exams/{kos_uid}/series: the exam's series, each viewable and importable on its own."""
+    ctx = request.app[CONSUMER]
+    pro = await ctx.auth.current_professional(request)
+    if pro is None:
+        _see_other(ctx.auth.login_url(request.path_qs))
+    m = Messages.of(request)
+    try:
+        kos_uid = fields.uid(request.match_info["kos_uid"])
+    except fields.FieldProblem as exc:
+        return _html(pages.launch_errors([("kosUid", str(exc))]), 400)
+    try:
+        exam = await ctx.catalog.exam(pro, kos_uid, AccessIntent(source=client_address(request)))
+    except LookupFailed as exc:
+        return _html(pages.error_page(_reason(exc)[1], exc.message), exc.status)
+    await audit_request(request, "consumer.exam", SUCCESS, professional=pro.id, kos=kos_uid, study=exam.study_uid)
+    launch_id = request.query.get("launch", "")
+    back = request.query.get("back", "")
+    back = back if back.startswith("/conso/patients/") and "//" not in back else ""
+    return _html(pages.series_page(m, exam, form_fields=hidden_field(request), launch_id=launch_id, back=back,
+                                   targets=target_names(ctx.settings)))  # fmt: skip
+
+
 async def _audit_list(
     request: web.Request, pro: ProfessionalLike, lr: ListRequest, status: int, reason: str | None, count: int = 0
 ) -> None:
@@ -344,6 +370,7 @@ def consumer_routes() -> list[web.RouteDef]:
         web.post("/conso/patients/{ins}/emergency", emergency_page),
         web.get("/conso/api/patients/{ins}/exams", api_patient_exams),
         web.get("/conso/api/exams/{kos_uid}", api_exam),
+        web.get("/conso/exams/{kos_uid}/series", series_page),
     ]
 
 
