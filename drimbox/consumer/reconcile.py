@@ -106,5 +106,6 @@ def apply(ds: Dataset, local: LocalPatient, *, new_uids: bool) -> None:
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
             if keyword in ds:
                 setattr(ds, keyword, new_uid(str(ds.get(keyword)), local))
-        if ds.file_meta and "MediaStorageSOPInstanceUID" in ds.file_meta:
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and "MediaStorageSOPInstanceUID" in meta:
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
