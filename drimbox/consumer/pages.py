@@ -120,10 +120,11 @@ def _news(m: Messages, result: ExamList) -> str:
     return f'<div class="banner"><span class="new">{e(text)}</span></div>'
 
 
-def _row(m: Messages, exam: Exam, base_query: dict[str, str], back: str) -> str:
+def _row(m: Messages, exam: Exam, base_query: dict[str, str], back: str, *, first_visit: bool = False) -> str:
     day = m.date(exam.date) if exam.date else "—"
     date = e(day) + (f' <span class="muted">{e(exam.time)}</span>' if exam.time else "")
-    new = f'<br><span class="new">{e(m("consumer.list.new"))}</span>' if exam.is_new else ""
+    # On a first visit everything is "new": no badge, the banner says it is the first consultation.
+    new = f'<br><span class="new">{e(m("consumer.list.new"))}</span>' if exam.is_new and not first_visit else ""
     source = e(exam.institution) + ("<br>" if exam.institution and exam.sources else "")
     source += ", ".join(f"<code>{e(h)}</code>" for h in exam.sources)
     thumb = select = ""
@@ -173,7 +174,8 @@ def exam_list(
     change = (f' (<a href="{e(situation_link)}">{e(m("consumer.list.change_situation"))}</a>)'
               if situation_link else "")  # fmt: skip
     back_url = _list_url(result, base_query)
-    rows = "".join(_row(m, x, base_query, back_url) for x in result.exams)
+    first = result.previous_visit is None
+    rows = "".join(_row(m, x, base_query, back_url, first_visit=first) for x in result.exams)
     if rows:
         cols = ("col_select", "col_thumbnail", "col_date", "col_exam", "col_modality", "col_region", "col_content",
                 "col_source")  # fmt: skip
