@@ -9,7 +9,7 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -372,10 +372,14 @@ class Importer:
                 await sender.close()
 
 
-def import_routes(importer_of: Callable[[], Importer], auth: ConsumerAuth) -> list[web.RouteDef]:
+def import_routes(
+    importer_of: Callable[[], Importer], auth: ConsumerAuth,
+    launches: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None,
+) -> list[web.RouteDef]:
     """POST /conso/api/exams/{kos_uid}/import → 202 + status URL; GET /conso/api/imports/{id} → progress.
 
-    `importer_of` gives the Importer at request time (it is made when the app starts).
+    `importer_of` gives the Importer at request time (it is made when the app starts); `launches` finds a stored
+    launch by id (the consumer's store when not given and the backend's manifests are one).
     """
 
     async def professional(request: web.Request) -> tuple[ProfessionalLike, str]:
@@ -387,10 +391,15 @@ def import_routes(importer_of: Callable[[], Importer], auth: ConsumerAuth) -> li
         return pro, token
 
     async def local_patient(importer: Importer, launch_id: str) -> LocalPatient | None:
-        store = importer.backend.manifests
-        if not launch_id or not isinstance(store, ConsumerStore):
+        if not launch_id:
             return None
-        data = await store.launch(launch_id, importer.settings.consumer.launch_ttl)
+        store = importer.backend.manifests
+        if launches is not None:
+            data = await launches(launch_id)
+        elif isinstance(store, ConsumerStore):
+            data = await store.launch(launch_id, importer.settings.consumer.launch_ttl)
+        else:
+            return None
         return LocalPatient.from_launch(data) if data is not None else None
 
     async def begin(
