@@ -71,8 +71,9 @@ def _studies_of(pacs: Any, patient_id: str) -> list[dict[str, Any]]:
 @pytest.mark.dcmtk
 @pytest.mark.sim
 @pytest.mark.box
+@pytest.mark.parametrize("method", ["c-store", "stow-rs"])
 async def test_an_import_lands_under_the_local_patient_in_orthanc(
-    orthanc: Any, orthanc_factory: Any, source_box: Any, sim: Any, tmp_path: Path
+    method: str, orthanc: Any, orthanc_factory: Any, source_box: Any, sim: Any, tmp_path: Path
 ) -> None:
     orthanc.clear()
     pacs = orthanc_factory(box_aet="DRIMCONSO", box_port=free_port())
@@ -82,7 +83,7 @@ async def test_an_import_lands_under_the_local_patient_in_orthanc(
     kos_bytes = await asyncio.to_thread(sim.document_bytes, pub["kos_uid"])
     kos = parse_kos(kos_bytes)
     token = (await asyncio.to_thread(psc_token, sim.url))["access_token"]
-    settings = consumer_settings(tmp_path, sim.url, pacs, "c-store")
+    settings = consumer_settings(tmp_path, sim.url, pacs, method)
     async with (protected_front(box, sim.url, port),
                 running_consumer(settings, token, {pub["kos_uid"]: kos_bytes}) as conso,
                 aiohttp.ClientSession(headers={"Accept-Language": "fr"}) as http):  # fmt: skip
@@ -117,3 +118,9 @@ async def test_an_import_lands_under_the_local_patient_in_orthanc(
         async with http.post(f"{conso.url}/conso/api/exams/{pub['kos_uid']}/import", data={"launch": other}) as r:
             body = await r.json()
             assert r.status == 409 and body["reason"] == "ins_mismatch" and "identité nationale" in body["error"]
+        # The same refusal from the list's import button is a page, in French.
+        async with http.post(f"{conso.url}/conso/imports", data={"launch": other, "kos": pub["kos_uid"]}) as r:
+            page = await r.text()
+            assert r.status == 409 and "Import refusé" in page and "identité nationale de santé (INS)" in page
+        async with http.post(f"{conso.url}/conso/imports", data={"launch": launch}) as r:
+            assert r.status == 400 and "Aucun examen choisi" in await r.text()

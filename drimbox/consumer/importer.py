@@ -402,6 +402,14 @@ def import_routes(
             return None
         return LocalPatient.from_launch(data) if data is not None else None
 
+    async def page_professional(request: web.Request, back: str) -> tuple[ProfessionalLike, str]:
+        """The professional of an HTML import page; else the login, coming back to `back` (a list) afterwards."""
+        pro = await auth.current_professional(request)
+        token = await auth.access_token(request) if pro is not None else None
+        if pro is None or not token:
+            raise web.HTTPSeeOther(auth.login_url(back or request.path_qs), headers={"Cache-Control": "no-store"})
+        return pro, token
+
     async def begin(
         request: web.Request, pro: ProfessionalLike, token: str, kos_uid: str, launch_id: str,
         series: tuple[str, ...], target: int,
@@ -455,9 +463,9 @@ def import_routes(
     async def start_page(request: web.Request) -> web.Response:
         """POST /conso/imports from the exam list: the ticked exams (or the row's own button, `one`), then the
         status page; a refusal is a page saying why."""
-        pro, token = await professional(request)
         m = Messages.of(request)
         values = _values(request, await request.post())
+        pro, token = await page_professional(request, import_pages.safe_back(next((v for k, v in values if k == "back"), "")))
         one = next((v for k, v in values if k == "one"), "")
         chosen = [one] if one else list(dict.fromkeys(v for k, v in values if k == "kos"))
         series = tuple(dict.fromkeys(v for k, v in values if k == "series" and is_lenient_uid(v))) if one else ()
@@ -477,7 +485,7 @@ def import_routes(
 
     async def status_page(request: web.Request) -> web.Response:
         """GET /conso/imports?job=…: the jobs' progress, reloading itself while one still runs (no script)."""
-        pro, _ = await professional(request)
+        pro, _ = await page_professional(request, request.path_qs)
         found = []
         for job_id in request.query.getall("job", [])[:50]:
             job = await importer_of().status(job_id)
