@@ -212,7 +212,7 @@ async def test_unavailable_exam_in_the_first_list(dmp_url: str, tmp_path: Path, 
     monkeypatch.setattr(DmpClient, "retrieve_document", failing)
     async with consumer_client(settings, FakeAuth(Pro())) as client:
         resp = await client.post("/conso/launch", data=LAUNCH_FORM)
-        assert resp.status == 200 and "Indisponible : the DMP cannot be reached" in await resp.text()
+        assert resp.status == 200 and "Indisponible : le DMP ne répond pas" in await resp.text()
         body = await (await client.get(f"/conso/api/patients/{INS}/exams")).json()
         by_uid = {x["kos_uid"]: x for x in body["exams"]}
         assert by_uid[kos_mr]["status"] == "unavailable" and by_uid[kos_mr]["date"] == "2022-03-01"

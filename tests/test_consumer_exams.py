@@ -74,6 +74,11 @@ def test_a_kos_of_another_patient_is_refused() -> None:
     assert ex.kos_patient_problem(kos, INS, INS_OID) is None
     assert "another patient" in (ex.kos_patient_problem(kos, "248039121518984", INS_OID) or "")
     assert "authority" in (ex.kos_patient_problem(kos, INS, "1.2.250.1.213.1.4.8") or "")
+    # On the list, the professional reads why in their language.
+    other = ex.unavailable(entry("1.2.3.5"), ex.kos_patient_problem(kos, "248039121518984", INS_OID) or "")
+    assert other.problem_code == "other_patient" and other.to_json()["problem_code"] == "other_patient"
+    page = pages.exam_list(ExamList(PATIENT_REF, ExamFilters(), [other], None), Pro(), None, {"oid": INS_OID})
+    assert "Indisponible : le manifeste désigne un autre patient" in page
 
 
 def test_filters_are_checked_again_on_the_entries() -> None:
@@ -110,6 +115,14 @@ async def test_new_exams_are_counted_per_consultation(tmp_path: Path) -> None:
         assert other.previous is None and other.new == {"k1"}
     finally:
         await store.close()
+
+
+def test_the_exam_is_named_by_its_title_or_study_not_by_the_document_class() -> None:
+    kos_uid, data = make_kos(study_spec(study_description="TDM cérébrale"))
+    generic = entry(kos_uid, title="CR d'imagerie médicale", class_code=Code("REPORTS", "1.2.250.1.213.1.1.4.1",
+                                                                            "CR d'imagerie médicale"))  # fmt: skip
+    assert ex.from_kos(parse_kos(data), generic).description == "TDM cérébrale"
+    assert ex.from_kos(parse_kos(data), entry(kos_uid, title="Scanner du crâne")).description == "Scanner du crâne"
 
 
 def test_the_exam_page_escapes_everything_and_has_no_script() -> None:

@@ -45,6 +45,10 @@ SOP_CLASS_MODALITY = {
     "1.2.840.10008.5.1.4.1.1.88.33": "SR",
 }
 AVAILABLE, UNAVAILABLE = "available", "unavailable"
+OTHER_PATIENT = "the manifest names another patient than the DMP entry"
+OTHER_AUTHORITY = "the manifest's INS authority differs from the DMP entry's"
+# Why an exam is unavailable, as a code the pages say in the reader's language (consumer.list.problem.*).
+PROBLEM_CODES = {OTHER_PATIENT: "other_patient", OTHER_AUTHORITY: "other_authority"}
 
 
 @dataclass
@@ -80,7 +84,8 @@ class Exam:
     sources: list[str] = field(default_factory=list)  # hosts of the Retrieve URLs (the source boxes)
     series: list[ExamSeries] = field(default_factory=list)
     status: str = AVAILABLE
-    problem: str = ""  # why it is unavailable
+    problem: str = ""  # why it is unavailable (English, for the API and the logs)
+    problem_code: str = ""  # the same as a code: consumer.list.problem.<code> says it to the professional
     is_new: bool = False
 
     @property
@@ -122,7 +127,7 @@ class Exam:
             "regions": self.regions, "description": self.description or None,
             "institution": self.institution or None, "sources": self.sources,
             "series_count": len(self.series), "instance_count": self.instance_count, "status": self.status,
-            "problem": self.problem or None, "new": self.is_new, "view_url": self.view_url,
+            "problem": self.problem or None, "problem_code": self.problem_code or None, "new": self.is_new, "view_url": self.view_url,
             "import_url": self.import_url, "thumbnail_url": self.thumbnail_url or None,
         }  # fmt: skip
         if with_series:
@@ -174,9 +179,10 @@ def _title(entry: DocumentEntryInfo) -> str:
     return "" if title.lower() in generic else title
 
 
-def unavailable(entry: DocumentEntryInfo, problem: str) -> Exam:
+def unavailable(entry: DocumentEntryInfo, problem: str, code: str = "") -> Exam:
     exam = from_entry(entry)
     exam.status, exam.problem = UNAVAILABLE, problem
+    exam.problem_code = code or PROBLEM_CODES.get(problem, "")
     return exam
 
 
@@ -212,9 +218,9 @@ def from_kos(kos: KosSummary, entry: DocumentEntryInfo | None = None) -> Exam:
 def kos_patient_problem(kos: KosSummary, ins: str, oid: str) -> str | None:
     """Why a KOS cannot be shown for this patient (it names someone else), or None."""
     if kos.patient_id != ins:
-        return "the manifest names another patient than the DMP entry"
+        return OTHER_PATIENT
     if kos.patient_id_oid and kos.patient_id_oid != oid:
-        return "the manifest's INS authority differs from the DMP entry's"
+        return OTHER_AUTHORITY
     return None
 
 

@@ -142,7 +142,8 @@ def _row(m: Messages, exam: Exam, base_query: dict[str, str], back: str, *, firs
                    f'<button type="submit" name="one" value="{e(exam.kos_uid)}">{e(m("consumer.list.import"))}</button>')  # fmt: skip
     else:
         counts = "—"
-        actions = f'<span class="problem">{e(m("consumer.list.unavailable", problem=exam.problem))}</span>'
+        problem = m(f"consumer.list.problem.{exam.problem_code}") if exam.problem_code else exam.problem
+        actions = f'<span class="problem">{e(m("consumer.list.unavailable", problem=problem))}</span>'
     accession = (f'<br><span class="muted">{e(m("consumer.list.accession", value=exam.accession))}</span>'
                  if exam.accession else "")  # fmt: skip
     description = e(exam.description) if exam.description else f'<span class="muted">{e(m("consumer.list.no_description"))}</span>'
