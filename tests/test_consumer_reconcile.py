@@ -124,3 +124,39 @@ async def test_an_import_lands_under_the_local_patient_in_orthanc(
             assert r.status == 409 and "Import refusé" in page and "identité nationale de santé (INS)" in page
         async with http.post(f"{conso.url}/conso/imports", data={"launch": launch}) as r:
             assert r.status == 400 and "Aucun examen choisi" in await r.text()
+
+
+@pytest.mark.orthanc
+@pytest.mark.dcmtk
+@pytest.mark.sim
+@pytest.mark.box
+async def test_an_import_goes_to_the_chosen_local_pacs(
+    orthanc: Any, orthanc_factory: Any, source_box: Any, sim: Any, tmp_path: Path
+) -> None:
+    orthanc.clear()
+    first = orthanc_factory(box_aet="DRIMCONSO", box_port=free_port())
+    second = orthanc_factory(box_aet="DRIMCONSO", box_port=free_port())
+    port = free_port()
+    box = source_box(orthanc, box={"public_url": f"http://127.0.0.1:{port}"})
+    pub = await asyncio.to_thread(publish_exam, orthanc, box, tmp_path, instances=4)
+    kos_bytes = await asyncio.to_thread(sim.document_bytes, pub["kos_uid"])
+    token = (await asyncio.to_thread(psc_token, sim.url))["access_token"]
+    settings = consumer_settings(tmp_path, sim.url, first, "c-store")
+    settings.consumer.local_pacs_others = [f"{second.aet}@127.0.0.1:{second.dicom_port}"]
+    async with (protected_front(box, sim.url, port),
+                running_consumer(settings, token, {pub["kos_uid"]: kos_bytes}) as conso,
+                aiohttp.ClientSession() as http):  # fmt: skip
+        async with http.post(f"{conso.url}/conso/api/exams/{pub['kos_uid']}/import", data={"target": "2"}) as r:
+            assert r.status == 400  # only 0 (local_pacs_*) and 1 are configured
+        async with http.post(f"{conso.url}/conso/api/exams/{pub['kos_uid']}/import", data={"target": "1"}) as r:
+            assert r.status == 202, await r.text()
+            status_url = (await r.json())["status_url"]
+        for _ in range(300):
+            async with http.get(conso.url + status_url) as resp:
+                report = await resp.json()
+            if report["state"] not in ("queued", "running"):
+                break
+            await asyncio.sleep(0.1)
+        assert (report["state"], report["stored"]) == ("done", 4), report
+        assert report["target"] == f"{second.aet} (127.0.0.1:{second.dicom_port})"
+    assert len(await asyncio.to_thread(second.instances)) == 4 and not await asyncio.to_thread(first.instances)
