@@ -124,6 +124,9 @@ async def test_an_import_lands_under_the_local_patient_in_orthanc(
             assert r.status == 409 and "Import refusé" in page and "identité nationale de santé (INS)" in page
         async with http.post(f"{conso.url}/conso/imports", data={"launch": launch}) as r:
             assert r.status == 400 and "Aucun examen choisi" in await r.text()
+        # A launch the box no longer knows: refused, never imported under the source's identifiers instead.
+        async with http.post(f"{conso.url}/conso/api/exams/{pub['kos_uid']}/import", data={"launch": "x" * 32}) as r:
+            assert r.status == 410 and (await r.json())["reason"] == "launch_expired"
 
 
 @pytest.mark.orthanc

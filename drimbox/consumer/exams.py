@@ -128,7 +128,7 @@ class Exam:
             "institution": self.institution or None, "sources": self.sources,
             "series_count": len(self.series), "instance_count": self.instance_count, "status": self.status,
             "problem": self.problem or None, "problem_code": self.problem_code or None, "new": self.is_new, "view_url": self.view_url,
-            "import_url": self.import_url, "thumbnail_url": self.thumbnail_url or None,
+            "import_url": self.import_url, "thumbnail_url": self.thumbnail_url or None, "series_url": self.series_url,
         }  # fmt: skip
         if with_series:
             out["series"] = [s.to_json() for s in self.series]

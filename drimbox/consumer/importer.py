@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 import aiohttp
@@ -390,7 +390,8 @@ def import_routes(
             raise web.HTTPUnauthorized(text=json.dumps(body), content_type="application/json")
         return pro, token
 
-    async def local_patient(importer: Importer, launch_id: str) -> LocalPatient | None:
+    async def local_patient(importer: Importer, launch_id: str) -> LocalPatient | Literal[False] | None:
+        """The launch's local patient; None without a launch; False for a launch this box no longer knows."""
         if not launch_id:
             return None
         store = importer.backend.manifests
@@ -399,8 +400,8 @@ def import_routes(
         elif isinstance(store, ConsumerStore):
             data = await store.launch(launch_id, importer.settings.consumer.launch_ttl)
         else:
-            return None
-        return LocalPatient.from_launch(data) if data is not None else None
+            return False
+        return LocalPatient.from_launch(data) if data is not None else False
 
     async def page_professional(request: web.Request, back: str) -> tuple[ProfessionalLike, str]:
         """The professional of an HTML import page; else the login, coming back to `back` (a list) afterwards."""
@@ -429,7 +430,9 @@ def import_routes(
             await audit_request(request, "consumer.import", REFUSED, professional=pro.id, kos=kos_uid, status=status)
             return status, "exam_refused", str(exc)
         local = await local_patient(importer, launch_id)
-        if local is not None and reconcile.ins_mismatch(kos, local):
+        if local is False:  # never imported under the source's identifiers for want of the local ones
+            return 410, "launch_expired", m("import.error.launch_expired")
+        if isinstance(local, LocalPatient) and reconcile.ins_mismatch(kos, local):
             await audit_request(request, "consumer.import", REFUSED, professional=pro.id, kos=kos_uid, status=409,
                                 reason="ins_mismatch")  # fmt: skip
             return 409, "ins_mismatch", m("import.error.ins_mismatch")
@@ -437,7 +440,7 @@ def import_routes(
                             patient=kos.patient_id or None, patient_name=kos.patient_name or None,
                             destination=importer.target_names[target] if target else
                             importer.settings.consumer.local_pacs_method)  # fmt: skip
-        return await importer.start(Grant(pro.id, kos_uid, token), local, series, target)
+        return await importer.start(Grant(pro.id, kos_uid, token), local or None, series, target)
 
     def _values(request: web.Request, form: Mapping[str, object]) -> list[tuple[str, str]]:
         return [*request.query.items(), *((k, v) for k, v in form.items() if isinstance(v, str))]
