@@ -1,4 +1,4 @@
-"""Import of an exam into the local PACS (C-STORE or STOW-RS) as durable jobs, skipping what is already there."""
+"""Import of an exam into a local PACS (C-STORE or STOW-RS) as durable jobs, reconciled to the local patient."""
 
 from __future__ import annotations
 
@@ -376,7 +376,8 @@ def import_routes(
     importer_of: Callable[[], Importer], auth: ConsumerAuth,
     launches: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None,
 ) -> list[web.RouteDef]:
-    """POST /conso/api/exams/{kos_uid}/import → 202 + status URL; GET /conso/api/imports/{id} → progress.
+    """POST /conso/api/exams/{kos_uid}/import → 202 + status URL; GET /conso/api/imports/{id} → progress; and the
+    list's HTML forms: POST /conso/imports (ticked exams, or one exam's series) → 303 to GET /conso/imports?job=…
 
     `importer_of` gives the Importer at request time (it is made when the app starts); `launches` finds a stored
     launch by id (the consumer's store when not given and the backend's manifests are one).
