@@ -233,6 +233,9 @@ class ConsumerSettings:
     # STOW-RS base, e.g. http://pacs:8042/dicom-web (instances already there are found by QIDO-RS on it).
     local_pacs_stow_url: str = ""
     local_pacs_timeout: float = 30.0
+    # More local PACS an import may go to, each "AE_TITLE@host:port" (C-STORE): with any, the exam list offers a
+    # choice of destination, the local_pacs_* one first (the default).
+    local_pacs_others: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -385,6 +388,17 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
 def _section_types(section_cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(section_cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def parse_pacs(entry: str, timeout: float = 30.0) -> PacsSettings | None:
+    """A PACS written AE_TITLE@host:port (consumer.local_pacs_others), or None when it is not that."""
+    ae, sep, address = entry.strip().rpartition("@")
+    host, colon, port = address.rpartition(":")
+    if not sep or not colon or not 0 < len(ae) <= 16 or "\\" in ae or not host.strip("[]") or not port.isdigit():
+        return None
+    if not 0 < int(port) <= 65535:
+        return None
+    return PacsSettings(ae_title=ae, host=host.strip("[]"), port=int(port), timeout=timeout)
 
 
 def _validate(s: Settings) -> None:
@@ -561,6 +575,9 @@ def _validate_consumer(s: Settings) -> None:
         raise ConfigError(f"consumer.local_pacs_stow_url: an http(s) URL is required with stow-rs, got {c.local_pacs_stow_url!r}")
     if not 0 < len(c.local_pacs_ae_title) <= 16 or "\\" in c.local_pacs_ae_title:
         raise ConfigError(f"consumer.local_pacs_ae_title: 1 to 16 characters without backslash, got {c.local_pacs_ae_title!r}")
+    for entry in c.local_pacs_others:
+        if parse_pacs(entry) is None:
+            raise ConfigError(f"consumer.local_pacs_others: each entry is AE_TITLE@host:port, got {entry!r}")
     if not 0 <= c.local_pacs_port <= 65535:
         raise ConfigError(f"consumer.local_pacs_port: must be between 0 and 65535, got {c.local_pacs_port}")
     for key, value in (("cache_max_bytes", c.cache_max_bytes), ("retrieve_connect_timeout", c.retrieve_connect_timeout),

@@ -172,7 +172,7 @@ async def test_the_chosen_situation_is_what_the_dmp_receives(tmp_path: Path, sim
             chosen = await http.post(box.url + form.action, data={**form.fields, "structure": HOSPITAL})
             assert chosen.status == 200 and urlsplit(str(chosen.url)).path == f"/conso/patients/{INS}/exams"
             # The list offers to change it again, and comes back to itself.
-            change = re.search(r'<a href="(/auth/situation\?next=[^"]+)">change practice situation', await chosen.text())
+            change = re.search(r'<a href="(/auth/situation\?next=[^"]+)">changer de situation d&#x27;exercice', await chosen.text())
             assert change and unquote(html.unescape(change[1])).endswith(urlsplit(str(chosen.url)).query)
             # Every DMP request of that list (TD0.2, TD0.3, ITI-18) named the hospital and its sector.
             assert tap.seen and structures(tap) == {(HOSPITAL, "SA01^1.2.250.1.71.4.2.4")}
@@ -216,4 +216,4 @@ async def test_the_situation_page_needs_a_session_and_a_single_situation_needs_n
         launched = await http.post(f"{box.url}/conso/launch", data=LAUNCH_FORM, allow_redirects=False)
         assert urlsplit(launched.headers["Location"]).path == f"/conso/patients/{INS}/exams"
         listed = await http.get(box.url + launched.headers["Location"])
-        assert listed.status == 200 and "change practice situation" not in await listed.text()
+        assert listed.status == 200 and "changer de situation" not in await listed.text()

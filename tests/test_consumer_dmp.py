@@ -104,7 +104,7 @@ async def test_the_exam_list_through_the_dmp(dmp_url: str, tmp_path: Path, caplo
         resp = await client.post("/conso/launch", data=LAUNCH_FORM)
         assert resp.status == 200, await resp.text()
         page = await resp.text()
-        assert page.index("2022-03-01") < page.index("2021-01-08") and "2 exam(s) listed" in page
+        assert page.index("01/03/2022") < page.index("08/01/2021") and ": 2 examen(s)." in page
         assert "Centre de radiologie Ambroise" in page and "127.0.0.1:18080" in page
 
         async def listed(query: str = "") -> dict[str, Any]:
@@ -212,7 +212,7 @@ async def test_unavailable_exam_in_the_first_list(dmp_url: str, tmp_path: Path, 
     monkeypatch.setattr(DmpClient, "retrieve_document", failing)
     async with consumer_client(settings, FakeAuth(Pro())) as client:
         resp = await client.post("/conso/launch", data=LAUNCH_FORM)
-        assert resp.status == 200 and "Unavailable: the DMP cannot be reached" in await resp.text()
+        assert resp.status == 200 and "Indisponible : le DMP ne répond pas" in await resp.text()
         body = await (await client.get(f"/conso/api/patients/{INS}/exams")).json()
         by_uid = {x["kos_uid"]: x for x in body["exams"]}
         assert by_uid[kos_mr]["status"] == "unavailable" and by_uid[kos_mr]["date"] == "2022-03-01"

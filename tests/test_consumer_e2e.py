@@ -47,7 +47,7 @@ async def test_exam_c_from_the_source_box_is_found_through_the_dmp(
         resp = await client.get(resp.headers["Location"])
         assert resp.status == 200, await resp.text()
         page = await resp.text()
-        for expected in ("2021-01-08", "CT", source_host, "Centre de radiologie Ambroise", "2 series, 6 images",
+        for expected in ("08/01/2021", "CT", source_host, "Centre de radiologie Ambroise", "2 série(s), 6 image(s)",
                          f'href="/viewer/?kos={pub["kos_uid"]}"'):  # fmt: skip
             assert expected in page, expected
 

@@ -10,6 +10,7 @@ from drimbox.consumer.catalog import ExamList
 from drimbox.consumer.launch import parse_launch
 from drimbox.consumer.lookup import ExamFilters, PatientRef
 from drimbox.consumer.store import ConsumerStore
+from drimbox.i18n import Messages
 from drimbox.manifest import parse_kos
 from drimbox.xds import namespaces as ns
 from drimbox.xds.metadata import Author, Code, ReferenceId, xon
@@ -73,6 +74,11 @@ def test_a_kos_of_another_patient_is_refused() -> None:
     assert ex.kos_patient_problem(kos, INS, INS_OID) is None
     assert "another patient" in (ex.kos_patient_problem(kos, "248039121518984", INS_OID) or "")
     assert "authority" in (ex.kos_patient_problem(kos, INS, "1.2.250.1.213.1.4.8") or "")
+    # On the list, the professional reads why in their language.
+    other = ex.unavailable(entry("1.2.3.5"), ex.kos_patient_problem(kos, "248039121518984", INS_OID) or "")
+    assert other.problem_code == "other_patient" and other.to_json()["problem_code"] == "other_patient"
+    page = pages.exam_list(ExamList(PATIENT_REF, ExamFilters(), [other], None), Pro(), None, {"oid": INS_OID})
+    assert "Indisponible : le manifeste désigne un autre patient" in page
 
 
 def test_filters_are_checked_again_on_the_entries() -> None:
@@ -111,6 +117,14 @@ async def test_new_exams_are_counted_per_consultation(tmp_path: Path) -> None:
         await store.close()
 
 
+def test_the_exam_is_named_by_its_title_or_study_not_by_the_document_class() -> None:
+    kos_uid, data = make_kos(study_spec(study_description="TDM cérébrale"))
+    generic = entry(kos_uid, title="CR d'imagerie médicale", class_code=Code("REPORTS", "1.2.250.1.213.1.1.4.1",
+                                                                            "CR d'imagerie médicale"))  # fmt: skip
+    assert ex.from_kos(parse_kos(data), generic).description == "TDM cérébrale"
+    assert ex.from_kos(parse_kos(data), entry(kos_uid, title="Scanner du crâne")).description == "Scanner du crâne"
+
+
 def test_the_exam_page_escapes_everything_and_has_no_script() -> None:
     kos_uid, data = make_kos(study_spec())
     good = ex.from_kos(parse_kos(data), entry(kos_uid))
@@ -121,7 +135,12 @@ def test_the_exam_page_escapes_everything_and_has_no_script() -> None:
     html = pages.exam_list(result, Pro(given="<Jean>"), launch, {"oid": INS_OID})
     assert "<script" not in html and "&lt;script&gt;" in html and "&lt;b&gt;reach" in html
     assert "O&#x27;&lt;I&gt;BRIEN" in html and "&lt;Jean&gt;" in html
-    assert "1 new exam(s)" in html and "2021-01-08" in html and "127.0.0.1:18080" in html
-    assert f'href="/viewer/?kos={kos_uid}"' in html and f'action="/conso/api/exams/{kos_uid}/import"' in html
-    assert "Unavailable: cannot" in html and "show every exam" in html
-    assert html.index("2021-01-08") < html.index("2019-01-01")
+    assert "1 nouvel(s) examen(s) depuis votre dernière consultation" in html and "nouveau depuis" in html
+    assert "08/01/2021" in html and "127.0.0.1:18080" in html and "Examens d&#x27;imagerie" in html
+    assert f'href="/viewer/?kos={kos_uid}"' in html and 'action="/conso/imports"' in html
+    assert f'name="one" value="{kos_uid}"' in html and f'name="kos" value="{kos_uid}"' in html
+    assert "Indisponible : cannot" in html and "Tous les examens" in html
+    assert html.index("08/01/2021") < html.index("01/01/2019")
+    english = pages.exam_list(result, Pro(given="<Jean>"), launch, {"oid": INS_OID}, m=Messages("en"))
+    assert "1 new exam(s) since your last consultation" in english and "2021-01-08" in english
+    assert "Unavailable: cannot" in english and "Every exam" in english

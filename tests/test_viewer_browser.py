@@ -201,6 +201,12 @@ def test_report_link_logs_in_and_shows_the_study(
     first_image_ms = page.evaluate("performance.getEntriesByName('first-image')[0].startTime")
     print(f"\nfirst image painted {first_image_ms:.0f} ms after the viewer's navigation started (8 instances)")
 
+    # `series=` (the consumer's per-series View) opens that series, not the first one.
+    wait_until(page, "document.querySelectorAll('#series-list button').length >= 2")
+    uids = page.eval_on_selector_all("#series-list button", "buttons => buttons.map(b => b.dataset.series)")
+    page.goto(f"{source.url}/viewer/?" + urlencode({"base": "/dicom-web", "study": STUDY_C, "series": uids[-1]}))
+    wait_until(page, f"document.querySelector('#series-list button[aria-current=true]')?.dataset.series === '{uids[-1]}'")
+
     # An unknown study, then bad parameters: clear pages, not the viewer.
     resp = page.goto(link.replace(STUDY_C, "1.2.3.4.5"))
     assert resp.status == 404 and "Exam not found" in page.inner_text("h1")

@@ -118,10 +118,13 @@ async function main() {
   listed.then((series) => showSeriesList(api, series), () => {});
   // The metadata is waited for even when the list comes first: a 504 is as quick as the list, and the metadata
   // saves the series' own request.
+  // `series=` (the consumer's per-series View) opens that series first, when the study has it.
+  const wanted = params.get('series') || '';
+  const pick = (uids) => (wanted && uids.includes(wanted) ? wanted : uids[0]);
   const first = await cached.then((items) => {
-    const uid = value([...items].sort(bySeriesNumber)[0], '0020000E');
+    const uid = pick([...items].sort(bySeriesNumber).map((i) => value(i, '0020000E')));
     return uid ? { uid, items: items.filter((i) => value(i, '0020000E') === uid) } : Promise.reject(new Error('empty'));
-  }).catch(() => listed.then((series) => ({ uid: value(series[0], '0020000E'), items: null })));
+  }).catch(() => listed.then((series) => ({ uid: pick(series.map((s) => value(s, '0020000E'))), items: null })));
   if (!first.uid) throw problem('error.empty_study');
   await openSeries(api, first.uid, first.items);
 }

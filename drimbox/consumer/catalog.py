@@ -11,7 +11,14 @@ from drimbox.consumer import exams as ex
 from drimbox.consumer.access import AccessIntent, AccessRules
 from drimbox.consumer.auth import ProfessionalLike
 from drimbox.consumer.exams import Exam
-from drimbox.consumer.lookup import DmpLookup, ExamFilters, LookupFailed, PatientRef
+from drimbox.consumer.lookup import (
+    AccessRefused,
+    DmpLookup,
+    DmpUnavailable,
+    ExamFilters,
+    LookupFailed,
+    PatientRef,
+)
 from drimbox.consumer.store import ConsumerStore
 from drimbox.manifest import KosError, KosSummary, parse_kos
 from drimbox.xds.client import DmpClient
@@ -23,6 +30,12 @@ log = logging.getLogger(__name__)
 
 class ExamNotFound(LookupFailed):
     status = 404
+
+
+def _problem_code(exc: LookupFailed) -> str:
+    if isinstance(exc, DmpUnavailable):
+        return "dmp_unavailable"
+    return "access_refused" if isinstance(exc, AccessRefused) else "dmp_refused"
 
 
 @dataclass
@@ -61,6 +74,8 @@ class ExamCatalog:
             await self.lookup.ensure_access(patient, identity, intent.informed)
             entries = await self.lookup.find_manifests(patient, filters, identity)
             exams = list(await asyncio.gather(*(self._exam(entry, patient, identity) for entry in entries)))
+        # Free text is the box's own filter: the DMP's FindDocuments has no parameter for it.
+        exams = [x for x in exams if filters.has_text(x.description)]
         visit = await self.store.record_visit(
             pro.id, patient.key, [e.kos_uid for e in exams], self.settings.consumer.visit_window
         )
@@ -93,9 +108,9 @@ class ExamCatalog:
         try:
             kos = await self._kos(entry, patient, identity)
         except LookupFailed as exc:
-            return ex.unavailable(entry, exc.message)
+            return ex.unavailable(entry, exc.message, _problem_code(exc))
         except KosError as exc:
-            return ex.unavailable(entry, f"the manifest is not a readable KOS: {exc}")
+            return ex.unavailable(entry, f"the manifest is not a readable KOS: {exc}", "unreadable")
         problem = ex.kos_patient_problem(kos, patient.ins, patient.oid)
         if problem:
             return ex.unavailable(entry, problem)

@@ -45,6 +45,10 @@ SOP_CLASS_MODALITY = {
     "1.2.840.10008.5.1.4.1.1.88.33": "SR",
 }
 AVAILABLE, UNAVAILABLE = "available", "unavailable"
+OTHER_PATIENT = "the manifest names another patient than the DMP entry"
+OTHER_AUTHORITY = "the manifest's INS authority differs from the DMP entry's"
+# Why an exam is unavailable, as a code the pages say in the reader's language (consumer.list.problem.*).
+PROBLEM_CODES = {OTHER_PATIENT: "other_patient", OTHER_AUTHORITY: "other_authority"}
 
 
 @dataclass
@@ -74,12 +78,14 @@ class Exam:
     time: str = ""  # HH:MM
     modalities: list[str] = field(default_factory=list)
     regions: list[str] = field(default_factory=list)
+    region_codes: list[str] = field(default_factory=list)  # code^^scheme of each region: what the search filters on
     description: str = ""
     institution: str = ""  # the author institution of the DMP entry (the centre that published it)
     sources: list[str] = field(default_factory=list)  # hosts of the Retrieve URLs (the source boxes)
     series: list[ExamSeries] = field(default_factory=list)
     status: str = AVAILABLE
-    problem: str = ""  # why it is unavailable
+    problem: str = ""  # why it is unavailable (English, for the API and the logs)
+    problem_code: str = ""  # the same as a code: consumer.list.problem.<code> says it to the professional
     is_new: bool = False
 
     @property
@@ -98,6 +104,22 @@ class Exam:
     def import_url(self) -> str:
         return f"/conso/api/exams/{quote(self.kos_uid)}/import"
 
+    @property
+    def series_url(self) -> str:
+        return f"/conso/exams/{quote(self.kos_uid)}/series"
+
+    @property
+    def thumbnail_url(self) -> str:
+        """The consumer's rendered thumbnail of the middle series (the box fetches it from the source on demand)."""
+        if not (self.study_uid and self.series):
+            return ""
+        middle = self.series[len(self.series) // 2]
+        return (f"/conso/dicom-web/studies/{quote(self.study_uid)}/series/{quote(middle.uid)}/thumbnail"
+                f"?kos={quote(self.kos_uid)}")  # fmt: skip
+
+    def series_view_url(self, series_uid: str) -> str:
+        return f"{self.view_url}&series={quote(series_uid)}"
+
     def to_json(self, *, with_series: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
             "kos_uid": self.kos_uid, "study_uid": self.study_uid or None, "accession": self.accession or None,
@@ -105,8 +127,8 @@ class Exam:
             "regions": self.regions, "description": self.description or None,
             "institution": self.institution or None, "sources": self.sources,
             "series_count": len(self.series), "instance_count": self.instance_count, "status": self.status,
-            "problem": self.problem or None, "new": self.is_new, "view_url": self.view_url,
-            "import_url": self.import_url,
+            "problem": self.problem or None, "problem_code": self.problem_code or None, "new": self.is_new, "view_url": self.view_url,
+            "import_url": self.import_url, "thumbnail_url": self.thumbnail_url or None, "series_url": self.series_url,
         }  # fmt: skip
         if with_series:
             out["series"] = [s.to_json() for s in self.series]
@@ -133,7 +155,7 @@ def _institution(entry: DocumentEntryInfo) -> str:
 def from_entry(entry: DocumentEntryInfo) -> Exam:
     """What the DMP entry alone tells (enough to list an exam whose KOS cannot be read)."""
     modalities = [c.code for c in entry.event_codes if c.scheme == ns.MODALITY_SCHEME]
-    regions = [c.display or c.code for c in entry.event_codes if c.scheme != ns.MODALITY_SCHEME]
+    region_codes = [c for c in entry.event_codes if c.scheme != ns.MODALITY_SCHEME]
     start = entry.service_start or entry.creation_time or ""
     accessions = entry.accession_numbers
     return Exam(
@@ -143,15 +165,24 @@ def from_entry(entry: DocumentEntryInfo) -> Exam:
         date=_iso_date(start),
         time=_hhmm(start[8:12]),
         modalities=modalities,
-        regions=regions,
-        description=entry.comments or "",
+        regions=[c.display or c.code for c in region_codes],
+        region_codes=[f"{c.code}^^{c.scheme}" for c in region_codes],
+        description=_title(entry) or entry.comments or "",
         institution=_institution(entry),
     )
 
 
-def unavailable(entry: DocumentEntryInfo, problem: str) -> Exam:
+def _title(entry: DocumentEntryInfo) -> str:
+    """The DMP entry's title when it names the exam, not merely the document class ("CR d'imagerie médicale")."""
+    title = (entry.title or "").strip()
+    generic = {c.display.strip().lower() for c in (entry.class_code, entry.type_code) if c is not None and c.display}
+    return "" if title.lower() in generic else title
+
+
+def unavailable(entry: DocumentEntryInfo, problem: str, code: str = "") -> Exam:
     exam = from_entry(entry)
     exam.status, exam.problem = UNAVAILABLE, problem
+    exam.problem_code = code or PROBLEM_CODES.get(problem, "")
     return exam
 
 
@@ -169,7 +200,8 @@ def from_kos(kos: KosSummary, entry: DocumentEntryInfo | None = None) -> Exam:
     exam.accession = kos.accession_number or exam.accession
     if not exam.date:
         exam.date, exam.time = _iso_date(kos.study_date), _hhmm(kos.study_time)
-    exam.description = kos.description or kos.study_description or exam.description
+    # What the exam is: the entry's own title, else the study's description, else the KOS's free text.
+    exam.description = (_title(entry) if entry else "") or kos.study_description or kos.description or exam.description
     for s in kos.series:
         kinds = {SOP_CLASS_MODALITY.get(i.sop_class_uid, "") for i in s.instances} - {""}
         # One modality per series in practice; otherwise the entry's (the report's) when it has a single one.
@@ -186,9 +218,9 @@ def from_kos(kos: KosSummary, entry: DocumentEntryInfo | None = None) -> Exam:
 def kos_patient_problem(kos: KosSummary, ins: str, oid: str) -> str | None:
     """Why a KOS cannot be shown for this patient (it names someone else), or None."""
     if kos.patient_id != ins:
-        return "the manifest names another patient than the DMP entry"
+        return OTHER_PATIENT
     if kos.patient_id_oid and kos.patient_id_oid != oid:
-        return "the manifest's INS authority differs from the DMP entry's"
+        return OTHER_AUTHORITY
     return None
 
 

@@ -54,7 +54,8 @@ def setup_consumer_images(app: web.Application, settings: Settings, auth: Consum
         backend, base="/conso/dicom-web", cors_origins=settings.http.cors_origins,
         compress=settings.http.compress_on_the_fly, access_params=(KOS_PARAM,),
     ), auth))  # fmt: skip
-    app.add_routes(import_routes(lambda: app[IMPORTER], auth))
+    # The launch an import names makes it land under the launch's local patient (consumer/reconcile.py).
+    app.add_routes(import_routes(lambda: app[IMPORTER], auth, lambda launch: app[CONSUMER].store.launch(launch, c.launch_ttl)))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         importer = Importer(settings, backend, settings.var_path / "consumer")

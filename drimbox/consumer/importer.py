@@ -1,33 +1,42 @@
-"""Import of an exam into the local PACS (C-STORE or STOW-RS) as durable jobs, skipping what is already there."""
+"""Import of an exam into a local PACS (C-STORE or STOW-RS) as durable jobs, reconciled to the local patient."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
+from multidict import MultiDict
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
 from drimbox import tls
 from drimbox.audit.events import REFUSED, SUCCESS
 from drimbox.audit.request import audit_request
-from drimbox.config import PacsSettings, Settings
+from drimbox.config import PacsSettings, Settings, parse_pacs
+from drimbox.consumer import import_pages, reconcile
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.backend import ConsumerBackend, Grant
+from drimbox.consumer.pages import CSP, error_page
+from drimbox.consumer.reconcile import LocalPatient
+from drimbox.consumer.store import ConsumerStore
 from drimbox.dicomweb.backend import DicomwebError
 from drimbox.dimse.network import DimseFailure, DimseUnavailable, make_ae
 from drimbox.dimse.qido_find import iter_find
 from drimbox.dimse.uid import is_lenient_uid
+from drimbox.i18n import Messages
 from drimbox.state.db import Database
 from drimbox.state.series_cache import CachedInstance
 
@@ -47,8 +56,14 @@ CREATE TABLE IF NOT EXISTS imports (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS imports_kos ON imports (kos_uid, professional);
+CREATE TABLE IF NOT EXISTS import_targets (
+    id TEXT PRIMARY KEY,
+    local_patient TEXT,
+    series TEXT NOT NULL DEFAULT '[]',
+    target INTEGER NOT NULL DEFAULT 0
+);
 """
-ACTIVE = ("queued", "running")
+ACTIVE = import_pages.ACTIVE
 UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 # Stored syntaxes sent as they are (never transcoded): each gets its own context so the PACS may accept some.
 COMPRESSED = ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
@@ -76,16 +91,17 @@ class _CStore:
                                    "or did not answer the association")  # fmt: skip
         return assoc
 
-    def _send(self, path: Path) -> int:
+    def _send(self, what: Path | Dataset) -> int:
         if self.assoc is None or not self.assoc.is_established:
             self.assoc = self._open()
-        # A path is sent as its stored bytes: no decoding, no transcoding.
-        status = self.assoc.send_c_store(path)
+        # A path is sent as its stored bytes: no decoding, no transcoding (a reconciled dataset keeps its syntax).
+        status = self.assoc.send_c_store(what)
         return int(getattr(status, "Status", 0xFFFF)) if status else 0xFFFF
 
-    async def send(self, instance: CachedInstance) -> str | None:
+    async def send(self, instance: CachedInstance, dataset: Dataset | None = None) -> str | None:
+        what: Path | Dataset = instance.path if dataset is None else dataset
         try:
-            status = await asyncio.get_running_loop().run_in_executor(self.thread, self._send, instance.path)
+            status = await asyncio.get_running_loop().run_in_executor(self.thread, self._send, what)
         except ValueError as exc:  # no accepted context for this SOP class / syntax
             return str(exc)[:200]
         return None if status in (0x0000, 0xB000, 0xB006, 0xB007) else f"C-STORE status 0x{status:04X}"
@@ -106,8 +122,8 @@ class _Stow:
         self.url = url.rstrip("/")
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), connector=tls.connector())
 
-    async def send(self, instance: CachedInstance) -> str | None:
-        data = await asyncio.to_thread(instance.path.read_bytes)
+    async def send(self, instance: CachedInstance, dataset: Dataset | None = None) -> str | None:
+        data = await asyncio.to_thread(instance.path.read_bytes if dataset is None else lambda: _part10(dataset))
         with aiohttp.MultipartWriter("related", boundary=secrets.token_hex(16)) as mp:
             mp.append(data, {"Content-Type": "application/dicom"})
         mp.headers["Content-Type"] = f'multipart/related; type="application/dicom"; boundary={mp.boundary}'
@@ -124,8 +140,32 @@ class _Stow:
             items = await r.json(content_type=None)
         return {str(i.get("00080018", {}).get("Value", [""])[0]) for i in items if isinstance(i, dict)}
 
+    async def study_patients(self, study_uid: str) -> set[str]:
+        """Patient IDs under which the local PACS holds this Study Instance UID."""
+        url = f"{self.url}/studies?StudyInstanceUID={study_uid}&includefield=00100020"
+        async with self.session.get(url, headers={"Accept": "application/dicom+json"}) as r:
+            if r.status == 204 or r.status == 404:
+                return set()
+            if r.status != 200:
+                raise DimseUnavailable(f"QIDO-RS on the local PACS: HTTP {r.status}")
+            items = await r.json(content_type=None)
+        return {str((i.get("00100020", {}).get("Value") or [""])[0]) for i in items if isinstance(i, dict)}
+
     async def close(self) -> None:
         await self.session.close()
+
+
+def _part10(ds: Dataset) -> bytes:
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def target_names(settings: Settings) -> list[str]:
+    """What the pages call each destination, by index: the local_pacs_* one, then local_pacs_others."""
+    c = settings.consumer
+    others = (p for p in (parse_pacs(x) for x in c.local_pacs_others) if p is not None)
+    return [c.local_pacs_ae_title] + [f"{p.ae_title} ({p.host}:{p.port})" for p in others]
 
 
 class Importer:
@@ -150,6 +190,12 @@ class Importer:
         c = settings.consumer
         self.pacs = PacsSettings(ae_title=c.local_pacs_ae_title, host=c.local_pacs_host, port=c.local_pacs_port,
                                  timeout=c.local_pacs_timeout)  # fmt: skip
+        # Destinations by index: 0 is the local_pacs_* one (C-STORE or STOW-RS), then local_pacs_others (C-STORE).
+        self.others = [p for p in (parse_pacs(x, c.local_pacs_timeout) for x in c.local_pacs_others) if p is not None]
+
+    @property
+    def target_names(self) -> list[str]:
+        return target_names(self.settings)
 
     async def close(self) -> None:
         """Stop the running jobs (they become `interrupted`) and close the database; idempotent."""
@@ -161,13 +207,22 @@ class Importer:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         await asyncio.to_thread(self.db.close)
 
-    async def start(self, grant: Grant) -> str:
-        """The job importing this KOS for this professional: the active one, an interrupted one resumed, or new."""
+    async def start(
+        self, grant: Grant, local: LocalPatient | None = None, series: tuple[str, ...] = (), target: int = 0
+    ) -> str:
+        """The job importing this KOS for this professional: the active one, an interrupted one resumed, or new.
+
+        With `local`, every instance is reconciled to that local patient (consumer/reconcile.py); with `series`,
+        only those series are imported, and with `target` (an index of target_names) into another PACS: both are
+        always a new job.
+        """
 
         def pick(conn: sqlite3.Connection) -> tuple[str, bool]:
             row = conn.execute("SELECT id, state FROM imports WHERE kos_uid = ? AND professional = ? "
                                "ORDER BY created DESC LIMIT 1", (grant.kos_uid, grant.professional_id)).fetchone()  # fmt: skip
             now = time.time()
+            if series or target:
+                row = None
             if row is not None and row["state"] in ACTIVE:
                 return row["id"], False
             if row is not None and row["state"] == "interrupted":
@@ -179,7 +234,15 @@ class Importer:
                          "(?, ?, ?, 'queued', ?, ?)", (job_id, grant.kos_uid, grant.professional_id, now, now))  # fmt: skip
             return job_id, True
 
+        def remember(conn: sqlite3.Connection, job_id: str) -> None:
+            if local is not None or series or target:
+                conn.execute("INSERT OR REPLACE INTO import_targets (id, local_patient, series, target) VALUES "
+                             "(?, ?, ?, ?)", (job_id, json.dumps(local.to_json()) if local else None,
+                                              json.dumps(list(series)), target))  # fmt: skip
+
         job_id, fresh = await self.db.acall(pick)
+        if fresh:
+            await self.db.acall(lambda c: remember(c, job_id))
         if fresh or job_id not in self._tasks:
             task = asyncio.create_task(self._run(job_id, grant), name=f"import-{job_id}")
             self._tasks[job_id] = task
@@ -190,7 +253,11 @@ class Importer:
         row = await self.db.acall(lambda c: c.execute("SELECT * FROM imports WHERE id = ?", (job_id,)).fetchone())
         if row is None:
             return None
-        return {"id": row["id"], "kos_uid": row["kos_uid"], "professional": row["professional"], "state": row["state"],
+        extra = await self.db.acall(
+            lambda c: c.execute("SELECT target FROM import_targets WHERE id = ?", (job_id,)).fetchone())
+        index = int(extra["target"]) if extra is not None else 0
+        names = self.target_names
+        return {"target": names[index] if index < len(names) else None, "id": row["id"], "kos_uid": row["kos_uid"], "professional": row["professional"], "state": row["state"],
                 "total": row["total"], "stored": row["stored"], "skipped": row["skipped"], "failed": row["failed"],
                 "errors": json.loads(row["errors"]), "created": row["created"], "updated": row["updated"],
                 "method": self.settings.consumer.local_pacs_method}  # fmt: skip
@@ -202,7 +269,7 @@ class Importer:
         names = ", ".join(f"{k} = ?" for k in fields)
         await self.db.acall(lambda c: c.execute(f"UPDATE imports SET {names} WHERE id = ?", (*fields.values(), job_id)))
 
-    async def _present(self, study_uid: str, stow: _Stow | None) -> set[str]:
+    async def _present(self, pacs: PacsSettings, study_uid: str, stow: _Stow | None) -> set[str]:
         """SOP Instance UIDs of the study the local PACS holds already."""
         if stow is not None:
             return await stow.present(study_uid)
@@ -211,7 +278,31 @@ class Importer:
         query.StudyInstanceUID = study_uid
         query.SeriesInstanceUID = ""
         query.SOPInstanceUID = ""
-        return {str(ds.get("SOPInstanceUID", "")) async for ds in iter_find(self.pacs, self.settings.dicom.ae_title, query)}
+        return {str(ds.get("SOPInstanceUID", "")) async for ds in iter_find(pacs, self.settings.dicom.ae_title, query)}
+
+    async def _target(self, job_id: str) -> tuple[LocalPatient | None, set[str], PacsSettings | None]:
+        """The job's local patient (None: imported as it is), its series (empty: every series), and its other
+        destination (None: the local_pacs_* one)."""
+        row = await self.db.acall(lambda c: c.execute(
+            "SELECT local_patient, series, target FROM import_targets WHERE id = ?", (job_id,)).fetchone())  # fmt: skip
+        if row is None:
+            return None, set(), None
+        local = LocalPatient.from_json(json.loads(row["local_patient"])) if row["local_patient"] else None
+        index = int(row["target"])
+        other = self.others[index - 1] if 0 < index <= len(self.others) else None
+        if index and other is None:
+            raise DimseUnavailable("the import's destination PACS is no longer configured")
+        return local, set(json.loads(row["series"])), other
+
+    async def _study_patients(self, pacs: PacsSettings, study_uid: str, stow: _Stow | None) -> set[str]:
+        """Patient IDs the local PACS files this study under (C-FIND STUDY level, or QIDO-RS)."""
+        if stow is not None:
+            return await stow.study_patients(study_uid)
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        query.PatientID = ""
+        return {str(ds.get("PatientID", "")) async for ds in iter_find(pacs, self.settings.dicom.ae_title, query)}
 
     async def _run(self, job_id: str, grant: Grant) -> None:
         counts = {"stored": 0, "skipped": 0, "failed": 0}
@@ -219,26 +310,42 @@ class Importer:
         sender: _CStore | _Stow | None = None
         try:
             kos = await self.backend.kos(grant.kos_uid)
-            total = sum(len(s.instances) for s in kos.series)
+            local, grant_series, other = await self._target(job_id)
+            pacs = other or self.pacs
+            if local is not None and reconcile.ins_mismatch(kos, local):
+                raise ValueError("the exam's INS is not the launch's: not imported under this patient")
+            total = sum(len(s.instances) for s in kos.series if not grant_series or s.series_uid in grant_series)
             await self._update(job_id, state="running", total=total)
             stow = None
-            if self.settings.consumer.local_pacs_method == "stow-rs":
+            if other is None and self.settings.consumer.local_pacs_method == "stow-rs":
                 stow = _Stow(self.settings.consumer.local_pacs_stow_url, self.settings.consumer.local_pacs_timeout)
                 sender = stow
-            present = await self._present(kos.study_uid, stow)
+            # Same UIDs unless the local PACS holds this study under another patient: then UIDs derived from the
+            # originals and the local patient (stable, so a re-import still skips what it sent).
+            new_uids = bool(local and (await self._study_patients(pacs, kos.study_uid, stow)) - {local.patient_id})
+            uid = (lambda u: reconcile.new_uid(u, local)) if (local and new_uids) else (lambda u: u)
+            if new_uids:
+                log.info("import %s: the local PACS holds this study under another patient: new UIDs", job_id)
+            present = await self._present(pacs, uid(kos.study_uid), stow)
             if sender is None:
-                sender = _CStore(self.pacs, self.settings.dicom.ae_title,
+                sender = _CStore(pacs, self.settings.dicom.ae_title,
                                  {i.sop_class_uid for s in kos.series for i in s.instances})  # fmt: skip
             last = time.monotonic()
             for series in kos.series:
-                listed = {i.sop_instance_uid for i in series.instances}
+                if grant_series and series.series_uid not in grant_series:
+                    continue
+                listed = {uid(i.sop_instance_uid) for i in series.instances}
                 if listed <= present:
                     counts["skipped"] += len(listed)  # nothing to fetch from the source for this series
                     continue
                 async for instance in self.backend.series_instances(grant, kos, series):
-                    if instance.sop_instance_uid in present:
+                    dataset = None
+                    if local is not None:
+                        dataset = await asyncio.to_thread(dcmread, instance.path)
+                        reconcile.apply(dataset, local, new_uids=new_uids)
+                    if uid(instance.sop_instance_uid) in present:
                         counts["skipped"] += 1
-                    elif (problem := await sender.send(instance)) is None:
+                    elif (problem := await sender.send(instance, dataset)) is None:
                         counts["stored"] += 1
                     else:
                         counts["failed"] += 1
@@ -265,10 +372,15 @@ class Importer:
                 await sender.close()
 
 
-def import_routes(importer_of: Callable[[], Importer], auth: ConsumerAuth) -> list[web.RouteDef]:
-    """POST /conso/api/exams/{kos_uid}/import → 202 + status URL; GET /conso/api/imports/{id} → progress.
+def import_routes(
+    importer_of: Callable[[], Importer], auth: ConsumerAuth,
+    launches: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None,
+) -> list[web.RouteDef]:
+    """POST /conso/api/exams/{kos_uid}/import → 202 + status URL; GET /conso/api/imports/{id} → progress; and the
+    list's HTML forms: POST /conso/imports (ticked exams, or one exam's series) → 303 to GET /conso/imports?job=…
 
-    `importer_of` gives the Importer at request time (it is made when the app starts).
+    `importer_of` gives the Importer at request time (it is made when the app starts); `launches` finds a stored
+    launch by id (the consumer's store when not given and the backend's manifests are one).
     """
 
     async def professional(request: web.Request) -> tuple[ProfessionalLike, str]:
@@ -279,25 +391,113 @@ def import_routes(importer_of: Callable[[], Importer], auth: ConsumerAuth) -> li
             raise web.HTTPUnauthorized(text=json.dumps(body), content_type="application/json")
         return pro, token
 
-    async def start(request: web.Request) -> web.Response:
-        pro, token = await professional(request)
-        kos_uid = request.match_info["kos_uid"]
+    async def local_patient(importer: Importer, launch_id: str) -> LocalPatient | Literal[False] | None:
+        """The launch's local patient; None without a launch; False for a launch this box no longer knows."""
+        if not launch_id:
+            return None
+        store = importer.backend.manifests
+        if launches is not None:
+            data = await launches(launch_id)
+        elif isinstance(store, ConsumerStore):
+            data = await store.launch(launch_id, importer.settings.consumer.launch_ttl)
+        else:
+            return False
+        return LocalPatient.from_launch(data) if data is not None else False
+
+    async def page_professional(request: web.Request, back: str) -> tuple[ProfessionalLike, str]:
+        """The professional of an HTML import page; else the login, coming back to `back` (a list) afterwards."""
+        pro = await auth.current_professional(request)
+        token = await auth.access_token(request) if pro is not None else None
+        if pro is None or not token:
+            raise web.HTTPSeeOther(auth.login_url(back or request.path_qs), headers={"Cache-Control": "no-store"})
+        return pro, token
+
+    async def begin(
+        request: web.Request, pro: ProfessionalLike, token: str, kos_uid: str, launch_id: str,
+        series: tuple[str, ...], target: int,
+    ) -> str | tuple[int, str, str]:
+        """A job id, or why not: (HTTP status, reason code, French/English message)."""
+        m = Messages.of(request)
         if not is_lenient_uid(kos_uid):  # lenient: the KOS UID comes from the DMP, written by another box
-            return web.json_response({"error": "kosUid: a DICOM UID", "reason": "invalid_fields"}, status=400)
+            return 400, "invalid_fields", m("import.error.kos_uid")
         importer = importer_of()
+        if not 0 <= target < len(importer.target_names):
+            return 400, "invalid_fields", m("import.error.target")
         try:
             kos = await importer.backend.open(pro, kos_uid)
         except Exception as exc:
             status = getattr(exc, "status", 404)
             status = status if isinstance(status, int) and status >= 400 else 404
             await audit_request(request, "consumer.import", REFUSED, professional=pro.id, kos=kos_uid, status=status)
-            return web.json_response({"error": str(exc), "reason": "exam_refused"}, status=status)
+            return status, "exam_refused", str(exc)
+        local = await local_patient(importer, launch_id)
+        if local is False:  # never imported under the source's identifiers for want of the local ones
+            return 410, "launch_expired", m("import.error.launch_expired")
+        if isinstance(local, LocalPatient) and reconcile.ins_mismatch(kos, local):
+            await audit_request(request, "consumer.import", REFUSED, professional=pro.id, kos=kos_uid, status=409,
+                                reason="ins_mismatch")  # fmt: skip
+            return 409, "ins_mismatch", m("import.error.ins_mismatch")
         await audit_request(request, "consumer.import", SUCCESS, professional=pro.id, kos=kos_uid, study=kos.study_uid,
                             patient=kos.patient_id or None, patient_name=kos.patient_name or None,
-                            destination=importer.settings.consumer.local_pacs_method)  # fmt: skip
-        job_id = await importer.start(Grant(pro.id, kos_uid, token))
-        url = f"/conso/api/imports/{job_id}"
-        return web.json_response({"id": job_id, "status_url": url}, status=202, headers={"Location": url})
+                            destination=importer.target_names[target] if target else
+                            importer.settings.consumer.local_pacs_method)  # fmt: skip
+        return await importer.start(Grant(pro.id, kos_uid, token), local or None, series, target)
+
+    def _values(request: web.Request, form: Mapping[str, object]) -> list[tuple[str, str]]:
+        return [*request.query.items(), *((k, v) for k, v in form.items() if isinstance(v, str))]
+
+    def _target(values: list[tuple[str, str]]) -> int:
+        raw = next((v for k, v in values if k == "target"), "0")
+        return int(raw) if raw.isdigit() and len(raw) < 4 else -1
+
+    async def start(request: web.Request) -> web.Response:
+        """The launch (form or query `launch`) makes it a reconciled import; `series` (repeated) narrows it;
+        `target` picks another local PACS."""
+        pro, token = await professional(request)
+        form = await request.post() if request.can_read_body else MultiDict[str]()
+        values = _values(request, form)
+        launch_id = next((v for k, v in values if k == "launch"), "")
+        series = tuple(dict.fromkeys(v for k, v in values if k == "series" and is_lenient_uid(v)))
+        job = await begin(request, pro, token, request.match_info["kos_uid"], launch_id, series, _target(values))
+        if isinstance(job, tuple):
+            return web.json_response({"error": job[2], "reason": job[1]}, status=job[0])
+        url = f"/conso/api/imports/{job}"
+        return web.json_response({"id": job, "status_url": url}, status=202, headers={"Location": url})
+
+    async def start_page(request: web.Request) -> web.Response:
+        """POST /conso/imports from the exam list: the ticked exams (or the row's own button, `one`), then the
+        status page; a refusal is a page saying why."""
+        m = Messages.of(request)
+        values = _values(request, await request.post())
+        pro, token = await page_professional(request, import_pages.safe_back(next((v for k, v in values if k == "back"), "")))
+        one = next((v for k, v in values if k == "one"), "")
+        chosen = [one] if one else list(dict.fromkeys(v for k, v in values if k == "kos"))
+        series = tuple(dict.fromkeys(v for k, v in values if k == "series" and is_lenient_uid(v))) if one else ()
+        launch_id = next((v for k, v in values if k == "launch"), "")
+        back = import_pages.safe_back(next((v for k, v in values if k == "back"), ""))
+        link = (back, m("import.back")) if back else None
+        if not chosen:
+            return _page(error_page(m, m("import.refused_title"), m("import.error.none_selected"), link=link), 400)
+        jobs: list[str] = []
+        for kos_uid in chosen[:50]:
+            job = await begin(request, pro, token, kos_uid, launch_id, series, _target(values))
+            if isinstance(job, tuple):
+                return _page(error_page(m, m("import.refused_title"), job[2], link=link), job[0])
+            jobs.append(job)
+        raise web.HTTPSeeOther(f"/conso/imports?{urlencode([('job', j) for j in jobs] + [('back', back)])}",
+                               headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    async def status_page(request: web.Request) -> web.Response:
+        """GET /conso/imports?job=…: the jobs' progress, reloading itself while one still runs (no script)."""
+        pro, _ = await page_professional(request, request.path_qs)
+        found = []
+        for job_id in request.query.getall("job", [])[:50]:
+            job = await importer_of().status(job_id)
+            if job is not None and job.pop("professional") == pro.id:
+                found.append(job)
+        html = import_pages.status_page(Messages.of(request), found, import_pages.safe_back(request.query.get("back", "")))
+        running = any(j["state"] in ACTIVE for j in found)
+        return _page(html, 200 if found else 404, refresh=running)
 
     async def status(request: web.Request) -> web.Response:
         pro, _ = await professional(request)
@@ -306,5 +506,14 @@ def import_routes(importer_of: Callable[[], Importer], auth: ConsumerAuth) -> li
             return web.json_response({"error": "no such import", "reason": "not_found"}, status=404)
         return web.json_response(found, headers={"Cache-Control": "no-store"})
 
-    return [web.post("/conso/api/exams/{kos_uid}/import", start), web.get("/conso/api/imports/{job_id}", status)]
+    return [web.post("/conso/api/exams/{kos_uid}/import", start), web.get("/conso/api/imports/{job_id}", status),
+            web.post("/conso/imports", start_page), web.get("/conso/imports", status_page)]
+
+
+def _page(html: str, status: int, *, refresh: bool = False) -> web.Response:
+    headers = {"Cache-Control": "no-store", "Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
+               "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}  # fmt: skip
+    if refresh:  # the header as well as the page's meta: either reloads it
+        headers["Refresh"] = str(import_pages.REFRESH_SECONDS)
+    return web.Response(text=html, status=status, content_type="text/html", charset="utf-8", headers=headers)
 

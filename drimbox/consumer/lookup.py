@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import unicodedata
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -76,6 +77,11 @@ class PatientRef:
         return fields.mask_ins(self.ins)
 
 
+def _folded(value: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", value.casefold())
+    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).split())
+
+
 def _day(value: str | None) -> str:
     return (value or "")[:8]
 
@@ -91,20 +97,22 @@ class ExamFilters:
     accession: str = ""
     accession_issuer: str = ""
     study_uid: str = ""
+    text: str = ""  # free text on the exam's description: the DMP cannot search it, the box does (has_text)
 
     def to_query(self) -> dict[str, str]:
         """URL query parameters (from_query reads them back)."""
         q = {"modality": ",".join(self.modalities), "region": self.region,
              "from": self.date_from.isoformat() if self.date_from else "",
              "to": self.date_to.isoformat() if self.date_to else "", "accession": self.accession,
-             "accession_issuer": self.accession_issuer, "study": self.study_uid}  # fmt: skip
+             "accession_issuer": self.accession_issuer, "study": self.study_uid, "q": self.text}  # fmt: skip
         return {k: v for k, v in q.items() if v}
 
     def to_json(self) -> dict[str, Any]:
         return {"modalities": list(self.modalities), "region": self.region or None,
                 "from": self.date_from.isoformat() if self.date_from else None,
                 "to": self.date_to.isoformat() if self.date_to else None, "accession": self.accession or None,
-                "accession_issuer": self.accession_issuer or None, "study_uid": self.study_uid or None}  # fmt: skip
+                "accession_issuer": self.accession_issuer or None, "study_uid": self.study_uid or None,
+                "text": self.text or None}  # fmt: skip
 
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> ExamFilters:
@@ -114,7 +122,7 @@ class ExamFilters:
         readers = (("modality", "modalities", fields.modalities), ("region", "region", fields.coded),
                    ("from", "date_from", fields.parse_date), ("to", "date_to", fields.parse_date),
                    ("accession", "accession", fields.text), ("accession_issuer", "accession_issuer", fields.normalise_oid),
-                   ("study", "study_uid", fields.uid))  # fmt: skip
+                   ("study", "study_uid", fields.uid), ("q", "text", fields.text))  # fmt: skip
         for name, attr, read in readers:
             raw = query.get(name, "")
             if raw.strip():
@@ -125,6 +133,10 @@ class ExamFilters:
         if problems:
             raise fields.InvalidFields(problems)
         return cls(**values)
+
+    def has_text(self, description: str) -> bool:
+        """Whether an exam's description holds the free text (case and accents ignored)."""
+        return not self.text or _folded(self.text) in _folded(description)
 
     def matches(self, entry: DocumentEntryInfo) -> bool:
         """Whether a DocumentEntry is an approved KOS within every filter (the DMP's answer, checked again)."""

@@ -11,7 +11,7 @@ from drimbox.consumer.catalog import ExamList
 from drimbox.consumer.exams import AVAILABLE, Exam
 from drimbox.consumer.launch import Launch
 from drimbox.consumer.reports import report_url
-from drimbox.i18n import DEFAULT, Messages, text
+from drimbox.i18n import DEFAULT, Messages
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1b1b;max-width:72rem}
@@ -20,9 +20,13 @@ table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #ccc;pad
 th{background:#f2f2f2}.new{font-weight:bold;color:#0b6e0b}.muted{color:#666}.problem{color:#a40000}
 .banner{background:#eef5ff;border:1px solid #b7d2f7;padding:.6rem;margin:1rem 0}
 .error{background:#fff0f0;border:1px solid #e3a1a1;padding:.6rem}form{display:inline}code{font-size:.95em}
+form.search,form.imports{display:block}fieldset{border:1px solid #ccc;margin:1rem 0}label{margin-right:.6rem}
+td img{display:block;background:#000}
 """
 # No script, no frames, no outside resources; forms only post back to this box.
-CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+# Images only from the box itself: the list's thumbnails come from the consumer's own DICOMweb.
+CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; "
+       "base-uri 'none'")
 
 
 def e(value: object) -> str:
@@ -86,8 +90,9 @@ def error_page(m: Messages, title: str, message: str, *, link: tuple[str, str] |
     return page(title, body, lang=m.lang)
 
 
-def _when(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp).astimezone().strftime("%Y-%m-%d %H:%M")
+def _when(m: Messages, timestamp: float) -> str:
+    moment = dt.datetime.fromtimestamp(timestamp).astimezone()
+    return f"{m.date(moment.date())} {moment.strftime('%H:%M')}"
 
 
 def _who(pro: ProfessionalLike) -> str:
@@ -96,71 +101,161 @@ def _who(pro: ProfessionalLike) -> str:
     return f"{name}{where}"
 
 
-def _patient(result: ExamList, launch: Launch | None) -> str:
-    ins = f'INS {e(result.patient.ins)} <span class="muted">({e(result.patient.oid)})</span>'
+def _patient(m: Messages, result: ExamList, launch: Launch | None) -> str:
+    ins = (f'{e(m("consumer.list.patient_ins", ins=result.patient.ins))} '
+           f'<span class="muted">({e(result.patient.oid)})</span>')  # fmt: skip
     if launch is None:
         return f"<p>{ins}</p>"
-    born = f"né(e) le {e(launch.birth_date)}" if launch.birth_date else ""
+    born = e(m("common.born", date=m.date(launch.birth_date))) if launch.birth_date else ""
     return f"<p><strong>{e(launch.family.upper())} {e(launch.given)}</strong> — {born} — {ins}</p>"
 
 
-def _filters(result: ExamList, base_query: dict[str, str]) -> str:
-    f = result.filters.to_json()
-    shown = [f"{e(k)}: {e(', '.join(v) if isinstance(v, list) else v)}" for k, v in f.items() if v]
-    if not shown:
-        return ""
-    all_url = f"/conso/patients/{e(result.patient.ins)}/exams?{e(urlencode(base_query))}"
-    return f'<p class="muted">Filtered by {"; ".join(shown)} — <a href="{all_url}">show every exam</a></p>'
+# The modalities a doctor searches by (DICOM CID 29 acronyms, as the DMP's eventCodeList carries them).
+SEARCH_MODALITIES = ("CR", "CT", "DX", "MG", "MR", "NM", "PT", "RF", "US", "XA")
 
 
-def _news(result: ExamList) -> str:
+def _option(value: str, label: str, selected: bool) -> str:
+    return f'<option value="{e(value)}"{" selected" if selected else ""}>{e(label)}</option>'
+
+
+def _filters(m: Messages, result: ExamList, base_query: dict[str, str]) -> str:
+    """The search form (a GET of the same list) and, when filtered, what the list is narrowed to."""
+    f = result.filters
+    action = f"/conso/patients/{e(result.patient.ins)}/exams"
+    hidden = "".join(f'<input type="hidden" name="{e(k)}" value="{e(v)}">' for k, v in base_query.items())
+    modalities = _option("", m("consumer.list.search_any"), not f.modalities) + "".join(
+        _option(x, x, x in f.modalities) for x in sorted({*SEARCH_MODALITIES, *f.modalities}))
+    regions = {code: name for x in result.exams for code, name in zip(x.region_codes, x.regions, strict=False)}
+    if f.region and f.region not in regions:
+        regions[f.region] = f.region.partition("^^")[0]
+    region_options = _option("", m("consumer.list.search_any"), not f.region) + "".join(
+        _option(code, name, code == f.region) for code, name in sorted(regions.items(), key=lambda i: i[1]))
+    form = (f'<form class="search" method="get" action="{action}"><fieldset><legend>{e(m("consumer.list.search_title"))}</legend>{hidden}'
+            f'<label>{e(m("consumer.list.search_from"))} <input type="date" name="from" value="{_iso(f.date_from)}"></label> '
+            f'<label>{e(m("consumer.list.search_to"))} <input type="date" name="to" value="{_iso(f.date_to)}"></label> '
+            f'<label>{e(m("consumer.list.search_modality"))} <select name="modality">{modalities}</select></label> '
+            f'<label>{e(m("consumer.list.search_region"))} <select name="region">{region_options}</select></label> '
+            f'<label>{e(m("consumer.list.search_text"))} <input type="search" name="q" value="{e(f.text)}" maxlength="200"></label> '
+            f'<button type="submit">{e(m("consumer.list.search_submit"))}</button></fieldset></form>')  # fmt: skip
+    if not f.to_query():
+        return form
+    all_url = f"{action}?{e(urlencode(base_query))}"
+    shown = [f"{e(k)}: {e(', '.join(v) if isinstance(v, list) else v)}" for k, v in f.to_json().items() if v]
+    return (f'{form}<p class="muted">{e(m("consumer.list.filtered", filters="; ".join(shown)))} — '
+            f'<a href="{all_url}">{e(m("consumer.list.search_reset"))}</a></p>')  # fmt: skip
+
+
+def _iso(day: dt.date | None) -> str:
+    return day.isoformat() if day else ""
+
+
+def _news(m: Messages, result: ExamList) -> str:
     count = result.new_count
     if result.previous_visit is None:
-        text = "First consultation of this patient's exams from this box"
-        return f'<div class="banner">{e(text)}: {count} exam(s) listed.</div>'
-    since = _when(result.previous_visit)
-    return (f'<div class="banner"><span class="new">{count} new exam(s)</span> since your previous '
-            f"consultation on {e(since)}.</div>")  # fmt: skip
+        return f'<div class="banner">{e(m("consumer.list.first_visit", count=len(result.exams)))}</div>'
+    text = m("consumer.list.news", count=count, when=_when(m, result.previous_visit))
+    return f'<div class="banner"><span class="new">{e(text)}</span></div>'
 
 
-def _row(exam: Exam, form_fields: str) -> str:
-    date = e(exam.date or "—") + (f' <span class="muted">{e(exam.time)}</span>' if exam.time else "")
-    new = ' <span class="new">new</span>' if exam.is_new else ""
+def _row(m: Messages, exam: Exam, base_query: dict[str, str], back: str, *, first_visit: bool = False) -> str:
+    day = m.date(exam.date) if exam.date else "—"
+    date = e(day) + (f' <span class="muted">{e(exam.time)}</span>' if exam.time else "")
+    # On a first visit everything is "new": no badge, the banner says it is the first consultation.
+    new = f'<br><span class="new">{e(m("consumer.list.new"))}</span>' if exam.is_new and not first_visit else ""
     source = e(exam.institution) + ("<br>" if exam.institution and exam.sources else "")
     source += ", ".join(f"<code>{e(h)}</code>" for h in exam.sources)
+    thumb = select = ""
+    series_url = f"{exam.series_url}?{urlencode({**({'launch': base_query['launch']} if 'launch' in base_query else {}), 'back': back})}"
     if exam.status == AVAILABLE:
-        counts = f"{len(exam.series)} series, {exam.instance_count} images"
-        actions = (f'<a href="{e(exam.view_url)}">View</a> <a href="{e(report_url(exam.kos_uid))}">{e(text(DEFAULT, "report.link"))}</a> '
-                   f'<form method="post" action="{e(exam.import_url)}">{form_fields}<button type="submit">Import</button></form>')  # fmt: skip
+        counts = e(m("consumer.list.counts", series=len(exam.series), images=exam.instance_count))
+        select = (f'<input type="checkbox" name="kos" value="{e(exam.kos_uid)}" '
+                  f'aria-label="{e(m("consumer.list.select", date=day))}">')  # fmt: skip
+        if exam.thumbnail_url:
+            thumb = (f'<img src="{e(exam.thumbnail_url)}" alt="{e(m("consumer.list.thumbnail_alt", date=day))}" '
+                     'width="96" height="96" loading="lazy">')  # fmt: skip
+        # One submit per row in the page's single import form: its name says which exam, checkboxes aside.
+        actions = (f'<a href="{e(exam.view_url)}">{e(m("consumer.list.view"))}</a> · '
+                   f'<a href="{e(series_url)}">{e(m("consumer.list.series"))}</a> · '
+                   f'<a href="{e(report_url(exam.kos_uid))}">{e(m("report.link"))}</a> '
+                   f'<button type="submit" name="one" value="{e(exam.kos_uid)}">{e(m("consumer.list.import"))}</button>')  # fmt: skip
     else:
         counts = "—"
-        actions = f'<span class="problem">Unavailable: {e(exam.problem)}</span>'
-    accession = f'<br><span class="muted">Accession {e(exam.accession)}</span>' if exam.accession else ""
-    return (f"<tr><td>{date}{new}</td><td>{e(', '.join(exam.modalities) or '—')}</td>"
-            f"<td>{e(', '.join(exam.regions) or '—')}</td><td>{e(exam.description or '—')}{accession}</td>"
+        problem = m(f"consumer.list.problem.{exam.problem_code}") if exam.problem_code else exam.problem
+        actions = f'<span class="problem">{e(m("consumer.list.unavailable", problem=problem))}</span>'
+    accession = (f'<br><span class="muted">{e(m("consumer.list.accession", value=exam.accession))}</span>'
+                 if exam.accession else "")  # fmt: skip
+    description = e(exam.description) if exam.description else f'<span class="muted">{e(m("consumer.list.no_description"))}</span>'
+    return (f'<tr><td>{select}</td><td>{thumb}</td><td>{date}{new}</td><td class="exam">{description}{accession}</td>'
+            f"<td>{e(', '.join(exam.modalities) or '—')}</td><td>{e(', '.join(exam.regions) or '—')}</td>"
             f"<td>{counts}</td><td>{source or '—'}</td><td>{actions}</td></tr>")  # fmt: skip
+
+
+def target_choice(m: Messages, targets: list[str]) -> str:
+    """A select of the local PACS to import into, when there is more than one."""
+    if len(targets) < 2:
+        return ""
+    options = "".join(_option(str(i), name, i == 0) for i, name in enumerate(targets))
+    return f'<label>{e(m("consumer.list.target"))} <select name="target">{options}</select></label> '
 
 
 def exam_list(
     result: ExamList, pro: ProfessionalLike, launch: Launch | None, base_query: dict[str, str], *,
     form_fields: str = "", logout: str = "", xdm_form: str = "", situation_link: str = "",
+    m: Messages | None = None, targets: list[str] | None = None,
 ) -> str:
     """The patient's exams, newest first, with where each comes from and what can be done with it.
 
     `form_fields` go in every form (the session's CSRF token); `logout` is the logout form, shown by the name;
-    `situation_link` the page where a professional with several practice situations picks another one.
+    `situation_link` the page where a professional with several practice situations picks another one;
+    `targets` the local PACS an import may go to (a choice when there are several).
     """
-    change = f' (<a href="{e(situation_link)}">change practice situation</a>)' if situation_link else ""
-    rows = "".join(_row(x, form_fields) for x in result.exams)
+    m = m or Messages("fr")
+    change = (f' (<a href="{e(situation_link)}">{e(m("consumer.list.change_situation"))}</a>)'
+              if situation_link else "")  # fmt: skip
+    back_url = _list_url(result, base_query)
+    first = result.previous_visit is None
+    rows = "".join(_row(m, x, base_query, back_url, first_visit=first) for x in result.exams)
     if rows:
-        table = ("<table><thead><tr><th>Date</th><th>Modality</th><th>Region</th><th>Exam</th><th>Content</th>"
-                 f"<th>Source</th><th></th></tr></thead><tbody>{rows}</tbody></table>")  # fmt: skip
+        cols = ("col_select", "col_thumbnail", "col_date", "col_exam", "col_modality", "col_region", "col_content",
+                "col_source")  # fmt: skip
+        head = "".join(f"<th>{e(m('consumer.list.' + c))}</th>" for c in cols) + "<th></th>"
+        launch_field = (f'<input type="hidden" name="launch" value="{e(base_query["launch"])}">'
+                        if "launch" in base_query else "")  # fmt: skip
+        back = f'<input type="hidden" name="back" value="{e(back_url)}">'
+        table = (f'<form class="imports" method="post" action="/conso/imports">{form_fields}{launch_field}{back}'
+                 f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+                 f'<p>{target_choice(m, targets or [])}<button type="submit">{e(m("consumer.list.import_selected"))}</button></p>'
+                 "</form>")  # fmt: skip
     else:
-        table = (
-            "<p>No imaging exam of this patient in the DMP"
-            + (" within these filters." if result.filters.to_query() else ".")
-            + "</p>"
-        )
-    return page("Imaging exams", (
-        f'<div class="muted">Connected as {e(_who(pro))}{change} {logout}</div><h1>Imaging exams</h1>{_patient(result, launch)}'
-        f"{_news(result)}{_filters(result, base_query)}{table}{xdm_form}"))  # fmt: skip
+        key = "consumer.list.empty_filtered" if result.filters.to_query() else "consumer.list.empty"
+        table = f"<p>{e(m(key))}</p>"
+    title = m("consumer.list.title")
+    return page(title, (
+        f'<div class="muted">{e(m("consumer.list.connected", who=_who(pro)))}{change} {logout}</div><h1>{e(title)}</h1>'
+        f"{_patient(m, result, launch)}{_news(m, result)}{_filters(m, result, base_query)}{table}{xdm_form}"),
+        lang=m.lang)  # fmt: skip
+
+
+def _list_url(result: ExamList, base_query: dict[str, str]) -> str:
+    return f"/conso/patients/{result.patient.ins}/exams?{urlencode({**base_query, **result.filters.to_query()})}"
+
+
+def series_page(m: Messages, exam: Exam, *, form_fields: str = "", launch_id: str = "", back: str = "",
+                targets: list[str] | None = None) -> str:  # fmt: skip
+    """One exam's series: each with its modality and image count, a View link on it, and its own import."""
+    day = m.date(exam.date) if exam.date else "—"
+    hidden = form_fields + (f'<input type="hidden" name="launch" value="{e(launch_id)}">' if launch_id else "")
+    hidden += f'<input type="hidden" name="back" value="{e(back)}">' if back else ""
+    rows = []
+    for number, s in enumerate(exam.series, 1):
+        form = (f'<form method="post" action="/conso/imports">{hidden}'
+                f'<input type="hidden" name="one" value="{e(exam.kos_uid)}"><input type="hidden" name="series" value="{e(s.uid)}">'
+                f'{target_choice(m, targets or [])}<button type="submit">{e(m("consumer.series.import"))}</button></form>')  # fmt: skip
+        rows.append(f"<tr><td>{number}</td><td>{e(s.modality or '—')}</td><td>{s.count}</td>"
+                    f'<td><a href="{e(exam.series_view_url(s.uid))}">{e(m("consumer.series.view"))}</a> {form}</td></tr>')  # fmt: skip
+    cols = "".join(f"<th>{e(m('consumer.series.' + c))}</th>" for c in ("number", "modality", "count")) + "<th></th>"
+    title = m("consumer.series.title", date=day)
+    link = f'<p><a href="{e(back)}">{e(m("consumer.series.back"))}</a></p>' if back else ""
+    what = e(exam.description) if exam.description else e(m("consumer.list.no_description"))
+    return page(title, f"<h1>{e(title)}</h1><p>{what}</p><table><thead><tr>{cols}</tr></thead>"
+                       f"<tbody>{''.join(rows)}</tbody></table>{link}", lang=m.lang)  # fmt: skip

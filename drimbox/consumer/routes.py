@@ -22,6 +22,7 @@ from drimbox.consumer.access import AccessIntent, AccessRules, emergency_request
 from drimbox.consumer.access_store import AccessStore
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.catalog import ExamCatalog
+from drimbox.consumer.importer import target_names
 from drimbox.consumer.launch import Launch, parse_launch
 from drimbox.consumer.lookup import (
     ExamFilters,
@@ -204,11 +205,13 @@ async def exams_page(request: web.Request) -> web.Response:
     await _prefetch(request, ctx, pro, [exam.kos_uid for exam in result.exams])
     # Forms carry the session's CSRF token: the CSRF middleware lets only the box's own pages post.
     csrf = hidden_field(request)
+    m = Messages.of(request)
     html = pages.exam_list(result, pro, lr.launch, lr.base_query, form_fields=csrf,
-                           logout=logout_form(request) if csrf else "", xdm_form=upload_form(csrf),
-                           situation_link=situation.change_url(ctx.auth, pro, request.path_qs))  # fmt: skip
+                           logout=logout_form(request) if csrf else "", xdm_form=upload_form(csrf, m),
+                           situation_link=situation.change_url(ctx.auth, pro, request.path_qs),
+                           m=m, targets=target_names(ctx.settings))  # fmt: skip
     emergency = await ctx.catalog.rules.emergency_in_force(pro, lr.patient)
-    return _html(access_pages.with_emergency_banner(html, emergency) if emergency else html)
+    return _html(access_pages.with_emergency_banner(html, emergency, m) if emergency else html)
 
 
 def _intent(request: web.Request, lr: ListRequest, purpose: str = "normal", reason: str = "") -> AccessIntent:
@@ -320,6 +323,29 @@ async def api_exam(request: web.Request) -> web.Response:
     return _json({**exam.to_json(with_series=True), "report": report})
 
 
+async def series_page(request: web.Request) -> web.Response:
+    """GET /conso/exams/{kos_uid}/series: the exam's series, each viewable and importable on its own."""
+    ctx = request.app[CONSUMER]
+    pro = await ctx.auth.current_professional(request)
+    if pro is None:
+        _see_other(ctx.auth.login_url(request.path_qs))
+    m = Messages.of(request)
+    try:
+        kos_uid = fields.uid(request.match_info["kos_uid"])
+    except fields.FieldProblem as exc:
+        return _html(pages.launch_errors(m, [("kosUid", str(exc))]), 400)
+    try:
+        exam = await ctx.catalog.exam(pro, kos_uid, AccessIntent(source=client_address(request)))
+    except LookupFailed as exc:
+        return _html(access_pages.failure_page(m, exc), exc.status)
+    await audit_request(request, "consumer.exam", SUCCESS, professional=pro.id, kos=kos_uid, study=exam.study_uid)
+    launch_id = request.query.get("launch", "")
+    back = request.query.get("back", "")
+    back = back if back.startswith("/conso/patients/") and "//" not in back else ""
+    return _html(pages.series_page(m, exam, form_fields=hidden_field(request), launch_id=launch_id, back=back,
+                                   targets=target_names(ctx.settings)))  # fmt: skip
+
+
 async def _audit_list(
     request: web.Request, pro: ProfessionalLike, lr: ListRequest, status: int, reason: str | None, count: int = 0
 ) -> None:
@@ -343,6 +369,7 @@ def consumer_routes() -> list[web.RouteDef]:
         web.get("/conso/api/patients/{ins}/exams", api_patient_exams),
         web.get("/conso/api/exams/{kos_uid}", api_exam),
         *reports.report_routes(),
+        web.get("/conso/exams/{kos_uid}/series", series_page),
     ]
 
 
