@@ -7,43 +7,11 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from drimbox.manifest import KosSummary
+from drimbox.manifest.modality import SOP_CLASS_MODALITY
 from drimbox.xds import namespaces as ns
 from drimbox.xds.metadata import hl7_unescape
 from drimbox.xds.query import DocumentEntryInfo
 
-# The KOS names SOP classes, not modalities: the usual storage classes → their modality. (Secondary
-# Capture says nothing of the modality: the DMP entry's is used for it.)
-SOP_CLASS_MODALITY = {
-    "1.2.840.10008.5.1.4.1.1.1": "CR",
-    "1.2.840.10008.5.1.4.1.1.1.1": "DX",
-    "1.2.840.10008.5.1.4.1.1.1.1.1": "DX",
-    "1.2.840.10008.5.1.4.1.1.1.2": "MG",
-    "1.2.840.10008.5.1.4.1.1.1.2.1": "MG",
-    "1.2.840.10008.5.1.4.1.1.1.3": "IO",
-    "1.2.840.10008.5.1.4.1.1.2": "CT",
-    "1.2.840.10008.5.1.4.1.1.2.1": "CT",
-    "1.2.840.10008.5.1.4.1.1.2.2": "CT",
-    "1.2.840.10008.5.1.4.1.1.3.1": "US",
-    "1.2.840.10008.5.1.4.1.1.6.1": "US",
-    "1.2.840.10008.5.1.4.1.1.6.2": "US",
-    "1.2.840.10008.5.1.4.1.1.4": "MR",
-    "1.2.840.10008.5.1.4.1.1.4.1": "MR",
-    "1.2.840.10008.5.1.4.1.1.4.4": "MR",
-    "1.2.840.10008.5.1.4.1.1.20": "NM",
-    "1.2.840.10008.5.1.4.1.1.128": "PT",
-    "1.2.840.10008.5.1.4.1.1.130": "PT",
-    "1.2.840.10008.5.1.4.1.1.12.1": "XA",
-    "1.2.840.10008.5.1.4.1.1.12.1.1": "XA",
-    "1.2.840.10008.5.1.4.1.1.12.2": "RF",
-    "1.2.840.10008.5.1.4.1.1.12.2.1": "RF",
-    "1.2.840.10008.5.1.4.1.1.13.1.3": "MG",
-    "1.2.840.10008.5.1.4.1.1.481.1": "RTIMAGE",
-    "1.2.840.10008.5.1.4.1.1.11.1": "PR",
-    "1.2.840.10008.5.1.4.1.1.104.1": "DOC",
-    "1.2.840.10008.5.1.4.1.1.88.11": "SR",
-    "1.2.840.10008.5.1.4.1.1.88.22": "SR",
-    "1.2.840.10008.5.1.4.1.1.88.33": "SR",
-}
 AVAILABLE, UNAVAILABLE = "available", "unavailable"
 OTHER_PATIENT = "the manifest names another patient than the DMP entry"
 OTHER_AUTHORITY = "the manifest's INS authority differs from the DMP entry's"

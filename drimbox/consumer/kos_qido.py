@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
-from drimbox.consumer.exams import SOP_CLASS_MODALITY
 from drimbox.dicomweb.backend import QidoQuery, QueryLevel
 from drimbox.manifest import KosSeries, KosSummary
+from drimbox.manifest.modality import SOP_CLASS_MODALITY
 
 _STUDY, _SERIES, _SOP = 0x0020000D, 0x0020000E, 0x00080018
 

@@ -7,11 +7,11 @@ import uuid
 from datetime import UTC, datetime
 
 from drimbox.config import Settings
-from drimbox.consumer.exams import SOP_CLASS_MODALITY
 from drimbox.dimse.study_instances import InstanceRef, StudyInstances
 from drimbox.hl7.ack import HL7Error
 from drimbox.hl7.report import ReportMessage, parse_report_message
 from drimbox.manifest import KosError, parse_kos
+from drimbox.manifest.modality import SOP_CLASS_MODALITY
 from drimbox.source.dmp_gateway import XdsDmpGateway
 from drimbox.source.outbox import Outbox, Publication
 from drimbox.xds.metadata import MetadataError, SubmissionSignature, oid_from_uuid
