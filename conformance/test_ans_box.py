@@ -52,7 +52,9 @@ def test_ans_messages_get_the_expected_acks_and_outcomes(box: Any, sim: Any) -> 
     # I published, then the ANS depublication (ORC CA / OBX D) withdraws it.
     assert send(box, build_oru(build_cda(ANS_EXAMS["I"]), control_id="20240912103005")) == "AA"
     i = box.wait_state("ACN110", ("published",))
-    assert send(box, message("I/CR_I_Depublication-ORU.excerpt.hl7", build_cda(ANS_EXAMS["I"]), b"20240912103006")) == "AA"
+    assert (
+        send(box, message("I/CR_I_Depublication-ORU.excerpt.hl7", build_cda(ANS_EXAMS["I"]), b"20240912103006")) == "AA"
+    )
     assert box.wait_state("ACN110", ("withdrawn", "failed", "rejected"))["state"] == "withdrawn"
     assert not {d["uniqueId"]: d for d in sim.documents(INS)}[i["kos_uid"]]["status"].endswith("Approved")
 
@@ -60,4 +62,8 @@ def test_ans_messages_get_the_expected_acks_and_outcomes(box: Any, sim: Any) -> 
     # (conformance/test_ans_suite.py plays the withdrawal of a published one).
     assert send(box, fill((ANS_DATA / "hl7" / "W" / "CR_W_Suppression-OMI.hl7").read_bytes())) == "AA"
     [cancel] = box.publications("ACN124")
-    assert (cancel["action"], cancel["state"], cancel["study_uid"]) == ("cancel", "cancelled", "1.2.250.1.213.4.5.2.1.124")
+    assert (cancel["action"], cancel["state"], cancel["study_uid"]) == (
+        "cancel",
+        "cancelled",
+        "1.2.250.1.213.4.5.2.1.124",
+    )

@@ -16,7 +16,9 @@ from drimbox.demo.samples.processes import free_port
 
 UNSIGNED = ANS_DATA / "informatif" / "listeblanche" / "LISTEBLANCHE_DRIM-M_NONSIGNEE_TEST_.xml"
 # DRIM-M_DATA informatif/listeblanche/LISTEBLANCHE_DRIM-M_TEST_SIGNEE.xml, kept with the project's tests.
-SIGNED = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "whitelist" / "LISTEBLANCHE_DRIM-M_TEST_SIGNEE.xml"
+SIGNED = (
+    Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "whitelist" / "LISTEBLANCHE_DRIM-M_TEST_SIGNEE.xml"
+)
 
 
 @pytest.fixture

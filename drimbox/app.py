@@ -90,7 +90,9 @@ class Box:
         if self.is_source and s.tls.client_auth != "none" and s.whitelist.check_client_dn:
             self.peer_whitelist = AnsWhitelist(s.whitelist)
             peer_check = whitelist_peer_check(self.peer_whitelist)
-        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[peer_middleware(s.tls, box_to_box, peer_check)])
+        app = web.Application(
+            client_max_size=64 * 1024 * 1024, middlewares=[peer_middleware(s.tls, box_to_box, peer_check)]
+        )
         self.app = app
         # Every component records accesses to patient data through app[AUDIT]: the hash-chained trail on disk
         # when [audit] enabled, else (tests, throw-away boxes) memory. Opened first, closed last (stop()).
@@ -123,7 +125,11 @@ class Box:
         mllp = self.mllp
         log.info(
             "drimbox started: roles %s, profile %s, HTTP%s %s:%d%s",
-            ",".join(s.box.roles), s.box.profile, "S" if server_ssl else "", s.http.host, s.http.port,
+            ",".join(s.box.roles),
+            s.box.profile,
+            "S" if server_ssl else "",
+            s.http.host,
+            s.http.port,
             f", MLLP {s.mllp.host}:{mllp.port}" if mllp else "",
         )
 

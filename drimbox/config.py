@@ -426,7 +426,9 @@ def _validate(s: Settings) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{key}: must be an http(s) URL, got {url!r}")
     if not s.box.uid_root.replace(".", "").isdigit() or len(s.box.uid_root) > 40:
-        raise ConfigError(f"box.uid_root: must be a numeric OID prefix of at most 40 characters, got {s.box.uid_root!r}")
+        raise ConfigError(
+            f"box.uid_root: must be a numeric OID prefix of at most 40 characters, got {s.box.uid_root!r}"
+        )
     if s.dmp.withdraw_status not in ("deleted", "deprecated"):
         raise ConfigError(f"dmp.withdraw_status: must be 'deleted' or 'deprecated', got {s.dmp.withdraw_status!r}")
     if s.publish.backoff_initial <= 0 or s.publish.backoff_max < s.publish.backoff_initial:
@@ -468,13 +470,22 @@ def _validate_tls(s: Settings) -> None:
 
 def _validate_auth(s: Settings) -> None:
     a, w = s.auth, s.whitelist
-    for key, value in (("auth.session_ttl", a.session_ttl), ("auth.session_idle", a.session_idle),
-                       ("auth.discovery_ttl", a.discovery_ttl), ("auth.http_timeout", a.http_timeout),
-                       ("whitelist.refresh_interval", w.refresh_interval), ("whitelist.timeout", w.timeout)):
+    for key, value in (
+        ("auth.session_ttl", a.session_ttl),
+        ("auth.session_idle", a.session_idle),
+        ("auth.discovery_ttl", a.discovery_ttl),
+        ("auth.http_timeout", a.http_timeout),
+        ("whitelist.refresh_interval", w.refresh_interval),
+        ("whitelist.timeout", w.timeout),
+    ):
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
-    for key, value in (("auth.refresh_margin", a.refresh_margin), ("auth.clock_leeway", a.clock_leeway),
-                       ("auth.token_cache_ttl", a.token_cache_ttl), ("whitelist.max_stale", w.max_stale)):
+    for key, value in (
+        ("auth.refresh_margin", a.refresh_margin),
+        ("auth.clock_leeway", a.clock_leeway),
+        ("auth.token_cache_ttl", a.token_cache_ttl),
+        ("whitelist.max_stale", w.max_stale),
+    ):
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
     if a.token_check not in ("introspection", "jwt"):
@@ -493,7 +504,9 @@ def _validate_auth(s: Settings) -> None:
     if not a.logout_redirect.startswith("/") or a.logout_redirect.startswith("//"):
         raise ConfigError(f"auth.logout_redirect: must be a local path, got {a.logout_redirect!r}")
     if a.operator_token and not re.fullmatch(r"sha256:[0-9a-f]{64}", a.operator_token):
-        raise ConfigError("auth.operator_token: must be 'sha256:' and the 64 lowercase hex digits of the token's SHA-256")
+        raise ConfigError(
+            "auth.operator_token: must be 'sha256:' and the 64 lowercase hex digits of the token's SHA-256"
+        )
     for key in a.report_link_keys:
         if len(key) < 32:
             raise ConfigError("auth.report_link_keys: each key needs at least 32 characters")
@@ -501,8 +514,11 @@ def _validate_auth(s: Settings) -> None:
         raise ConfigError(f"auth.report_link_ttl: must be > 0, got {a.report_link_ttl}")
     if w.certificate_url and not w.certificate_url.startswith(("http://", "https://")):
         raise ConfigError(f"whitelist.certificate_url: must be an http(s) URL, got {w.certificate_url!r}")
-    for key, path in (("whitelist.trust_roots", w.trust_roots), ("whitelist.intermediates", w.intermediates),
-                      ("whitelist.crl", w.crl)):
+    for key, path in (
+        ("whitelist.trust_roots", w.trust_roots),
+        ("whitelist.intermediates", w.intermediates),
+        ("whitelist.crl", w.crl),
+    ):
         if path and not Path(path).is_file():
             raise ConfigError(f"{key}: file not found: {path!r}")
     if w.trust_on_first_use and not w.certificate_url:
@@ -511,9 +527,10 @@ def _validate_auth(s: Settings) -> None:
         raise ConfigError("whitelist.signer_cn, whitelist.signer_ou: must not be empty")
 
 
-
 # A host name or an IPv4 literal, as the ANS whitelist writes them in <db> and <vi> (no scheme, no port).
-_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HOST_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 
 
 def _validate_sim(s: Settings) -> None:
@@ -521,20 +538,28 @@ def _validate_sim(s: Settings) -> None:
     if sim.public_url:
         parts = urlsplit(sim.public_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-            raise ConfigError(f"sim.public_url: must be an http(s) URL without query or fragment, got {sim.public_url!r}")
+            raise ConfigError(
+                f"sim.public_url: must be an http(s) URL without query or fragment, got {sim.public_url!r}"
+            )
     for uri in sim.psc_redirect_uris:
         parts = urlsplit(uri)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
-            raise ConfigError(f"sim.psc_redirect_uris: each must be an absolute http(s) URL without fragment, got {uri!r}")
+            raise ConfigError(
+                f"sim.psc_redirect_uris: each must be an absolute http(s) URL without fragment, got {uri!r}"
+            )
     if sim.psc_access_token_lifetime < 1:
-        raise ConfigError(f"sim.psc_access_token_lifetime: must be at least 1 second, got {sim.psc_access_token_lifetime}")
+        raise ConfigError(
+            f"sim.psc_access_token_lifetime: must be at least 1 second, got {sim.psc_access_token_lifetime}"
+        )
     if sim.professionals_file and not Path(sim.professionals_file).is_file():
         raise ConfigError(f"sim.professionals_file: file not found: {sim.professionals_file!r}")
     if not sim.whitelist_hosts:
         raise ConfigError("sim.whitelist_hosts: must list at least one host")
     if sim.whitelist_signer not in ("valid", "untrusted", "revoked", "wrong_cn", "wrong_ou", "expired"):
-        raise ConfigError(f"sim.whitelist_signer: one of valid, untrusted, revoked, wrong_cn, wrong_ou, expired; "
-                          f"got {sim.whitelist_signer!r}")
+        raise ConfigError(
+            f"sim.whitelist_signer: one of valid, untrusted, revoked, wrong_cn, wrong_ou, expired; "
+            f"got {sim.whitelist_signer!r}"
+        )
     for dn in sim.whitelist_operator_dns:
         try:
             x509.Name.from_rfc4514_string(dn)
@@ -542,21 +567,29 @@ def _validate_sim(s: Settings) -> None:
             raise ConfigError(f"sim.whitelist_operator_dns: not an RFC 4514 DN: {dn!r}") from None
     for host in sim.whitelist_hosts:
         if not _whitelist_entry(host):
-            raise ConfigError(f"sim.whitelist_hosts: each must be host, host:port, loopback host:* or an http(s) URL "
-                              f"without query, got {host!r}")
+            raise ConfigError(
+                f"sim.whitelist_hosts: each must be host, host:port, loopback host:* or an http(s) URL "
+                f"without query, got {host!r}"
+            )
 
 
 def _whitelist_entry(entry: str) -> bool:
     if "://" not in entry:
         host, sep, port = entry.partition(":")
         loopback = host in ("127.0.0.1", "localhost")
-        return bool(_HOST_RE.match(host)) and (not sep or (port == "*" and loopback) or (port.isdigit() and 0 < int(port) < 65536))
+        return bool(_HOST_RE.match(host)) and (
+            not sep or (port == "*" and loopback) or (port.isdigit() and 0 < int(port) < 65536)
+        )
     parts = urlsplit(entry)
     try:
         parts.port  # noqa: B018 - raises on a port out of range
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and bool(_HOST_RE.match(parts.hostname or "")) and not (parts.query or parts.fragment)
+    return (
+        parts.scheme in ("http", "https")
+        and bool(_HOST_RE.match(parts.hostname or ""))
+        and not (parts.query or parts.fragment)
+    )
 
 
 def _validate_consumer(s: Settings) -> None:
@@ -572,16 +605,24 @@ def _validate_consumer(s: Settings) -> None:
     if c.local_pacs_method not in ("c-store", "stow-rs"):
         raise ConfigError(f"consumer.local_pacs_method: must be 'c-store' or 'stow-rs', got {c.local_pacs_method!r}")
     if c.local_pacs_method == "stow-rs" and not c.local_pacs_stow_url.startswith(("http://", "https://")):
-        raise ConfigError(f"consumer.local_pacs_stow_url: an http(s) URL is required with stow-rs, got {c.local_pacs_stow_url!r}")
+        raise ConfigError(
+            f"consumer.local_pacs_stow_url: an http(s) URL is required with stow-rs, got {c.local_pacs_stow_url!r}"
+        )
     if not 0 < len(c.local_pacs_ae_title) <= 16 or "\\" in c.local_pacs_ae_title:
-        raise ConfigError(f"consumer.local_pacs_ae_title: 1 to 16 characters without backslash, got {c.local_pacs_ae_title!r}")
+        raise ConfigError(
+            f"consumer.local_pacs_ae_title: 1 to 16 characters without backslash, got {c.local_pacs_ae_title!r}"
+        )
     for entry in c.local_pacs_others:
         if parse_pacs(entry) is None:
             raise ConfigError(f"consumer.local_pacs_others: each entry is AE_TITLE@host:port, got {entry!r}")
     if not 0 <= c.local_pacs_port <= 65535:
         raise ConfigError(f"consumer.local_pacs_port: must be between 0 and 65535, got {c.local_pacs_port}")
-    for key, value in (("cache_max_bytes", c.cache_max_bytes), ("retrieve_connect_timeout", c.retrieve_connect_timeout),
-                       ("retrieve_read_timeout", c.retrieve_read_timeout), ("local_pacs_timeout", c.local_pacs_timeout)):
+    for key, value in (
+        ("cache_max_bytes", c.cache_max_bytes),
+        ("retrieve_connect_timeout", c.retrieve_connect_timeout),
+        ("retrieve_read_timeout", c.retrieve_read_timeout),
+        ("local_pacs_timeout", c.local_pacs_timeout),
+    ):
         if value <= 0:
             raise ConfigError(f"consumer.{key}: must be > 0, got {value}")
 
@@ -627,7 +668,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     for var, value in env.items():
         if not var.startswith(_ENV_PREFIX) or "__" not in var:
             continue
-        section_name, _, key = var[len(_ENV_PREFIX):].lower().partition("__")
+        section_name, _, key = var[len(_ENV_PREFIX) :].lower().partition("__")
         if section_name not in section_classes:
             raise ConfigError(f"{var}: unknown section [{section_name}]")
         section = getattr(settings, section_name)

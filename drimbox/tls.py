@@ -44,7 +44,9 @@ def _check_certificate(key: str, path: str) -> x509.Certificate:
         raise ConfigError(f"tls.{key}: {path!r} is not a PEM X.509 certificate") from None
     if cert.not_valid_after_utc < datetime.datetime.now(datetime.UTC):
         # Peers will refuse it; say so in the log rather than refuse to start (the operator may be renewing it).
-        log.warning("tls.%s: the certificate %s expired on %s", key, cert.subject.rfc4514_string(), cert.not_valid_after_utc)
+        log.warning(
+            "tls.%s: the certificate %s expired on %s", key, cert.subject.rfc4514_string(), cert.not_valid_after_utc
+        )
     return cert
 
 
@@ -59,7 +61,9 @@ def _load_pair(ctx: ssl.SSLContext, cert_key: str, cert: str, key_key: str, key:
     try:
         ctx.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
-        raise ConfigError(f"tls.{key_key}: {key!r} does not match the certificate tls.{cert_key} ({exc.reason})") from None
+        raise ConfigError(
+            f"tls.{key_key}: {key!r} does not match the certificate tls.{cert_key} ({exc.reason})"
+        ) from None
 
 
 def _readable(key: str, path: str) -> str:
@@ -144,7 +148,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PeerCheck = Callable[[web.Request, x509.Certificate], Awaitable[bool]]
 
 
-def peer_middleware(t: TlsSettings, needs_certificate: Callable[[web.Request], bool], admit: PeerCheck | None = None) -> Any:
+def peer_middleware(
+    t: TlsSettings, needs_certificate: Callable[[web.Request], bool], admit: PeerCheck | None = None
+) -> Any:
     """Records request[PEER]; with mutual TLS on, a request for which needs_certificate() holds and that came
     without a verified client certificate gets 403 (client_auth "optional" lets browsers in without one), and so
     does one whose certificate `admit` refuses (a box not on the ANS whitelist)."""

@@ -40,8 +40,9 @@ async def curl(url: str, **headers: str) -> tuple[float, float, int]:
 
 
 def _published(port: int, accession: str) -> str | None:
-    with urllib.request.urlopen(operator_request(f"http://127.0.0.1:{port}/api/publications?accession={accession}"),
-                                timeout=10) as r:
+    with urllib.request.urlopen(
+        operator_request(f"http://127.0.0.1:{port}/api/publications?accession={accession}"), timeout=10
+    ) as r:
         found = json.loads(r.read())
     return found[-1]["kos_uid"] if found and found[-1]["state"] == "published" else None
 
@@ -66,11 +67,15 @@ async def measure(work: Path, ports: dict[str, int], kos_uid: str, kos: bytes, s
         rows = [("direct from the source box, source cache cold (C-GET)", await curl(direct_url)),
                 ("direct from the source box, source cache warm", await curl(direct_url))]  # fmt: skip
         await asyncio.to_thread(_clear_source_cache, ports["http"])
-        rows.append(("through the consumer, both caches cold", await curl(conso_url, **{"KOS-SOPInstanceUID": kos_uid})))
+        rows.append(
+            ("through the consumer, both caches cold", await curl(conso_url, **{"KOS-SOPInstanceUID": kos_uid}))
+        )
         await conso.backend.cache.clear()
         rows.append(("through the consumer, consumer cold, source warm",
                      await curl(conso_url, **{"KOS-SOPInstanceUID": kos_uid})))  # fmt: skip
-        rows.append(("through the consumer, consumer cache warm", await curl(conso_url, **{"KOS-SOPInstanceUID": kos_uid})))
+        rows.append(
+            ("through the consumer, consumer cache warm", await curl(conso_url, **{"KOS-SOPInstanceUID": kos_uid}))
+        )
     size = rows[0][1][2]
     print(f"exam C, {size / 1e6:.0f} MB, Accept transfer-syntax=* (curl, loopback):")
     for name, result in rows:

@@ -169,18 +169,25 @@ def ours_study(
     return loop.run_until_complete(run())
 
 
-def http_candidates(work: Path, orthanc: OrthancServer, patient_id: str) -> tuple[dict[str, Callable[[], float]], Callable[[], None]]:
+def http_candidates(
+    work: Path, orthanc: OrthancServer, patient_id: str
+) -> tuple[dict[str, Callable[[], float]], Callable[[], None]]:
     """QIDO-RS through a box in the Proxy profile, and Orthanc's own, timed by curl."""
     from drimbox.demo.samples.processes import DrimboxProcess, free_port, write_config
     from perf.measure import fetch
 
     http, mllp, dicom = free_port(), free_port(), free_port()
     orthanc.add_modality(BOX_AET, "127.0.0.1", dicom)
-    cfg = write_config(work / "box.toml", {
-        "box": {"var_dir": str(work / "box"), "profile": "proxy", "public_url": f"http://127.0.0.1:{http}"},
-        "http": {"port": http}, "mllp": {"port": mllp}, "dicom": {"port": dicom},
-        "pacs": {"ae_title": orthanc.aet, "port": orthanc.dicom_port},
-    })
+    cfg = write_config(
+        work / "box.toml",
+        {
+            "box": {"var_dir": str(work / "box"), "profile": "proxy", "public_url": f"http://127.0.0.1:{http}"},
+            "http": {"port": http},
+            "mllp": {"port": mllp},
+            "dicom": {"port": dicom},
+            "pacs": {"ae_title": orthanc.aet, "port": orthanc.dicom_port},
+        },
+    )
     box = DrimboxProcess("serve", cfg, f"http://127.0.0.1:{http}/health", work / "box.log").start()
     accept = "application/dicom+json"
 
@@ -238,7 +245,9 @@ def main() -> None:
                 "STUDY pynetdicom (before), cold": lambda: pynetdicom_find(pacs, study, 1, ()),
                 "STUDY drimbox iter_find, cold": lambda: ours_study(loop, pacs, study, 1, cold),
                 "STUDY drimbox iter_find, pooled": lambda: ours_study(loop, pacs, study, 1, warm),
-                "STUDY drimbox iter_find, pooled, per query of a burst": lambda: ours_study(loop, pacs, study, 1, warm, reps),
+                "STUDY drimbox iter_find, pooled, per query of a burst": lambda: ours_study(
+                    loop, pacs, study, 1, warm, reps
+                ),
             }
             if args.http:
                 more, stop_box = http_candidates(work, orthanc, spec.patient_id)

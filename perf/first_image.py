@@ -64,14 +64,22 @@ def _publish(box_url: str, mllp_port: int, spec: StudySpec) -> str:
     assert b"|AA|" in ack, ack
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(operator_request(f"{box_url}/api/publications?accession={exam.accession}"), timeout=10) as resp:
+        with urllib.request.urlopen(
+            operator_request(f"{box_url}/api/publications?accession={exam.accession}"), timeout=10
+        ) as resp:
             found = json.loads(resp.read())
         if found and found[-1]["state"] in ("published", "failed", "rejected"):
             assert found[-1]["state"] == "published", found[-1]
             break
         time.sleep(0.1)
     return f"{box_url}/IHEInvokeImageDisplay?" + urlencode(
-        {"requestType": "STUDY", "studyUID": exam.study_uid, "Accessionnumber": exam.accession, "idCDA": exam.document_id})
+        {
+            "requestType": "STUDY",
+            "studyUID": exam.study_uid,
+            "Accessionnumber": exam.accession,
+            "idCDA": exam.document_id,
+        }
+    )
 
 
 def _open(context: Any, link: str) -> dict[str, float]:
@@ -119,10 +127,14 @@ def _browser_runs(box_url: str, link: str, cold: int, warm: int) -> dict[str, li
     return runs
 
 
-def measure_first_image(work: Path, orthanc: OrthancServer, spec: StudySpec, cold: int = 3, warm: int = 5) -> dict[str, Any]:
+def measure_first_image(
+    work: Path, orthanc: OrthancServer, spec: StudySpec, cold: int = 3, warm: int = 5
+) -> dict[str, Any]:
     """The study must be in `orthanc` already. Starts a simulator and a Proxy box of its own, stops them after."""
     sim_port = free_port()
-    sim_cfg = write_config(work / "first-image-sim.toml", {"sim": {"port": sim_port, "var_dir": str(work / "first-image-sim")}})
+    sim_cfg = write_config(
+        work / "first-image-sim.toml", {"sim": {"port": sim_port, "var_dir": str(work / "first-image-sim")}}
+    )
     sim = DrimboxProcess("sim", sim_cfg, f"http://127.0.0.1:{sim_port}/sim/dmp/documents?patient=0",
                          work / "first-image-sim.log").start()  # fmt: skip
     try:

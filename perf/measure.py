@@ -45,8 +45,18 @@ def fetch(url: str, accept: str = AS_STORED, headers: dict[str, str] | None = No
     curl = shutil.which("curl")
     if curl is None:
         raise RuntimeError("curl not found: apt-get install curl (make perf installs it)")
-    args = [curl, "-s", "-o", "/dev/null", "--max-time", str(timeout), "-H", f"Accept: {accept}",
-            "-w", "%{http_code} %{size_download} %{time_starttransfer} %{time_total}"]
+    args = [
+        curl,
+        "-s",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        str(timeout),
+        "-H",
+        f"Accept: {accept}",
+        "-w",
+        "%{http_code} %{size_download} %{time_starttransfer} %{time_total}",
+    ]
     for name, value in (headers or {}).items():
         args += ["-H", f"{name}: {value}"]
     out = subprocess.run([*args, url], capture_output=True, text=True, timeout=timeout + 10, check=False)
@@ -72,7 +82,9 @@ class Concurrency:
         return asdict(self)
 
 
-def concurrent_fetch(url: str, clients: int, accept: str = AS_STORED, headers: dict[str, str] | None = None) -> Concurrency:
+def concurrent_fetch(
+    url: str, clients: int, accept: str = AS_STORED, headers: dict[str, str] | None = None
+) -> Concurrency:
     """`clients` simultaneous retrieves of the same URL: aggregate throughput and latency percentiles."""
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -97,9 +109,27 @@ def getscu(host: str, port: int, called_ae: str, study_uid: str, calling_ae: str
     with tempfile.TemporaryDirectory(prefix="perf-getscu-") as out:
         start = time.perf_counter()
         proc = subprocess.run(
-            [exe, "-S", "-aet", calling_ae, "-aec", called_ae, "-k", "QueryRetrieveLevel=STUDY",
-             "-k", f"StudyInstanceUID={study_uid}", "-od", out, host, str(port)],
-            capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=600, check=False,
+            [
+                exe,
+                "-S",
+                "-aet",
+                calling_ae,
+                "-aec",
+                called_ae,
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"StudyInstanceUID={study_uid}",
+                "-od",
+                out,
+                host,
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TCP_NODELAY": "1"},
+            timeout=600,
+            check=False,
         )
         total = time.perf_counter() - start
         size = sum(p.stat().st_size for p in Path(out).iterdir())

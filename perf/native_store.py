@@ -44,7 +44,11 @@ def _storescu(port: int, files: list[Path]) -> float:
     started = time.perf_counter()
     proc = subprocess.run(
         ["storescu", "-aec", AE_TITLE, "127.0.0.1", str(port), *map(str, files)],
-        env=DCMTK_ENV, capture_output=True, text=True, timeout=600, check=False,
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
@@ -68,7 +72,9 @@ def run_storescp(work: Path, files: list[Path]) -> tuple[float, float]:
     port = free_port()
     proc = subprocess.Popen(
         ["storescp", "-aet", AE_TITLE, "-pdu", "131072", "+B", "-od", str(out), str(port)],
-        env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=DCMTK_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_port(port, proc)
@@ -93,7 +99,9 @@ def run_drimbox(work: Path, files: list[Path], fast: bool) -> float:
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "drimbox.archive", *([] if fast else ["--plain-transport"])],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         assert proc.stdout is not None

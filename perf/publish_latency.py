@@ -1,6 +1,6 @@
 """Time from ORU sent to KOS registered in the simulated DMP, for a study of N instances (median of R runs).
 
-    python -m perf.publish_latency --instances 300 --runs 5
+python -m perf.publish_latency --instances 300 --runs 5
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ def main() -> None:
         ports = {name: free_port() for name in ("http", "mllp", "dicom", "sim")}
         orthanc = start_orthanc(work / "orthanc", box_aet="DRIMBOX", box_port=ports["dicom"])
         sim_cfg = write_config(work / "sim.toml", {"sim": {"port": ports["sim"], "var_dir": str(work / "sim")}})
-        sim = DrimboxProcess("sim", sim_cfg, f"http://127.0.0.1:{ports['sim']}/sim/dmp/documents?patient=0",
-                             work / "sim.log").start()
+        sim = DrimboxProcess(
+            "sim", sim_cfg, f"http://127.0.0.1:{ports['sim']}/sim/dmp/documents?patient=0", work / "sim.log"
+        ).start()
         box_cfg = write_config(work / "box.toml", box_sections(work, ports, orthanc))
         box = DrimboxProcess("serve", box_cfg, f"http://127.0.0.1:{ports['http']}/health", work / "box.log").start()
         timings: list[float] = []
@@ -49,7 +50,9 @@ def main() -> None:
             for run in range(args.runs):
                 # Each run is a distinct exam (own study UID and accession) so nothing is a duplicate.
                 exam = dataclasses.replace(
-                    ANS_EXAMS["C"], study_uid=f"1.2.250.1.213.4.5.2.1.9{run}03", accession=f"PERF{run}",
+                    ANS_EXAMS["C"],
+                    study_uid=f"1.2.250.1.213.4.5.2.1.9{run}03",
+                    accession=f"PERF{run}",
                     document_id=f"1.2.250.1.213.4.5.4.9{run}03",
                 )
                 orthanc.store_files(write_study(work / f"study{run}", study_for_exam(exam, instances=args.instances)))
@@ -67,8 +70,10 @@ def main() -> None:
             box.stop()
             sim.stop()
             orthanc.stop()
-    print(f"ORU sent → KOS registered, {args.instances} instances: median {statistics.median(timings) * 1000:.0f} ms"
-          f" over {len(timings)} runs (min {min(timings) * 1000:.0f}, max {max(timings) * 1000:.0f})")
+    print(
+        f"ORU sent → KOS registered, {args.instances} instances: median {statistics.median(timings) * 1000:.0f} ms"
+        f" over {len(timings)} runs (min {min(timings) * 1000:.0f}, max {max(timings) * 1000:.0f})"
+    )
 
 
 if __name__ == "__main__":

@@ -79,15 +79,22 @@ def write_report(results: dict[str, Any], directory: Path) -> Path:
     lines.append("| path | MB | MB/s | first byte (ms) | total (s) |")
     lines.append("|---|---|---|---|---|")
     for name, f in results.get("retrieve", {}).items():
-        lines.append(f"| {name} | {f['bytes'] / 1e6:.0f} | {f['mb_per_s']:.0f} | {f['ttfb_s'] * 1000:.0f} | {f['total_s']:.2f} |")
+        lines.append(
+            f"| {name} | {f['bytes'] / 1e6:.0f} | {f['mb_per_s']:.0f} | {f['ttfb_s'] * 1000:.0f} | {f['total_s']:.2f} |"
+        )
     if _plot_throughput(results, directory / "throughput.png"):
         lines += ["", "![throughput](throughput.png)"]
     lines += ["", "## Metadata and QIDO", "", "| request | time (ms) |", "|---|---|"]
     for name, f in {**results.get("metadata", {}), **results.get("qido", {})}.items():
         lines.append(f"| {name} | {f['total_s'] * 1000:.1f} |")
     if results.get("concurrency"):
-        lines += ["", "## Concurrent clients (warm)", "", "| path | clients | aggregate MB/s | p50 (s) | p95 (s) |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Concurrent clients (warm)",
+            "",
+            "| path | clients | aggregate MB/s | p50 (s) | p95 (s) |",
+            "|---|---|---|---|---|",
+        ]
         for name, runs in results["concurrency"].items():
             for r in runs:
                 lines.append(f"| {name} | {r['clients']} | {r['aggregate_mb_per_s']} | {r['p50_s']} | {r['p95_s']} |")
@@ -95,9 +102,16 @@ def write_report(results: dict[str, Any], directory: Path) -> Path:
             lines += ["", "![concurrency](concurrency.png)"]
     if results.get("first_image"):
         first = results["first_image"]
-        lines += ["", f"## First image in the browser ({first['study']}, Proxy box, headless Chromium)", "",
-                  "Report link opened (logged in) → the viewer's `first-image` mark; cold = box cache emptied and a fresh "
-                  "browser profile.", "", "| case | median (ms) | target (ms) | runs (ms) |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## First image in the browser ({first['study']}, Proxy box, headless Chromium)",
+            "",
+            "Report link opened (logged in) → the viewer's `first-image` mark; cold = box cache emptied and a fresh "
+            "browser profile.",
+            "",
+            "| case | median (ms) | target (ms) | runs (ms) |",
+            "|---|---|---|---|",
+        ]
         for kind in ("cold", "warm"):
             runs = ", ".join(f"{r['first_image_ms']:.0f}" for r in first["runs"][kind])
             lines.append(f"| {kind} | {first[f'{kind}_median_ms']:.0f} | ≤ {first[f'{kind}_target_ms']:.0f} | {runs} |")

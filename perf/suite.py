@@ -42,15 +42,29 @@ def say(text: str) -> None:
 def studies(full: bool) -> dict[str, StudySpec]:
     """CT 300 × 512² 16 bit (158 MB); the ANS homologation shape (1300 JPEG-LS, ~200 MB); an MR series."""
     base = exam_c_spec("ins", rows=512, columns=512)
-    ct = dataclasses.replace(base, study_uid="1.2.250.1.999.9.1.1", accession_number="PERFCT", series_count=1,
-                             instance_total=300, noise=24)
+    ct = dataclasses.replace(
+        base, study_uid="1.2.250.1.999.9.1.1", accession_number="PERFCT", series_count=1, instance_total=300, noise=24
+    )
     shapes = {"ct300": ct}
     shapes["ans1300"] = dataclasses.replace(
-        base, study_uid="1.2.250.1.999.9.1.2", accession_number="PERFANS", series_count=1,
-        instance_total=1300 if full else 260, noise=24, transfer_syntax="1.2.840.10008.1.2.4.80",
+        base,
+        study_uid="1.2.250.1.999.9.1.2",
+        accession_number="PERFANS",
+        series_count=1,
+        instance_total=1300 if full else 260,
+        noise=24,
+        transfer_syntax="1.2.840.10008.1.2.4.80",
     )
-    shapes["mr"] = dataclasses.replace(base, study_uid="1.2.250.1.999.9.1.3", accession_number="PERFMR",
-                                       series_count=1, instance_total=120, rows=256, columns=256, noise=24)
+    shapes["mr"] = dataclasses.replace(
+        base,
+        study_uid="1.2.250.1.999.9.1.3",
+        accession_number="PERFMR",
+        series_count=1,
+        instance_total=120,
+        rows=256,
+        columns=256,
+        noise=24,
+    )
     return shapes
 
 
@@ -87,22 +101,35 @@ def start_box(work: Path, name: str, orthanc: OrthancServer, sim_port: int, prof
     http, mllp, dicom = free_port(), free_port(), free_port()
     if profile == "proxy":
         orthanc.add_modality("DRIMBOX", "127.0.0.1", dicom)
-    cfg = write_config(work / f"{name}.toml", {
-        "box": {"var_dir": str(work / name), "profile": profile, "public_url": f"http://127.0.0.1:{http}"},
-        "http": {"port": http}, "mllp": {"port": mllp}, "dicom": {"port": dicom},
-        "pacs": {"ae_title": orthanc.aet, "port": orthanc.dicom_port},
-        "dmp": {"url": f"http://127.0.0.1:{sim_port}/dmp"},
-        # The benchmark measures transport, not the PSC token check (one introspection per request).
-        "auth": {"protect_dicomweb": False, "operator_token": operator_token_hash(DEMO_OPERATOR_TOKEN)},
-    })
+    cfg = write_config(
+        work / f"{name}.toml",
+        {
+            "box": {"var_dir": str(work / name), "profile": profile, "public_url": f"http://127.0.0.1:{http}"},
+            "http": {"port": http},
+            "mllp": {"port": mllp},
+            "dicom": {"port": dicom},
+            "pacs": {"ae_title": orthanc.aet, "port": orthanc.dicom_port},
+            "dmp": {"url": f"http://127.0.0.1:{sim_port}/dmp"},
+            # The benchmark measures transport, not the PSC token check (one introspection per request).
+            "auth": {"protect_dicomweb": False, "operator_token": operator_token_hash(DEMO_OPERATOR_TOKEN)},
+        },
+    )
     proc = DrimboxProcess("serve", cfg, f"http://127.0.0.1:{http}/health", work / f"{name}.log").start()
     return proc
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": "",
-                               "retrieve": {}, "metadata": {}, "qido": {}, "concurrency": {}, "rss": {},
-                               "targets": [], "notes": []}
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": "",
+        "retrieve": {},
+        "metadata": {},
+        "qido": {},
+        "concurrency": {},
+        "rss": {},
+        "targets": [],
+        "notes": [],
+    }
     with tempfile.TemporaryDirectory(prefix="drimbox-perf-") as tmp:
         work = Path(tmp)
         shapes = studies(args.full)
@@ -128,12 +155,15 @@ def measure_orthanc(results: dict[str, Any], orthanc: OrthancServer, shapes: dic
     ct = shapes["ct300"].study_uid
     orthanc.add_modality("GETSCU", "127.0.0.1", free_port())
     say("dcmtk getscu ← Orthanc (CT 300)")
-    results["retrieve"]["getscu ← Orthanc, CT 300"] = best_of(2, getscu, "127.0.0.1", orthanc.dicom_port,
-                                                               orthanc.aet, ct).to_json()
+    results["retrieve"]["getscu ← Orthanc, CT 300"] = best_of(
+        2, getscu, "127.0.0.1", orthanc.dicom_port, orthanc.aet, ct
+    ).to_json()
     say("Orthanc WADO-RS (CT 300)")
     wado = f"{orthanc.dicomweb_url}/studies/{ct}"
     results["retrieve"]["Orthanc WADO-RS, CT 300"] = best_of(2, fetch, wado, AS_STORED).to_json()
-    results["metadata"]["Orthanc /metadata, CT 300"] = best_of(3, fetch, f"{wado}/metadata", "application/dicom+json").to_json()
+    results["metadata"]["Orthanc /metadata, CT 300"] = best_of(
+        3, fetch, f"{wado}/metadata", "application/dicom+json"
+    ).to_json()
     results["qido"]["Orthanc QIDO /studies?PatientID"] = best_of(
         3, fetch, f"{orthanc.dicomweb_url}/studies?PatientID={shapes['ct300'].patient_id}", "application/dicom+json"
     ).to_json()
@@ -149,11 +179,19 @@ def measure_browser(results: dict[str, Any], work: Path, orthanc: OrthancServer,
     results["first_image"] = measure_first_image(work, orthanc, spec)
 
 
-def measure_boxes(results: dict[str, Any], work: Path, orthanc: OrthancServer, shapes: dict[str, StudySpec],
-                  files: dict[str, list[Path]], args: argparse.Namespace) -> None:
+def measure_boxes(
+    results: dict[str, Any],
+    work: Path,
+    orthanc: OrthancServer,
+    shapes: dict[str, StudySpec],
+    files: dict[str, list[Path]],
+    args: argparse.Namespace,
+) -> None:
     sim_port = free_port()
     sim_cfg = write_config(work / "sim.toml", {"sim": {"port": sim_port, "var_dir": str(work / "sim")}})
-    sim = DrimboxProcess("sim", sim_cfg, f"http://127.0.0.1:{sim_port}/sim/dmp/documents?patient=0", work / "sim.log").start()
+    sim = DrimboxProcess(
+        "sim", sim_cfg, f"http://127.0.0.1:{sim_port}/sim/dmp/documents?patient=0", work / "sim.log"
+    ).start()
     try:
         box = start_box(work, "proxy", orthanc, sim_port, "proxy")
         try:
@@ -174,8 +212,9 @@ def measure_boxes(results: dict[str, Any], work: Path, orthanc: OrthancServer, s
         sim.stop()
 
 
-def measure_native(results: dict[str, Any], box: DrimboxProcess, shapes: dict[str, StudySpec],
-                   files: dict[str, list[Path]]) -> None:
+def measure_native(
+    results: dict[str, Any], box: DrimboxProcess, shapes: dict[str, StudySpec], files: dict[str, list[Path]]
+) -> None:
     """The Native profile: the study C-STOREd into the box, then served from its archive."""
     import tomllib
 
@@ -190,12 +229,20 @@ def measure_native(results: dict[str, Any], box: DrimboxProcess, shapes: dict[st
     study = f"{url}/dicom-web/studies/{shapes['ct300'].study_uid}"
     say("box native: retrieve and metadata (CT 300)")
     results["retrieve"]["box native, CT 300"] = best_of(3, fetch, study, AS_STORED).to_json()
-    results["metadata"]["box native /metadata, CT 300"] = best_of(3, fetch, f"{study}/metadata", "application/dicom+json").to_json()
+    results["metadata"]["box native /metadata, CT 300"] = best_of(
+        3, fetch, f"{study}/metadata", "application/dicom+json"
+    ).to_json()
     results["concurrency"]["box native"] = [concurrent_fetch(study, n).to_json() for n in (1, 4, 16)]
 
 
-def measure_box(results: dict[str, Any], name: str, url: str, box: DrimboxProcess, shapes: dict[str, StudySpec],
-                args: argparse.Namespace) -> None:
+def measure_box(
+    results: dict[str, Any],
+    name: str,
+    url: str,
+    box: DrimboxProcess,
+    shapes: dict[str, StudySpec],
+    args: argparse.Namespace,
+) -> None:
     ct = shapes["ct300"].study_uid
     study = f"{url}/dicom-web/studies/{ct}"
     say(f"{name}: cold retrieve (CT 300), cache emptied before each of 3 runs")
@@ -209,15 +256,19 @@ def measure_box(results: dict[str, Any], name: str, url: str, box: DrimboxProces
     results["retrieve"][f"{name} warm, CT 300"] = best_of(2, fetch, study, AS_STORED).to_json()
     ans = f"{url}/dicom-web/studies/{shapes['ans1300'].study_uid}"
     results["retrieve"][f"{name} cold, ANS JPEG-LS ({shapes['ans1300'].instance_total})"] = best_of(
-        3, cold_fetch, ans, ANS_ACCEPT).to_json()
-    results["metadata"][f"{name} /metadata warm, CT 300"] = best_of(3, fetch, f"{study}/metadata", "application/dicom+json").to_json()
+        3, cold_fetch, ans, ANS_ACCEPT
+    ).to_json()
+    results["metadata"][f"{name} /metadata warm, CT 300"] = best_of(
+        3, fetch, f"{study}/metadata", "application/dicom+json"
+    ).to_json()
     results["qido"][f"{name} QIDO /studies?PatientID"] = best_of(
         3, fetch, f"{url}/dicom-web/studies?PatientID={shapes['ct300'].patient_id}", "application/dicom+json"
     ).to_json()
     results["concurrency"][name] = [concurrent_fetch(study, n).to_json() for n in (1, 4, 16)]
     mr = f"{url}/dicom-web/studies/{shapes['mr'].study_uid}"
     results["retrieve"][f"{name} cold, MR {shapes['mr'].instance_total} × 256²"] = best_of(
-        3, cold_fetch, mr, AS_STORED).to_json()
+        3, cold_fetch, mr, AS_STORED
+    ).to_json()
     assert box.proc is not None
     say(f"{name}: 10 clients pulling CT 300, sampling RSS")
     sampler = RssSampler(box.proc.pid)
@@ -230,7 +281,9 @@ def compute_targets(results: dict[str, Any]) -> None:
     r, m = results["retrieve"], results["metadata"]
 
     def target(name: str, value: float | None, goal: str, ok: bool | None) -> None:
-        results["targets"].append({"name": name, "value": "—" if value is None else f"{value:.2f}", "goal": goal, "met": ok})
+        results["targets"].append(
+            {"name": name, "value": "—" if value is None else f"{value:.2f}", "goal": goal, "met": ok}
+        )
 
     getscu_rate = r.get("getscu ← Orthanc, CT 300", {}).get("mb_per_s")
     cold = r.get("box proxy cold, CT 300", {}).get("mb_per_s")
@@ -250,8 +303,12 @@ def compute_targets(results: dict[str, Any]) -> None:
     first = results.get("first_image", {})
     for kind in ("cold", "warm"):
         value, goal = first.get(f"{kind}_median_ms"), first.get(f"{kind}_target_ms")
-        target(f"first image painted after the report link, {kind} (ms, median)", value,
-               f"≤ {goal:.0f}" if goal else "—", None if value is None or goal is None else value <= goal)
+        target(
+            f"first image painted after the report link, {kind} (ms, median)",
+            value,
+            f"≤ {goal:.0f}" if goal else "—",
+            None if value is None or goal is None else value <= goal,
+        )
     rss = results["rss"].get("box proxy peak RSS, 10 clients × CT 300 (MB)")
     target("box peak RSS, 10 clients (MB)", rss, "≤ 200", None if rss is None else rss <= 200)
 

@@ -42,7 +42,10 @@ class ScpProcess:
         }
         self.proc = subprocess.Popen(
             [*(wrapper or []), sys.executable, "-m", "drimbox.archive"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode().split()
@@ -62,7 +65,10 @@ def storescu_burst(port: int, files: list[Path], kill_after: int | None, victim:
     exe = require_tool("storescu", "dcmtk")
     proc = subprocess.Popen(
         [exe, "-v", "-aec", AE_TITLE, "127.0.0.1", str(port), *map(str, files)],
-        env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=DCMTK_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     watchdog = threading.Timer(120, proc.kill)
     watchdog.start()
@@ -164,12 +170,16 @@ def small_disk(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
     archive_dir.mkdir(parents=True)
     probe = subprocess.run(
         [unshare, "-Urm", "mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(archive_dir)],
-        capture_output=True, check=False,
+        capture_output=True,
+        check=False,
     )
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr.decode().strip()}")
     wrapper = [
-        unshare, "-Urm", "sh", "-c",
+        unshare,
+        "-Urm",
+        "sh",
+        "-c",
         f'mount -t tmpfs -o size=3m tmpfs "{archive_dir}" && exec "$0" "$@"',
     ]
     yield tmp_path / "var", wrapper

@@ -58,7 +58,11 @@ def storescu(port: int, files: list[Path], *options: str) -> subprocess.Complete
     exe = require_tool("storescu", "dcmtk")
     return subprocess.run(
         [exe, "-v", *options, "127.0.0.1", str(port), *map(str, files)],
-        env=DCMTK_ENV, capture_output=True, text=True, timeout=120, check=False,
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -95,7 +99,9 @@ SYNTAXES = {
 
 
 @pytest.mark.parametrize("syntax", list(SYNTAXES))
-def test_storescu_files_are_stored_byte_for_byte(box: Box, study_files: list[Path], tmp_path: Path, syntax: str) -> None:
+def test_storescu_files_are_stored_byte_for_byte(
+    box: Box, study_files: list[Path], tmp_path: Path, syntax: str
+) -> None:
     option, converter = SYNTAXES[syntax]
     files = study_files
     if converter is not None:
@@ -155,8 +161,16 @@ def test_findscu_at_every_level(box: Box, study_files: list[Path], tmp_path: Pat
     assert storescu(box.port, study_files, "-aec", AE_TITLE).returncode == 0
     out = tmp_path / "find"
     studies = findscu(
-        box.port, out, "STUDY", "PatientName=pat-trois*", "StudyDate=20210101-20211231",
-        "StudyInstanceUID", "ModalitiesInStudy", "NumberOfStudyRelatedInstances", "AccessionNumber", "InstitutionName",
+        box.port,
+        out,
+        "STUDY",
+        "PatientName=pat-trois*",
+        "StudyDate=20210101-20211231",
+        "StudyInstanceUID",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedInstances",
+        "AccessionNumber",
+        "InstitutionName",
     )
     assert len(studies) == 1
     study = studies[0]
@@ -170,8 +184,13 @@ def test_findscu_at_every_level(box: Box, study_files: list[Path], tmp_path: Pat
     series = findscu(box.port, out, "SERIES", f"StudyInstanceUID={SPEC.study_uid}", "SeriesInstanceUID", "SeriesNumber")
     assert sorted(s.SeriesInstanceUID for s in series) == [SPEC.series_uid(0), SPEC.series_uid(1)]
     images = findscu(
-        box.port, out, "IMAGE", f"StudyInstanceUID={SPEC.study_uid}", f"SeriesInstanceUID={SPEC.series_uid(1)}",
-        "SOPInstanceUID", "InstanceNumber=2",
+        box.port,
+        out,
+        "IMAGE",
+        f"StudyInstanceUID={SPEC.study_uid}",
+        f"SeriesInstanceUID={SPEC.series_uid(1)}",
+        "SOPInstanceUID",
+        "InstanceNumber=2",
     )
     assert [i.SOPInstanceUID for i in images] == [SPEC.sop_uid(1, 1)]
 
@@ -233,7 +252,11 @@ def test_unknown_sop_class_is_stored(box: Box, study_files: list[Path]) -> None:
 def test_echo_and_wrong_called_ae(box: Box, study_files: list[Path]) -> None:
     echo = subprocess.run(
         [require_tool("echoscu", "dcmtk"), "-aec", AE_TITLE, "127.0.0.1", str(box.port)],
-        env=DCMTK_ENV, capture_output=True, text=True, timeout=30, check=False,
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert echo.returncode == 0, echo.stderr
     proc = storescu(box.port, study_files[:1], "-aec", "NOT-THE-BOX")

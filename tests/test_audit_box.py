@@ -48,11 +48,15 @@ async def test_register_replace_withdraw_are_recorded_and_survive_a_restart(
     records = trail(box.config)
     opened = [r for r in records if r["action"] == "dicomweb.retrieve"]
     assert [(r["detail"]["via"], r["study"], r["source"]) for r in opened] == [
-        ("open", ANS_EXAMS["I"].study_uid, "127.0.0.1")]
+        ("open", ANS_EXAMS["I"].study_uid, "127.0.0.1")
+    ]
     records = [r for r in records if r["action"].startswith("dmp.")]
     assert [(r["action"], r["kos"]) for r in records] == [
-        ("dmp.register", first["kos_uid"]), ("dmp.replace", second["kos_uid"]),
-        ("dmp.register", third["kos_uid"]), ("dmp.withdraw", third["kos_uid"])]
+        ("dmp.register", first["kos_uid"]),
+        ("dmp.replace", second["kos_uid"]),
+        ("dmp.register", third["kos_uid"]),
+        ("dmp.withdraw", third["kos_uid"]),
+    ]
     for r, spec in zip(records, [ANS_EXAMS[e] for e in ("G1", "G1_MAJ", "I", "I")], strict=True):
         assert (r["outcome"], r["professional"], r["patient"]) == ("success", spec.author_id, INS)
         assert r["patient_name"] == f"{spec.family}^{spec.given}" and r["detail"]["accession"] == spec.accession

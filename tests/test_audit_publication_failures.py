@@ -50,7 +50,12 @@ async def test_a_terminal_failure_is_recorded_once_and_a_transient_one_not_at_al
         outbox.close()
     [e] = audit.events
     assert (e.action, e.outcome, e.patient, e.professional, e.study) == (
-        "dmp.withdraw", "refused", INS, spec.author_id, spec.study_uid)
+        "dmp.withdraw",
+        "refused",
+        INS,
+        spec.author_id,
+        spec.study_uid,
+    )
     assert e.patient_name == f"{spec.family}^{spec.given}" and e.source == settings.dmp.url
     assert e.detail["state"] == "rejected" and e.detail["accession"] == spec.accession
     assert "nothing to withdraw" in e.detail["reason"]

@@ -78,8 +78,9 @@ async def test_tcp_uses_octet_counting_and_a_down_collector_blocks_nothing(tmp_p
 
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(5)
-    trail = AuditTrail(tmp_path / "a.sqlite",
-                       syslog=SyslogSender(f"tcp://127.0.0.1:{listener.getsockname()[1]}", source_id="DRIMBOX"))
+    trail = AuditTrail(
+        tmp_path / "a.sqlite", syslog=SyslogSender(f"tcp://127.0.0.1:{listener.getsockname()[1]}", source_id="DRIMBOX")
+    )
     try:
         await trail.record(retrieve())
         await trail.record(retrieve())
@@ -94,7 +95,7 @@ async def test_tcp_uses_octet_counting_and_a_down_collector_blocks_nothing(tmp_p
                 if len(rest) < int(length):
                     break
                 frames.append(rest[: int(length)])
-                data = rest[int(length):]
+                data = rest[int(length) :]
         conn.close()
     finally:
         trail.close()

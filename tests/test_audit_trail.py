@@ -104,7 +104,11 @@ async def test_export_round_trips_and_filters_by_time(tmp_path: Path) -> None:
     assert all(record_hash(r) == r["hash"] for r in records)
     first = records[0]
     assert (first["patient"], first["patient_name"], first["study"], first["detail"]) == (
-        INS, "MUSTERMANN^Jeanne", "1.2.3.0", {"n": "0", "status": "200"})
+        INS,
+        "MUSTERMANN^Jeanne",
+        "1.2.3.0",
+        {"n": "0", "status": "200"},
+    )
     # event(n) happens at 1_790_000_000 + n seconds (2026-09-21T14:13:20Z + n s); --until is exclusive.
     window = drimbox("audit", "export", "--since", "2026-09-21T14:13:22Z", "--until", "2026-09-21T16:13:24+02:00",
                      "-c", str(cfg))  # fmt: skip

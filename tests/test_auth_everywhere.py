@@ -54,7 +54,9 @@ def refused_without_credentials(status: int, location: str) -> bool:
     return status == 401 or (status == 303 and location.startswith("/auth/login"))
 
 
-async def walk(url: str, app: web.Application, public: dict[tuple[str, str], str], **headers: str) -> dict[tuple[str, str], int]:
+async def walk(
+    url: str, app: web.Application, public: dict[tuple[str, str], str], **headers: str
+) -> dict[tuple[str, str], int]:
     """Every non-public route asked without credentials; returns those that did not refuse, with their status."""
     leaks: dict[tuple[str, str], int] = {}
     async with aiohttp.ClientSession() as http:
@@ -102,14 +104,18 @@ async def test_operator_api_takes_the_operator_token_and_stow_a_professional_tok
             assert wrong.status == 401 and (await wrong.json())["reason"] == "operator_required"
             # Emptying the cache is the operator's alone: a professional's PSC token does not do it.
             token = psc_token(sim.url)["access_token"]
-            assert (await http.delete(f"{box.url}/api/cache", headers={"Authorization": f"Bearer {token}"})).status == 401
+            assert (
+                await http.delete(f"{box.url}/api/cache", headers={"Authorization": f"Bearer {token}"})
+            ).status == 401
             assert (await http.delete(f"{box.url}/api/cache", headers=operator)).status == 404  # Native: no cache
             # STOW-RS: a professional's token or the operator's passes the door (then 415: not a multipart body).
             stow = f"{box.url}/dicom-web/studies"
             for auth in (f"Bearer {token}", f"Bearer {OPERATOR_TOKEN}"):
                 resp = await http.post(stow, data=b"x", headers={"Authorization": auth, "Content-Type": "text/plain"})
                 assert resp.status == 415, (auth[:12], await resp.text())
-            resp = await http.post(stow, data=b"x", headers={"Authorization": "Bearer forged", "Content-Type": "text/plain"})
+            resp = await http.post(
+                stow, data=b"x", headers={"Authorization": "Bearer forged", "Content-Type": "text/plain"}
+            )
             assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
         assert ("auth.stow", "refused", "inactive") in box.actions()
         # Both uploads are in the audit trail: the professional's and the operator's.
@@ -131,8 +137,12 @@ async def test_every_state_changing_route_refuses_the_session_cookie_from_anothe
                                        headers={"Authorization": f"Bearer {token}"})  # fmt: skip
             session = launched.cookies["drimbox_session"].value
             changing = [(m, p) for m, p in inventory(box.app) if m not in SAFE and (m, p) != ("POST", "/conso/launch")]
-            assert {("POST", "/auth/logout"), ("POST", "/conso/api/exams/{kos_uid}/import"),
-                    ("POST", "/conso/patients/{ins}/emergency"), ("POST", "/dicom-web/studies")} <= set(changing)
+            assert {
+                ("POST", "/auth/logout"),
+                ("POST", "/conso/api/exams/{kos_uid}/import"),
+                ("POST", "/conso/patients/{ins}/emergency"),
+                ("POST", "/dicom-web/studies"),
+            } <= set(changing)
             cookie = {"Cookie": f"drimbox_session={session}"}
             forged: tuple[dict[str, str], ...] = ({"Origin": ATTACKER}, {"Referer": ATTACKER + "/page"}, {"Origin": "null"}, {},
                       {"Origin": ATTACKER, "X-CSRF-Token": "guessed"})  # fmt: skip

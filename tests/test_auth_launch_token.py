@@ -27,7 +27,9 @@ async def token(sim: Any) -> str:
     return access
 
 
-async def launch(box: RunningBox, *, bearer: str = "", form_token: str = "", cookie: str = "") -> aiohttp.ClientResponse:
+async def launch(
+    box: RunningBox, *, bearer: str = "", form_token: str = "", cookie: str = ""
+) -> aiohttp.ClientResponse:
     """POST /conso/launch as the doctor's software would; returns the (unfollowed) answer, body read."""
     headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
     if cookie:

@@ -39,7 +39,10 @@ async def opens(http: aiohttp.ClientSession, base: str, link: str) -> tuple[int,
 def test_cli_prints_a_signed_link_that_the_box_accepts(tmp_path: Path, capsys: Any) -> None:
     cfg = write_config(tmp_path / "box.toml", {"box": {"public_url": "https://ris.example:8443"},
                                                "auth": {"report_link_keys": [LINK_KEY, OLD_LINK_KEY]}})  # fmt: skip
-    assert main(["link", "--study", STUDY, "--accession", "ACN103", "--cda", "1.2.250.1.213.4.5.4.403", "-c", str(cfg)]) == 0
+    assert (
+        main(["link", "--study", STUDY, "--accession", "ACN103", "--cda", "1.2.250.1.213.4.5.4.403", "-c", str(cfg)])
+        == 0
+    )
     url = capsys.readouterr().out.strip()
     assert url.startswith("https://ris.example:8443/IHEInvokeImageDisplay?requestType=STUDY&studyUID=" + STUDY)
     query = {k.lower(): v for k, v in parse_qsl(urlsplit(url).query)}
@@ -98,5 +101,8 @@ async def test_without_keys_links_stay_unsigned_and_open_as_before(tmp_path: Pat
         resp = await http.post(f"{box.url}/api/report-links", json={"study": STUDY},
                                headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})  # fmt: skip
         issued = await resp.json()
-        assert issued == {"url": f"{box.url}/IHEInvokeImageDisplay?requestType=STUDY&studyUID={STUDY}", "expires_at": None}
+        assert issued == {
+            "url": f"{box.url}/IHEInvokeImageDisplay?requestType=STUDY&studyUID={STUDY}",
+            "expires_at": None,
+        }
         assert (await opens(http, box.url, issued["url"]))[0] == 303

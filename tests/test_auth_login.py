@@ -54,8 +54,14 @@ async def start_box(settings: Settings, clock: Callable[[], float] = time.time) 
 
     async def protected(request: web.Request) -> web.Response:
         professional = await require_professional(request)
-        return web.json_response({"id": professional.id, "profession": professional.profession,
-                                  "specialty": professional.specialty, "structure": professional.structure_name})
+        return web.json_response(
+            {
+                "id": professional.id,
+                "profession": professional.profession,
+                "specialty": professional.specialty,
+                "structure": professional.structure_name,
+            }
+        )
 
     async def token(request: web.Request) -> web.Response:
         return web.json_response({"token": await access_token(request)})
@@ -73,8 +79,14 @@ async def start_box(settings: Settings, clock: Callable[[], float] = time.time) 
         await require_professional(request)
         return web.json_response({"method": request.method, "form": box.launches[request.match_info["id"]]})
 
-    app.add_routes([web.get("/protected", protected), web.get("/token", token), web.post("/launch", launch),
-                    web.get("/resume/{id}", resume)])
+    app.add_routes(
+        [
+            web.get("/protected", protected),
+            web.get("/token", token),
+            web.post("/launch", launch),
+            web.get("/resume/{id}", resume),
+        ]
+    )
     await box.runner.setup()
     port = int(settings.box.public_url.rsplit(":", 1)[1])
     await web.TCPSite(box.runner, "127.0.0.1", port).start()
@@ -110,7 +122,12 @@ async def test_login_flow_end_to_end(provider: Provider, box: Box, client: aioht
         body = await resp.json()
         callback = next(r for r in resp.history if r.url.path == "/auth/callback")
         cookies = callback.headers.getall("Set-Cookie")
-    assert body == {"id": "899700218896", "profession": "10", "specialty": "SM44", "structure": "CABINET RADIOLOGIE TEST"}
+    assert body == {
+        "id": "899700218896",
+        "profession": "10",
+        "specialty": "SM44",
+        "structure": "CABINET RADIOLOGIE TEST",
+    }
     session_cookie = next(c for c in cookies if c.startswith("drimbox_session="))
     assert "HttpOnly" in session_cookie and "SameSite=Lax" in session_cookie and "Secure" not in session_cookie
     # The authorization request: PKCE S256, state, nonce, PSC's scope and acr.
@@ -126,21 +143,33 @@ async def test_login_flow_end_to_end(provider: Provider, box: Box, client: aioht
     assert provider.calls.get("token", 0) == before
 
 
-async def test_login_hint_and_extra_params_reach_the_provider(provider: Provider, tmp_path: Path,
-                                                              client: aiohttp.ClientSession) -> None:
+async def test_login_hint_and_extra_params_reach_the_provider(
+    provider: Provider, tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
     b = await start_box(box_settings(provider, tmp_path, free_port(), authorize_params=["sim_auto=1"]))
     try:
-        async with client.get(b.url + "/auth/login", params={"next": "/protected", "login_hint": "810100000012"}) as resp:
+        async with client.get(
+            b.url + "/auth/login", params={"next": "/protected", "login_hint": "810100000012"}
+        ) as resp:
             assert (await resp.json())["profession"] == "60"
         assert provider.last_authorize["sim_auto"] == "1"
     finally:
         await b.runner.cleanup()
 
 
-@pytest.mark.parametrize("target", [
-    "https://evil.example/", "//evil.example/x", "/\\evil.example", "evil.example", "http:/x", "/ok\r\nSet-Cookie: x=1",
-    "javascript:alert(1)", "",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://evil.example/",
+        "//evil.example/x",
+        "/\\evil.example",
+        "evil.example",
+        "http:/x",
+        "/ok\r\nSet-Cookie: x=1",
+        "javascript:alert(1)",
+        "",
+    ],
+)
 async def test_next_must_be_a_local_path(box: Box, client: aiohttp.ClientSession, target: str) -> None:
     async with client.get(box.url + "/auth/login", params={"next": target}, allow_redirects=False) as resp:
         assert resp.status == 400
@@ -255,7 +284,9 @@ async def test_sessions_expire_when_idle_and_after_their_lifetime(
     provider: Provider, tmp_path: Path, client: aiohttp.ClientSession
 ) -> None:
     clock = FakeClock()
-    b = await start_box(box_settings(provider, tmp_path, free_port(), session_idle=1800.0, session_ttl=8 * 3600.0), clock)
+    b = await start_box(
+        box_settings(provider, tmp_path, free_port(), session_idle=1800.0, session_ttl=8 * 3600.0), clock
+    )
     try:
         async with client.get(b.url + "/protected") as resp:
             assert resp.status == 200
@@ -311,14 +342,17 @@ async def test_logout_without_end_session_endpoint_lands_locally(
         assert resp.status == 303 and resp.headers["Location"] == "/auth/logged-out"
 
 
-async def test_cookies_are_secure_when_the_box_is_https(provider: Provider, tmp_path: Path,
-                                                        client: aiohttp.ClientSession) -> None:
+async def test_cookies_are_secure_when_the_box_is_https(
+    provider: Provider, tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
     s = box_settings(provider, tmp_path, free_port())
     port = int(s.box.public_url.rsplit(":", 1)[1])
     s.box.public_url = f"https://127.0.0.1:{port}"
     b = await start_box(s)
     try:
-        async with client.get(f"http://127.0.0.1:{port}/auth/login", params={"next": "/"}, allow_redirects=False) as resp:
+        async with client.get(
+            f"http://127.0.0.1:{port}/auth/login", params={"next": "/"}, allow_redirects=False
+        ) as resp:
             assert resp.status == 303
             cookie = resp.headers["Set-Cookie"]
             assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie

@@ -30,7 +30,10 @@ async def mesh(tmp_path: Path) -> AsyncIterator[tuple[Settings, str]]:
     settings.sim.port, settings.sim.var_dir = sim_port, str(tmp_path / "sim-var")
     sim_url = f"http://127.0.0.1:{sim_port}"
     settings.psc.issuer = f"{sim_url}/psc"
-    settings.whitelist.url, settings.whitelist.certificate_url = f"{sim_url}/whitelist", f"{sim_url}/whitelist/certificate"
+    settings.whitelist.url, settings.whitelist.certificate_url = (
+        f"{sim_url}/whitelist",
+        f"{sim_url}/whitelist/certificate",
+    )
     settings.whitelist.trust_on_first_use = True  # the simulator's test root, on loopback
     settings.box.public_url, settings.box.var_dir = f"http://127.0.0.1:{box_port}", str(tmp_path / "box-var")
     settings.auth.authorize_params = ["sim_auto=1"]

@@ -32,7 +32,13 @@ def test_the_real_userinfo_shape_gives_every_situation_and_no_choice_is_made_for
     claims = json.loads(USERINFO.read_text(encoding="utf-8"))
     pro = Professional.from_claims(claims)
     assert (pro.id, pro.rpps, pro.family, pro.given, pro.profession, pro.specialty) == (
-        "899700999991", "99700999991", "TESTEUR", "ALEX", "10", "SM44")
+        "899700999991",
+        "99700999991",
+        "TESTEUR",
+        "ALEX",
+        "10",
+        "SM44",
+    )
     # Not the first one by default: the top-level SubjectOrganizationID (a technical "R…" id) is not a structure.
     assert pro.must_choose and (pro.structure_id, pro.sector) == ("", "")
     assert [(s.structure_id, s.structure_name, s.sector, s.technical_id) for s in pro.situations] == [
@@ -44,7 +50,12 @@ def test_the_real_userinfo_shape_gives_every_situation_and_no_choice_is_made_for
     acting = pro.in_situation(hospital)
     assert not acting.must_choose
     assert (acting.structure_id, acting.structure_name, acting.sector, acting.profession, acting.specialty) == (
-        "10B9999990", "HOPITAL DE TEST", "SA01^1.2.250.1.71.4.2.4", "10", "SM44")
+        "10B9999990",
+        "HOPITAL DE TEST",
+        "SA01^1.2.250.1.71.4.2.4",
+        "10",
+        "SM44",
+    )
     # Sessions keep the professional as JSON: the situations come back.
     assert Professional.from_json(json.loads(json.dumps(acting.to_json()))) == acting
 
@@ -147,7 +158,10 @@ async def test_the_chosen_situation_is_what_the_dmp_receives(tmp_path: Path, sim
     async with dmp_tap(sim.url) as (tap_url, tap):
         settings = box_settings(tmp_path, sim.url, ["consumer"], authorize_params=["sim_auto=1"])
         settings.dmp.url = f"{tap_url}/dmp"
-        async with running_box(settings) as box, aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with (
+            running_box(settings) as box,
+            aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+        ):
             me = await log_in(http, box.url, DURAND)
             assert me["structure_id"] == "" and [s["structure_id"] for s in me["situations"]] == [PRACTICE, HOSPITAL]
             # A launch naming no situation: the box asks before any DMP call.
@@ -172,7 +186,9 @@ async def test_the_chosen_situation_is_what_the_dmp_receives(tmp_path: Path, sim
             chosen = await http.post(box.url + form.action, data={**form.fields, "structure": HOSPITAL})
             assert chosen.status == 200 and urlsplit(str(chosen.url)).path == f"/conso/patients/{INS}/exams"
             # The list offers to change it again, and comes back to itself.
-            change = re.search(r'<a href="(/auth/situation\?next=[^"]+)">changer de situation d&#x27;exercice', await chosen.text())
+            change = re.search(
+                r'<a href="(/auth/situation\?next=[^"]+)">changer de situation d&#x27;exercice', await chosen.text()
+            )
             assert change and unquote(html.unescape(change[1])).endswith(urlsplit(str(chosen.url)).query)
             # Every DMP request of that list (TD0.2, TD0.3, ITI-18) named the hospital and its sector.
             assert tap.seen and structures(tap) == {(HOSPITAL, "SA01^1.2.250.1.71.4.2.4")}
@@ -205,7 +221,9 @@ async def test_the_chosen_situation_is_what_the_dmp_receives(tmp_path: Path, sim
 
 @pytest.mark.sim
 @pytest.mark.box
-async def test_the_situation_page_needs_a_session_and_a_single_situation_needs_no_page(tmp_path: Path, sim: Any) -> None:
+async def test_the_situation_page_needs_a_session_and_a_single_situation_needs_no_page(
+    tmp_path: Path, sim: Any
+) -> None:
     settings = box_settings(tmp_path, sim.url, ["consumer"], authorize_params=["sim_auto=1"])
     async with running_box(settings) as box, aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         resp = await http.get(f"{box.url}/auth/situation?next=/conso", allow_redirects=False)

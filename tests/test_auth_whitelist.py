@@ -81,7 +81,9 @@ def crls_of(pki: WhitelistPki) -> list[x509.CertificateRevocationList]:
 
 
 def verify(xml: bytes, pki: WhitelistPki, crls: list[x509.CertificateRevocationList] | None = None) -> Whitelist:
-    return verify_whitelist(xml, trust=trust_of(pki), require_signature=True, crls=crls_of(pki) if crls is None else crls)
+    return verify_whitelist(
+        xml, trust=trust_of(pki), require_signature=True, crls=crls_of(pki) if crls is None else crls
+    )
 
 
 def reason(xml: bytes, pki: WhitelistPki, crls: list[x509.CertificateRevocationList] | None = None) -> str:
@@ -96,12 +98,18 @@ def test_signed_list_verifies_and_hosts_and_operators_are_read(pki: WhitelistPki
     assert Endpoint("db1.111.mesimagesmedicales.fr", None) in wl.db and Endpoint("127.0.0.1", 8080) in wl.db
     assert Endpoint("db.example.org", 8443) in wl.db and Endpoint("vi.example.org", None) in wl.vi
     # The operator's certificate DN, compared as X.500 does (attribute by attribute, case and spaces aside).
-    listed = x509.Name.from_rfc4514_string("CN=db1.111.mesimagesmedicales.fr,OU=31598513500187,O=editeur,ST=Paris (75),C=FR")
+    listed = x509.Name.from_rfc4514_string(
+        "CN=db1.111.mesimagesmedicales.fr,OU=31598513500187,O=editeur,ST=Paris (75),C=FR"
+    )
     assert wl.admits_operator(listed)
     assert wl.admits_operator(x509.Name.from_rfc4514_string("CN=DB1.111.mesimagesmedicales.fr,OU=31598513500187,"
                                                             "O=Editeur,ST=Paris  (75),C=fr"))  # fmt: skip
-    assert not wl.admits_operator(x509.Name.from_rfc4514_string("CN=db1.111.mesimagesmedicales.fr,OU=31598513500187,O=editeur,C=FR"))
-    assert not wl.admits_operator(x509.Name.from_rfc4514_string("CN=evil.example,OU=31598513500187,O=editeur,ST=Paris (75),C=FR"))
+    assert not wl.admits_operator(
+        x509.Name.from_rfc4514_string("CN=db1.111.mesimagesmedicales.fr,OU=31598513500187,O=editeur,C=FR")
+    )
+    assert not wl.admits_operator(
+        x509.Name.from_rfc4514_string("CN=evil.example,OU=31598513500187,O=editeur,ST=Paris (75),C=FR")
+    )
 
 
 def test_the_signature_has_the_ans_shape(signer: SignerKit) -> None:
@@ -112,14 +120,24 @@ def test_the_signature_has_the_ans_shape(signer: SignerKit) -> None:
           "f": "http://www.w3.org/2002/06/xmldsig-filter2"}  # fmt: skip
     sig = root[-1]
     assert sig.tag == "{http://www.w3.org/2000/09/xmldsig#}Signature"
-    assert sig.xpath("ds:SignedInfo/ds:CanonicalizationMethod/@Algorithm", namespaces=ns) == ["http://www.w3.org/2001/10/xml-exc-c14n#"]
-    assert sig.xpath("ds:SignedInfo/ds:SignatureMethod/@Algorithm", namespaces=ns) == ["http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"]
+    assert sig.xpath("ds:SignedInfo/ds:CanonicalizationMethod/@Algorithm", namespaces=ns) == [
+        "http://www.w3.org/2001/10/xml-exc-c14n#"
+    ]
+    assert sig.xpath("ds:SignedInfo/ds:SignatureMethod/@Algorithm", namespaces=ns) == [
+        "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
+    ]
     assert sig.xpath("ds:SignedInfo/ds:Reference[@URI='']/ds:Transforms/ds:Transform/f:XPath[@Filter='subtract']/text()",
                      namespaces=ns) == ["/descendant::ds:Signature"]  # fmt: skip
-    assert sig.xpath("ds:SignedInfo/ds:Reference/@Type", namespaces=ns) == ["http://uri.etsi.org/01903#SignedProperties"]
+    assert sig.xpath("ds:SignedInfo/ds:Reference/@Type", namespaces=ns) == [
+        "http://uri.etsi.org/01903#SignedProperties"
+    ]
     cert = sig.xpath(".//x:SigningCertificateV2/x:Cert", namespaces=ns)[0]
-    assert cert.xpath("x:CertDigest/ds:DigestMethod/@Algorithm", namespaces=ns) == ["http://www.w3.org/2001/04/xmlenc#sha512"]
-    assert sig.xpath("ds:KeyInfo/ds:X509Data/ds:X509SubjectName/text()", namespaces=ns) == [signer.cert.subject.rfc4514_string()]
+    assert cert.xpath("x:CertDigest/ds:DigestMethod/@Algorithm", namespaces=ns) == [
+        "http://www.w3.org/2001/04/xmlenc#sha512"
+    ]
+    assert sig.xpath("ds:KeyInfo/ds:X509Data/ds:X509SubjectName/text()", namespaces=ns) == [
+        signer.cert.subject.rfc4514_string()
+    ]
 
 
 def test_the_ans_signed_sample_verifies_and_its_signer_is_checked(other_pki: WhitelistPki) -> None:
@@ -217,7 +235,9 @@ def test_tampered_lists_are_refused(pki: WhitelistPki, signer: SignerKit) -> Non
     signed = sign(LIST, signer)
     cases = {
         "host changed": signed.replace(b"<db>db1.111.mesimagesmedicales.fr</db>", b"<db>evil.example</db>"),
-        "Domaine added": signed.replace(b"</ListeDomaines>", b"<Domaine><db>evil.example</db></Domaine></ListeDomaines>"),
+        "Domaine added": signed.replace(
+            b"</ListeDomaines>", b"<Domaine><db>evil.example</db></Domaine></ListeDomaines>"
+        ),
         "operator changed": signed.replace(b"OU=31598513500187", b"OU=31598513500188"),
         "date changed": signed.replace(b"2026-01-02T10:00:00Z", b"2027-01-02T10:00:00Z"),
     }
@@ -255,14 +275,17 @@ def test_signature_wrapping_and_foreign_shapes_are_refused(pki: WhitelistPki, si
     key_pem = signer.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption())  # fmt: skip
     plain = XMLSigner(signature_algorithm=SignatureMethod.RSA_SHA256).sign(
-        etree.fromstring(LIST), key=key_pem, cert=signer.cert.public_bytes(serialization.Encoding.PEM).decode())
+        etree.fromstring(LIST), key=key_pem, cert=signer.cert.public_bytes(serialization.Encoding.PEM).decode()
+    )
     assert reason(etree.tostring(plain), pki) == "bad_signature"
 
 
 def test_a_comment_cannot_change_what_is_read(pki: WhitelistPki, signer: SignerKit) -> None:
     """Comments are outside the signed canonical form: one inside <db> must not split the host a reader sees."""
     signed = sign(LIST, signer)
-    commented = signed.replace(b"<db>db1.111.mesimagesmedicales.fr</db>", b"<db>db1.111<!-- x -->.mesimagesmedicales.fr</db>")
+    commented = signed.replace(
+        b"<db>db1.111.mesimagesmedicales.fr</db>", b"<db>db1.111<!-- x -->.mesimagesmedicales.fr</db>"
+    )
     assert commented != signed
     wl = verify(commented, pki)
     assert Endpoint("db1.111.mesimagesmedicales.fr", None) in wl.db and Endpoint("db1.111", None) not in wl.db
@@ -288,8 +311,10 @@ def test_the_ans_sample_list_parses() -> None:
 
 
 def test_hostile_xml_is_refused() -> None:
-    bomb = b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;">]>' \
-           b'<ListeBlancheDRIM-M><ListeDomaines><Domaine><db>&b;</db></Domaine></ListeDomaines></ListeBlancheDRIM-M>'
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;">]>'
+        b"<ListeBlancheDRIM-M><ListeDomaines><Domaine><db>&b;</db></Domaine></ListeDomaines></ListeBlancheDRIM-M>"
+    )
     wl = verify_whitelist(bomb, trust=None, require_signature=False)
     assert all("aaaa" not in entry.host for entry in wl.db)  # entities are not expanded
     with pytest.raises(WhitelistError) as info:
@@ -297,29 +322,32 @@ def test_hostile_xml_is_refused() -> None:
     assert info.value.reason == "malformed"
 
 
-@pytest.mark.parametrize(("url", "allowed"), [
-    ("https://db1.111.mesimagesmedicales.fr/dicom-web/studies/1", True),
-    ("https://DB1.111.mesimagesmedicales.fr./dicom-web", True),
-    ("https://db1.111.mesimagesmedicales.fr:443/x", True),
-    ("https://db1.111.mesimagesmedicales.fr:8443/x", False),  # a bare host entry admits the scheme's port only
-    ("http://db1.111.mesimagesmedicales.fr/x", False),  # plain http only towards loopback
-    ("https://db9.111.mesimagesmedicales.fr/x", False),  # unlisted host
-    ("https://vi1.111.mesimagesmedicales.fr/x", False),  # a viewer host is not a box host
-    ("https://evil.example/?db1.111.mesimagesmedicales.fr", False),
-    ("https://db1.111.mesimagesmedicales.fr@evil.example/x", False),
-    ("https://user@db1.111.mesimagesmedicales.fr/x", False),
-    ("http://127.0.0.1:8080/dicom-web/studies/1", True),
-    ("http://127.0.0.1:8081/dicom-web", False),
-    ("http://127.0.0.1/dicom-web", False),
-    ("http://localhost:8080/dicom-web", False),  # loopback only when listed as such
-    ("https://db.example.org:8443/x", True),
-    ("https://db.example.org/x", False),  # a host:port entry admits that port only
-    ("https://db.example.org:443/x", False),
-    ("ftp://db1.111.mesimagesmedicales.fr/x", False),
-    ("https://[::1]:8080/x", False),
-    ("not a url", False),
-    ("https://db1.111.mesimagesmedicales.fr:99999/x", False),
-])
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://db1.111.mesimagesmedicales.fr/dicom-web/studies/1", True),
+        ("https://DB1.111.mesimagesmedicales.fr./dicom-web", True),
+        ("https://db1.111.mesimagesmedicales.fr:443/x", True),
+        ("https://db1.111.mesimagesmedicales.fr:8443/x", False),  # a bare host entry admits the scheme's port only
+        ("http://db1.111.mesimagesmedicales.fr/x", False),  # plain http only towards loopback
+        ("https://db9.111.mesimagesmedicales.fr/x", False),  # unlisted host
+        ("https://vi1.111.mesimagesmedicales.fr/x", False),  # a viewer host is not a box host
+        ("https://evil.example/?db1.111.mesimagesmedicales.fr", False),
+        ("https://db1.111.mesimagesmedicales.fr@evil.example/x", False),
+        ("https://user@db1.111.mesimagesmedicales.fr/x", False),
+        ("http://127.0.0.1:8080/dicom-web/studies/1", True),
+        ("http://127.0.0.1:8081/dicom-web", False),
+        ("http://127.0.0.1/dicom-web", False),
+        ("http://localhost:8080/dicom-web", False),  # loopback only when listed as such
+        ("https://db.example.org:8443/x", True),
+        ("https://db.example.org/x", False),  # a host:port entry admits that port only
+        ("https://db.example.org:443/x", False),
+        ("ftp://db1.111.mesimagesmedicales.fr/x", False),
+        ("https://[::1]:8080/x", False),
+        ("not a url", False),
+        ("https://db1.111.mesimagesmedicales.fr:99999/x", False),
+    ],
+)
 def test_host_and_port_rules(url: str, allowed: bool) -> None:
     wl = verify_whitelist(LIST, trust=None, require_signature=False)
     assert wl.allows(url) is allowed
@@ -369,7 +397,9 @@ async def list_server(tmp_path: Path) -> AsyncIterator[ListServer]:
         return web.Response(body=server.body, content_type="application/xml")
 
     async def certificate(request: web.Request) -> web.Response:
-        return web.Response(body=pki.root.public_bytes(serialization.Encoding.PEM), content_type="application/x-pem-file")
+        return web.Response(
+            body=pki.root.public_bytes(serialization.Encoding.PEM), content_type="application/x-pem-file"
+        )
 
     async def crl(request: web.Request) -> web.Response:
         server.crl_hits.append(request.match_info["name"])
@@ -427,7 +457,9 @@ async def test_fetch_refresh_and_fail_closed(list_server: ListServer, tmp_path: 
         await wl.close()
 
 
-async def test_the_ans_shape_signer_only_finds_its_issuer_at_its_ca_issuers(list_server: ListServer, tmp_path: Path) -> None:
+async def test_the_ans_shape_signer_only_finds_its_issuer_at_its_ca_issuers(
+    list_server: ListServer, tmp_path: Path
+) -> None:
     """KeyInfo with the signer only (the ANS's list): the ORG CA is fetched from the signer's caIssuers; it only helps
     build the path to the configured root."""
     list_server.body = sign(LIST, list_server.pki.signer(), chain=False)
@@ -487,7 +519,9 @@ async def test_crls_from_a_file_or_the_distribution_points(list_server: ListServ
         await unreachable.close()
 
 
-@pytest.mark.parametrize(("kind", "expected"), [("revoked", "revoked"), ("untrusted", "untrusted"), ("expired", "expired")])
+@pytest.mark.parametrize(
+    ("kind", "expected"), [("revoked", "revoked"), ("untrusted", "untrusted"), ("expired", "expired")]
+)
 async def test_a_flawed_signer_from_the_server_leaves_no_list(
     list_server: ListServer, tmp_path: Path, kind: str, expected: str
 ) -> None:

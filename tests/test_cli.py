@@ -15,7 +15,9 @@ from drimbox.source.outbox import Outbox
 
 
 def drimbox(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "drimbox.cli", *args], capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "drimbox.cli", *args], capture_output=True, text=True, timeout=60, env=env
+    )
 
 
 def test_configuration_error_names_the_key(tmp_path: Path) -> None:
@@ -28,17 +30,23 @@ def test_configuration_error_names_the_key(tmp_path: Path) -> None:
 @pytest.mark.orthanc
 @pytest.mark.sim
 def test_check_reports_each_peer(tmp_path: Path, orthanc: Any, sim: Any) -> None:
-    good = write_config(tmp_path / "good.toml", {
-        "pacs": {"ae_title": orthanc.aet, "port": orthanc.dicom_port},
-        "dmp": {"url": f"{sim.url}/dmp"},
-    })
+    good = write_config(
+        tmp_path / "good.toml",
+        {
+            "pacs": {"ae_title": orthanc.aet, "port": orthanc.dicom_port},
+            "dmp": {"url": f"{sim.url}/dmp"},
+        },
+    )
     out = drimbox("check", "-c", str(good))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "FAIL" not in out.stdout and "PACS C-ECHO" in out.stdout
-    bad = write_config(tmp_path / "bad.toml", {
-        "pacs": {"ae_title": orthanc.aet, "port": free_port(), "timeout": 2.0},
-        "dmp": {"url": f"http://127.0.0.1:{free_port()}/dmp"},
-    })
+    bad = write_config(
+        tmp_path / "bad.toml",
+        {
+            "pacs": {"ae_title": orthanc.aet, "port": free_port(), "timeout": 2.0},
+            "dmp": {"url": f"http://127.0.0.1:{free_port()}/dmp"},
+        },
+    )
     out = drimbox("check", "-c", str(bad))
     assert out.returncode == 1
     failed = [line for line in out.stdout.splitlines() if line.startswith("FAIL")]
@@ -50,8 +58,16 @@ def test_publish_requeues_a_failed_publication(tmp_path: Path) -> None:
     outbox = Outbox(var / "drimbox.sqlite")
 
     async def seed() -> int:
-        accepted = await outbox.accept(sender="RIS|X", control_id="1", raw=b"MSH", action="publish",
-                                       document_id="D", accession="ACN9", study_uid="1.2.3", report={})
+        accepted = await outbox.accept(
+            sender="RIS|X",
+            control_id="1",
+            raw=b"MSH",
+            action="publish",
+            document_id="D",
+            accession="ACN9",
+            study_uid="1.2.3",
+            report={},
+        )
         await outbox.update(accepted.publication_id, state="failed", last_error="DMP refused")
         return accepted.publication_id
 

@@ -34,13 +34,13 @@ def test_toml_then_environment_override(tmp_path: Path) -> None:
     [
         ("[pacs]\nprot = 1\n", {}, "pacs.prot"),
         ("[nope]\nx = 1\n", {}, "nope"),
-        ("[pacs]\nport = \"abc\"\n", {}, "pacs.port"),
-        ("[pacs]\nretrieve = \"c-store\"\n", {}, "pacs.retrieve"),
-        ("[box]\nprofile = \"cloud\"\n", {}, "box.profile"),
-        ("[dicom]\nae_title = \"THIS_AE_TITLE_IS_TOO_LONG\"\n", {}, "dicom.ae_title"),
+        ('[pacs]\nport = "abc"\n', {}, "pacs.port"),
+        ('[pacs]\nretrieve = "c-store"\n', {}, "pacs.retrieve"),
+        ('[box]\nprofile = "cloud"\n', {}, "box.profile"),
+        ('[dicom]\nae_title = "THIS_AE_TITLE_IS_TOO_LONG"\n', {}, "dicom.ae_title"),
         ("", {"DRIMBOX_HTTP__PORT": "99999"}, "http.port"),
         ("", {"DRIMBOX_HTTP__NOPE": "1"}, "http.nope"),
-        ("[box]\npublic_url = \"ftp://x\"\n", {}, "box.public_url"),
+        ('[box]\npublic_url = "ftp://x"\n', {}, "box.public_url"),
     ],
 )
 def test_bad_values_stop_the_start_naming_the_key(tmp_path: Path, text: str, env: dict[str, str], named: str) -> None:

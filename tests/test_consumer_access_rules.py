@@ -79,8 +79,11 @@ def settings_for(tmp: Path, mesh: Mesh, **access: Any) -> Settings:
     s.box.roles = ["consumer"]
     s.dmp.url = mesh.dmp_url
     s.dmp.timeout = 5.0
-    s.whitelist = WhitelistSettings(url=f"{mesh.sim_url}/whitelist", certificate_url=f"{mesh.sim_url}/whitelist/certificate",
-                                    trust_on_first_use=True)
+    s.whitelist = WhitelistSettings(
+        url=f"{mesh.sim_url}/whitelist",
+        certificate_url=f"{mesh.sim_url}/whitelist/certificate",
+        trust_on_first_use=True,
+    )
     for key, value in access.items():
         setattr(s.access, key, value)
     return s
@@ -124,7 +127,9 @@ async def test_opposition_is_recorded_and_honoured_nothing_asked_nothing_fetched
         page = await client.post("/conso/launch", data={**LAUNCH_FORM, "InformationEtConsentement": "false"})
         assert page.status == 403
         text = await page.text()
-        assert "oppose à la consultation" in text and "bris de glace" not in text.lower()  # no emergency form over an opposition
+        assert (
+            "oppose à la consultation" in text and "bris de glace" not in text.lower()
+        )  # no emergency form over an opposition
         # Recorded: later requests without a launch are refused too, with the rule named.
         api = await client.get(f"/conso/api/patients/{INS}/exams")
         assert api.status == 403
@@ -215,12 +220,16 @@ async def test_emergency_access_with_a_reason_is_carried_in_the_vihf_and_audited
         form = await client.post(f"/conso/patients/{INS}/emergency", data={"reason": REASON}, allow_redirects=False)
         assert form.status == 303 and form.headers["Location"].startswith(f"/conso/patients/{INS}/exams")
         listed = await client.get(form.headers["Location"])
-        assert listed.status == 200 and "Accès en urgence (bris de glace)</strong> en vigueur jusqu" in await listed.text()
+        assert (
+            listed.status == 200 and "Accès en urgence (bris de glace)</strong> en vigueur jusqu" in await listed.text()
+        )
         rows = await mesh.consultations()
         assert rows and {(r["professional"], r["purpose"], r["reason"]) for r in rows} == {
             (OTHER_GP.id, "bris_de_glace", REASON)}  # fmt: skip
         # Through the API parameter too; no TD0.3 was declared for it.
-        api = await client.get(f"/conso/api/patients/{INS}/exams", params={"purpose": "bris_de_glace", "reason": REASON})
+        api = await client.get(
+            f"/conso/api/patients/{INS}/exams", params={"purpose": "bris_de_glace", "reason": REASON}
+        )
         body = await api.json()
         assert api.status == 200 and len(body["exams"]) == 1
         assert body["access"]["purpose"] == "bris_de_glace" and body["access"]["reason"] == REASON
@@ -233,7 +242,9 @@ async def test_emergency_access_with_a_reason_is_carried_in_the_vihf_and_audited
 async def test_emergency_access_refused_when_the_patient_blocked_it(mesh: Mesh, tmp_path: Path) -> None:
     await mesh.sim("PUT", f"/sim/dmp/patients/{INS}", {"emergency_access": False})
     async with consumer(settings_for(tmp_path, mesh), FakeAuth(OTHER_GP)) as client:
-        resp = await client.get(f"/conso/api/patients/{INS}/exams", params={"purpose": "bris_de_glace", "reason": REASON})
+        resp = await client.get(
+            f"/conso/api/patients/{INS}/exams", params={"purpose": "bris_de_glace", "reason": REASON}
+        )
         body = await resp.json()
         assert resp.status == 403 and "refused emergency access" in body["detail"]
         page = await client.post(f"/conso/patients/{INS}/emergency", data={"reason": REASON}, allow_redirects=False)

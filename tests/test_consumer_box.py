@@ -27,16 +27,26 @@ def local_pacs(orthanc_factory: Any) -> Any:
 @pytest.fixture
 def consumer_box(tmp_path: Path, sim: Any, local_pacs: Any) -> Any:
     port = free_port()
-    cfg = write_config(tmp_path / "consumer.toml", {
-        "box": {"roles": ["consumer"], "var_dir": str(tmp_path / "consumer-var"), "public_url": f"http://127.0.0.1:{port}"},
-        "http": {"port": port},
-        "dmp": {"url": f"{sim.url}/dmp"},
-        "psc": {"issuer": f"{sim.url}/psc"},
-        "whitelist": {"url": f"{sim.url}/whitelist", "certificate_url": f"{sim.url}/whitelist/certificate",
-                      "trust_on_first_use": True},
-        "auth": {"authorize_params": ["sim_auto=1"]},
-        "consumer": {"local_pacs_ae_title": local_pacs.aet, "local_pacs_port": local_pacs.dicom_port},
-    })
+    cfg = write_config(
+        tmp_path / "consumer.toml",
+        {
+            "box": {
+                "roles": ["consumer"],
+                "var_dir": str(tmp_path / "consumer-var"),
+                "public_url": f"http://127.0.0.1:{port}",
+            },
+            "http": {"port": port},
+            "dmp": {"url": f"{sim.url}/dmp"},
+            "psc": {"issuer": f"{sim.url}/psc"},
+            "whitelist": {
+                "url": f"{sim.url}/whitelist",
+                "certificate_url": f"{sim.url}/whitelist/certificate",
+                "trust_on_first_use": True,
+            },
+            "auth": {"authorize_params": ["sim_auto=1"]},
+            "consumer": {"local_pacs_ae_title": local_pacs.aet, "local_pacs_port": local_pacs.dicom_port},
+        },
+    )
     box = DrimboxProcess("serve", cfg, f"http://127.0.0.1:{port}/health", tmp_path / "consumer.log").start()
     yield box
     box.stop()
@@ -105,17 +115,17 @@ async def test_view_and_import_an_exam_through_the_consumer_box_from_a_protected
         assert (await http.get(f"{base}/auth/login?{params}")).status == 200
         detail = await http.get(f"{base}/conso/api/exams/{pub['kos_uid']}")
         assert detail.status == 200, await detail.text()
-        resp = await http.get(f"{base}/conso/dicom-web/studies/{study}?kos={pub['kos_uid']}",
-                              headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        resp = await http.get(
+            f"{base}/conso/dicom-web/studies/{study}?kos={pub['kos_uid']}",
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+        )
         assert resp.status == 200, await resp.text()
         first = await resp.content.readany()
         first_byte_s = time.perf_counter() - started
         body = first + await resp.read()
         # The consumer's headline figure: launch POST → PSC login → exam list → first image byte at the consumer.
         print(f"\nlaunch POST to first instance byte: {first_byte_s * 1000:.0f} ms")
-        message = BytesParser().parsebytes(
-            f"Content-Type: {resp.headers['Content-Type']}\r\n\r\n".encode() + body
-        )
+        message = BytesParser().parsebytes(f"Content-Type: {resp.headers['Content-Type']}\r\n\r\n".encode() + body)
         got = {}
         for part in message.get_payload():
             ds = pydicom.dcmread(__import__("io").BytesIO(part.get_payload(decode=True)))  # type: ignore[union-attr]

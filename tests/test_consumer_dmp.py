@@ -125,7 +125,9 @@ async def test_the_exam_list_through_the_dmp(dmp_url: str, tmp_path: Path, caplo
         assert (await listed("?to=2021-01-07"))["exams"] == []
         assert len((await listed("?region=774007"))["exams"]) == 2
         by_accession = await listed(f"?accession=ACN104&accession_issuer={ACN_ISSUER}")
-        assert [x["kos_uid"] for x in by_accession["exams"]] == [kos_mr] and by_accession["query"]["accession"] == "ACN104"
+        assert [x["kos_uid"] for x in by_accession["exams"]] == [kos_mr] and by_accession["query"][
+            "accession"
+        ] == "ACN104"
         assert [x["kos_uid"] for x in (await listed("?accession=ACN103"))["exams"]] == [kos_c]
         assert [x["kos_uid"] for x in (await listed("?study=1.2.250.1.213.4.5.2.1.103"))["exams"]] == [kos_c]
 
@@ -198,7 +200,9 @@ async def test_a_kos_that_cannot_be_fetched_leaves_the_rest_listed_and_kos_are_c
         assert [x["kos_uid"] for x in body["exams"] if x["new"]] == [kos_e]
 
 
-async def test_unavailable_exam_in_the_first_list(dmp_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_unavailable_exam_in_the_first_list(
+    dmp_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = consumer_settings(tmp_path, dmp_url)
     kos_c = await publish(dmp_url, settings, study_spec())
     kos_mr = await publish(dmp_url, settings, study_spec(4, modality="MR", date="20220301"))

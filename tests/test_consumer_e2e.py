@@ -86,7 +86,9 @@ async def test_with_prefetch_a_listed_exam_is_fetched_before_it_is_opened(
                              timeout=30)  # fmt: skip
     assert b"|AA|" in ack
     pub = box.wait_state("ACN103", ("published",))
-    app = consumer_app_with_images(consumer_settings(tmp_path, f"{sim.url}/dmp", prefetch=True), sim.url, FakeAuth(Pro()))
+    app = consumer_app_with_images(
+        consumer_settings(tmp_path, f"{sim.url}/dmp", prefetch=True), sim.url, FakeAuth(Pro())
+    )
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         # The launch (patient informed) declares the access; the list then shows, and starts the prefetch.
         launched = await client.post("/conso/launch", data=LAUNCH_FORM, allow_redirects=False)
@@ -102,7 +104,10 @@ async def test_with_prefetch_a_listed_exam_is_fetched_before_it_is_opened(
             await asyncio.sleep(0.05)
         assert (await cache.usage())["series"] == 2
         box.stop()  # the source is gone: the exam must come from the consumer's cache
-        accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*', KOS_HEADER: pub["kos_uid"]}
+        accept = {
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
+            KOS_HEADER: pub["kos_uid"],
+        }
         resp = await client.get("/conso/dicom-web/studies/1.2.250.1.213.4.5.2.1.103", headers=accept)
         assert resp.status == 200, await resp.text()
         assert len(await read_multipart(resp)) == 6

@@ -44,7 +44,9 @@ def test_an_exam_from_a_kos_alone() -> None:
     assert {s.modality for s in exam.series} == {"CT"} and exam.modalities == ["CT"]
     assert exam.sources == ["source.example:8443"]
     series = exam.series[0]
-    assert series.retrieve_url.startswith("https://source.example:8443/box/dicom-web/studies/1.2.250.1.213.4.5.2.1.103/series/")
+    assert series.retrieve_url.startswith(
+        "https://source.example:8443/box/dicom-web/studies/1.2.250.1.213.4.5.2.1.103/series/"
+    )
     assert series.count == 3 and len(set(series.instance_uids)) == 3
     detail = exam.to_json(with_series=True)
     assert detail["series_count"] == 2 and detail["instance_count"] == 6

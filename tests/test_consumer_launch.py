@@ -63,7 +63,11 @@ def test_the_ans_form_as_the_ans_test_server_posts_it_is_read() -> None:
     launch = parse_launch((k, v[0]) for k, v in parse_qs(body, keep_blank_values=True).items())
     assert (launch.ins, launch.ins_oid, launch.family, launch.informed) == (INS, INS_OID, "PAT-TROIS", True)
     assert (launch.district, launch.patient_id, launch.patient_id_issuer, launch.situation) == (
-        "51215", "IPP101", "1.2.250.1.213.4.5.2.4", "499700427885006")
+        "51215",
+        "IPP101",
+        "1.2.250.1.213.4.5.2.4",
+        "499700427885006",
+    )
     assert Launch.from_json(launch.to_json()) == launch
 
 
@@ -75,7 +79,8 @@ def test_field_names_are_case_sensitive_and_unknown_ones_refused() -> None:
                                                  "Patient.identifier.value")  # fmt: skip
     assert found["Patient.identifier.value"] == "is missing"
     assert problems({**LAUNCH_FORM, "situation": "1"}) == {
-        "situation": "is not a field of the ANS launch form: it is spelled Situation"}
+        "situation": "is not a field of the ANS launch form: it is spelled Situation"
+    }
     assert problems({**LAUNCH_FORM, "Comment": "x"}) == {"Comment": "is not a field of the ANS launch form"}
     # A hostile name is not echoed.
     assert problems({**LAUNCH_FORM, "<script>\n": "x"}) == {"(a field)": "is not a field of the ANS launch form"}
@@ -227,7 +232,9 @@ async def test_logged_in_launch_goes_straight_to_the_list_and_unlogged_api_is_40
         assert body["reason"] == "login_required" and body["login_url"].startswith("/auth/login?next=")
         resp = await client.get(f"/conso/patients/{INS}/exams?modality=CT", allow_redirects=False)
         assert resp.status == 303
-        assert parse_qs(urlsplit(resp.headers["Location"]).query)["next"] == [f"/conso/patients/{INS}/exams?modality=CT"]
+        assert parse_qs(urlsplit(resp.headers["Location"]).query)["next"] == [
+            f"/conso/patients/{INS}/exams?modality=CT"
+        ]
         assert (await client.get("/conso/api/exams/1.2.3")).status == 401
 
 

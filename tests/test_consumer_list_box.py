@@ -28,7 +28,12 @@ def _hidden(page: str, name: str) -> str:
 
 
 async def test_thumbnail_then_ticked_import_lands_under_the_local_patient(
-    orthanc: Any, source_box: Any, sim: Any, consumer_box: Any, local_pacs: Any, tmp_path: Path  # noqa: F811
+    orthanc: Any,
+    source_box: Any,
+    sim: Any,
+    consumer_box: Any,  # noqa: F811 (the fixture imported above)
+    local_pacs: Any,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     orthanc.clear()
     load_exam(orthanc, tmp_path, "C", instances=4)

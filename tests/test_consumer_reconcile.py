@@ -39,7 +39,9 @@ def test_an_instance_takes_the_local_identity_and_keeps_the_others() -> None:
     assert (ds.PatientID, ds.IssuerOfPatientID, str(ds.PatientName)) == (IPP, IPP_ISSUER, "PAT-TROIS^DOMINIQUE")
     assert (ds.PatientBirthDate, ds.PatientSex) == ("19790328", "F")
     assert ds.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityID == IPP_ISSUER
-    others = [(o.PatientID, o.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityID) for o in ds.OtherPatientIDsSequence]
+    others = [
+        (o.PatientID, o.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityID) for o in ds.OtherPatientIDsSequence
+    ]
     assert others == [("1234567890123", "1.2.250.1.213.1.4.10")]  # the INS, once (it was the source's id too)
     assert ds.StudyInstanceUID == "1.2.3"
     reconcile.apply(ds, local, new_uids=True)

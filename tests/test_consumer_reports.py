@@ -169,7 +169,9 @@ async def test_the_report_follows_the_exam_s_access_rules(
     assert (await consumer.post("/conso/launch", data=LAUNCH_FORM)).status == 200
     assert (await consumer.get(f"/conso/exams/{kos_c}/report")).status == 200
     # The software's next launch says the patient opposes: the report is refused like the images.
-    assert (await consumer.post("/conso/launch", data={**LAUNCH_FORM, "InformationEtConsentement": "false"})).status == 403
+    assert (
+        await consumer.post("/conso/launch", data={**LAUNCH_FORM, "InformationEtConsentement": "false"})
+    ).status == 403
     for path in (f"/conso/exams/{kos_c}/report", f"/conso/exams/{kos_c}/report.pdf"):
         refused = await consumer.get(path)
         body = await refused.text()

@@ -45,7 +45,9 @@ def _dead_source_copy(kos_bytes: bytes, dead_port: int, host: str = "127.0.0.1")
         study.StudyInstanceUID = study_uid
         for series in study.ReferencedSeriesSequence:
             series.SeriesInstanceUID = new()
-            series.RetrieveURL = f"http://{host}:{dead_port}/dicom-web/studies/{study_uid}/series/{series.SeriesInstanceUID}"
+            series.RetrieveURL = (
+                f"http://{host}:{dead_port}/dicom-web/studies/{study_uid}/series/{series.SeriesInstanceUID}"
+            )
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return str(ds.SOPInstanceUID), out.getvalue()
@@ -114,11 +116,15 @@ async def test_exam_c_through_the_consumer_is_byte_identical_and_an_unreachable_
               " warm")  # fmt: skip
 
         # Metadata, series by series, for the viewer; the opened exam entitles later requests without the header.
-        async with http.get(f"{conso.url}/conso/dicom-web/studies/{study}/metadata", headers={KOS_HEADER: kos_uid}) as resp:
+        async with http.get(
+            f"{conso.url}/conso/dicom-web/studies/{study}/metadata", headers={KOS_HEADER: kos_uid}
+        ) as resp:
             assert resp.status == 200
             assert len(await resp.json()) == len(expected)
         series = kos.series[0]
-        async with http.get(f"{conso.url}/conso/dicom-web/studies/{study}/series/{series.series_uid}/instances") as resp:
+        async with http.get(
+            f"{conso.url}/conso/dicom-web/studies/{study}/series/{series.series_uid}/instances"
+        ) as resp:
             assert resp.status == 200
             assert len(await resp.json()) == len(series.instances)
         # A viewer may name the KOS in the query instead of a header: QIDO takes it as access, not as a match key.

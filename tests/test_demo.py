@@ -69,12 +69,18 @@ async def test_demo_prints_working_links_and_stops_everything_on_ctrl_c(demo: De
         link = demo.links["report_links"]["C"]
         resp = await http.get(link, allow_redirects=False)
         assert resp.status in (302, 303)
-        login = urlsplit(link)._replace(path="/auth/login", query="").geturl() + "?" + urlsplit(resp.headers["Location"]).query
+        login = (
+            urlsplit(link)._replace(path="/auth/login", query="").geturl()
+            + "?"
+            + urlsplit(resp.headers["Location"]).query
+        )
         viewer = await login_with_hint(http, login, GP)
         assert viewer.status == 200 and urlsplit(str(viewer.url)).path == "/viewer/"
         assert f"study={STUDY_C}" in str(viewer.url)
         source = demo.links["source"]
-        meta = await http.get(f"{source}/dicom-web/studies/{STUDY_C}/metadata", headers={"Accept": "application/dicom+json"})
+        meta = await http.get(
+            f"{source}/dicom-web/studies/{STUDY_C}/metadata", headers={"Accept": "application/dicom+json"}
+        )
         assert meta.status == 200, await meta.text()
         instances = await meta.json()
         assert len(instances) == 4 and {i["00100020"]["Value"][0] for i in instances} == {INS}

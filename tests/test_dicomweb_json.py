@@ -89,9 +89,7 @@ def test_same_as_pydicom_and_pixels_never_loaded(tmp_path: Path) -> None:
     ours = instance_json(header, "/dicom-web")
     reference = pydicom.dcmread(path).to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda e: "X")
     assert ours.keys() == reference.keys()
-    assert {k: v for k, v in ours.items() if k != "7FE00010"} == {
-        k: v for k, v in reference.items() if k != "7FE00010"
-    }
+    assert {k: v for k, v in ours.items() if k != "7FE00010"} == {k: v for k, v in reference.items() if k != "7FE00010"}
     assert ours["7FE00010"]["vr"] == "OW" and ours["7FE00010"]["BulkDataURI"].endswith("/bulkdata/7FE00010")
     raw = header.get_item(0x7FE00010, keep_deferred=True)
     assert raw is not None and raw.value is None  # still on disk

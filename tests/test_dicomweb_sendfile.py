@@ -175,8 +175,9 @@ class _Backend:
     def search(self, query: QidoQuery) -> AsyncIterator[Dataset]:
         return self.inner.search(query)
 
-    def metadata(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
-                 base: str) -> AsyncIterator[bytes]:
+    def metadata(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *, base: str
+    ) -> AsyncIterator[bytes]:
         return self.inner.metadata(study_uid, series_uid, sop_uid, base=base)
 
     async def iter_instances(
@@ -189,8 +190,12 @@ class _Backend:
                     self.yielded += 1
                     if self.body is not None:
                         instance = StoredInstance(
-                            instance.study_uid, instance.series_uid, instance.sop_class_uid,
-                            instance.sop_instance_uid, instance.transfer_syntax_uid, self.body(n, instance),
+                            instance.study_uid,
+                            instance.series_uid,
+                            instance.sop_class_uid,
+                            instance.sop_instance_uid,
+                            instance.transfer_syntax_uid,
+                            self.body(n, instance),
                         )
                     self.events.append(f"yield {n}")
                     yield instance
@@ -205,8 +210,9 @@ async def test_file_truncated_while_sending_cuts_the_response(samples: SampleDat
 
     backend = _Backend(await FolderBackend.open(samples.root), body)
     async with serve(backend) as url, aiohttp.ClientSession() as session:
-        async with session.get(f"{url}/dicom-web/studies/{samples.spec.study_uid}",
-                               headers={"Accept": DICOM_ANY}) as resp:
+        async with session.get(
+            f"{url}/dicom-web/studies/{samples.spec.study_uid}", headers={"Accept": DICOM_ANY}
+        ) as resp:
             assert resp.status == 200
             with pytest.raises(aiohttp.ClientPayloadError):
                 await resp.read()  # never a complete-looking response with a short part
@@ -230,8 +236,9 @@ async def test_streamed_bodies_are_read_before_the_next_instance_is_asked(sample
 
     backend = _Backend(await FolderBackend.open(samples.root), body)
     async with serve(backend) as url, aiohttp.ClientSession() as session:
-        async with session.get(f"{url}/dicom-web/studies/{samples.spec.study_uid}",
-                               headers={"Accept": DICOM_ANY}) as resp:
+        async with session.get(
+            f"{url}/dicom-web/studies/{samples.spec.study_uid}", headers={"Accept": DICOM_ANY}
+        ) as resp:
             assert resp.status == 200 and len(await resp.read()) > 0
     count = backend.yielded
     assert backend.events == [e for n in range(count) for e in (f"yield {n}", f"read {n}")]

@@ -267,9 +267,7 @@ async def test_error_statuses_have_json_reasons(
     server: str, samples: SampleData, path: str, accept: str, status: int
 ) -> None:
     spec = samples.spec
-    url = f"{server}/dicom-web/" + path.format(
-        study=spec.study_uid, series=spec.series_uid(0), sop=spec.sop_uid(0, 0)
-    )
+    url = f"{server}/dicom-web/" + path.format(study=spec.study_uid, series=spec.series_uid(0), sop=spec.sop_uid(0, 0))
     async with aiohttp.ClientSession() as session, session.get(url, headers={"Accept": accept}) as resp:
         assert resp.status == status
         body = await resp.json()

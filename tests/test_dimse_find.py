@@ -65,8 +65,13 @@ def test_find_with_ipp_as_patient_id(orthanc: OrthancServer, tmp_path: Path) -> 
     assert (found.patient_id, found.issuer_of_patient_id) == ("IPP101", "AUT-AFFECTATION")
     assert len(found.instances) == 4
     req = KosRequest(
-        ins=studies.EXAM_C_INS, ipp="IPP101", accession="ACN103", public_url="http://127.0.0.1:8080",
-        retrieve_ae_title=BOX_AET, retrieve_location_uid="1.2.3", uid_root="1.2.3.4",
+        ins=studies.EXAM_C_INS,
+        ipp="IPP101",
+        accession="ACN103",
+        public_url="http://127.0.0.1:8080",
+        retrieve_ae_title=BOX_AET,
+        retrieve_location_uid="1.2.3",
+        uid_root="1.2.3.4",
     )
     assert identity_mismatches(found, req) == []
 
@@ -147,9 +152,7 @@ def test_association_sockets_have_tcp_nodelay(orthanc: OrthancServer) -> None:
 @pytest.mark.orthanc
 @pytest.mark.dcmtk
 @pytest.mark.dciodvfy
-def test_kos_from_a_real_c_find_passes_dciodvfy(
-    orthanc: OrthancServer, exam_c: StudySpec, tmp_path: Path
-) -> None:
+def test_kos_from_a_real_c_find_passes_dciodvfy(orthanc: OrthancServer, exam_c: StudySpec, tmp_path: Path) -> None:
     found = find_study_instances(orthanc.pacs_settings(), BOX_AET, exam_c.study_uid)
     assert found is not None
     req = KosRequest(
@@ -175,9 +178,11 @@ def test_kos_from_a_real_c_find_passes_dciodvfy(
         report = dciodvfy(path, profile)
         assert report.errors == [], report.output
     summary = parse_kos(data)
-    assert summary.instance_uids() == summary.content_instance_uids == set(orthanc.instances()) & {
-        i.sop_instance_uid for i in expected_instances(exam_c).instances
-    }
+    assert (
+        summary.instance_uids()
+        == summary.content_instance_uids
+        == set(orthanc.instances()) & {i.sop_instance_uid for i in expected_instances(exam_c).instances}
+    )
 
 
 # --- pynetdicom peers standing in for PACS behaviours Orthanc does not show ---------------------------
@@ -218,15 +223,29 @@ def _strict_hierarchical(spec: StudySpec) -> Callable[[Any], Any]:
         if level == "IMAGE" and not query.get("SeriesInstanceUID"):
             yield 0xA900, None
         elif level == "STUDY":
-            yield 0xFF00, _answer(StudyInstanceUID=spec.study_uid, PatientID=spec.patient_id,
-                                  PatientName=spec.patient_name, AccessionNumber=spec.accession_number)
+            yield (
+                0xFF00,
+                _answer(
+                    StudyInstanceUID=spec.study_uid,
+                    PatientID=spec.patient_id,
+                    PatientName=spec.patient_name,
+                    AccessionNumber=spec.accession_number,
+                ),
+            )
         elif level == "SERIES":
             for series_uid in expected.by_series():
                 yield 0xFF00, _answer(StudyInstanceUID=spec.study_uid, SeriesInstanceUID=series_uid)
         else:
             for inst in expected.by_series()[query.SeriesInstanceUID]:
-                yield 0xFF00, _answer(SeriesInstanceUID=inst.series_uid, SOPInstanceUID=inst.sop_instance_uid,
-                                      SOPClassUID=inst.sop_class_uid, InstanceNumber=inst.instance_number)
+                yield (
+                    0xFF00,
+                    _answer(
+                        SeriesInstanceUID=inst.series_uid,
+                        SOPInstanceUID=inst.sop_instance_uid,
+                        SOPClassUID=inst.sop_class_uid,
+                        InstanceNumber=inst.instance_number,
+                    ),
+                )
         yield 0x0000, None
 
     return handler

@@ -299,7 +299,9 @@ async def test_non_ascii_query_is_sent_as_utf8(fake_pacs: Callable[..., FakePacs
         yield 0x0000, None
 
     pacs = fake_pacs(echo_name)
-    found = [ds async for ds in iter_find(pacs.settings, BOX_AET, study_query(PatientName="MÉDIONI^Stéphane"), pool=pool)]
+    found = [
+        ds async for ds in iter_find(pacs.settings, BOX_AET, study_query(PatientName="MÉDIONI^Stéphane"), pool=pool)
+    ]
     assert seen == ["ISO_IR 192"]
     # The answer came back in Latin-1 and is decoded as such.
     assert [str(ds.PatientName) for ds in found] == ["MÉDIONI^Stéphane"]

@@ -26,8 +26,15 @@ def test_the_services_agree_on_addresses() -> None:
     assert source.box.roles == ["source"] and consumer.box.roles == ["consumer"]
     # The box retrieves from Orthanc, which knows the box's AE (C-MOVE destination) at the box's own address.
     assert (source.pacs.ae_title, source.pacs.port) == (orthanc["DicomAet"], orthanc["DicomPort"])
-    assert orthanc["DicomModalities"][source.dicom.ae_title] == [source.dicom.ae_title, source.dicom.host, source.dicom.port]
-    assert (consumer.consumer.local_pacs_ae_title, consumer.consumer.local_pacs_port) == (orthanc["DicomAet"], orthanc["DicomPort"])
+    assert orthanc["DicomModalities"][source.dicom.ae_title] == [
+        source.dicom.ae_title,
+        source.dicom.host,
+        source.dicom.port,
+    ]
+    assert (consumer.consumer.local_pacs_ae_title, consumer.consumer.local_pacs_port) == (
+        orthanc["DicomAet"],
+        orthanc["DicomPort"],
+    )
     # Both boxes use the simulator's DMP and Pro Santé Connect, which redirects back to each of them.
     sim_base = f"http://{sim.sim.host}:{sim.sim.port}"
     for box in (source, consumer):

@@ -56,7 +56,10 @@ def rejection_note(study_uid: str, refs: dict[str, list[tuple[str, str]]], code:
 def storescu(port: int, path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["storescu", "-aet", "ORTHANC", "-aec", "DRIMBOX", "127.0.0.1", str(port), str(path)],
-        capture_output=True, text=True, timeout=60, env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
     )
 
 
@@ -74,7 +77,11 @@ def write(ds: Dataset, path: Path) -> Path:
 
 
 def test_a_rejection_note_names_its_study_instances_and_reason(tmp_path: Path) -> None:
-    note = rejection_note("1.2.3", {"1.2.3.4": [("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5"), ("1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.6")]}, "113039")
+    note = rejection_note(
+        "1.2.3",
+        {"1.2.3.4": [("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5"), ("1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.6")]},
+        "113039",
+    )
     rejection = parse_rejection(write(note, tmp_path / "n.dcm").read_bytes())
     assert (rejection.study_uid, rejection.sop_uids) == ("1.2.3", frozenset({"1.2.3.4.5", "1.2.3.4.6"}))
     assert rejection.reason == "Data Retention Policy Expired"
@@ -99,12 +106,13 @@ def test_anything_else_is_not_a_rejection(tmp_path: Path, case: str) -> None:
 # --- through a running box ------------------------------------------------------------------------------
 
 
-
 @pytest.mark.orthanc
 @pytest.mark.dcmtk
 @pytest.mark.sim
 @pytest.mark.box
-def test_proxy_rejection_notes_replace_then_withdraw_the_kos(orthanc: Any, source_box: Any, sim: Any, tmp_path: Path) -> None:
+def test_proxy_rejection_notes_replace_then_withdraw_the_kos(
+    orthanc: Any, source_box: Any, sim: Any, tmp_path: Path
+) -> None:
     orthanc.clear()
     load_exam(orthanc, tmp_path, "C", instances=6)
     box = source_box(orthanc)
@@ -130,7 +138,9 @@ def test_proxy_rejection_notes_replace_then_withdraw_the_kos(orthanc: Any, sourc
     # The same note again: acknowledged, nothing new. Then the rest is rejected: the KOS is withdrawn.
     assert storescu(box.dicom_port, tmp_path / "r1.dcm").returncode == 0
     rest = {s: [r for r in refs if r not in rejected] for s, refs in published.items()}
-    assert storescu(box.dicom_port, write(rejection_note(study_uid, rest, "113037"), tmp_path / "r2.dcm")).returncode == 0
+    assert (
+        storescu(box.dicom_port, write(rejection_note(study_uid, rest, "113037"), tmp_path / "r2.dcm")).returncode == 0
+    )
     last = box.wait_state("ACN103", ("withdrawn", "unchanged", "failed", "rejected"))
     assert last["state"] == "withdrawn", last
     assert not {d["uniqueId"]: d for d in sim.documents(INS)}[second["kos_uid"]]["status"].endswith("Approved")

@@ -33,8 +33,7 @@ BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 # requires; that warning (and the "Standard Extended SOP Class" conclusion it implies) is expected.
 EXPECTED_WARNINGS = (
     "Attribute is not present in standard DICOM IOD - (0x0008,0x1190) UR Retrieve URL",
-    "Dicom dataset contains attributes not present in standard DICOM IOD - "
-    "this is a Standard Extended SOP Class",
+    "Dicom dataset contains attributes not present in standard DICOM IOD - this is a Standard Extended SOP Class",
 )
 
 
@@ -268,9 +267,7 @@ def test_identity_mismatches(study: StudyInstances) -> None:
         ("1.2.3.4.5", "99DRIMBOX", "1.2.3.4.5"),
     ],
 )
-def test_procedure_code_schemes(
-    study: StudyInstances, scheme: str, designator: str, declared: str | None
-) -> None:
+def test_procedure_code_schemes(study: StudyInstances, scheme: str, designator: str, declared: str | None) -> None:
     req = exam_c_request(procedure_code="ACQH004", procedure_scheme=scheme, procedure_meaning="Scanographie")
     ds = build_kos(study, req, now=NOW)
     (code,) = ds.ReferencedRequestSequence[0].RequestedProcedureCodeSequence

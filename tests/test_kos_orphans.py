@@ -20,8 +20,16 @@ def aged(path: Path, content: bytes, seconds: float) -> Path:
 async def test_only_old_unrecorded_kos_files_are_removed(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "drimbox.sqlite")
     try:
-        accepted = await outbox.accept(sender="RIS", control_id="1", raw=b"MSH", action="publish", document_id="D1",
-                                       accession="A1", study_uid="1.2.3", report={})
+        accepted = await outbox.accept(
+            sender="RIS",
+            control_id="1",
+            raw=b"MSH",
+            action="publish",
+            document_id="D1",
+            accession="A1",
+            study_uid="1.2.3",
+            report={},
+        )
         await outbox.update(accepted.publication_id, kos_uid="1.2.250.9.1", state="published")
         kos = tmp_path / "kos"
         kos.mkdir()

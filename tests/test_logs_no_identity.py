@@ -57,8 +57,10 @@ async def consumer_flow(base: str, kos_uid: str) -> None:
         await login(http, base, parse_qs(urlsplit(launch.headers["Location"]).query)["next"][0])
         assert (await http.get(f"{base}/conso/api/patients/{INS}/exams")).status == 200
         assert (await http.get(f"{base}/conso/api/exams/{kos_uid}")).status == 200
-        images = await http.get(f"{base}/conso/dicom-web/studies/{STUDY}?kos={kos_uid}",
-                                headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        images = await http.get(
+            f"{base}/conso/dicom-web/studies/{STUDY}?kos={kos_uid}",
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+        )
         assert images.status == 200 and len(await images.read()) > 10_000
         job = await http.post(f"{base}/conso/api/exams/{kos_uid}/import", headers={"Origin": base})
         assert job.status == 202, await job.text()
@@ -81,7 +83,9 @@ async def report_link(base: str) -> None:
         resp = await http.get(f"{base}/auth/login?{urlencode({'next': link, 'login_hint': DOCTOR})}")
         assert urlsplit(str(resp.url)).path == "/viewer/", resp.url
         # The viewer, on the box's own session, asks for the series.
-        series = await http.get(f"{base}/dicom-web/studies/{STUDY}/series", headers={"Accept": "application/dicom+json"})
+        series = await http.get(
+            f"{base}/dicom-web/studies/{STUDY}/series", headers={"Accept": "application/dicom+json"}
+        )
         assert series.status == 200, await series.text()
 
 
@@ -122,14 +126,26 @@ async def test_no_patient_identity_in_debug_logs_but_all_of_it_in_the_audit(
     assert {("dmp.register", "success"), ("dicomweb.retrieve", "success"), ("report-link.open", "success"),
             ("auth.login", "success")} <= actions, actions  # fmt: skip
     refused = next(r for r in source_trail if r["action"] == "dicomweb.retrieve")
-    assert (refused["outcome"], refused["professional"], refused["detail"]["reason"]) == ("refused", None, "token_missing")
+    assert (refused["outcome"], refused["professional"], refused["detail"]["reason"]) == (
+        "refused",
+        None,
+        "token_missing",
+    )
     retrieve = next(r for r in source_trail if r["action"] == "dicomweb.retrieve" and r["outcome"] == "success")
     assert (retrieve["professional"], retrieve["patient"], retrieve["kos"], retrieve["study"]) == (
-        DOCTOR, INS, pub["kos_uid"], STUDY)
+        DOCTOR,
+        INS,
+        pub["kos_uid"],
+        STUDY,
+    )
     assert retrieve["detail"]["via"] == "token" and retrieve["source"] == "127.0.0.1"
     viewer = next(r for r in source_trail if r["detail"].get("via") == "session")
     assert (viewer["outcome"], viewer["professional"], viewer["patient"], viewer["study"]) == (
-        "success", DOCTOR, INS, STUDY)
+        "success",
+        DOCTOR,
+        INS,
+        STUDY,
+    )
     register = next(r for r in source_trail if r["action"] == "dmp.register")
     assert register["professional"] == ANS_EXAMS["C"].author_id and register["kos"] == pub["kos_uid"]
     actions = {(r["action"], r["outcome"]) for r in consumer_trail}

@@ -27,7 +27,9 @@ def test_storescu_then_dicomweb_gives_identical_instances_and_reports_publish(
     box = source_box(orthanc, box={"profile": "native"})
     files = write_study(tmp_path / "study", exam_c_study(instances=10))
     storescu("127.0.0.1", box.dicom_port, "DRIMBOX", files)
-    sent = {str(pydicom.dcmread(p).SOPInstanceUID): hashlib.sha256(pydicom.dcmread(p).PixelData).hexdigest() for p in files}
+    sent = {
+        str(pydicom.dcmread(p).SOPInstanceUID): hashlib.sha256(pydicom.dcmread(p).PixelData).hexdigest() for p in files
+    }
 
     client = DICOMwebClient(f"{box.url}/dicom-web")
     assert [s["0020000D"]["Value"][0] for s in client.search_for_studies()] == [STUDY]
@@ -41,8 +43,11 @@ def test_storescu_then_dicomweb_gives_identical_instances_and_reports_publish(
     pub = box.wait_state("ACN103", ("published", "failed", "rejected"))
     assert pub["state"] == "published", pub
     kos = pydicom.dcmread(__import__("io").BytesIO(sim.document_bytes(pub["kos_uid"])))
-    refs = {r.ReferencedSOPInstanceUID for s in kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
-            for r in s.ReferencedSOPSequence}
+    refs = {
+        r.ReferencedSOPInstanceUID
+        for s in kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for r in s.ReferencedSOPSequence
+    }
     assert refs == set(sent)
 
 
@@ -61,8 +66,12 @@ def test_stow_rs_stores_durably_and_refuses_garbage(orthanc: Any, source_box: An
     assert got == {str(ds.SOPInstanceUID): ds.PixelData for ds in datasets}
 
     body = b"--XX\r\nContent-Type: application/dicom\r\n\r\nnot dicom at all\r\n--XX--\r\n"
-    req = urllib.request.Request(f"{box.url}/dicom-web/studies", data=body, method="POST",
-                                 headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=XX'})
+    req = urllib.request.Request(
+        f"{box.url}/dicom-web/studies",
+        data=body,
+        method="POST",
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=XX'},
+    )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 409

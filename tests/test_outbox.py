@@ -9,10 +9,18 @@ import pytest
 from drimbox.source.outbox import OrderMismatch, Outbox
 
 
-async def accept(outbox: Outbox, control_id: str, document_id: str, action: str = "publish", study: str = "1.2.3") -> Any:
+async def accept(
+    outbox: Outbox, control_id: str, document_id: str, action: str = "publish", study: str = "1.2.3"
+) -> Any:
     return await outbox.accept(
-        sender="RIS|CENTRE", control_id=control_id, raw=b"MSH|...", action=action, document_id=document_id,
-        accession="ACN1", study_uid=study, report={},
+        sender="RIS|CENTRE",
+        control_id=control_id,
+        raw=b"MSH|...",
+        action=action,
+        document_id=document_id,
+        accession="ACN1",
+        study_uid=study,
+        report={},
     )
 
 
@@ -220,7 +228,9 @@ async def test_an_iocm_note_on_the_second_study_of_a_report_revises_it_with_the_
     try:
         await _accept_f(outbox, "F1")
         second = (await outbox.search(study_uid=F_STUDIES[1][0]))[0]
-        await outbox.update(second.id, state="published", kos_uid="9.8", entry_uuid="urn:uuid:y", published_at=time.time())
+        await outbox.update(
+            second.id, state="published", kos_uid="9.8", entry_uuid="urn:uuid:y", published_at=time.time()
+        )
         accepted = outbox.record_rejection("1.9.9", F_STUDIES[1][0], "113039", frozenset({"1.2"}))
         assert accepted is not None
         revise = await outbox.get(accepted.publication_id)

@@ -141,6 +141,12 @@ def test_the_launch_problems_the_catalogue_translates_are_the_ones_the_checks_sa
                      if p.name != "pages.py")  # fmt: skip
     stale = [english for english in LAUNCH_PROBLEMS if f'"{english}' not in source]
     assert not stale, stale
-    fr = launch_errors(Messages("fr"), [("Patient.gender", "is missing"), ("patient.name", "is not a field of the ANS "
-                                        "launch form: it is spelled Patient.name.family"), ("x", "an unlisted problem")])
+    fr = launch_errors(
+        Messages("fr"),
+        [
+            ("Patient.gender", "is missing"),
+            ("patient.name", "is not a field of the ANS launch form: it is spelled Patient.name.family"),
+            ("x", "an unlisted problem"),
+        ],
+    )
     assert "est absent" in fr and "il s&#x27;écrit Patient.name.family" in fr and "an unlisted problem" in fr

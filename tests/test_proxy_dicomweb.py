@@ -43,7 +43,9 @@ def loaded(orthanc: Any, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("retrieve", ["c-get", "c-move"])
-def test_dicomweb_client_gets_what_orthanc_holds(orthanc: Any, source_box: Any, loaded: dict[str, str], retrieve: str) -> None:
+def test_dicomweb_client_gets_what_orthanc_holds(
+    orthanc: Any, source_box: Any, loaded: dict[str, str], retrieve: str
+) -> None:
     box = source_box(orthanc, pacs={"retrieve": retrieve})
     if retrieve == "c-move":
         orthanc.add_modality("DRIMBOX", "127.0.0.1", box.dicom_port)
@@ -123,7 +125,9 @@ async def test_single_instance_requests_on_a_cold_series_then_the_series(
                 return resp.status, len(await resp.read())
 
         for _ in range(4):
-            async with http.delete(f"{box.url}/api/cache", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as resp:
+            async with http.delete(
+                f"{box.url}/api/cache", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+            ) as resp:
                 assert resp.status == 200
             for uid in series:
                 first = by_series[uid][0]
@@ -135,7 +139,10 @@ async def test_single_instance_requests_on_a_cold_series_then_the_series(
                     status(f"{base}/series/{uid}/instances/{first}/thumbnail", "image/png"),
                 )
                 assert [code for code, _ in results] == [200, 200, 200], results
-            got = {str(ds.SOPInstanceUID): pixel_hash(ds) for ds in DICOMwebClient(f"{box.url}/dicom-web").retrieve_study(STUDY)}
+            got = {
+                str(ds.SOPInstanceUID): pixel_hash(ds)
+                for ds in DICOMwebClient(f"{box.url}/dicom-web").retrieve_study(STUDY)
+            }
             assert got == loaded
 
 

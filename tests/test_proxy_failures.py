@@ -58,15 +58,19 @@ def warmed_baseline(box: Any) -> int:
 
 def open_stream(box: Any) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     conn = http.client.HTTPConnection("127.0.0.1", box.http_port, timeout=60)
-    conn.request("GET", f"/dicom-web/studies/{STUDY}",
-                 headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    conn.request(
+        "GET",
+        f"/dicom-web/studies/{STUDY}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
     resp = conn.getresponse()
     assert resp.status == 200
     return conn, resp
 
 
-def test_pacs_killed_mid_retrieve_ends_the_response_abnormally(orthanc_factory: Any, source_box: Any,
-                                                               big_study: list[Path]) -> None:
+def test_pacs_killed_mid_retrieve_ends_the_response_abnormally(
+    orthanc_factory: Any, source_box: Any, big_study: list[Path]
+) -> None:
     pacs = orthanc_factory()
     pacs.store_files(big_study)
     box = source_box(pacs, pacs={"timeout": 3.0})
@@ -95,8 +99,9 @@ def test_pacs_killed_mid_retrieve_ends_the_response_abnormally(orthanc_factory: 
     assert settle(pid, baseline) <= baseline
 
 
-def test_client_leaving_mid_stream_cancels_and_nothing_partial_is_cached(orthanc_factory: Any, source_box: Any,
-                                                                        big_study: list[Path]) -> None:
+def test_client_leaving_mid_stream_cancels_and_nothing_partial_is_cached(
+    orthanc_factory: Any, source_box: Any, big_study: list[Path]
+) -> None:
     pacs = orthanc_factory()
     pacs.store_files(big_study)
     box = source_box(pacs)

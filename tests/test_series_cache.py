@@ -45,7 +45,9 @@ class Source:
                     raise ConnectionError("PACS went away")
                 await asyncio.sleep(self.delay)
                 self.sent += 1
-                yield Item("1.2.840.10008.5.1.4.1.1.2", f"1.2.3.{i}", "1.2.840.10008.1.2.1", bytes([i % 256]) * self.size)
+                yield Item(
+                    "1.2.840.10008.5.1.4.1.1.2", f"1.2.3.{i}", "1.2.840.10008.1.2.1", bytes([i % 256]) * self.size
+                )
         finally:
             self.closed += 1
 
@@ -176,7 +178,9 @@ async def test_a_reader_that_wanted_one_instance_leaves_the_fill_running_to_the_
 # ------------------------------------------------------------------------------- a cache disk that refuses files
 
 
-async def serve_all(cache: SeriesCache, study: str, series: str, source: Callable[[], AsyncIterator[Item]]) -> list[Any]:
+async def serve_all(
+    cache: SeriesCache, study: str, series: str, source: Callable[[], AsyncIterator[Item]]
+) -> list[Any]:
     return [i async for i in cache.serve_series(study, series, source)]
 
 
@@ -187,8 +191,9 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a small tmpfs needs root and mount")
     directory = tmp_path / "tiny"
     directory.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(directory)], capture_output=True,
-                          check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(directory)], capture_output=True, check=False
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
@@ -206,8 +211,9 @@ async def test_a_full_disk_mid_series_serves_the_whole_series_from_memory_uncach
         for got in (a, b):
             assert [i.sop_instance_uid for i in got] == [f"1.2.3.{n}" for n in range(12)]
             assert any(isinstance(i, CachedInstance) for i in got) and isinstance(got[-1], UncachedInstance)
-            assert [i.data for i in got if isinstance(i, UncachedInstance)] == expected[-sum(
-                isinstance(i, UncachedInstance) for i in got):]
+            assert [i.data for i in got if isinstance(i, UncachedInstance)] == expected[
+                -sum(isinstance(i, UncachedInstance) for i in got) :
+            ]
         assert source.started == 1
         # Nothing kept, nothing half-written left: the space is free again for the next series.
         assert await cache.cached("1.2", "S") is None

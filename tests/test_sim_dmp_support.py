@@ -393,7 +393,9 @@ def _context_entry(kos: etree._Element) -> metadata.KosDocumentEntry:
 
 def _context_submission(ss: etree._Element) -> metadata.SubmissionSet:
     return metadata.SubmissionSet(
-        unique_id="1.2.3", source_id="1.2.3", submission_time=(_values(ss, "submissionTime") or ["20260101"])[0],
+        unique_id="1.2.3",
+        source_id="1.2.3",
+        submission_time=(_values(ss, "submissionTime") or ["20260101"])[0],
         author=metadata.Author(person="801234560801^BIDEAULT^Jean^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS"),
         patient_id=PATIENT,
     )

@@ -108,7 +108,9 @@ async def test_token_and_kos_are_required_and_checked(orthanc: Any, source_box: 
         assert (status, body["reason"]) == (401, "expired")
 
 
-async def test_a_withdrawn_kos_no_longer_opens_the_study(orthanc: Any, source_box: Any, sim: Any, tmp_path: Path) -> None:
+async def test_a_withdrawn_kos_no_longer_opens_the_study(
+    orthanc: Any, source_box: Any, sim: Any, tmp_path: Path
+) -> None:
     port = free_port()
     box = source_box(orthanc, box={"public_url": f"http://127.0.0.1:{port}"})
     pub = await asyncio.to_thread(publish_exam, orthanc, box, tmp_path)

@@ -64,7 +64,9 @@ def test_mdm_t02_exam_e_is_published(orthanc: Any, source_box: Any, sim: Any, tm
     assert box.wait_state("ACN105", ("published", "failed", "rejected"))["state"] == "published"
 
 
-def test_resent_message_is_acknowledged_and_published_once(orthanc: Any, source_box: Any, sim: Any, tmp_path: Path) -> None:
+def test_resent_message_is_acknowledged_and_published_once(
+    orthanc: Any, source_box: Any, sim: Any, tmp_path: Path
+) -> None:
     load_exam(orthanc, tmp_path, "C")
     box = source_box(orthanc)
     oru = build_oru(build_cda(ANS_EXAMS["C"]), control_id="C-DUP")
@@ -137,7 +139,9 @@ def test_report_before_images_waits_then_publishes(orthanc: Any, source_box: Any
     assert box.wait_state("ACN103", ("published",))["state"] == "published"
 
 
-def test_sigkill_right_after_the_ack_publishes_exactly_once(orthanc: Any, source_box: Any, sim: Any, tmp_path: Path) -> None:
+def test_sigkill_right_after_the_ack_publishes_exactly_once(
+    orthanc: Any, source_box: Any, sim: Any, tmp_path: Path
+) -> None:
     load_exam(orthanc, tmp_path, "C")
     box = source_box(orthanc, publish={"backoff_initial": 0.2, "backoff_max": 0.5})
     assert send(box, build_oru(build_cda(ANS_EXAMS["C"]), control_id="C-KILL")) == "AA"
@@ -160,7 +164,9 @@ def test_dmp_down_then_back_publishes_after_it_returns(orthanc: Any, source_box:
     assert len(sim.documents(INS)) == 1
 
 
-def test_hostile_hl7_is_refused_and_the_box_keeps_serving(orthanc: Any, source_box: Any, sim: Any, tmp_path: Path) -> None:
+def test_hostile_hl7_is_refused_and_the_box_keeps_serving(
+    orthanc: Any, source_box: Any, sim: Any, tmp_path: Path
+) -> None:
     import base64
     import socket
 
@@ -186,13 +192,19 @@ def test_hostile_hl7_is_refused_and_the_box_keeps_serving(orthanc: Any, source_b
         junk.close()
 
 
-def test_dmp_busy_is_retried_with_backoff_until_it_accepts(orthanc: Any, source_box: Any, sim: Any, tmp_path: Path) -> None:
+def test_dmp_busy_is_retried_with_backoff_until_it_accepts(
+    orthanc: Any, source_box: Any, sim: Any, tmp_path: Path
+) -> None:
     import json
     import urllib.request
 
     load_exam(orthanc, tmp_path, "C")
-    req = urllib.request.Request(f"{sim.url}/sim/dmp/faults", data=json.dumps({"busy": 2, "unavailable": 1}).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{sim.url}/sim/dmp/faults",
+        data=json.dumps({"busy": 2, "unavailable": 1}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     urllib.request.urlopen(req, timeout=10).close()
     box = source_box(orthanc)
     assert send(box, build_oru(build_cda(ANS_EXAMS["C"]), control_id="C-BUSY")) == "AA"

@@ -74,7 +74,9 @@ async def fetch(url: str, ctx: ssl.SSLContext, token: bool = True) -> tuple[int,
         return resp.status, await resp.json()
 
 
-async def test_https_with_the_test_ca_and_refusals_of_a_wrong_ca_and_an_expired_certificate(pki: dict[str, Path]) -> None:
+async def test_https_with_the_test_ca_and_refusals_of_a_wrong_ca_and_an_expired_certificate(
+    pki: dict[str, Path],
+) -> None:
     async with https_server(server_tls(pki)) as url:
         assert await fetch(url, client_context(client_tls(pki))) == (200, {"peer": None})
         # A client that trusts another CA does not talk to this server.
@@ -85,7 +87,9 @@ async def test_https_with_the_test_ca_and_refusals_of_a_wrong_ca_and_an_expired_
             await fetch(url, client_context(client_tls(pki, ca="old-ca")))
 
 
-async def test_required_mutual_tls_refuses_a_client_without_a_certificate_or_with_a_bad_one(pki: dict[str, Path]) -> None:
+async def test_required_mutual_tls_refuses_a_client_without_a_certificate_or_with_a_bad_one(
+    pki: dict[str, Path],
+) -> None:
     async with https_server(server_tls(pki, client_auth="required")) as url:
         with pytest.raises(aiohttp.ClientError):
             await fetch(url, client_context(client_tls(pki)))
@@ -100,7 +104,9 @@ async def test_required_mutual_tls_refuses_a_client_without_a_certificate_or_wit
         assert status == 200 and "CN=drimbox consumer" in body["peer"]
 
 
-async def test_optional_mutual_tls_lets_browsers_in_but_box_to_box_calls_need_a_certificate(pki: dict[str, Path]) -> None:
+async def test_optional_mutual_tls_lets_browsers_in_but_box_to_box_calls_need_a_certificate(
+    pki: dict[str, Path],
+) -> None:
     async with https_server(server_tls(pki, client_auth="optional")) as url:
         anonymous = client_context(client_tls(pki))
         status, body = await fetch(url, anonymous, token=True)
@@ -117,7 +123,10 @@ async def test_mllp_over_tls(pki: dict[str, Path]) -> None:
     server = MllpServer("127.0.0.1", 0, handler=echo, ssl=server_context(server_tls(pki)))
     await server.start()
     try:
-        assert await send_message("127.0.0.1", server.port, b"MSH|x", ssl=client_context(client_tls(pki))) == b"MSH|ACK|MSH"
+        assert (
+            await send_message("127.0.0.1", server.port, b"MSH|x", ssl=client_context(client_tls(pki)))
+            == b"MSH|ACK|MSH"
+        )
         with pytest.raises(ssl.SSLCertVerificationError):
             await send_message("127.0.0.1", server.port, b"MSH|x", ssl=client_context(client_tls(pki, ca="other-ca")))
     finally:
@@ -159,5 +168,7 @@ def test_sim_certs_command_writes_a_ca_and_a_leaf_per_party_for_the_hosts_given(
         # Each leaf is accepted by tls.py as both the server pair and the client pair, trusting the written CA.
         pair = {"cert": str(tmp_path / "pki" / f"{party}.pem"), "key": str(tmp_path / "pki" / f"{party}-key.pem")}
         assert server_context(TlsSettings(**pair)) is not None
-        client_context(TlsSettings(ca=str(tmp_path / "pki" / "ca.pem"), client_cert=pair["cert"], client_key=pair["key"]))
+        client_context(
+            TlsSettings(ca=str(tmp_path / "pki" / "ca.pem"), client_cert=pair["cert"], client_key=pair["key"])
+        )
     assert (tmp_path / "pki" / "ca-key.pem").stat().st_mode & 0o077 == 0

@@ -57,7 +57,9 @@ def _tls(pki: dict[str, Path], party: str, client_auth: str = "none") -> dict[st
 def mesh(tmp_path: Path, orthanc: Any) -> Iterator[Mesh]:
     pki = issue_test_pki(tmp_path / "pki")
     anonymous = client_context(TlsSettings(ca=str(pki["ca"])))
-    operator = client_context(TlsSettings(ca=str(pki["ca"]), client_cert=str(pki["sim"]), client_key=str(pki["sim-key"])))
+    operator = client_context(
+        TlsSettings(ca=str(pki["ca"]), client_cert=str(pki["sim"]), client_key=str(pki["sim-key"]))
+    )
     sim_port, src_port, mllp_port, dicom_port, con_port = (free_port() for _ in range(5))
     sim = f"https://127.0.0.1:{sim_port}"
     source, consumer = f"https://127.0.0.1:{src_port}", f"https://127.0.0.1:{con_port}"
@@ -66,7 +68,9 @@ def mesh(tmp_path: Path, orthanc: Any) -> Iterator[Mesh]:
     peers: dict[str, dict[str, Any]] = {"dmp": {"url": f"{sim}/dmp", "timeout": 5.0}, "psc": {"issuer": f"{sim}/psc"},
              "whitelist": {"url": f"{sim}/whitelist", "trust_roots": str(root)}}  # fmt: skip
     # The whitelist names each box's certificate DN (DNCertificatOperateur): the source admits the consumer's only.
-    operators = [x509.load_pem_x509_certificate(pki[p].read_bytes()).subject.rfc4514_string() for p in ("consumer", "source")]
+    operators = [
+        x509.load_pem_x509_certificate(pki[p].read_bytes()).subject.rfc4514_string() for p in ("consumer", "source")
+    ]
     configs: dict[str, dict[str, dict[str, Any]]] = {
         # The DMP needs the structure's certificate; PSC and the whitelist stay open to browsers ("optional").
         "sim": {"sim": {"port": sim_port, "var_dir": str(tmp_path / "sim-var"), "whitelist_operator_dns": operators},
@@ -86,7 +90,11 @@ def mesh(tmp_path: Path, orthanc: Any) -> Iterator[Mesh]:
             "http": {"port": con_port}, "auth": {"authorize_params": ["sim_auto=1"]}, "tls": _tls(pki, "consumer"),
         },
     }  # fmt: skip
-    health = {"sim": f"{sim}/sim/dmp/documents?patient=0", "source": f"{source}/health", "consumer": f"{consumer}/health"}
+    health = {
+        "sim": f"{sim}/sim/dmp/documents?patient=0",
+        "source": f"{source}/health",
+        "consumer": f"{consumer}/health",
+    }
     processes: list[DrimboxProcess] = []
     try:
         for name, sections in configs.items():
@@ -146,8 +154,10 @@ async def test_publication_and_retrieval_end_to_end_over_mutual_tls(mesh: Mesh, 
         await status_of(f"{mesh.source}/dicom-web/studies/{STUDY}/metadata", mesh.anonymous)
     assert await status_of(f"{mesh.source}/dicom-web/studies/{STUDY}/metadata", mesh.operator) == 401
     # A box-to-box call (bearer token) from a certificate of the trusted CA whose DN the whitelist does not name.
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=mesh.operator)) as http, \
-            http.get(f"{mesh.source}/dicom-web/studies/{STUDY}/metadata", headers={"Authorization": "Bearer x"}) as resp:
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=mesh.operator)) as http,
+        http.get(f"{mesh.source}/dicom-web/studies/{STUDY}/metadata", headers={"Authorization": "Bearer x"}) as resp,
+    ):
         assert (resp.status, (await resp.json())["reason"]) == (403, "peer_not_whitelisted")
 
     # The doctor's browser on the consumer box (HTTPS, no certificate): launch, PSC login, the images, which the
@@ -157,10 +167,14 @@ async def test_publication_and_retrieval_end_to_end_over_mutual_tls(mesh: Mesh, 
         launch = await http.post(f"{mesh.consumer}/conso/launch", data=LAUNCH_FORM, allow_redirects=False)
         assert launch.status == 303, await launch.text()
         next_path = parse_qs(urlsplit(launch.headers["Location"]).query)["next"][0]
-        page = await http.get(f"{mesh.consumer}/auth/login?{urlencode({'next': next_path, 'login_hint': '801234567897'})}")
+        page = await http.get(
+            f"{mesh.consumer}/auth/login?{urlencode({'next': next_path, 'login_hint': '801234567897'})}"
+        )
         assert page.status == 200 and pub["kos_uid"] in await page.text()
-        resp = await http.get(f"{mesh.consumer}/conso/dicom-web/studies/{STUDY}?kos={pub['kos_uid']}",
-                              headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        resp = await http.get(
+            f"{mesh.consumer}/conso/dicom-web/studies/{STUDY}?kos={pub['kos_uid']}",
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+        )
         assert resp.status == 200, await resp.text()
         body = await resp.read()
         message = BytesParser().parsebytes(f"Content-Type: {resp.headers['Content-Type']}\r\n\r\n".encode() + body)

@@ -103,4 +103,3 @@ async def test_the_check_needs_mutual_tls(pki: dict[str, Path], tmp_path: Path) 
     async with simulator(tmp_path, []) as sim, source_front(server_tls(pki), sim) as (url, audit):
         status, body = await fetch(url, client_context(client_tls(pki)))
         assert status == 200 and body == {"peer": None} and not audit.events
-

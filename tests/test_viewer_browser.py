@@ -53,8 +53,14 @@ def page(browser: Any) -> Iterator[Any]:
     pg = context.new_page()
     # Failed requests and page errors end up in the test's output: the first thing to read when it fails.
     # (A 504 to an only-if-cached request is the viewer's normal way to learn that a series is cold.)
-    pg.on("response", lambda r: r.status >= 400 and "only-if-cached" not in r.request.headers.get("cache-control", "")
-          and print(f"HTTP {r.status} {r.request.method} {r.url}"))
+    pg.on(
+        "response",
+        lambda r: (
+            r.status >= 400
+            and "only-if-cached" not in r.request.headers.get("cache-control", "")
+            and print(f"HTTP {r.status} {r.request.method} {r.url}")
+        ),
+    )
     pg.on("pageerror", lambda e: print(f"page error: {e}"))
     yield pg
     context.close()
@@ -205,7 +211,9 @@ def test_report_link_logs_in_and_shows_the_study(
     wait_until(page, "document.querySelectorAll('#series-list button').length >= 2")
     uids = page.eval_on_selector_all("#series-list button", "buttons => buttons.map(b => b.dataset.series)")
     page.goto(f"{source.url}/viewer/?" + urlencode({"base": "/dicom-web", "study": STUDY_C, "series": uids[-1]}))
-    wait_until(page, f"document.querySelector('#series-list button[aria-current=true]')?.dataset.series === '{uids[-1]}'")
+    wait_until(
+        page, f"document.querySelector('#series-list button[aria-current=true]')?.dataset.series === '{uids[-1]}'"
+    )
 
     # An unknown study, then bad parameters: clear pages, not the viewer.
     resp = page.goto(link.replace(STUDY_C, "1.2.3.4.5"))
@@ -332,13 +340,17 @@ def test_first_image_does_not_wait_for_the_series_on_a_cold_proxy(
     first_frame = next(i for i, p in enumerate(paths) if p.endswith("/frames/1"))
     assert paths[first_frame - 1].endswith("/instances?") or any(p.endswith("/instances?") for p in paths[:first_frame])
     # Nothing before the first frame asks for a whole series (or study) without only-if-cached.
-    assert all(c == "only-if-cached" for p, c in requests[:first_frame] if p.endswith("/metadata") and "/instances/" not in p)
+    assert all(
+        c == "only-if-cached" for p, c in requests[:first_frame] if p.endswith("/metadata") and "/instances/" not in p
+    )
     assert not any(p.endswith("/thumbnail?") for p in paths[:first_frame])
     # Then the series' metadata, in full, completes the stack: the neighbours load, the thumbnails too.
     wait_until(page, "document.getElementById('progress').value > 1")
     wait_until(page, "[...document.querySelectorAll('#series-list img')].every(i => i.complete && i.naturalWidth > 0)")
-    assert page.evaluate("performance.getEntriesByType('resource').filter(e => e.name.includes('/thumbnail'))"
-                         ".every(e => e.startTime >= performance.getEntriesByName('first-image')[0].startTime)")
+    assert page.evaluate(
+        "performance.getEntriesByType('resource').filter(e => e.name.includes('/thumbnail'))"
+        ".every(e => e.startTime >= performance.getEntriesByName('first-image')[0].startTime)"
+    )
     # The image a complete stack would open on too: the middle of the first series (4 of the study's 8 instances).
     assert page.get_attribute("#image", "data-index") == "1" and page.inner_text("#position") == "2 / 4"
 
@@ -359,4 +371,6 @@ def test_first_image_does_not_wait_for_the_series_on_a_cold_proxy(
     paths = [path for path, _ in requests]
     first_frame = next(i for i, p in enumerate(paths) if p.endswith("/frames/1"))
     assert "/metadata" in paths[:first_frame]
-    assert not any(p.endswith("/instances?") or ("/series/" in p and p.endswith("/metadata")) for p in paths[:first_frame])
+    assert not any(
+        p.endswith("/instances?") or ("/series/" in p and p.endswith("/metadata")) for p in paths[:first_frame]
+    )

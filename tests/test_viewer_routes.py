@@ -45,7 +45,9 @@ class FakeOutbox:
         return self.pubs.get(study_uid, [])
 
 
-async def client(logged_in: bool = True, pubs: dict[str, list[Pub]] | None = None, source: bool = True) -> TestClient[web.Request, web.Application]:
+async def client(
+    logged_in: bool = True, pubs: dict[str, list[Pub]] | None = None, source: bool = True
+) -> TestClient[web.Request, web.Application]:
     app = web.Application()
     outbox = FakeOutbox(pubs if pubs is not None else {STUDY: [Pub("published")]}) if source else None
     app.add_routes(viewer_routes(FakeGate(logged_in), outbox))  # type: ignore[arg-type]
@@ -166,6 +168,10 @@ def test_every_word_the_viewer_names_is_in_the_catalogue() -> None:
         named |= set(re.findall(r"\b(?:t|problem)\('([a-z0-9_.]+)'", script))
         named |= set(re.findall(r"key: '([a-z0-9_.]+)'", script))
         # Keys built at run time: the error pages by HTTP status, the measure labels by kind.
-        named |= {f"error.{status}" for status in re.findall(r"\[(\d{3}(?:, \d{3})*)\]", script) for status in status.split(", ")}
+        named |= {
+            f"error.{status}"
+            for status in re.findall(r"\[(\d{3}(?:, \d{3})*)\]", script)
+            for status in status.split(", ")
+        }
     assert len(named) > 60, sorted(named)
     assert named <= words, sorted(named - words)

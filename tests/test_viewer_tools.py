@@ -80,7 +80,9 @@ def write_study(root: Path) -> None:
     for n in range(1, 4):
         _instance(DETECTOR, n, {"ImagerPixelSpacing": [0.2, 0.2]}).save_as(root / f"d{n}.dcm", enforce_file_format=True)
     for n in range(1, 7):
-        _instance(PREVIOUS_SERIES, n, {"PixelSpacing": [0.7, 0.7]}, PREVIOUS).save_as(root / f"p{n}.dcm", enforce_file_format=True)
+        _instance(PREVIOUS_SERIES, n, {"PixelSpacing": [0.7, 0.7]}, PREVIOUS).save_as(
+            root / f"p{n}.dcm", enforce_file_format=True
+        )
 
 
 def _summary(kos: str) -> dict[str, Any]:
@@ -126,7 +128,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         app.add_routes(viewer_routes(FakeGate(True), None))  # type: ignore[arg-type]
         app.add_routes(dicomweb_routes(backend))
         app.add_routes(dicomweb_routes(backend, base="/conso/dicom-web"))
-        app.add_routes([web.get("/conso/api/exams/{kos}", _exam), web.get("/conso/api/patients/{ins}/exams", _patient_exams)])
+        app.add_routes(
+            [web.get("/conso/api/exams/{kos}", _exam), web.get("/conso/api/patients/{ins}/exams", _patient_exams)]
+        )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -157,7 +161,9 @@ def browser() -> Iterator[Any]:
 
 
 def open_page(browser: Any, url: str, locale: str = "fr-FR", **context: Any) -> Any:
-    ctx = browser.new_context(viewport=context.pop("viewport", {"width": 1280, "height": 800}), locale=locale, **context)
+    ctx = browser.new_context(
+        viewport=context.pop("viewport", {"width": 1280, "height": 800}), locale=locale, **context
+    )
     page = ctx.new_page()
     page.on("pageerror", lambda e: print(f"page error: {e}"))
     page.goto(url)
@@ -182,7 +188,9 @@ def click_image(page: Any, x: float, y: float) -> None:
     """A click on the image's pixel (x, y), the image fitted (and centred) in its canvas."""
     box = page.locator("#image").bounding_box()
     zoom = min(box["width"], box["height"]) / SIZE
-    page.mouse.click(box["x"] + box["width"] / 2 + (x - SIZE / 2) * zoom, box["y"] + box["height"] / 2 + (y - SIZE / 2) * zoom)
+    page.mouse.click(
+        box["x"] + box["width"] / 2 + (x - SIZE / 2) * zoom, box["y"] + box["height"] / 2 + (y - SIZE / 2) * zoom
+    )
 
 
 def measured(page: Any) -> list[str]:
@@ -244,7 +252,9 @@ def test_distances_and_angles_in_mm_from_the_pixel_spacing(server: str, browser:
 def test_english_when_the_browser_prefers_it(server: str, browser: Any) -> None:
     page = open_page(browser, f"{server}/viewer/?base=/dicom-web&study={STUDY}", locale="en-GB")
     assert "Non-diagnostic viewer" in page.inner_text(".notice")
-    assert page.inner_text("button[data-tool=pan]") == "Pan" and page.get_attribute("#help-toggle", "title").startswith("Keyboard")
+    assert page.inner_text("button[data-tool=pan]") == "Pan" and page.get_attribute("#help-toggle", "title").startswith(
+        "Keyboard"
+    )
     assert page.inner_text("#study-date") == "2021-01-08"
     assert page.inner_text("#wl").startswith("W ")
     page.keyboard.press("d")
@@ -283,7 +293,9 @@ def test_help_panel_lists_the_shortcuts(server: str, browser: Any) -> None:
     page.focus("#image")
     page.keyboard.press("?")
     page.wait_for_selector("#help", state="visible")
-    shortcuts = dict(zip(page.locator("#help dt").all_inner_texts(), page.locator("#help dd").all_inner_texts(), strict=True))
+    shortcuts = dict(
+        zip(page.locator("#help dt").all_inner_texts(), page.locator("#help dd").all_inner_texts(), strict=True)
+    )
     assert shortcuts["D"] == "Mesure de distance" and shortcuts["A"] == "Mesure d'angle"
     assert shortcuts["Espace"] == "Lecture / pause du ciné" and shortcuts["T"].startswith("Afficher")
     assert all(shortcuts.values())
@@ -317,7 +329,9 @@ def test_tag_panel_shows_the_image_tags_with_the_patient_masked(server: str, bro
     assert row("00100030") == "(masqué)"
     # The panel follows the image on screen.
     page.keyboard.press("ArrowDown")
-    wait_until(page, f"document.querySelector(\"#tags tr[data-tag='00200013'] td:nth-child(3)\").textContent === '{index + 2}'")
+    wait_until(
+        page, f"document.querySelector(\"#tags tr[data-tag='00200013'] td:nth-child(3)\").textContent === '{index + 2}'"
+    )
     page.keyboard.press("t")
     page.wait_for_selector("#tags", state="hidden")
     page.context.close()
@@ -338,7 +352,9 @@ def test_report_button_when_the_exam_has_a_report(server: str, browser: Any) -> 
 
 @pytest.mark.parametrize("viewport", [{"width": 1024, "height": 768}, {"width": 768, "height": 1024}])
 def test_tablet_layout_and_touch(server: str, browser: Any, viewport: dict[str, int]) -> None:
-    page = open_page(browser, f"{server}/viewer/?base=/dicom-web&study={STUDY}", viewport=viewport, has_touch=True, is_mobile=True)
+    page = open_page(
+        browser, f"{server}/viewer/?base=/dicom-web&study={STUDY}", viewport=viewport, has_touch=True, is_mobile=True
+    )
     # Everything within the screen: no sideways scrolling, every tool reachable, the notice on screen, a big image.
     assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
     for button in page.locator(".toolbar button:visible").all():
@@ -353,7 +369,10 @@ def test_tablet_layout_and_touch(server: str, browser: Any, viewport: dict[str, 
     cx, cy = image["x"] + image["width"] / 2, image["y"] + image["height"] / 2
 
     def touch(kind: str, points: list[tuple[float, float]]) -> None:
-        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": x, "y": y, "id": i} for i, (x, y) in enumerate(points)]})
+        cdp.send(
+            "Input.dispatchTouchEvent",
+            {"type": kind, "touchPoints": [{"x": x, "y": y, "id": i} for i, (x, y) in enumerate(points)]},
+        )
 
     # One finger drawn upwards scrolls forward through the stack.
     start = int(page.get_attribute("#image", "data-index") or "0")
@@ -445,7 +464,9 @@ def test_two_exams_side_by_side_scroll_in_step(server: str, browser: Any) -> Non
 
 
 def test_comparison_on_a_portrait_tablet_puts_the_exams_one_above_the_other(server: str, browser: Any) -> None:
-    page = open_page(browser, f"{server}/viewer/?kos={KOS_WITH_REPORT}", viewport={"width": 768, "height": 1024}, has_touch=True)
+    page = open_page(
+        browser, f"{server}/viewer/?kos={KOS_WITH_REPORT}", viewport={"width": 768, "height": 1024}, has_touch=True
+    )
     page.wait_for_selector("#compare-tools", state="visible")
     page.click("#compare")
     peer = page.frame_locator("#peer")

@@ -58,7 +58,9 @@ async def signed_by(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         yield request.param, m
 
 
-async def test_the_consumer_sends_no_token_on_a_list_it_cannot_trust(signed_by: tuple[str, Mesh], tmp_path: Path) -> None:
+async def test_the_consumer_sends_no_token_on_a_list_it_cannot_trust(
+    signed_by: tuple[str, Mesh], tmp_path: Path
+) -> None:
     kind, m = signed_by
     settings = Settings()
     settings.box.var_dir, settings.box.roles = str(tmp_path / "consumer-var"), ["consumer"]

@@ -85,7 +85,10 @@ async def test_published_exam_round_trips_through_xdm(orthanc: Any, source_box: 
         page = await (await client.get(f"/conso/patients/{INS}/exams")).text()
         assert f'href="/viewer/?kos={pub["kos_uid"]}"' in page and 'action="/conso/xdm"' in page
 
-        accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*', KOS_HEADER: pub["kos_uid"]}
+        accept = {
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
+            KOS_HEADER: pub["kos_uid"],
+        }
         resp = await client.get(f"/conso/dicom-web/studies/{STUDY}", headers=accept)
         assert resp.status == 200, await resp.text()
         assert len(await read_multipart(resp)) == 6  # from the source box, through the KOS's Retrieve URLs

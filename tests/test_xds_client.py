@@ -110,9 +110,7 @@ class FakeDmp:
         action = RESPONSE_ACTION[msg.action or ""]
         return self.respond(status, soap.build_response(action, payload, msg.message_id))
 
-    def registry_answer(
-        self, msg: soap.SoapMessage, errors: list[RegistryError], status: int = 200
-    ) -> web.Response:
+    def registry_answer(self, msg: soap.SoapMessage, errors: list[RegistryError], status: int = 200) -> web.Response:
         payload = soap.build_registry_response(errors)
         if msg.action == ns.ACTION_ITI18 and self.mode != "bare-failure":
             payload.tag = f"{{{ns.QUERY}}}AdhocQueryResponse"
@@ -224,7 +222,12 @@ async def test_publish_find_retrieve_and_delete(dmp: tuple[FakeDmp, str], client
     sent = fake.received[-1]
     kind, params = media(sent.content_type)
     assert (sent.endpoint, kind, params["type"], params["start-info"], params["action"]) == (
-        "repository", "multipart/related", "application/xop+xml", "application/soap+xml", ns.ACTION_ITI41)
+        "repository",
+        "multipart/related",
+        "application/xop+xml",
+        "application/soap+xml",
+        ns.ACTION_ITI41,
+    )
     assert (sent.vihf_subject, sent.vihf_patient) == ("801234560801", PATIENT)
 
     (found,) = await client.find_documents(PATIENT, type_codes=[Code(*ns.KOS_TYPE_CODE)])
@@ -260,9 +263,7 @@ async def test_replacement_deprecates_the_previous_entry(client: DmpClient) -> N
     assert [e.unique_id for e in old] == [first.unique_id]
 
 
-async def test_rejection_names_the_dmp_errors_without_the_ins(
-    dmp: tuple[FakeDmp, str], client: DmpClient
-) -> None:
+async def test_rejection_names_the_dmp_errors_without_the_ins(dmp: tuple[FakeDmp, str], client: DmpClient) -> None:
     fake, _ = dmp
     fake.mode = "failure"
     fake.errors = [
@@ -352,9 +353,7 @@ async def test_bad_metadata_never_leaves_the_box(
     assert dmp[0].received == []
 
 
-async def test_missing_document_and_oversized_answer(
-    dmp: tuple[FakeDmp, str], creds: tuple[Path, Path]
-) -> None:
+async def test_missing_document_and_oversized_answer(dmp: tuple[FakeDmp, str], creds: tuple[Path, Path]) -> None:
     async with make_client(dmp[1], creds) as c:
         with pytest.raises(XdsRejected, match="XDSMissingDocument"):
             await c.retrieve_document(REPOSITORY_UID, "1.2.3.4", patient_id=PATIENT)

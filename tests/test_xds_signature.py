@@ -90,7 +90,9 @@ def test_altered_signature_is_refused(signer: VihfSigner, tmp_path: Path) -> Non
         verify_submission(etree.tostring(root), SS_UID, {"1.2.250.1.999.666": KOS})
     # Signed by another key with this certificate in KeyInfo: the signature value does not match.
     other = VihfSigner.from_files(*generate_test_credentials(tmp_path, "someone else"))
-    forged = etree.fromstring(sign_submission(other.key, other.certificate, "s", SS_UID, [SignedDocument(KOS_UID, KOS)]))
+    forged = etree.fromstring(
+        sign_submission(other.key, other.certificate, "s", SS_UID, [SignedDocument(KOS_UID, KOS)])
+    )
     cert = forged.find(f".//{DS}X509Certificate")
     assert cert is not None
     cert.text = base64.b64encode(signer.certificate.public_bytes(Encoding.DER)).decode()

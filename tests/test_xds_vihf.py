@@ -61,9 +61,7 @@ def attributes(assertion: etree._Element) -> dict[str, list[etree._Element]]:
     return {a.get("Name", ""): list(a) for a in found}
 
 
-def test_signed_assertion_verifies_against_the_certificate(
-    signer: vihf.VihfSigner, creds: tuple[Path, Path]
-) -> None:
+def test_signed_assertion_verifies_against_the_certificate(signer: vihf.VihfSigner, creds: tuple[Path, Path]) -> None:
     assertion = signer.issue(identity(), PATIENT)
     signed = verify(etree.tostring(assertion), creds[1])
     assert signed.findtext(f"{SAML}Subject/{SAML}NameID") == "801234560801"
@@ -86,9 +84,7 @@ def test_signed_assertion_verifies_against_the_certificate(
     ],
     ids=["NameID", "resource-id", "mode", "IssueInstant"],
 )  # fmt: skip
-def test_tampering_breaks_the_signature(
-    signer: vihf.VihfSigner, creds: tuple[Path, Path], tamper: object
-) -> None:
+def test_tampering_breaks_the_signature(signer: vihf.VihfSigner, creds: tuple[Path, Path], tamper: object) -> None:
     assertion = signer.issue(identity(), PATIENT)
     tamper(assertion)  # type: ignore[operator]
     with pytest.raises(InvalidSignature):
@@ -101,11 +97,13 @@ def test_another_certificate_does_not_verify(signer: vihf.VihfSigner, tmp_path: 
         verify(etree.tostring(signer.issue(identity(), PATIENT)), other_cert)
 
 
-def test_signature_survives_the_trip_inside_a_soap_envelope(
-    signer: vihf.VihfSigner, creds: tuple[Path, Path]
-) -> None:
-    req = soap.build_request(ns.ACTION_ITI18, "http://127.0.0.1:8090/dmp/registry",
-                             query.find_documents_query(PATIENT), security=signer.issue(identity(), PATIENT))
+def test_signature_survives_the_trip_inside_a_soap_envelope(signer: vihf.VihfSigner, creds: tuple[Path, Path]) -> None:
+    req = soap.build_request(
+        ns.ACTION_ITI18,
+        "http://127.0.0.1:8090/dmp/registry",
+        query.find_documents_query(PATIENT),
+        security=signer.issue(identity(), PATIENT),
+    )
     msg = soap.parse_message("application/soap+xml", req.envelope)
     assert msg.header is not None
     found = msg.header.find(f"{{{ns.WSSE}}}Security/{SAML}Assertion")

@@ -84,7 +84,9 @@ class Archive:
         """
         attrs = read_attributes(dataset, transfer_syntax)
         if sop_uid is not None and attrs.sop_uid != sop_uid:
-            raise UnreadableDataset("SOP Instance UID of the data set differs from the command's", SOP_INSTANCE_MISMATCH)
+            raise UnreadableDataset(
+                "SOP Instance UID of the data set differs from the command's", SOP_INSTANCE_MISMATCH
+            )
         if sop_class_uid is not None and attrs.sop_class_uid not in ("", sop_class_uid):
             raise UnreadableDataset("SOP Class UID of the data set differs from the command's", SOP_CLASS_MISMATCH)
         if not attrs.sop_class_uid:
@@ -163,5 +165,3 @@ class Archive:
     ) -> list[InstanceFile]:
         """The files of a study, series or instance, in series and instance order (empty when unknown)."""
         return await self.index.ainstance_files(study_uid, series_uid, sop_uid)
-
-

@@ -42,7 +42,7 @@ def _answer_value(keyword: str, value: Value) -> object:
         items = []
         for fields in value if isinstance(value, list) else []:
             item = Dataset()
-            for k, v in (fields.items() if isinstance(fields, dict) else ()):
+            for k, v in fields.items() if isinstance(fields, dict) else ():
                 setattr(item, k, v)
             items.append(item)
         return items

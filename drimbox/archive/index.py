@@ -63,9 +63,19 @@ CREATE INDEX IF NOT EXISTS instance_study ON instance(study_uid);
 """
 
 _STUDY_COLUMNS = (
-    "patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date", "patient_sex",
-    "study_date", "study_time", "accession_number", "accession_issuer_oid", "accession_issuer_local",
-    "study_id", "study_description", "referring_physician_name",
+    "patient_id",
+    "issuer_of_patient_id",
+    "patient_name",
+    "patient_birth_date",
+    "patient_sex",
+    "study_date",
+    "study_time",
+    "accession_number",
+    "accession_issuer_oid",
+    "accession_issuer_local",
+    "study_id",
+    "study_description",
+    "referring_physician_name",
 )
 _SERIES_COLUMNS = ("modality", "series_number", "series_description", "body_part_examined")
 
@@ -135,8 +145,18 @@ def _record(conn: sqlite3.Connection, entry: IndexEntry) -> str | None:
     conn.execute(
         _UPSERT_INSTANCE,
         (
-            a.sop_uid, a.series_uid, a.study_uid, a.sop_class_uid, a.instance_number, a.number_of_frames,
-            a.rows, a.columns, a.transfer_syntax_uid, entry.path, entry.size, time.time(),
+            a.sop_uid,
+            a.series_uid,
+            a.study_uid,
+            a.sop_class_uid,
+            a.instance_number,
+            a.number_of_frames,
+            a.rows,
+            a.columns,
+            a.transfer_syntax_uid,
+            entry.path,
+            entry.size,
+            time.time(),
         ),
     )
     if previous is None:
@@ -222,8 +242,12 @@ class ArchiveIndex:
                 if row is not None:
                     paths.append(row["path"])
                     conn.execute("DELETE FROM instance WHERE sop_uid = ?", (uid,))
-            conn.execute("DELETE FROM series WHERE NOT EXISTS (SELECT 1 FROM instance i WHERE i.series_uid = series.series_uid)")
-            conn.execute("DELETE FROM study WHERE NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = study.study_uid)")
+            conn.execute(
+                "DELETE FROM series WHERE NOT EXISTS (SELECT 1 FROM instance i WHERE i.series_uid = series.series_uid)"
+            )
+            conn.execute(
+                "DELETE FROM study WHERE NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = study.study_uid)"
+            )
             return paths
 
         try:
@@ -253,7 +277,9 @@ class ArchiveIndex:
         """search() on the database thread, without blocking the event loop."""
         return await self._db.acall(_search(compile_query(level, filters, includefields, limit, offset)))
 
-    def instance_files(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[InstanceFile]:
+    def instance_files(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[InstanceFile]:
         """Files of a study, series or instance in series then instance order; blocking."""
         return self._db.call(_files(self.root, study_uid, series_uid, sop_uid))
 
@@ -291,10 +317,7 @@ def _files(
     )
 
     def run(conn: sqlite3.Connection) -> list[InstanceFile]:
-        return [
-            InstanceFile(r[0], r[1], r[2], r[3], r[4], root / r[5], int(r[6]))
-            for r in conn.execute(sql, params)
-        ]
+        return [InstanceFile(r[0], r[1], r[2], r[3], r[4], root / r[5], int(r[6])) for r in conn.execute(sql, params)]
 
     return run
 

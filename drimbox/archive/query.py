@@ -53,19 +53,36 @@ FIELDS: dict[str, Field] = {
         _f("StudyDate", "study", "date", "st.study_date"),
         _f("StudyTime", "study", "time", "st.study_time"),
         _f("AccessionNumber", "study", "text", "st.accession_number"),
-        _f("IssuerOfAccessionNumberSequence", "study", "issuer", "st.accession_issuer_oid", "st.accession_issuer_local"),
+        _f(
+            "IssuerOfAccessionNumberSequence", "study", "issuer", "st.accession_issuer_oid", "st.accession_issuer_local"
+        ),
         _f("StudyID", "study", "text", "st.study_id"),
         _f("StudyDescription", "study", "text", "st.study_description"),
         _f("ReferringPhysicianName", "study", "pn", "st.referring_physician_name"),
         _f("ModalitiesInStudy", "study", "modalities", _MODALITIES_SQL),
-        _f("NumberOfStudyRelatedSeries", "study", "count", "(SELECT count(*) FROM series WHERE study_uid = st.study_uid)"),
-        _f("NumberOfStudyRelatedInstances", "study", "count", "(SELECT count(*) FROM instance WHERE study_uid = st.study_uid)"),
+        _f(
+            "NumberOfStudyRelatedSeries",
+            "study",
+            "count",
+            "(SELECT count(*) FROM series WHERE study_uid = st.study_uid)",
+        ),
+        _f(
+            "NumberOfStudyRelatedInstances",
+            "study",
+            "count",
+            "(SELECT count(*) FROM instance WHERE study_uid = st.study_uid)",
+        ),
         _f("SeriesInstanceUID", "series", "uid", "se.series_uid"),
         _f("Modality", "series", "text", "se.modality"),
         _f("SeriesNumber", "series", "int", "se.series_number"),
         _f("SeriesDescription", "series", "text", "se.series_description"),
         _f("BodyPartExamined", "series", "text", "se.body_part_examined"),
-        _f("NumberOfSeriesRelatedInstances", "series", "count", "(SELECT count(*) FROM instance WHERE series_uid = se.series_uid)"),
+        _f(
+            "NumberOfSeriesRelatedInstances",
+            "series",
+            "count",
+            "(SELECT count(*) FROM instance WHERE series_uid = se.series_uid)",
+        ),
         _f("SOPInstanceUID", "instance", "uid", "i.sop_uid"),
         _f("SOPClassUID", "instance", "uid", "i.sop_class_uid"),
         _f("InstanceNumber", "instance", "int", "i.instance_number"),
@@ -79,17 +96,39 @@ FIELDS: dict[str, Field] = {
 # Returned at each level when no includefield asks for more (PS3.18 table 10.6.3-3, as far as indexed).
 DEFAULT_FIELDS: dict[Level, tuple[str, ...]] = {
     "study": (
-        "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy",
-        "ReferringPhysicianName", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-        "StudyID", "StudyDescription", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "ReferringPhysicianName",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyID",
+        "StudyDescription",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
     ),
     "series": (
-        "StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
         "NumberOfSeriesRelatedInstances",
     ),
     "instance": (
-        "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "InstanceNumber",
-        "NumberOfFrames", "Rows", "Columns", "AvailableTransferSyntaxUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "InstanceNumber",
+        "NumberOfFrames",
+        "Rows",
+        "Columns",
+        "AvailableTransferSyntaxUID",
     ),
 }
 
@@ -238,7 +277,9 @@ def compile_query(
     return Query(sql, params, fields)
 
 
-def _returned(level: Level, filters: Mapping[str, str], includefields: Iterable[str], known: Sequence[str]) -> list[str]:
+def _returned(
+    level: Level, filters: Mapping[str, str], includefields: Iterable[str], known: Sequence[str]
+) -> list[str]:
     include = list(includefields)
     if ALL in include:
         return list(known)

@@ -123,7 +123,9 @@ def verify_checkpoints(trail: Path, path: Path, cert: x509.Certificate, every: i
         end, stored = int(row[0] or 0), int(row[1])
         if not path.is_file():
             # Until the first N records or the first clean stop there is none; after that, none means removed.
-            problems = [f"no checkpoint file at {path} although the trail holds {stored} records"] if stored >= every else []
+            problems = (
+                [f"no checkpoint file at {path} although the trail holds {stored} records"] if stored >= every else []
+            )
             return CheckpointReport(0, 0, problems)
         problems = []
         good, last_seq, last_at = 0, 0, ""
@@ -138,7 +140,9 @@ def verify_checkpoints(trail: Path, path: Path, cert: x509.Certificate, every: i
                 problems.append(f"checkpoint line {n} has no record number or hash (the file was edited)")
                 continue
             if checkpoint.get("cert_sha256") != mine:
-                problems.append(f"checkpoint line {n} (record {seq}) was signed with another certificate than the box's")
+                problems.append(
+                    f"checkpoint line {n} (record {seq}) was signed with another certificate than the box's"
+                )
                 continue
             try:
                 signature = base64.b64decode(str(checkpoint.get("signature", "")), validate=True)
@@ -146,7 +150,9 @@ def verify_checkpoints(trail: Path, path: Path, cert: x509.Certificate, every: i
                     raise InvalidSignature
                 public_key.verify(signature, signed_bytes(checkpoint), padding.PKCS1v15(), hashes.SHA256())
             except (InvalidSignature, ValueError):
-                problems.append(f"checkpoint line {n} (record {seq}): the signature does not hold (it was forged or edited)")
+                problems.append(
+                    f"checkpoint line {n} (record {seq}): the signature does not hold (it was forged or edited)"
+                )
                 continue
             if seq > last_seq:
                 last_seq, last_at = seq, str(checkpoint.get("at"))
@@ -156,7 +162,9 @@ def verify_checkpoints(trail: Path, path: Path, cert: x509.Certificate, every: i
                     continue  # reported once below, as a cut tail
                 problems.append(f"record {seq}, checkpointed at line {n}, is missing from the trail")
             elif found[0] != head:
-                problems.append(f"record {seq} is not the one checkpointed at line {n} (it or one before was rewritten)")
+                problems.append(
+                    f"record {seq} is not the one checkpointed at line {n} (it or one before was rewritten)"
+                )
             else:
                 good += 1
         if last_seq > end:

@@ -17,8 +17,15 @@ log = logging.getLogger(__name__)
 
 
 async def audit_request(
-    request: web.Request, action: str, outcome: str, *, professional: str | None = None,
-    patient: str | None = None, patient_name: str | None = None, study: str | None = None, kos: str | None = None,
+    request: web.Request,
+    action: str,
+    outcome: str,
+    *,
+    professional: str | None = None,
+    patient: str | None = None,
+    patient_name: str | None = None,
+    study: str | None = None,
+    kos: str | None = None,
     **detail: str | int | None,
 ) -> None:
     """Record an event for this request in app[AUDIT] (the source address is the TCP peer; with mutual TLS the

@@ -302,7 +302,9 @@ def open_trail(settings: Settings) -> AuditTrail:
     when `[audit] checkpoint_every` > 0."""
     sender = None
     if settings.audit.syslog:
-        sender = SyslogSender(settings.audit.syslog, source_id=settings.dicom.ae_title, fmt=settings.audit.syslog_format)
+        sender = SyslogSender(
+            settings.audit.syslog, source_id=settings.dicom.ae_title, fmt=settings.audit.syslog_format
+        )
     writer = None
     if settings.audit.checkpoint_every > 0:
         key, cert = structure_credentials(settings)

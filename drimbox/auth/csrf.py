@@ -77,7 +77,7 @@ def logout_form(request: web.Request) -> str:
 
 
 def origin_of(url: str) -> str | None:
-    """"scheme://host[:port]" of a URL, lower-cased, the default port left out; None when it has none."""
+    """ "scheme://host[:port]" of a URL, lower-cased, the default port left out; None when it has none."""
     try:
         parts = urlsplit(url.strip())
         port = parts.port
@@ -125,7 +125,9 @@ def csrf_middleware(gate: AuthGate) -> Middleware:
             request[CSRF_TOKEN] = token_for(session_id)
         if not session_id or request.method in SAFE_METHODS or (request.method, request.path) in CROSS_ORIGIN_BY_DESIGN:
             return await handler(request)
-        if from_own_origin(request, gate.settings.box.public_url) or await _carries_token(request, token_for(session_id)):
+        if from_own_origin(request, gate.settings.box.public_url) or await _carries_token(
+            request, token_for(session_id)
+        ):
             return await handler(request)
         professional = await gate.current_professional(request)
         origin = request.headers.get("Origin") or origin_of(request.headers.get("Referer", "")) or "none"

@@ -78,7 +78,9 @@ class TokenSet:
         )
 
     @classmethod
-    def from_response(cls, body: dict[str, Any], *, previous: TokenSet | None = None, now: float | None = None) -> TokenSet:
+    def from_response(
+        cls, body: dict[str, Any], *, previous: TokenSet | None = None, now: float | None = None
+    ) -> TokenSet:
         now = time.time() if now is None else now
         access = body.get("access_token")
         if not isinstance(access, str) or not access:
@@ -167,8 +169,9 @@ class OidcClient:
         except InvalidKeyIdError:
             raise OidcError("unknown_key", "no provider key for this token's kid") from None
         except JoseError as exc:
-            raise OidcError("invalid_signature" if "signature" in type(exc).__name__.lower() else "malformed",
-                            type(exc).__name__) from None
+            raise OidcError(
+                "invalid_signature" if "signature" in type(exc).__name__.lower() else "malformed", type(exc).__name__
+            ) from None
         except (ValueError, TypeError) as exc:
             raise OidcError("malformed", type(exc).__name__) from None
 
@@ -197,7 +200,12 @@ class OidcClient:
 
     async def exchange_code(self, code: str, code_verifier: str, redirect_uri: str) -> TokenSet:
         body = await self._token_call(
-            {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri, "code_verifier": code_verifier}
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "code_verifier": code_verifier,
+            }
         )
         return TokenSet.from_response(body)
 
@@ -302,7 +310,9 @@ class OidcClient:
                 raw = await read_limited(resp)
                 if resp.status >= 400:
                     error = _json_object(raw, "error") if resp.content_type == "application/json" else {}
-                    raise OidcError(str(error.get("error") or f"http_{resp.status}"), str(error.get("error_description") or ""))
+                    raise OidcError(
+                        str(error.get("error") or f"http_{resp.status}"), str(error.get("error_description") or "")
+                    )
                 return _json_object(raw, url) if expect_json else {}
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise OidcError("provider_unreachable", type(exc).__name__) from None

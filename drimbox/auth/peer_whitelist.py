@@ -23,8 +23,11 @@ def whitelist_peer_check(whitelist: AnsWhitelist) -> PeerCheck:
         if await whitelist.admits_operator(cert.subject):
             return True
         # A box's certificate subject, not a person: it may be logged.
-        log.warning("box-to-box call refused: certificate %s is not an operator of the whitelist%s",
-                    cert.subject.rfc4514_string(), "" if whitelist.current else " (no usable whitelist)")
+        log.warning(
+            "box-to-box call refused: certificate %s is not an operator of the whitelist%s",
+            cert.subject.rfc4514_string(),
+            "" if whitelist.current else " (no usable whitelist)",
+        )
         await audit_request(request, "dicomweb.box-to-box", REFUSED, reason="peer_not_whitelisted",
                             path=request.path[:200])  # fmt: skip
         return False

@@ -90,7 +90,9 @@ class Professional:
         names = {f.name for f in dataclasses.fields(cls)} - {"situations"}
         raw = data.get("situations")
         situations = tuple(
-            PracticeSituation.from_json(s) for s in (raw if isinstance(raw, list | tuple) else ()) if isinstance(s, Mapping)
+            PracticeSituation.from_json(s)
+            for s in (raw if isinstance(raw, list | tuple) else ())
+            if isinstance(s, Mapping)
         )
         return cls(**{k: str(v) for k, v in data.items() if k in names}, situations=situations)
 

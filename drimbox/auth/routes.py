@@ -197,8 +197,13 @@ class AuthGate:
 
     def set_session_cookie(self, response: web.StreamResponse, session_id: str) -> None:
         response.set_cookie(
-            self.cookie, session_id, max_age=int(self.settings.auth.session_ttl), path="/",
-            httponly=True, samesite="Lax", secure=self._secure,
+            self.cookie,
+            session_id,
+            max_age=int(self.settings.auth.session_ttl),
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=self._secure,
         )
 
     async def _refresh_and_store(self, session_id: str, tokens: TokenSet) -> TokenSet:
@@ -223,8 +228,13 @@ class AuthGate:
         response = _see_other(auth_request.url)
         # The state also rides in a cookie, binding the callback to this browser (no login CSRF).
         response.set_cookie(
-            self.login_cookie, auth_request.state, max_age=600, path="/auth/",
-            httponly=True, samesite="Lax", secure=self._secure,
+            self.login_cookie,
+            auth_request.state,
+            max_age=600,
+            path="/auth/",
+            httponly=True,
+            samesite="Lax",
+            secure=self._secure,
         )
         return response
 
@@ -251,7 +261,9 @@ class AuthGate:
             tokens = await self.oidc.exchange_code(code, pending.code_verifier, self.redirect_uri)
             if not tokens.id_token:
                 raise OidcError("invalid_token_response", "no id_token")
-            claims = await self.oidc.validate_id_token(tokens.id_token, nonce=pending.nonce, access_token=tokens.access_token)
+            claims = await self.oidc.validate_id_token(
+                tokens.id_token, nonce=pending.nonce, access_token=tokens.access_token
+            )
             info = await self.oidc.userinfo(tokens.access_token)
             # OIDC Core §5.3.2: userinfo about someone else than the id_token's subject is discarded.
             if info and info.get("sub") != claims.get("sub"):
@@ -297,7 +309,8 @@ class AuthGate:
                 await self.oidc.revoke(tokens.refresh_token, "refresh_token")
             try:
                 end = await self.oidc.end_session_url(
-                    id_token_hint=tokens.id_token, post_logout_redirect_uri=self.post_logout_uri,
+                    id_token_hint=tokens.id_token,
+                    post_logout_redirect_uri=self.post_logout_uri,
                     state=secrets.token_urlsafe(16),
                 )
                 location = end or location
@@ -380,7 +393,13 @@ def _see_other(location: str) -> web.Response:
 
 
 def _page(
-    request: web.Request, status: int, title_key: str, message_key: str, *, retry: bool = False, form: str = "",
+    request: web.Request,
+    status: int,
+    title_key: str,
+    message_key: str,
+    *,
+    retry: bool = False,
+    form: str = "",
     **params: object,
 ) -> web.Response:
     m = Messages.of(request)
@@ -391,5 +410,9 @@ def _page(
         f"<body><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{form}{link}</body></html>"
     )
     # Never framed: a page of another origin must not get a click on the logout button through a frame.
-    headers = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+    headers = {
+        "Cache-Control": "no-store",
+        "X-Frame-Options": "DENY",
+        "Content-Security-Policy": "frame-ancestors 'none'",
+    }
     return web.Response(status=status, text=body, content_type="text/html", headers=headers)

@@ -100,7 +100,12 @@ class SessionStore:
         now = self._clock()
         expires_at = min(now + self.ttl, not_after) if not_after else now + self.ttl
         row = (
-            _hash(session_id), json.dumps(professional.to_json()), json.dumps(tokens.to_json()), now, now, expires_at,
+            _hash(session_id),
+            json.dumps(professional.to_json()),
+            json.dumps(tokens.to_json()),
+            now,
+            now,
+            expires_at,
         )
 
         def _insert(conn: sqlite3.Connection) -> None:

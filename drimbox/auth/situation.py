@@ -64,8 +64,8 @@ def choice_page(request: web.Request, professional: Professional, next_path: str
     current = professional.structure_id
     options = "".join(
         f'<p><label><input type="radio" name="structure" value="{html.escape(s.structure_id)}"'
-        f'{" checked" if s.structure_id == current or (not current and i == 0) else ""}> {_label(m, s)}'
-        f' <small>({html.escape(s.structure_id)})</small></label></p>'
+        f"{' checked' if s.structure_id == current or (not current and i == 0) else ''}> {_label(m, s)}"
+        f" <small>({html.escape(s.structure_id)})</small></label></p>"
         for i, s in enumerate(professional.situations)
     )
     notice = f'<p role="alert">{html.escape(m("auth.situation_unknown"), quote=False)}</p>' if unknown else ""

@@ -35,8 +35,16 @@ class TokenError(Exception):
     """A bearer token refused; `reason` is one of REASONS, safe to send back and to log."""
 
     REASONS = (
-        "missing", "malformed", "expired", "revoked", "wrong_issuer", "wrong_audience",
-        "invalid_signature", "not_access_token", "not_a_professional", "unavailable",
+        "missing",
+        "malformed",
+        "expired",
+        "revoked",
+        "wrong_issuer",
+        "wrong_audience",
+        "invalid_signature",
+        "not_access_token",
+        "not_a_professional",
+        "unavailable",
         # A token the provider calls inactive and that says nothing of its own expiry (opaque, or a JWT
         # without "exp"): unknown, expired or revoked, the provider does not tell which.
         "inactive",
@@ -166,7 +174,9 @@ class BearerTokenChecker:
         if typ in _NOT_ACCESS:
             raise TokenError("not_access_token")
         aud = claims.get("aud")
-        audiences = [aud] if isinstance(aud, str) else [a for a in aud if isinstance(a, str)] if isinstance(aud, list) else []
+        audiences = (
+            [aud] if isinstance(aud, str) else [a for a in aud if isinstance(a, str)] if isinstance(aud, list) else []
+        )
         if self.audience and self.audience not in audiences:
             raise TokenError("wrong_audience")
         # Bound to this box where the token allows it. PSC's tokens name the client that obtained them (in DRIM-M the
@@ -208,7 +218,7 @@ class BearerTokenChecker:
 
     async def _check_jwt(self, token: str, unverified: dict[str, Any] | None) -> dict[str, Any]:
         if unverified is None:
-            raise TokenError("malformed", "not a JWT (auth.token_check = \"introspection\" accepts opaque tokens)")
+            raise TokenError("malformed", 'not a JWT (auth.token_check = "introspection" accepts opaque tokens)')
         verified = await self.oidc.verify_signature(token)
         registry = JWTClaimsRegistry(
             leeway=self.leeway, iss={"essential": True, "value": self.issuer}, exp={"essential": True}

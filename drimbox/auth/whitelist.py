@@ -205,7 +205,10 @@ class AnsWhitelist:
     """The box's view of the whitelist: fetched from whitelist.url, verified, refreshed; fails closed."""
 
     def __init__(
-        self, settings: WhitelistSettings, *, session: aiohttp.ClientSession | None = None,
+        self,
+        settings: WhitelistSettings,
+        *,
+        session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -247,15 +250,20 @@ class AnsWhitelist:
         """Refresh when due; a failed refresh keeps the previous list (until max_stale) and is retried later."""
         due = self._current is None or self._clock() - self._fetched_at >= self.settings.refresh_interval
         # After a failure, wait a little before asking again: every retrieve must not hit a down server.
-        retry_ok = self._attempted_at is None or self._clock() - self._attempted_at >= min(30.0, self.settings.refresh_interval)
+        retry_ok = self._attempted_at is None or self._clock() - self._attempted_at >= min(
+            30.0, self.settings.refresh_interval
+        )
         if due and retry_ok:
             async with self._lock:
                 if self._current is None or self._clock() - self._fetched_at >= self.settings.refresh_interval:
                     try:
                         await self.refresh()
                     except WhitelistError as exc:
-                        log.warning("whitelist refresh failed, %s: %s",
-                                    "keeping the previous list" if self.current else "every host refused", exc)
+                        log.warning(
+                            "whitelist refresh failed, %s: %s",
+                            "keeping the previous list" if self.current else "every host refused",
+                            exc,
+                        )
         return self.current
 
     async def refresh(self) -> Whitelist:
@@ -276,9 +284,14 @@ class AnsWhitelist:
             self.last_error = str(exc)
             raise
         self._current, self._fetched_at, self.last_error = whitelist, self._clock(), ""
-        log.info("whitelist loaded: %d box hosts, %d viewer hosts, %d operators, %s, generated %s", len(whitelist.db),
-                 len(whitelist.vi), len(whitelist.operators),
-                 "signer chain and revocation verified" if whitelist.signed else "UNSIGNED", whitelist.generated_at or "?")
+        log.info(
+            "whitelist loaded: %d box hosts, %d viewer hosts, %d operators, %s, generated %s",
+            len(whitelist.db),
+            len(whitelist.vi),
+            len(whitelist.operators),
+            "signer chain and revocation verified" if whitelist.signed else "UNSIGNED",
+            whitelist.generated_at or "?",
+        )
         return whitelist
 
     async def close(self) -> None:
@@ -330,7 +343,9 @@ class AnsWhitelist:
         try:
             roots: tuple[x509.Certificate, ...] = ()
             if s.trust_roots:
-                roots = tuple(load_certificates(await asyncio.to_thread(Path(s.trust_roots).read_bytes), "whitelist.trust_roots"))
+                roots = tuple(
+                    load_certificates(await asyncio.to_thread(Path(s.trust_roots).read_bytes), "whitelist.trust_roots")
+                )
             elif s.trust_on_first_use and s.certificate_url:
                 roots = self._first_use_roots or await self._root_on_first_use()
             intermediates: tuple[x509.Certificate, ...] = ()
@@ -352,8 +367,11 @@ class AnsWhitelist:
             roots = tuple(load_certificates(pem, self.settings.certificate_url))
         except TrustError as exc:
             raise WhitelistError("untrusted", str(exc)) from None
-        log.warning("whitelist: trusted root taken from %s on first use (whitelist.trust_on_first_use); set "
-                    "whitelist.trust_roots to the IGC-Santé root instead", self.settings.certificate_url)
+        log.warning(
+            "whitelist: trusted root taken from %s on first use (whitelist.trust_on_first_use); set "
+            "whitelist.trust_roots to the IGC-Santé root instead",
+            self.settings.certificate_url,
+        )
         self._first_use_roots = roots
         return roots
 
@@ -378,7 +396,9 @@ class AnsWhitelist:
 
     async def _fetch(self, url: str, limit: int = MAX_LIST_BYTES) -> bytes:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout), connector=tls.connector())
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout), connector=tls.connector()
+            )
             self._own_session = True
         try:
             async with self._session.get(url) as resp:
@@ -423,7 +443,9 @@ def _entries(texts: Iterable[str | None]) -> Iterable[Endpoint]:
             continue
         entry = parse_entry(value)
         if entry is None:
-            log.warning("whitelist: entry %r ignored (not a host, host:port, loopback host:* or http(s) URL)", value[:100])
+            log.warning(
+                "whitelist: entry %r ignored (not a host, host:port, loopback host:* or http(s) URL)", value[:100]
+            )
         else:
             yield entry
 

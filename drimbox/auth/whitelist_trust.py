@@ -70,7 +70,9 @@ def _cn(cert: x509.Certificate) -> str:
 
 def _check_dates(cert: x509.Certificate, now: datetime, role: str) -> None:
     if now + CLOCK_SKEW < cert.not_valid_before_utc:
-        raise TrustError("expired", f"the {role} certificate {_cn(cert)!r} is not valid before {cert.not_valid_before_utc}")
+        raise TrustError(
+            "expired", f"the {role} certificate {_cn(cert)!r} is not valid before {cert.not_valid_before_utc}"
+        )
     if now > cert.not_valid_after_utc:
         raise TrustError("expired", f"the {role} certificate {_cn(cert)!r} expired on {cert.not_valid_after_utc}")
 
@@ -113,7 +115,9 @@ def _is_ca(cert: x509.Certificate) -> bool:
         (not isinstance(usage, x509.KeyUsage) or usage.key_cert_sign)  # fmt: skip
 
 
-def signer_chain(signer: x509.Certificate, carried: Iterable[x509.Certificate], trust: Trust, now: datetime) -> list[x509.Certificate]:
+def signer_chain(
+    signer: x509.Certificate, carried: Iterable[x509.Certificate], trust: Trust, now: datetime
+) -> list[x509.Certificate]:
     """[signer, intermediates…, root]: each certificate signed by the next, in date, up to one of trust.roots.
 
     Intermediates come from the configuration or from the signature's KeyInfo; only the roots are trusted as such.
@@ -129,7 +133,9 @@ def signer_chain(signer: x509.Certificate, carried: Iterable[x509.Certificate], 
             if current.issuer == root.subject and _issued(current, root):
                 _check_dates(root, now, "root")
                 return [*chain, root]
-        issuer = next((c for c in candidates if c.subject == current.issuer and c not in chain and _issued(current, c)), None)
+        issuer = next(
+            (c for c in candidates if c.subject == current.issuer and c not in chain and _issued(current, c)), None
+        )
         if issuer is None:
             raise TrustError("untrusted", f"no trusted path from {_cn(current)!r} to a root of whitelist.trust_roots "
                              f"(issuer {current.issuer.rfc4514_string()!r})")  # fmt: skip
@@ -158,7 +164,9 @@ def ca_issuer_urls(cert: x509.Certificate) -> list[str]:
             and d.access_location.value.startswith(("http://", "https://"))]  # fmt: skip
 
 
-def crl_of(issuer: x509.Certificate, crls: Sequence[x509.CertificateRevocationList]) -> x509.CertificateRevocationList | None:
+def crl_of(
+    issuer: x509.Certificate, crls: Sequence[x509.CertificateRevocationList]
+) -> x509.CertificateRevocationList | None:
     """The CRL in `crls` that `issuer` signed, if any."""
     for crl in crls:
         if crl.issuer == issuer.subject and crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
@@ -166,7 +174,9 @@ def crl_of(issuer: x509.Certificate, crls: Sequence[x509.CertificateRevocationLi
     return None
 
 
-def check_revocation(chain: Sequence[x509.Certificate], crls: Sequence[x509.CertificateRevocationList], now: datetime) -> None:
+def check_revocation(
+    chain: Sequence[x509.Certificate], crls: Sequence[x509.CertificateRevocationList], now: datetime
+) -> None:
     """The chain below the root: its issuer's current CRL is known and does not list it.
 
     The signer always needs one (what the ANS asks). An intermediate needs one when it names a distribution
@@ -180,7 +190,9 @@ def check_revocation(chain: Sequence[x509.Certificate], crls: Sequence[x509.Cert
             raise TrustError("revocation_unknown", f"no CRL signed by {_cn(issuer)!r} (whitelist.crl, or the CRL "
                              f"distribution point of {_cn(cert)!r})")  # fmt: skip
         if crl.next_update_utc is not None and now > crl.next_update_utc:
-            raise TrustError("revocation_unknown", f"the CRL of {_cn(issuer)!r} is out of date (next update {crl.next_update_utc})")
+            raise TrustError(
+                "revocation_unknown", f"the CRL of {_cn(issuer)!r} is out of date (next update {crl.next_update_utc})"
+            )
         if crl.last_update_utc > now + CLOCK_SKEW:
             raise TrustError("revocation_unknown", f"the CRL of {_cn(issuer)!r} is dated in the future")
         if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:

@@ -59,7 +59,9 @@ class Verified:
 def parser() -> etree.XMLParser:
     # No entities, no network, no huge trees; comments dropped (they are outside the signed canonical form, and
     # one inside <db> would split the text a reader sees).
-    return etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False, remove_comments=True)
+    return etree.XMLParser(
+        resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False, remove_comments=True
+    )
 
 
 def _q(ns: str, tag: str) -> str:
@@ -129,7 +131,7 @@ def _whole_document_c14n(reference: etree._Element, xml: bytes) -> bytes:
     """The canonical form of the list without its signature, for the reference URI="" (two shapes accepted)."""
     transforms = _transforms(reference)
     if not transforms:
-        raise SignatureError('the reference to the document must remove the signature')
+        raise SignatureError("the reference to the document must remove the signature")
     first, rest = transforms[0], transforms[1:]
     algorithm = first.get("Algorithm")
     if algorithm == FILTER2:
@@ -188,7 +190,9 @@ def verify_enveloped(xml: bytes) -> Verified:
         raise SignatureError(f"not XML: {exc}") from None
     signature = _the_signature(root)
     signed_info = _one(signature, "ds:SignedInfo", "SignedInfo")
-    properties = _one(signature, "ds:Object/xades:QualifyingProperties/xades:SignedProperties", "xades:SignedProperties")
+    properties = _one(
+        signature, "ds:Object/xades:QualifyingProperties/xades:SignedProperties", "xades:SignedProperties"
+    )
     whole = props = 0
     for reference in signed_info.findall(_q(DS, "Reference")):
         uri = reference.get("URI")
@@ -307,7 +311,9 @@ def sign_enveloped(
     signature_props = etree.SubElement(props, _q(XADES, "SignedSignatureProperties"))
     moment = (signing_time or datetime.now(UTC)).astimezone(UTC)
     etree.SubElement(signature_props, _q(XADES, "SigningTime")).text = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    cert_element = etree.SubElement(etree.SubElement(signature_props, _q(XADES, "SigningCertificateV2")), _q(XADES, "Cert"))
+    cert_element = etree.SubElement(
+        etree.SubElement(signature_props, _q(XADES, "SigningCertificateV2")), _q(XADES, "Cert")
+    )
     cert_digest = etree.SubElement(cert_element, _q(XADES, "CertDigest"))
     etree.SubElement(cert_digest, _q(DS, "DigestMethod"), Algorithm=SHA512)
     etree.SubElement(cert_digest, _q(DS, "DigestValue")).text = base64.b64encode(hashlib.sha512(der).digest()).decode()
@@ -318,4 +324,3 @@ def sign_enveloped(
     props_digest.text = base64.b64encode(_digest(SHA256, _c14n(props, EXC_C14N))).decode()
     signed = key.sign(_c14n(info, EXC_C14N), padding.PKCS1v15(), hashes.SHA256())
     value.text = base64.b64encode(signed).decode()
-

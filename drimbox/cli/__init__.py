@@ -137,9 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", help="TOML configuration file (defaults apply without one)")
         return p
 
-    with_config(sub.add_parser("serve", help="run the box's roles until SIGTERM/SIGINT")).set_defaults(
-        func=cmd_serve
-    )
+    with_config(sub.add_parser("serve", help="run the box's roles until SIGTERM/SIGINT")).set_defaults(func=cmd_serve)
     p = with_config(sub.add_parser("sim", help="run the national-services simulator (DMP, PSC, whitelist)"))
     p.set_defaults(func=cmd_sim)
     sim_sub = p.add_subparsers(dest="sim_command")
@@ -181,4 +179,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-

@@ -14,7 +14,10 @@ from drimbox.dimse.study_instances import echo
 async def _http_reachable(url: str) -> str | None:
     try:
         timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(timeout=timeout, connector=tls.connector()) as session, session.get(url) as resp:
+        async with (
+            aiohttp.ClientSession(timeout=timeout, connector=tls.connector()) as session,
+            session.get(url) as resp,
+        ):
             if resp.status >= 500:
                 return f"answers HTTP {resp.status}"
             return None

@@ -77,7 +77,11 @@ class ConsumerBackend:
     """
 
     def __init__(
-        self, manifests: ManifestSource, cache: SeriesCache, retriever: SourceRetriever, *,
+        self,
+        manifests: ManifestSource,
+        cache: SeriesCache,
+        retriever: SourceRetriever,
+        *,
         check_exam: Callable[[ProfessionalLike, str], Awaitable[object]] | None = None,
         audit: Callable[[], AuditSink | None] | None = None,
     ) -> None:
@@ -150,8 +154,15 @@ class ConsumerBackend:
                     grant = await self._grant(request, auth)
                 except _Refusal as exc:
                     pro = await auth.current_professional(request)
-                    await audit_request(request, "consumer.retrieve", REFUSED, professional=pro.id if pro else None,
-                                        study=request.match_info.get("study"), status=exc.status, reason=exc.reason)
+                    await audit_request(
+                        request,
+                        "consumer.retrieve",
+                        REFUSED,
+                        professional=pro.id if pro else None,
+                        study=request.match_info.get("study"),
+                        status=exc.status,
+                        reason=exc.reason,
+                    )
                     return exc.response()
                 series = request.match_info.get("series")
                 kos = await self.kos(grant.kos_uid)
@@ -250,11 +261,13 @@ class ConsumerBackend:
         """QIDO answered from the KOS itself (UIDs, counts): the source is not asked, nothing else matches."""
         _, kos = await self._granted()
         found = kos_matches(kos, query)
-        for ds in found[query.offset:]:
+        for ds in found[query.offset :]:
             await _serving()
             yield ds
 
-    def _source(self, grant: Grant, url: str, evidence: SeriesEvidence) -> Callable[[], AsyncIterator[RetrievedInstance]]:
+    def _source(
+        self, grant: Grant, url: str, evidence: SeriesEvidence
+    ) -> Callable[[], AsyncIterator[RetrievedInstance]]:
         async def dropped(evidence: SeriesEvidence, reasons: dict[str, int]) -> None:
             await self._record_dropped(grant, url, evidence, reasons)
 
@@ -269,7 +282,9 @@ class ConsumerBackend:
         sink = self.audit() if self.audit is not None else None
         if sink is None:
             return
-        event = dropped_event(grant.professional_id, grant.kos_uid, self._kos.get(grant.kos_uid), url, evidence, reasons)
+        event = dropped_event(
+            grant.professional_id, grant.kos_uid, self._kos.get(grant.kos_uid), url, evidence, reasons
+        )
         try:
             await sink.record(event)
         except Exception as exc:  # the instances are dropped either way; the refusal's record is what failed
@@ -346,7 +361,12 @@ class ConsumerBackend:
         for series in chosen:
             if not series.retrieve_url:
                 return False
-            if await self.cache.cached(study_uid, series.series_uid, origin=origin_of(series.retrieve_url, kos.sop_instance_uid)) is None:
+            if (
+                await self.cache.cached(
+                    study_uid, series.series_uid, origin=origin_of(series.retrieve_url, kos.sop_instance_uid)
+                )
+                is None
+            ):
                 return False
         return bool(chosen)
 
@@ -416,7 +436,10 @@ async def _serving() -> None:
 
 def _stored(instance: CachedInstance) -> StoredInstance:
     return StoredInstance(
-        study_uid=instance.study_uid, series_uid=instance.series_uid, sop_class_uid=instance.sop_class_uid,
-        sop_instance_uid=instance.sop_instance_uid, transfer_syntax_uid=instance.transfer_syntax_uid,
+        study_uid=instance.study_uid,
+        series_uid=instance.series_uid,
+        sop_class_uid=instance.sop_class_uid,
+        sop_instance_uid=instance.sop_instance_uid,
+        transfer_syntax_uid=instance.transfer_syntax_uid,
         body=FileBody(Path(instance.path), instance.size),
     )

@@ -93,7 +93,9 @@ class ExamCatalog:
             raise ExamNotFound("this box has not listed this manifest: open the patient's exam list first")
         ins, _, oid = patient_key.partition("|")
         patient = PatientRef(ins, oid)
-        async with self.rules.consultation(pro, patient, intent or AccessIntent(), what="exam", kos=kos_uid) as identity:
+        async with self.rules.consultation(
+            pro, patient, intent or AccessIntent(), what="exam", kos=kos_uid
+        ) as identity:
             # The cached KOS says which patient; the DMP says, now, whether this professional may still see it.
             entry = await self.lookup.current_entry(kos_uid, patient, identity)
             if entry is None:

@@ -40,7 +40,9 @@ def setup_consumer_images(app: web.Application, settings: Settings, auth: Consum
     """
     c = settings.consumer
     whitelist = AnsWhitelist(settings.whitelist)
-    retriever = SourceRetriever(whitelist, connect_timeout=c.retrieve_connect_timeout, read_timeout=c.retrieve_read_timeout)
+    retriever = SourceRetriever(
+        whitelist, connect_timeout=c.retrieve_connect_timeout, read_timeout=c.retrieve_read_timeout
+    )
 
     async def check_exam(pro: ProfessionalLike, kos_uid: str) -> None:
         await app[CONSUMER].catalog.exam(pro, kos_uid)
@@ -55,7 +57,9 @@ def setup_consumer_images(app: web.Application, settings: Settings, auth: Consum
         compress=settings.http.compress_on_the_fly, access_params=(KOS_PARAM,),
     ), auth))  # fmt: skip
     # The launch an import names makes it land under the launch's local patient (consumer/reconcile.py).
-    app.add_routes(import_routes(lambda: app[IMPORTER], auth, lambda launch: app[CONSUMER].store.launch(launch, c.launch_ttl)))
+    app.add_routes(
+        import_routes(lambda: app[IMPORTER], auth, lambda launch: app[CONSUMER].store.launch(launch, c.launch_ttl))
+    )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         importer = Importer(settings, backend, settings.var_path / "consumer")

@@ -23,7 +23,9 @@ def status_page(m: Messages, jobs: list[dict[str, Any]], back: str) -> str:
         progress = m("import.progress", stored=job["stored"], skipped=job["skipped"], failed=job["failed"],
                      total=job["total"])  # fmt: skip
         state = m(f"import.state.{job['state']}")
-        target = f' <span class="muted">{e(m("import.target", target=job["target"]))}</span>' if job.get("target") else ""
+        target = (
+            f' <span class="muted">{e(m("import.target", target=job["target"]))}</span>' if job.get("target") else ""
+        )
         errors = "".join(f"<li><code>{e(x)}</code></li>" for x in job["errors"][:5])
         css = "problem" if job["state"] in ("failed", "interrupted") else ("new" if job["state"] == "done" else "")
         rows.append(f'<li data-state="{e(job["state"])}"><span class="{css}">{e(state)}</span>{target} — {e(progress)}'

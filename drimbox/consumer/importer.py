@@ -254,7 +254,8 @@ class Importer:
         if row is None:
             return None
         extra = await self.db.acall(
-            lambda c: c.execute("SELECT target FROM import_targets WHERE id = ?", (job_id,)).fetchone())
+            lambda c: c.execute("SELECT target FROM import_targets WHERE id = ?", (job_id,)).fetchone()
+        )
         index = int(extra["target"]) if extra is not None else 0
         names = self.target_names
         return {"target": names[index] if index < len(names) else None, "id": row["id"], "kos_uid": row["kos_uid"], "professional": row["professional"], "state": row["state"],
@@ -373,7 +374,8 @@ class Importer:
 
 
 def import_routes(
-    importer_of: Callable[[], Importer], auth: ConsumerAuth,
+    importer_of: Callable[[], Importer],
+    auth: ConsumerAuth,
     launches: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None,
 ) -> list[web.RouteDef]:
     """POST /conso/api/exams/{kos_uid}/import → 202 + status URL; GET /conso/api/imports/{id} → progress; and the
@@ -413,8 +415,13 @@ def import_routes(
         return pro, token
 
     async def begin(
-        request: web.Request, pro: ProfessionalLike, token: str, kos_uid: str, launch_id: str,
-        series: tuple[str, ...], target: int,
+        request: web.Request,
+        pro: ProfessionalLike,
+        token: str,
+        kos_uid: str,
+        launch_id: str,
+        series: tuple[str, ...],
+        target: int,
     ) -> str | tuple[int, str, str]:
         """A job id, or why not: (HTTP status, reason code, French/English message)."""
         m = Messages.of(request)
@@ -469,7 +476,9 @@ def import_routes(
         status page; a refusal is a page saying why."""
         m = Messages.of(request)
         values = _values(request, await request.post())
-        pro, token = await page_professional(request, import_pages.safe_back(next((v for k, v in values if k == "back"), "")))
+        pro, token = await page_professional(
+            request, import_pages.safe_back(next((v for k, v in values if k == "back"), ""))
+        )
         one = next((v for k, v in values if k == "one"), "")
         chosen = [one] if one else list(dict.fromkeys(v for k, v in values if k == "kos"))
         series = tuple(dict.fromkeys(v for k, v in values if k == "series" and is_lenient_uid(v))) if one else ()
@@ -495,7 +504,9 @@ def import_routes(
             job = await importer_of().status(job_id)
             if job is not None and job.pop("professional") == pro.id:
                 found.append(job)
-        html = import_pages.status_page(Messages.of(request), found, import_pages.safe_back(request.query.get("back", "")))
+        html = import_pages.status_page(
+            Messages.of(request), found, import_pages.safe_back(request.query.get("back", ""))
+        )
         running = any(j["state"] in ACTIVE for j in found)
         return _page(html, 200 if found else 404, refresh=running)
 
@@ -506,8 +517,12 @@ def import_routes(
             return web.json_response({"error": "no such import", "reason": "not_found"}, status=404)
         return web.json_response(found, headers={"Cache-Control": "no-store"})
 
-    return [web.post("/conso/api/exams/{kos_uid}/import", start), web.get("/conso/api/imports/{job_id}", status),
-            web.post("/conso/imports", start_page), web.get("/conso/imports", status_page)]
+    return [
+        web.post("/conso/api/exams/{kos_uid}/import", start),
+        web.get("/conso/api/imports/{job_id}", status),
+        web.post("/conso/imports", start_page),
+        web.get("/conso/imports", status_page),
+    ]
 
 
 def _page(html: str, status: int, *, refresh: bool = False) -> web.Response:
@@ -516,4 +531,3 @@ def _page(html: str, status: int, *, refresh: bool = False) -> web.Response:
     if refresh:  # the header as well as the page's meta: either reloads it
         headers["Refresh"] = str(import_pages.REFRESH_SECONDS)
     return web.Response(text=html, status=status, content_type="text/html", charset="utf-8", headers=headers)
-

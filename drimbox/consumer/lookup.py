@@ -213,13 +213,16 @@ class DmpLookup:
             raise AccessRefused(
                 f"you have no access authorisation to this patient's DMP ({status.authorization}); it can only be "
                 "declared when your software's launch confirms the patient was informed (InformationEtConsentement)",
-                "no_authorization", emergency_possible=True,
+                "no_authorization",
+                emergency_possible=True,
             )
         # The patient was informed and did not object (the launch says so): TD0.3 AJOUT may be sent.
         declared = await _guard(self.client.declare_access(patient.cx, identity=identity))
         if not declared.granted:
-            raise AccessRefused(f"the DMP refused to record your access: {declared.status}"
-                                + (f" ({declared.context})" if declared.context else ""))
+            raise AccessRefused(
+                f"the DMP refused to record your access: {declared.status}"
+                + (f" ({declared.context})" if declared.context else "")
+            )
         log.info(
             "TD0.3: access to the DMP of %s declared for professional %s", patient.masked, identity.professional_id
         )

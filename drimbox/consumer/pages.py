@@ -25,8 +25,10 @@ td img{display:block;background:#000}
 """
 # No script, no frames, no outside resources; forms only post back to this box.
 # Images only from the box itself: the list's thumbnails come from the consumer's own DICOMweb.
-CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; "
-       "base-uri 'none'")
+CSP = (
+    "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'"
+)
 
 
 def e(value: object) -> str:
@@ -124,12 +126,14 @@ def _filters(m: Messages, result: ExamList, base_query: dict[str, str]) -> str:
     action = f"/conso/patients/{e(result.patient.ins)}/exams"
     hidden = "".join(f'<input type="hidden" name="{e(k)}" value="{e(v)}">' for k, v in base_query.items())
     modalities = _option("", m("consumer.list.search_any"), not f.modalities) + "".join(
-        _option(x, x, x in f.modalities) for x in sorted({*SEARCH_MODALITIES, *f.modalities}))
+        _option(x, x, x in f.modalities) for x in sorted({*SEARCH_MODALITIES, *f.modalities})
+    )
     regions = {code: name for x in result.exams for code, name in zip(x.region_codes, x.regions, strict=False)}
     if f.region and f.region not in regions:
         regions[f.region] = f.region.partition("^^")[0]
     region_options = _option("", m("consumer.list.search_any"), not f.region) + "".join(
-        _option(code, name, code == f.region) for code, name in sorted(regions.items(), key=lambda i: i[1]))
+        _option(code, name, code == f.region) for code, name in sorted(regions.items(), key=lambda i: i[1])
+    )
     form = (f'<form class="search" method="get" action="{action}"><fieldset><legend>{e(m("consumer.list.search_title"))}</legend>{hidden}'
             f'<label>{e(m("consumer.list.search_from"))} <input type="date" name="from" value="{_iso(f.date_from)}"></label> '
             f'<label>{e(m("consumer.list.search_to"))} <input type="date" name="to" value="{_iso(f.date_to)}"></label> '
@@ -184,7 +188,11 @@ def _row(m: Messages, exam: Exam, base_query: dict[str, str], back: str, *, firs
         actions = f'<span class="problem">{e(m("consumer.list.unavailable", problem=problem))}</span>'
     accession = (f'<br><span class="muted">{e(m("consumer.list.accession", value=exam.accession))}</span>'
                  if exam.accession else "")  # fmt: skip
-    description = e(exam.description) if exam.description else f'<span class="muted">{e(m("consumer.list.no_description"))}</span>'
+    description = (
+        e(exam.description)
+        if exam.description
+        else f'<span class="muted">{e(m("consumer.list.no_description"))}</span>'
+    )
     return (f'<tr><td>{select}</td><td>{thumb}</td><td>{date}{new}</td><td class="exam">{description}{accession}</td>'
             f"<td>{e(', '.join(exam.modalities) or '—')}</td><td>{e(', '.join(exam.regions) or '—')}</td>"
             f"<td>{counts}</td><td>{source or '—'}</td><td>{actions}</td></tr>")  # fmt: skip
@@ -199,9 +207,17 @@ def target_choice(m: Messages, targets: list[str]) -> str:
 
 
 def exam_list(
-    result: ExamList, pro: ProfessionalLike, launch: Launch | None, base_query: dict[str, str], *,
-    form_fields: str = "", logout: str = "", xdm_form: str = "", situation_link: str = "",
-    m: Messages | None = None, targets: list[str] | None = None,
+    result: ExamList,
+    pro: ProfessionalLike,
+    launch: Launch | None,
+    base_query: dict[str, str],
+    *,
+    form_fields: str = "",
+    logout: str = "",
+    xdm_form: str = "",
+    situation_link: str = "",
+    m: Messages | None = None,
+    targets: list[str] | None = None,
 ) -> str:
     """The patient's exams, newest first, with where each comes from and what can be done with it.
 

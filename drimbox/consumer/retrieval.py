@@ -22,8 +22,12 @@ log = logging.getLogger(__name__)
 # then whatever the source holds (`*` must never make the source decompress or transcode).
 ACCEPT = ", ".join(
     f'multipart/related; type="application/dicom"; transfer-syntax={syntax}; q={q}'
-    for syntax, q in (("1.2.840.10008.1.2.4.80", "0.9"), ("1.2.840.10008.1.2.4.91", "0.8"),
-                      ("1.2.840.10008.1.2.1", "0.7"), ("*", "0.5"))
+    for syntax, q in (
+        ("1.2.840.10008.1.2.4.80", "0.9"),
+        ("1.2.840.10008.1.2.4.91", "0.8"),
+        ("1.2.840.10008.1.2.1", "0.7"),
+        ("*", "0.5"),
+    )
 )
 KOS_HEADER = "KOS-SOPInstanceUID"
 READ_SIZE = 1024 * 1024
@@ -95,8 +99,12 @@ class SourceRetriever:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             # No cookies between boxes; the token is the only credential sent.
-            self._session = aiohttp.ClientSession(timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar(),
-                                                  auto_decompress=False, connector=tls.connector())
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                connector=tls.connector(),
+            )
         return self._session
 
     async def close(self) -> None:
@@ -112,8 +120,10 @@ class SourceRetriever:
         try:
             async with self._client().get(url, headers=headers, allow_redirects=False) as resp:
                 if 300 <= resp.status < 400:
-                    raise SourceRedirected(f"the source box {_origin(url)} answered HTTP {resp.status} (a redirect): "
-                                           "not followed, the professional's token goes to listed endpoints only")
+                    raise SourceRedirected(
+                        f"the source box {_origin(url)} answered HTTP {resp.status} (a redirect): "
+                        "not followed, the professional's token goes to listed endpoints only"
+                    )
                 if resp.status != 200:
                     raise await _status_error(resp, url)
                 boundary = _boundary(resp.headers.get("Content-Type", ""))

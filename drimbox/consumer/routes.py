@@ -249,12 +249,19 @@ async def emergency_page(request: web.Request) -> web.Response:
 async def _api_professional(request: web.Request, ctx: ConsumerContext) -> ProfessionalLike:
     pro = await ctx.auth.current_professional(request)
     if pro is None:
-        body = {"error": Messages.of(request)("consumer.errors.not_logged_in"), "reason": "login_required", "login_url": ctx.auth.login_url(request.path_qs)}
+        body = {
+            "error": Messages.of(request)("consumer.errors.not_logged_in"),
+            "reason": "login_required",
+            "login_url": ctx.auth.login_url(request.path_qs),
+        }
         raise web.HTTPUnauthorized(text=json.dumps(body), content_type="application/json", headers=_PRIVATE)
     choice = await situation.choice_needed(request, ctx.auth, request.path_qs)
     if choice is not None:
-        body = {"error": Messages.of(request)("consumer.errors.situation_required"), "reason": "situation_required",
-                "situation_url": choice}
+        body = {
+            "error": Messages.of(request)("consumer.errors.situation_required"),
+            "reason": "situation_required",
+            "situation_url": choice,
+        }
         raise web.HTTPConflict(text=json.dumps(body), content_type="application/json", headers=_PRIVATE)
     return pro
 
@@ -351,8 +358,17 @@ async def _audit_list(
 ) -> None:
     """One audit record per exam-list request: who asked for which patient's list, and what came of it."""
     name = patient_name(lr.launch.family, lr.launch.given) if lr.launch else None
-    await audit_request(request, "consumer.exams", outcome_for(status), professional=pro.id, patient=lr.patient.ins,
-                        patient_name=name, status=status, reason=reason, exams=count if status == 200 else None)
+    await audit_request(
+        request,
+        "consumer.exams",
+        outcome_for(status),
+        professional=pro.id,
+        patient=lr.patient.ins,
+        patient_name=name,
+        status=status,
+        reason=reason,
+        exams=count if status == 200 else None,
+    )
 
 
 def _iso(timestamp: float) -> str:

@@ -262,4 +262,3 @@ def upload_form(form_fields: str, m: Messages | None = None) -> str:
 
 def xdm_routes() -> list[web.RouteDef]:
     return [web.post("/conso/api/xdm", api_import), web.post("/conso/xdm", form_import)]
-

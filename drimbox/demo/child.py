@@ -114,7 +114,17 @@ def start_demo(workdir: Path, instances: int = 20, timeout: float = 120.0, free_
 
     free_ports: any free port for every service, so a demo already running on the defaults does not get in the way.
     """
-    args = [sys.executable, "-m", "drimbox.cli", "demo", "--workdir", str(workdir), "--instances", str(instances), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "drimbox.cli",
+        "demo",
+        "--workdir",
+        str(workdir),
+        "--instances",
+        str(instances),
+        *extra,
+    ]
     if free_ports:
         args += [a for name in PORT_NAMES for a in (f"--{name}-port", "0")]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -60,8 +60,13 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instances", type=int, default=20, help="instances per synthetic study (default 20)")
     p.add_argument("--native", action="store_true", help="Native profile (the box is the archive) even with Orthanc")
     for name, port in DEFAULT_PORTS.items():
-        p.add_argument(f"--{name}-port", type=int, default=port, metavar="PORT",
-                       help=f"{name} port (default {port}; 0 = any free port; a taken port falls back to a free one)")
+        p.add_argument(
+            f"--{name}-port",
+            type=int,
+            default=port,
+            metavar="PORT",
+            help=f"{name} port (default {port}; 0 = any free port; a taken port falls back to a free one)",
+        )
 
 
 def wanted_ports(args: argparse.Namespace) -> dict[str, int]:

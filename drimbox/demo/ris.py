@@ -22,7 +22,10 @@ async def publish_report(settings: Settings, oru: bytes) -> str:
         base = gateway.document_entry(message, StudyInstances(study_uid=report.study_uid), report.document_id)
         entry = report_entry(base, message.cda, report)
         await gateway.client.provide_and_register(
-            entry, gateway.submission_set(message), message.cda, identity=gateway.identity(message)  # the KOS's VIHF
+            entry,
+            gateway.submission_set(message),
+            message.cda,
+            identity=gateway.identity(message),  # the KOS's VIHF
         )
     finally:
         await gateway.close()

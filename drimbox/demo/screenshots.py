@@ -1,7 +1,7 @@
 """The README's screenshots, taken in headless Chromium (Playwright) against a demo: the viewer and the exam list.
 
-    python -m drimbox.demo.screenshots --out docs/                  # starts a demo, then stops it
-    python -m drimbox.demo.screenshots --demo /tmp/d --out docs/    # a demo already running with --workdir /tmp/d
+python -m drimbox.demo.screenshots --out docs/                  # starts a demo, then stops it
+python -m drimbox.demo.screenshots --demo /tmp/d --out docs/    # a demo already running with --workdir /tmp/d
 """
 
 from __future__ import annotations

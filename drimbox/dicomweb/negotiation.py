@@ -162,7 +162,7 @@ def instance_choices(ranges: list[MediaRange], *, single_part_allowed: bool) -> 
     if not choices:
         raise NotAcceptable(
             'instances are sent as multipart/related; type="application/dicom" '
-            '[; transfer-syntax=<UID>|*]' + (" or application/dicom" if single_part_allowed else "")
+            "[; transfer-syntax=<UID>|*]" + (" or application/dicom" if single_part_allowed else "")
         )
     return choices
 
@@ -176,9 +176,9 @@ def syntaxes_for(stored: str, choices: list[InstanceChoice], *, compress: bool =
     for choice in choices:
         if choice.syntax == ANY_SYNTAX:
             yield InstanceChoice(stored, choice.single_part)
-        elif choice.syntax == stored or (can_transcode(stored, choice.syntax) and (
-            compress or not is_compressed(choice.syntax)
-        )):
+        elif choice.syntax == stored or (
+            can_transcode(stored, choice.syntax) and (compress or not is_compressed(choice.syntax))
+        ):
             yield choice
 
 

@@ -49,7 +49,7 @@ def _native_frame(ds: Dataset, stored: str, index: int) -> bytes:
     if not is_compressed(stored) and stored != ExplicitVRBigEndian and bits % 8 == 0:
         size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits // 8
         # Slicing the stored value costs nothing: no decode, no copy of other frames.
-        frame = bytes(ds.PixelData[index * size:(index + 1) * size])
+        frame = bytes(ds.PixelData[index * size : (index + 1) * size])
         if len(frame) != size:
             raise ValueError(f"Pixel Data is shorter than frame {index + 1} needs")
         return frame

@@ -25,20 +25,53 @@ def _tags(*keywords: str) -> frozenset[int]:
 
 # PS3.18 §10.6.3.3 result attributes per level, plus the parent UIDs and descriptions viewers display.
 STUDY_TAGS = _tags(
-    "SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "InstanceAvailability",
-    "ModalitiesInStudy", "ReferringPhysicianName", "TimezoneOffsetFromUTC", "RetrieveURL", "PatientName",
-    "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID", "StudyDescription",
-    "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+    "SpecificCharacterSet",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "InstanceAvailability",
+    "ModalitiesInStudy",
+    "ReferringPhysicianName",
+    "TimezoneOffsetFromUTC",
+    "RetrieveURL",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyID",
+    "StudyDescription",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
 )
 SERIES_TAGS = _tags(
-    "SpecificCharacterSet", "Modality", "TimezoneOffsetFromUTC", "SeriesDescription", "RetrieveURL",
-    "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "NumberOfSeriesRelatedInstances",
-    "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", "RequestAttributesSequence",
+    "SpecificCharacterSet",
+    "Modality",
+    "TimezoneOffsetFromUTC",
+    "SeriesDescription",
+    "RetrieveURL",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "NumberOfSeriesRelatedInstances",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+    "RequestAttributesSequence",
 )
 INSTANCE_TAGS = _tags(
-    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "InstanceAvailability", "TimezoneOffsetFromUTC",
-    "RetrieveURL", "StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber", "Rows", "Columns",
-    "BitsAllocated", "NumberOfFrames",
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "InstanceAvailability",
+    "TimezoneOffsetFromUTC",
+    "RetrieveURL",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "NumberOfFrames",
 )
 STUDY_INSTANCE_UID = 0x0020000D
 SERIES_INSTANCE_UID = 0x0020000E
@@ -158,8 +191,13 @@ def parse_query(
     return_tags = default_return_tags(level, study_uid is not None, series_uid is not None)
     return_tags |= include | {m.tag for m in matches}
     return QidoQuery(
-        level=level, matches=tuple(matches), return_tags=frozenset(return_tags),
-        include_all=include_all, fuzzy=fuzzy, offset=offset, limit=limit,
+        level=level,
+        matches=tuple(matches),
+        return_tags=frozenset(return_tags),
+        include_all=include_all,
+        fuzzy=fuzzy,
+        offset=offset,
+        limit=limit,
     )
 
 
@@ -191,7 +229,7 @@ def split_range(value: str, vr: str) -> tuple[str, str] | None:
     found = re.search(r"^-|-(?=\d{8}|$)", value)
     if found is None:
         return None
-    return value[: found.start()], value[found.end():]
+    return value[: found.start()], value[found.end() :]
 
 
 def _in_range(text: str, low: str, high: str, vr: str) -> bool:

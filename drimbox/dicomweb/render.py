@@ -49,7 +49,12 @@ def parse_options(query: Mapping[str, str], *, thumbnail: bool = False) -> Rende
             raise BadRequest(f"window={text!r}: give center,width[,function]") from None
         function = (parts[2] if len(parts) > 2 else "linear").lower().replace("_", "-")
         # isfinite: float() takes "nan" and "inf", which would render a blank image instead of a 400.
-        if function not in _FUNCTIONS or not (math.isfinite(center) and math.isfinite(width)) or width <= 0 or len(parts) > 3:
+        if (
+            function not in _FUNCTIONS
+            or not (math.isfinite(center) and math.isfinite(width))
+            or width <= 0
+            or len(parts) > 3
+        ):
             raise BadRequest(f"window={text!r}: width > 0, function linear, linear-exact or sigmoid")
         window = (center, width, function)
     viewport = (THUMBNAIL_SIZE, THUMBNAIL_SIZE) if thumbnail else None
@@ -88,8 +93,10 @@ def _voi(values: NDArray[np.float64], ds: Dataset, window: tuple[float, float, s
         result: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
         return result
     # PS3.3 C.11.2.1.2.1: the linear function with its half-unit offsets.
-    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0) if width > 1 else (
-        (values > center - 0.5).astype(np.float64)
+    return (
+        np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+        if width > 1
+        else ((values > center - 0.5).astype(np.float64))
     )
 
 

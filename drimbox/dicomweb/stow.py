@@ -69,7 +69,7 @@ def stow_routes(
                 return web.json_response({"error": str(exc)}, status=400)
         content_type = request.headers.get("Content-Type", "")
         if not content_type.lower().startswith("multipart/related"):
-            return web.json_response({"error": "STOW-RS takes multipart/related; type=\"application/dicom\""}, status=415)
+            return web.json_response({"error": 'STOW-RS takes multipart/related; type="application/dicom"'}, status=415)
         if "application/dicom+json" in content_type.lower() or "application/dicom+xml" in content_type.lower():
             return web.json_response({"error": "only application/dicom parts are accepted"}, status=415)
         try:
@@ -140,4 +140,3 @@ def _unreadable(exc: Exception) -> web.Response:
 def _retrieve_url(public_url: str, base: str, s: Stored) -> dict[str, Any]:
     url = f"{public_url}{base}/studies/{s.study_uid}/series/{s.series_uid}/instances/{s.sop_uid}"
     return {"00081190": {"vr": "UR", "Value": [url]}}
-

@@ -23,9 +23,14 @@ from pydicom.uid import (
 
 log = logging.getLogger(__name__)
 
-UNCOMPRESSED = frozenset({
-    ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian,
-})
+UNCOMPRESSED = frozenset(
+    {
+        ImplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        DeflatedExplicitVRLittleEndian,
+    }
+)
 # Encoded on request only when the encoder is installed (pydicom has RLE built in; JPEG-LS needs pyjpegls,
 # JPEG 2000 and JPEG Lossless need pylibjpeg plugins). Lossy targets are never produced: a gateway must not
 # degrade images it did not make lossy.

@@ -108,9 +108,7 @@ def _location(base: str, instance: StoredInstance) -> str:
     return f"{base}/studies/{instance.study_uid}/series/{instance.series_uid}/instances/{instance.sop_instance_uid}"
 
 
-async def _single_instance(
-    request: web.Request, part: InstancePart, headers: Mapping[str, str]
-) -> web.StreamResponse:
+async def _single_instance(request: web.Request, part: InstancePart, headers: Mapping[str, str]) -> web.StreamResponse:
     """A bare `application/dicom` body, for clients that asked for one instance that way."""
     response = web.StreamResponse(headers=headers)
     response.headers["Content-Type"] = part.content_type

@@ -156,7 +156,9 @@ def c_find(
                 return
             comment = command.text(ERROR_COMMENT)
             detail = f": {comment}" if comment else ""
-            raise DimseFailure(f"{name} failed on {assoc.peer}{detail}", UNABLE_TO_PROCESS if status is None else status)
+            raise DimseFailure(
+                f"{name} failed on {assoc.peer}{detail}", UNABLE_TO_PROCESS if status is None else status
+            )
     except DimseUnavailable:
         # Lost, refused or silent: nothing to cancel, the association is of no further use.
         finished = True

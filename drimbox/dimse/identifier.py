@@ -210,9 +210,7 @@ def _elements(
     return values, pos
 
 
-def _items(
-    buf: bytes, pos: int, end: int, depth: int, charset: bytes, defined: bool
-) -> tuple[list[RawAnswer], int]:
+def _items(buf: bytes, pos: int, end: int, depth: int, charset: bytes, defined: bool) -> tuple[list[RawAnswer], int]:
     """Items of a sequence from `pos`: up to `end` when `defined`, else up to its Sequence Delimitation Item."""
     items: list[RawAnswer] = []
     while pos < end:

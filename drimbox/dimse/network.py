@@ -109,15 +109,11 @@ def associate(
         connected.append(True)
 
     try:
-        assoc = ae.associate(
-            pacs.host, pacs.port, ae_title=pacs.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, on_open)]
-        )
+        assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, on_open)])
     except (OSError, RuntimeError) as exc:
         raise DimseUnavailable(f"cannot associate with {peer}: {exc}") from exc
     if not assoc.is_established:
-        raise DimseUnavailable(
-            f"association with {peer} as {calling_ae}: {_refusal_reason(assoc, bool(connected))}"
-        )
+        raise DimseUnavailable(f"association with {peer} as {calling_ae}: {_refusal_reason(assoc, bool(connected))}")
     completed = False
     try:
         yield assoc

@@ -39,7 +39,7 @@ def normal_address(address: str) -> str:
 
 
 def parse_peer(entry: str) -> tuple[str, str]:
-    """"AE_TITLE@host" → (AE title, host). Raises ValueError naming what is wrong."""
+    """ "AE_TITLE@host" → (AE title, host). Raises ValueError naming what is wrong."""
     ae_title, sep, host = entry.strip().rpartition("@")
     ae_title, host = ae_title.strip(), host.strip().strip("[]")
     if not sep or not ae_title or not host:

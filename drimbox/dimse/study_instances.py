@@ -76,6 +76,8 @@ _STUDY_TAGS = tuple(_T[k] for k in STUDY_KEYS)
 _ISSUER_OF_ACCESSION = tag("IssuerOfAccessionNumberSequence")
 _UNIVERSAL_ENTITY_ID = tag("UniversalEntityID")
 _LOCAL_NAMESPACE_ENTITY_ID = tag("LocalNamespaceEntityID")
+
+
 @dataclass(frozen=True)
 class InstanceRef:
     """One instance as the PACS describes it."""
@@ -235,16 +237,15 @@ def _build(study_uid: str, answers: list[RawAnswer], study_level: RawAnswer | No
             i.sop_instance_uid,
         )
     )
-    study.inconsistent = [
-        kw for kw in _CHECKED_KEYS if len({a.text(_T[kw]) for a in answers if _T[kw] in a}) > 1
-    ]
+    study.inconsistent = [kw for kw in _CHECKED_KEYS if len({a.text(_T[kw]) for a in answers if _T[kw] in a}) > 1]
     return study
 
 
 def _find(assoc: Association, study_uid: str) -> tuple[list[RawAnswer], RawAnswer | None]:
     """The study's IMAGE-level answers and, when those lack patient or study keys, its STUDY-level answer."""
     answers = [
-        a for a in _collect_instances(assoc, study_uid)
+        a
+        for a in _collect_instances(assoc, study_uid)
         # Never let an answer for another study leak into this one, whatever the PACS's matching does.
         if a.text(_T["StudyInstanceUID"]) in ("", study_uid)
     ]

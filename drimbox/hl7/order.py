@@ -12,6 +12,7 @@ from drimbox.hl7.report import _patient_ids as patient_ids
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class CancelledStudy:
     """One IPC segment: the study of the cancelled order and its accession number."""

@@ -350,11 +350,7 @@ def identity_mismatches(study: StudyInstances, req: KosRequest) -> list[str]:
     problems = [f"{kw} differs between the instances of the study on the PACS" for kw in study.inconsistent]
     if study.accession_number and study.accession_number != req.accession:
         problems.append("AccessionNumber (0008,0050) on the PACS differs from the report's accession number")
-    if (
-        study.accession_issuer_oid
-        and req.accession_issuer
-        and study.accession_issuer_oid != req.accession_issuer
-    ):
+    if study.accession_issuer_oid and req.accession_issuer and study.accession_issuer_oid != req.accession_issuer:
         problems.append("Issuer of Accession Number (0008,0051) on the PACS differs from the report's")
     if study.patient_id and study.patient_id not in {req.ins, req.ipp} - {""}:
         problems.append("PatientID (0010,0020) on the PACS is neither the report's INS nor its IPP")

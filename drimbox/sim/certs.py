@@ -54,13 +54,27 @@ def make_ca(out: Path, name: str = "drimbox test CA", days: int = 3650) -> Autho
     now = _now()
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(name)).issuer_name(_name(name))
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+        .subject_name(_name(name))
+        .issuer_name(_name(name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -87,14 +101,17 @@ def issue(
     now = _now()
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(f"drimbox {stem}")).issuer_name(ca.cert.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .subject_name(_name(f"drimbox {stem}"))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or now - datetime.timedelta(minutes=5))
         .not_valid_after(not_after or now + datetime.timedelta(days=825))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName([_alt_name(h) for h in hosts]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
         .sign(ca.key, hashes.SHA256())
     )
@@ -120,9 +137,13 @@ def main(out: str, hosts: str) -> int:
               f"ca = \"{files['ca']}\"\nclient_ca = \"{files['ca']}\"\n"
               f"client_cert = \"{files[party]}\"\nclient_key = \"{files[party + '-key']}\"\n")  # fmt: skip
     # With mutual TLS a source admits the boxes the whitelist names by certificate DN: the simulator's list must.
-    dns = [x509.load_pem_x509_certificate(files[p].read_bytes()).subject.rfc4514_string() for p in ("source", "consumer")]
-    print("# sim: its whitelist's DNCertificatOperateur, one per sim.whitelist_hosts entry, in order\n[sim]\n"
-          "whitelist_operator_dns = [" + ", ".join(f'"{dn}"' for dn in dns) + "]\n")
+    dns = [
+        x509.load_pem_x509_certificate(files[p].read_bytes()).subject.rfc4514_string() for p in ("source", "consumer")
+    ]
+    print(
+        "# sim: its whitelist's DNCertificatOperateur, one per sim.whitelist_hosts entry, in order\n[sim]\n"
+        "whitelist_operator_dns = [" + ", ".join(f'"{dn}"' for dn in dns) + "]\n"
+    )
     return 0
 
 
@@ -155,16 +176,24 @@ def _ca(name: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, iss
         crl_url: str | None, days: int) -> x509.Certificate:  # fmt: skip
     now = _now()
     builder = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(issuer).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None if crl_url is None else 0), critical=True)
         .add_extension(_ca_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     if crl_url is not None:
-        builder = builder.add_extension(x509.CRLDistributionPoints(
-            [x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)]), critical=False)
+        builder = builder.add_extension(
+            x509.CRLDistributionPoints(
+                [x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)]
+            ),
+            critical=False,
+        )
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -211,7 +240,9 @@ class WhitelistPki:
         self.root, self._root_key = _load_or_make_root(directory)
         self.base_url = base_url.rstrip("/")
         self._org_key = ec.generate_private_key(ec.SECP256R1())
-        self.org = _ca(_ca_name(ORG_CN), self._org_key, self.root.subject, self._root_key, f"{self.base_url}/crl/root.crl", 1825)
+        self.org = _ca(
+            _ca_name(ORG_CN), self._org_key, self.root.subject, self._root_key, f"{self.base_url}/crl/root.crl", 1825
+        )
         self.revoked_serial = x509.random_serial_number()
 
     def signer(self, kind: str = "valid") -> SignerKit:
@@ -226,7 +257,10 @@ class WhitelistPki:
         issuer_cert, issuer_key = self.org, self._org_key
         if kind == "untrusted":
             # Same names as the real chain, other keys: only the signatures tell them apart.
-            other_root_key, other_org_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+            other_root_key, other_org_key = (
+                ec.generate_private_key(ec.SECP256R1()),
+                ec.generate_private_key(ec.SECP256R1()),
+            )
             other_root = _ca(self.root.subject, other_root_key, self.root.subject, other_root_key, None, 3650)
             issuer_cert = _ca(self.org.subject, other_org_key, other_root.subject, other_root_key, f"{self.base_url}/crl/root.crl",
                               1825)  # fmt: skip
@@ -267,10 +301,13 @@ class WhitelistPki:
         issuer, key = (self.root, self._root_key) if name == "root.crl" else (self.org, self._org_key)
         now = _now()
         builder = (
-            x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
-            .last_update(now - datetime.timedelta(minutes=5)).next_update(now + CRL_LIFETIME)
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(issuer.subject)
+            .last_update(now - datetime.timedelta(minutes=5))
+            .next_update(now + CRL_LIFETIME)
         )
         if name == "org.crl":
             builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(self.revoked_serial).revocation_date(now).build())
+                x509.RevokedCertificateBuilder().serial_number(self.revoked_serial).revocation_date(now).build()
+            )
         return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)

@@ -216,7 +216,9 @@ async def run_stored_query(
             )
         name, allowed, required = QUERIES[adhoc.get("id", "")]
         if return_type not in ("LeafClass", "ObjectRef"):
-            raise StoredQueryError(REGISTRY_ERROR, f"returnType {return_type} is not supported: use LeafClass or ObjectRef")
+            raise StoredQueryError(
+                REGISTRY_ERROR, f"returnType {return_type} is not supported: use LeafClass or ObjectRef"
+            )
         params = read_params(adhoc, allowed, required)
         if name == "GetAssociations":
             objects = await _associations(params, store, scope)

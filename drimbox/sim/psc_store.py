@@ -29,7 +29,12 @@ def is_loopback_redirect(uri: str) -> bool:
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and parts.hostname in LOOPBACK_HOSTS and not parts.fragment and parts.username is None
+    return (
+        parts.scheme in ("http", "https")
+        and parts.hostname in LOOPBACK_HOSTS
+        and not parts.fragment
+        and parts.username is None
+    )
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ async def run_sim(settings: Settings, until: Callable[[], Awaitable[None]]) -> N
     await site.start()
     log.info(
         "simulator listening on %s://%s:%d (DMP /dmp, Pro Santé Connect /psc, whitelist /whitelist)",
-        "https" if server_ssl else "http", settings.sim.host, settings.sim.port,
+        "https" if server_ssl else "http",
+        settings.sim.host,
+        settings.sim.port,
     )
     try:
         await until()

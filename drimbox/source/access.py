@@ -101,8 +101,16 @@ class SourceAccess:
     """
 
     def __init__(
-        self, outbox: Outbox, kos_dir: Path, tokens: Tokens, *, gate: Gate | None = None, grants: Grants | None = None,
-        operator_token: str = "", matrix: ImagingMatrix | None = None, enabled: bool = True,
+        self,
+        outbox: Outbox,
+        kos_dir: Path,
+        tokens: Tokens,
+        *,
+        gate: Gate | None = None,
+        grants: Grants | None = None,
+        operator_token: str = "",
+        matrix: ImagingMatrix | None = None,
+        enabled: bool = True,
         cors_origins: Sequence[str] = (),
     ) -> None:
         self.outbox = outbox

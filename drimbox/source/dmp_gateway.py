@@ -131,8 +131,10 @@ class XdsDmpGateway:
         ipp = cx(r.ipp, r.ipp_oid, "PI") if r.ipp and r.ipp_oid else None
         org = r.organisation
         start = r.service_start or (study.study_date + (study.study_time or "")[:6])
-        references = [ReferenceId.accession(r.accession, r.accession_issuer or s.box.uid_root.rstrip(".")),
-                      ReferenceId.study(r.study_uid)]
+        references = [
+            ReferenceId.accession(r.accession, r.accession_issuer or s.box.uid_root.rstrip(".")),
+            ReferenceId.study(r.study_uid),
+        ]
         if r.order_id and r.order_issuer:
             references.append(ReferenceId.order(r.order_id, r.order_issuer))
         return KosDocumentEntry(
@@ -140,8 +142,11 @@ class XdsDmpGateway:
             patient_id=patient_id,
             source_patient_id=ipp or patient_id,
             source_patient_info=patient_info_lines(
-                [i for i in (patient_id, ipp) if i], r.patient_family or "", r.patient_given or "",
-                r.patient_birth_date or "", r.patient_sex or "",
+                [i for i in (patient_id, ipp) if i],
+                r.patient_family or "",
+                r.patient_given or "",
+                r.patient_birth_date or "",
+                r.patient_sex or "",
             ),
             creation_time=xds_time(datetime.now(UTC)),
             service_start=_dtm(start),
@@ -149,7 +154,8 @@ class XdsDmpGateway:
             author=self._author(message),
             healthcare_facility_type=Code(s.dmp.healthcare_facility_type, HEALTHCARE_FACILITY_SCHEME, ""),
             practice_setting=Code(
-                (org.industry_code if org and org.industry_code else s.dmp.practice_setting), PRACTICE_SETTING_SCHEME,
+                (org.industry_code if org and org.industry_code else s.dmp.practice_setting),
+                PRACTICE_SETTING_SCHEME,
                 (org.industry_display if org and org.industry_display else ""),
             ),
             masque_ps=message.flags.get("MASQUE_PS", False),
@@ -170,7 +176,8 @@ class XdsDmpGateway:
         return Author(
             person=_xcn(r.author) or "",
             institutions=[xon(org.name or s.dmp.structure_name, org.id_extension or s.dmp.structure_id)]
-            if org else [xon(s.dmp.structure_name, s.dmp.structure_id)],
+            if org
+            else [xon(s.dmp.structure_name, s.dmp.structure_id)],
             roles=[],
             specialties=[f"{c.code}^{c.display}^{c.scheme}" for c in _roles(r.author)[1:]],
         )

@@ -30,9 +30,7 @@ class ReportIntake:
         except HL7Error as exc:
             log.info("HL7 message refused: %s %s at %s: %s", exc.ack_code, exc.error_code, exc.location, exc.text)
             return build_ack(header, exc.ack_code, exc)
-        sender = "|".join(
-            (message.header.sending_application or "", message.header.sending_facility or "")
-        )
+        sender = "|".join((message.header.sending_application or "", message.header.sending_facility or ""))
         if isinstance(message, OrderCancel):
             return await self._cancel(message, sender, raw)
         report = message.report
@@ -72,7 +70,9 @@ class ReportIntake:
                 sender=sender, control_id=message.header.control_id, raw=raw, studies=studies
             )
         except OrderMismatch:
-            error = HL7Error("AE", "207", "this box knows the study of IPC-3 under another accession (IPC-1)", "IPC^1^1")
+            error = HL7Error(
+                "AE", "207", "this box knows the study of IPC-3 under another accession (IPC-1)", "IPC^1^1"
+            )
             return build_ack(message.header, "AE", error)
         except Exception:
             log.exception("could not store HL7 message %s", message.header.control_id)
@@ -91,6 +91,9 @@ class ReportIntake:
 
 
 _NOT_STORED = HL7Error(
-    ack_code="AE", error_code="207", severity="E", location="", text="the message could not be stored; send it again later"
+    ack_code="AE",
+    error_code="207",
+    severity="E",
+    location="",
+    text="the message could not be stored; send it again later",
 )
-

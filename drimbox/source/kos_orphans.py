@@ -52,7 +52,11 @@ def _old_kos_files(kos_dir: Path, before: float) -> list[Path]:
     found = []
     for entry in entries:
         path = Path(entry.path)
-        if path.suffix not in (".dcm", ".tmp") or not is_lenient_uid(path.stem) or not entry.is_file(follow_symlinks=False):
+        if (
+            path.suffix not in (".dcm", ".tmp")
+            or not is_lenient_uid(path.stem)
+            or not entry.is_file(follow_symlinks=False)
+        ):
             continue
         try:
             if entry.stat(follow_symlinks=False).st_mtime < before:
@@ -60,4 +64,3 @@ def _old_kos_files(kos_dir: Path, before: float) -> list[Path]:
         except FileNotFoundError:
             continue
     return found
-

@@ -21,7 +21,11 @@ from drimbox.dicomweb.params import BadRequest
 from drimbox.dicomweb.stow import Stored, StoreRefused
 
 _METADATA_SERIES = 256
-_LEVELS: dict[QueryLevel, Level] = {QueryLevel.STUDY: "study", QueryLevel.SERIES: "series", QueryLevel.IMAGE: "instance"}
+_LEVELS: dict[QueryLevel, Level] = {
+    QueryLevel.STUDY: "study",
+    QueryLevel.SERIES: "series",
+    QueryLevel.IMAGE: "instance",
+}
 
 
 def _dataset(match: Match) -> Dataset:

@@ -461,7 +461,9 @@ class Outbox:
                 "SELECT publication_id FROM messages WHERE sender = ? AND control_id = ?", (sender, control_id)
             ).fetchone()
             if seen is not None:
-                return [Cancelled(int(seen["publication_id"]), duplicate=True, dropped=0, withdrawing=False, known=True)]
+                return [
+                    Cancelled(int(seen["publication_id"]), duplicate=True, dropped=0, withdrawing=False, known=True)
+                ]
             now = time.time()
             out: list[Cancelled] = []
             for study_uid, accession in dict.fromkeys(studies):

@@ -104,7 +104,9 @@ class ProxyBackend:
 
     # ---------------------------------------------------------------------------------------- WADO
 
-    def _source(self, study_uid: str, series_uid: str, outcome: RetrieveOutcome) -> Callable[[], AsyncIterator[ReceivedInstance]]:
+    def _source(
+        self, study_uid: str, series_uid: str, outcome: RetrieveOutcome
+    ) -> Callable[[], AsyncIterator[ReceivedInstance]]:
         def source() -> AsyncIterator[ReceivedInstance]:
             return iter_retrieve(self.settings.pacs, self.settings.dicom, study_uid, series_uid, outcome=outcome)
 
@@ -127,12 +129,14 @@ class ProxyBackend:
             raise Unavailable(f"PACS unavailable: {exc}") from None
         except DimseFailure as exc:
             if count:
-                raise IncompleteRetrieve(f"retrieve from the PACS ended early: {exc}",
-                                         completed=count, failed=max(1, outcome.failed)) from None
+                raise IncompleteRetrieve(
+                    f"retrieve from the PACS ended early: {exc}", completed=count, failed=max(1, outcome.failed)
+                ) from None
             raise Unavailable(f"PACS retrieve failed: {exc}") from None
         if outcome.failed and count:
-            raise IncompleteRetrieve("some instances could not be retrieved from the PACS",
-                                     completed=count, failed=outcome.failed)
+            raise IncompleteRetrieve(
+                "some instances could not be retrieved from the PACS", completed=count, failed=outcome.failed
+            )
 
     async def iter_instances(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
@@ -292,7 +296,9 @@ class ProxyBackend:
 
 
 def _stored(instance: SeriesInstance) -> StoredInstance:
-    body = BytesBody(instance.data) if isinstance(instance, UncachedInstance) else FileBody(instance.path, instance.size)
+    body = (
+        BytesBody(instance.data) if isinstance(instance, UncachedInstance) else FileBody(instance.path, instance.size)
+    )
     return StoredInstance(
         study_uid=instance.study_uid,
         series_uid=instance.series_uid,

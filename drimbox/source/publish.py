@@ -105,11 +105,17 @@ class Publisher:
         faults.checkpoint("publish.before_iti41")
         entry_uuid = await self.dmp.submit_kos(message, study, kos, kos_uid, replaces)
         faults.checkpoint("publish.replaced" if replaces else "publish.registered")
-        await self._audit("dmp.replace" if replaces else "dmp.register", message, kos_uid, job=job, entry_uuid=entry_uuid)
+        await self._audit(
+            "dmp.replace" if replaces else "dmp.register", message, kos_uid, job=job, entry_uuid=entry_uuid
+        )
         log.info(
             "publication %d: C-FIND %d instances %.0f ms, KOS %.0f ms, ITI-41%s %.0f ms",
-            job.id, len(study.instances), (t1 - t0) * 1000, (t2 - t1) * 1000,
-            " (RPLC)" if replaces else "", (time.perf_counter() - t2) * 1000,
+            job.id,
+            len(study.instances),
+            (t1 - t0) * 1000,
+            (t2 - t1) * 1000,
+            " (RPLC)" if replaces else "",
+            (time.perf_counter() - t2) * 1000,
         )
         await self.outbox.update(job.id, entry_uuid=entry_uuid)
         if previous is not None and previous.id != job.id:
@@ -161,7 +167,9 @@ class Publisher:
                 return StudyInstances(study_uid=study_uid)
             raise
         if rejected:
-            study = dataclasses.replace(study, instances=[i for i in study.instances if i.sop_instance_uid not in rejected])
+            study = dataclasses.replace(
+                study, instances=[i for i in study.instances if i.sop_instance_uid not in rejected]
+            )
         return study
 
     async def withdraw(self, job: Publication, message: ReportMessage) -> Outcome:
@@ -187,7 +195,9 @@ class Publisher:
         message = await self._message(live)
         await self.dmp.withdraw(message, live.entry_uuid)
         faults.checkpoint("withdraw.done")
-        await self._audit("dmp.withdraw", message, live.kos_uid, job=job, entry_uuid=live.entry_uuid, cause="order-cancel")
+        await self._audit(
+            "dmp.withdraw", message, live.kos_uid, job=job, entry_uuid=live.entry_uuid, cause="order-cancel"
+        )
         await self.outbox.update(live.id, state="withdrawn")
         await self._study_changed(job.study_uid)
         return Outcome("withdrawn")
@@ -255,12 +265,22 @@ class Publisher:
         known_ids = {i for i in (report.ins, report.ipp) if i}
         if study.patient_id not in known_ids:
             # Not echoed: patient identifiers stay out of states and logs.
-            raise PermanentError("rejected", "the PACS's Patient ID for this study is neither the report's INS nor its IPP")
+            raise PermanentError(
+                "rejected", "the PACS's Patient ID for this study is neither the report's INS nor its IPP"
+            )
         # Same identifier, other traits (ANS exam M): these images may be another patient's. Not echoed either.
-        if study.patient_birth_date and report.patient_birth_date and study.patient_birth_date != report.patient_birth_date:
+        if (
+            study.patient_birth_date
+            and report.patient_birth_date
+            and study.patient_birth_date != report.patient_birth_date
+        ):
             raise PermanentError("rejected", "the PACS's Patient Birth Date for this study differs from the report's")
         sex = study.patient_sex.upper()
-        if sex in ("M", "F") and (report.patient_sex or "").upper() in ("M", "F") and sex != (report.patient_sex or "").upper():
+        if (
+            sex in ("M", "F")
+            and (report.patient_sex or "").upper() in ("M", "F")
+            and sex != (report.patient_sex or "").upper()
+        ):
             raise PermanentError("rejected", "the PACS's Patient Sex for this study differs from the report's")
 
     async def _kos(self, job: Publication, message: ReportMessage, study: StudyInstances) -> tuple[str, bytes]:

@@ -74,7 +74,11 @@ class RejectionIntake:
             return REFUSED_OUT_OF_RESOURCES
         log.info(
             "rejection note %s from %s (%s): %d instance(s) of study %s withdrawn",
-            rejection.note_uid, caller, rejection.reason, len(rejection.sop_uids), rejection.study_uid,
+            rejection.note_uid,
+            caller,
+            rejection.reason,
+            len(rejection.sop_uids),
+            rejection.study_uid,
         )
         return SUCCESS
 

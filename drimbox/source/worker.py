@@ -94,7 +94,10 @@ class PublicationWorker:
                 await self.outbox.update(job.id, state="failed", attempts=attempts, last_error=reason)
             else:
                 await self.outbox.update(
-                    job.id, state="waiting", attempts=attempts, last_error=str(exc),
+                    job.id,
+                    state="waiting",
+                    attempts=attempts,
+                    last_error=str(exc),
                     next_attempt_at=time.time() + self.settings.publish.waiting_interval,
                 )
             return
@@ -102,7 +105,10 @@ class PublicationWorker:
             delay = self._backoff(attempts)
             log.warning("publication %d: transient error, retry in %.1f s: %s", job.id, delay, exc)
             await self.outbox.update(
-                job.id, state="retrying", attempts=attempts, last_error=str(exc),
+                job.id,
+                state="retrying",
+                attempts=attempts,
+                last_error=str(exc),
                 next_attempt_at=time.time() + delay,
             )
             return
@@ -118,7 +124,10 @@ class PublicationWorker:
             delay = self._backoff(attempts)
             log.exception("publication %d: unexpected error, retry in %.1f s", job.id, delay)
             await self.outbox.update(
-                job.id, state="retrying", attempts=attempts, last_error=_unexpected(exc),
+                job.id,
+                state="retrying",
+                attempts=attempts,
+                last_error=_unexpected(exc),
                 next_attempt_at=time.time() + delay,
             )
             return

@@ -120,30 +120,48 @@ class SeriesCache:
 
         def work(conn: sqlite3.Connection) -> list[CachedInstance] | None:
             try:
-                found = conn.execute(
-                    "UPDATE series SET last_access = ? WHERE origin = ? AND study_uid = ? AND series_uid = ?",
-                    (time.time(), *key),
-                ).rowcount > 0
+                found = (
+                    conn.execute(
+                        "UPDATE series SET last_access = ? WHERE origin = ? AND study_uid = ? AND series_uid = ?",
+                        (time.time(), *key),
+                    ).rowcount
+                    > 0
+                )
             except sqlite3.OperationalError:
                 # A full disk refuses the write: the LRU order is only a hint, the series is still served.
-                found = conn.execute(
-                    "SELECT 1 FROM series WHERE origin = ? AND study_uid = ? AND series_uid = ?", key
-                ).fetchone() is not None
+                found = (
+                    conn.execute(
+                        "SELECT 1 FROM series WHERE origin = ? AND study_uid = ? AND series_uid = ?", key
+                    ).fetchone()
+                    is not None
+                )
             if not found:
                 return None
             rows = conn.execute(
                 "SELECT * FROM instances WHERE origin = ? AND study_uid = ? AND series_uid = ? ORDER BY position", key
             ).fetchall()
             return [
-                CachedInstance(study_uid, series_uid, r["sop_class_uid"], r["sop_instance_uid"],
-                               r["transfer_syntax_uid"], base / f"{r['sop_instance_uid']}.dcm", r["size"])
+                CachedInstance(
+                    study_uid,
+                    series_uid,
+                    r["sop_class_uid"],
+                    r["sop_instance_uid"],
+                    r["transfer_syntax_uid"],
+                    base / f"{r['sop_instance_uid']}.dcm",
+                    r["size"],
+                )
                 for r in rows
             ]
 
         return await self.db.acall(work)
 
     async def series(
-        self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]], *, keep: bool = False,
+        self,
+        study_uid: str,
+        series_uid: str,
+        source: Callable[[], AsyncIterator[Received]],
+        *,
+        keep: bool = False,
         origin: str = "",
     ) -> AsyncGenerator[CachedInstance, None]:
         """Every instance of the series as a cached file: from the cache, from a fill in progress, or from a new fill.
@@ -153,14 +171,21 @@ class SeriesCache:
         `keep` (it wants part of the series and will leave early on purpose): then the fill completes.
         A cache disk that refuses a file fails the fill (see serve_series for readers that take bytes instead).
         """
-        async with aclosing(self._read(study_uid, series_uid, source, keep=keep, may_pass=False, origin=origin)) as instances:
+        async with aclosing(
+            self._read(study_uid, series_uid, source, keep=keep, may_pass=False, origin=origin)
+        ) as instances:
             async for instance in instances:
                 if not isinstance(instance, CachedInstance):  # only when a serve_series fill is shared
                     raise OSError(errno.ENOSPC, "the cache disk refused the series")
                 yield instance
 
     def serve_series(
-        self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]], *, keep: bool = False,
+        self,
+        study_uid: str,
+        series_uid: str,
+        source: Callable[[], AsyncIterator[Received]],
+        *,
+        keep: bool = False,
         origin: str = "",
     ) -> AsyncGenerator[SeriesInstance, None]:
         """As `series`, but a cache disk that refuses a file (full, failing) does not fail the readers: the rest of
@@ -168,8 +193,14 @@ class SeriesCache:
         return self._read(study_uid, series_uid, source, keep=keep, may_pass=True, origin=origin)
 
     async def _read(
-        self, study_uid: str, series_uid: str, source: Callable[[], AsyncIterator[Received]], *, keep: bool,
-        may_pass: bool, origin: str,
+        self,
+        study_uid: str,
+        series_uid: str,
+        source: Callable[[], AsyncIterator[Received]],
+        *,
+        keep: bool,
+        may_pass: bool,
+        origin: str,
     ) -> AsyncGenerator[SeriesInstance, None]:
         key = (origin, study_uid, series_uid)
         while True:
@@ -198,7 +229,7 @@ class SeriesCache:
                 async with fill.changed:
                     while cursor.position >= fill.base + len(fill.instances) and not fill.done:
                         await fill.changed.wait()
-                    ready = fill.instances[cursor.position - fill.base:]
+                    ready = fill.instances[cursor.position - fill.base :]
                     finished, error, end = fill.done, fill.error, fill.base + len(fill.instances)
                 for instance in ready:
                     yield instance
@@ -243,12 +274,25 @@ class SeriesCache:
                             self._write_failed(fill, series_uid, exc)
                     instance: SeriesInstance
                     if fill.degraded:
-                        instance = UncachedInstance(study_uid, series_uid, item.sop_class_uid, item.sop_instance_uid,
-                                                    item.transfer_syntax_uid, item.data)
+                        instance = UncachedInstance(
+                            study_uid,
+                            series_uid,
+                            item.sop_class_uid,
+                            item.sop_instance_uid,
+                            item.transfer_syntax_uid,
+                            item.data,
+                        )
                     else:
                         total += len(item.data)
-                        instance = CachedInstance(study_uid, series_uid, item.sop_class_uid, item.sop_instance_uid,
-                                                  item.transfer_syntax_uid, path, len(item.data))
+                        instance = CachedInstance(
+                            study_uid,
+                            series_uid,
+                            item.sop_class_uid,
+                            item.sop_instance_uid,
+                            item.transfer_syntax_uid,
+                            path,
+                            len(item.data),
+                        )
                     async with fill.changed:
                         fill.instances.append(instance)
                         fill.changed.notify_all()
@@ -291,8 +335,9 @@ class SeriesCache:
         if not fill.may_pass:
             raise exc
         fill.degraded = True
-        log.warning("cache: cannot write series %s (%s): served from memory, not cached", series_uid,
-                    self.last_write_error)
+        log.warning(
+            "cache: cannot write series %s (%s): served from memory, not cached", series_uid, self.last_write_error
+        )
 
     async def _commit_or_drop(self, fill: Fill, key: tuple[str, str, str], total: int) -> None:
         origin, study_uid, series_uid = key
@@ -325,8 +370,19 @@ class SeriesCache:
             conn.executemany(
                 "INSERT INTO instances (origin, study_uid, series_uid, sop_instance_uid, sop_class_uid, "
                 "transfer_syntax_uid, size, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(origin, i.study_uid, i.series_uid, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid,
-                  i.size, n) for n, i in enumerate(instances)],
+                [
+                    (
+                        origin,
+                        i.study_uid,
+                        i.series_uid,
+                        i.sop_instance_uid,
+                        i.sop_class_uid,
+                        i.transfer_syntax_uid,
+                        i.size,
+                        n,
+                    )
+                    for n, i in enumerate(instances)
+                ],
             )
             conn.execute(
                 "INSERT OR REPLACE INTO series (origin, study_uid, series_uid, bytes, last_access) VALUES (?, ?, ?, ?, ?)",
@@ -412,7 +468,9 @@ class SeriesCache:
 
         return await self.db.acall(work)
 
-    async def store_metadata(self, study_uid: str, series_uid: str, base: str, data: bytes, *, origin: str = "") -> None:
+    async def store_metadata(
+        self, study_uid: str, series_uid: str, base: str, data: bytes, *, origin: str = ""
+    ) -> None:
         """Keep a series' metadata JSON (computed once, served many times) while the series stays cached."""
 
         def work(conn: sqlite3.Connection) -> None:
@@ -436,7 +494,6 @@ class SeriesCache:
             return {"series": int(row["n"]), "bytes": int(row["b"]), "max_bytes": self.max_bytes}
 
         return await self.db.acall(work)
-
 
     async def health(self) -> dict[str, Any]:
         """/health's cache component: "degraded" while the disk's last refusal is newer than the last series kept."""

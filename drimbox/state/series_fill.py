@@ -95,7 +95,6 @@ class Fill:
     progress: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-
 async def readers_within(fill: Fill, ahead: int) -> None:
     """Wait until every reader is at most `ahead` instances behind the fill, dropping what all of them took."""
     while fill.cursors:

@@ -59,8 +59,13 @@ class Grants(Protocol):
 
 
 def viewer_routes(
-    gate: AuthGate, outbox: Outbox | None, *, directory: Traversable = VIEWER_DIR, links: ReportLinks | None = None,
-    grants: Grants | None = None, matrix: ImagingMatrix | None = None,
+    gate: AuthGate,
+    outbox: Outbox | None,
+    *,
+    directory: Traversable = VIEWER_DIR,
+    links: ReportLinks | None = None,
+    grants: Grants | None = None,
+    matrix: ImagingMatrix | None = None,
 ) -> list[web.RouteDef]:
     """GET /viewer/ and its files; on a source box (`outbox` given) also the report link, checked by `links`.
 
@@ -79,8 +84,13 @@ def viewer_routes(
 
 class _Viewer:
     def __init__(
-        self, gate: AuthGate, outbox: Outbox | None, directory: Traversable, links: ReportLinks | None,
-        grants: Grants | None, matrix: ImagingMatrix,
+        self,
+        gate: AuthGate,
+        outbox: Outbox | None,
+        directory: Traversable,
+        links: ReportLinks | None,
+        grants: Grants | None,
+        matrix: ImagingMatrix,
     ) -> None:
         self.gate = gate
         self.outbox = outbox
@@ -166,8 +176,9 @@ class _Viewer:
             if self.grants is not None and (session := await self.gate.current_session(request)) is not None:
                 # What this session may now read at /dicom-web: this study, as far as its live KOS goes.
                 await self.grants.grant(session.id_hash, study, published.kos_uid or "")
-            await audit_request(request, "report-link.open", SUCCESS, professional=who, study=study,
-                                accession=accession or None)
+            await audit_request(
+                request, "report-link.open", SUCCESS, professional=who, study=study, accession=accession or None
+            )
             raise web.HTTPSeeOther("/viewer/?" + urlencode({"base": "/dicom-web", "study": study}))
         history = await self.outbox.search(study_uid=study)
         # Replaced publications are not "withdrawn": their replacement is published, or on its way (→ 404, try later).

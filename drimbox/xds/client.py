@@ -359,4 +359,3 @@ class DmpClient:
                 raise XdsRejected(transaction, f"answer larger than {self.max_response_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
-

@@ -66,4 +66,3 @@ class ImagingMatrix:
                     "a patient's DMP")  # fmt: skip
         name = PROFESSION_NAMES.get(prof, f"profession {prof}")
         return f"the DMP's habilitation matrix does not let a {name} read imaging documents"
-

@@ -99,8 +99,15 @@ def ins_cx(ins: str, oid: str = INS_TEST_OID) -> str:
     return cx(ins, oid, "NH")
 
 
-def xcn(identifier: str, family: str = "", given: str = "", *, authority_oid: str = RPPS_OID,
-        id_type: str = "IDNPS", name_type: str = "D") -> str:
+def xcn(
+    identifier: str,
+    family: str = "",
+    given: str = "",
+    *,
+    authority_oid: str = RPPS_OID,
+    id_type: str = "IDNPS",
+    name_type: str = "D",
+) -> str:
     """An XCN person (authorPerson, legalAuthenticator): `id^family^given^^^^^^&OID&ISO^D^^^IDNPS`."""
     e = hl7_escape
     return f"{e(identifier)}^{e(family)}^{e(given)}^^^^^^&{authority_oid}&ISO^{name_type}^^^{id_type}"
@@ -360,8 +367,11 @@ def _submission_set(rol: etree._Element, ss: SubmissionSet) -> None:
         _localized(rp, "Description", ss.comments, ss.language)
     _author(rp, ns.SS_AUTHOR, ss.author)
     _classify(rp, ns.SS_CONTENT_TYPE_CODE, ss.content_type, ss.language, "contentTypeCode")
-    _sub(rp, R + "Classification",
-         {"id": new_uuid(), "classificationNode": ns.OBJ_SUBMISSION_SET, "classifiedObject": ss.entry_uuid})
+    _sub(
+        rp,
+        R + "Classification",
+        {"id": new_uuid(), "classificationNode": ns.OBJ_SUBMISSION_SET, "classifiedObject": ss.entry_uuid},
+    )
     _external_id(rp, ns.SS_UNIQUE_ID, ss.unique_id, "XDSSubmissionSet.uniqueId", ss.language)
     _external_id(rp, ns.SS_SOURCE_ID, ss.source_id, "XDSSubmissionSet.sourceId", ss.language)
     _external_id(rp, ns.SS_PATIENT_ID, ss.patient_id, "XDSSubmissionSet.patientId", ss.language)
@@ -370,8 +380,9 @@ def _submission_set(rol: etree._Element, ss: SubmissionSet) -> None:
 def _document_entry(rol: etree._Element, e: KosDocumentEntry, sha1: str, size: int) -> None:
     _check_ids(e.patient_id, e.unique_id, "XDSDocumentEntry")
     lang = e.language
-    eo = _sub(rol, R + "ExtrinsicObject",
-              {"id": e.entry_uuid, "mimeType": e.mime_type, "objectType": ns.OBJ_DOCUMENT_ENTRY})
+    eo = _sub(
+        rol, R + "ExtrinsicObject", {"id": e.entry_uuid, "mimeType": e.mime_type, "objectType": ns.OBJ_DOCUMENT_ENTRY}
+    )
     # rim.xsd: every Slot comes before Name, Description, Classification and ExternalIdentifier.
     _slot(eo, "creationTime", _dtm("creationTime", e.creation_time))
     _slot(eo, "hash", [sha1])
@@ -393,8 +404,7 @@ def _document_entry(rol: etree._Element, e: KosDocumentEntry, sha1: str, size: i
     for code in e.event_codes:
         _classify(eo, ns.DE_EVENT_CODE, code, lang, "eventCodeList")
     _classify(eo, ns.DE_FORMAT_CODE, e.format_code, lang, "formatCode")
-    _classify(eo, ns.DE_HEALTHCARE_FACILITY_TYPE_CODE, e.healthcare_facility_type, lang,
-              "healthcareFacilityTypeCode")
+    _classify(eo, ns.DE_HEALTHCARE_FACILITY_TYPE_CODE, e.healthcare_facility_type, lang, "healthcareFacilityTypeCode")
     _classify(eo, ns.DE_PRACTICE_SETTING_CODE, e.practice_setting, lang, "practiceSettingCode")
     _classify(eo, ns.DE_TYPE_CODE, e.type_code, lang, "typeCode")
     _external_id(eo, ns.DE_PATIENT_ID, e.patient_id, "XDSDocumentEntry.patientId", lang)
@@ -406,8 +416,11 @@ def signature_entry(rol: etree._Element, sig: SubmissionSignature, e: KosDocumen
     if len(sig.unique_id) > 64 or not _OID.match(sig.unique_id):
         raise MetadataError("the signature's XDSDocumentEntry.uniqueId must be an OID of at most 64 characters")
     lang = e.language
-    eo = _sub(rol, R + "ExtrinsicObject",
-              {"id": sig.entry_uuid, "mimeType": SIGNATURE_MIME_TYPE, "objectType": ns.OBJ_DOCUMENT_ENTRY})
+    eo = _sub(
+        rol,
+        R + "ExtrinsicObject",
+        {"id": sig.entry_uuid, "mimeType": SIGNATURE_MIME_TYPE, "objectType": ns.OBJ_DOCUMENT_ENTRY},
+    )
     # Signed when submitted: creation and service times are the submission's.
     _slot(eo, "creationTime", _dtm("creationTime", ss.submission_time))
     _slot(eo, "hash", [hashlib.sha1(sig.xml).hexdigest()])
@@ -425,8 +438,7 @@ def signature_entry(rol: etree._Element, sig: SubmissionSignature, e: KosDocumen
         _classify(eo, ns.DE_CONFIDENTIALITY_CODE, code, lang, "confidentialityCode")
     _classify(eo, ns.DE_EVENT_CODE, SIGNATURE_EVENT_CODE, lang, "eventCodeList")
     _classify(eo, ns.DE_FORMAT_CODE, SIGNATURE_FORMAT_CODE, lang, "formatCode")
-    _classify(eo, ns.DE_HEALTHCARE_FACILITY_TYPE_CODE, e.healthcare_facility_type, lang,
-              "healthcareFacilityTypeCode")
+    _classify(eo, ns.DE_HEALTHCARE_FACILITY_TYPE_CODE, e.healthcare_facility_type, lang, "healthcareFacilityTypeCode")
     _classify(eo, ns.DE_PRACTICE_SETTING_CODE, e.practice_setting, lang, "practiceSettingCode")
     _classify(eo, ns.DE_TYPE_CODE, SIGNATURE_TYPE_CODE, lang, "typeCode")
     _external_id(eo, ns.DE_PATIENT_ID, e.patient_id, "XDSDocumentEntry.patientId", lang)

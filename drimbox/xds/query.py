@@ -74,9 +74,15 @@ def find_documents_query(
 ) -> etree._Element:
     """FindDocuments for one patient; codes OR within a list; `extra` adds other parameters as is."""
     params: dict[str, str | Sequence[str]] = {
-        "$XDSDocumentEntryPatientId": patient_id, "$XDSDocumentEntryStatus": list(statuses)}
-    by_name = {"$XDSDocumentEntryTypeCode": type_codes, "$XDSDocumentEntryClassCode": class_codes,
-               "$XDSDocumentEntryFormatCode": format_codes, "$XDSDocumentEntryEventCodeList": event_codes}
+        "$XDSDocumentEntryPatientId": patient_id,
+        "$XDSDocumentEntryStatus": list(statuses),
+    }
+    by_name = {
+        "$XDSDocumentEntryTypeCode": type_codes,
+        "$XDSDocumentEntryClassCode": class_codes,
+        "$XDSDocumentEntryFormatCode": format_codes,
+        "$XDSDocumentEntryEventCodeList": event_codes,
+    }
     for name, codes in by_name.items():
         if codes:
             params[name] = [c.to_query() for c in codes]
@@ -161,8 +167,7 @@ class DocumentEntryInfo:
 
 def _slots(el: etree._Element) -> dict[str, list[str]]:
     return {
-        s.get("name", ""): [v.text or "" for v in s.iterfind(f"{R}ValueList/{R}Value")]
-        for s in el.iterfind(R + "Slot")
+        s.get("name", ""): [v.text or "" for v in s.iterfind(f"{R}ValueList/{R}Value")] for s in el.iterfind(R + "Slot")
     }
 
 

@@ -228,7 +228,9 @@ def parse_registry_response(element: etree._Element) -> RegistryResponse:
         raise SoapProtocolError(f"{etree.QName(element).localname} has no status attribute")
     errors = [
         RegistryError(
-            e.get("errorCode", ""), e.get("codeContext", ""), e.get("location", ""),
+            e.get("errorCode", ""),
+            e.get("codeContext", ""),
+            e.get("location", ""),
             e.get("severity", ns.SEVERITY_ERROR),
         )
         for e in element.iterfind(f"{RS}RegistryErrorList/{RS}RegistryError")
@@ -236,9 +238,7 @@ def parse_registry_response(element: etree._Element) -> RegistryResponse:
     return RegistryResponse(status, errors, element.get("requestId"))
 
 
-def build_registry_response(
-    errors: Sequence[RegistryError] = (), status: str | None = None
-) -> etree._Element:
+def build_registry_response(errors: Sequence[RegistryError] = (), status: str | None = None) -> etree._Element:
     """rs:RegistryResponse; the status defaults to Failure when any error has severity Error."""
     if status is None:
         status = ns.STATUS_FAILURE if any(e.is_error for e in errors) else ns.STATUS_SUCCESS

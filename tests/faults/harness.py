@@ -68,13 +68,20 @@ def restart(box: SourceBox) -> None:
 
 
 def approved(sim: Sim, kos_uid: str | None = None) -> list[dict[str, Any]]:
-    return [d for d in sim.documents(INS) if d["status"].endswith("Approved")
-            and (kos_uid is None or d["uniqueId"] == kos_uid)]
+    return [
+        d
+        for d in sim.documents(INS)
+        if d["status"].endswith("Approved") and (kos_uid is None or d["uniqueId"] == kos_uid)
+    ]
 
 
 def sim_faults(sim: Sim, **pending: float) -> None:
-    req = urllib.request.Request(f"{sim.url}/sim/dmp/faults", data=json.dumps(pending).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{sim.url}/sim/dmp/faults",
+        data=json.dumps(pending).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     urllib.request.urlopen(req, timeout=10).close()
 
 
@@ -117,8 +124,13 @@ def restart_orthanc(server: OrthancServer, timeout: float = 30.0) -> None:
     exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
     with open(server.workdir / "orthanc.log", "ab") as log:
         server.process = subprocess.Popen(
-            [exe, "--no-jobs", str(server.workdir / "orthanc.json")], cwd=server.workdir, env=nodelay_env(),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            [exe, "--no-jobs", str(server.workdir / "orthanc.json")],
+            cwd=server.workdir,
+            env=nodelay_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -157,8 +169,11 @@ def get_study(box: SourceBox, study_uid: str, timeout: float = 60) -> tuple[int,
     """GET the whole study as multipart DICOM: (status, boundary, body); a dropped connection raises."""
     conn = http.client.HTTPConnection("127.0.0.1", box.http_port, timeout=timeout)
     try:
-        conn.request("GET", f"/dicom-web/studies/{study_uid}",
-                     headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        conn.request(
+            "GET",
+            f"/dicom-web/studies/{study_uid}",
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+        )
         resp = conn.getresponse()
         boundary = resp.getheader("Content-Type", "").split("boundary=")[-1].strip('"')
         return resp.status, boundary, resp.read()

@@ -62,7 +62,10 @@ def test_dmp_slower_than_the_timeout_is_not_done_twice(
     sim_faults(sim, delay=1, delay_seconds=2.5)
     assert send(box, build_oru(cda, action=action, control_id=f"{exam}-SLOW")) == "AA"
     done = box.wait_state(accession, ("published", "withdrawn", "failed", "rejected"), timeout=30)
-    assert done["state"] == ("withdrawn" if action == "withdraw" else "published"), (done["last_error"], box.process.log())
+    assert done["state"] == ("withdrawn" if action == "withdraw" else "published"), (
+        done["last_error"],
+        box.process.log(),
+    )
     assert done["attempts"] == 2, done  # the timed-out attempt, then the one that found it done
     assert "no answer" in box.process.log()
     entries = {e["uniqueId"]: e for e in sim.documents(INS)}

@@ -21,7 +21,9 @@ LOOP = (
 
 def run(kill_at: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, faults.ENV: kill_at}
-    return subprocess.run([sys.executable, "-c", LOOP], env=env, capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", LOOP], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
 
 
 def test_kills_at_the_nth_passage_of_its_stage() -> None:

@@ -36,10 +36,13 @@ def deliver_across_kill(box: Any, message: bytes, kill_at: str) -> None:
 
 # In `make test`: one kill before the AA, and the two replays that need the DMP's help to be recognised
 # (tests/test_source_e2e.py already kills right after the AA).
-@pytest.mark.parametrize("kill_at", cases(
-    ["intake.stored", "publish.registered"],
-    ["mllp.ack_sent", "publish.found", "publish.kos_written", "publish.before_iti41"],
-))
+@pytest.mark.parametrize(
+    "kill_at",
+    cases(
+        ["intake.stored", "publish.registered"],
+        ["mllp.ack_sent", "publish.found", "publish.kos_written", "publish.before_iti41"],
+    ),
+)
 def test_publication_killed_mid_way_is_published_exactly_once(
     kill_at: str, orthanc: Any, armed_box: Any, sim: Any, tmp_path: Path
 ) -> None:
@@ -54,10 +57,13 @@ def test_publication_killed_mid_way_is_published_exactly_once(
     assert entries[0]["status"].endswith("Approved")
 
 
-@pytest.mark.parametrize("kill_at", cases(
-    ["publish.replaced"],
-    ["publish.before_iti41:2", "publish.kos_written:2", "intake.stored:2", "mllp.ack_sent:2"],
-))
+@pytest.mark.parametrize(
+    "kill_at",
+    cases(
+        ["publish.replaced"],
+        ["publish.before_iti41:2", "publish.kos_written:2", "intake.stored:2", "mllp.ack_sent:2"],
+    ),
+)
 def test_replacement_killed_mid_way_replaces_exactly_once(
     kill_at: str, orthanc: Any, armed_box: Any, sim: Any, tmp_path: Path
 ) -> None:
@@ -77,7 +83,9 @@ def test_replacement_killed_mid_way_replaces_exactly_once(
 
 
 @pytest.mark.parametrize("kill_at", cases(["withdraw.done"], ["intake.stored:2", "mllp.ack_sent:2"]))
-def test_withdrawal_killed_mid_way_withdraws(kill_at: str, orthanc: Any, armed_box: Any, sim: Any, tmp_path: Path) -> None:
+def test_withdrawal_killed_mid_way_withdraws(
+    kill_at: str, orthanc: Any, armed_box: Any, sim: Any, tmp_path: Path
+) -> None:
     load_exam(orthanc, tmp_path, "I")
     box = armed_box(orthanc, kill_at)
     cda = build_cda(ANS_EXAMS["I"])

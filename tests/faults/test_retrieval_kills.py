@@ -24,10 +24,13 @@ def exam_c(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return write_study(tmp_path_factory.mktemp("examc"), exam_c_study(instances=20))
 
 
-@pytest.mark.parametrize("kill_at", cases(
-    ["retrieve.instance:3", "retrieve.ended"],
-    ["retrieve.instance:1", "retrieve.instance:13", "retrieve.ended:2"],
-))
+@pytest.mark.parametrize(
+    "kill_at",
+    cases(
+        ["retrieve.instance:3", "retrieve.ended"],
+        ["retrieve.instance:1", "retrieve.instance:13", "retrieve.ended:2"],
+    ),
+)
 def test_killed_mid_retrieve_then_the_study_retrieves_whole(
     kill_at: str, orthanc: Any, armed_box: Any, exam_c: list[Path]
 ) -> None:

@@ -126,7 +126,11 @@ def datasets(draw: st.DrawFn) -> tuple[str, bytes]:
             data = data[:pos] + draw(st.one_of(st.sampled_from(HOSTILE_ELEMENTS), st.binary(max_size=16))) + data[pos:]
         elif op == "length" and len(data) >= 8:
             at = draw(st.integers(0, len(data) - 4))
-            data = data[:at] + struct.pack("<L", draw(st.sampled_from([0xFFFFFFFF, 0x7FFFFFFF, 0xFFFFFFFE, 1, 3]))) + data[at + 4 :]
+            data = (
+                data[:at]
+                + struct.pack("<L", draw(st.sampled_from([0xFFFFFFFF, 0x7FFFFFFF, 0xFFFFFFFE, 1, 3])))
+                + data[at + 4 :]
+            )
         elif op == "lie":
             ts = draw(st.sampled_from([*SYNTAXES, JPEGBaseline8Bit, "1.2.3.4", "", "1.2.840.10008.1.2.1\x00"]))
     if ts == DeflatedExplicitVRLittleEndian and draw(st.booleans()):
@@ -341,7 +345,9 @@ def archive_scp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Arch
 
 @budget(0.25)
 @given(datasets())
-def test_native_scp_answers_every_c_store_with_a_status(archive_scp: tuple[ArchiveScp, Path], case: tuple[str, bytes]) -> None:
+def test_native_scp_answers_every_c_store_with_a_status(
+    archive_scp: tuple[ArchiveScp, Path], case: tuple[str, bytes]
+) -> None:
     scp, files = archive_scp
     ts, data = case
     declared = ts if ts in SYNTAXES else ExplicitVRLittleEndian  # pynetdicom only sends in a syntax it knows
@@ -396,9 +402,10 @@ def stow_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
     ), max_size=3))  # fmt: skip
     boundary = draw(st.sampled_from(["b0undary", "x", "a" * 70]))
     part_type = draw(st.sampled_from(["application/dicom", "application/dicom+json", "text/plain", ""]))
-    body = b"".join(
-        f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode() + p + b"\r\n" for p in parts
-    ) + f"--{boundary}--\r\n".encode()
+    body = (
+        b"".join(f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode() + p + b"\r\n" for p in parts)
+        + f"--{boundary}--\r\n".encode()
+    )
     if draw(st.booleans()):
         body = body[: draw(st.integers(0, len(body)))]
     content_type = draw(st.sampled_from([
@@ -415,7 +422,9 @@ def stow_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
 # Found: a bad study UID in the path (BadRequest outside any guard) and a body that is not multipart (ValueError).
 @example(b"/dicom-web/studies/1.2.3%0A", ('multipart/related; type="application/dicom"; boundary=b', b"--b--\r\n"))
 @example(b"/dicom-web/studies", ('multipart/related; type="application/dicom"; boundary=b0undary', b""))
-@example(b"/dicom-web/studies", ('multipart/related; type="application/dicom"; boundary=b', b"--b\r\nC"))  # InvalidHeader
+@example(
+    b"/dicom-web/studies", ('multipart/related; type="application/dicom"; boundary=b', b"--b\r\nC")
+)  # InvalidHeader
 def test_stow_answers_a_receipt_or_4xx_json(stow: int, path: bytes, request: tuple[str, bytes]) -> None:
     content_type, body = request
     answer = raw_http(stow, "POST", path, {"Content-Type": content_type}, body)
@@ -443,7 +452,9 @@ def kos_files(draw: st.DrawFn) -> bytes:
         elif op == "insert":
             data = data[:pos] + draw(st.one_of(st.sampled_from(HOSTILE_ELEMENTS), st.binary(max_size=12))) + data[pos:]
         elif pos + 4 <= len(data):
-            data = data[:pos] + struct.pack("<L", draw(st.sampled_from([0xFFFFFFFF, 0x7FFFFFFF, 1, 3]))) + data[pos + 4 :]
+            data = (
+                data[:pos] + struct.pack("<L", draw(st.sampled_from([0xFFFFFFFF, 0x7FFFFFFF, 1, 3]))) + data[pos + 4 :]
+            )
     return data
 
 
@@ -468,7 +479,9 @@ _IMAGE_VALUES: dict[str, st.SearchStrategy[object]] = {
     "PixelRepresentation": st.sampled_from([0, 1, 2]),
     "SamplesPerPixel": st.sampled_from([0, 1, 3, 4]),
     "PlanarConfiguration": st.sampled_from([0, 1, 7]),
-    "PhotometricInterpretation": st.sampled_from(["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "X"]),
+    "PhotometricInterpretation": st.sampled_from(
+        ["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "X"]
+    ),
     "NumberOfFrames": st.sampled_from(["0", "-1", "abc", "1e9", "", "2", "99999999"]),
     "WindowCenter": st.sampled_from(["abc", "nan", "40", "1e308", "40\\50"]),
     "WindowWidth": st.sampled_from(["0", "-1", "abc", "inf", "400"]),
@@ -516,9 +529,17 @@ _ACCEPTS = ["*/*", "application/dicom+json", 'multipart/related; type="applicati
 @given(hostile_instances(), st.sampled_from(_READ_BACK), st.sampled_from(_ACCEPTS))
 @example(instance_with(1, {"WindowCenter": "abc"}), "/metadata", "*/*")  # found: float("abc") in the JSON model
 @example(instance_with(2, {"BitsAllocated": 0}), "/rendered", "*/*")  # found: pydicom's ValueError as a 500
-def test_stored_hostile_values_are_served_or_refused_never_500(stow: int, data: bytes, suffix: str, accept: str) -> None:
+def test_stored_hostile_values_are_served_or_refused_never_500(
+    stow: int, data: bytes, suffix: str, accept: str
+) -> None:
     body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n--b--\r\n"
-    stored = raw_http(stow, "POST", b"/dicom-web/studies", {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}, body)
+    stored = raw_http(
+        stow,
+        "POST",
+        b"/dicom-web/studies",
+        {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'},
+        body,
+    )
     assert stored.status in (200, 409), stored
     if stored.status != 200:
         return

@@ -162,7 +162,9 @@ def msa_code(ack: bytes) -> str:
 _STREAM_PIECE = st.one_of(
     hl7_messages().map(frame),
     st.binary(max_size=64),
-    st.sampled_from([START, END, b"\x1c", b"\x0d", b" \r\n", START + START, b"\x1c\x1c\x0d", frame(b""), frame(b"\x1c")]),
+    st.sampled_from(
+        [START, END, b"\x1c", b"\x0d", b" \r\n", START + START, b"\x1c\x1c\x0d", frame(b""), frame(b"\x1c")]
+    ),
 )
 
 

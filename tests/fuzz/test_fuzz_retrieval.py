@@ -132,7 +132,10 @@ def test_consumer_reads_a_series_or_raises_a_retrieval_error(source: HostileSour
 
 
 def test_a_content_length_that_is_not_ascii_digits_is_ignored(source: HostileSource) -> None:
-    source.canned = Canned(200, b"multipart/related; boundary=b",
-                           b"--b\r\nContent-Length: \xb2\r\n\r\n" + PART10[next(iter(PART10))] + b"\r\n--b--\r\n")
+    source.canned = Canned(
+        200,
+        b"multipart/related; boundary=b",
+        b"--b\r\nContent-Length: \xb2\r\n\r\n" + PART10[next(iter(PART10))] + b"\r\n--b--\r\n",
+    )
     # Not a number: the part is found by its delimiter instead (found by fuzzing: int('²') used to escape as ValueError).
     assert len(source.fetch()) == 1

@@ -65,10 +65,35 @@ WORDS = ["studies", "series", "instances", "metadata", "frames", "rendered", "th
 FRAMES = ["1", "0", "-1", "1,2", "1,,2", "²", "1" * 30, ",", "1,3,99", "1-3", "1" + ",1" * 10001]
 SEGMENT = st.one_of(st.sampled_from(VALID + HOSTILE_SEGMENTS + WORDS + FRAMES),
                     st.text(max_size=12).map(lambda t: quote(t, safe="")))  # fmt: skip
-QUERY_KEYS = ["includefield", "limit", "offset", "fuzzymatching", "StudyDate", "PatientName", "00100010", "Modality",
-              "StudyInstanceUID", "quality", "viewport", "window", "annotation", "charset", "SOPInstanceUID", "x",
-              "PatientID", "AccessionNumber", "StudyTime", "SeriesInstanceUID", "ModalitiesInStudy", "00080020",
-              "InstanceNumber", "NumberOfStudyRelatedInstances", "ReferencedSOPSequence", "0020000D", "FFFFFFFF"]
+QUERY_KEYS = [
+    "includefield",
+    "limit",
+    "offset",
+    "fuzzymatching",
+    "StudyDate",
+    "PatientName",
+    "00100010",
+    "Modality",
+    "StudyInstanceUID",
+    "quality",
+    "viewport",
+    "window",
+    "annotation",
+    "charset",
+    "SOPInstanceUID",
+    "x",
+    "PatientID",
+    "AccessionNumber",
+    "StudyTime",
+    "SeriesInstanceUID",
+    "ModalitiesInStudy",
+    "00080020",
+    "InstanceNumber",
+    "NumberOfStudyRelatedInstances",
+    "ReferencedSOPSequence",
+    "0020000D",
+    "FFFFFFFF",
+]
 QUERY_VALUES = st.one_of(st.sampled_from(["all", "-1", "0", "99999999999999999999", "1e3", "²", "*", "?", "",
                                           "20240101-20230101", "1,2,3", "a" * 3000, "%", "%00", "1.2.3\\1.2.4",
                                           "' OR 1=1 --", "x'); DROP TABLE instances; --", "_", "%%", "\\", "*'*",
@@ -220,9 +245,27 @@ def test_launch_form_gives_a_launch_or_names_the_bad_fields(changes: dict[str, s
 
 
 # Keys the index matches on, and values shaped like what they take (so the SQL runs) with hostile twists.
-MATCH_KEYS = ["PatientName", "PatientID", "AccessionNumber", "StudyDate", "StudyTime", "Modality", "ModalitiesInStudy",
-              "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "InstanceNumber", "00100010", "0020000D",
-              "StudyDescription", "SeriesNumber", "includefield", "limit", "offset", "fuzzymatching"]
+MATCH_KEYS = [
+    "PatientName",
+    "PatientID",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyTime",
+    "Modality",
+    "ModalitiesInStudy",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "InstanceNumber",
+    "00100010",
+    "0020000D",
+    "StudyDescription",
+    "SeriesNumber",
+    "includefield",
+    "limit",
+    "offset",
+    "fuzzymatching",
+]
 MATCH_VALUES = [
     "*", "?", "PAT*", "*TROIS*", "PAT-TROIS^DOMINIQUE", "ACN103", "CT", "CT\\MR", "20240506", "20240101-20241231",
     "-20240101", "20240101-", "1200-1300", MULTIFRAME_STUDY, f"{MULTIFRAME_STUDY}\\1.2.3", f"{MULTIFRAME_STUDY},1.2",

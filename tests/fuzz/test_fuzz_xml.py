@@ -59,7 +59,9 @@ def mutated_xml(draw: st.DrawFn, base: bytes) -> bytes:
     """`base` with hostile prologs, fragments at element boundaries, cuts, and odd encodings."""
     data = base
     for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["prolog", "fragment", "fragment", "cut", "encoding", "bytes", "attr", "text", "text"]))
+        op = draw(
+            st.sampled_from(["prolog", "fragment", "fragment", "cut", "encoding", "bytes", "attr", "text", "text"])
+        )
         if op == "prolog":
             decl_end = data.find(b"?>") + 2 if data.startswith(b"<?xml") else 0
             data = data[:decl_end] + draw(st.sampled_from(HOSTILE_PROLOGS)) + data[decl_end:]
@@ -81,7 +83,11 @@ def mutated_xml(draw: st.DrawFn, base: bytes) -> bytes:
             if values:
                 start, end = draw(st.sampled_from(values))
                 text = draw(st.one_of(st.text(max_size=20), st.sampled_from(["²", "٣", "1" * 100, "&lt;", "\u202e"])))
-                data = data[:start] + text.encode("utf-8").replace(b"&", b"&amp;").replace(b"<", b"&lt;").replace(b'"', b"&quot;") + data[end:]
+                data = (
+                    data[:start]
+                    + text.encode("utf-8").replace(b"&", b"&amp;").replace(b"<", b"&lt;").replace(b'"', b"&quot;")
+                    + data[end:]
+                )
     return data
 
 
@@ -93,7 +99,7 @@ def no_secret(value: object) -> None:
 
 
 @given(st.one_of(mutated_xml(CDA), st.binary(max_size=300)))
-@example(re.sub(rb'versionNumber value="[^"]*"', "versionNumber value=\"²\"".encode(), CDA))  # found: int("²")
+@example(re.sub(rb'versionNumber value="[^"]*"', 'versionNumber value="²"'.encode(), CDA))  # found: int("²")
 def test_cda_parser_returns_identifiers_or_cda_error(data: bytes) -> None:
     try:
         result = parse_cda(data)
@@ -126,7 +132,9 @@ def _response(payload: bytes) -> bytes:
     return (
         b'<?xml version="1.0" encoding="UTF-8"?><soap:Envelope xmlns:soap="http://www.w3.org/2003/05/soap-envelope"'
         b' xmlns:wsa="http://www.w3.org/2005/08/addressing"><soap:Header><wsa:Action>urn:x</wsa:Action>'
-        b"<wsa:RelatesTo>urn:uuid:1</wsa:RelatesTo></soap:Header><soap:Body>" + payload + b"</soap:Body></soap:Envelope>"
+        b"<wsa:RelatesTo>urn:uuid:1</wsa:RelatesTo></soap:Header><soap:Body>"
+        + payload
+        + b"</soap:Body></soap:Envelope>"
     )
 
 
@@ -259,7 +267,9 @@ def sim_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimUnderTest]
 @budget(0.5)
 @given(st.sampled_from(["/dmp/registry", "/dmp/repository"]), SIM_INPUT)
 # Found: a non-UTF-8 byte in `start` came back in the fault reason and made the fault itself fail (plain 500).
-@example("/dmp/repository", ('multipart/related; boundary="b"; start="\x80"', b"--b\r\nContent-ID: <r>\r\n\r\nx\r\n--b--"))
+@example(
+    "/dmp/repository", ('multipart/related; boundary="b"; start="\x80"', b"--b\r\nContent-ID: <r>\r\n\r\nx\r\n--b--")
+)
 def test_simulator_http_answers_hostile_requests_with_a_sender_fault(
     sim_http: SimUnderTest, path: str, request: tuple[str, bytes]
 ) -> None:

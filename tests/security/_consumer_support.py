@@ -68,16 +68,27 @@ class DicomwebServer:
         if self.redirect_to:
             raise web.HTTPFound(self.redirect_to + request.path_qs)
         if self.published is not None and request.headers.get(KOS_HEADER) not in self.published:
-            return web.json_response({"error": "this box did not publish this KOS", "reason": "kos_unknown"}, status=403)
+            return web.json_response(
+                {"error": "this box did not publish this KOS", "reason": "kos_unknown"}, status=403
+            )
         instances = self.series.get(request.match_info.get("series", ""), {})
         if not instances:
             return web.json_response({"error": "no such series"}, status=404)
         boundary = secrets.token_hex(8)
-        body = b"".join(
-            b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n"
-            + f"Content-Length: {len(data)}\r\n\r\n".encode() + data + b"\r\n"
-            for data in instances.values()
-        ) + b"--" + boundary.encode() + b"--\r\n"
+        body = (
+            b"".join(
+                b"--"
+                + boundary.encode()
+                + b"\r\nContent-Type: application/dicom\r\n"
+                + f"Content-Length: {len(data)}\r\n\r\n".encode()
+                + data
+                + b"\r\n"
+                for data in instances.values()
+            )
+            + b"--"
+            + boundary.encode()
+            + b"--\r\n"
+        )
         content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
         return web.Response(body=body, headers={"Content-Type": content_type})
 

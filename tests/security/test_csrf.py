@@ -82,7 +82,9 @@ class Scene:
 
 def auto_post(action: str, fields: dict[str, str]) -> str:
     """The attacker's page: a form to `action`, posted by script as soon as the page loads."""
-    inputs = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in fields.items())
+    inputs = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in fields.items()
+    )
     return (f'<!doctype html><html><body><form method="post" action="{html.escape(action)}">{inputs}</form>'
             "<script>document.forms[0].submit()</script></body></html>")  # fmt: skip
 
@@ -143,7 +145,9 @@ async def test_another_origin_cannot_start_an_import(scene: Scene) -> None:
     # The doctor's own Import button on the exam list still starts it (its form posts to /conso/imports).
     await scene.page.go_back()
     await scene.page.goto(scene.page.url)  # the list again, as the doctor sees it
-    async with scene.page.expect_response(lambda r: urlsplit(r.url).path == "/conso/imports" and r.request.method == "POST") as info:
+    async with scene.page.expect_response(
+        lambda r: urlsplit(r.url).path == "/conso/imports" and r.request.method == "POST"
+    ) as info:
         await scene.page.click("button[name=one]")
     assert (await info.value).status == 303
     assert ("consumer.import", "success", "") in scene.box.actions()
@@ -161,7 +165,7 @@ async def test_another_origin_cannot_open_emergency_access(scene: Scene) -> None
     # Nothing in the attacker's words reached the DMP. (Ordinary consultations may be added meanwhile: the list
     # page's thumbnails, loading lazily, check their exam with the DMP.)
     assert not [r for r in after if ATTACKER_REASON in str(r.get("reason", ""))], after
-    assert all(r["purpose"] == "normal" for r in after[len(before):]), after
+    assert all(r["purpose"] == "normal" for r in after[len(before) :]), after
     assert not [e for e in scene.box.audit.events if e.detail.get("reason") == ATTACKER_REASON]
     # The refusal page's own emergency form still works: the radiologist, without authorisation, asks for it.
     context = await scene.page.context.browser.new_context(locale="fr-FR")

@@ -63,9 +63,7 @@ def test_defaults_trust_no_one_in_native_and_only_the_pacs_in_proxy(tmp_path: Pa
 @pytest.mark.dcmtk
 @pytest.mark.sim
 @pytest.mark.box
-def test_proxy_refuses_iocm_notes_from_unknown_peers(
-    orthanc: Any, source_box: Any, sim: Any, tmp_path: Path
-) -> None:
+def test_proxy_refuses_iocm_notes_from_unknown_peers(orthanc: Any, source_box: Any, sim: Any, tmp_path: Path) -> None:
     orthanc.clear()
     load_exam(orthanc, tmp_path, "C", instances=4)
     box = source_box(orthanc)

@@ -102,7 +102,9 @@ async def test_a_doctors_launch_records_the_opposition_for_everyone_and_audits_i
                                          (Pro(id="3101235555/SEC0002", profession_code=None, specialty_code=None), False),
                                          (Pro(id="810001234566", profession_code="60", specialty_code=None), True),
                                          (Pro(), True)], ids=["pharmacist", "secretary", "nurse", "gp"])  # fmt: skip
-async def test_who_records_an_opposition_follows_the_habilitation_matrix(tmp_path: Path, who: Pro, records: bool) -> None:
+async def test_who_records_an_opposition_follows_the_habilitation_matrix(
+    tmp_path: Path, who: Pro, records: bool
+) -> None:
     audit = MemoryAudit()
     rules = AccessRules(Settings(), await AccessStore.open(tmp_path), audit)
     patient = PatientRef(INS, INS_OID)

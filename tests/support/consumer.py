@@ -87,8 +87,9 @@ def consumer_app_with_images(settings: Settings, sim_url: str, auth: FakeAuth) -
     from drimbox.config import WhitelistSettings
     from drimbox.consumer.images import setup_consumer_images
 
-    settings.whitelist = WhitelistSettings(url=f"{sim_url}/whitelist", certificate_url=f"{sim_url}/whitelist/certificate",
-                                           trust_on_first_use=True)
+    settings.whitelist = WhitelistSettings(
+        url=f"{sim_url}/whitelist", certificate_url=f"{sim_url}/whitelist/certificate", trust_on_first_use=True
+    )
     app = web.Application()
     setup_consumer(app, settings, auth)
     setup_consumer_images(app, settings, auth)
@@ -96,7 +97,9 @@ def consumer_app_with_images(settings: Settings, sim_url: str, auth: FakeAuth) -
 
 
 @asynccontextmanager
-async def consumer_client(settings: Settings, auth: FakeAuth) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+async def consumer_client(
+    settings: Settings, auth: FakeAuth
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = web.Application()
     setup_consumer(app, settings, auth)
     client = TestClient(TestServer(app, host="127.0.0.1"))

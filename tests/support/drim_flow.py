@@ -160,8 +160,9 @@ def consumer_settings(work: Path, sim_url: str, pacs: Any = None, method: str = 
     s = Settings()
     s.box.var_dir = str(work / "consumer-var")
     s.dicom.ae_title = "DRIMCONSO"
-    s.whitelist = WhitelistSettings(url=f"{sim_url}/whitelist", certificate_url=f"{sim_url}/whitelist/certificate",
-                                    trust_on_first_use=True)
+    s.whitelist = WhitelistSettings(
+        url=f"{sim_url}/whitelist", certificate_url=f"{sim_url}/whitelist/certificate", trust_on_first_use=True
+    )
     if pacs is not None:
         c = s.consumer
         c.local_pacs_ae_title, c.local_pacs_host, c.local_pacs_port = pacs.aet, "127.0.0.1", pacs.dicom_port
@@ -182,7 +183,11 @@ async def running_consumer(settings: Settings, token: str, manifests: dict[str, 
     importer = Importer(settings, backend, var / "consumer")
     auth = TokenAuth(token)
     app = web.Application()
-    app.add_routes(backend.protect(dicomweb_routes(backend, base="/conso/dicom-web", compress=False, access_params=(KOS_PARAM,)), auth))
+    app.add_routes(
+        backend.protect(
+            dicomweb_routes(backend, base="/conso/dicom-web", compress=False, access_params=(KOS_PARAM,)), auth
+        )
+    )
     app.add_routes(import_routes(lambda: importer, auth))
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()

@@ -96,7 +96,9 @@ class SourceBox:
             result: list[dict[str, Any]] = json.loads(r.read())
         return result
 
-    def wait_state(self, accession: str, states: tuple[str, ...], timeout: float = 60.0, index: int = -1) -> dict[str, Any]:
+    def wait_state(
+        self, accession: str, states: tuple[str, ...], timeout: float = 60.0, index: int = -1
+    ) -> dict[str, Any]:
         """Wait until the publication (by default the latest) of an accession reaches one of the states."""
         deadline = time.monotonic() + timeout
         last: list[dict[str, Any]] = []

@@ -21,15 +21,39 @@ log = logging.getLogger(__name__)
 
 # Attributes a study / series record holds (Patient, General Study, General Series modules, in short).
 _STUDY_KEYWORDS = (
-    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence",
-    "PatientBirthDate", "PatientSex", "OtherPatientIDsSequence", "StudyInstanceUID", "StudyDate", "StudyTime",
-    "AccessionNumber", "IssuerOfAccessionNumberSequence", "ReferringPhysicianName", "StudyID", "StudyDescription",
-    "TimezoneOffsetFromUTC", "InstitutionName",
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence",
+    "PatientBirthDate",
+    "PatientSex",
+    "OtherPatientIDsSequence",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "IssuerOfAccessionNumberSequence",
+    "ReferringPhysicianName",
+    "StudyID",
+    "StudyDescription",
+    "TimezoneOffsetFromUTC",
+    "InstitutionName",
 )
 _SERIES_KEYWORDS = (
-    "SpecificCharacterSet", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber",
-    "SeriesDescription", "SeriesDate", "SeriesTime", "BodyPartExamined", "Laterality",
-    "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", "RequestAttributesSequence",
+    "SpecificCharacterSet",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "SeriesDate",
+    "SeriesTime",
+    "BodyPartExamined",
+    "Laterality",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+    "RequestAttributesSequence",
     "TimezoneOffsetFromUTC",
 )
 
@@ -91,8 +115,16 @@ def _read_index(root: Path) -> dict[str, _Study]:
         seen.add(sop)
         number, series_number = ds.get("InstanceNumber"), ds.get("SeriesNumber")
         entry = _Instance(
-            path, path.stat().st_size, ds, study, series, sop, sop_class, ts,
-            int(number) if number else 0, int(series_number) if series_number else 0,
+            path,
+            path.stat().st_size,
+            ds,
+            study,
+            series,
+            sop,
+            sop_class,
+            ts,
+            int(number) if number else 0,
+            int(series_number) if series_number else 0,
         )
         studies.setdefault(study, _Study(study)).series.setdefault(series, _Series(series)).instances[sop] = entry
     log.info("folder backend: %d instances indexed under %s, %d files skipped", len(seen), root, skipped)

@@ -24,17 +24,28 @@ USERS: dict[str, dict[str, Any]] = {
         "family_name": "DOC0021889",
         "given_name": "KIT",
         "SubjectRefPro": {
-            "exercices": [{
-                "codeProfession": "10",
-                "codeSavoirFaire": "SM44",
-                "activities": [{"raisonSocialeSite": "CABINET RADIOLOGIE TEST", "numeroFinessSite": "010000024",
-                                "identifiantTechniqueDeLaStructure": "F010000024",
-                                "ancienIdentifiantDeLaStructure": "1010000024", "codeSecteurDactivite": "SA07"}],
-            }]
+            "exercices": [
+                {
+                    "codeProfession": "10",
+                    "codeSavoirFaire": "SM44",
+                    "activities": [
+                        {
+                            "raisonSocialeSite": "CABINET RADIOLOGIE TEST",
+                            "numeroFinessSite": "010000024",
+                            "identifiantTechniqueDeLaStructure": "F010000024",
+                            "ancienIdentifiantDeLaStructure": "1010000024",
+                            "codeSecteurDactivite": "SA07",
+                        }
+                    ],
+                }
+            ]
         },
     },
-    "810100000012": {"family_name": "INFIRMIER", "given_name": "ANNE",
-                     "SubjectRefPro": {"exercices": [{"codeProfession": "60"}]}},
+    "810100000012": {
+        "family_name": "INFIRMIER",
+        "given_name": "ANNE",
+        "SubjectRefPro": {"exercices": [{"codeProfession": "60"}]},
+    },
 }
 
 
@@ -66,11 +77,21 @@ class Provider:
         key = key or self.key
         return jwt.encode({"alg": "RS256", "kid": key.kid}, claims, key)
 
-    def access_token(self, user: str, *, exp: int | None = None, iss: str | None = None, key: RSAKey | None = None) -> str:
+    def access_token(
+        self, user: str, *, exp: int | None = None, iss: str | None = None, key: RSAKey | None = None
+    ) -> str:
         now = int(time.time())
-        claims = {"iss": iss or self.issuer, "sub": "f:" + user, "SubjectNameID": user, "azp": CLIENT_ID,
-                  "typ": "Bearer", "iat": now, "exp": exp if exp is not None else now + self.access_ttl,
-                  "jti": secrets.token_hex(8), "scope": "openid scope_all"}
+        claims = {
+            "iss": iss or self.issuer,
+            "sub": "f:" + user,
+            "SubjectNameID": user,
+            "azp": CLIENT_ID,
+            "typ": "Bearer",
+            "iat": now,
+            "exp": exp if exp is not None else now + self.access_ttl,
+            "jti": secrets.token_hex(8),
+            "scope": "openid scope_all",
+        }
         return self.sign(claims, key)
 
     def _count(self, name: str) -> None:
@@ -100,10 +121,15 @@ class Provider:
         self._count("discovery")
         base = self.issuer
         doc = {
-            "issuer": base, "authorization_endpoint": base + "/authorize", "token_endpoint": base + "/token",
-            "jwks_uri": base + "/jwks", "userinfo_endpoint": base + "/userinfo",
-            "introspection_endpoint": base + "/introspect", "revocation_endpoint": base + "/revoke",
-            "id_token_signing_alg_values_supported": ["RS256"], "code_challenge_methods_supported": ["S256"],
+            "issuer": base,
+            "authorization_endpoint": base + "/authorize",
+            "token_endpoint": base + "/token",
+            "jwks_uri": base + "/jwks",
+            "userinfo_endpoint": base + "/userinfo",
+            "introspection_endpoint": base + "/introspect",
+            "revocation_endpoint": base + "/revoke",
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "code_challenge_methods_supported": ["S256"],
         }
         if self.end_session:
             doc["end_session_endpoint"] = base + "/logout"
@@ -116,12 +142,20 @@ class Provider:
     async def authorize(self, request: web.Request) -> web.StreamResponse:
         q = request.query
         self.last_authorize = dict(q)
-        if q.get("client_id") != CLIENT_ID or q.get("response_type") != "code" or q.get("code_challenge_method") != "S256":
+        if (
+            q.get("client_id") != CLIENT_ID
+            or q.get("response_type") != "code"
+            or q.get("code_challenge_method") != "S256"
+        ):
             return web.json_response({"error": "invalid_request"}, status=400)
         user = q.get("login_hint") or next(iter(USERS))
         code = secrets.token_urlsafe(16)
-        self.codes[code] = {"user": user, "nonce": q.get("nonce"), "challenge": q.get("code_challenge"),
-                            "redirect_uri": q.get("redirect_uri")}
+        self.codes[code] = {
+            "user": user,
+            "nonce": q.get("nonce"),
+            "challenge": q.get("code_challenge"),
+            "redirect_uri": q.get("redirect_uri"),
+        }
         params = {"code": code, "state": q.get("state", ""), "iss": self.issuer}
         raise web.HTTPFound(q["redirect_uri"] + "?" + urlencode(params))
 
@@ -150,13 +184,28 @@ class Provider:
         refresh = secrets.token_urlsafe(24)
         self.refresh_tokens[refresh] = user
         now = int(time.time())
-        id_claims = {"iss": self.issuer, "sub": "f:" + user, "aud": self.id_token_aud or CLIENT_ID, "iat": now,
-                     "exp": now + 300, "auth_time": now, "acr": "eidas1",
-                     "at_hash": _at_hash(access)}
+        id_claims = {
+            "iss": self.issuer,
+            "sub": "f:" + user,
+            "aud": self.id_token_aud or CLIENT_ID,
+            "iat": now,
+            "exp": now + 300,
+            "auth_time": now,
+            "acr": "eidas1",
+            "at_hash": _at_hash(access),
+        }
         if nonce is not None:
             id_claims["nonce"] = self.id_token_nonce or nonce
-        return web.json_response({"access_token": access, "token_type": "Bearer", "expires_in": self.access_ttl,
-                                  "refresh_token": refresh, "refresh_expires_in": 1800, "id_token": self.sign(id_claims)})
+        return web.json_response(
+            {
+                "access_token": access,
+                "token_type": "Bearer",
+                "expires_in": self.access_ttl,
+                "refresh_token": refresh,
+                "refresh_expires_in": 1800,
+                "id_token": self.sign(id_claims),
+            }
+        )
 
     async def userinfo(self, request: web.Request) -> web.Response:
         self._count("userinfo")
@@ -164,7 +213,9 @@ class Provider:
         if claims is None:
             return web.json_response({"error": "invalid_token"}, status=401)
         user = claims["SubjectNameID"]
-        return web.json_response({"sub": claims["sub"], "SubjectNameID": user, "preferred_username": user, **USERS[user]})
+        return web.json_response(
+            {"sub": claims["sub"], "SubjectNameID": user, "preferred_username": user, **USERS[user]}
+        )
 
     async def introspect(self, request: web.Request) -> web.Response:
         self._count("introspect")
@@ -196,11 +247,18 @@ class Provider:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.add_routes([
-            web.get("/.well-known/openid-configuration", self.discovery), web.get("/jwks", self.jwks),
-            web.get("/authorize", self.authorize), web.post("/token", self.token), web.get("/userinfo", self.userinfo),
-            web.post("/introspect", self.introspect), web.post("/revoke", self.revoke), web.get("/logout", self.logout),
-        ])
+        app.add_routes(
+            [
+                web.get("/.well-known/openid-configuration", self.discovery),
+                web.get("/jwks", self.jwks),
+                web.get("/authorize", self.authorize),
+                web.post("/token", self.token),
+                web.get("/userinfo", self.userinfo),
+                web.post("/introspect", self.introspect),
+                web.post("/revoke", self.revoke),
+                web.get("/logout", self.logout),
+            ]
+        )
         return app
 
 

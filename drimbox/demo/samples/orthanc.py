@@ -55,7 +55,22 @@ def storescu(
     for start in range(0, len(paths), 500):
         chunk = [str(p) for p in paths[start : start + 500]]
         proc = subprocess.run(
-            [exe, "-R", "-xt", "-aet", calling_aet, "-aec", called_aet, "-to", "30", "-ta", "30", host, str(port), *chunk],
+            [
+                exe,
+                "-R",
+                "-xt",
+                "-aet",
+                calling_aet,
+                "-aec",
+                called_aet,
+                "-to",
+                "30",
+                "-ta",
+                "30",
+                host,
+                str(port),
+                *chunk,
+            ],
             env=nodelay_env(),
             capture_output=True,
             text=True,
@@ -263,5 +278,3 @@ def start_orthanc(
         server.stop()
         last_log = server.log()
     raise RuntimeError(f"Orthanc did not start; last log:\n{last_log[-4000:]}")
-
-
