@@ -131,25 +131,24 @@ class _Stow:
             return None if r.status in (200, 202) else f"STOW-RS HTTP {r.status}"
 
     async def present(self, study_uid: str) -> set[str]:
-        url = f"{self.url}/studies/{study_uid}/instances?includefield=00080018"
-        async with self.session.get(url, headers={"Accept": "application/dicom+json"}) as r:
-            if r.status == 204 or r.status == 404:
-                return set()
-            if r.status != 200:
-                raise DimseUnavailable(f"QIDO-RS on the local PACS: HTTP {r.status}")
-            items = await r.json(content_type=None)
-        return {str(i.get("00080018", {}).get("Value", [""])[0]) for i in items if isinstance(i, dict)}
+        """SOP Instance UIDs of this study the local PACS holds already."""
+        return await self._first_values(f"{self.url}/studies/{study_uid}/instances?includefield=00080018", "00080018")
 
     async def study_patients(self, study_uid: str) -> set[str]:
         """Patient IDs under which the local PACS holds this Study Instance UID."""
-        url = f"{self.url}/studies?StudyInstanceUID={study_uid}&includefield=00100020"
+        return await self._first_values(
+            f"{self.url}/studies?StudyInstanceUID={study_uid}&includefield=00100020", "00100020"
+        )
+
+    async def _first_values(self, url: str, tag: str) -> set[str]:
+        """The first value of `tag` in each row of a QIDO-RS answer; empty when the PACS holds nothing."""
         async with self.session.get(url, headers={"Accept": "application/dicom+json"}) as r:
             if r.status == 204 or r.status == 404:
                 return set()
             if r.status != 200:
                 raise DimseUnavailable(f"QIDO-RS on the local PACS: HTTP {r.status}")
             items = await r.json(content_type=None)
-        return {str((i.get("00100020", {}).get("Value") or [""])[0]) for i in items if isinstance(i, dict)}
+        return {str((i.get(tag, {}).get("Value") or [""])[0]) for i in items if isinstance(i, dict)}
 
     async def close(self) -> None:
         await self.session.close()
