@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -86,8 +87,9 @@ def mesh(orthanc: Any, orthanc_factory: Any, tmp_path_factory: pytest.TempPathFa
             kos[exam] = pub["kos_uid"]
         # The RIS publishes each report (CDA) to the DMP itself, as `drimbox demo` does.
         ris = load_settings(source.config)
-        for exam in EXAMS:
-            asyncio.run(publish_report(ris, orus[exam]))
+        with ThreadPoolExecutor(1) as pool:  # its own event loop, off any other one (as send does)
+            for exam in EXAMS:
+                pool.submit(asyncio.run, publish_report(ris, orus[exam])).result()
         yield Mesh(sim, source, f"http://127.0.0.1:{port}", local_pacs, kos)
     finally:
         for process in reversed(started):
@@ -179,6 +181,8 @@ def test_the_doctors_walk(mesh: Mesh, browser: Any, language: str, professional:
         assert w["notice"] in page.inner_text(".notice")
         assert "PAT-TROIS" in page.inner_text("#patient")
         assert variance(page.locator("#image").screenshot()) > 20, "the canvas is blank"
+        page.wait_for_selector("#report", state="visible", timeout=10_000)  # the report, from the viewer too
+        assert page.inner_text("#report") == w["report"]
 
         # 5. Measure a distance: in mm, from the images' Pixel Spacing.
         page.focus("#image")
