@@ -388,7 +388,8 @@ def import_routes(
         pro = await auth.current_professional(request)
         token = await auth.access_token(request) if pro is not None else None
         if pro is None or not token:
-            body = {"error": "not logged in", "reason": "login_required", "login_url": auth.login_url(request.path_qs)}
+            error = Messages.of(request)("consumer.errors.not_logged_in")
+            body = {"error": error, "reason": "login_required", "login_url": auth.login_url(request.path_qs)}
             raise web.HTTPUnauthorized(text=json.dumps(body), content_type="application/json")
         return pro, token
 
@@ -513,7 +514,8 @@ def import_routes(
         pro, _ = await professional(request)
         found = await importer_of().status(request.match_info["job_id"])
         if found is None or found.pop("professional") != pro.id:
-            return web.json_response({"error": "no such import", "reason": "not_found"}, status=404)
+            error = Messages.of(request)("import.error.no_such_job")
+            return web.json_response({"error": error, "reason": "not_found"}, status=404)
         return web.json_response(found, headers={"Cache-Control": "no-store"})
 
     return [
