@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from drimbox import consumer
+from drimbox import consumer, metrics_http
 from drimbox.archive.archive import Archive
 from drimbox.audit import AUDIT, AuditSink, MemoryAudit
 from drimbox.audit.trail import AuditTrail, open_trail
@@ -102,6 +102,8 @@ class Box:
         if self.peer_whitelist is not None:
             app.cleanup_ctx.append(_closing(self.peer_whitelist))
         app.router.add_get("/health", self._health)
+        # GET /metrics (operator token or [metrics] networks) and the middleware counting requests by route.
+        metrics_http.setup(app, s)
         app.router.add_delete("/api/cache", self._clear_cache)
         # Pro Santé Connect login (/auth/*): the consumer's pages and the viewer need it.
         self.auth = AuthGate(s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -30,6 +31,8 @@ class BoxSettings:
     # OID under which the box mints new UIDs (KOS SOP Instance, series).
     uid_root: str = "1.2.250.1.999.1.1.2."
     log_level: str = "INFO"
+    # "text" (one readable line a record) or "json" (one JSON object a line: time, level, logger, message).
+    log_format: str = "text"
 
 
 @dataclass
@@ -255,6 +258,13 @@ class AccessSettings:
 
 
 @dataclass
+class MetricsSettings:
+    # GET /metrics (Prometheus text format) answers the operator token and, without it, clients whose address is in
+    # one of these networks ("10.0.0.0/8", "127.0.0.1/32"); empty (the default) = the operator token only.
+    networks: list[str] = field(default_factory=list)
+
+
+@dataclass
 class AuditSettings:
     # The hash-chained trail of every access to patient data (drimbox/audit/trail.py); false = kept in memory only.
     enabled: bool = True
@@ -334,6 +344,7 @@ class Settings:
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     sim: SimSettings = field(default_factory=SimSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
 
@@ -404,6 +415,13 @@ def parse_pacs(entry: str, timeout: float = 30.0) -> PacsSettings | None:
 def _validate(s: Settings) -> None:
     if not s.box.roles or any(r not in ("source", "consumer") for r in s.box.roles):
         raise ConfigError(f"box.roles: each role must be 'source' or 'consumer', got {s.box.roles!r}")
+    if s.box.log_format not in ("text", "json"):
+        raise ConfigError(f"box.log_format: must be 'text' or 'json', got {s.box.log_format!r}")
+    for network in s.metrics.networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"metrics.networks: not an IP network: {network!r}") from None
     if s.box.profile not in ("proxy", "native"):
         raise ConfigError(f"box.profile: must be 'proxy' or 'native', got {s.box.profile!r}")
     if not s.box.public_url.startswith(("http://", "https://")):

@@ -81,6 +81,7 @@ async def test_every_route_refuses_a_caller_without_credentials(
                     "consumer": ("/conso/api/exams/{kos_uid}", "/conso/dicom-web/studies/{study}",
                                  "/conso/patients/{ins}/exams")}[roles[0]]  # fmt: skip
         assert set(expected) <= {p for _, p in routes}, routes
+        assert ("GET", "/metrics") in routes and ("GET", "/metrics") not in PUBLIC  # the operator's (or [metrics])
         public = PUBLIC if "source" in roles else {**PUBLIC, **PUBLIC_ON_CONSUMER}
         assert await walk(box.url, box.app, public) == {}
         # A cookie that names no session is no better than none (sent as from the box's own page: past the CSRF check).
@@ -102,6 +103,10 @@ async def test_operator_api_takes_the_operator_token_and_stow_a_professional_tok
             wrong = await http.get(f"{box.url}/api/publications?accession=ACN103",
                                    headers={"Authorization": "Bearer not-the-operator"})  # fmt: skip
             assert wrong.status == 401 and (await wrong.json())["reason"] == "operator_required"
+            # /metrics: the operator token, not a wrong one.
+            assert (await http.get(f"{box.url}/metrics", headers=operator)).status == 200
+            metrics = await http.get(f"{box.url}/metrics", headers={"Authorization": "Bearer not-the-operator"})
+            assert metrics.status == 401 and (await metrics.json())["reason"] == "operator_required"
             # Emptying the cache is the operator's alone: a professional's PSC token does not do it.
             token = psc_token(sim.url)["access_token"]
             assert (

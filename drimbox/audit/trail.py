@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from drimbox import metrics
 from drimbox.audit.checkpoint import CheckpointWriter, check_on_open
 from drimbox.audit.events import AuditEvent
 from drimbox.audit.syslog import SyslogSender
@@ -146,6 +147,7 @@ class AuditTrail:
         if self._closed:
             raise RuntimeError("the audit trail is closed")
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         if not self._slots.acquire(blocking=False):
             # Full: wait off the loop for a slot; the request that is being audited waits with it.
             waiting = asyncio.ensure_future(asyncio.to_thread(self._slots.acquire))
@@ -158,6 +160,7 @@ class AuditTrail:
         done: asyncio.Future[None] = loop.create_future()
         self._queue.put((event, loop, done))
         await done
+        metrics.AUDIT_WRITE.observe(time.perf_counter() - started)  # queued, written and committed
 
     def close(self) -> None:
         """Write what is queued, stop the writer, close the database."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -23,12 +25,31 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run(coro)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+class JsonFormatter(logging.Formatter):
+    """[box] log_format = "json": one JSON object a line (time, level, logger, message; exception when any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+JsonFormatter.converter = time.gmtime
+
+
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     # pynetdicom logs every PDU at INFO; keep the box's own log readable.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     # signxml logs at DEBUG each canonicalized VIHF it signs or checks, patient INS included: never, at any level.
@@ -43,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from drimbox.app import serve
 
     settings = _settings(args)
-    _setup_logging(settings.box.log_level)
+    _setup_logging(settings.box.log_level, settings.box.log_format)
     _run(serve(settings, until_signalled))
     return 0
 
@@ -56,7 +77,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from drimbox.sim.server import run_sim
 
     settings = _settings(args)
-    _setup_logging(settings.box.log_level)
+    _setup_logging(settings.box.log_level, settings.box.log_format)
     _run(run_sim(settings, until_signalled))
     return 0
 

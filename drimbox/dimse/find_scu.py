@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator
 from contextlib import closing
 from typing import TypeVar
 
+from drimbox import metrics
 from drimbox.config import PacsSettings
 from drimbox.dimse.identifier import IdentifierError, RawAnswer, tag
 from drimbox.dimse.message import (
@@ -124,6 +125,22 @@ def _receive(assoc: Association, name: str, answered: bool) -> Message:
 
 
 def c_find(
+    assoc: Association, identifier: bytes, level: str, halted: threading.Event | None = None
+) -> Generator[bytes, None, None]:
+    """_c_find, timed and counted (drimbox_dimse_*{operation="C-FIND"}); closing it early is no error."""
+    started, error = time.perf_counter(), None
+    try:
+        yield from _c_find(assoc, identifier, level, halted)
+    except GeneratorExit:
+        raise
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        metrics.observe_dimse("C-FIND", started, error)
+
+
+def _c_find(
     assoc: Association, identifier: bytes, level: str, halted: threading.Event | None = None
 ) -> Generator[bytes, None, None]:
     """Send one C-FIND on `assoc` and yield each answer's identifier (Implicit VR Little Endian). Blocking.

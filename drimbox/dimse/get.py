@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable
 
+from drimbox import metrics
 from drimbox.config import PacsSettings
 from drimbox.dimse.delivery import ReceivedInstance, RetrieveOutcome, Sink
 from drimbox.dimse.find_scu import check_response
@@ -81,6 +83,20 @@ def _store(op: RetrieveOperation, message: Message) -> int:
 
 
 def c_get(
+    assoc: Association, study_uid: str, series_uid: str | None, sop_uid: str | None, sink: Sink
+) -> RetrieveOutcome:
+    """_c_get, timed and counted (drimbox_dimse_*{operation="C-GET"})."""
+    started, error = time.perf_counter(), None
+    try:
+        return _c_get(assoc, study_uid, series_uid, sop_uid, sink)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        metrics.observe_dimse("C-GET", started, error)
+
+
+def _c_get(
     assoc: Association, study_uid: str, series_uid: str | None, sop_uid: str | None, sink: Sink
 ) -> RetrieveOutcome:
     """Run one C-GET on `assoc` to its end, delivering each instance to `sink`. Blocking.

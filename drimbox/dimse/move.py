@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import time
+
+from drimbox import metrics
 from drimbox.config import PacsSettings
 from drimbox.dimse.delivery import RetrieveOutcome, Sink
 from drimbox.dimse.find_scu import check_response
@@ -28,6 +31,26 @@ def move_request(pacs: PacsSettings, calling_ae: str) -> AssociateRQ:
 
 
 def c_move(
+    assoc: Association,
+    study_uid: str,
+    series_uid: str | None,
+    sop_uid: str | None,
+    sink: Sink,
+    scp: StoreSCP,
+    expected: frozenset[str] | None = None,
+) -> RetrieveOutcome:
+    """_c_move, timed and counted (drimbox_dimse_*{operation="C-MOVE"})."""
+    started, error = time.perf_counter(), None
+    try:
+        return _c_move(assoc, study_uid, series_uid, sop_uid, sink, scp, expected)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        metrics.observe_dimse("C-MOVE", started, error)
+
+
+def _c_move(
     assoc: Association,
     study_uid: str,
     series_uid: str | None,

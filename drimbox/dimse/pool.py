@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from drimbox import metrics
 from drimbox.dimse.network import DimseUnavailable
 from drimbox.dimse.ul import Association
 
@@ -56,6 +57,12 @@ class AssociationPool:
         self._idle: dict[PoolKey, list[tuple[Association, float]]] = {}
         self._closed = False
         self._reaper: threading.Timer | None = None
+
+    def usage(self) -> tuple[int, int]:
+        """(idle, in use) associations, all peers together."""
+        with self._cond:
+            idle = sum(len(entries) for entries in self._idle.values())
+            return idle, sum(self._open.values()) - idle
 
     def open_count(self, host: str, port: int, called_ae: str) -> int:
         """Associations to that peer, busy or idle."""
@@ -217,3 +224,6 @@ class AssociationPool:
 
 # The process-wide pool the retrieve functions use unless given another.
 default_pool = AssociationPool()
+# The pool's gauges (drimbox_dimse_pool_associations), read under its lock only when /metrics is scraped.
+metrics.DIMSE_POOL.labels("idle").set_function(lambda: default_pool.usage()[0])
+metrics.DIMSE_POOL.labels("in_use").set_function(lambda: default_pool.usage()[1])

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import closing
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from drimbox import metrics
 from drimbox.config import PacsSettings
 from drimbox.dimse import identifier
 from drimbox.dimse.find_scu import STUDY_ROOT_FIND, c_find, check_response, parse_answer, run_find
@@ -285,8 +287,15 @@ async def afind_study_instances(
 def echo(pacs: PacsSettings, calling_ae: str) -> bool:
     """C-ECHO the PACS on a new association (what `drimbox check` verifies): True when it answers success.
 
-    The reason for False is logged.
+    The reason for False is logged. Timed and counted (drimbox_dimse_*{operation="C-ECHO"}).
     """
+    started = time.perf_counter()
+    answered = _echo(pacs, calling_ae)
+    metrics.observe_dimse("C-ECHO", started, None if answered else DimseUnavailable("no success"))
+    return answered
+
+
+def _echo(pacs: PacsSettings, calling_ae: str) -> bool:
     contexts = [ProposedContext(1, VERIFICATION, (IMPLICIT_VR_LITTLE_ENDIAN,))]
     request = AssociateRQ(pacs.ae_title, calling_ae, contexts, max_length=MAX_PDU_LENGTH)
     try:

@@ -7,6 +7,7 @@ import logging
 import random
 import time
 
+from drimbox import metrics
 from drimbox.audit.events import FAILURE, REFUSED, AuditEvent
 from drimbox.config import Settings
 from drimbox.hl7.ack import HL7Error
@@ -131,9 +132,10 @@ class PublicationWorker:
                 next_attempt_at=time.time() + delay,
             )
             return
-        await self.outbox.update(
-            job.id, state=outcome.state, attempts=attempts, last_error=None, published_at=time.time()
-        )
+        now = time.time()
+        await self.outbox.update(job.id, state=outcome.state, attempts=attempts, last_error=None, published_at=now)
+        if outcome.state == "published":  # the report received (the job created) to the KOS registered
+            metrics.PUBLICATION_LATENCY.observe(max(0.0, now - job.created_at))
         log.info("publication %d: %s", job.id, outcome.state)
 
     async def _audit_failure(self, job: Publication, state: str, reason: str) -> None:

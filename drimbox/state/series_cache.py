@@ -15,6 +15,7 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
+from drimbox import metrics
 from drimbox.state.db import Database, transaction
 from drimbox.state.series_fill import (
     MEMORY_AHEAD,
@@ -206,6 +207,7 @@ class SeriesCache:
         while True:
             hit = await self.cached(study_uid, series_uid, origin=origin)
             if hit is not None:
+                metrics.CACHE_HITS.inc()
                 for cached in hit:
                     yield cached
                 return
@@ -217,6 +219,7 @@ class SeriesCache:
             # An abandoned fill: let it finish cancelling (C-CANCEL, its files removed) before starting anew.
             # A degraded fill that dropped its first instances: it cannot give them again; a new fill can.
             await asyncio.wait({fill.task})
+        metrics.CACHE_MISSES.inc()
         if fill is None:
             fill = self._fills[key] = Fill(may_pass=may_pass)
             fill.task = asyncio.create_task(self._fill(key, fill, source), name=f"cache-fill-{series_uid}")
@@ -410,6 +413,7 @@ class SeriesCache:
             return victims
 
         victims = await self.db.acall(lambda conn: transaction(conn, work))
+        metrics.CACHE_EVICTIONS.inc(len(victims))
         for origin, study_uid, series_uid in victims:
             log.info("cache: evicted series %s", series_uid)
             await asyncio.to_thread(shutil.rmtree, self._series_dir(study_uid, series_uid, origin), True)

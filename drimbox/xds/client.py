@@ -13,7 +13,7 @@ from types import TracebackType
 import aiohttp
 from lxml import etree
 
-from drimbox import tls
+from drimbox import metrics, tls
 from drimbox.xds import access, metadata, mtom, query, schema, signature, soap, td02, td03
 from drimbox.xds import namespaces as ns
 from drimbox.xds.access import AccessStatus, DeclareResult
@@ -324,6 +324,7 @@ class DmpClient:
         else:
             content_type, body = f'application/soap+xml; charset=UTF-8; action="{action}"', request.envelope
         started = time.monotonic()
+        outcome = "transient"
         try:
             async with self._get_session().post(
                 url, data=body, headers={"Content-Type": content_type},
@@ -331,12 +332,20 @@ class DmpClient:
             ) as resp:  # fmt: skip
                 status, answer_type = resp.status, resp.headers.get("Content-Type", "")
                 data = await self._read(resp, transaction)
+            outcome = "ok" if status < 400 else "rejected" if status < 500 else "transient"
+        except XdsRejected:
+            outcome = "rejected"
+            raise
         except aiohttp.InvalidURL as exc:
+            outcome = "rejected"
             raise XdsRejected(transaction, f"invalid DMP URL {exc}") from None
         except TimeoutError:
             raise XdsTransientError(transaction, f"no answer from {url} within {self.timeout:g} s") from None
         except aiohttp.ClientError as exc:
             raise XdsTransientError(transaction, f"{url}: {type(exc).__name__}: {exc}") from None
+        finally:
+            metrics.DMP_DURATION.labels(transaction).observe(time.monotonic() - started)
+            metrics.DMP_CALLS.labels(transaction, outcome).inc()
         log.info("%s %s -> HTTP %d in %.0f ms", transaction, request.message_id, status,
                  (time.monotonic() - started) * 1000)  # fmt: skip
         try:
