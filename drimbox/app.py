@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from drimbox import consumer, metrics_http
+from drimbox import consumer
 from drimbox.archive.archive import Archive
 from drimbox.audit import AUDIT, AuditSink, MemoryAudit
 from drimbox.audit.trail import AuditTrail, open_trail
@@ -24,6 +24,7 @@ from drimbox.consumer.gate import GateAuth
 from drimbox.dimse.pool import default_pool
 from drimbox.dimse.uid import is_lenient_uid
 from drimbox.hl7.mllp import MllpServer
+from drimbox.metrics import http as metrics_http
 from drimbox.source import wiring as source
 from drimbox.source.outbox import Outbox
 from drimbox.source.wiring import ARCHIVE, CACHE, MLLP, OUTBOX, WORKER
