@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from drimbox.config import Settings
 from drimbox.consumer.lookup import professional_identity
-from drimbox.sim import build_sim_app
 from drimbox.xds import access, soap, td02
 from drimbox.xds.client import DmpClient, XdsRejected, XdsTransientError
 from drimbox.xds.metadata import INS_TEST_OID, ins_cx
@@ -35,16 +31,6 @@ from tests.support.consumer import (
 
 NO_DMP_INS = "248039121518052"  # a valid INS the simulator has no DMP for
 pytestmark = pytest.mark.sim
-
-
-@pytest.fixture
-async def dmp_url(tmp_path: Path) -> AsyncIterator[str]:
-    settings = Settings()
-    settings.sim.var_dir = str(tmp_path / "sim")
-    server = TestServer(build_sim_app(settings), host="127.0.0.1")
-    await server.start_server()
-    yield f"http://127.0.0.1:{server.port}/dmp"
-    await server.close()
 
 
 async def sim_json(dmp_url: str, method: str, path: str, body: Any = None) -> Any:

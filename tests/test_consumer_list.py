@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestServer
 
-from drimbox.config import ConfigError, Settings, load_settings
-from drimbox.sim import build_sim_app
+from drimbox.config import ConfigError, load_settings
 from tests.support.consumer import (
     INS,
     LAUNCH_FORM,
@@ -23,16 +20,6 @@ from tests.support.consumer import (
 )
 
 pytestmark = pytest.mark.sim
-
-
-@pytest.fixture
-async def dmp_url(tmp_path: Path) -> AsyncIterator[str]:
-    settings = Settings()
-    settings.sim.var_dir = str(tmp_path / "sim")
-    server = TestServer(build_sim_app(settings), host="127.0.0.1")
-    await server.start_server()
-    yield f"http://127.0.0.1:{server.port}/dmp"
-    await server.close()
 
 
 def _rows(page: str) -> list[str]:

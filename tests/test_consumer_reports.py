@@ -18,7 +18,6 @@ from drimbox.demo.ris import publish_report
 from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
 from drimbox.dimse.study_instances import StudyInstances
 from drimbox.hl7.report import parse_report_message
-from drimbox.sim import build_sim_app
 from drimbox.source.dmp_gateway import XdsDmpGateway
 from drimbox.xds.client import DmpClient, XdsRejected
 from drimbox.xds.report_entry import PDF_FORMAT_CODE, REPORT_TYPE_CODE, report_entry
@@ -36,16 +35,6 @@ from tests.support.consumer import (
 
 pytestmark = pytest.mark.sim
 EXAM_C = ANS_EXAMS["C"]
-
-
-@pytest.fixture
-async def dmp_url(tmp_path: Path) -> AsyncIterator[str]:
-    settings = Settings()
-    settings.sim.var_dir = str(tmp_path / "sim")
-    server = TestServer(build_sim_app(settings), host="127.0.0.1")
-    await server.start_server()
-    yield f"http://127.0.0.1:{server.port}/dmp"
-    await server.close()
 
 
 def ris_settings(tmp: Path, dmp_url: str) -> Settings:

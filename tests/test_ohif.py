@@ -24,11 +24,11 @@ import pytest
 from drimbox.demo.samples.processes import free_port
 from drimbox.demo.samples.reports import ANS_EXAMS
 from tests.support import ohif
+from tests.support.fixtures_browser import CHROMIUM
 from tests.support.fixtures_mesh import OPERATOR_TOKEN
 from tests.support.ohif import OHIF_VERSION, OhifUnavailable, app_config, ohif_dist, serve_ohif
 from tests.test_source_e2e import load_exam
 
-CHROMIUM = "/usr/bin/chromium"
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the Python package playwright is not installed")
 if shutil.which(CHROMIUM) is None:
     pytest.skip(f"{CHROMIUM} is missing (Debian package chromium)", allow_module_level=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +14,15 @@ from drimbox.config import Settings
 from drimbox.consumer import setup_consumer
 from drimbox.demo.ris import publish_report
 from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
-from drimbox.sim import build_sim_app
 from tests.support.consumer import LAUNCH_FORM, FakeAuth, Pro, consumer_settings, publish, study_spec
+from tests.support.fixtures_browser import CHROMIUM
 
-CHROMIUM = "/usr/bin/chromium"
 if shutil.which(CHROMIUM) is None:
     pytest.skip(f"{CHROMIUM} is missing (Debian package chromium)", allow_module_level=True)
 playwright = pytest.importorskip("playwright.async_api")
 
 pytestmark = [pytest.mark.browser, pytest.mark.sim]
 PDF_VIEWER = "chrome-extension://mhjfbmdgcfjbbpaeojofohoefgiehjai/"  # Chromium's built-in PDF viewer
-
-
-@pytest.fixture
-async def dmp_url(tmp_path: Path) -> AsyncIterator[str]:
-    settings = Settings()
-    settings.sim.var_dir = str(tmp_path / "sim")
-    server = TestServer(build_sim_app(settings), host="127.0.0.1")
-    await server.start_server()
-    yield f"http://127.0.0.1:{server.port}/dmp"
-    await server.close()
 
 
 async def test_the_report_pdf_shows_in_the_page(dmp_url: str, tmp_path: Path) -> None:

@@ -18,11 +18,11 @@ import pytest
 
 from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
 from tests.support.consumer import INS, LAUNCH_FORM
+from tests.support.fixtures_browser import CHROMIUM
 from tests.test_consumer_box import consumer_box, local_pacs  # noqa: F401  (fixtures reused as they are)
 from tests.test_source_e2e import load_exam
 from tests.test_source_e2e import send as send_in_loop
 
-CHROMIUM = "/usr/bin/chromium"
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the Python package playwright is not installed")
 if shutil.which(CHROMIUM) is None:
     pytest.skip(f"{CHROMIUM} is missing (Debian package chromium)", allow_module_level=True)
@@ -31,18 +31,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.orthanc, pytest.mark.dcmtk, pytes
 
 STUDY_C = "1.2.250.1.213.4.5.2.1.103"
 PROFESSIONAL = "801234567897"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run"],
-        )  # fmt: skip
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 
 from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.viewer.routes import viewer_routes
+from tests.support.fixtures_browser import CHROMIUM
 from tests.support.folder_backend import FolderBackend
 from tests.test_viewer_routes import FakeGate
 
-CHROMIUM = "/usr/bin/chromium"
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the Python package playwright is not installed")
 if shutil.which(CHROMIUM) is None:
     pytest.skip(f"{CHROMIUM} is missing (Debian package chromium)", allow_module_level=True)
@@ -146,18 +146,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield started[0]
     loop.call_soon_threadsafe(stop.set)
     thread.join(30)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run"],
-        )  # fmt: skip
-        yield b
-        b.close()
 
 
 def open_page(browser: Any, url: str, locale: str = "fr-FR", **context: Any) -> Any:

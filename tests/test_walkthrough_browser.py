@@ -26,9 +26,10 @@ from drimbox.demo.ris import publish_report
 from drimbox.demo.samples.processes import DrimboxProcess, free_port, write_config
 from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
 from tests.support.consumer import INS, LAUNCH_FORM
+from tests.support.fixtures_browser import CHROMIUM
 from tests.support.fixtures_mesh import Sim, SourceBox
 from tests.test_source_e2e import load_exam
-from tests.test_viewer_browser import CHROMIUM, send, variance, wait_ready, wait_until
+from tests.test_viewer_browser import send, variance, wait_ready, wait_until
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the Python package playwright is not installed")
 if shutil.which(CHROMIUM) is None:
@@ -94,18 +95,6 @@ def mesh(orthanc: Any, orthanc_factory: Any, tmp_path_factory: pytest.TempPathFa
     finally:
         for process in reversed(started):
             process.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run"],
-        )  # fmt: skip
-        yield b
-        b.close()
 
 
 # What the doctor reads, per language.
