@@ -178,12 +178,17 @@ async def _report_or_refusal(
     return exam, report
 
 
-async def get_report_page(request: web.Request) -> web.Response:
-    """GET /conso/exams/{kos_uid}/report: the report of the exam, in a page with the non-diagnostic notice."""
+async def _exam_and_report(request: web.Request) -> tuple[Exam, FoundReport | None] | web.Response:
+    """What both report routes start with: the login, the exam's access checks, the report; else the refusal."""
     start = await _handler_start(request)
     if isinstance(start, web.Response):
         return start
-    found = await _report_or_refusal(request, *start)
+    return await _report_or_refusal(request, *start)
+
+
+async def get_report_page(request: web.Request) -> web.Response:
+    """GET /conso/exams/{kos_uid}/report: the report of the exam, in a page with the non-diagnostic notice."""
+    found = await _exam_and_report(request)
     if isinstance(found, web.Response):
         return found
     (exam, report), m = found, Messages.of(request)
@@ -196,10 +201,7 @@ async def get_report_page(request: web.Request) -> web.Response:
 
 async def get_report_pdf(request: web.Request) -> web.Response:
     """GET /conso/exams/{kos_uid}/report.pdf: the PDF of the report's nonXMLBody, inline, sandboxed by its CSP."""
-    start = await _handler_start(request)
-    if isinstance(start, web.Response):
-        return start
-    found = await _report_or_refusal(request, *start)
+    found = await _exam_and_report(request)
     if isinstance(found, web.Response):
         return found
     _, report = found
