@@ -51,6 +51,10 @@ async def test_a_login_alone_opens_nothing(exam: Published) -> None:
                     f"{exam.study_url}/metadata", f"{exam.dicomweb}/studies/{OTHER.study_uid}/series"):  # fmt: skip
             status, body = await status_json(http, url)
             assert status == 403 and {"error", "reason"} <= set(body), url
+        # Nor the report the box received with the study (page and PDF).
+        for url in (f"{exam.box.url}/reports/{exam.study}", f"{exam.box.url}/reports/{exam.study}/pdf"):
+            async with http.get(url, allow_redirects=False) as resp:
+                assert resp.status == 403, url
         # The operator API is the operator's: a professional's session lists no publication.
         status, body = await status_json(http, f"{exam.box.url}/api/publications?accession={EXAM.accession}")
         assert status in (401, 403) and body["reason"] == "operator_required"
@@ -75,10 +79,15 @@ async def test_a_report_link_grants_its_study_as_far_as_the_live_kos_goes(exam: 
         # The grant is this study's only: no search, no other study (in the PACS, never published).
         assert (await status_json(http, f"{exam.dicomweb}/studies"))[0] == 403
         assert (await status_json(http, f"{exam.dicomweb}/studies/{OTHER.study_uid}/series"))[0] == 403
+        # The report the box holds for that study is this session's too.
+        async with http.get(f"{exam.box.url}/reports/{exam.study}/pdf") as resp:
+            assert resp.status == 200 and resp.content_type == "application/pdf"
         # Another browser (another session) of the same professional has no grant.
         async with _jar() as other:
             await login(other, exam.box.url, DOCTOR)
             assert (await status_json(other, f"{exam.study_url}/series"))[0] == 403
+            async with other.get(f"{exam.box.url}/reports/{exam.study}/pdf", allow_redirects=False) as resp:
+                assert resp.status == 403
         # Withdrawn: the grant no longer opens anything.
         await report(exam.box, action="withdraw", control="2")
         outbox = exam.box.box.outbox
@@ -98,6 +107,8 @@ async def test_a_secretary_is_refused_at_the_link_and_at_dicomweb(exam: Publishe
             assert resp.status == 403 and "habilitation" in (await resp.text()).lower()
         status, body = await status_json(http, f"{exam.study_url}/series")
         assert status == 403 and body["reason"] == "not_habilitated"
+        async with http.get(f"{exam.box.url}/reports/{exam.study}", allow_redirects=False) as resp:
+            assert resp.status == 403
     assert any(e.action == "report-link.open" and e.outcome == "refused" and e.professional == SECRETARY
                for e in exam.box.audit.events)  # fmt: skip
 
