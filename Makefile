@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEBS   := orthanc orthanc-dicomweb dcmtk dicom3tools chromium
+DEBS   := orthanc orthanc-dicomweb dcmtk dicom3tools chromium haproxy postgresql
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

@@ -1,0 +1,66 @@
+"""Two source boxes behind a real HAProxy: HTTP and MLLP reach both, and a SIGKILLed box is not noticed by clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import pytest
+
+from drimbox.demo.samples.processes import free_port
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
+from drimbox.hl7.mllp import send_message
+from tests.support.fixtures_haproxy import Balancer
+from tests.support.fixtures_mesh import SourceBox, get_json
+
+pytestmark = [pytest.mark.sim, pytest.mark.box, pytest.mark.haproxy]
+
+
+def answering_mllp_port(balancer: Balancer) -> int:
+    """GET /health through the balancer; the box's MLLP port tells which box answered."""
+    body = get_json(f"{balancer.url}/health")
+    assert body["status"] == "up", body
+    port: int = body["components"]["mllp"]["port"]
+    return port
+
+
+def send_report(port: int, exam: str) -> bytes:
+    message = build_oru(build_cda(ANS_EXAMS[exam]), action="publish", control_id=f"HA-{exam}")
+    return asyncio.run(send_message("127.0.0.1", port, message, timeout=15))
+
+
+@pytest.fixture
+def two_boxes(source_box: Callable[..., SourceBox]) -> tuple[SourceBox, SourceBox]:
+    # No PACS is needed to acknowledge a report (it waits for its images): a closed port stands in for one.
+    pacs = SimpleNamespace(aet="ORTHANC", dicom_port=free_port())
+    return source_box(pacs), source_box(pacs)
+
+
+def test_two_boxes_behind_haproxy_serve_http_and_mllp_and_survive_a_sigkill(
+    two_boxes: tuple[SourceBox, SourceBox], haproxy: Callable[..., Balancer]
+) -> None:
+    a, b = two_boxes
+    balancer = haproxy(http_backends=[a.http_port, b.http_port], mllp_backends=[a.mllp_port, b.mllp_port])
+
+    # Round robin over two healthy boxes: four requests see both of them.
+    assert {answering_mllp_port(balancer) for _ in range(4)} == {a.mllp_port, b.mllp_port}
+
+    # A report through the MLLP frontend is acknowledged, and exactly one box took it into its outbox.
+    ack = send_report(balancer.mllp_port or 0, "C")
+    assert b"MSA|AA" in ack, ack
+    assert sorted(len(box.publications(ANS_EXAMS["C"].accession)) for box in (a, b)) == [0, 1]
+
+    # SIGKILL one box: from the next request on, every one is answered (a refused connection is redispatched at
+    # once, and the health check takes the box out of the pool within ~0.5 s).
+    a.process.kill()
+    killed_at = time.monotonic()
+    answered: list[int] = []
+    while time.monotonic() - killed_at < 2.0:
+        answered.append(answering_mllp_port(balancer))
+    assert len(answered) >= 10 and set(answered) == {b.mllp_port}, answered
+    # Reports too: each of three distinct exams is acknowledged and lands on the surviving box.
+    for exam in ("E", "F", "I"):
+        assert b"MSA|AA" in send_report(balancer.mllp_port or 0, exam)
+        assert len(b.publications(ANS_EXAMS[exam].accession)) == 1, exam
