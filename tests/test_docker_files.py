@@ -61,3 +61,31 @@ def test_the_image_runs_the_installed_wheel_not_the_source_tree() -> None:
     final = stages[-1]
     assert "pip install --no-cache-dir /wheels/" in final and "from=wheel" in final
     assert not re.search(r"^COPY ", final, re.M)
+
+
+def test_the_image_runs_as_a_user_stops_on_sigterm_and_reports_its_health() -> None:
+    text = (DOCKER / "Dockerfile").read_text()
+    final = re.split(r"^FROM ", text, flags=re.M)[-1]
+    (user,) = re.findall(r"^USER (\S+)$", final, re.M)
+    assert user not in ("root", "0") and not user.startswith(("root:", "0:"))
+    assert re.search(rf"useradd [^\n]*\b{user}\b", final), "the user is created in the image"
+    assert re.search(r"^STOPSIGNAL SIGTERM$", final, re.M)
+    assert re.search(r'^VOLUME \["/var/lib/drimbox"\]$', final, re.M)
+    # The health check asks the box's own /health (the URL is the one compose sets per service).
+    assert re.search(r"^HEALTHCHECK .*\n\s+CMD .*urlopen\(os\.environ\['DRIMBOX_HEALTH_URL'\]", final, re.M)
+    assert re.search(r"^ENV [^\n]*\n?\s*DRIMBOX_HEALTH_URL=http://127\.0\.0\.1:8080/health$", final, re.M)
+    # Not a configuration override (those are DRIMBOX_<SECTION>__<KEY>): the loader must let it be.
+    load_settings(DOCKER / "source.toml", env={"DRIMBOX_HEALTH_URL": "http://127.0.0.1:8080/health"})
+
+
+def test_the_build_context_is_what_the_wheel_needs() -> None:
+    # docker/Dockerfile.dockerignore (BuildKit reads <Dockerfile>.dockerignore): everything out, then what COPY takes.
+    lines = [x for x in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines() if x and not x.startswith("#")]
+    assert lines[0] == "**"
+    kept = {x[1:].rstrip("/") for x in lines if x.startswith("!")}
+    copied = {
+        part
+        for sources in re.findall(r"^COPY (.+) \S+$", (DOCKER / "Dockerfile").read_text(), re.M)
+        for part in sources.split()
+    }
+    assert copied == kept
