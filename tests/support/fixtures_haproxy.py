@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from drimbox.demo.samples.orthanc import _die_with_parent
 from drimbox.demo.samples.processes import free_port
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -22,7 +25,8 @@ HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 _CONFIG = """\
 global
     maxconn 512
-    pidfile {pidfile}
+    pidfile {work}/haproxy.pid
+    stats socket {socket} mode 600 level operator
 
 defaults
     timeout connect 1s
@@ -59,7 +63,15 @@ backend mllp
 {servers}"""
 
 
-def haproxy_config(pidfile: Path, http_port: int | None, http_backends: Sequence[int],
+def stats_socket(work: Path) -> Path:
+    """Where the stats socket is: in `work`, unless that path is too long for a Unix socket (108 bytes)."""
+    path = work / "haproxy.sock"
+    if len(str(path)) < 100:
+        return path
+    return Path(tempfile.gettempdir()) / f"haproxy-{hashlib.sha256(str(work).encode()).hexdigest()[:12]}.sock"
+
+
+def haproxy_config(work: Path, http_port: int | None, http_backends: Sequence[int],
                    mllp_port: int | None, mllp_backends: Sequence[int]) -> str:  # fmt: skip
     """The configuration text: an HTTP frontend and/or an MLLP (TCP) frontend, each with its checked servers."""
     sections = ""
@@ -69,7 +81,7 @@ def haproxy_config(pidfile: Path, http_port: int | None, http_backends: Sequence
     if mllp_port is not None:
         servers = "".join(f"    server mllp{i} 127.0.0.1:{p} check\n" for i, p in enumerate(mllp_backends))
         sections += _TCP.format(port=mllp_port, servers=servers)
-    return _CONFIG.format(pidfile=pidfile, sections=sections)
+    return _CONFIG.format(work=work, socket=stats_socket(work), sections=sections)
 
 
 @dataclass
@@ -85,6 +97,25 @@ class Balancer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    def server_states(self) -> dict[str, str]:
+        """Each server's state as HAProxy sees it ("box0": "UP", "mllp1": "DOWN", …), from its stats socket."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(stats_socket(self.config.parent)))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        header, *rows = data.decode().strip().splitlines()
+        columns = header.lstrip("# ").split(",")
+        name, status = columns.index("svname"), columns.index("status")
+        states = {}
+        for row in rows:
+            cells = row.split(",")
+            if cells[name] not in ("FRONTEND", "BACKEND"):
+                states[cells[name]] = cells[status]
+        return states
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -119,11 +150,12 @@ def start_haproxy(work: Path, http_backends: Sequence[int] = (), mllp_backends: 
     http_port = free_port() if http_backends else None
     mllp_port = free_port() if mllp_backends else None
     config = work / "haproxy.cfg"
-    config.write_text(haproxy_config(work / "haproxy.pid", http_port, http_backends, mllp_port, mllp_backends))
+    config.write_text(haproxy_config(work, http_port, http_backends, mllp_port, mllp_backends))
     log_path = work / "haproxy.log"
     with open(log_path, "ab") as log:
+        # Its own session (a test's Ctrl-C is not its), and SIGTERM from the kernel if pytest itself dies.
         proc = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+                                start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
     balancer = Balancer(http_port, mllp_port, config, log_path, proc)
     deadline = time.monotonic() + timeout
     ports = [p for p in (http_port, mllp_port) if p is not None]
