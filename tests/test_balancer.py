@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -12,8 +14,10 @@ import pytest
 from drimbox.demo.samples.processes import free_port
 from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
 from drimbox.hl7.mllp import send_message
-from tests.support.fixtures_haproxy import Balancer
+from tests.support.fixtures_haproxy import Balancer, run_haproxy
 from tests.support.fixtures_mesh import SourceBox, get_json
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.sim, pytest.mark.box, pytest.mark.haproxy]
 
@@ -70,3 +74,25 @@ def test_two_boxes_behind_haproxy_serve_http_and_mllp_and_survive_a_sigkill(
     for exam in ("E", "F", "I"):
         assert b"MSA|AA" in send_report(balancer.mllp_port or 0, exam)
         assert len(b.publications(ANS_EXAMS[exam].accession)) == 1, exam
+
+
+def test_the_shipped_haproxy_cfg_keeps_serving_when_an_instance_dies(
+    two_boxes: tuple[SourceBox, SourceBox], tmp_path: Path
+) -> None:
+    # docker/haproxy.cfg as shipped (its slower production checks), only its loopback ports moved to free ones.
+    a, b = two_boxes
+    ports = {8080: free_port(), 2575: free_port(), 11112: free_port(), 8181: a.http_port, 8182: b.http_port,
+             2581: a.mllp_port, 2582: b.mllp_port, 11181: a.dicom_port, 11182: b.dicom_port}  # fmt: skip
+    text = (ROOT / "docker" / "haproxy.cfg").read_text()
+    text = re.sub(r"127\.0\.0\.1:(\d+)\b", lambda m: f"127.0.0.1:{ports[int(m.group(1))]}", text)
+    balancer = run_haproxy(tmp_path / "shipped", text, ports[8080], ports[2575])
+    try:
+        assert {answering_mllp_port(balancer) for _ in range(4)} == {a.mllp_port, b.mllp_port}
+        b.process.kill()
+        # leastconn over idle servers, 1 s checks: the dead instance stays in the pool ~3 s; redispatch hides it.
+        answered = {answering_mllp_port(balancer) for _ in range(50)}
+        assert answered == {a.mllp_port}
+        assert b"MSA|AA" in send_report(ports[2575], "C")
+        assert len(a.publications(ANS_EXAMS["C"].accession)) == 1
+    finally:
+        balancer.stop()

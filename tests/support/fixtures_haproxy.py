@@ -144,13 +144,20 @@ def _listening(port: int) -> bool:
 def start_haproxy(work: Path, http_backends: Sequence[int] = (), mllp_backends: Sequence[int] = (),
                   timeout: float = 10.0) -> Balancer:  # fmt: skip
     """Start haproxy in the foreground (-db) in front of the given loopback ports; return once its frontends listen."""
+    http_port = free_port() if http_backends else None
+    mllp_port = free_port() if mllp_backends else None
+    text = haproxy_config(work, http_port, http_backends, mllp_port, mllp_backends)
+    return run_haproxy(work, text, http_port, mllp_port, timeout=timeout)
+
+
+def run_haproxy(work: Path, config_text: str, http_port: int | None, mllp_port: int | None,
+                timeout: float = 10.0) -> Balancer:  # fmt: skip
+    """Run haproxy -db on a given configuration (whose frontends are these ports) until they listen."""
     if not Path(HAPROXY).is_file():
         pytest.skip("haproxy is not installed (Debian package haproxy; `make test` installs it)")
     work.mkdir(parents=True, exist_ok=True)
-    http_port = free_port() if http_backends else None
-    mllp_port = free_port() if mllp_backends else None
     config = work / "haproxy.cfg"
-    config.write_text(haproxy_config(work, http_port, http_backends, mllp_port, mllp_backends))
+    config.write_text(config_text)
     log_path = work / "haproxy.log"
     with open(log_path, "ab") as log:
         # Its own session (a test's Ctrl-C is not its), and SIGTERM from the kernel if pytest itself dies.
