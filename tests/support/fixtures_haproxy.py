@@ -46,7 +46,7 @@ frontend http
 backend boxes
     mode http
     balance roundrobin
-    retry-on conn-failure empty-response response-timeout
+    retry-on conn-failure empty-response
     option httpchk GET /health
     http-check expect status 200
 {servers}"""
