@@ -120,7 +120,11 @@ def csrf_middleware(gate: AuthGate) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        session_id = request.cookies.get(gate.cookie, "")
+        # The operator page's forms ride on the operator's session (drimbox/ops/login.py), the others on the
+        # professional's.
+        operator_page = request.path == "/operator" or request.path.startswith("/operator/")
+        cookie = gate.cookie + "_operator" if operator_page else gate.cookie
+        session_id = request.cookies.get(cookie, "")
         if session_id:
             request[CSRF_TOKEN] = token_for(session_id)
         if not session_id or request.method in SAFE_METHODS or (request.method, request.path) in CROSS_ORIGIN_BY_DESIGN:
