@@ -113,8 +113,8 @@ def setup(app: web.Application, settings: Settings, gate: AuthGate, *, reload: R
         return response
 
     async def retry(request: web.Request) -> web.StreamResponse:
-        if not await login.is_operator(request):  # back to the login form
-            return back()
+        if not await login.is_operator(request):  # no (or no longer a) session: the login form, refused
+            return page(request, render.login_page(Messages.of(request), error="expired"), status=401)
         outbox = request.app.get(OUTBOX)
         if outbox is None:
             return back(notice="no_outbox")
@@ -137,8 +137,8 @@ def setup(app: web.Application, settings: Settings, gate: AuthGate, *, reload: R
         return back(notice="retried", **keep)
 
     async def empty_cache(request: web.Request) -> web.StreamResponse:
-        if not await login.is_operator(request):  # back to the login form
-            return back()
+        if not await login.is_operator(request):  # no (or no longer a) session: the login form, refused
+            return page(request, render.login_page(Messages.of(request), error="expired"), status=401)
         cache = request.app.get(CACHE)
         if cache is None:
             return back(notice="no_cache")
@@ -147,8 +147,8 @@ def setup(app: web.Application, settings: Settings, gate: AuthGate, *, reload: R
         return back(notice="emptied")
 
     async def reload_now(request: web.Request) -> web.StreamResponse:
-        if not await login.is_operator(request):  # back to the login form
-            return back()
+        if not await login.is_operator(request):  # no (or no longer a) session: the login form, refused
+            return page(request, render.login_page(Messages.of(request), error="expired"), status=401)
         done = await reload()
         failed = [r.what for r in done if r.error is not None]
         await audit_request(request, "operator.reload", SUCCESS, professional=OPERATOR,
