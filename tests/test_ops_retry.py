@@ -26,14 +26,19 @@ EXAM = "C"
 INS = "279035121518989"
 
 
-def failed_publication(orthanc: Any, box: Any, control: str) -> dict[str, Any]:
-    """Send the exam's report while the PACS holds none of its images: the box waits, then gives up (`failed`)."""
+def send_report(orthanc: Any, box: Any, control: str) -> None:
+    """Send the exam's report while the PACS holds none of its images."""
     orthanc.clear()
     message = build_oru(build_cda(ANS_EXAMS[EXAM]), control_id=f"{EXAM}-{control}")
     # On a thread of its own: Playwright's sync API keeps an event loop running in the test's thread.
     with ThreadPoolExecutor(1) as pool:
         ack = pool.submit(asyncio.run, send_message("127.0.0.1", box.mllp_port, message, timeout=30)).result()
     assert b"MSA|AA" in ack, ack
+
+
+def failed_publication(orthanc: Any, box: Any, control: str) -> dict[str, Any]:
+    """The report without its images: the box waits, then gives up (`failed`)."""
+    send_report(orthanc, box, control)
     failed: dict[str, Any] = box.wait_state(ANS_EXAMS[EXAM].accession, ("failed", "published"), timeout=30)
     assert failed["state"] == "failed" and "waiting window" in failed["last_error"], failed
     return failed
@@ -80,6 +85,23 @@ def test_retry_over_http_queues_a_failed_publication_again_and_the_worker_publis
                   allow_redirects=False, timeout=10)  # fmt: skip
     assert "notice=not_retryable" in r.headers["Location"]
     assert len(sim.documents(INS)) == 1
+
+
+def test_an_exam_waiting_for_its_images_is_listed_with_no_patient_identity(
+    orthanc: Any, source_box: Any, tmp_path: Path
+) -> None:
+    box = source_box(orthanc, publish={"waiting_window": 120.0, "waiting_interval": 0.3})
+    send_report(orthanc, box, "W")
+    waiting = box.wait_state(ANS_EXAMS[EXAM].accession, ("waiting",), timeout=30)
+    http = requests.Session()
+    http.post(box.url + "/operator/login", data={"token": OPERATOR_TOKEN}, timeout=10)
+    page = http.get(box.url + "/operator", timeout=30).text
+    waiting_table = page[page.index("id=waiting") :]
+    assert ANS_EXAMS[EXAM].accession in waiting_table and ANS_EXAMS[EXAM].study_uid in waiting_table
+    assert "il y a" in waiting_table and waiting["state"] == "waiting"
+    spec = ANS_EXAMS[EXAM]
+    for identity in (spec.ins, spec.family, spec.given, spec.ipp):
+        assert identity not in page
 
 
 @pytest.mark.browser
