@@ -75,6 +75,8 @@ async def test_login_opens_the_dashboard_with_a_strict_http_only_cookie_and_logo
         assert section in html
     assert 'id="peer-pacs"' in html and "injoignable" in html  # nobody listens on the PACS port
     assert "Signature des VIHF" in html and "jours" in html
+    _, english = await page(browser, box, "en-GB,en;q=0.9")
+    assert '<html lang="en">' in english and "Publications to the DMP" in english and "Certificates" in english
     assert ("auth.operator-login", "success", "") in box.actions()
     # Logout: the same cookie value opens nothing any more.
     session_id = cookie.value
@@ -159,7 +161,7 @@ async def test_the_reload_button_reloads(box: RunningBox, browser: aiohttp.Clien
     async with browser.post(box.url + "/operator/reload", data={"csrf_token": csrf_token(html)},
                             allow_redirects=True) as resp:  # fmt: skip
         html = await resp.text()
-    assert "Rechargé" in html  # no [tls] and no whitelist on this box: nothing failed
+    assert "Rien à recharger" in html  # no [tls] and no whitelist on this box
     assert any(a == "operator.reload" for a, _, _ in box.actions())
 
 

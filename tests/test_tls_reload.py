@@ -13,14 +13,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 from cryptography import x509
 
+from drimbox.auth.operator import operator_token_hash
 from drimbox.config import Settings
 from drimbox.demo.samples.processes import DrimboxProcess, free_port, write_config
 from drimbox.ops import Reloaded
 from drimbox.sim.certs import Authority, issue, make_ca
-from tests.support.auth_boxes import RunningBox, running_box
+from tests.support.auth_boxes import OPERATOR_TOKEN, RunningBox, running_box
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +100,7 @@ async def tls_box(tmp_path: Path, ca: Authority) -> AsyncIterator[tuple[RunningB
     s.dmp.url = s.psc.issuer = s.whitelist.url = f"http://127.0.0.1:{free_port()}"
     s.tls.cert, s.tls.key = str(cert), str(key)
     s.audit.enabled = False
+    s.auth.operator_token = operator_token_hash(OPERATOR_TOKEN)
     async with running_box(s) as box:
         yield box, cert, key
 
@@ -131,6 +134,22 @@ async def test_reload_serves_the_new_certificate_to_new_connections_and_keeps_op
         assert await kept.status() == 200
     finally:
         await kept.close()
+
+
+async def test_the_operator_page_s_reload_button_does_the_same(
+    tls_box: tuple[RunningBox, Path, Path], ca: Authority, tmp_path: Path
+) -> None:
+    box, cert, key = tls_box
+    first = serial_of(cert)
+    install(leaf(ca, tmp_path / "b"), cert, key)
+    assert await served(box.url, ca) == (200, first)  # new files, not yet read
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar, connector=aiohttp.TCPConnector(ssl=trusting(ca))) as http:
+        await http.post(box.url + "/operator/login", data={"token": OPERATOR_TOKEN}, headers={"Origin": box.url})
+        async with http.post(box.url + "/operator/reload", headers={"Origin": box.url}) as resp:
+            html = await resp.text()
+    assert "Rechargé : tls.cert." in html
+    assert await served(box.url, ca) == (200, serial_of(cert))
 
 
 @pytest.mark.box

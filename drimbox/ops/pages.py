@@ -36,7 +36,7 @@ FILTERS: dict[str, tuple[str, ...]] = {
 }
 # ?notice=… after a form: the i18n key's last part of the message shown on top of the page.
 NOTICES = frozenset({"retried", "unknown", "not_retryable", "superseded", "emptied", "reloaded", "reload_failed",
-                     "no_outbox", "no_cache"})  # fmt: skip
+                     "no_outbox", "no_cache", "nothing_reloaded"})  # fmt: skip
 HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -47,6 +47,29 @@ HEADERS = {
 }
 
 Reload = Callable[[], Awaitable[list[Reloaded]]]
+
+
+# What a reload names (?what=…): only these are echoed, so that a crafted link cannot put words on the page.
+RELOADABLE = frozenset({"tls", "tls.cert", "tls.client_ca", "tls.ca", "tls.client_cert", "whitelist"})
+
+
+def _reloaded_names(what: str) -> str:
+    return ", ".join(w for w in (p.strip() for p in what.split(",")[:10]) if w in RELOADABLE)
+
+
+async def _local_state(request: web.Request, data: render.Dashboard) -> None:
+    """The publications (one page of the filter, and the waiting ones) and the cache's use, when the box has them."""
+    if (outbox := request.app.get(OUTBOX)) is not None:
+        data.counts = await outbox.counts()
+        offset = (data.page - 1) * data.page_size
+        data.publications, data.total = await outbox.page(FILTERS[data.state], data.page_size, offset)
+        data.waiting, _ = await outbox.page(("waiting",), data.page_size, 0)
+    if (cache := request.app.get(CACHE)) is not None:
+        data.cache = await cache.usage()
+        # Counted by this process since it started (each HTTP worker process has its own counters).
+        hits = metrics.SHARED.get_sample_value("drimbox_cache_hits_total") or 0.0
+        misses = metrics.SHARED.get_sample_value("drimbox_cache_misses_total") or 0.0
+        data.hit_ratio = hits / (hits + misses) if hits + misses else None
 
 
 def setup(app: web.Application, settings: Settings, gate: AuthGate, *, reload: Reload) -> None:
@@ -75,23 +98,17 @@ def setup(app: web.Application, settings: Settings, gate: AuthGate, *, reload: R
         notice = request.query.get("notice", "")
         data = render.Dashboard(state=state, page=number, page_size=PAGE_SIZE,
                                 notice=notice if notice in NOTICES else "",
-                                detail=request.query.get("what", "")[:200])  # fmt: skip
-        outbox = request.app.get(OUTBOX)
+                                detail=_reloaded_names(request.query.get("what", "")))  # fmt: skip
         whitelists = request.app.get(WHITELISTS, [])
         # Peers are asked while the local state is read: the page waits for the slowest, bounded by its time-out.
         peers = asyncio.create_task(check_peers(settings, whitelists))
-        if outbox is not None:
-            data.counts = await outbox.counts()
-            data.publications, data.total = await outbox.page(FILTERS[state], PAGE_SIZE, (number - 1) * PAGE_SIZE)
-            data.waiting, _ = await outbox.page(("waiting",), PAGE_SIZE, 0)
-        if (cache := request.app.get(CACHE)) is not None:
-            data.cache = await cache.usage()
-            hits = metrics.SHARED.get_sample_value("drimbox_cache_hits_total") or 0.0
-            misses = metrics.SHARED.get_sample_value("drimbox_cache_misses_total") or 0.0
-            data.hit_ratio = hits / (hits + misses) if hits + misses else None
-        chain = tuple(c for w in whitelists[:1] for c in w.chain)
-        data.certificates = await asyncio.to_thread(expiries, settings, chain)
-        data.peers = await peers
+        try:
+            await _local_state(request, data)
+            chain = tuple(c for w in whitelists[:1] for c in w.chain)
+            data.certificates = await asyncio.to_thread(expiries, settings, chain)
+            data.peers = await peers
+        finally:
+            peers.cancel()  # when reading the local state failed: no check left running on its own
         return page(request, render.dashboard(m, request, data))
 
     async def form(request: web.Request) -> dict[str, str]:
@@ -155,6 +172,8 @@ def setup(app: web.Application, settings: Settings, gate: AuthGate, *, reload: R
                             reloaded=",".join(r.what for r in done), failed=",".join(failed) or None)  # fmt: skip
         if failed:
             return back(notice="reload_failed", what=", ".join(failed))
+        if not done:
+            return back(notice="nothing_reloaded")
         return back(notice="reloaded", what=", ".join(r.what for r in done))
 
     app.add_routes([
