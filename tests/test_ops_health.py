@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import re
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -12,6 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from drimbox.demo.samples.processes import free_port
+from drimbox.ops.health import TIMEOUT
 from drimbox.sim.certs import issue, make_ca
 from tests.support.auth_boxes import OPERATOR_TOKEN, box_settings, running_box
 
@@ -80,3 +84,29 @@ async def test_a_certificate_expiring_within_30_days_is_flagged(tmp_path: Path, 
     server = certs["Serveur TLS de la box"]
     assert "10 jours" in server and 'class="warn"' in server
     assert 'class="ok"' in certs["Signature des VIHF (structure)"]  # the test pair: years left
+
+
+async def test_a_silent_pacs_costs_the_page_its_time_out_and_never_holds_the_box_up(tmp_path: Path) -> None:
+    """A PACS that accepts the connection and never answers: the page waits TIMEOUT for it, and meanwhile the box
+    answers everyone else at once (the C-ECHO runs on a thread, not on the event loop)."""
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel's backlog), never answers
+    try:
+        nobody = f"http://127.0.0.1:{free_port()}"
+        settings = box_settings(tmp_path, nobody, ["source"])
+        settings.pacs.port, settings.pacs.timeout = silent.getsockname()[1], 30.0
+        async with running_box(settings) as box:
+            loading = asyncio.create_task(operator_page(box.url))
+            worst = 0.0
+            async with aiohttp.ClientSession() as http:
+                while not loading.done():
+                    started = time.monotonic()
+                    async with http.get(box.url + "/health") as resp:
+                        assert resp.status == 200
+                    worst = max(worst, time.monotonic() - started)
+                    await asyncio.sleep(0.1)
+            html, took = await loading
+        assert TIMEOUT - 0.5 < took < TIMEOUT + 2, took
+        assert worst < 0.5, worst
+        assert f"no answer within {TIMEOUT:g} s" in rows(html, "peers")["PACS (C-ECHO)"]
+    finally:
+        silent.close()
