@@ -17,6 +17,7 @@ from drimbox.auth.oidc import TokenSet
 from drimbox.auth.professional import Professional
 from drimbox.demo.samples.processes import free_port
 from drimbox.ops import login as ops_login
+from drimbox.ops import pages as ops_pages
 from tests.support.auth_boxes import OPERATOR_TOKEN, RunningBox, box_settings, running_box
 
 COOKIE = "drimbox_session_operator"
@@ -170,3 +171,25 @@ async def test_the_session_ends_when_left_idle(box: RunningBox, browser: aiohttp
     assert "Certificats" in (await page(browser, box))[1]
     time.sleep(2.1)  # [auth] operator_idle = 2 s in this box
     assert 'action="/operator/login"' in (await page(browser, box))[1]
+
+
+async def test_publications_are_listed_newest_first_by_page_and_filtered_by_state(
+    box: RunningBox, browser: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ops_pages, "PAGE_SIZE", 2)
+    outbox = box.box.outbox
+    assert outbox is not None
+    for n in range(3):
+        await outbox.accept(sender="RIS|X", control_id=f"c{n}", raw=b"MSH|", action="publish", document_id=f"d{n}",
+                            accession=f"ACN{n}", study_uid=f"1.2.3.{n}", report={})  # fmt: skip
+    await log_in(browser, box)
+    listed = []
+    for number in (1, 2):
+        async with browser.get(box.url + f"/operator?page={number}") as resp:
+            html = await resp.text()
+        listed.append(re.findall(r"<td>(ACN\d)</td>", html[html.index("id=publications") :]))
+    assert listed == [["ACN2", "ACN1"], ["ACN0"]]
+    assert "Page 2 sur 2 (3 publications)" in html
+    async with browser.get(box.url + "/operator?state=published") as resp:
+        html = await resp.text()
+    assert "id=publications" not in html and "Page 1 sur 1 (0 publications)" in html

@@ -136,7 +136,7 @@ def _publications(m: Messages, request: web.Request, d: Dashboard) -> str:
     nav.append(_e(m("ops.page_of", page=d.page, pages=pages, total=d.total)))
     if d.page < pages:
         nav.append(f'<a href="/operator?{urlencode({"state": d.state, "page": d.page + 1})}">{_e(m("ops.next"))}</a>')
-    return (f'<h2>{_e(m("ops.publications"))}</h2><p id="counts">{counts or _e(m("ops.no_publication"))}</p>'
+    return (f'<h2>{_e(m("ops.publications"))}</h2>' + (f'<p id="counts">{counts}</p>' if counts else "") +
             f'<nav>{links}</nav>{table}<p>{" ".join(nav)}</p>'
             f'<p class="none">{_e(m("ops.retry_help"))}</p>')  # fmt: skip
 
