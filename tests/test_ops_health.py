@@ -36,7 +36,9 @@ def rows(html: str, table: str) -> dict[str, str]:
 async def operator_page(url: str, ssl_context: ssl.SSLContext | bool = True) -> tuple[str, float]:
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
                                      connector=aiohttp.TCPConnector(ssl=ssl_context)) as http:  # fmt: skip
-        await http.post(url + "/operator/login", data={"token": OPERATOR_TOKEN}, headers={"Origin": url})
+        await http.post(
+            url + "/operator/login", data={"token": OPERATOR_TOKEN}, headers={"Origin": url}, allow_redirects=False
+        )
         started = time.monotonic()
         async with http.get(url + "/operator") as resp:
             assert resp.status == 200
