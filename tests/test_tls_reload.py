@@ -145,7 +145,9 @@ async def test_the_operator_page_s_reload_button_does_the_same(
     assert await served(box.url, ca) == (200, first)  # new files, not yet read
     jar = aiohttp.CookieJar(unsafe=True)
     async with aiohttp.ClientSession(cookie_jar=jar, connector=aiohttp.TCPConnector(ssl=trusting(ca))) as http:
-        await http.post(box.url + "/operator/login", data={"token": OPERATOR_TOKEN}, headers={"Origin": box.url})
+        async with http.post(box.url + "/operator/login", data={"token": OPERATOR_TOKEN}, headers={"Origin": box.url},
+                             allow_redirects=False) as resp:  # fmt: skip
+            assert resp.cookies["drimbox_session_operator"]["secure"]  # HTTPS: the operator cookie is Secure
         async with http.post(box.url + "/operator/reload", headers={"Origin": box.url}) as resp:
             html = await resp.text()
     assert "Rechargé : tls.cert." in html
