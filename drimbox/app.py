@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,19 +19,21 @@ from drimbox.auth import AuthGate
 from drimbox.auth.links import ReportLinks
 from drimbox.auth.operator import require_operator
 from drimbox.auth.peer_whitelist import whitelist_peer_check
-from drimbox.auth.whitelist import AnsWhitelist
-from drimbox.config import Settings
+from drimbox.auth.whitelist import WHITELISTS, AnsWhitelist, WhitelistError
+from drimbox.config import ConfigError, Settings
 from drimbox.consumer.gate import GateAuth
 from drimbox.dimse.pool import default_pool
 from drimbox.dimse.uid import is_lenient_uid
 from drimbox.hl7.mllp import MllpServer
 from drimbox.metrics import http as metrics_http
+from drimbox.ops import Reloaded
+from drimbox.ops import pages as ops_pages
 from drimbox.source import wiring as source
 from drimbox.source.outbox import Outbox
 from drimbox.source.wiring import ARCHIVE, CACHE, MLLP, OUTBOX, WORKER
 from drimbox.source.worker import PublicationWorker
 from drimbox.state.series_cache import SeriesCache
-from drimbox.tls import box_to_box, peer_middleware, use
+from drimbox.tls import box_to_box, peer_middleware, prepare_reload, use
 from drimbox.viewer.routes import viewer_routes
 from drimbox.xds.habilitation import DEFAULT_IMAGING_PROFESSIONS, ImagingMatrix
 
@@ -50,6 +53,7 @@ class Box:
         self.peer_whitelist: AnsWhitelist | None = None
         self.audit: AuditSink = MemoryAudit()
         self.app: web.Application | None = None
+        self.server_ssl: ssl.SSLContext | None = None
         self._runner: web.AppRunner | None = None
 
     @property
@@ -85,7 +89,7 @@ class Box:
         s = self.settings
         s.var_path.mkdir(parents=True, exist_ok=True)
         # [tls] first: a bad certificate stops the start before any listener is bound.
-        server_ssl = use(s.tls)
+        server_ssl = self.server_ssl = use(s.tls)
         # With mutual TLS, a source takes box-to-box calls only from the whitelist's operators (their certificate DN).
         peer_check = None
         if self.is_source and s.tls.client_auth != "none" and s.whitelist.check_client_dn:
@@ -100,7 +104,9 @@ class Box:
         if s.audit.enabled:
             self.audit = open_trail(s)
         app[AUDIT] = self.audit
+        app[WHITELISTS] = []
         if self.peer_whitelist is not None:
+            app[WHITELISTS].append(self.peer_whitelist)
             app.cleanup_ctx.append(_closing(self.peer_whitelist))
         app.router.add_get("/health", self._health)
         # GET /metrics (operator token or [metrics] networks) and the middleware counting requests by route.
@@ -118,6 +124,8 @@ class Box:
         # The web viewer (both roles) and, on a source (outbox), the report link that opens it.
         app.add_routes(viewer_routes(self.auth, outbox, links=ReportLinks(s.auth, s.box.public_url),
                                      grants=self.auth.sessions, matrix=matrix))  # fmt: skip
+        # The operator's page (/operator): its own login, the publications, the cache, peers and certificates.
+        ops_pages.setup(app, s, self.auth, reload=self.reload)
         # handler_cancellation: a client that leaves while the PACS is slow is noticed at once (C-CANCEL).
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()  # the roles' resources open here (cleanup_ctx), before any HTTP request
@@ -144,6 +152,29 @@ class Box:
             await asyncio.to_thread(self.audit.close)
         # Release the PACS associations kept warm for the next query or retrieve.
         await asyncio.to_thread(default_pool.close_idle)
+
+    async def reload(self) -> list[Reloaded]:
+        """SIGHUP and the operator page's button: [tls] files into the contexts the listeners and clients hold
+        (new handshakes get the new certificate, open connections go on), the whitelist fetched and verified again.
+        A bad file keeps what is in use and says why."""
+        done: list[Reloaded] = []
+        try:
+            pending = await asyncio.to_thread(prepare_reload, self.settings.tls, self.server_ssl)
+            done += [Reloaded(key, None) for key in pending.apply()]
+        except ConfigError as exc:
+            log.error("reload: %s; the certificates in use are kept", exc)
+            done.append(Reloaded("tls", str(exc)))
+        for whitelist in self.app.get(WHITELISTS, []) if self.app is not None else []:
+            try:
+                await whitelist.refresh()
+                done.append(Reloaded("whitelist", None))
+            except WhitelistError as exc:
+                log.error("reload: whitelist: %s; the list in use is kept", exc)
+                done.append(Reloaded("whitelist", str(exc)))
+        log.info(
+            "reload: %s", ", ".join(f"{r.what} {'ok' if r.error is None else 'FAILED'}" for r in done) or "nothing"
+        )
+        return done
 
     async def _clear_cache(self, request: web.Request) -> web.Response:
         """Operator action: drop the Proxy cache, all of it or one study (?study=UID)."""
@@ -199,12 +230,21 @@ def _closing(whitelist: AnsWhitelist) -> Callable[[web.Application], AsyncIterat
     return context
 
 
-async def serve(settings: Settings, until: Callable[[], Awaitable[None]]) -> None:
-    """Run a box until `until()` returns (the command line: SIGTERM or SIGINT), then stop it cleanly."""
+ReloadHook = Callable[[Callable[[], Awaitable[object]]], Callable[[], None]]
+
+
+async def serve(settings: Settings, until: Callable[[], Awaitable[None]], reload_on: ReloadHook | None = None) -> None:
+    """Run a box until `until()` returns (the command line: SIGTERM or SIGINT), then stop it cleanly.
+
+    `reload_on(box.reload)` installs what triggers a reload (the command line: SIGHUP) and returns its remover.
+    """
     box = Box(settings)
     await box.start()
+    remove = reload_on(box.reload) if reload_on is not None else None
     try:
         await until()
     finally:
+        if remove is not None:
+            remove()
         log.info("stopping")
         await box.stop()

@@ -196,6 +196,9 @@ class AuthSettings:
     # `Authorization: Bearer <operator token>`. Only its hash is kept here: "sha256:<64 hex digits>" of the token
     # (`printf %s TOKEN | sha256sum`). Empty: no operator token (then nobody reads publications or unpublished studies).
     operator_token: str = ""
+    # The operator page (/operator): a login with the operator token opens a session of its own, ended after this
+    # long without a request (and after 2 h in any case).
+    operator_idle: float = 15 * 60.0
     # HMAC-SHA256 keys (at least 32 characters each) that sign report links (/IHEInvokeImageDisplay): the first
     # signs, every one verifies (key rotation: put the new key first, drop the old one after report_link_ttl).
     # Empty: unsigned links are accepted, as before. Set: an unsigned, tampered or expired link is refused (403).
@@ -491,6 +494,7 @@ def _validate_auth(s: Settings) -> None:
     for key, value in (
         ("auth.session_ttl", a.session_ttl),
         ("auth.session_idle", a.session_idle),
+        ("auth.operator_idle", a.operator_idle),
         ("auth.discovery_ttl", a.discovery_ttl),
         ("auth.http_timeout", a.http_timeout),
         ("whitelist.refresh_interval", w.refresh_interval),

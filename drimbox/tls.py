@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
+import os
 import ssl
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -111,6 +114,80 @@ def use(t: TlsSettings) -> ssl.SSLContext | None:
     server = server_context(t)
     _client = client_context(t)
     return server
+
+
+class Pending:
+    """[tls] files read and checked, ready to go into the live contexts (apply()), or a reason they may not."""
+
+    def __init__(self, t: TlsSettings, server: ssl.SSLContext | None) -> None:
+        self.t = t
+        self.server = server
+        self.reloaded: list[str] = []
+        self._dir = tempfile.TemporaryDirectory(prefix="drimbox-tls-")
+        # Each file read once: what is checked here is byte for byte what apply() loads, even if the operator
+        # is still copying files in.
+        self._copies: dict[str, str] = {}
+
+    def _copy(self, key: str, path: str) -> str:
+        target = os.path.join(self._dir.name, key)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # private keys among them
+        with os.fdopen(fd, "wb") as f:
+            f.write(_read(key, path))
+        self._copies[key] = target
+        return target
+
+    def check(self) -> None:
+        """Read every file and build throw-away contexts from the copies; ConfigError names the key at fault."""
+        t, c = self.t, self._copy
+        copied = dataclasses.replace(t)
+        if self.server is not None and t.cert:
+            copied.cert, copied.key = c("cert", t.cert), c("key", t.key)
+            if t.client_auth != "none":
+                copied.client_ca = c("client_ca", t.client_ca)
+        if t.ca:
+            copied.ca = c("ca", t.ca)
+        if t.client_cert:
+            copied.client_cert, copied.client_key = c("client_cert", t.client_cert), c("client_key", t.client_key)
+        server_context(copied)
+        client_context(copied)
+
+    def apply(self) -> list[str]:
+        """Load the checked copies into the contexts the listeners and clients hold (on the event loop's thread:
+        OpenSSL contexts are not to be changed while another thread makes connections from them)."""
+        f = self._copies
+        try:
+            if self.server is not None and "cert" in f:
+                self.server.load_cert_chain(f["cert"], f["key"])
+                self.reloaded.append("tls.cert")
+                if "client_ca" in f:
+                    # Added to the trust store: a CA removed from the file stays trusted until the next restart.
+                    self.server.load_verify_locations(cafile=f["client_ca"])
+                    self.reloaded.append("tls.client_ca")
+            if _client is not None:
+                if "ca" in f:
+                    _client.load_verify_locations(cafile=f["ca"])
+                    self.reloaded.append("tls.ca")
+                if "client_cert" in f:
+                    _client.load_cert_chain(f["client_cert"], f["client_key"])
+                    self.reloaded.append("tls.client_cert")
+        finally:
+            self._dir.cleanup()
+        return self.reloaded
+
+    def discard(self) -> None:
+        self._dir.cleanup()
+
+
+def prepare_reload(t: TlsSettings, server: ssl.SSLContext | None) -> Pending:
+    """Read and check [tls]'s files again (blocking: call it off the event loop); raises ConfigError, nothing
+    changed, when a file is unreadable, not PEM or a key does not match its certificate."""
+    pending = Pending(t, server)
+    try:
+        pending.check()
+    except BaseException:
+        pending.discard()
+        raise
+    return pending
 
 
 def client_ssl() -> ssl.SSLContext | bool:

@@ -30,6 +30,12 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("POST", "/auth/logout"): "ends the caller's own session (posted from the box's own pages only: CSRF)",
     ("GET", "/auth/logged-out"): "a static page",
     ("POST", "/conso/launch"): "stores the launch server-side and sends the browser to the login (checked below)",
+    (
+        "GET",
+        "/operator",
+    ): "the operator token's login form; the page itself needs the operator session (test_ops_login)",
+    ("POST", "/operator/logout"): "ends the caller's own operator session, if any (from the box's own pages: CSRF)",
+    ("POST", "/operator/login"): "checks the operator token (failures audited, slowed and limited: test_ops_login)",
 }
 # On a box without the source role the report link only says so (404 "No images here"): nothing of a patient.
 PUBLIC_ON_CONSUMER = {("GET", "/IHEInvokeImageDisplay"): "answers 404 without looking anything up"}

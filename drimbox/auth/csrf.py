@@ -120,13 +120,18 @@ def csrf_middleware(gate: AuthGate) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        session_id = request.cookies.get(gate.cookie, "")
+        # The operator page's forms carry the operator session's token (drimbox/ops/login.py), the others the
+        # professional's; either cookie makes a request one that must come from the box's own pages.
+        operator_page = request.path == "/operator" or request.path.startswith("/operator/")
+        cookies = (gate.cookie + "_operator", gate.cookie)
+        session_id = request.cookies.get(cookies[0] if operator_page else cookies[1], "")
         if session_id:
             request[CSRF_TOKEN] = token_for(session_id)
-        if not session_id or request.method in SAFE_METHODS or (request.method, request.path) in CROSS_ORIGIN_BY_DESIGN:
+        rides = any(request.cookies.get(c) for c in cookies)
+        if not rides or request.method in SAFE_METHODS or (request.method, request.path) in CROSS_ORIGIN_BY_DESIGN:
             return await handler(request)
-        if from_own_origin(request, gate.settings.box.public_url) or await _carries_token(
-            request, token_for(session_id)
+        if from_own_origin(request, gate.settings.box.public_url) or (
+            session_id and await _carries_token(request, token_for(session_id))
         ):
             return await handler(request)
         professional = await gate.current_professional(request)

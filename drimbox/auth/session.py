@@ -38,6 +38,19 @@ CREATE TABLE IF NOT EXISTS grants (
     granted_at REAL NOT NULL,
     PRIMARY KEY (id_hash, study_uid)
 );
+-- The operator page's sessions (drimbox/ops/login.py): the operator token's holder, no professional behind them;
+-- a table of their own so that neither kind of cookie ever opens the other kind of session.
+CREATE TABLE IF NOT EXISTS operator_sessions (
+    id_hash TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+-- Failed operator logins by client address: shared by every process of the box, they slow guessing down.
+CREATE TABLE IF NOT EXISTS operator_login_failures (
+    remote TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pending_logins (
     state_hash TEXT PRIMARY KEY,
     nonce TEXT NOT NULL,
@@ -214,6 +227,54 @@ class SessionStore:
             return PendingLogin(state, row["nonce"], row["code_verifier"], row["next"], row["created_at"])
 
         return await self._db.acall(_pop)
+
+    # --- the operator page's sessions ---------------------------------------------------------------------
+
+    async def create_operator(self, *, ttl: float) -> str:
+        """A new operator session; returns its id (the operator cookie's value)."""
+        session_id, now = secrets.token_urlsafe(32), self._clock()
+
+        def _insert(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM operator_sessions WHERE expires_at <= ?", (now,))
+            conn.execute("INSERT INTO operator_sessions VALUES (?, ?, ?, ?)", (_hash(session_id), now, now, now + ttl))
+
+        await self._db.acall(_insert)
+        return session_id
+
+    async def operator_session(self, session_id: str, *, idle: float) -> bool:
+        """Whether this id is a live operator session (its idle clock restarted); ended when idle too long."""
+        if not session_id or len(session_id) > 128:
+            return False
+        key, now = _hash(session_id), self._clock()
+
+        def _get(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT * FROM operator_sessions WHERE id_hash = ?", (key,)).fetchone()
+            if row is None:
+                return False
+            if now >= row["expires_at"] or now - row["last_seen"] >= idle:
+                conn.execute("DELETE FROM operator_sessions WHERE id_hash = ?", (key,))
+                return False
+            conn.execute("UPDATE operator_sessions SET last_seen = ? WHERE id_hash = ?", (now, key))
+            return True
+
+        return await self._db.acall(_get)
+
+    async def end_operator(self, session_id: str) -> None:
+        key = _hash(session_id)
+        await self._db.acall(lambda conn: conn.execute("DELETE FROM operator_sessions WHERE id_hash = ?", (key,)))
+
+    async def operator_failures(self, remote: str, *, window: float, add: bool = False) -> int:
+        """Failed operator logins from `remote` within `window` seconds (after recording one more when `add`)."""
+        now = self._clock()
+
+        def _count(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM operator_login_failures WHERE at < ?", (now - window,))
+            if add:
+                conn.execute("INSERT INTO operator_login_failures VALUES (?, ?)", (remote, now))
+            row = conn.execute("SELECT COUNT(*) FROM operator_login_failures WHERE remote = ?", (remote,)).fetchone()
+            return int(row[0])
+
+        return await self._db.acall(_count)
 
     def _purge(self, conn: sqlite3.Connection, now: float) -> None:
         conn.execute("DELETE FROM sessions WHERE expires_at <= ? OR last_seen <= ?", (now, now - self.idle))

@@ -16,6 +16,7 @@ from typing import Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp import web
 from cryptography import x509
 from lxml import etree
 
@@ -43,6 +44,9 @@ MAX_CRL_BYTES = 20 * 1024 * 1024
 MAX_CERT_BYTES = 64 * 1024
 MAX_ISSUERS_FETCHED = 4
 Role = Literal["db", "vi", "any"]
+# app[WHITELISTS]: every AnsWhitelist a box holds (the consumer's, the source's peer check), for SIGHUP and the
+# operator page.
+WHITELISTS = web.AppKey("drimbox_whitelists", list["AnsWhitelist"])
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
@@ -221,6 +225,16 @@ class AnsWhitelist:
         self._first_use_roots: tuple[x509.Certificate, ...] = ()
         self._lock = asyncio.Lock()
         self.last_error = ""
+        # The last verified list's signer chain (signer first), for the operator page's expiry dates.
+        self.chain: tuple[x509.Certificate, ...] = ()
+
+    def age(self) -> tuple[float | None, float, int]:
+        """(seconds since the last verified fetch or None, seconds until the next one is due, entries listed)."""
+        if self._current is None:
+            return None, 0.0, 0
+        age = self._clock() - self._fetched_at
+        entries = len(self._current.db) + len(self._current.vi)
+        return age, max(0.0, self.settings.refresh_interval - age), entries
 
     @property
     def current(self) -> Whitelist | None:
@@ -284,6 +298,7 @@ class AnsWhitelist:
             self.last_error = str(exc)
             raise
         self._current, self._fetched_at, self.last_error = whitelist, self._clock(), ""
+        self.chain = tuple(chain)
         log.info(
             "whitelist loaded: %d box hosts, %d viewer hosts, %d operators, %s, generated %s",
             len(whitelist.db),

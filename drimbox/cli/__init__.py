@@ -11,7 +11,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from drimbox.cli.signals import until_signalled
+from drimbox.cli.signals import reload_on_sighup, until_signalled
 from drimbox.config import ConfigError, Settings, load_settings
 from drimbox.demo.options import add_demo_arguments
 
@@ -65,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _setup_logging(settings.box.log_level, settings.box.log_format)
-    _run(serve(settings, until_signalled))
+    _run(serve(settings, until_signalled, reload_on_sighup))
     return 0
 
 

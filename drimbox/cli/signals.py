@@ -1,9 +1,10 @@
-"""Waiting on the event loop for SIGTERM or SIGINT: how the long-running commands know to drain and stop."""
+"""Signals on the event loop: SIGTERM/SIGINT (drain and stop), SIGHUP (reload certificates and the whitelist)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
 
 
 async def until_signalled() -> None:
@@ -17,3 +18,29 @@ async def until_signalled() -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def reload_on_sighup(reload: Callable[[], Awaitable[object]]) -> Callable[[], None]:
+    """Run `reload()` on each SIGHUP (certificates, whitelist), one at a time; returns what removes the handler.
+
+    Per process: with several HTTP workers the parent forwards SIGHUP, and each reloads its own contexts.
+    """
+    loop = asyncio.get_running_loop()
+    running: set[asyncio.Task[object]] = set()
+
+    async def _once() -> object:
+        return await reload()
+
+    def on_signal() -> None:
+        if running:  # a reload in progress already reads the files anew
+            return
+        task = loop.create_task(_once(), name="sighup-reload")
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_signal)
+
+    def remove() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return remove

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from drimbox.audit.events import AUDIT
-from drimbox.auth.whitelist import AnsWhitelist
+from drimbox.auth.whitelist import WHITELISTS, AnsWhitelist
 from drimbox.config import Settings
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.backend import KOS_PARAM, ConsumerBackend
@@ -40,6 +40,7 @@ def setup_consumer_images(app: web.Application, settings: Settings, auth: Consum
     """
     c = settings.consumer
     whitelist = AnsWhitelist(settings.whitelist)
+    app.setdefault(WHITELISTS, []).append(whitelist)  # reloaded on SIGHUP, shown on the operator page
     retriever = SourceRetriever(
         whitelist, connect_timeout=c.retrieve_connect_timeout, read_timeout=c.retrieve_read_timeout
     )

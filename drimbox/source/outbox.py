@@ -361,6 +361,40 @@ class Outbox:
 
         return self.db.call(lambda conn: transaction(conn, work))
 
+    async def retry(self, pub_id: int) -> str | None:
+        """Queue one failed or rejected job again (the operator page); None when queued, else why not:
+        "unknown", "not_retryable" (another state), "superseded" (a later job of the study exists, which must not
+        be overtaken by an older report)."""
+
+        def work(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT study_uid, state FROM publications WHERE id = ?", (pub_id,)).fetchone()
+            if row is None:
+                return "unknown"
+            if row["state"] not in ("failed", "rejected"):
+                return "not_retryable"
+            later = conn.execute("SELECT 1 FROM publications WHERE study_uid = ? AND id > ?",
+                                 (row["study_uid"], pub_id)).fetchone()  # fmt: skip
+            if later is not None:
+                return "superseded"
+            now = time.time()
+            conn.execute("UPDATE publications SET state = 'received', next_attempt_at = ?, updated_at = ?,"
+                         " window_start = ? WHERE id = ?", (now, now, now, pub_id))  # fmt: skip
+            return None
+
+        return await self.db.acall(lambda conn: transaction(conn, work))
+
+    async def page(self, states: Sequence[str], limit: int, offset: int) -> tuple[list[Publication], int]:
+        """The publications in `states` (all when empty), newest first, one page of them, and how many in all."""
+
+        def work(conn: sqlite3.Connection) -> tuple[list[Publication], int]:
+            where = f" WHERE state IN ({', '.join('?' * len(states))})" if states else ""
+            total = conn.execute(f"SELECT COUNT(*) FROM publications{where}", tuple(states)).fetchone()[0]
+            rows = conn.execute(f"SELECT * FROM publications{where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                                (*states, limit, offset)).fetchall()  # fmt: skip
+            return [_row(r) for r in rows], int(total)
+
+        return await self.db.acall(work)
+
     async def counts(self) -> dict[str, int]:
         def work(conn: sqlite3.Connection) -> dict[str, int]:
             rows = conn.execute("SELECT state, COUNT(*) AS n FROM publications GROUP BY state").fetchall()
