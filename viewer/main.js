@@ -297,6 +297,8 @@ function renderImage() {
   paint();
   // Exposed for the tests and the perf suite: the time of the last window/level + paint, in ms.
   canvas.dataset.renderMs = (performance.now() - started).toFixed(1);
+  // And the transfer syntax the frame travelled in (stored JPEG-LS decoded here, or native from the box).
+  if (image.syntax) canvas.dataset.transferSyntax = image.syntax;
 }
 
 function paint() {

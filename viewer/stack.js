@@ -1,6 +1,7 @@
 // One series as a stack of frames: loading with preloading around the current image, and painting with
 // window/level applied in the browser (no round trip per change, so a drag stays well under 100 ms).
-import { value } from './dicomweb.js';
+import { NATIVE, value } from './dicomweb.js';
+import { decodable, decode } from './codecs.js';
 
 const PRELOAD = 6; // images loaded ahead and behind the current one
 const KEEP = 160; // frames kept in memory; the farthest from the current one go first
@@ -123,13 +124,28 @@ export class Stack {
     return promise;
   }
 
+  // The frame's stored values: asked in its stored syntax when a worker can decode it, decoded there.
+  // A decoder that fails (a worker that cannot start, a bitstream it refuses) costs one more request, uncompressed.
+  async pixels(uid, frame) {
+    const got = await this.api.frame(this.seriesUid, uid, frame, decodable);
+    if (got.syntax === NATIVE) return got;
+    try {
+      const decoded = await decode(got.syntax, got.buffer);
+      return { syntax: got.syntax, buffer: decoded.buffer };
+    } catch (error) {
+      console.warn(`frame decode failed (${got.syntax}): ${error.message}`);
+      const again = await this.api.frame(this.seriesUid, uid, frame, []);
+      return { syntax: again.syntax, buffer: again.buffer };
+    }
+  }
+
   async load({ uid, frame }) {
     let item = this.metadata.get(uid);
     let raw = null;
     if (!item) {
       // The frame is asked alongside the metadata (not after it): one round trip, not two. Grayscale is by far
       // the common case; a colour image throws this answer away and asks for the rendered one.
-      raw = this.api.rawFrame(this.seriesUid, uid, frame);
+      raw = this.pixels(uid, frame);
       raw.catch(() => {});
       item = await this.ownMetadata(uid);
     }
@@ -140,7 +156,7 @@ export class Stack {
       const bitmap = await this.api.renderedFrame(this.seriesUid, uid, frame);
       return { kind: 'bitmap', bitmap, width: bitmap.width, height: bitmap.height, item };
     }
-    const buffer = await (raw || this.api.rawFrame(this.seriesUid, uid, frame));
+    const { syntax, buffer } = await (raw || this.pixels(uid, frame));
     const bits = value(item, '00280100', 16), signed = value(item, '00280103', 0) === 1;
     const Type = bits === 8 ? (signed ? Int8Array : Uint8Array) : (signed ? Int16Array : Uint16Array);
     const pixels = new Type(buffer, 0, rows * cols);
@@ -148,7 +164,7 @@ export class Stack {
     let min = Infinity, max = -Infinity;
     for (let i = 0; i < pixels.length; i++) { const v = pixels[i]; if (v < min) min = v; if (v > max) max = v; }
     return {
-      kind: 'gray', pixels, width: cols, height: rows, slope, intercept, item,
+      kind: 'gray', pixels, width: cols, height: rows, slope, intercept, item, syntax,
       invert: photometric === 'MONOCHROME1',
       min: min * slope + intercept, max: max * slope + intercept,
       center: Number(value(item, '00281050')), width_: Number(value(item, '00281051')),
