@@ -299,6 +299,7 @@ function renderImage() {
   canvas.dataset.renderMs = (performance.now() - started).toFixed(1);
   // And the transfer syntax the frame travelled in (stored JPEG-LS decoded here, or native from the box).
   if (image.syntax) canvas.dataset.transferSyntax = image.syntax;
+  if (image.hash !== undefined) canvas.dataset.pixelHash = String(image.hash);
 }
 
 function paint() {

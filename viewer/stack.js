@@ -160,16 +160,30 @@ export class Stack {
     const bits = value(item, '00280100', 16), signed = value(item, '00280103', 0) === 1;
     const Type = bits === 8 ? (signed ? Int8Array : Uint8Array) : (signed ? Int16Array : Uint16Array);
     const pixels = new Type(buffer, 0, rows * cols);
+    const stored = value(item, '00280101', bits);
+    if (syntax !== NATIVE && signed && stored < bits) signExtend(pixels, stored);
     const slope = Number(value(item, '00281053', 1)), intercept = Number(value(item, '00281052', 0));
-    let min = Infinity, max = -Infinity;
-    for (let i = 0; i < pixels.length; i++) { const v = pixels[i]; if (v < min) min = v; if (v > max) max = v; }
+    let min = Infinity, max = -Infinity, hash = 0;
+    for (let i = 0; i < pixels.length; i++) {
+      const v = pixels[i];
+      if (v < min) min = v;
+      if (v > max) max = v;
+      hash = (Math.imul(hash, 31) + v) | 0; // the stored values' fingerprint, for the tests (cheap in this loop)
+    }
     return {
+      hash,
       kind: 'gray', pixels, width: cols, height: rows, slope, intercept, item, syntax,
       invert: photometric === 'MONOCHROME1',
       min: min * slope + intercept, max: max * slope + intercept,
       center: Number(value(item, '00281050')), width_: Number(value(item, '00281051')),
     };
   }
+}
+
+// A codec returns a signed sample's BitsStored low bits as they were coded: its sign bit is bit BitsStored - 1.
+function signExtend(pixels, stored) {
+  const shift = 32 - stored;
+  for (let i = 0; i < pixels.length; i++) pixels[i] = (pixels[i] << shift) >> shift;
 }
 
 // The image's own window, or its full range when it names none.

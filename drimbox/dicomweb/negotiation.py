@@ -232,9 +232,7 @@ def pixel_choices(
                 choices.append(PixelChoice(native.media_type, native.syntax, single))
             elif syntax == stored:  # the stored bitstream, named explicitly rather than with `*`
                 choices.append(PixelChoice(OCTET_STREAM, stored, single))
-        elif _PIXEL_MEDIA.get(syntax) == media and (
-            syntax == stored or (compress and can_transcode(stored, syntax))
-        ):
+        elif _PIXEL_MEDIA.get(syntax) == media and (syntax == stored or (compress and can_transcode(stored, syntax))):
             choices.append(PixelChoice(media, syntax, single))
     if not choices:
         raise NotAcceptable(
