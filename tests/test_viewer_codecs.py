@@ -224,3 +224,32 @@ def test_the_vendored_codec_is_served_as_webassembly_with_an_immutable_cache(pag
     assert wasm.body()[:4] == b"\0asm"
     for bad in ("codec-charls@1.2.7/LICENSE", "codec-charls/charlswasm_decode.js", "..%2Flock.json/x.js"):
         assert page.request.get(f"{served.url}/viewer/vendor/{bad}").status == 404, bad
+
+
+def test_on_a_slow_link_a_marked_preview_comes_first_then_the_exact_frame(page: Any, served: Served) -> None:
+    open_viewer(page, served, JLS_STUDY)  # once at full speed: the codec is then in the browser's cache (immutable)
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    # 32 kB/s and 200 ms of latency: an exact 96² frame takes well over the viewer's 300 ms threshold.
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 200, "downloadThroughput": 32_000, "uploadThroughput": 32_000},
+    )
+    page.reload()
+    page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+    first = int(page.locator("#image").get_attribute("data-index"))
+    page.locator("#image").focus()
+    page.keyboard.press("End")
+    last = SLICES - 1
+    # The preview, marked, while the exact frame is on its way (one evaluation: no race with its arrival).
+    mark = "!document.getElementById('preview-mark').hidden"
+    wait_until(page, f"document.querySelector('#image').dataset.preview === '{last}' && {mark}")
+    wait_until(page, f"(document.querySelector('#image').dataset.paints || '').split(' ').includes('e{last}')", 30)
+    paints = page.locator("#image").get_attribute("data-paints").split()
+    assert paints.index(f"e{first}") < paints.index(f"p{last}") < paints.index(f"e{last}"), paints
+    # Then the exact frame, unmarked, with pydicom's values.
+    assert page.locator("#preview-mark").is_hidden()
+    assert page.locator("#image").get_attribute("data-preview") is None
+    index, syntax, digest = shown(page)
+    assert (index, syntax) == (last, JPEGLSLossless)
+    assert digest == expected_hash(served.root, "jls", index)

@@ -93,8 +93,10 @@ export class Dicomweb {
     return firstPart(resp.headers.get('Content-Type') || '', await resp.arrayBuffer());
   }
 
-  async renderedFrame(seriesUid, instanceUid, frame) {
-    const resp = await this.fetch(this.url(`${this.instancePath(seriesUid, instanceUid)}/frames/${frame}/rendered`), 'image/png');
+  async renderedFrame(seriesUid, instanceUid, frame, accept = 'image/png', params = null) {
+    const query = params ? `?${params}` : '';
+    const path = `${this.instancePath(seriesUid, instanceUid)}/frames/${frame}/rendered${query}`;
+    const resp = await this.fetch(this.url(path), accept);
     return createImageBitmap(await resp.blob());
   }
 }

@@ -6,6 +6,10 @@ import { decodable, decode } from './codecs.js';
 const PRELOAD = 6; // images loaded ahead and behind the current one
 const KEEP = 160; // frames kept in memory; the farthest from the current one go first
 const PARALLEL = 4;
+// A link where an exact frame takes longer than this (smoothed over the frames so far) is slow: the image the user
+// waits for comes first as a small lossy JPEG rendered by the box, then the exact frame replaces it.
+const PREVIEW_AFTER_MS = 300;
+const PREVIEW_QUALITY = 60;
 
 // The stack's order: InstanceNumber, multi-frame instances expanded into their frames.
 function framesOf(items) {
@@ -35,6 +39,29 @@ export class Stack {
     this.queue = [];
     this.active = 0;
     this.onprogress = () => {};
+    this.exactMs = null; // smoothed time an exact frame takes to arrive and decode
+    this.previews = new Map(); // index → Promise<ImageBitmap> of its lossy preview
+  }
+
+  // Is the link slow enough that the shown image should come first as a preview?
+  get slow() {
+    return this.exactMs !== null && this.exactMs > PREVIEW_AFTER_MS;
+  }
+
+  // A lossy JPEG of image `index` at `width` × `height` (the previous image's size halved: a quarter of the
+  // pixels), in window `win` when one is chosen, else the image's own. Asked beside the preloads, not queued.
+  preview(index, width, height, win) {
+    let promise = this.previews.get(index);
+    if (!promise) {
+      const { uid, frame } = this.frames[index];
+      const params = new URLSearchParams({ quality: String(PREVIEW_QUALITY) });
+      if (width && height) params.set('viewport', `${Math.ceil(width / 2)},${Math.ceil(height / 2)}`);
+      if (win) params.set('window', `${win.center},${win.width},linear`);
+      promise = this.api.renderedFrame(this.seriesUid, uid, frame, 'image/jpeg', params);
+      this.previews.set(index, promise);
+      promise.catch(() => this.previews.delete(index));
+    }
+    return promise;
   }
 
   get length() {
@@ -75,6 +102,7 @@ export class Stack {
       promise.then(() => {
         const at = this.frames.findIndex((f) => f.key === frame.key); // a rebuild may have moved it
         if (at >= 0 && this.cache.get(at) === promise) this.loaded.add(at);
+        if (at >= 0) this.previews.delete(at);
         this.onprogress();
       }, () => { for (const [i, p] of this.cache) if (p === promise) this.cache.delete(i); });
       this.pump();
@@ -127,16 +155,23 @@ export class Stack {
   // The frame's stored values: asked in its stored syntax when a worker can decode it, decoded there.
   // A decoder that fails (a worker that cannot start, a bitstream it refuses) costs one more request, uncompressed.
   async pixels(uid, frame) {
+    const started = performance.now();
     const got = await this.api.frame(this.seriesUid, uid, frame, decodable);
-    if (got.syntax === NATIVE) return got;
+    if (got.syntax === NATIVE) return this.timed(started, got);
     try {
       const decoded = await decode(got.syntax, got.buffer);
-      return { syntax: got.syntax, buffer: decoded.buffer };
+      return this.timed(started, { syntax: got.syntax, buffer: decoded.buffer });
     } catch (error) {
       console.warn(`frame decode failed (${got.syntax}): ${error.message}`);
       const again = await this.api.frame(this.seriesUid, uid, frame, []);
       return { syntax: again.syntax, buffer: again.buffer };
     }
+  }
+
+  timed(started, result) {
+    const ms = performance.now() - started;
+    this.exactMs = this.exactMs === null ? ms : 0.7 * this.exactMs + 0.3 * ms;
+    return result;
   }
 
   async load({ uid, frame }) {
