@@ -39,8 +39,9 @@ self.onmessage = async (event) => {
   try {
     const decode = DECODERS[syntax];
     if (!decode) throw new Error(`no decoder for ${syntax}`);
+    const started = performance.now();
     const result = await decode(new Uint8Array(buffer));
-    self.postMessage({ id, ...result }, [result.buffer]);
+    self.postMessage({ id, ...result, ms: performance.now() - started }, [result.buffer]);
   } catch (error) {
     self.postMessage({ id, error: String((error && error.message) || error) });
   }
