@@ -58,6 +58,8 @@ ACCEPT_BEFORE = f'multipart/related; type="application/octet-stream"; transfer-s
 ACCEPT_VIEWER = (
     'multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.80, '
     'multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.81, '
+    'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90, '
+    'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.91, '
     f"{ACCEPT_BEFORE}; q=0.5"
 )
 PARALLEL = 4  # viewer/stack.js PARALLEL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
@@ -29,10 +30,7 @@ def test_the_vendored_files_are_the_ones_the_lock_records() -> None:
 def test_a_changed_vendored_file_is_reported(tmp_path: Path) -> None:
     fetch = _fetch_script()
     copy = tmp_path / "vendor"
-    (copy / "codec-charls@1.2.7").mkdir(parents=True)
-    (copy / "lock.json").write_bytes((VENDOR / "lock.json").read_bytes())
-    for f in (VENDOR / "codec-charls@1.2.7").iterdir():
-        (copy / "codec-charls@1.2.7" / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(VENDOR, copy)
     (copy / "codec-charls@1.2.7" / "charlswasm_decode.js").write_text("// altered\n")
     assert fetch.verify(copy) == [
         "@cornerstonejs/codec-charls: charlswasm_decode.js differs from dist/charlswasm_decode.js in the lock"
@@ -46,6 +44,6 @@ def test_every_locked_file_is_package_data_with_its_licence() -> None:
     ]["drimbox.viewer.static"]
     for package in lock["packages"].values():
         names = [f"vendor/{package['folder']}/{entry['as']}" for entry in package["files"].values()]
-        assert f"vendor/{package['folder']}/LICENSE" in names
+        assert f"vendor/{package['folder']}/{package['licence_file']}" in names  # the licence travels with the code
         for name in [*names, "vendor/lock.json"]:
             assert any(fnmatch(name, p) for p in patterns), name

@@ -3,12 +3,13 @@
 
 const WORKER = new URL('decode-worker.js', import.meta.url);
 const JPEG_LS = ['1.2.840.10008.1.2.4.80', '1.2.840.10008.1.2.4.81']; // lossless, near-lossless
+const JPEG_2000 = ['1.2.840.10008.1.2.4.90', '1.2.840.10008.1.2.4.91']; // lossless only, lossy or lossless
 // Below two cores one worker still keeps decoding off the page's thread; above, leave a core to the page.
 const SIZE = Math.max(1, Math.min(4, (navigator.hardwareConcurrency || 2) - 1));
 
 const supported = typeof Worker === 'function' && typeof WebAssembly === 'object';
 // Emptied when a worker cannot start (no WebAssembly, a CSP refusing it): frames are then asked uncompressed.
-export const decodable = new Set(supported ? JPEG_LS : []);
+export const decodable = new Set(supported ? [...JPEG_LS, ...JPEG_2000] : []);
 
 const workers = []; // { worker, busy }
 const pending = new Map(); // job id → { resolve, reject, slot }

@@ -3,7 +3,9 @@
 'use strict';
 
 const CHARLS = 'vendor/codec-charls@1.2.7/';
+const OPENJPEG = 'vendor/codec-openjpeg@1.3.6/';
 let charls = null; // Promise of the JPEG-LS module, started on the first JPEG-LS frame
+let openjpeg = null; // the same for JPEG 2000: a worker loads only the codecs its frames need
 
 function jpegLs() {
   if (!charls) {
@@ -29,7 +31,31 @@ async function decodeJpegLs(bytes) {
   }
 }
 
+function jpeg2000() {
+  if (!openjpeg) {
+    importScripts(`${OPENJPEG}openjpegwasm_decode.js`);
+    openjpeg = OpenJPEGWASM({ locateFile: (file) => OPENJPEG + file });
+  }
+  return openjpeg;
+}
+
+async function decodeJpeg2000(bytes) {
+  const codec = await jpeg2000();
+  const decoder = new codec.J2KDecoder();
+  try {
+    decoder.getEncodedBuffer(bytes.length).set(bytes);
+    decoder.decode();
+    const info = decoder.getFrameInfo();
+    const pixels = decoder.getDecodedBuffer().slice();
+    return { buffer: pixels.buffer, width: info.width, height: info.height, bits: info.bitsPerSample };
+  } finally {
+    decoder.delete();
+  }
+}
+
 const DECODERS = {
+  '1.2.840.10008.1.2.4.90': decodeJpeg2000,
+  '1.2.840.10008.1.2.4.91': decodeJpeg2000,
   '1.2.840.10008.1.2.4.80': decodeJpegLs,
   '1.2.840.10008.1.2.4.81': decodeJpegLs,
 };

@@ -11,7 +11,12 @@ export class HttpError extends Error {
 // Uncompressed little endian: the frame arrives as the stored values, so window/level runs in the browser.
 export const NATIVE = '1.2.840.10008.1.2.1';
 const RAW_FRAME = `multipart/related; type="application/octet-stream"; transfer-syntax=${NATIVE}`;
-const PIXEL_MEDIA = { '1.2.840.10008.1.2.4.80': 'image/jls', '1.2.840.10008.1.2.4.81': 'image/jls' };
+const PIXEL_MEDIA = {
+  '1.2.840.10008.1.2.4.80': 'image/jls',
+  '1.2.840.10008.1.2.4.81': 'image/jls',
+  '1.2.840.10008.1.2.4.90': 'image/jp2',
+  '1.2.840.10008.1.2.4.91': 'image/jp2',
+};
 
 // The stored syntaxes the viewer decodes first (PS3.18 8.7.3: the box sends those as stored, never decoding
 // them), uncompressed as the fallback at a lower weight: the box decodes only what the browser cannot.
