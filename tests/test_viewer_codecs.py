@@ -264,3 +264,13 @@ def test_on_a_slow_link_a_marked_preview_comes_first_then_the_exact_frame(page: 
     index, syntax, digest = shown(page)
     assert (index, syntax) == (last, JPEGLSLossless)
     assert digest == expected_hash(served.root, "jls", index)
+
+
+def test_a_browser_whose_codec_cannot_load_gets_the_frames_uncompressed(page: Any, served: Served) -> None:
+    page.route("**/viewer/vendor/**", lambda route: route.abort())  # as a proxy that blocks .wasm would
+    types = frame_types(page)
+    open_viewer(page, served, JLS_STUDY)
+    index, syntax, digest = shown(page)
+    assert syntax == ExplicitVRLittleEndian  # decoded by the box, as before the codecs
+    assert digest == expected_hash(served.root, "jls", index)
+    assert any('type="application/octet-stream"' in t for t in types), types

@@ -14,6 +14,8 @@ export const decodable = new Set(supported ? [...JPEG_LS, ...JPEG_2000] : []);
 const workers = []; // { worker, busy }
 const pending = new Map(); // job id → { resolve, reject, slot }
 let nextId = 1;
+let failures = 0; // in a row: a codec that cannot even start fails every frame, and each costs a second request
+const GIVE_UP_AFTER = 3;
 
 function spawn() {
   const slot = { worker: new Worker(WORKER), busy: 0 };
@@ -23,9 +25,11 @@ function spawn() {
     pending.delete(data.id);
     slot.busy--;
     if (data.error) {
+      if (++failures >= GIVE_UP_AFTER) decodable.clear();
       job.reject(new Error(data.error));
       return;
     }
+    failures = 0;
     // The worker's own decoding time (queueing aside), for the perf suite: performance entries named 'decode'.
     const end = performance.now();
     performance.measure('decode', { start: end - data.ms, end });
