@@ -6,6 +6,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless, RLELossless
 
 from drimbox.dicomweb.negotiation import (
+    OCTET_STREAM,
     InstanceChoice,
     NotAcceptable,
     PixelChoice,
@@ -130,3 +131,26 @@ def test_codec_capabilities() -> None:
     assert can_transcode(JPEGLSLossless, JPEGLSLossless)  # as is, codec or not
     assert can_transcode(JPEGLSLossless, ExplicitVRLittleEndian) == can_decode(JPEGLSLossless)
     assert ExplicitVRLittleEndian in producible_syntaxes()
+
+
+def test_frames_of_lossy_data_are_never_reencoded_in_a_lossless_syntax() -> None:
+    jls = parse_accept('multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.80')
+    with pytest.raises(NotAcceptable):
+        pixel_choices(jls, "1.2.840.10008.1.2.4.50", single_part_allowed=False)  # baseline JPEG: lossy
+    assert not can_transcode("1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.90")  # J2K (lossy) → J2K lossless
+    assert can_transcode("1.2.840.10008.1.2.4.50", ExplicitVRLittleEndian) == can_decode("1.2.840.10008.1.2.4.50")
+
+
+def test_the_viewers_accept_gets_the_stored_bitstream_or_native_pixels_without_compress_on_the_fly() -> None:
+    viewer = parse_accept(
+        'multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.80, '
+        'multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.81, '
+        'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1; q=0.5'
+    )
+    stored_jls = pixel_choices(viewer, "1.2.840.10008.1.2.4.80", single_part_allowed=False, compress=False)
+    assert stored_jls[0] == PixelChoice("image/jls", "1.2.840.10008.1.2.4.80")
+    native = pixel_choices(viewer, ExplicitVRLittleEndian, single_part_allowed=False, compress=False)
+    assert native == [PixelChoice(OCTET_STREAM, ExplicitVRLittleEndian)]  # no encoding on the fly
+    if can_encode("1.2.840.10008.1.2.4.80"):
+        on_the_fly = pixel_choices(viewer, ExplicitVRLittleEndian, single_part_allowed=False, compress=True)
+        assert on_the_fly[0] == PixelChoice("image/jls", "1.2.840.10008.1.2.4.80")

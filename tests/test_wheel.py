@@ -107,3 +107,8 @@ def test_an_installed_wheel_serves_the_viewer(installed: Path, served: str) -> N
     for name in VIEWER_FILES:
         with urllib.request.urlopen(f"{served}/viewer/{name}", timeout=10) as resp:
             assert resp.read() == (ROOT / "viewer" / name).read_bytes(), name
+    # The vendored WebAssembly codecs too, as WebAssembly (the viewer's workers compile them while they stream in).
+    for wasm in sorted((ROOT / "viewer" / "vendor").glob("*/*.wasm")):
+        path = f"vendor/{wasm.parent.name}/{wasm.name}"
+        with urllib.request.urlopen(f"{served}/viewer/{path}", timeout=10) as resp:
+            assert resp.headers["Content-Type"] == "application/wasm" and resp.read() == wasm.read_bytes(), path

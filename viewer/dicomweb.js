@@ -9,7 +9,21 @@ export class HttpError extends Error {
 }
 
 // Uncompressed little endian: the frame arrives as the stored values, so window/level runs in the browser.
-const RAW_FRAME = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1';
+export const NATIVE = '1.2.840.10008.1.2.1';
+const RAW_FRAME = `multipart/related; type="application/octet-stream"; transfer-syntax=${NATIVE}`;
+const PIXEL_MEDIA = {
+  '1.2.840.10008.1.2.4.80': 'image/jls',
+  '1.2.840.10008.1.2.4.81': 'image/jls',
+  '1.2.840.10008.1.2.4.90': 'image/jp2',
+  '1.2.840.10008.1.2.4.91': 'image/jp2',
+};
+
+// The stored syntaxes the viewer decodes first (PS3.18 8.7.3: the box sends those as stored, never decoding
+// them), uncompressed as the fallback at a lower weight: the box decodes only what the browser cannot.
+export function frameAccept(syntaxes) {
+  const ranges = [...syntaxes].map((ts) => `multipart/related; type="${PIXEL_MEDIA[ts]}"; transfer-syntax=${ts}`);
+  return [...ranges, ranges.length ? `${RAW_FRAME}; q=0.5` : RAW_FRAME].join(', ');
+}
 
 export class Dicomweb {
   constructor(base, study, kos) {
@@ -68,26 +82,46 @@ export class Dicomweb {
     return this.url(`/series/${encodeURIComponent(seriesUid)}/thumbnail?viewport=128,128${kos}`);
   }
 
+  // One frame as {syntax, buffer}: the stored bitstream when `syntaxes` (what the browser decodes) holds its
+  // syntax, else native little-endian values. `bytes` counts what frames cost on the wire, for the perf suite.
+  async frame(seriesUid, instanceUid, frame, syntaxes) {
+    const url = this.url(`${this.instancePath(seriesUid, instanceUid)}/frames/${frame}`);
+    const resp = await this.fetch(url, frameAccept(syntaxes));
+    const part = parts(resp.headers.get('Content-Type') || '', await resp.arrayBuffer());
+    this.frameBytes = (this.frameBytes || 0) + part.body.byteLength;
+    const syntax = /transfer-syntax=\s*"?([0-9.]+)/i.exec(part.type)?.[1] || NATIVE;
+    return { syntax, buffer: part.body };
+  }
+
   async rawFrame(seriesUid, instanceUid, frame) {
     const resp = await this.fetch(this.url(`${this.instancePath(seriesUid, instanceUid)}/frames/${frame}`), RAW_FRAME);
     return firstPart(resp.headers.get('Content-Type') || '', await resp.arrayBuffer());
   }
 
-  async renderedFrame(seriesUid, instanceUid, frame) {
-    const resp = await this.fetch(this.url(`${this.instancePath(seriesUid, instanceUid)}/frames/${frame}/rendered`), 'image/png');
+  async renderedFrame(seriesUid, instanceUid, frame, accept = 'image/png', params = null) {
+    const query = params ? `?${params}` : '';
+    const path = `${this.instancePath(seriesUid, instanceUid)}/frames/${frame}/rendered${query}`;
+    const resp = await this.fetch(this.url(path), accept);
     return createImageBitmap(await resp.blob());
   }
 }
 
 // The body of the first part of a multipart/related answer (one frame asked, one part back).
 export function firstPart(contentType, buffer) {
+  return parts(contentType, buffer).body;
+}
+
+// The first part's Content-Type and body; a single-part answer is the frame itself, typed by the response.
+function parts(contentType, buffer) {
   const match = /boundary="?([^";]+)"?/i.exec(contentType);
-  if (!match) return buffer; // a single-part answer is the frame itself
+  if (!match) return { type: contentType, body: buffer };
   const bytes = new Uint8Array(buffer);
   const start = indexOf(bytes, ascii('\r\n\r\n'), 0) + 4;
   const end = lastIndexOf(bytes, ascii(`\r\n--${match[1]}`), start);
   if (start < 4 || end < 0) throw new Error('malformed multipart answer');
-  return buffer.slice(start, end);
+  const head = new TextDecoder('latin1').decode(bytes.subarray(0, start));
+  const type = /^content-type:\s*(.*)$/im.exec(head)?.[1] || '';
+  return { type, body: buffer.slice(start, end) };
 }
 
 function ascii(text) {

@@ -11,7 +11,7 @@ const problem = (key) => Object.assign(new Error(key), { key });
 
 // fitted: the user has not zoomed or panned since the last fit, so a resize (rotating a tablet) fits again.
 // measures: frame key → that image's measurements ({kind, points: [{x, y}] in image pixels, done}).
-const view = { seriesUid: null, stack: null, index: 0, image: null, window: null, zoom: 1, panX: 0, panY: 0, fitted: true, tool: 'window', token: 0, measures: new Map(), cine: null };
+const view = { seriesUid: null, stack: null, index: 0, image: null, window: null, zoom: 1, panX: 0, panY: 0, fitted: true, tool: 'window', token: 0, measures: new Map(), cine: null, preview: null };
 const canvas = $('image');
 const ctx = canvas.getContext('2d');
 let offscreen = null; // the current image at its own size, after window/level
@@ -248,8 +248,16 @@ async function show(index) {
   index = Math.max(0, Math.min(stack.length - 1, index));
   view.index = index;
   showPosition();
+  if (dropPreview()) paint(); // another image's preview
   const stage = $('stage');
   if (!stack.loaded.has(index)) stage.classList.add('busy');
+  // On a slow link, a lossy preview while the exact image is on its way (never measured or windowed on).
+  if (!stack.loaded.has(index) && stack.slow && view.image?.kind === 'gray') {
+    const { width, height } = view.image;
+    stack.preview(index, width, height, view.window).then((bitmap) => {
+      if (stack === view.stack && index === view.index && !stack.loaded.has(index)) showPreview(bitmap, index);
+    }, () => {});
+  }
   let image;
   try {
     image = await stack.image(index);
@@ -258,6 +266,7 @@ async function show(index) {
   }
   if (stack !== view.stack || index !== view.index) return; // the user has moved on meanwhile
   const first = view.image === null;
+  dropPreview();
   view.image = image;
   if (first) showBanner(image.item);
   if (first || !view.window) view.window = image.kind === 'gray' ? defaultWindow(image) : null;
@@ -267,6 +276,7 @@ async function show(index) {
   renderImage();
   document.body.dataset.state = 'ready';
   canvas.dataset.index = String(index);
+  logPaint(`e${index}`);
   announce();
   if (!performance.getEntriesByName('first-image').length) {
     performance.mark('first-image');
@@ -275,6 +285,29 @@ async function show(index) {
   }
   // Neighbours after the paint: before it, they would only compete with the first image.
   stack.preload(index);
+}
+
+// The preview drawn where the exact image will be (at the size of the image shown before it), marked as such;
+// view.image stays the last exact image and paint() draws no measurement over a preview: no tool works on it.
+function showPreview(bitmap, index) {
+  view.preview = bitmap;
+  canvas.dataset.preview = String(index);
+  $('preview-mark').hidden = false;
+  paint();
+  logPaint(`p${index}`);
+}
+
+function dropPreview() {
+  if (!view.preview) return false;
+  view.preview = null;
+  delete canvas.dataset.preview;
+  $('preview-mark').hidden = true;
+  return true;
+}
+
+// The last paints, for the tests and the perf suite: p<index> a preview, e<index> an exact image.
+function logPaint(entry) {
+  canvas.dataset.paints = [...(canvas.dataset.paints || '').split(' ').filter(Boolean), entry].slice(-20).join(' ');
 }
 
 // Window/level into an offscreen canvas at the image's size; the visible canvas then only scales it.
@@ -297,6 +330,9 @@ function renderImage() {
   paint();
   // Exposed for the tests and the perf suite: the time of the last window/level + paint, in ms.
   canvas.dataset.renderMs = (performance.now() - started).toFixed(1);
+  // And the transfer syntax the frame travelled in (stored JPEG-LS decoded here, or native from the box).
+  if (image.syntax) canvas.dataset.transferSyntax = image.syntax;
+  if (image.hash !== undefined) canvas.dataset.pixelHash = String(image.hash);
 }
 
 function paint() {
@@ -312,6 +348,10 @@ function paint() {
   ctx.imageSmoothingEnabled = view.zoom < 3;
   canvas.dataset.zoom = view.zoom.toFixed(3); // for the tests
   ctx.drawImage(offscreen, -view.image.width / 2, -view.image.height / 2);
+  if (view.preview) {
+    ctx.drawImage(view.preview, -view.image.width / 2, -view.image.height / 2, view.image.width, view.image.height);
+    return;
+  }
   const measures = currentMeasures();
   if (measures.length && extras) {
     const toScreen = (p) => { const [x, y] = toCanvas(p); return [x * ratio, y * ratio]; };

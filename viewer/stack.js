@@ -1,10 +1,15 @@
 // One series as a stack of frames: loading with preloading around the current image, and painting with
 // window/level applied in the browser (no round trip per change, so a drag stays well under 100 ms).
-import { value } from './dicomweb.js';
+import { NATIVE, value } from './dicomweb.js';
+import { decodable, decode } from './codecs.js';
 
 const PRELOAD = 6; // images loaded ahead and behind the current one
 const KEEP = 160; // frames kept in memory; the farthest from the current one go first
 const PARALLEL = 4;
+// A link where an exact frame takes longer than this (smoothed over the frames so far) is slow: the image the user
+// waits for comes first as a small lossy JPEG rendered by the box, then the exact frame replaces it.
+const PREVIEW_AFTER_MS = 300;
+const PREVIEW_QUALITY = 60;
 
 // The stack's order: InstanceNumber, multi-frame instances expanded into their frames.
 function framesOf(items) {
@@ -34,6 +39,29 @@ export class Stack {
     this.queue = [];
     this.active = 0;
     this.onprogress = () => {};
+    this.exactMs = null; // smoothed time an exact frame takes to arrive and decode
+    this.previews = new Map(); // index → Promise<ImageBitmap> of its lossy preview
+  }
+
+  // Is the link slow enough that the shown image should come first as a preview?
+  get slow() {
+    return this.exactMs !== null && this.exactMs > PREVIEW_AFTER_MS;
+  }
+
+  // A lossy JPEG of image `index` at `width` × `height` (the previous image's size halved: a quarter of the
+  // pixels), in window `win` when one is chosen, else the image's own. Asked beside the preloads, not queued.
+  preview(index, width, height, win) {
+    let promise = this.previews.get(index);
+    if (!promise) {
+      const { uid, frame } = this.frames[index];
+      const params = new URLSearchParams({ quality: String(PREVIEW_QUALITY) });
+      if (width && height) params.set('viewport', `${Math.ceil(width / 2)},${Math.ceil(height / 2)}`);
+      if (win) params.set('window', `${win.center},${win.width},linear`);
+      promise = this.api.renderedFrame(this.seriesUid, uid, frame, 'image/jpeg', params);
+      this.previews.set(index, promise);
+      promise.catch(() => this.previews.delete(index));
+    }
+    return promise;
   }
 
   get length() {
@@ -74,6 +102,7 @@ export class Stack {
       promise.then(() => {
         const at = this.frames.findIndex((f) => f.key === frame.key); // a rebuild may have moved it
         if (at >= 0 && this.cache.get(at) === promise) this.loaded.add(at);
+        if (at >= 0) this.previews.delete(at);
         this.onprogress();
       }, () => { for (const [i, p] of this.cache) if (p === promise) this.cache.delete(i); });
       this.pump();
@@ -123,13 +152,35 @@ export class Stack {
     return promise;
   }
 
+  // The frame's stored values: asked in its stored syntax when a worker can decode it, decoded there.
+  // A decoder that fails (a worker that cannot start, a bitstream it refuses) costs one more request, uncompressed.
+  async pixels(uid, frame) {
+    const started = performance.now();
+    const got = await this.api.frame(this.seriesUid, uid, frame, decodable);
+    if (got.syntax === NATIVE) return this.timed(started, got);
+    try {
+      const decoded = await decode(got.syntax, got.buffer);
+      return this.timed(started, { syntax: got.syntax, buffer: decoded.buffer });
+    } catch (error) {
+      console.warn(`frame decode failed (${got.syntax}): ${error.message}`);
+      const again = await this.api.frame(this.seriesUid, uid, frame, []);
+      return { syntax: again.syntax, buffer: again.buffer };
+    }
+  }
+
+  timed(started, result) {
+    const ms = performance.now() - started;
+    this.exactMs = this.exactMs === null ? ms : 0.7 * this.exactMs + 0.3 * ms;
+    return result;
+  }
+
   async load({ uid, frame }) {
     let item = this.metadata.get(uid);
     let raw = null;
     if (!item) {
       // The frame is asked alongside the metadata (not after it): one round trip, not two. Grayscale is by far
       // the common case; a colour image throws this answer away and asks for the rendered one.
-      raw = this.api.rawFrame(this.seriesUid, uid, frame);
+      raw = this.pixels(uid, frame);
       raw.catch(() => {});
       item = await this.ownMetadata(uid);
     }
@@ -140,20 +191,34 @@ export class Stack {
       const bitmap = await this.api.renderedFrame(this.seriesUid, uid, frame);
       return { kind: 'bitmap', bitmap, width: bitmap.width, height: bitmap.height, item };
     }
-    const buffer = await (raw || this.api.rawFrame(this.seriesUid, uid, frame));
+    const { syntax, buffer } = await (raw || this.pixels(uid, frame));
     const bits = value(item, '00280100', 16), signed = value(item, '00280103', 0) === 1;
     const Type = bits === 8 ? (signed ? Int8Array : Uint8Array) : (signed ? Int16Array : Uint16Array);
     const pixels = new Type(buffer, 0, rows * cols);
+    const stored = value(item, '00280101', bits);
+    if (syntax !== NATIVE && signed && stored < bits) signExtend(pixels, stored);
     const slope = Number(value(item, '00281053', 1)), intercept = Number(value(item, '00281052', 0));
-    let min = Infinity, max = -Infinity;
-    for (let i = 0; i < pixels.length; i++) { const v = pixels[i]; if (v < min) min = v; if (v > max) max = v; }
+    let min = Infinity, max = -Infinity, hash = 0;
+    for (let i = 0; i < pixels.length; i++) {
+      const v = pixels[i];
+      if (v < min) min = v;
+      if (v > max) max = v;
+      hash = (Math.imul(hash, 31) + v) | 0; // the stored values' fingerprint, for the tests (cheap in this loop)
+    }
     return {
-      kind: 'gray', pixels, width: cols, height: rows, slope, intercept, item,
+      hash,
+      kind: 'gray', pixels, width: cols, height: rows, slope, intercept, item, syntax,
       invert: photometric === 'MONOCHROME1',
       min: min * slope + intercept, max: max * slope + intercept,
       center: Number(value(item, '00281050')), width_: Number(value(item, '00281051')),
     };
   }
+}
+
+// A codec returns a signed sample's BitsStored low bits as they were coded: its sign bit is bit BitsStored - 1.
+function signExtend(pixels, stored) {
+  const shift = 32 - stored;
+  for (let i = 0; i < pixels.length; i++) pixels[i] = (pixels[i] << shift) >> shift;
 }
 
 // The image's own window, or its full range when it names none.

@@ -196,11 +196,14 @@ def pixel_media_type(syntax: str) -> str:
     return _PIXEL_MEDIA.get(syntax, OCTET_STREAM) if is_compressed(syntax) else OCTET_STREAM
 
 
-def pixel_choices(ranges: list[MediaRange], stored: str, *, single_part_allowed: bool) -> list[PixelChoice]:
+def pixel_choices(
+    ranges: list[MediaRange], stored: str, *, single_part_allowed: bool, compress: bool = True
+) -> list[PixelChoice]:
     """What the client accepts for the frames of an instance stored in `stored`, best first (PS3.18 §8.7.3.5).
 
     `*/*`, `image/*` and `transfer-syntax=*` mean as stored (never decompress); octet-stream without a syntax
-    means native pixels; a compressed image type is served when stored so, or when we can encode it.
+    means native pixels; a compressed image type is served when stored so, or when we can encode it and
+    `compress` allows encoding on the fly (`[http] compress_on_the_fly`: CPU the box may prefer not to spend).
     """
     native = PixelChoice(OCTET_STREAM, ExplicitVRLittleEndian)
     as_stored = PixelChoice(pixel_media_type(stored), stored if is_compressed(stored) else ExplicitVRLittleEndian)
@@ -229,7 +232,7 @@ def pixel_choices(ranges: list[MediaRange], stored: str, *, single_part_allowed:
                 choices.append(PixelChoice(native.media_type, native.syntax, single))
             elif syntax == stored:  # the stored bitstream, named explicitly rather than with `*`
                 choices.append(PixelChoice(OCTET_STREAM, stored, single))
-        elif _PIXEL_MEDIA.get(syntax) == media and can_transcode(stored, syntax):
+        elif _PIXEL_MEDIA.get(syntax) == media and (syntax == stored or (compress and can_transcode(stored, syntax))):
             choices.append(PixelChoice(media, syntax, single))
     if not choices:
         raise NotAcceptable(

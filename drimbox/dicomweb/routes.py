@@ -174,7 +174,9 @@ class _Routes:
         numbers = parse_frame_list(request.match_info["frames"])
         ranges = parse_accept(request.headers.get("Accept"))
         instance, data = await self.one_instance(study, series, sop)
-        choices = pixel_choices(ranges, instance.transfer_syntax_uid, single_part_allowed=len(numbers) == 1)
+        choices = pixel_choices(
+            ranges, instance.transfer_syntax_uid, single_part_allowed=len(numbers) == 1, compress=self.compress
+        )
         result = await _decoding(lambda: frames_of(read_instance(data), numbers, choices))
         return await send_pixel_parts(request, result, headers=self.cors(request))
 
@@ -187,7 +189,7 @@ class _Routes:
         instance, data = await self.one_instance(study, series, sop)
         is_pixels = path.strip("/").upper() == f"{PIXEL_DATA:08X}"
         stored = instance.transfer_syntax_uid if is_pixels else "1.2.840.10008.1.2.1"
-        choices = pixel_choices(ranges, stored, single_part_allowed=True)
+        choices = pixel_choices(ranges, stored, single_part_allowed=True, compress=self.compress)
         result = await _decoding(lambda: bulk_of(read_instance(data), path, choices))
         return await send_pixel_parts(request, result, headers=self.cors(request))
 

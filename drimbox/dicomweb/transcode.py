@@ -35,6 +35,19 @@ UNCOMPRESSED = frozenset(
 # JPEG 2000 and JPEG Lossless need pylibjpeg plugins). Lossy targets are never produced: a gateway must not
 # degrade images it did not make lossy.
 _LOSSLESS_TARGETS = frozenset({RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1})
+# Stored lossy (or possibly lossy: near-lossless JPEG-LS, JPEG 2000 "lossy or lossless", video): re-encoding it
+# in a lossless syntax would label degraded pixels as exact. Sent as stored, or decompressed, never re-encoded.
+LOSSY = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.93",
+        "1.2.840.10008.1.2.4.203",
+        *(f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)),
+    }
+)
 
 
 class TranscodeError(Exception):
@@ -71,8 +84,15 @@ def can_encode(ts: str) -> bool:
 
 
 def can_transcode(stored: str, wanted: str) -> bool:
-    """Can an instance stored in `stored` be sent in `wanted` (as is, re-encoded, or through decompression)?"""
-    return stored == wanted or (can_encode(wanted) and can_decode(stored))
+    """Can an instance stored in `stored` be sent in `wanted` (as is, re-encoded, or through decompression)?
+
+    Lossy data is never re-encoded into another compressed syntax (see LOSSY), only sent as stored or decompressed.
+    """
+    if stored == wanted:
+        return True
+    if stored in LOSSY and is_compressed(wanted):
+        return False
+    return can_encode(wanted) and can_decode(stored)
 
 
 def producible_syntaxes() -> list[str]:

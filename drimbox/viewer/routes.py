@@ -40,16 +40,24 @@ def _viewer_files() -> Traversable:
 
 VIEWER_DIR = _viewer_files()
 _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|css|js)$")
-_MEDIA_TYPES = {"html": "text/html", "css": "text/css", "js": "text/javascript"}
+# The vendored npm codecs (viewer/vendor/<package>@<version>/, checked against vendor/lock.json): a versioned
+# folder, then a file name; no other path below /viewer/ names a file.
+_VENDOR_FOLDER = re.compile(r"^[a-z0-9-]+@[0-9]+\.[0-9]+\.[0-9]+$")
+_VENDOR_NAME = re.compile(r"^[A-Za-z0-9_-]+\.(js|wasm)$")
+_MEDIA_TYPES = {"html": "text/html", "css": "text/css", "js": "text/javascript", "wasm": "application/wasm"}
 # Same-origin only: the viewer loads nothing from elsewhere, and decoded images come in as blobs. Framed by
-# this box only: the comparison puts a second viewer beside the first in an <iframe>.
+# this box only: the comparison puts a second viewer beside the first in an <iframe>. 'wasm-unsafe-eval' lets the
+# decoding workers compile the vendored WebAssembly codecs, and nothing else: no eval of JavaScript.
 _HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'self'",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; img-src 'self' blob: data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     # Small files that change with the code: revalidated each time (ETag/Last-Modified make that cheap).
     "Cache-Control": "no-cache",
 }
+# A vendored file never changes under its versioned folder: a year in the browser's cache, never revalidated.
+_VENDOR_HEADERS = {**_HEADERS, "Cache-Control": "public, max-age=31536000, immutable"}
 
 
 class Grants(Protocol):
@@ -78,6 +86,7 @@ def viewer_routes(
         web.get("/viewer/", viewer.index),
         web.get("/viewer/messages/{lang}.json", viewer.messages),
         web.get("/viewer/{name}", viewer.static),
+        web.get("/viewer/vendor/{folder}/{name}", viewer.vendored),
         web.get("/IHEInvokeImageDisplay", viewer.invoke_image_display),
     ]
 
@@ -114,6 +123,13 @@ class _Viewer:
             raise web.HTTPNotFound()
         return self._file(name)
 
+    async def vendored(self, request: web.Request) -> web.StreamResponse:
+        """A vendored codec's script or WebAssembly module (application/wasm: compiled while it streams in)."""
+        folder, name = request.match_info["folder"], request.match_info["name"]
+        if not (_VENDOR_FOLDER.match(folder) and _VENDOR_NAME.match(name)):
+            raise web.HTTPNotFound()
+        return self._file(f"vendor/{folder}/{name}", _VENDOR_HEADERS)
+
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """The viewer's words in one language: the [viewer] and [common] tables, keys without their table's name."""
         lang = request.match_info["lang"]
@@ -126,14 +142,14 @@ class _Viewer:
         }
         return web.json_response(words, headers=_HEADERS)
 
-    def _file(self, name: str) -> web.StreamResponse:
-        path = self.directory / name
+    def _file(self, name: str, headers: dict[str, str] = _HEADERS) -> web.StreamResponse:
+        path = self.directory.joinpath(*name.split("/"))
         if not path.is_file():
             raise web.HTTPNotFound()
         media_type = _MEDIA_TYPES[name.rsplit(".", 1)[1]]
         if not isinstance(path, Path):  # a package that is not a folder on disk (a zipped install): no file to send
-            return web.Response(body=path.read_bytes(), content_type=media_type, headers=_HEADERS)
-        response = web.FileResponse(path, headers=_HEADERS)
+            return web.Response(body=path.read_bytes(), content_type=media_type, headers=headers)
+        response = web.FileResponse(path, headers=headers)
         response.content_type = media_type
         return response
 
