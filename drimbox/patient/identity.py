@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# An INS (NIR or NIA): 13 digits and a 2-digit key; Corsica's 2A/2B departments appear in the 6th-7th places.
-_INS = re.compile(r"^[12378]\d{4}[0-9AB]\d{8}$")
+# An INS (NIR or NIA): 13 characters and a 2-digit key; Corsica's 2A/2B departments are the 6th-7th.
+_INS = re.compile(r"^[12378]\d{4}(\d{2}|2A|2B)\d{8}$")
 _OID = re.compile(r"^[0-2](\.\d+)+$")
 
 
