@@ -98,9 +98,12 @@ class PatientAccess:
         for s in kos.series:
             series[s.series_uid] = series.get(s.series_uid, frozenset()) | {i.sop_instance_uid for i in s.instances}
             modalities |= {SOP_CLASS_MODALITY.get(i.sop_class_uid, "") for i in s.instances} - {""}
+        message = await self._message(live)
+        # The KOS names SOP classes only (Secondary Capture says no modality): the report's modalities count too.
+        if message is not None:
+            modalities |= {m for m in message.report.modalities if m}
         if modalities & self.withheld:
             raise PatientRefused(403, "withheld", kos_uid)
-        message = await self._message(live)
         if self.settings.patient.check_dmp_visibility:
             await self._check_dmp(kos_uid, message)
         return OpenExam(live, kos_uid, Scope(study, series), tuple(sorted(modalities)), kos.study_date, message)
