@@ -121,7 +121,8 @@ def csrf_middleware(gate: AuthGate) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         # The operator page's forms carry the operator session's token (drimbox/ops/login.py), the patient's pages
-        # the patient session's, the others the professional's; any of the cookies makes a request one that must come from the box's own pages.
+        # the patient session's (drimbox/patient), the others the professional's; any of the cookies makes a
+        # request one that must come from the box's own pages.
         operator_page = request.path == "/operator" or request.path.startswith("/operator/")
         patient_page = request.path.startswith("/patient/")  # a patient's session (drimbox/patient) has its own
         cookies = (gate.cookie + "_operator", gate.cookie, gate.cookie + "_patient")
