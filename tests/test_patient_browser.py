@@ -117,6 +117,13 @@ def test_the_patient_opens_their_exam_from_mon_espace_sante(
     wait_until(page, f"document.getElementById('image').dataset.index !== '{index}'")
     page.click("#zoom-in")
     assert float(page.get_attribute("#image", "data-zoom") or "1") > 1
+    # Zoomed in, a finger moves the image instead of changing it.
+    shown = page.get_attribute("#image", "data-index")
+    page.dispatch_event("#frame", "touchstart", {"touches": [{"identifier": 1, "clientX": 200, "clientY": 500}]})
+    page.dispatch_event("#frame", "touchmove", {"touches": [{"identifier": 1, "clientX": 240, "clientY": 440}]})
+    page.dispatch_event("#frame", "touchend", {"touches": []})
+    assert "translate(40px, -60px)" in (page.get_attribute("#image", "style") or "")
+    assert page.get_attribute("#image", "data-index") == shown
     page.select_option("#preset", "300,1500")
     wait_until(page, "document.getElementById('image').src.includes('window=300%2C1500')")
 

@@ -1,5 +1,6 @@
 // The patient's viewer: the series of one exam, an image at a time as the box renders it (JPEG), with scroll
-// (wheel, arrows, swipe, slider), zoom (buttons, pinch, wheel with Ctrl) and window presets. No measurement.
+// (wheel, arrows, swipe, slider), zoom (buttons, pinch, wheel with Ctrl; drag to move once zoomed) and window
+// presets. No measurement.
 // Words come with the page (server-side, French or English); this file has none of its own.
 
 const root = document.getElementById('viewer');
@@ -11,7 +12,7 @@ const counter = document.getElementById('counter');
 const preset = document.getElementById('preset');
 const list = document.getElementById('series-list');
 
-const state = { instances: [], series: '', index: 0, zoom: 1 };
+const state = { instances: [], series: '', index: 0, zoom: 1, x: 0, y: 0 };
 
 function tag(item, code) {
   const v = item[code];
@@ -46,10 +47,22 @@ function go(delta) {
   show();
 }
 
+function place() {
+  image.style.transform = `translate(${state.x}px, ${state.y}px) scale(${state.zoom})`;
+  image.dataset.zoom = state.zoom.toFixed(2);
+}
+
 function zoom(factor) {
   state.zoom = Math.min(8, Math.max(1, state.zoom * factor));
-  image.style.transform = `scale(${state.zoom})`;
-  image.dataset.zoom = state.zoom.toFixed(2);
+  if (state.zoom === 1) { state.x = 0; state.y = 0; }
+  place();
+}
+
+// Once zoomed in, a drag (or one finger) moves the image; unzoomed, one finger goes through the images.
+function pan(dx, dy) {
+  state.x += dx;
+  state.y += dy;
+  place();
 }
 
 async function openSeries(uid, button) {
@@ -97,6 +110,14 @@ preset.addEventListener('change', show);
 document.getElementById('zoom-in').addEventListener('click', () => zoom(1.25));
 document.getElementById('zoom-out').addEventListener('click', () => zoom(0.8));
 document.getElementById('reset').addEventListener('click', () => { state.zoom = 1; zoom(1); preset.value = ''; show(); });
+let drag = null;
+image.addEventListener('mousedown', (ev) => { if (state.zoom > 1) { drag = { x: ev.clientX, y: ev.clientY }; ev.preventDefault(); } });
+window.addEventListener('mousemove', (ev) => {
+  if (!drag) return;
+  pan(ev.clientX - drag.x, ev.clientY - drag.y);
+  drag = { x: ev.clientX, y: ev.clientY };
+});
+window.addEventListener('mouseup', () => { drag = null; });
 
 // Touch: one finger swipes through the images, two fingers pinch to zoom.
 let touch = null;
@@ -106,7 +127,7 @@ frame.addEventListener('touchstart', (ev) => {
     const [a, b] = ev.touches;
     touch = { pinch: Math.hypot(a.clientX - b.clientX, a.clientY - b.clientY), zoom: state.zoom };
   } else {
-    touch = { y: ev.touches[0].clientY };
+    touch = { x: ev.touches[0].clientX, y: ev.touches[0].clientY };
   }
 }, { passive: true });
 frame.addEventListener('touchmove', (ev) => {
@@ -115,6 +136,10 @@ frame.addEventListener('touchmove', (ev) => {
     const [a, b] = ev.touches;
     state.zoom = touch.zoom;
     zoom(Math.hypot(a.clientX - b.clientX, a.clientY - b.clientY) / touch.pinch);
+  } else if (touch.y !== undefined && state.zoom > 1) {
+    pan(ev.touches[0].clientX - touch.x, ev.touches[0].clientY - touch.y);
+    touch.x = ev.touches[0].clientX;
+    touch.y = ev.touches[0].clientY;
   } else if (touch.y !== undefined) {
     const dy = ev.touches[0].clientY - touch.y;
     if (Math.abs(dy) > 24) { go(dy < 0 ? 1 : -1); touch.y = ev.touches[0].clientY; }
