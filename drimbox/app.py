@@ -28,9 +28,10 @@ from drimbox.hl7.mllp import MllpServer
 from drimbox.metrics import http as metrics_http
 from drimbox.ops import Reloaded
 from drimbox.ops import pages as ops_pages
+from drimbox.patient import setup as patient_setup
 from drimbox.source import wiring as source
 from drimbox.source.outbox import Outbox
-from drimbox.source.wiring import ARCHIVE, CACHE, MLLP, OUTBOX, WORKER
+from drimbox.source.wiring import ARCHIVE, BACKEND, CACHE, MLLP, OUTBOX, WORKER
 from drimbox.source.worker import PublicationWorker
 from drimbox.state.series_cache import SeriesCache
 from drimbox.tls import box_to_box, peer_middleware, prepare_reload, use
@@ -124,6 +125,9 @@ class Box:
         # The web viewer (both roles) and, on a source (outbox), the report link that opens it.
         app.add_routes(viewer_routes(self.auth, outbox, links=ReportLinks(s.auth, s.box.public_url),
                                      grants=self.auth.sessions, matrix=matrix))  # fmt: skip
+        # Patients opening their own exams from Mon Espace Santé (/patient/…): a source's, when [patient] enabled.
+        if outbox is not None and s.patient.enabled:
+            patient_setup(app, s, self.auth, outbox, app[BACKEND])
         # The operator's page (/operator): its own login, the publications, the cache, peers and certificates.
         ops_pages.setup(app, s, self.auth, reload=self.reload)
         # handler_cancellation: a client that leaves while the PACS is slow is noticed at once (C-CANCEL).

@@ -332,6 +332,26 @@ class TlsSettings:
 
 
 @dataclass
+class PatientSettings:
+    """Patients opening their own exams from Mon Espace Santé (/patient/...): off unless enabled."""
+
+    enabled: bool = False
+    # The patient-facing OpenID provider (Mon Espace Santé's authentication; the simulator's is {sim}/mes).
+    issuer: str = "http://127.0.0.1:8090/mes"
+    client_id: str = "drimbox-patient"
+    client_secret: str = "drimbox-patient-secret"
+    scopes: list[str] = field(default_factory=lambda: ["openid", "profile", "ins"])
+    # eIDAS level "substantial" (ApCV, the carte Vitale app): the value asked for and required in the ID token.
+    acr_values: str = "eidas2"
+    session_ttl: float = 3600.0
+    session_idle: float = 15 * 60.0
+    # Exams of these modalities are never shown to patients (e.g. ["PT", "NM"] until a doctor has explained them).
+    withhold_modalities: list[str] = field(default_factory=list)
+    # Ask the DMP, at each opening, whether the KOS is still visible to the patient (INVISIBLE_PATIENT).
+    check_dmp_visibility: bool = True
+
+
+@dataclass
 class Settings:
     box: BoxSettings = field(default_factory=BoxSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -350,6 +370,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     sim: SimSettings = field(default_factory=SimSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    patient: PatientSettings = field(default_factory=PatientSettings)
 
     @property
     def var_path(self) -> Path:
@@ -469,6 +490,17 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"audit.checkpoint_every: must be 0 (off) or more, got {s.audit.checkpoint_every}")
     _validate_sim(s)
     _validate_tls(s)
+    _validate_patient(s)
+
+
+def _validate_patient(s: Settings) -> None:
+    p = s.patient
+    if not p.issuer.startswith(("http://", "https://")):
+        raise ConfigError(f"patient.issuer: must be an http(s) URL, got {p.issuer!r}")
+    if "openid" not in p.scopes:
+        raise ConfigError(f"patient.scopes: must include 'openid', got {p.scopes!r}")
+    if p.session_ttl <= 0 or p.session_idle <= 0:
+        raise ConfigError("patient.session_ttl and patient.session_idle: must be > 0")
 
 
 def _validate_tls(s: Settings) -> None:

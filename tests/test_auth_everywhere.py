@@ -14,6 +14,7 @@ from aiohttp import web
 from tests.support.auth_boxes import OPERATOR_TOKEN, box_settings, running_box
 from tests.support.consumer import LAUNCH_FORM
 from tests.support.drim_flow import psc_token
+from tests.support.patient_flow import PATIENT_COOKIE, enable_patient, patient_login
 
 pytestmark = [pytest.mark.sim, pytest.mark.box]
 
@@ -36,6 +37,14 @@ PUBLIC: dict[tuple[str, str], str] = {
     ): "the operator token's login form; the page itself needs the operator session (test_ops_login)",
     ("POST", "/operator/logout"): "ends the caller's own operator session, if any (from the box's own pages: CSRF)",
     ("POST", "/operator/login"): "checks the operator token (failures audited, slowed and limited: test_ops_login)",
+    # The patient's side (drimbox/patient, [patient] enabled on the source boxes here).
+    ("GET", "/patient"): "a page with the Mon Espace Santé login button",
+    ("GET", "/patient/"): "the same page",
+    ("GET", "/patient/login"): "starts the Mon Espace Santé login",
+    ("GET", "/patient/callback"): "the patient's OIDC callback, bound to the browser by state + PKCE",
+    ("GET", "/patient/logout"): "a page with the patient's logout button: a GET ends nothing",
+    ("POST", "/patient/logout"): "ends the caller's own patient session (from the box's own pages only: CSRF)",
+    ("GET", "/patient/logged-out"): "a static page",
 }
 # On a box without the source role the report link only says so (404 "No images here"): nothing of a patient.
 PUBLIC_ON_CONSUMER = {("GET", "/IHEInvokeImageDisplay"): "answers 404 without looking anything up"}
@@ -57,16 +66,21 @@ def concrete(path: str) -> str:
 
 
 def refused_without_credentials(status: int, location: str) -> bool:
-    return status == 401 or (status == 303 and location.startswith("/auth/login"))
+    # A professional's page sends to the PSC login, a patient's to the Mon Espace Santé login; an API answers 401.
+    return status == 401 or (status == 303 and location.startswith(("/auth/login", "/patient/login")))
 
 
 async def walk(
-    url: str, app: web.Application, public: dict[tuple[str, str], str], **headers: str
+    url: str,
+    app: web.Application,
+    public: dict[tuple[str, str], str],
+    routes: list[tuple[str, str]] | None = None,
+    **headers: str,
 ) -> dict[tuple[str, str], int]:
-    """Every non-public route asked without credentials; returns those that did not refuse, with their status."""
+    """Every non-public route (of `app`, or `routes`) asked without credentials; returns those that did not refuse."""
     leaks: dict[tuple[str, str], int] = {}
     async with aiohttp.ClientSession() as http:
-        for method, path in inventory(app):
+        for method, path in inventory(app) if routes is None else routes:
             if (method, path) in public or method == "OPTIONS" or (method == "HEAD" and ("GET", path) in public):
                 continue  # OPTIONS: CORS preflights carry no credentials and answer no data
             async with http.request(method, url + concrete(path), allow_redirects=False, headers=headers) as resp:
@@ -80,10 +94,12 @@ async def walk(
 async def test_every_route_refuses_a_caller_without_credentials(
     tmp_path: Path, sim: Any, roles: list[str], profile: str
 ) -> None:
-    async with running_box(box_settings(tmp_path, sim.url, roles, profile)) as box:
+    async with running_box(enable_patient(box_settings(tmp_path, sim.url, roles, profile), sim.url)) as box:
         routes = inventory(box.app)
         # The walk covers what each kind of box serves (a route list that lost them would pass vacuously).
-        expected = {"source": ("/dicom-web/studies/{study}/series/{series}", "/api/publications", "/IHEInvokeImageDisplay"),
+        expected = {"source": ("/dicom-web/studies/{study}/series/{series}", "/api/publications", "/IHEInvokeImageDisplay",
+                               "/patient/exams/{study}", "/patient/exams/{study}/download",
+                               "/patient/dicom-web/studies/{study}/series/{series}/instances/{instance}/rendered"),
                     "consumer": ("/conso/api/exams/{kos_uid}", "/conso/dicom-web/studies/{study}",
                                  "/conso/patients/{ins}/exams")}[roles[0]]  # fmt: skip
         assert set(expected) <= {p for _, p in routes}, routes
@@ -92,6 +108,7 @@ async def test_every_route_refuses_a_caller_without_credentials(
         assert await walk(box.url, box.app, public) == {}
         # A cookie that names no session is no better than none (sent as from the box's own page: past the CSRF check).
         assert await walk(box.url, box.app, public, Cookie="drimbox_session=forged", Origin=box.url) == {}
+        assert await walk(box.url, box.app, public, Cookie=f"{PATIENT_COOKIE}=forged", Origin=box.url) == {}
         if profile == "native":
             assert ("POST", "/dicom-web/studies") in routes
         if roles == ["consumer"]:
@@ -141,7 +158,9 @@ async def test_every_state_changing_route_refuses_the_session_cookie_from_anothe
     tmp_path: Path, sim: Any
 ) -> None:
     """The CSRF check is one middleware: every POST/DELETE/PUT of a box with both roles goes through it."""
-    async with running_box(box_settings(tmp_path, sim.url, ["source", "consumer"], "native")) as box:
+    async with running_box(
+        enable_patient(box_settings(tmp_path, sim.url, ["source", "consumer"], "native"), sim.url)
+    ) as box:
         token = psc_token(sim.url)["access_token"]
         async with aiohttp.ClientSession() as http:
             launched = await http.post(box.url + "/conso/launch", data=LAUNCH_FORM, allow_redirects=False,
@@ -153,6 +172,7 @@ async def test_every_state_changing_route_refuses_the_session_cookie_from_anothe
                 ("POST", "/conso/api/exams/{kos_uid}/import"),
                 ("POST", "/conso/patients/{ins}/emergency"),
                 ("POST", "/dicom-web/studies"),
+                ("POST", "/patient/logout"),
             } <= set(changing)
             cookie = {"Cookie": f"drimbox_session={session}"}
             forged: tuple[dict[str, str], ...] = ({"Origin": ATTACKER}, {"Referer": ATTACKER + "/page"}, {"Origin": "null"}, {},
@@ -178,3 +198,58 @@ async def test_every_state_changing_route_refuses_the_session_cookie_from_anothe
     refused = [e for e in box.audit.events if e.action == "auth.csrf"]
     assert len(refused) == len(changing) * len(forged)
     assert all(e.outcome == "refused" and e.detail["reason"] == "cross_origin" for e in refused)
+
+
+async def test_a_patient_session_opens_no_professional_route_and_a_professional_session_no_patient_route(
+    tmp_path: Path, sim: Any
+) -> None:
+    """Both kinds of session are real (a PSC launch token, a Mon Espace Santé login); each is sent, under either
+    cookie name, to every protected route of the other kind: all refuse as if there were no session at all."""
+    async with running_box(
+        enable_patient(box_settings(tmp_path, sim.url, ["source", "consumer"], "native"), sim.url)
+    ) as box:
+        token = psc_token(sim.url)["access_token"]
+        async with aiohttp.ClientSession() as http:
+            launched = await http.post(box.url + "/conso/launch", data=LAUNCH_FORM, allow_redirects=False,
+                                       headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            professional = launched.cookies["drimbox_session"].value
+            patient = await patient_login(http, box.url)
+            # Each session is live where it belongs.
+            assert (
+                await http.get(box.url + "/auth/me", headers={"Cookie": f"drimbox_session={professional}"})
+            ).status == 200
+            home = await http.get(box.url + "/patient/", headers={"Cookie": f"{PATIENT_COOKIE}={patient}"})
+            assert "PAT-TROIS" in await home.text()
+        routes = [(m, p) for m, p in inventory(box.app) if m in ("GET", "POST", "DELETE") and (m, p) not in PUBLIC]
+        patient_routes = [(m, p) for m, p in routes if p.startswith("/patient/")]
+        other_routes = [(m, p) for m, p in routes if not p.startswith("/patient/")]
+        assert len(patient_routes) >= 10 and len(other_routes) >= 30
+        as_patient = {"Origin": box.url, "Cookie": f"{PATIENT_COOKIE}={patient}; drimbox_session={patient}"}
+        as_professional = {"Origin": box.url,
+                           "Cookie": f"drimbox_session={professional}; {PATIENT_COOKIE}={professional}"}  # fmt: skip
+        assert await walk(box.url, box.app, {}, patient_routes, **as_professional) == {}
+        assert await walk(box.url, box.app, {}, other_routes, **as_patient) == {}
+
+
+async def test_patient_logout_refuses_the_patient_cookie_from_another_origin(tmp_path: Path, sim: Any) -> None:
+    async with running_box(enable_patient(box_settings(tmp_path, sim.url, ["source"], "proxy"), sim.url)) as box:
+        async with aiohttp.ClientSession() as http:
+            session = await patient_login(http, box.url)
+            cookie = {"Cookie": f"{PATIENT_COOKIE}={session}"}
+            for headers in ({"Origin": ATTACKER}, {"Referer": ATTACKER + "/x"}, {"Origin": "null"}, {},
+                            {"Origin": ATTACKER, "X-CSRF-Token": "guessed"}):  # fmt: skip
+                resp = await http.post(
+                    box.url + "/patient/logout", headers={**cookie, **headers}, allow_redirects=False
+                )
+                assert resp.status == 403 and "autre origine" in await resp.text(), headers
+            # Still logged in; the logout page's own form (its token) ends the session.
+            form = await http.get(box.url + "/patient/logout", headers=cookie)
+            csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', await form.text())
+            assert csrf, "the patient's logout form carries the session's token"
+            out = await http.post(box.url + "/patient/logout", data={"csrf_token": csrf[1]},
+                                  headers={**cookie, "Origin": "null"}, allow_redirects=False)  # fmt: skip
+            assert out.status == 303 and out.headers["Location"] == "/patient/logged-out"
+            home = await http.get(box.url + "/patient/", headers=cookie)
+            assert 'id="login"' in await home.text()
+    assert [e.detail.get("actor") for e in box.audit.events if e.action == "patient.logout"] == ["patient"]
+    assert sum(1 for e in box.audit.events if e.action == "auth.csrf") == 5

@@ -61,6 +61,7 @@ async def login_with_hint(http: aiohttp.ClientSession, login_url: str, professio
 async def test_demo_prints_working_links_and_stops_everything_on_ctrl_c(demo: DemoRun) -> None:
     assert demo.links["consumer_launch"] and set(demo.links["report_links"]) == {"C", "E"}
     assert "801234560801" in demo.output and GP in demo.output  # the logins to use are printed
+    assert f"{demo.links['sim']}/mes/portail" in demo.output  # and the patient's way in (tests/test_patient_*.py)
     children = descendants(demo.process.pid)
     assert len(children) >= 4, children  # simulator, Orthanc, source box, consumer box
 

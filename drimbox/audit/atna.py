@@ -6,7 +6,7 @@ from typing import Any
 
 from lxml import etree
 
-from drimbox.audit.events import FAILURE, REFUSED, SUCCESS
+from drimbox.audit.events import FAILURE, PATIENT_ACTOR, REFUSED, SUCCESS
 
 # EventOutcomeIndicator (PS3.15 A.5.1): 0 success, 4 minor failure (refused), 8 serious failure.
 _OUTCOME = {SUCCESS: "0", REFUSED: "4", FAILURE: "8"}
@@ -53,6 +53,8 @@ def audit_message(record: dict[str, Any], source_id: str) -> bytes:
                if record.get("source") else {}),
         })  # fmt: skip
         _coded(person, "RoleIDCode", "110153", "DCM", "Source Role ID")
+        if detail.get("actor") == PATIENT_ACTOR:  # the patient themself, their INS as UserID
+            _coded(person, "RoleIDCode", "patient", "drimbox", "Patient")
     box = etree.SubElement(root, "ActiveParticipant", {"UserID": source_id, "UserIsRequestor": "false"})
     _coded(box, "RoleIDCode", "110152", "DCM", "Destination Role ID")
     etree.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": source_id})

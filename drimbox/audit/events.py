@@ -13,6 +13,9 @@ from aiohttp import web
 SUCCESS = "success"
 REFUSED = "refused"
 FAILURE = "failure"
+# Who acts, when not a professional: `detail["actor"]` says so, `professional` then holds that actor's id (a
+# patient's INS for PATIENT_ACTOR; "operator" for the operator token's holder, see drimbox.auth.operator).
+PATIENT_ACTOR = "patient"
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,8 @@ class AuditEvent:
 
     action: str  # dotted name, e.g. "dicomweb.retrieve", "consumer.exams", "report-link.open", "dmp.register"
     outcome: str  # SUCCESS | REFUSED | FAILURE
-    professional: str | None = None  # national id (RPPS-based) of the person acting, None for the box itself
+    # Who acts: a professional's national id (RPPS-based); a patient's INS with detail actor=patient; None: the box.
+    professional: str | None = None
     patient: str | None = None  # INS (or local id when no INS)
     study: str | None = None  # Study Instance UID
     kos: str | None = None  # KOS SOP Instance UID / DMP document uniqueId

@@ -271,6 +271,20 @@ def read_records(path: Path, since: str | None = None, until: str | None = None)
         db.close()
 
 
+def recent_records(path: Path, prefixes: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
+    """The newest `limit` records whose action starts with one of `prefixes`, newest first (read-only)."""
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        where = " OR ".join("substr(action, 1, ?) = ?" for _ in prefixes) or "1 = 1"
+        args = [v for p in prefixes for v in (len(p), p)]
+        sql = f"{_SELECT} WHERE {where} ORDER BY seq DESC LIMIT ?"
+        return [_from_db(row) for row in db.execute(sql, (*args, limit))]
+    finally:
+        db.close()
+
+
 def verify_records(records: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> tuple[int, Broken | None]:
     """Walk the chain from the first record: (records checked, the first broken one or None)."""
     expected_prev, expected_seq, count = GENESIS, 1, 0

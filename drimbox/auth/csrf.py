@@ -120,11 +120,15 @@ def csrf_middleware(gate: AuthGate) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # The operator page's forms carry the operator session's token (drimbox/ops/login.py), the others the
-        # professional's; either cookie makes a request one that must come from the box's own pages.
+        # The operator page's forms carry the operator session's token (drimbox/ops/login.py), the patient's pages
+        # the patient session's (drimbox/patient), the others the professional's; any of the cookies makes a
+        # request one that must come from the box's own pages.
         operator_page = request.path == "/operator" or request.path.startswith("/operator/")
-        cookies = (gate.cookie + "_operator", gate.cookie)
-        session_id = request.cookies.get(cookies[0] if operator_page else cookies[1], "")
+        patient_page = request.path.startswith("/patient/")  # a patient's session (drimbox/patient) has its own
+        cookies = (gate.cookie + "_operator", gate.cookie, gate.cookie + "_patient")
+        session_id = request.cookies.get(
+            cookies[0] if operator_page else cookies[2] if patient_page else cookies[1], ""
+        )
         if session_id:
             request[CSRF_TOKEN] = token_for(session_id)
         rides = any(request.cookies.get(c) for c in cookies)

@@ -51,6 +51,15 @@ CREATE TABLE IF NOT EXISTS operator_login_failures (
     remote TEXT NOT NULL,
     at REAL NOT NULL
 );
+-- Patients' sessions (drimbox/patient: Mon Espace Santé login): who (INS and names, JSON), never a professional;
+-- a table of their own so that no professional route ever finds a patient session, nor the reverse.
+CREATE TABLE IF NOT EXISTS patient_sessions (
+    id_hash TEXT PRIMARY KEY,
+    patient TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pending_logins (
     state_hash TEXT PRIMARY KEY,
     nonce TEXT NOT NULL,
@@ -275,6 +284,44 @@ class SessionStore:
             return int(row[0])
 
         return await self._db.acall(_count)
+
+    # --- patients' sessions (drimbox/patient) ---------------------------------------------------------------
+
+    async def create_patient(self, patient: dict[str, str], *, ttl: float) -> str:
+        """A new patient session holding `patient` (INS, OID, names); returns its id (the patient cookie's value)."""
+        session_id, now = secrets.token_urlsafe(32), self._clock()
+        row = (_hash(session_id), json.dumps(patient), now, now, now + ttl)
+
+        def _insert(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM patient_sessions WHERE expires_at <= ?", (now,))
+            conn.execute("INSERT INTO patient_sessions VALUES (?, ?, ?, ?, ?)", row)
+
+        await self._db.acall(_insert)
+        return session_id
+
+    async def patient_session(self, session_id: str, *, idle: float) -> tuple[str, dict[str, str]] | None:
+        """(id_hash, patient) of a live patient session, its idle clock restarted; None when unknown or ended."""
+        if not session_id or len(session_id) > 128:
+            return None
+        key, now = _hash(session_id), self._clock()
+
+        def _get(conn: sqlite3.Connection) -> tuple[str, dict[str, str]] | None:
+            row = conn.execute("SELECT * FROM patient_sessions WHERE id_hash = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            if now >= row["expires_at"] or now - row["last_seen"] >= idle:
+                conn.execute("DELETE FROM patient_sessions WHERE id_hash = ?", (key,))
+                return None
+            if now - row["last_seen"] >= TOUCH_INTERVAL:
+                conn.execute("UPDATE patient_sessions SET last_seen = ? WHERE id_hash = ?", (now, key))
+            patient: dict[str, str] = json.loads(row["patient"])
+            return key, patient
+
+        return await self._db.acall(_get)
+
+    async def end_patient(self, session_id: str) -> None:
+        key = _hash(session_id)
+        await self._db.acall(lambda conn: conn.execute("DELETE FROM patient_sessions WHERE id_hash = ?", (key,)))
 
     def _purge(self, conn: sqlite3.Connection, now: float) -> None:
         conn.execute("DELETE FROM sessions WHERE expires_at <= ? OR last_seen <= ?", (now, now - self.idle))

@@ -28,7 +28,7 @@ from drimbox.demo.options import plan_ports, wanted_ports
 from drimbox.demo.ris import publish_report
 from drimbox.demo.samples.orthanc import OrthancServer, ToolMissing, start_orthanc
 from drimbox.demo.samples.processes import DrimboxProcess, write_config
-from drimbox.demo.samples.reports import ANS_EXAMS, ExamSpec, build_cda, build_oru
+from drimbox.demo.samples.reports import ANS_EXAMS, DEFAULT_FLAGS, ExamSpec, build_cda, build_oru
 from drimbox.demo.samples.studies import study_for_exam, write_study
 from drimbox.hl7.mllp import send_message
 from drimbox.sim.psc_professionals import BUILT_IN
@@ -172,7 +172,10 @@ def _run(args: argparse.Namespace, work: Path, started: list[Stoppable]) -> int:
     sent_at = time.monotonic()
     orus: dict[str, bytes] = {}
     for exam in exams:
-        oru = orus[exam.name] = build_oru(build_cda(exam), control_id=f"DEMO-{exam.name}-{int(time.time())}")
+        # The first exam is visible to the patient (INVISIBLE_PATIENT = N): the patient path has something to show.
+        flags = {**DEFAULT_FLAGS, "INVISIBLE_PATIENT": False} if exam is exams[0] else None
+        oru = orus[exam.name] = build_oru(build_cda(exam), control_id=f"DEMO-{exam.name}-{int(time.time())}",
+                                          flags=flags)  # fmt: skip
         ack = asyncio.run(send_message("127.0.0.1", ports["mllp"], oru, timeout=30))
         msa = next((s for s in ack.decode("utf-8", "replace").split("\r") if s.startswith("MSA")), "no MSA")
         _say(f"  ORU^R01     exam {exam.name}'s report over MLLP → {msa}")
@@ -219,6 +222,8 @@ def _print_links(links: dict[str, Any]) -> None:
     _say("  (c) log in at the simulated Pro Santé Connect by picking one of its test professionals:")
     for national_id, role in LOGINS.items():
         _say(f"      {national_id}  {names.get(national_id, '')} ({role})")
+    _say("  (d) the patient's side: the simulated Mon Espace Santé portal (log in as the ANS test patient,")
+    _say(f'      then "Voir les images"): {links["sim"]}/mes/portail')
     _say()
 
 

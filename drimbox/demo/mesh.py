@@ -51,6 +51,8 @@ def source_sections(work: Path, ports: dict[str, int], pacs: OrthancServer | Non
         # Short waits: a demo's images are all in the PACS before the report is sent.
         "publish": {"waiting_interval": 1.0, "backoff_initial": 0.5, "backoff_max": 5.0},
         "auth": {"operator_token": operator_token_hash(DEMO_OPERATOR_TOKEN)},
+        # Patients open their exams from the simulated Mon Espace Santé (its portal links to /patient/exams/…).
+        "patient": {"enabled": True, "issuer": f"http://127.0.0.1:{ports['sim']}/mes"},
     }  # fmt: skip
     if pacs is not None:
         sections["pacs"] = {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}

@@ -18,6 +18,7 @@ from drimbox.auth.whitelist import WHITELISTS
 from drimbox.config import Settings
 from drimbox.i18n import Messages
 from drimbox.ops import Reloaded, render
+from drimbox.ops.accesses import recent_accesses
 from drimbox.ops.certs import expiries
 from drimbox.ops.health import check_peers
 from drimbox.ops.login import OperatorLogin
@@ -104,6 +105,7 @@ def setup(app: web.Application, settings: Settings, gate: AuthGate, *, reload: R
         peers = asyncio.create_task(check_peers(settings, whitelists))
         try:
             await _local_state(request, data)
+            data.accesses = await recent_accesses(settings)
             chain = tuple(c for w in whitelists[:1] for c in w.chain)
             data.certificates = await asyncio.to_thread(expiries, settings, chain)
             data.peers = await peers

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from drimbox.auth.csrf import hidden_field
 from drimbox.i18n import Messages
+from drimbox.ops.accesses import Access, shown_time
 from drimbox.ops.certs import CertExpiry
 from drimbox.ops.health import PeerHealth
 
@@ -47,6 +48,7 @@ class Dashboard:
     hit_ratio: float | None = None
     peers: list[PeerHealth] = field(default_factory=list)
     certificates: list[CertExpiry] = field(default_factory=list)
+    accesses: list[Access] | None = None  # None: no trail on disk
 
 
 def _e(value: object) -> str:
@@ -153,6 +155,20 @@ def _waiting(m: Messages, d: Dashboard) -> str:
     return f"<h2>{_e(m('ops.waiting'))}</h2><p>{_e(m('ops.waiting_help'))}</p><table id=waiting><tr>{head}</tr>{rows}</table>"
 
 
+def _accesses(m: Messages, d: Dashboard) -> str:
+    title = f"<h2>{_e(m('patient.access_list.title'))}</h2>"
+    if d.accesses is None:
+        return f'{title}<p class="none">{_e(m("patient.access_list.no_trail"))}</p>'
+    if not d.accesses:
+        return f'{title}<p class="none">{_e(m("patient.access_list.none"))}</p>'
+    cols = ("when", "who", "kind", "action", "study", "outcome")
+    head = "".join(f"<th>{_e(m('patient.access_list.' + c))}</th>" for c in cols)
+    rows = "".join(f'<tr data-kind="{_e(a.kind)}"><td>{_e(shown_time(a.at, m.lang))}</td><td class=uid>{_e(a.who)}</td>'
+                   f"<td>{_e(m('patient.access_list.kind_' + a.kind))}</td><td>{_e(a.action)}</td>"
+                   f"<td class=uid>{_e(a.study)}</td><td>{_e(a.outcome)}</td></tr>" for a in d.accesses)  # fmt: skip
+    return f"{title}<p>{_e(m('patient.access_list.intro'))}</p><table id=accesses><tr>{head}</tr>{rows}</table>"
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -209,7 +225,7 @@ def dashboard(m: Messages, request: web.Request, d: Dashboard) -> str:
     top = (_button(request, "/operator/logout", m("ops.logout"), "logout") + " "
            + _button(request, "/operator/reload", m("ops.reload"), "reload"))  # fmt: skip
     return _doc(m, f"<p>{top}</p>{_notice(m, d)}{_publications(m, request, d)}{_waiting(m, d)}"
-                   f"{_cache(m, request, d)}{_peers(m, d)}{_certificates(m, d)}")  # fmt: skip
+                   f"{_accesses(m, d)}{_cache(m, request, d)}{_peers(m, d)}{_certificates(m, d)}")  # fmt: skip
 
 
 _STATES = frozenset({"received", "waiting", "retrying", "published", "failed", "rejected", "withdrawn", "replaced",

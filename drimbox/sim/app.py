@@ -1,4 +1,5 @@
-"""The national-services simulator as one aiohttp application: the DMP, Pro Santé Connect, the whitelist."""
+"""The national-services simulator as one aiohttp application: the DMP, Pro Santé Connect, the whitelist, and
+Mon Espace Santé (patient login and portal)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from aiohttp import web
 from drimbox.config import Settings
 from drimbox.sim.dmp_routes import setup_dmp
 from drimbox.sim.dmp_service import DmpOptions
+from drimbox.sim.mes_idp import setup_mes
+from drimbox.sim.mes_portal import setup_portal
 from drimbox.sim.psc_routes import setup_psc
 from drimbox.sim.whitelist import setup_whitelist
 
@@ -22,4 +25,7 @@ def build_sim_app(
     setup_dmp(app, settings, dmp_options)
     setup_psc(app, settings)
     setup_whitelist(app, settings)
+    # Mon Espace Santé: the patients' OpenID provider (/mes) and their portal (/mes/portail).
+    setup_mes(app, settings)
+    setup_portal(app)
     return app

@@ -62,6 +62,8 @@ PROXY_SCP = web.AppKey("source_proxy_scp", StoreSCP)  # Proxy profile
 WORKER = web.AppKey("source_worker", PublicationWorker)
 REJECTIONS = web.AppKey("source_rejections", RejectionIntake)
 MLLP = web.AppKey("source_mllp", MllpServer)
+# The DICOMweb backend the routes serve (unscoped): the patient routes (drimbox.patient) wrap it in their own scope.
+BACKEND = web.AppKey("source_backend", DicomwebBackend)
 
 Backend = ProxyBackend | NativeBackend
 
@@ -83,6 +85,7 @@ def setup(
     else:
         cache = app[CACHE] = SeriesCache(s.var_path / "cache", s.cache.max_bytes)
         backend = ProxyBackend(s, cache)
+    app[BACKEND] = backend
     _add_routes(app, s, gate, matrix, outbox, backend)
     role = _Lifecycle(s, outbox, backend, ssl)
     # Unwound in reverse: the HL7 listener and the worker stop first, then the DICOM listener, the DMP
