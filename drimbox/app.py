@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -44,8 +46,12 @@ class Box:
     under the app's cleanup_ctx, so stopping the app closes them in the reverse of the order they opened.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, primary: bool = True, sock: socket.socket | None = None) -> None:
         self.settings = settings
+        # One of [http] workers' processes: the primary also runs the source's DICOM and HL7 listeners and the
+        # publication worker; the others serve HTTP only, on `sock` (bound once by the supervisor, drimbox.workers).
+        self.primary = primary
+        self.sock = sock
         self.started_at = time.time()
         self.peer_whitelist: AnsWhitelist | None = None
         self.audit: AuditSink = MemoryAudit()
@@ -114,20 +120,29 @@ class Box:
         # The roles: each adds its routes now and opens its resources when the app starts.
         if self.is_consumer:
             consumer.setup(app, s, GateAuth(self.auth))
-        outbox = source.setup(app, s, self.auth, matrix=matrix, ssl=server_ssl) if self.is_source else None
+        outbox = (
+            source.setup(app, s, self.auth, matrix=matrix, ssl=server_ssl, listeners=self.primary)
+            if self.is_source
+            else None
+        )
         # The web viewer (both roles) and, on a source (outbox), the report link that opens it.
         app.add_routes(viewer_routes(self.auth, outbox, links=ReportLinks(s.auth, s.box.public_url),
                                      grants=self.auth.sessions, matrix=matrix))  # fmt: skip
         # handler_cancellation: a client that leaves while the PACS is slow is noticed at once (C-CANCEL).
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()  # the roles' resources open here (cleanup_ctx), before any HTTP request
-        site = web.TCPSite(self._runner, s.http.host, s.http.port, ssl_context=server_ssl)
+        site: web.BaseSite
+        if self.sock is not None:
+            site = web.SockSite(self._runner, self.sock, ssl_context=server_ssl)
+        else:
+            site = web.TCPSite(self._runner, s.http.host, s.http.port, ssl_context=server_ssl)
         await site.start()
         if self.is_source:
             await source.start(app, s)  # MLLP and the worker, once the HTTP site is bound
         mllp = self.mllp
         log.info(
-            "drimbox started: roles %s, profile %s, HTTP%s %s:%d%s",
+            "drimbox started%s: roles %s, profile %s, HTTP%s %s:%d%s",
+            "" if self.sock is None else f" (process {os.getpid()}{', primary' if self.primary else ''})",
             ",".join(s.box.roles),
             s.box.profile,
             "S" if server_ssl else "",
@@ -182,6 +197,8 @@ class Box:
             "roles": self.settings.box.roles,
             "profile": self.settings.box.profile,
             "uptime_s": round(time.time() - self.started_at, 1),
+            # Which of [http] workers' processes answered (each serves any request; the primary runs the listeners).
+            "process": {"pid": os.getpid(), "primary": self.primary},
             "components": components,
         }
         return web.json_response(body, status=200 if healthy else 503)
@@ -199,10 +216,23 @@ def _closing(whitelist: AnsWhitelist) -> Callable[[web.Application], AsyncIterat
     return context
 
 
-async def serve(settings: Settings, until: Callable[[], Awaitable[None]]) -> None:
-    """Run a box until `until()` returns (the command line: SIGTERM or SIGINT), then stop it cleanly."""
-    box = Box(settings)
+async def serve(
+    settings: Settings,
+    until: Callable[[], Awaitable[None]],
+    *,
+    primary: bool = True,
+    sock: socket.socket | None = None,
+    started: Callable[[], None] | None = None,
+) -> None:
+    """Run a box until `until()` returns (the command line: SIGTERM or SIGINT), then stop it cleanly.
+
+    With [http] workers, each process runs one (drimbox.workers): `sock` its inherited HTTP socket, `primary` the
+    one that also runs the listeners, `started` tells the supervisor once it serves.
+    """
+    box = Box(settings, primary=primary, sock=sock)
     await box.start()
+    if started is not None:
+        started()
     try:
         await until()
     finally:
