@@ -15,6 +15,7 @@ marks each dead process's gauges dead.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
 import os
@@ -81,6 +82,8 @@ def supervise(settings: Settings, count: int, run: Callable[[Coroutine[Any, Any,
         for p in processes.values():  # SIGHUP: each process reloads what it reloads (certificates, whitelist)
             _signal(p.pid, signum)
 
+    parent = os.getpid()
+
     def spawn(index: int) -> None:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -91,6 +94,7 @@ def supervise(settings: Settings, count: int, run: Callable[[Coroutine[Any, Any,
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)  # until_signalled installs the loop's own handlers
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # forwarded by the parent; a reload handler may take it
+                _die_with_parent(parent)
 
                 def started() -> None:
                     os.write(write_fd, b"1")
@@ -170,6 +174,17 @@ def _multiprocess_metrics(directory: str) -> None:
     importlib.reload(prometheus_client.values)
     if "drimbox.metrics" in sys.modules:
         importlib.reload(sys.modules["drimbox.metrics"])
+
+
+def _die_with_parent(parent: int) -> None:
+    """A supervisor killed outright (SIGKILL, OOM) takes its processes with it: SIGTERM when it goes (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the processes outlive a killed supervisor
+        return
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _read_ready(processes: dict[int, _Process], ever_ready: set[int]) -> None:
