@@ -46,11 +46,12 @@ class Box:
     under the app's cleanup_ctx, so stopping the app closes them in the reverse of the order they opened.
     """
 
-    def __init__(self, settings: Settings, *, primary: bool = True, sock: socket.socket | None = None) -> None:
+    def __init__(self, settings: Settings, *, index: int = 0, sock: socket.socket | None = None) -> None:
         self.settings = settings
-        # One of [http] workers' processes: the primary also runs the source's DICOM and HL7 listeners and the
-        # publication worker; the others serve HTTP only, on `sock` (bound once by the supervisor, drimbox.workers).
-        self.primary = primary
+        # Process `index` of [http] workers: the primary (0) also runs the source's DICOM and HL7 listeners and the
+        # publication worker; the others serve HTTP only, on `sock` (bound once by the supervisor, cli/workers.py).
+        self.index = index
+        self.primary = index == 0
         self.sock = sock
         self.started_at = time.time()
         self.peer_whitelist: AnsWhitelist | None = None
@@ -109,6 +110,8 @@ class Box:
         if self.peer_whitelist is not None:
             app.cleanup_ctx.append(_closing(self.peer_whitelist))
         app.router.add_get("/health", self._health)
+        if self.sock is not None:
+            app.on_response_prepare.append(self._tag_process)
         # GET /metrics (operator token or [metrics] networks) and the middleware counting requests by route.
         metrics_http.setup(app, s)
         app.router.add_delete("/api/cache", self._clear_cache)
@@ -160,6 +163,10 @@ class Box:
         # Release the PACS associations kept warm for the next query or retrieve.
         await asyncio.to_thread(default_pool.close_idle)
 
+    async def _tag_process(self, _: web.Request, response: web.StreamResponse) -> None:
+        """With [http] workers: which process answered (its index, not its pid), for operators and tests."""
+        response.headers["X-Drimbox-Process"] = str(self.index)
+
     async def _clear_cache(self, request: web.Request) -> web.Response:
         """Operator action: drop the Proxy cache, all of it or one study (?study=UID)."""
         await require_operator(request)
@@ -198,7 +205,7 @@ class Box:
             "profile": self.settings.box.profile,
             "uptime_s": round(time.time() - self.started_at, 1),
             # Which of [http] workers' processes answered (each serves any request; the primary runs the listeners).
-            "process": {"pid": os.getpid(), "primary": self.primary},
+            "process": {"pid": os.getpid(), "index": self.index, "primary": self.primary},
             "components": components,
         }
         return web.json_response(body, status=200 if healthy else 503)
@@ -220,16 +227,16 @@ async def serve(
     settings: Settings,
     until: Callable[[], Awaitable[None]],
     *,
-    primary: bool = True,
+    index: int = 0,
     sock: socket.socket | None = None,
     started: Callable[[], None] | None = None,
 ) -> None:
     """Run a box until `until()` returns (the command line: SIGTERM or SIGINT), then stop it cleanly.
 
-    With [http] workers, each process runs one (drimbox.workers): `sock` its inherited HTTP socket, `primary` the
-    one that also runs the listeners, `started` tells the supervisor once it serves.
+    With [http] workers, each process runs one (drimbox.cli.workers): `index` its number (0, the primary, also runs
+    the listeners), `sock` its inherited HTTP socket, `started` tells the supervisor once it serves.
     """
-    box = Box(settings, primary=primary, sock=sock)
+    box = Box(settings, index=index, sock=sock)
     await box.start()
     if started is not None:
         started()

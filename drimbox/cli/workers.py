@@ -100,7 +100,7 @@ def supervise(settings: Settings, count: int, run: Callable[[Coroutine[Any, Any,
                     os.write(write_fd, b"1")
                     os.close(write_fd)
 
-                run(serve(settings, until_signalled, primary=index == 0, sock=sock, started=started))
+                run(serve(settings, until_signalled, index=index, sock=sock, started=started))
                 code = 0
             except BaseException:
                 log.exception("process %d (%s) failed", os.getpid(), "primary" if index == 0 else "HTTP")
@@ -118,11 +118,17 @@ def supervise(settings: Settings, count: int, run: Callable[[Coroutine[Any, Any,
     ever_ready: set[int] = set()
     code = 0
     try:
-        for index in range(count):
-            spawn(index)
-        log.info("drimbox: %d processes on HTTP %s:%d", count, settings.http.host, settings.http.port)
+        # The primary first: until its listeners are up, HTTP clients wait in the socket's queue rather than find
+        # a box that answers /health but not yet MLLP or DICOM.
+        spawn(0)
+        others = False
         while not stopping:
             _read_ready(processes, ever_ready)
+            if not others and 0 in ever_ready:
+                others = True
+                for index in range(1, count):
+                    spawn(index)
+                log.info("drimbox: %d processes on HTTP %s:%d", count, settings.http.host, settings.http.port)
             while not stopping:
                 pid, status = os.waitpid(-1, os.WNOHANG)
                 if pid == 0:

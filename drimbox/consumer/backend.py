@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -84,6 +85,7 @@ class ConsumerBackend:
         *,
         check_exam: Callable[[ProfessionalLike, str], Awaitable[object]] | None = None,
         audit: Callable[[], AuditSink | None] | None = None,
+        epoch: Path | None = None,
     ) -> None:
         self.manifests = manifests
         self.cache = cache
@@ -94,7 +96,9 @@ class ConsumerBackend:
         self.audit = audit
         self._kos: OrderedDict[str, KosSummary] = OrderedDict()
         self._patients: dict[str, frozenset[str]] = {}  # KOS UID → its patient's identifiers
-        self._opened: dict[tuple[str, str], tuple[float, str]] = {}  # (pro, study) → (until, kos_uid)
+        # (pro, study) → (until, kos_uid, epoch): per process; the epoch file voids it in every process at once.
+        self._opened: dict[tuple[str, str], tuple[float, str, tuple[int, int]]] = {}
+        self._epoch = _Epoch(epoch)
         self._prefetching: set[asyncio.Task[None]] = set()
         self._recent = RecentAccesses()
 
@@ -130,15 +134,18 @@ class ConsumerBackend:
         kos = await self.kos(kos_uid)
         key = (pro.id, kos.study_uid)
         known = self._opened.get(key)
-        if known is None or known[1] != kos_uid or known[0] < time.monotonic():
+        epoch = self._epoch.now()
+        if known is None or known[1] != kos_uid or known[0] < time.monotonic() or known[2] != epoch:
             if self.check_exam is not None:
                 await self.check_exam(pro, kos_uid)
-            self._opened[key] = (time.monotonic() + GRANT_TTL, kos_uid)
+            self._opened[key] = (time.monotonic() + GRANT_TTL, kos_uid, epoch)
         return kos
 
     def forget_grants(self) -> None:
-        """Every opened exam is checked again on its next request (an access rule changed, e.g. an opposition)."""
+        """Every opened exam is checked again on its next request (an access rule changed, e.g. an opposition),
+        in every process of the box ([http] workers): the epoch file changes."""
         self._opened.clear()
+        self._epoch.bump()
 
     def opened(self, professional_id: str, study_uid: str) -> str | None:
         """The KOS through which this professional opened the study, if any (`open` re-checks it when stale)."""
@@ -412,6 +419,38 @@ class ConsumerBackend:
             task = asyncio.create_task(one(kos_uid), name=f"prefetch-{kos_uid}")
             self._prefetching.add(task)
             task.add_done_callback(self._prefetching.discard)
+
+
+class _Epoch:
+    """A file the box's processes share: replacing it voids the exams each process remembers as opened.
+
+    Read on each request that names an exam (one stat(): its inode and time change at each bump), so an opposition
+    recorded by one process closes the exams the others opened at once, not after GRANT_TTL.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def now(self) -> tuple[int, int]:
+        if self.path is None:
+            return (0, 0)
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return (0, 0)
+        return (st.st_ino, st.st_mtime_ns)
+
+    def bump(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = self.path.with_name(f"{self.path.name}.{os.getpid()}")
+            fresh.write_bytes(os.urandom(8))
+            os.replace(fresh, self.path)  # a new inode: never mistaken for the file a process read before
+        except OSError as exc:  # this process forgot its grants; the others keep theirs up to GRANT_TTL
+            log.error("cannot renew %s: %s; other processes re-check opened exams within %.0f s",
+                      self.path, exc, GRANT_TTL)  # fmt: skip
 
 
 class _Refusal(Exception):
