@@ -1,7 +1,7 @@
 """Disk cache of retrieved series: bounded by size, LRU eviction, one fill feeding every concurrent reader.
 
 Shared by the box's processes ([http] workers): the index is one SQLite file, a series is filled by one process at a
-time (drimbox.state.series_lock), and a study's invalidation is counted in the index so a fill in another process
+time (drimbox.state.locks), and a study's invalidation is counted in the index so a fill in another process
 started before it is not kept.
 """
 
@@ -22,6 +22,7 @@ from typing import Any
 
 from drimbox import metrics
 from drimbox.state.db import Database, transaction
+from drimbox.state.locks import HeldLock, LockFiles
 from drimbox.state.series_fill import (
     MEMORY_AHEAD,
     CachedInstance,
@@ -32,7 +33,6 @@ from drimbox.state.series_fill import (
     UncachedInstance,
     readers_within,
 )
-from drimbox.state.series_lock import SeriesLock, SeriesLocks
 
 # What readers of the cache get (the consumer imports them from here).
 __all__ = ["MEMORY_AHEAD", "CachedInstance", "Received", "SeriesCache", "SeriesInstance", "UncachedInstance"]
@@ -87,7 +87,7 @@ class SeriesCache:
         _forget_index_without_origin(directory / "index.sqlite")
         self.db = Database(directory / "index.sqlite", SCHEMA)
         self._fills: dict[tuple[str, str, str], Fill] = {}
-        self._locks = SeriesLocks(directory)
+        self._locks = LockFiles(directory / ".fills")  # one fill per series across processes
         self._drops: set[asyncio.Task[None]] = set()
         # For /health: the last time the disk refused a cache file (or the index), and the last series kept.
         self.last_write_error: str | None = None
@@ -280,7 +280,7 @@ class SeriesCache:
         origin, study_uid, series_uid = key
         directory = self._series_dir(study_uid, series_uid, origin)
         total = 0
-        lock: SeriesLock | None = None
+        lock: HeldLock | None = None
         retrieving = False  # the series' directory is this fill's to remove (never another process's)
         try:
             # Another process of the box filling this series: wait for its end (it holds the lock) rather than
