@@ -109,3 +109,40 @@ def test_workers_default_to_the_cpus_and_tests_to_one(tmp_path: Path) -> None:
 
     written = load_settings(write_config(tmp_path / "box.toml", {"box": {"var_dir": str(tmp_path)}}), env={})
     assert written.http.worker_count() == 1  # the boxes tests, the demo and perf start: one process unless asked
+
+
+def test_native_archive_shared_by_two_workers(orthanc: Any, source_box: Any, tmp_path: Path) -> None:
+    """C-STORE into the primary, STOW-RS of the same instances on any process at once: one archive, whole."""
+    import hashlib
+
+    import pydicom
+    from dicomweb_client.api import DICOMwebClient
+
+    from drimbox.demo.samples.orthanc import storescu
+    from drimbox.demo.samples.studies import exam_c_study, write_study
+
+    box = source_box(orthanc, box={"profile": "native"}, http={"workers": 2})
+    files = write_study(tmp_path / "study", exam_c_study(instances=6))
+    storescu("127.0.0.1", box.dicom_port, "DRIMBOX", files[:3])
+    datasets = [pydicom.dcmread(p) for p in files]
+
+    def stow(_: int) -> int:
+        receipt = DICOMwebClient(f"{box.url}/dicom-web").store_instances(datasets)
+        return len(receipt.ReferencedSOPSequence)
+
+    with ThreadPoolExecutor(4) as pool:  # the same instances four times at once, over both processes
+        assert list(pool.map(stow, range(4))) == [6] * 4
+    sent = {str(ds.SOPInstanceUID): hashlib.sha256(ds.PixelData).hexdigest() for ds in datasets}
+    study = str(datasets[0].StudyInstanceUID)
+    answered: set[str] = set()
+    for _ in range(8):
+        request = urllib.request.Request(f"{box.url}/dicom-web/studies/{study}/instances",
+                                         headers={"Accept": "application/dicom+json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            answered.add(resp.headers["X-Drimbox-Process"])
+            assert {i["00080018"]["Value"][0] for i in json.loads(resp.read())} == set(sent)
+    got = DICOMwebClient(f"{box.url}/dicom-web").retrieve_study(study)
+    assert {str(ds.SOPInstanceUID): hashlib.sha256(ds.PixelData).hexdigest() for ds in got} == sent
+    incoming = box.work / "box-var" / "archive" / ".incoming"
+    assert not list(incoming.iterdir())  # no temporary file left behind
+    assert answered <= {"0", "1"}

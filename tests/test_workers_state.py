@@ -78,3 +78,24 @@ async def test_an_import_runs_in_one_process_only(tmp_path: Path) -> None:
     elsewhere.release()
     await first.close()
     await second.close()
+
+
+def test_a_starting_process_leaves_the_files_other_processes_are_writing(tmp_path: Path) -> None:
+    """The Native archive's .incoming: a (re)starting process removes a dead writer's temporary file, not a live one's."""
+    import subprocess
+
+    from drimbox.archive.archive import Archive
+
+    root = tmp_path / "archive"
+    (root / ".incoming").mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        (root / ".incoming" / f"1.2.3.{dead.pid}.0.tmp").write_bytes(b"left by a killed process")
+        (root / ".incoming" / f"1.2.4.{live.pid}.0.tmp").write_bytes(b"being written")
+        Archive(root).close()
+        assert [p.name for p in (root / ".incoming").iterdir()] == [f"1.2.4.{live.pid}.0.tmp"]
+    finally:
+        live.kill()
+        live.wait()
