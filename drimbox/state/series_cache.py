@@ -80,9 +80,11 @@ class SeriesCache:
     never leaves a partial series that later looks whole.
     """
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(self, directory: Path, max_bytes: int, *, lru_resolution: float = 10.0) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
+        # Seconds: reads of a series this close together count as one for the LRU order.
+        self.lru_resolution = lru_resolution
         directory.mkdir(parents=True, exist_ok=True)
         _forget_index_without_origin(directory / "index.sqlite")
         self.db = Database(directory / "index.sqlite", SCHEMA)
@@ -144,24 +146,22 @@ class SeriesCache:
         key = (origin, study_uid, series_uid)
 
         def work(conn: sqlite3.Connection) -> list[CachedInstance] | None:
-            try:
-                found = (
+            row = conn.execute(
+                "SELECT last_access FROM series WHERE origin = ? AND study_uid = ? AND series_uid = ?", key
+            ).fetchone()
+            if row is None:
+                return None
+            now = time.time()
+            # Written only when older than lru_resolution: a warm series read by many clients (in several
+            # processes) costs no write, no fsync and no wait on the index's write lock each time.
+            if now - row["last_access"] >= self.lru_resolution:
+                try:
                     conn.execute(
                         "UPDATE series SET last_access = ? WHERE origin = ? AND study_uid = ? AND series_uid = ?",
-                        (time.time(), *key),
-                    ).rowcount
-                    > 0
-                )
-            except sqlite3.OperationalError:
-                # A full disk refuses the write: the LRU order is only a hint, the series is still served.
-                found = (
-                    conn.execute(
-                        "SELECT 1 FROM series WHERE origin = ? AND study_uid = ? AND series_uid = ?", key
-                    ).fetchone()
-                    is not None
-                )
-            if not found:
-                return None
+                        (now, *key),
+                    )
+                except sqlite3.OperationalError:
+                    pass  # a full disk refuses the write: the LRU order is only a hint, the series is still served
             rows = conn.execute(
                 "SELECT * FROM instances WHERE origin = ? AND study_uid = ? AND series_uid = ? ORDER BY position", key
             ).fetchall()
