@@ -49,13 +49,21 @@ class HttpSettings:
     workers: int = 0
 
     def worker_count(self) -> int:
-        """The processes `drimbox serve` starts: `workers`, or the CPUs this process may run on when 0."""
+        """The processes `drimbox serve` starts: `workers`, or when 0 the CPUs this process may use (its CPU
+        affinity, and a container's CPU quota: cgroup v2 cpu.max)."""
         if self.workers > 0:
             return self.workers
         try:
-            return max(1, len(os.sched_getaffinity(0)))
+            cpus = len(os.sched_getaffinity(0))
         except AttributeError:  # not Linux
-            return max(1, os.cpu_count() or 1)
+            cpus = os.cpu_count() or 1
+        try:
+            quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+            if quota != "max":
+                cpus = min(cpus, -(-int(quota) // int(period)))  # 1.5 CPUs: 2 processes
+        except (OSError, ValueError):
+            pass
+        return max(1, cpus)
 
 
 @dataclass

@@ -104,7 +104,7 @@ def test_a_dead_process_is_restarted_and_sigterm_stops_all(orthanc: Any, source_
 
 def test_workers_default_to_the_cpus_and_tests_to_one(tmp_path: Path) -> None:
     assert Settings().http.workers == 0
-    assert Settings().http.worker_count() == len(os.sched_getaffinity(0))
+    assert 1 <= Settings().http.worker_count() <= len(os.sched_getaffinity(0))  # a container's quota may cut it
     from drimbox.demo.samples.processes import write_config
 
     written = load_settings(write_config(tmp_path / "box.toml", {"box": {"var_dir": str(tmp_path)}}), env={})
