@@ -99,3 +99,15 @@ def test_a_starting_process_leaves_the_files_other_processes_are_writing(tmp_pat
     finally:
         live.kill()
         live.wait()
+
+
+async def test_an_exam_opened_in_one_process_is_found_by_study_in_another(tmp_path: Path) -> None:
+    """A viewer that names the KOS once, then only the study: the other process finds the exam, checks it itself."""
+    checks: list[str] = []
+    a, b = _backend(tmp_path, checks, "a"), _backend(tmp_path, checks, "b")
+    assert b.opened(PRO.id, "1.2.3") is None
+    await a.open(PRO, "1.2.3.9")
+    assert b.opened(PRO.id, "1.2.3") == "1.2.3.9"
+    assert b.opened("another professional", "1.2.3") is None
+    a.forget_grants()  # an opposition: named again before it opens anything
+    assert b.opened(PRO.id, "1.2.3") is None and a.opened(PRO.id, "1.2.3") is None
