@@ -27,9 +27,10 @@ from drimbox.dimse.pool import default_pool
 from drimbox.dimse.uid import is_lenient_uid
 from drimbox.hl7.mllp import MllpServer
 from drimbox.metrics import http as metrics_http
+from drimbox.source import primary_fills
 from drimbox.source import wiring as source
 from drimbox.source.outbox import Outbox
-from drimbox.source.wiring import ARCHIVE, CACHE, MLLP, OUTBOX, WORKER
+from drimbox.source.wiring import ARCHIVE, CACHE, MLLP, OUTBOX, PROXY, WORKER
 from drimbox.source.worker import PublicationWorker
 from drimbox.state.series_cache import SeriesCache
 from drimbox.tls import box_to_box, peer_middleware, use
@@ -58,6 +59,7 @@ class Box:
         self.audit: AuditSink = MemoryAudit()
         self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
+        self._fills: web.AppRunner | None = None  # the primary's fill service (C-MOVE with [http] workers)
 
     @property
     def is_source(self) -> bool:
@@ -140,6 +142,13 @@ class Box:
         else:
             site = web.TCPSite(self._runner, s.http.host, s.http.port, ssl_context=server_ssl)
         await site.start()
+        if self.sock is not None and PROXY in app and s.pacs.retrieve == "c-move":
+            # The PACS sends a C-MOVE's instances to the primary's DICOM listener: the primary fills for all.
+            path = primary_fills.socket_path(s.var_path, s.http.port)
+            if self.primary:
+                self._fills = await primary_fills.serve(app[PROXY], path)
+            else:
+                app[CACHE].delegate = primary_fills.delegate(path)
         if self.is_source:
             await source.start(app, s)  # MLLP and the worker, once the HTTP site is bound
         mllp = self.mllp
@@ -156,6 +165,8 @@ class Box:
 
     async def stop(self) -> None:
         # The HTTP site closes, then each role's resources in reverse order (the app's cleanup_ctx).
+        if self._fills is not None:
+            await self._fills.cleanup()
         if self._runner is not None:
             await self._runner.cleanup()
         if isinstance(self.audit, AuditTrail):

@@ -146,3 +146,37 @@ def test_native_archive_shared_by_two_workers(orthanc: Any, source_box: Any, tmp
     incoming = box.work / "box-var" / "archive" / ".incoming"
     assert not list(incoming.iterdir())  # no temporary file left behind
     assert answered <= {"0", "1"}
+
+
+def test_c_move_fills_go_through_the_primary(orthanc: Any, source_box: Any, tmp_path: Path) -> None:
+    """A C-MOVE's instances reach the primary's DICOM listener only: the other process has the primary fill the
+    series, then serves it from the shared cache. Many clients at once on both processes: one C-MOVE, all served."""
+    from drimbox.demo.samples.studies import exam_c_study, write_study
+
+    orthanc.clear()
+    orthanc.store_files(write_study(tmp_path / "study", exam_c_study(instances=8)))
+    box = source_box(orthanc, http={"workers": 2}, pacs={"retrieve": "c-move"})
+    orthanc.add_modality("DRIMBOX", "127.0.0.1", box.dicom_port)
+    wait_for_processes(box, 2, set())
+    study = orthanc.rest("GET", f"/studies/{orthanc.rest('GET', '/studies')[0]}")["MainDicomTags"]["StudyInstanceUID"]
+    series = json.loads(get(f"{box.url}/dicom-web/studies/{study}/series"))[0]["0020000E"]["Value"][0]
+    instances = json.loads(get(f"{box.url}/dicom-web/studies/{study}/series/{series}/instances"))
+    sops = [i["00080018"]["Value"][0].encode() for i in instances]
+    before = scrape(box)
+    answered: set[str] = set()
+
+    def read(_: int) -> bytes:
+        with urllib.request.urlopen(f"{box.url}/dicom-web/studies/{study}/series/{series}", timeout=60) as resp:
+            answered.add(resp.headers["X-Drimbox-Process"])
+            data: bytes = resp.read()
+        return data
+
+    with ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(read, range(8)))
+    assert all(all(sop in body for sop in sops) for body in bodies)
+    after = scrape(box)
+    moves = total(after, "drimbox_dimse_calls_total", operation="C-MOVE") - total(
+        before, "drimbox_dimse_calls_total", operation="C-MOVE"
+    )
+    assert moves == 1, after["drimbox_dimse_calls_total"]
+    assert "1" in answered  # the other process served clients: through the primary's fill

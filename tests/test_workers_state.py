@@ -111,17 +111,3 @@ async def test_an_exam_opened_in_one_process_is_found_by_study_in_another(tmp_pa
     assert b.opened("another professional", "1.2.3") is None
     a.forget_grants()  # an opposition: named again before it opens anything
     assert b.opened(PRO.id, "1.2.3") is None and a.opened(PRO.id, "1.2.3") is None
-
-
-def test_a_proxy_retrieving_by_c_move_runs_one_process() -> None:
-    """The PACS sends a C-MOVE's instances to the box's one DICOM listener (the primary's): no other process could
-    receive them, so such a box serves with one process whatever [http] workers says; C-GET and Native use them all."""
-    from drimbox.cli.workers import process_count
-
-    settings = Settings()
-    settings.http.workers = 4
-    assert process_count(settings) == 4  # Proxy, C-GET (the default)
-    settings.pacs.retrieve = "c-move"
-    assert process_count(settings) == 1
-    settings.box.profile = "native"
-    assert process_count(settings) == 4

@@ -63,9 +63,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _setup_logging(settings.box.log_level, settings.box.log_format)
-    from drimbox.cli.workers import process_count
-
-    count = process_count(settings)
+    count = settings.http.worker_count()
     if count > 1:  # [http] workers: a supervisor and its serving processes (drimbox.cli.workers)
         from drimbox.cli.workers import supervise
 

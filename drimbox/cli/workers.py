@@ -54,23 +54,6 @@ class _Process:
         return self.index == 0
 
 
-def process_count(settings: Settings) -> int:
-    """How many processes `drimbox serve` runs: [http] workers, except where only one process can work (logged)."""
-    count = settings.http.worker_count()
-    if (
-        count > 1
-        and "source" in settings.box.roles
-        and settings.box.profile == "proxy"
-        and (settings.pacs.retrieve == "c-move")
-    ):
-        # The PACS sends a C-MOVE's instances to the one DICOM listener of the box, in the primary: another
-        # process's retrieve would never get them. Until fills are handed to the primary, one process.
-        log.warning("[http] workers = %d ignored: a Proxy box retrieving by C-MOVE runs one process "
-                    "([pacs] retrieve = \"c-get\" lets it use every core)", count)  # fmt: skip
-        return 1
-    return count
-
-
 def bind(settings: Settings) -> socket.socket:
     """The HTTP listening socket, bound once for every process (raises OSError when the port is taken)."""
     family = socket.AF_INET6 if ":" in settings.http.host else socket.AF_INET

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 OUTBOX = web.AppKey("source_outbox", Outbox)
 ARCHIVE = web.AppKey("source_archive", Archive)  # Native profile
 CACHE = web.AppKey("source_cache", SeriesCache)  # Proxy profile
+PROXY = web.AppKey("source_proxy", ProxyBackend)  # Proxy profile
 DMP = web.AppKey("source_dmp", XdsDmpGateway)
 ARCHIVE_SCP = web.AppKey("source_archive_scp", ArchiveScp)  # Native profile
 PROXY_SCP = web.AppKey("source_proxy_scp", StoreSCP)  # Proxy profile
@@ -89,7 +90,7 @@ def setup(
         backend = NativeBackend(archive)
     else:
         cache = app[CACHE] = SeriesCache(s.var_path / "cache", s.cache.max_bytes)
-        backend = ProxyBackend(s, cache)
+        backend = app[PROXY] = ProxyBackend(s, cache)
     _add_routes(app, s, gate, matrix, outbox, backend)
     role = _Lifecycle(s, outbox, backend, ssl)
     # Unwound in reverse: the HL7 listener and the worker stop first, then the DICOM listener, the DMP

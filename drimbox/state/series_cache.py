@@ -15,7 +15,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,9 @@ class SeriesCache:
         self.db = Database(directory / "index.sqlite", SCHEMA)
         self._fills: dict[tuple[str, str, str], Fill] = {}
         self._locks = LockFiles(directory / ".fills")  # one fill per series across processes
+        # Set when another process must do the retrieves (C-MOVE: source/primary_fills.py): called before a fill,
+        # it returns once that process filled the series (then read from the index), or raises the fill's error.
+        self.delegate: Callable[[str, str, str], Awaitable[None]] | None = None
         self._drops: set[asyncio.Task[None]] = set()
         # For /health: the last time the disk refused a cache file (or the index), and the last series kept.
         self.last_write_error: str | None = None
@@ -283,6 +286,8 @@ class SeriesCache:
         lock: HeldLock | None = None
         retrieving = False  # the series' directory is this fill's to remove (never another process's)
         try:
+            if self.delegate is not None:
+                await self.delegate(origin, study_uid, series_uid)
             # Another process of the box filling this series: wait for its end (it holds the lock) rather than
             # retrieve the series a second time; the readers here get the series once it is complete.
             lock = await self._locks.acquire(study_uid, directory.name)
