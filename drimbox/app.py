@@ -136,21 +136,23 @@ class Box:
         # handler_cancellation: a client that leaves while the PACS is slow is noticed at once (C-CANCEL).
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()  # the roles' resources open here (cleanup_ctx), before any HTTP request
-        site: web.BaseSite
         if self.sock is not None:
-            site = web.SockSite(self._runner, self.sock, ssl_context=server_ssl)
+            # [http] workers: the port is bound already (the supervisor's socket). The listeners and the primary's
+            # fill service open first, so a client that reaches this process's HTTP finds them up.
+            if PROXY in app and s.pacs.retrieve == "c-move":
+                # The PACS sends a C-MOVE's instances to the primary's DICOM listener: the primary fills for all.
+                path = primary_fills.socket_path(s.var_path, s.http.port)
+                if self.primary:
+                    self._fills = await primary_fills.serve(app[PROXY], path)
+                else:
+                    app[CACHE].delegate = primary_fills.delegate(path)
+            if self.is_source:
+                await source.start(app, s)  # MLLP and the worker (the primary's; no-op in the others)
+            await web.SockSite(self._runner, self.sock, ssl_context=server_ssl).start()
         else:
-            site = web.TCPSite(self._runner, s.http.host, s.http.port, ssl_context=server_ssl)
-        await site.start()
-        if self.sock is not None and PROXY in app and s.pacs.retrieve == "c-move":
-            # The PACS sends a C-MOVE's instances to the primary's DICOM listener: the primary fills for all.
-            path = primary_fills.socket_path(s.var_path, s.http.port)
-            if self.primary:
-                self._fills = await primary_fills.serve(app[PROXY], path)
-            else:
-                app[CACHE].delegate = primary_fills.delegate(path)
-        if self.is_source:
-            await source.start(app, s)  # MLLP and the worker, once the HTTP site is bound
+            await web.TCPSite(self._runner, s.http.host, s.http.port, ssl_context=server_ssl).start()
+            if self.is_source:
+                await source.start(app, s)  # MLLP and the worker, once the HTTP site is bound
         mllp = self.mllp
         log.info(
             "drimbox started%s: roles %s, profile %s, HTTP%s %s:%d%s",
