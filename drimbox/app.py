@@ -8,6 +8,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -47,13 +48,16 @@ class Box:
     under the app's cleanup_ctx, so stopping the app closes them in the reverse of the order they opened.
     """
 
-    def __init__(self, settings: Settings, *, index: int = 0, sock: socket.socket | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, index: int = 0, sock: socket.socket | None = None, runtime: Path | None = None
+    ) -> None:
         self.settings = settings
         # Process `index` of [http] workers: the primary (0) also runs the source's DICOM and HL7 listeners and the
         # publication worker; the others serve HTTP only, on `sock` (bound once by the supervisor, cli/workers.py).
         self.index = index
         self.primary = index == 0
         self.sock = sock
+        self.runtime = runtime  # the supervisor's private directory (the primary's fill socket)
         self.started_at = time.time()
         self.peer_whitelist: AnsWhitelist | None = None
         self.audit: AuditSink = MemoryAudit()
@@ -141,7 +145,7 @@ class Box:
             # fill service open first, so a client that reaches this process's HTTP finds them up.
             if PROXY in app and s.pacs.retrieve == "c-move":
                 # The PACS sends a C-MOVE's instances to the primary's DICOM listener: the primary fills for all.
-                path = primary_fills.socket_path(s.var_path, s.http.port)
+                path = (self.runtime or s.var_path) / "primary-fills.sock"
                 if self.primary:
                     self._fills = await primary_fills.serve(app[PROXY], path)
                 else:
@@ -242,6 +246,7 @@ async def serve(
     *,
     index: int = 0,
     sock: socket.socket | None = None,
+    runtime: Path | None = None,
     started: Callable[[], None] | None = None,
 ) -> None:
     """Run a box until `until()` returns (the command line: SIGTERM or SIGINT), then stop it cleanly.
@@ -249,7 +254,7 @@ async def serve(
     With [http] workers, each process runs one (drimbox.cli.workers): `index` its number (0, the primary, also runs
     the listeners), `sock` its inherited HTTP socket, `started` tells the supervisor once it serves.
     """
-    box = Box(settings, index=index, sock=sock)
+    box = Box(settings, index=index, sock=sock, runtime=runtime)
     await box.start()
     if started is not None:
         started()

@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from drimbox.config import Settings
@@ -63,7 +64,10 @@ def bind(settings: Settings) -> socket.socket:
 def supervise(settings: Settings, count: int, run: Callable[[Coroutine[Any, Any, Any]], Any]) -> int:
     """Serve with `count` processes until SIGTERM/SIGINT; 1 when a process cannot start at all. `run`: the event loop."""
     sock = bind(settings)
-    metrics_dir = tempfile.mkdtemp(prefix="drimbox-metrics-")
+    # Private to this start (0700): the metrics' files and the primary's fill socket; removed at stop.
+    runtime = Path(tempfile.mkdtemp(prefix="drimbox-"))
+    metrics_dir = str(runtime / "metrics")
+    os.mkdir(metrics_dir)
     _multiprocess_metrics(metrics_dir)
     from prometheus_client import multiprocess
 
@@ -100,7 +104,7 @@ def supervise(settings: Settings, count: int, run: Callable[[Coroutine[Any, Any,
                     os.write(write_fd, b"1")
                     os.close(write_fd)
 
-                run(serve(settings, until_signalled, index=index, sock=sock, started=started))
+                run(serve(settings, until_signalled, index=index, sock=sock, runtime=runtime, started=started))
                 code = 0
             except BaseException:
                 log.exception("process %d (%s) failed", os.getpid(), "primary" if index == 0 else "HTTP")
@@ -162,7 +166,7 @@ def supervise(settings: Settings, count: int, run: Callable[[Coroutine[Any, Any,
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
         _stop_all(processes)
         sock.close()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(runtime, ignore_errors=True)
     log.info("drimbox: every process stopped")
     return code
 

@@ -1,13 +1,11 @@
 """Proxy fills by C-MOVE with [http] workers: the PACS sends a C-MOVE's instances to the box's one DICOM listener,
 which runs in the primary process; so another process asks the primary to fill the series (a Unix socket only the
-box's processes reach), waits, and serves the series from the shared cache once complete."""
+box's processes reach, in the supervisor's private directory), waits, and serves the series from the shared cache once complete."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
@@ -20,15 +18,6 @@ from drimbox.dimse.uid import is_lenient_uid
 from drimbox.source.proxy_backend import ProxyBackend
 
 log = logging.getLogger(__name__)
-
-
-def socket_path(var_path: Path, port: int) -> Path:
-    """Where the primary listens for fills: in the box's var directory, or /tmp when that path is too long."""
-    path = var_path.resolve() / "primary-fills.sock"
-    if len(str(path)) < 100:  # AF_UNIX paths: 108 bytes at most
-        return path
-    digest = hashlib.sha256(f"{var_path.resolve()}:{port}".encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"drimbox-{digest}.sock"
 
 
 async def serve(backend: ProxyBackend, path: Path) -> web.AppRunner:
