@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -29,9 +32,10 @@ from drimbox.metrics import http as metrics_http
 from drimbox.ops import Reloaded
 from drimbox.ops import pages as ops_pages
 from drimbox.patient import setup as patient_setup
+from drimbox.source import primary_fills
 from drimbox.source import wiring as source
 from drimbox.source.outbox import Outbox
-from drimbox.source.wiring import ARCHIVE, BACKEND, CACHE, MLLP, OUTBOX, WORKER
+from drimbox.source.wiring import ARCHIVE, BACKEND, CACHE, MLLP, OUTBOX, PROXY, WORKER
 from drimbox.source.worker import PublicationWorker
 from drimbox.state.series_cache import SeriesCache
 from drimbox.tls import box_to_box, peer_middleware, prepare_reload, use
@@ -48,14 +52,23 @@ class Box:
     under the app's cleanup_ctx, so stopping the app closes them in the reverse of the order they opened.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, index: int = 0, sock: socket.socket | None = None, runtime: Path | None = None
+    ) -> None:
         self.settings = settings
+        # Process `index` of [http] workers: the primary (0) also runs the source's DICOM and HL7 listeners and the
+        # publication worker; the others serve HTTP only, on `sock` (bound once by the supervisor, cli/workers.py).
+        self.index = index
+        self.primary = index == 0
+        self.sock = sock
+        self.runtime = runtime  # the supervisor's private directory (the primary's fill socket)
         self.started_at = time.time()
         self.peer_whitelist: AnsWhitelist | None = None
         self.audit: AuditSink = MemoryAudit()
         self.app: web.Application | None = None
         self.server_ssl: ssl.SSLContext | None = None
         self._runner: web.AppRunner | None = None
+        self._fills: web.AppRunner | None = None  # the primary's fill service (C-MOVE with [http] workers)
 
     @property
     def is_source(self) -> bool:
@@ -110,6 +123,8 @@ class Box:
             app[WHITELISTS].append(self.peer_whitelist)
             app.cleanup_ctx.append(_closing(self.peer_whitelist))
         app.router.add_get("/health", self._health)
+        if self.sock is not None:
+            app.on_response_prepare.append(self._tag_process)
         # GET /metrics (operator token or [metrics] networks) and the middleware counting requests by route.
         metrics_http.setup(app, s)
         app.router.add_delete("/api/cache", self._clear_cache)
@@ -121,7 +136,11 @@ class Box:
         # The roles: each adds its routes now and opens its resources when the app starts.
         if self.is_consumer:
             consumer.setup(app, s, GateAuth(self.auth))
-        outbox = source.setup(app, s, self.auth, matrix=matrix, ssl=server_ssl) if self.is_source else None
+        outbox = (
+            source.setup(app, s, self.auth, matrix=matrix, ssl=server_ssl, listeners=self.primary)
+            if self.is_source
+            else None
+        )
         # The web viewer (both roles) and, on a source (outbox), the report link that opens it.
         app.add_routes(viewer_routes(self.auth, outbox, links=ReportLinks(s.auth, s.box.public_url),
                                      grants=self.auth.sessions, matrix=matrix))  # fmt: skip
@@ -133,13 +152,27 @@ class Box:
         # handler_cancellation: a client that leaves while the PACS is slow is noticed at once (C-CANCEL).
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()  # the roles' resources open here (cleanup_ctx), before any HTTP request
-        site = web.TCPSite(self._runner, s.http.host, s.http.port, ssl_context=server_ssl)
-        await site.start()
-        if self.is_source:
-            await source.start(app, s)  # MLLP and the worker, once the HTTP site is bound
+        if self.sock is not None:
+            # [http] workers: the port is bound already (the supervisor's socket). The listeners and the primary's
+            # fill service open first, so a client that reaches this process's HTTP finds them up.
+            if PROXY in app and s.pacs.retrieve == "c-move":
+                # The PACS sends a C-MOVE's instances to the primary's DICOM listener: the primary fills for all.
+                path = (self.runtime or s.var_path) / "primary-fills.sock"
+                if self.primary:
+                    self._fills = await primary_fills.serve(app[PROXY], path)
+                else:
+                    app[CACHE].delegate = primary_fills.delegate(path)
+            if self.is_source:
+                await source.start(app, s)  # MLLP and the worker (the primary's; no-op in the others)
+            await web.SockSite(self._runner, self.sock, ssl_context=server_ssl).start()
+        else:
+            await web.TCPSite(self._runner, s.http.host, s.http.port, ssl_context=server_ssl).start()
+            if self.is_source:
+                await source.start(app, s)  # MLLP and the worker, once the HTTP site is bound
         mllp = self.mllp
         log.info(
-            "drimbox started: roles %s, profile %s, HTTP%s %s:%d%s",
+            "drimbox started%s: roles %s, profile %s, HTTP%s %s:%d%s",
+            "" if self.sock is None else f" (process {os.getpid()}{', primary' if self.primary else ''})",
             ",".join(s.box.roles),
             s.box.profile,
             "S" if server_ssl else "",
@@ -150,6 +183,8 @@ class Box:
 
     async def stop(self) -> None:
         # The HTTP site closes, then each role's resources in reverse order (the app's cleanup_ctx).
+        if self._fills is not None:
+            await self._fills.cleanup()
         if self._runner is not None:
             await self._runner.cleanup()
         if isinstance(self.audit, AuditTrail):
@@ -179,6 +214,10 @@ class Box:
             "reload: %s", ", ".join(f"{r.what} {'ok' if r.error is None else 'FAILED'}" for r in done) or "nothing"
         )
         return done
+
+    async def _tag_process(self, _: web.Request, response: web.StreamResponse) -> None:
+        """With [http] workers: which process answered (its index, not its pid), for operators and tests."""
+        response.headers["X-Drimbox-Process"] = str(self.index)
 
     async def _clear_cache(self, request: web.Request) -> web.Response:
         """Operator action: drop the Proxy cache, all of it or one study (?study=UID)."""
@@ -217,6 +256,8 @@ class Box:
             "roles": self.settings.box.roles,
             "profile": self.settings.box.profile,
             "uptime_s": round(time.time() - self.started_at, 1),
+            # Which of [http] workers' processes answered (each serves any request; the primary runs the listeners).
+            "process": {"pid": os.getpid(), "index": self.index, "primary": self.primary},
             "components": components,
         }
         return web.json_response(body, status=200 if healthy else 503)
@@ -237,14 +278,27 @@ def _closing(whitelist: AnsWhitelist) -> Callable[[web.Application], AsyncIterat
 ReloadHook = Callable[[Callable[[], Awaitable[object]]], Callable[[], None]]
 
 
-async def serve(settings: Settings, until: Callable[[], Awaitable[None]], reload_on: ReloadHook | None = None) -> None:
+async def serve(
+    settings: Settings,
+    until: Callable[[], Awaitable[None]],
+    *,
+    reload_on: ReloadHook | None = None,
+    index: int = 0,
+    sock: socket.socket | None = None,
+    runtime: Path | None = None,
+    started: Callable[[], None] | None = None,
+) -> None:
     """Run a box until `until()` returns (the command line: SIGTERM or SIGINT), then stop it cleanly.
 
     `reload_on(box.reload)` installs what triggers a reload (the command line: SIGHUP) and returns its remover.
+    With [http] workers, each process runs one (drimbox.cli.workers): `index` its number (0, the primary, also runs
+    the listeners), `sock` its inherited HTTP socket, `started` tells the supervisor once it serves.
     """
-    box = Box(settings)
+    box = Box(settings, index=index, sock=sock, runtime=runtime)
     await box.start()
     remove = reload_on(box.reload) if reload_on is not None else None
+    if started is not None:
+        started()
     try:
         await until()
     finally:

@@ -44,6 +44,26 @@ class HttpSettings:
     # Compress on the fly when a client prefers a compressed syntax the images are not stored in.
     # Off by default: a 2-core box spends its CPU on throughput, and lossless JPEG-LS costs ~10 ms a slice.
     compress_on_the_fly: bool = False
+    # Serving processes on the HTTP port (`drimbox serve`): 0 = one per CPU the box may use, 1 = a single process.
+    # One of them (the primary) also runs the MLLP and DICOM listeners and the publication worker.
+    workers: int = 0
+
+    def worker_count(self) -> int:
+        """The processes `drimbox serve` starts: `workers`, or when 0 the CPUs this process may use (its CPU
+        affinity, and a container's CPU quota: cgroup v2 cpu.max)."""
+        if self.workers > 0:
+            return self.workers
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cpus = os.cpu_count() or 1
+        try:
+            quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+            if quota != "max":
+                cpus = min(cpus, -(-int(quota) // int(period)))  # 1.5 CPUs: 2 processes
+        except (OSError, ValueError):
+            pass
+        return max(1, cpus)
 
 
 @dataclass
@@ -439,6 +459,8 @@ def parse_pacs(entry: str, timeout: float = 30.0) -> PacsSettings | None:
 def _validate(s: Settings) -> None:
     if not s.box.roles or any(r not in ("source", "consumer") for r in s.box.roles):
         raise ConfigError(f"box.roles: each role must be 'source' or 'consumer', got {s.box.roles!r}")
+    if s.http.workers < 0:
+        raise ConfigError(f"http.workers: 0 (one per CPU) or a number of processes, got {s.http.workers}")
     if s.box.log_format not in ("text", "json"):
         raise ConfigError(f"box.log_format: must be 'text' or 'json', got {s.box.log_format!r}")
     for network in s.metrics.networks:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from drimbox.auth.operator import operator_token_hash
+from drimbox.config import Settings
 from drimbox.demo.main import operator_request
 from drimbox.demo.mesh import DEMO_OPERATOR_TOKEN
 from drimbox.demo.samples.orthanc import OrthancServer, start_orthanc, storescu
@@ -78,7 +79,8 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self._halt.is_set():
             try:
-                self.peak = max(self.peak, rss_mb(self.pid))
+                # With [http] workers, the supervisor and every serving process: the box's whole footprint.
+                self.peak = max(self.peak, sum(rss_mb(pid) for pid in _family(self.pid)))
             except OSError:
                 return
             self._halt.wait(0.05)
@@ -89,6 +91,12 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
+def _family(pid: int) -> list[int]:
+    """A process and its children (Linux /proc)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(c) for c in children)]
+
+
 def _serves_dicomweb(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/dicom-web/studies?limit=1", timeout=5) as resp:
@@ -97,7 +105,15 @@ def _serves_dicomweb(url: str) -> bool:
         return False
 
 
-def start_box(work: Path, name: str, orthanc: OrthancServer, sim_port: int, profile: str) -> DrimboxProcess:
+def cpu_count() -> int:
+    """The box's default [http] workers: the CPUs this process may run on."""
+    return Settings().http.worker_count()
+
+
+def start_box(
+    work: Path, name: str, orthanc: OrthancServer, sim_port: int, profile: str, workers: int = 0
+) -> DrimboxProcess:
+    """A box on Orthanc; `workers` its [http] workers (0: one per CPU, as a box installed with the defaults)."""
     http, mllp, dicom = free_port(), free_port(), free_port()
     if profile == "proxy":
         orthanc.add_modality("DRIMBOX", "127.0.0.1", dicom)
@@ -105,7 +121,7 @@ def start_box(work: Path, name: str, orthanc: OrthancServer, sim_port: int, prof
         work / f"{name}.toml",
         {
             "box": {"var_dir": str(work / name), "profile": profile, "public_url": f"http://127.0.0.1:{http}"},
-            "http": {"port": http},
+            "http": {"port": http, "workers": workers or cpu_count()},
             "mllp": {"port": mllp},
             "dicom": {"port": dicom},
             "pacs": {"ae_title": orthanc.aet, "port": orthanc.dicom_port},
@@ -167,7 +183,7 @@ def measure_orthanc(results: dict[str, Any], orthanc: OrthancServer, shapes: dic
     results["qido"]["Orthanc QIDO /studies?PatientID"] = best_of(
         3, fetch, f"{orthanc.dicomweb_url}/studies?PatientID={shapes['ct300'].patient_id}", "application/dicom+json"
     ).to_json()
-    results["concurrency"]["Orthanc WADO-RS"] = [concurrent_fetch(wado, n).to_json() for n in (1, 4, 16)]
+    results["concurrency"]["Orthanc WADO-RS"] = [concurrent_fetch(wado, n).to_json() for n in CLIENTS]
 
 
 def measure_browser(results: dict[str, Any], work: Path, orthanc: OrthancServer, spec: StudySpec) -> None:
@@ -203,6 +219,8 @@ def measure_boxes(
             measure_box(results, "box proxy", url, box, shapes, args)
         finally:
             box.stop()
+        if cpu_count() > 1:
+            measure_warm_concurrency(results, work, orthanc, sim_port, shapes["ct300"], workers=1)
         native = start_box(work, "native", orthanc, sim_port, "native")
         try:
             measure_native(results, native, shapes, files)
@@ -232,7 +250,7 @@ def measure_native(
     results["metadata"]["box native /metadata, CT 300"] = best_of(
         3, fetch, f"{study}/metadata", "application/dicom+json"
     ).to_json()
-    results["concurrency"]["box native"] = [concurrent_fetch(study, n).to_json() for n in (1, 4, 16)]
+    results["concurrency"]["box native"] = [concurrent_fetch(study, n).to_json() for n in CLIENTS]
 
 
 def measure_box(
@@ -264,7 +282,9 @@ def measure_box(
     results["qido"][f"{name} QIDO /studies?PatientID"] = best_of(
         3, fetch, f"{url}/dicom-web/studies?PatientID={shapes['ct300'].patient_id}", "application/dicom+json"
     ).to_json()
-    results["concurrency"][name] = [concurrent_fetch(study, n).to_json() for n in (1, 4, 16)]
+    results["concurrency"][f"{name} warm, workers {cpu_count()}"] = [
+        concurrent_fetch(study, n).to_json() for n in CLIENTS
+    ]
     mr = f"{url}/dicom-web/studies/{shapes['mr'].study_uid}"
     results["retrieve"][f"{name} cold, MR {shapes['mr'].instance_total} × 256²"] = best_of(
         3, cold_fetch, mr, AS_STORED
@@ -275,6 +295,106 @@ def measure_box(
     sampler.start()
     concurrent_fetch(study, 10)
     results["rss"][f"{name} peak RSS, 10 clients × CT 300 (MB)"] = round(sampler.stop(), 1)
+
+
+CLIENTS = (1, 4, 16)
+
+
+def measure_warm_concurrency(
+    results: dict[str, Any], work: Path, orthanc: OrthancServer, sim_port: int, spec: StudySpec, *, workers: int
+) -> None:
+    """1, 4 and 16 concurrent clients of a warm CT 300 on a Proxy box with `workers` processes."""
+    box = start_box(work, f"proxy-w{workers}-{free_port()}", orthanc, sim_port, "proxy", workers=workers)
+    try:
+        study = f"{box.health_url.rsplit('/', 1)[0]}/dicom-web/studies/{spec.study_uid}"
+        say(f"box proxy, workers {workers}: warming CT 300, then 1, 4, 16 concurrent clients")
+        fetch(study, AS_STORED)
+        results["concurrency"][f"box proxy warm, workers {workers}"] = [
+            concurrent_fetch(study, n).to_json() for n in CLIENTS
+        ]
+    finally:
+        box.stop()
+
+
+def concurrency_targets(results: dict[str, Any], workers: int) -> None:
+    """The issue's ratios: the box's aggregate (workers 1 and N) over Orthanc's, at 1 and 16 clients, same run."""
+    c = results["concurrency"]
+    orthanc = {run["clients"]: run["aggregate_mb_per_s"] for run in c.get("Orthanc WADO-RS", [])}
+    for name, goal in ((f"box proxy warm, workers {workers}", True), ("box proxy warm, workers 1", False)):
+        box = {run["clients"]: run["aggregate_mb_per_s"] for run in c.get(name, [])}
+        for clients, wanted in ((1, 1.5), (16, 1.0)):
+            value = box[clients] / orthanc[clients] if box.get(clients) and orthanc.get(clients) else None
+            results["targets"].append({
+                "name": f"{name[len('box proxy warm, '):]}: {clients} warm client(s), aggregate / Orthanc's",
+                "value": "—" if value is None else f"{value:.2f}",
+                "goal": f"≥ {wanted}" if goal else "(reference)",
+                "met": None if value is None or not goal else value >= wanted,
+            })  # fmt: skip
+
+
+def interleaved(targets: dict[str, str], repeat: int) -> dict[str, list[dict[str, Any]]]:
+    """Each server at 1, 4 and 16 clients, in turn (Orthanc, box, box, Orthanc, ...) `repeat` times: the median
+    aggregate of each. In turn, so a neighbour's load on a shared machine weighs on every server alike."""
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    for clients in CLIENTS:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        for _ in range(repeat):
+            for name, url in targets.items():
+                runs[name].append(concurrent_fetch(url, clients).to_json())
+        for name, measured in runs.items():
+            measured.sort(key=lambda r: r["aggregate_mb_per_s"])
+            out[name].append(measured[len(measured) // 2])
+    return out
+
+
+def run_concurrency(args: argparse.Namespace) -> dict[str, Any]:
+    """--concurrency: Orthanc, then the box with workers 1 and with one per CPU, on CT 300, `--runs` times."""
+    results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": "",
+                               "retrieve": {}, "metadata": {}, "qido": {}, "concurrency": {}, "rss": {},
+                               "targets": [], "notes": [], "runs": []}  # fmt: skip
+    workers = cpu_count()
+    with tempfile.TemporaryDirectory(prefix="drimbox-perf-") as tmp:
+        work = Path(tmp)
+        spec = studies(False)["ct300"]
+        files = write_study(work / "data" / "ct300", spec)
+        orthanc = start_orthanc(work / "orthanc")
+        sim_port = free_port()
+        sim_cfg = write_config(work / "sim.toml", {"sim": {"port": sim_port, "var_dir": str(work / "sim")}})
+        sim = DrimboxProcess(
+            "sim", sim_cfg, f"http://127.0.0.1:{sim_port}/sim/dmp/documents?patient=0", work / "sim.log"
+        ).start()
+        try:
+            orthanc.store_files(files)
+            wado = f"{orthanc.dicomweb_url}/studies/{spec.study_uid}"
+            fetch(wado, AS_STORED)  # Orthanc warm too (its files in the page cache)
+            boxes = {w: start_box(work, f"proxy-w{w}", orthanc, sim_port, "proxy", workers=w)
+                     for w in sorted({1, workers})}  # fmt: skip
+            try:
+                targets = {"Orthanc WADO-RS": wado}
+                for w, box in boxes.items():
+                    targets[f"box proxy warm, workers {w}"] = (
+                        f"{box.health_url.rsplit('/', 1)[0]}/dicom-web/studies/{spec.study_uid}"
+                    )
+                    fetch(targets[f"box proxy warm, workers {w}"], AS_STORED)  # warm: the series in the cache
+                for n in range(args.runs):
+                    say(f"run {n + 1}/{args.runs}: 1, 4, 16 concurrent clients, Orthanc and the boxes in turn, "
+                        f"median of {args.repeat}")  # fmt: skip
+                    one: dict[str, Any] = {"concurrency": interleaved(targets, args.repeat), "targets": []}
+                    concurrency_targets(one, workers)
+                    for t in one["targets"]:
+                        say(f"  {t['name']}: {t['value']} (goal {t['goal']})")
+                    results["runs"].append(one)
+            finally:
+                for box in boxes.values():
+                    box.stop()
+            results["concurrency"] = results["runs"][-1]["concurrency"]
+            results["targets"] = [
+                {**t, "name": f"run {i + 1}: {t['name']}"} for i, r in enumerate(results["runs"]) for t in r["targets"]
+            ]
+        finally:
+            sim.stop()
+            orthanc.stop()
+    return results
 
 
 def compute_targets(results: dict[str, Any]) -> None:
@@ -309,6 +429,7 @@ def compute_targets(results: dict[str, Any]) -> None:
             f"≤ {goal:.0f}" if goal else "—",
             None if value is None or goal is None else value <= goal,
         )
+    concurrency_targets(results, cpu_count())
     rss = results["rss"].get("box proxy peak RSS, 10 clients × CT 300 (MB)")
     target("box peak RSS, 10 clients (MB)", rss, "≤ 200", None if rss is None else rss <= 200)
 
@@ -317,9 +438,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__)
     parser.add_argument("--full", action="store_true", help="the full ANS shape (1300 JPEG-LS instances)")
     parser.add_argument("--out", default="perf/results/latest", help="report directory")
+    parser.add_argument(
+        "--concurrency",
+        action="store_true",
+        help="only the concurrency ratios: Orthanc and the box with workers 1 and N, warm CT 300",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="with --concurrency: how many runs (default 3)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="with --concurrency: measurements of each server per point, the median kept (default 5)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    results = run(args)
+    results = run_concurrency(args) if args.concurrency else run(args)
     results["duration_s"] = round(time.perf_counter() - started, 1)
     path = write_report(results, Path(args.out))
     say(f"report written to {path} in {results['duration_s']} s")

@@ -72,7 +72,7 @@ async def test_concurrent_readers_share_one_fill_and_later_reads_hit_the_cache(t
 
 
 async def test_least_recently_used_series_are_evicted_to_fit(tmp_path: Path) -> None:
-    cache = SeriesCache(tmp_path, max_bytes=25_000)
+    cache = SeriesCache(tmp_path, max_bytes=25_000, lru_resolution=0.0)  # every read counts, however close
     try:
         for name in ("A", "B"):
             await read_all(cache, name, Source(10))

@@ -15,7 +15,9 @@ import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -53,7 +55,13 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 def mesh(orthanc: Any, orthanc_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    work = tmp_path_factory.mktemp("walk")
+    with walk_mesh(orthanc, orthanc_factory, tmp_path_factory.mktemp("walk")) as started:
+        yield started
+
+
+@contextmanager
+def walk_mesh(orthanc: Any, orthanc_factory: Any, work: Path, *, workers: int = 1) -> Iterator[Mesh]:
+    """The walk's mesh; `workers`: [http] workers of both boxes (tests/test_workers_browser.py walks with 2)."""
     orthanc.clear()
     for exam in EXAMS:
         load_exam(orthanc, work, exam, instances=4)
@@ -63,12 +71,13 @@ def mesh(orthanc: Any, orthanc_factory: Any, tmp_path_factory: pytest.TempPathFa
     sim = Sim(work / "sim").start()
     started: list[Any] = [sim]
     try:
-        source = SourceBox(work / "source", sim.url, orthanc, auth={"protect_dicomweb": True}).start()
+        source = SourceBox(work / "source", sim.url, orthanc, auth={"protect_dicomweb": True},
+                           http={"workers": workers}).start()  # fmt: skip
         started.append(source)
         port = free_port()
         cfg = write_config(work / "consumer.toml", {
             "box": {"roles": ["consumer"], "var_dir": str(work / "consumer-var"), "public_url": f"http://127.0.0.1:{port}"},
-            "http": {"port": port},
+            "http": {"port": port, "workers": workers},
             "dmp": {"url": f"{sim.url}/dmp"},
             "psc": {"issuer": f"{sim.url}/psc"},
             "whitelist": {"url": f"{sim.url}/whitelist", "certificate_url": f"{sim.url}/whitelist/certificate",

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import logging
+import os
 import threading
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +58,15 @@ class Archive:
         self.files = FileStore(root)
         self.files.open()
         self.index = ArchiveIndex(root / INDEX_FILE)
-        # Two stores of the same SOP Instance UID must not interleave their write and index steps.
+        # Two stores of the same SOP Instance UID must not interleave their write and index steps: not two threads
+        # (the lock), nor two processes of the box ([http] workers: STOW-RS anywhere, C-STORE on the primary), the
+        # stripe's lock file.
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        (root / ".locks").mkdir(parents=True, exist_ok=True)
+        self._lock_files = [
+            os.open(root / ".locks" / f"{n:02d}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            for n in range(_LOCK_STRIPES)
+        ]
 
     @classmethod
     def open(cls, var_dir: str | Path) -> Archive:
@@ -65,6 +75,19 @@ class Archive:
 
     def close(self) -> None:
         self.index.close()
+        for fd in self._lock_files:
+            os.close(fd)
+        self._lock_files = []
+
+    @contextmanager
+    def _locked(self, sop_uid: str) -> Iterator[None]:
+        stripe = zlib.crc32(sop_uid.encode()) % _LOCK_STRIPES
+        with self._locks[stripe]:
+            fcntl.flock(self._lock_files[stripe], fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_files[stripe], fcntl.LOCK_UN)
 
     # -- writing (blocking: DIMSE threads, or asyncio.to_thread) --------------------------------
 
@@ -110,7 +133,7 @@ class Archive:
 
     def _store(self, attrs: InstanceAttributes, chunks: tuple[bytes, bytes]) -> StoredInstance:
         relative = relative_path(attrs.study_uid, attrs.series_uid, attrs.sop_uid)
-        with self._locks[zlib.crc32(attrs.sop_uid.encode()) % _LOCK_STRIPES]:
+        with self._locked(attrs.sop_uid):
             size, outcome = self.files.write(relative, chunks)
             # Only now is the file durable: the index may point at it.
             try:

@@ -121,6 +121,23 @@ def _same_content(path: Path, chunks: Sequence[bytes | memoryview], size: int) -
         return False
 
 
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process that named this temporary file (<sop>.<pid>.<serial>.tmp) still runs, another than us."""
+    parts = tmp.name.split(".")
+    if len(parts) < 4 or not parts[-3].isdigit():
+        return False
+    pid = int(parts[-3])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 class FileStore:
     """Files under `root`/<study>/<series>/<sop>.dcm; temporary files under `root`/.incoming."""
 
@@ -138,7 +155,8 @@ class FileStore:
             self.root.mkdir(parents=True, exist_ok=True)
             self._ensure_dir(self.incoming)
             for leftover in self.incoming.iterdir():
-                leftover.unlink(missing_ok=True)
+                if not _writer_alive(leftover):  # another process of the box ([http] workers) may be writing it
+                    leftover.unlink(missing_ok=True)
         except OSError as exc:
             raise self._error("cannot open the archive directory", exc) from None
 

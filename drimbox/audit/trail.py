@@ -200,12 +200,15 @@ class AuditTrail:
         records: list[dict[str, Any]] = []
         error: BaseException | None = None
         try:
+            self._db.execute("BEGIN IMMEDIATE")
+            # The box's other processes ([http] workers) append to the same chain: go on from its head as it is now.
+            last = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, head = (last[0], last[1]) if last else (0, GENESIS)
             for event, _, _ in batch:
                 seq += 1
                 record = _row(event, seq, head)
                 head = record["hash"]
                 records.append(record)
-            self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
                 f"INSERT INTO audit ({', '.join(FIELDS)}, hash) VALUES ({', '.join('?' * (len(FIELDS) + 1))})",
                 [(*(json.dumps(r[f], sort_keys=True) if f == "detail" else r[f] for f in FIELDS), r["hash"])

@@ -61,11 +61,16 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from drimbox.app import serve
-
     settings = _settings(args)
     _setup_logging(settings.box.log_level, settings.box.log_format)
-    _run(serve(settings, until_signalled, reload_on_sighup))
+    count = settings.http.worker_count()
+    if count > 1:  # [http] workers: a supervisor and its serving processes (drimbox.cli.workers)
+        from drimbox.cli.workers import supervise
+
+        return supervise(settings, count, _run)
+    from drimbox.app import serve
+
+    _run(serve(settings, until_signalled, reload_on=reload_on_sighup))
     return 0
 
 

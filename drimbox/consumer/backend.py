@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
+import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,6 +36,8 @@ KOS_PARAM = "kos"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # An entitlement checked once (store, DMP) is trusted this long for the same professional and KOS.
 GRANT_TTL = 300.0
+# How long a professional's opened exam is shared between the box's processes (then the viewer names it again).
+OPENED_KEPT = 24 * 3600.0
 _KOS_CACHE = 256
 # Fetch the next series of a study while one streams. Off: on loopback (2 cores, perf/consumer_retrieve.py) it
 # gained nothing and cost CPU contention; worth measuring again between real centres, where latency dominates.
@@ -84,6 +89,7 @@ class ConsumerBackend:
         *,
         check_exam: Callable[[ProfessionalLike, str], Awaitable[object]] | None = None,
         audit: Callable[[], AuditSink | None] | None = None,
+        epoch: Path | None = None,
     ) -> None:
         self.manifests = manifests
         self.cache = cache
@@ -94,7 +100,9 @@ class ConsumerBackend:
         self.audit = audit
         self._kos: OrderedDict[str, KosSummary] = OrderedDict()
         self._patients: dict[str, frozenset[str]] = {}  # KOS UID → its patient's identifiers
-        self._opened: dict[tuple[str, str], tuple[float, str]] = {}  # (pro, study) → (until, kos_uid)
+        # (pro, study) → (until, kos_uid, epoch): per process; the epoch file voids it in every process at once.
+        self._opened: dict[tuple[str, str], tuple[float, str, tuple[int, int]]] = {}
+        self._epoch = _Epoch(epoch)
         self._prefetching: set[asyncio.Task[None]] = set()
         self._recent = RecentAccesses()
 
@@ -130,20 +138,27 @@ class ConsumerBackend:
         kos = await self.kos(kos_uid)
         key = (pro.id, kos.study_uid)
         known = self._opened.get(key)
-        if known is None or known[1] != kos_uid or known[0] < time.monotonic():
+        epoch = self._epoch.now()
+        if known is None or known[1] != kos_uid or known[0] < time.monotonic() or known[2] != epoch:
             if self.check_exam is not None:
                 await self.check_exam(pro, kos_uid)
-            self._opened[key] = (time.monotonic() + GRANT_TTL, kos_uid)
+            self._opened[key] = (time.monotonic() + GRANT_TTL, kos_uid, epoch)
+            self._epoch.remember(key, kos_uid, epoch)
         return kos
 
     def forget_grants(self) -> None:
-        """Every opened exam is checked again on its next request (an access rule changed, e.g. an opposition)."""
+        """Every opened exam is checked again on its next request (an access rule changed, e.g. an opposition),
+        in every process of the box ([http] workers): the epoch file changes."""
         self._opened.clear()
+        self._epoch.bump()
 
     def opened(self, professional_id: str, study_uid: str) -> str | None:
         """The KOS through which this professional opened the study, if any (`open` re-checks it when stale)."""
         known = self._opened.get((professional_id, study_uid))
-        return known[1] if known is not None else None
+        if known is not None:
+            return known[1]
+        # Opened through another process of the box ([http] workers)? `open` checks it again in this one.
+        return self._epoch.recall((professional_id, study_uid))
 
     def protect(self, routes: list[web.RouteDef], auth: ConsumerAuth) -> list[web.RouteDef]:
         """The DICOMweb routes, each needing a login and an entitling KOS; source refusals become JSON."""
@@ -412,6 +427,83 @@ class ConsumerBackend:
             task = asyncio.create_task(one(kos_uid), name=f"prefetch-{kos_uid}")
             self._prefetching.add(task)
             task.add_done_callback(self._prefetching.discard)
+
+
+class _Epoch:
+    """Files the box's processes share about opened exams ([http] workers).
+
+    The epoch file: replacing it voids the exams each process remembers as opened. Read on each request that names
+    an exam (one stat(): its inode and time change at each bump), so an opposition recorded by one process closes
+    the exams the others opened at once, not after GRANT_TTL. Beside it, `opened/`: which KOS each professional
+    opened each study through (one small file each, written when the exam is checked), so a request naming only the
+    study finds its exam whichever process opened it; older than OPENED_KEPT, they go at start.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.opened = path.with_name("opened") if path is not None else None
+        if self.opened is not None:
+            self._prune(self.opened)
+
+    @staticmethod
+    def _prune(directory: Path) -> None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            old = time.time() - OPENED_KEPT
+            for entry in directory.iterdir():
+                if entry.stat().st_mtime < old:
+                    entry.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot prune %s: %s", directory, exc)
+
+    def _file(self, key: tuple[str, str]) -> Path | None:
+        if self.opened is None:
+            return None
+        return self.opened / hashlib.sha256("\0".join(key).encode()).hexdigest()[:40]
+
+    def remember(self, key: tuple[str, str], kos_uid: str, epoch: tuple[int, int]) -> None:
+        if (path := self._file(key)) is None:
+            return
+        try:
+            fresh = path.with_name(f"{path.name}.{os.getpid()}")
+            fresh.write_text(json.dumps({"kos": kos_uid, "epoch": list(epoch)}))
+            os.replace(fresh, path)
+        except OSError as exc:  # this process still knows it; another asks for the KOS once
+            log.warning("cannot share an opened exam: %s", exc)
+
+    def recall(self, key: tuple[str, str]) -> str | None:
+        """The KOS another process recorded for this professional and study, unless an opposition came since."""
+        if (path := self._file(key)) is None:
+            return None
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(known, dict) or known.get("epoch") != list(self.now()):
+            return None
+        kos = known.get("kos")
+        return kos if isinstance(kos, str) and kos else None
+
+    def now(self) -> tuple[int, int]:
+        if self.path is None:
+            return (0, 0)
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return (0, 0)
+        return (st.st_ino, st.st_mtime_ns)
+
+    def bump(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = self.path.with_name(f"{self.path.name}.{os.getpid()}")
+            fresh.write_bytes(os.urandom(8))
+            os.replace(fresh, self.path)  # a new inode: never mistaken for the file a process read before
+        except OSError as exc:  # this process forgot its grants; the others keep theirs up to GRANT_TTL
+            log.error("cannot renew %s: %s; other processes re-check opened exams within %.0f s",
+                      self.path, exc, GRANT_TTL)  # fmt: skip
 
 
 class _Refusal(Exception):

@@ -49,7 +49,9 @@ def setup_consumer_images(app: web.Application, settings: Settings, auth: Consum
         await app[CONSUMER].catalog.exam(pro, kos_uid)
 
     cache = SeriesCache(settings.var_path / "consumer-cache", c.cache_max_bytes)
-    backend = ConsumerBackend(_StoreOfApp(app), cache, retriever, check_exam=check_exam, audit=lambda: app.get(AUDIT))
+    # The epoch file: an opposition recorded in one process closes the exams opened in every process ([http] workers).
+    backend = ConsumerBackend(_StoreOfApp(app), cache, retriever, check_exam=check_exam, audit=lambda: app.get(AUDIT),
+                              epoch=settings.var_path / "consumer" / "grants.epoch")  # fmt: skip
     app[IMAGES] = backend
     if c.prefetch:
         app[PREFETCH] = backend.prefetch

@@ -38,6 +38,7 @@ from drimbox.dimse.qido_find import iter_find
 from drimbox.dimse.uid import is_lenient_uid
 from drimbox.i18n import Messages
 from drimbox.state.db import Database
+from drimbox.state.locks import HeldLock, LockFiles
 from drimbox.state.series_cache import CachedInstance
 
 log = logging.getLogger(__name__)
@@ -183,9 +184,20 @@ class Importer:
         self.db = Database(directory / "imports.sqlite", SCHEMA)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closed = False
-        # A job that was running when the process stopped cannot go on without the professional's token.
-        self.db.call(lambda c: c.execute(
-            "UPDATE imports SET state = 'interrupted', updated = ? WHERE state IN ('queued', 'running')", (time.time(),)))  # fmt: skip
+        # The process running a job holds its lock: one run per job across the box's processes ([http] workers).
+        self._running = LockFiles(directory / "import-locks")
+        # A job that was running when its process stopped cannot go on without the professional's token; one
+        # whose lock another process holds is running there.
+        active = self.db.call(lambda c: [r["id"] for r in c.execute(
+            "SELECT id FROM imports WHERE state IN ('queued', 'running')").fetchall()])  # fmt: skip
+        for job_id in active:
+            if (orphan := self._running.try_acquire(job_id)) is not None:
+                try:
+                    self.db.call(lambda c: c.execute(
+                        "UPDATE imports SET state = 'interrupted', updated = ? WHERE id = ? AND state IN "
+                        "('queued', 'running')", (time.time(), job_id)))  # fmt: skip  # noqa: B023
+                finally:
+                    orphan.release()
         c = settings.consumer
         self.pacs = PacsSettings(ae_title=c.local_pacs_ae_title, host=c.local_pacs_host, port=c.local_pacs_port,
                                  timeout=c.local_pacs_timeout)  # fmt: skip
@@ -242,10 +254,16 @@ class Importer:
         job_id, fresh = await self.db.acall(pick)
         if fresh:
             await self.db.acall(lambda c: remember(c, job_id))
-        if fresh or job_id not in self._tasks:
+        if job_id not in self._tasks and (lock := self._running.try_acquire(job_id)) is not None:
+            # Not running here, nor in another process (its lock is free): this process runs it.
             task = asyncio.create_task(self._run(job_id, grant), name=f"import-{job_id}")
             self._tasks[job_id] = task
-            task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+
+            def done(_: asyncio.Task[None], lock: HeldLock = lock) -> None:
+                self._tasks.pop(job_id, None)
+                lock.release()
+
+            task.add_done_callback(done)
         return job_id
 
     async def status(self, job_id: str) -> dict[str, Any] | None:

@@ -4,15 +4,21 @@ The instruments are module-level, registered once per process in SHARED (never p
 registry); each box app builds its own CollectorRegistry (drimbox.app) that exposes SHARED plus the gauges read at
 scrape time from that app's components (outbox counts, cache size). Several boxes in one process (tests) therefore
 share the counters: read them as deltas.
+
+With [http] workers > 1 (drimbox.cli.workers), the supervisor sets PROMETHEUS_MULTIPROC_DIR before this module is
+imported: each process's values then live in files there, and app_registry() exposes the sum over every process
+(prometheus_client's multiprocess mode), so /metrics reports the whole box whichever process answers.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 SHARED = CollectorRegistry(auto_describe=True)
@@ -45,7 +51,7 @@ DIMSE_DURATION = Histogram(
 )  # fmt: skip
 DIMSE_POOL = Gauge(
     "drimbox_dimse_pool_associations", "PACS associations of the pool, by state (idle, in_use).", ["state"],
-    registry=SHARED,
+    registry=SHARED, multiprocess_mode="livesum",  # several processes: the sum over those alive
 )  # fmt: skip
 HTTP_REQUESTS = Counter(
     "drimbox_http_requests", "HTTP requests by route template (never a concrete URL), method and status.",
@@ -85,7 +91,12 @@ class _Shared(Collector):
 
 
 def app_registry() -> CollectorRegistry:
-    """A new registry for one box app: the process's instruments; the app adds its own scrape-time gauges."""
+    """A new registry for one box app: the instruments (of every process, with several); the app adds its own
+    scrape-time gauges."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Shared())
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_Shared())
     return registry

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from drimbox import metrics
 from drimbox.auth.operator import require_operator
@@ -16,18 +19,36 @@ from drimbox.config import Settings
 from drimbox.source.wiring import CACHE, OUTBOX
 
 
+class _ScrapeGauges(Collector):
+    """Gauges read from the shared stores at scrape time (whole-box values already): never a per-process file."""
+
+    def __init__(self) -> None:
+        self.publications: dict[str, int] = {}
+        self.cache: dict[str, int] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        publications = GaugeMetricFamily("drimbox_publications", "Publications in the outbox, by state.",
+                                         labels=["state"])  # fmt: skip
+        for state, n in self.publications.items():
+            publications.add_metric([state], n)
+        yield publications
+        if self.cache is not None:
+            yield GaugeMetricFamily("drimbox_cache_bytes", "Bytes the series cache holds.", self.cache["bytes"])
+            yield GaugeMetricFamily("drimbox_cache_series", "Series the cache holds.", self.cache["series"])
+            yield GaugeMetricFamily("drimbox_cache_max_bytes", "The cache's bound.", self.cache["max_bytes"])
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
 class AppMetrics:
-    """One app's registry: the process's instruments (drimbox.metrics.SHARED) and gauges read at scrape time."""
+    """One app's registry: the instruments (drimbox.metrics, every process's) and gauges read at scrape time."""
 
     def __init__(self, settings: Settings) -> None:
         self.networks = [ipaddress.ip_network(n, strict=False) for n in settings.metrics.networks]
         self.registry: CollectorRegistry = metrics.app_registry()
-        self.publications = Gauge(
-            "drimbox_publications", "Publications in the outbox, by state.", ["state"], registry=self.registry
-        )
-        self.cache_bytes = Gauge("drimbox_cache_bytes", "Bytes the series cache holds.", registry=self.registry)
-        self.cache_series = Gauge("drimbox_cache_series", "Series the cache holds.", registry=self.registry)
-        self.cache_max_bytes = Gauge("drimbox_cache_max_bytes", "The cache's bound.", registry=self.registry)
+        self.gauges = _ScrapeGauges()
+        self.registry.register(self.gauges)
 
     def allowed_address(self, request: web.Request) -> bool:
         if not self.networks or not request.remote:
@@ -49,15 +70,9 @@ async def metrics_handler(request: web.Request) -> web.Response:
     if not app_metrics.allowed_address(request):
         await require_operator(request)
     if (outbox := request.app.get(OUTBOX)) is not None:
-        counts = await outbox.counts()
-        app_metrics.publications.clear()
-        for state, n in counts.items():
-            app_metrics.publications.labels(state).set(n)
+        app_metrics.gauges.publications = dict(await outbox.counts())
     if (cache := request.app.get(CACHE)) is not None:
-        usage = await cache.usage()
-        app_metrics.cache_bytes.set(usage["bytes"])
-        app_metrics.cache_series.set(usage["series"])
-        app_metrics.cache_max_bytes.set(usage["max_bytes"])
+        app_metrics.gauges.cache = await cache.usage()
     body = generate_latest(app_metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
 

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 OUTBOX = web.AppKey("source_outbox", Outbox)
 ARCHIVE = web.AppKey("source_archive", Archive)  # Native profile
 CACHE = web.AppKey("source_cache", SeriesCache)  # Proxy profile
+PROXY = web.AppKey("source_proxy", ProxyBackend)  # Proxy profile
 DMP = web.AppKey("source_dmp", XdsDmpGateway)
 ARCHIVE_SCP = web.AppKey("source_archive_scp", ArchiveScp)  # Native profile
 PROXY_SCP = web.AppKey("source_proxy_scp", StoreSCP)  # Proxy profile
@@ -69,12 +70,19 @@ Backend = ProxyBackend | NativeBackend
 
 
 def setup(
-    app: web.Application, settings: Settings, gate: AuthGate, *, matrix: ImagingMatrix, ssl: SSLContext | None
+    app: web.Application,
+    settings: Settings,
+    gate: AuthGate,
+    *,
+    matrix: ImagingMatrix,
+    ssl: SSLContext | None,
+    listeners: bool = True,
 ) -> Outbox:
     """Add the source role to `app` (app[AUDIT] set); returns the outbox (the viewer's report link reads it).
 
     `gate`: the box's login and bearer tokens; `matrix`: who may read imaging; `ssl`: the server context the
-    MLLP listener uses when [mllp] tls.
+    MLLP listener uses when [mllp] tls. `listeners` False (the extra HTTP processes of [http] workers): the routes
+    and their stores only, no DICOM listener, HL7 listener or worker (the primary process runs those, once).
     """
     s = settings
     outbox = app[OUTBOX] = Outbox(s.var_path / "drimbox.sqlite")
@@ -84,18 +92,20 @@ def setup(
         backend = NativeBackend(archive)
     else:
         cache = app[CACHE] = SeriesCache(s.var_path / "cache", s.cache.max_bytes)
-        backend = ProxyBackend(s, cache)
+        backend = app[PROXY] = ProxyBackend(s, cache)
     app[BACKEND] = backend
     _add_routes(app, s, gate, matrix, outbox, backend)
     role = _Lifecycle(s, outbox, backend, ssl)
     # Unwound in reverse: the HL7 listener and the worker stop first, then the DICOM listener, the DMP
     # gateway, and last the stores the others write to.
-    app.cleanup_ctx.extend([role.stores, role.dmp, role.dicom, role.pipeline])
+    app.cleanup_ctx.extend([role.stores, role.dmp, role.dicom, role.pipeline] if listeners else [role.stores])
     return outbox
 
 
 async def start(app: web.Application, settings: Settings) -> None:
-    """Once the box's HTTP site is bound: the MLLP listener opens, then the worker starts."""
+    """Once the box's HTTP site is bound: the MLLP listener opens, then the worker starts (setup's listeners)."""
+    if MLLP not in app:
+        return
     await app[MLLP].start()
     # Before any job runs: a KOS file a kill left unrecorded is removed, never one a job is writing.
     await remove_orphan_kos(settings.var_path / "kos", app[OUTBOX])

@@ -1,4 +1,9 @@
-"""Disk cache of retrieved series: bounded by size, LRU eviction, one fill feeding every concurrent reader."""
+"""Disk cache of retrieved series: bounded by size, LRU eviction, one fill feeding every concurrent reader.
+
+Shared by the box's processes ([http] workers): the index is one SQLite file, a series is filled by one process at a
+time (drimbox.state.locks), and a study's invalidation is counted in the index so a fill in another process
+started before it is not kept.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,14 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 from drimbox import metrics
 from drimbox.state.db import Database, transaction
+from drimbox.state.locks import HeldLock, LockFiles
 from drimbox.state.series_fill import (
     MEMORY_AHEAD,
     CachedInstance,
@@ -63,6 +69,7 @@ CREATE TABLE IF NOT EXISTS studies (
     series TEXT NOT NULL,
     fetched_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS generations (study_uid TEXT PRIMARY KEY, n INTEGER NOT NULL);
 """
 
 
@@ -73,14 +80,19 @@ class SeriesCache:
     never leaves a partial series that later looks whole.
     """
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(self, directory: Path, max_bytes: int, *, lru_resolution: float = 10.0) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
+        # Seconds: reads of a series this close together count as one for the LRU order.
+        self.lru_resolution = lru_resolution
         directory.mkdir(parents=True, exist_ok=True)
         _forget_index_without_origin(directory / "index.sqlite")
         self.db = Database(directory / "index.sqlite", SCHEMA)
         self._fills: dict[tuple[str, str, str], Fill] = {}
-        self._generation: dict[str, int] = {}
+        self._locks = LockFiles(directory / ".fills")  # one fill per series across processes
+        # Set when another process must do the retrieves (C-MOVE: source/primary_fills.py): called before a fill,
+        # it returns once that process filled the series (then read from the index), or raises the fill's error.
+        self.delegate: Callable[[str, str, str], Awaitable[None]] | None = None
         self._drops: set[asyncio.Task[None]] = set()
         # For /health: the last time the disk refused a cache file (or the index), and the last series kept.
         self.last_write_error: str | None = None
@@ -103,13 +115,30 @@ class SeriesCache:
             rows = conn.execute("SELECT origin, study_uid, series_uid FROM series")
             return {(r["study_uid"], _dir_name(r["series_uid"], r["origin"])) for r in rows}
 
+        def indexed(conn: sqlite3.Connection, study_uid: str, name: str) -> bool:
+            series_uid, _, origin = name.partition("~")
+            row = conn.execute(
+                "SELECT 1 FROM series WHERE origin = ? AND study_uid = ? AND series_uid = ?",
+                (origin, study_uid, series_uid),
+            ).fetchone()
+            return row is not None
+
         complete = self.db.call(known)
         for study_dir in self.directory.iterdir():
-            if not study_dir.is_dir():
+            if not study_dir.is_dir() or study_dir.name.startswith("."):  # .fills: the lock files
                 continue
             for series_dir in study_dir.iterdir():
-                if (study_dir.name, series_dir.name) not in complete:
-                    shutil.rmtree(series_dir, ignore_errors=True)
+                if (study_dir.name, series_dir.name) in complete:
+                    continue
+                # Another process of the box may be filling it (its lock held), or may just have committed it.
+                lock = self._locks.try_acquire(study_dir.name, series_dir.name)
+                if lock is None:
+                    continue
+                try:
+                    if not self.db.call(lambda conn: indexed(conn, study_dir.name, series_dir.name)):  # noqa: B023
+                        shutil.rmtree(series_dir, ignore_errors=True)
+                finally:
+                    lock.release()
 
     def _series_dir(self, study_uid: str, series_uid: str, origin: str = "") -> Path:
         return self.directory / study_uid / _dir_name(series_uid, origin)
@@ -120,24 +149,22 @@ class SeriesCache:
         key = (origin, study_uid, series_uid)
 
         def work(conn: sqlite3.Connection) -> list[CachedInstance] | None:
-            try:
-                found = (
+            row = conn.execute(
+                "SELECT last_access FROM series WHERE origin = ? AND study_uid = ? AND series_uid = ?", key
+            ).fetchone()
+            if row is None:
+                return None
+            now = time.time()
+            # Written only when older than lru_resolution: a warm series read by many clients (in several
+            # processes) costs no write, no fsync and no wait on the index's write lock each time.
+            if now - row["last_access"] >= self.lru_resolution:
+                try:
                     conn.execute(
                         "UPDATE series SET last_access = ? WHERE origin = ? AND study_uid = ? AND series_uid = ?",
-                        (time.time(), *key),
-                    ).rowcount
-                    > 0
-                )
-            except sqlite3.OperationalError:
-                # A full disk refuses the write: the LRU order is only a hint, the series is still served.
-                found = (
-                    conn.execute(
-                        "SELECT 1 FROM series WHERE origin = ? AND study_uid = ? AND series_uid = ?", key
-                    ).fetchone()
-                    is not None
-                )
-            if not found:
-                return None
+                        (now, *key),
+                    )
+                except sqlite3.OperationalError:
+                    pass  # a full disk refuses the write: the LRU order is only a hint, the series is still served
             rows = conn.execute(
                 "SELECT * FROM instances WHERE origin = ? AND study_uid = ? AND series_uid = ? ORDER BY position", key
             ).fetchall()
@@ -254,10 +281,25 @@ class SeriesCache:
 
     async def _fill(self, key: tuple[str, str, str], fill: Fill, source: Callable[[], AsyncIterator[Received]]) -> None:
         origin, study_uid, series_uid = key
-        generation = self._generation.get(study_uid, 0)
         directory = self._series_dir(study_uid, series_uid, origin)
         total = 0
+        lock: HeldLock | None = None
+        retrieving = False  # the series' directory is this fill's to remove (never another process's)
         try:
+            if self.delegate is not None:
+                await self.delegate(origin, study_uid, series_uid)
+            # Another process of the box filling this series: wait for its end (it holds the lock) rather than
+            # retrieve the series a second time; the readers here get the series once it is complete.
+            lock = await self._locks.acquire(study_uid, directory.name)
+            generation = await self._generation_of(study_uid)
+            hit = await self.cached(study_uid, series_uid, origin=origin)
+            if hit is not None:  # filled by another process meanwhile
+                async with fill.changed:
+                    fill.instances.extend(hit)
+                    fill.changed.notify_all()
+                fill.received_all = True
+                return
+            retrieving = True
             try:
                 await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
             except OSError as exc:
@@ -311,16 +353,19 @@ class SeriesCache:
                 # The files written before the disk refused one go only once every reader is past them.
                 await readers_within(fill, 0)
                 await asyncio.to_thread(shutil.rmtree, directory, True)
-            elif fill.instances and self._generation.get(study_uid, 0) == generation:
-                await self._commit_or_drop(fill, key, total)
+            elif fill.instances:
+                await self._commit_or_drop(fill, key, total, generation)
             else:
                 await asyncio.to_thread(shutil.rmtree, directory, True)
         except BaseException as exc:
-            await asyncio.to_thread(shutil.rmtree, directory, True)
+            if retrieving:
+                await asyncio.to_thread(shutil.rmtree, directory, True)
             fill.error = exc if isinstance(exc, Exception) else None
             if not isinstance(exc, Exception):
                 raise
         finally:
+            if lock is not None:
+                lock.release()  # after the commit: a process waiting for it finds the series indexed
             if self._fills.get(key) is fill:
                 del self._fills[key]
             async with fill.changed:
@@ -342,11 +387,11 @@ class SeriesCache:
             "cache: cannot write series %s (%s): served from memory, not cached", series_uid, self.last_write_error
         )
 
-    async def _commit_or_drop(self, fill: Fill, key: tuple[str, str, str], total: int) -> None:
+    async def _commit_or_drop(self, fill: Fill, key: tuple[str, str, str], total: int, generation: int) -> None:
         origin, study_uid, series_uid = key
         files = [i for i in fill.instances if isinstance(i, CachedInstance)]
         try:
-            await self._commit(key, files, total)
+            committed = await self._commit(key, files, total, generation)
         except (OSError, sqlite3.Error) as exc:
             # The index is on the same disk: every reader had its instances, the series is just not kept.
             self.last_write_error = f"index: {exc}"
@@ -357,6 +402,9 @@ class SeriesCache:
             self._drops.add(task)
             task.add_done_callback(self._drops.discard)
             return
+        if not committed:  # the study was invalidated (in any process) since the fill began: not kept
+            await asyncio.to_thread(shutil.rmtree, self._series_dir(study_uid, series_uid, origin), True)
+            return
         self.last_commit_at = time.time()
 
     async def _drop_when_read(self, fill: Fill, directory: Path) -> None:
@@ -365,10 +413,25 @@ class SeriesCache:
             await fill.progress.wait()
         await asyncio.to_thread(shutil.rmtree, directory, True)
 
-    async def _commit(self, key: tuple[str, str, str], instances: list[CachedInstance], total: int) -> None:
+    async def _generation_of(self, study_uid: str) -> int:
+        """How many times the study was invalidated (by any process): a fill keeps its series only if unchanged."""
+
+        def work(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT n FROM generations WHERE study_uid = ?", (study_uid,)).fetchone()
+            return int(row["n"]) if row else 0
+
+        return await self.db.acall(work)
+
+    async def _commit(
+        self, key: tuple[str, str, str], instances: list[CachedInstance], total: int, generation: int
+    ) -> bool:
+        """Index a filled series, unless its study was invalidated since `generation` (then False)."""
         origin = key[0]
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT n FROM generations WHERE study_uid = ?", (key[1],)).fetchone()
+            if (int(row["n"]) if row else 0) != generation:
+                return False
             conn.execute("DELETE FROM instances WHERE origin = ? AND study_uid = ? AND series_uid = ?", key)
             conn.executemany(
                 "INSERT INTO instances (origin, study_uid, series_uid, sop_instance_uid, sop_class_uid, "
@@ -391,8 +454,9 @@ class SeriesCache:
                 "INSERT OR REPLACE INTO series (origin, study_uid, series_uid, bytes, last_access) VALUES (?, ?, ?, ?, ?)",
                 (*key, total, time.time()),
             )
+            return True
 
-        await self.db.acall(lambda conn: transaction(conn, work))
+        return await self.db.acall(lambda conn: transaction(conn, work))
 
     async def _evict(self) -> None:
         """Drop least recently used series until the cache fits in max_bytes."""
@@ -420,9 +484,12 @@ class SeriesCache:
 
     async def invalidate_study(self, study_uid: str) -> None:
         """Forget every cached series of a study (publication replaced or withdrawn); fills in flight are not kept."""
-        self._generation[study_uid] = self._generation.get(study_uid, 0) + 1
 
         def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO generations (study_uid, n) VALUES (?, 1) ON CONFLICT (study_uid) DO UPDATE SET n = n + 1",
+                (study_uid,),
+            )
             conn.execute("DELETE FROM series WHERE study_uid = ?", (study_uid,))
             conn.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
             conn.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))

@@ -81,7 +81,10 @@ def _toml_value(value: Any) -> str:
 
 
 def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
-    """Write a drimbox TOML configuration from nested dicts."""
+    """Write a drimbox TOML configuration from nested dicts (a box: one process unless [http] workers says more)."""
+    if "box" in sections:
+        # The boxes these helpers start (tests, the demo, perf) are many on 2 cores: N processes each would crowd them.
+        sections = {**sections, "http": {"workers": 1, **sections.get("http", {})}}
     lines: list[str] = []
     for name, values in sections.items():
         lines.append(f"[{name}]")
