@@ -95,7 +95,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from drimbox.source.outbox import Outbox
 
     settings = _settings(args)
-    outbox = Outbox(settings.var_path / "drimbox.sqlite")
+    outbox = Outbox(settings.var_path / "drimbox.sqlite", url=settings.state.url)
     try:
         n = outbox.requeue(args.accession)
     finally:
@@ -129,7 +129,7 @@ def cmd_xdm(args: argparse.Namespace) -> int:
     if not is_lenient_uid(args.study):  # lenient: the study as the PACS holds it
         print("drimbox xdm export: --study must be a DICOM UID (digits and dots, at most 64)", file=sys.stderr)
         return 2
-    outbox = Outbox(settings.var_path / "drimbox.sqlite")
+    outbox = Outbox(settings.var_path / "drimbox.sqlite", url=settings.state.url)
     try:
         package = _run(export_study(settings, outbox, args.study))
     except ExportError as exc:

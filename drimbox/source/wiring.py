@@ -75,7 +75,7 @@ def setup(
     MLLP listener uses when [mllp] tls.
     """
     s = settings
-    outbox = app[OUTBOX] = Outbox(s.var_path / "drimbox.sqlite")
+    outbox = app[OUTBOX] = Outbox(s.var_path / "drimbox.sqlite", url=s.state.url, lease=s.publish.lease_seconds)
     backend: Backend
     if s.box.profile == "native":
         archive = app[ARCHIVE] = Archive.open(s.var_path)

@@ -31,9 +31,7 @@ class Database:
     versioned migrations (drimbox.state.migrations); `applied` then lists the steps this open applied.
     """
 
-    def __init__(
-        self, path: Path, schema: str | Sequence[_migrations.Step], *, url: str = "", store: str = ""
-    ) -> None:
+    def __init__(self, path: Path, schema: str | Sequence[_migrations.Step], *, url: str = "", store: str = "") -> None:
         self.path = path
         self.url = url
         self.store = store or path.stem

@@ -1,0 +1,122 @@
+"""Several instances on one outbox: a job is claimed by one of them at a time, taken over when its lease runs out."""
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from drimbox.source.outbox import Outbox
+
+
+async def _accept(outbox: Outbox, n: int, study: str) -> int:
+    accepted = await outbox.accept(sender="RIS", control_id=f"M{n}", raw=b"MSH|...", action="publish",
+                                   document_id=f"D{n}", accession=f"A{n}", study_uid=study, report={})  # fmt: skip
+    return accepted.publication_id
+
+
+async def test_two_instances_claiming_at_once_never_get_the_same_job(tmp_path: Path, state_url: str) -> None:
+    path = tmp_path / "drimbox.sqlite"
+    a = Outbox(path, url=state_url, instance="host-a/1")
+    b = Outbox(path, url=state_url, instance="host-b/1")
+    try:
+        ids = [await _accept(a, n, f"1.2.{n}") for n in range(40)]
+        claimed: dict[str, list[int]] = {"a": [], "b": []}
+
+        async def drain(name: str, outbox: Outbox) -> None:
+            for _ in ids:  # bounded: an outbox handing a job out twice must fail, not loop
+                if (job := await outbox.next_due(time.time())) is None:
+                    return
+                claimed[name].append(job.id)
+                await asyncio.sleep(0.002)  # a job runs a while: the other instance claims meanwhile
+
+        await asyncio.gather(drain("a", a), drain("b", b), drain("a", a), drain("b", b))
+        assert sorted(claimed["a"] + claimed["b"]) == ids  # every job once, none twice
+        assert claimed["a"] and claimed["b"]  # both took part
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_one_study_runs_one_job_at_a_time_across_instances(tmp_path: Path, state_url: str) -> None:
+    path = tmp_path / "drimbox.sqlite"
+    a = Outbox(path, url=state_url, instance="host-a/1")
+    b = Outbox(path, url=state_url, instance="host-b/1")
+    try:
+        first = await _accept(a, 1, "1.2.3")
+        second = await _accept(a, 2, "1.2.3")
+        job = await a.next_due(time.time())
+        assert job is not None and job.id == first
+        assert await b.next_due(time.time()) is None  # the study's next job waits for the one A runs
+        await a.update(first, state="published", published_at=time.time())
+        job = await b.next_due(time.time())
+        assert job is not None and job.id == second
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_a_claim_whose_lease_ran_out_is_taken_over(tmp_path: Path, state_url: str) -> None:
+    path = tmp_path / "drimbox.sqlite"
+    a = Outbox(path, url=state_url, instance="host-a/1", lease=0.3)
+    b = Outbox(path, url=state_url, instance="host-b/1", lease=0.3)
+    try:
+        pub = await _accept(a, 1, "1.2.3")
+        assert (job := await a.next_due(time.time())) is not None and job.id == pub
+        assert await b.next_due(time.time()) is None  # A holds it
+        assert await a.renew(pub)
+        await asyncio.sleep(0.4)  # A died: it renews no more
+        job = await b.next_due(time.time())
+        assert job is not None and job.id == pub and job.state == "received"
+        assert not await a.renew(pub)  # A, were it only slow, learns the job is no longer its own
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_claims_of_a_dead_process_of_this_host_are_freed_at_start(tmp_path: Path, state_url: str) -> None:
+    import socket
+
+    path = tmp_path / "drimbox.sqlite"
+    # A pid that no process has (pid_max is at most 2^22).
+    dead = Outbox(path, url=state_url, instance=f"{socket.gethostname()}/{2**22 + 7}")
+    try:
+        pub = await _accept(dead, 1, "1.2.3")
+        assert await dead.next_due(time.time()) is not None
+    finally:
+        dead.close()
+    restarted = Outbox(path, url=state_url)  # this process, same host: the box restarted after a kill
+    try:
+        job = await restarted.next_due(time.time())
+        assert job is not None and job.id == pub  # at once, not after the 60 s lease
+    finally:
+        restarted.close()
+
+
+async def test_the_kos_bytes_are_kept_for_whichever_instance_replays(tmp_path: Path, state_url: str) -> None:
+    path = tmp_path / "drimbox.sqlite"
+    a = Outbox(path, url=state_url, instance="host-a/1")
+    b = Outbox(path, url=state_url, instance="host-b/1")
+    try:
+        pub = await _accept(a, 1, "1.2.3")
+        await a.save_kos(pub, "1.2.9", b"DICM\x00\x01")
+        assert await b.kos_bytes("1.2.9") == b"DICM\x00\x01"
+        job = await b.get(pub)
+        assert job is not None and job.kos_uid == "1.2.9"
+        assert await b.kos_bytes("1.2.10") is None
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.postgres
+async def test_the_outbox_reconnects_after_the_server_restarts(tmp_path: Path, postgres_url: str,
+                                                               postgres_server: object) -> None:  # fmt: skip
+    outbox = Outbox(tmp_path / "drimbox.sqlite", url=postgres_url)
+    try:
+        await _accept(outbox, 1, "1.2.3")
+        postgres_server.restart()  # type: ignore[attr-defined]
+        await _accept(outbox, 2, "1.2.4")  # a new connection, transparently
+        assert len(await outbox.search()) == 2
+    finally:
+        outbox.close()
