@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from drimbox.state.db import Database, transaction
+from drimbox.state.instance import dead_local, instance_id
 from drimbox.state.migrations import Step
 from drimbox.state.sql import Connection, is_postgres, skip_locked
 
@@ -115,11 +114,6 @@ CREATE TABLE IF NOT EXISTS kos (
 
 # Step n is MIGRATIONS[n - 1]; only ever append.
 MIGRATIONS: list[Step] = [SCHEMA, _legacy_columns, CLAIMS]
-
-
-def instance_id() -> str:
-    """Who claims jobs: this host and process (a restarted box takes back what its dead process held)."""
-    return f"{socket.gethostname()}/{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -336,12 +330,11 @@ class Outbox:
 
     def _release_dead_local(self, conn: Connection) -> None:
         """Claims of this host's processes that are gone (a crash, a kill): free at once, not after their lease."""
-        host = self.instance.rsplit("/", 1)[0]
+        host = self.instance.rpartition("/")[0]
         rows = conn.execute("SELECT DISTINCT claimed_by FROM publications WHERE claimed_by LIKE ?",
                             (host + "/%",)).fetchall()  # fmt: skip
-        for (holder,) in (tuple(r) for r in rows):
-            pid = holder.rsplit("/", 1)[1]
-            if holder != self.instance and pid.isdigit() and not _alive(int(pid)):
+        for holder in (str(r[0]) for r in rows):
+            if dead_local(holder, self.instance):
                 conn.execute("UPDATE publications SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = ?",
                              (holder,))  # fmt: skip
 
@@ -603,16 +596,6 @@ class Outbox:
             return out
 
         return await self.db.acall(lambda conn: transaction(conn, work))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _raw_row(conn: Connection, pub_id: int) -> Any | None:
