@@ -104,6 +104,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0 if n else 1
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from drimbox.cli.migrate import cmd_migrate as migrate
+
+    return migrate(args, _settings(args))
+
+
 def cmd_link(args: argparse.Namespace) -> int:
     from drimbox.auth.links import ReportLinks
     from drimbox.dimse.uid import is_lenient_uid
@@ -171,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("publish", help="queue the publication of an accession number again"))
     p.add_argument("--accession", required=True)
     p.set_defaults(func=cmd_publish)
+    p = with_config(sub.add_parser("migrate", help="bring the stores' schemas to this release (also done at start)"))
+    p.set_defaults(func=cmd_migrate)
     p = with_config(sub.add_parser("link", help="print the report link (signed when [auth] report_link_keys is set)"))
     p.add_argument("--study", required=True, help="Study Instance UID")
     p.add_argument("--accession", default="", help="accession number")
