@@ -52,6 +52,21 @@ CHAIN_LOCK = 0x6472_A0D1_7000
 def open_writer(path: Path, url: str = "") -> Any:
     """The writer's connection, schema brought up to date; SQLite: WAL with FULL sync, as a recorded event must
     survive a power cut (PostgreSQL: its commit is durable by default)."""
+    conn = _connect(path, url)
+    migrations.apply(conn, "audit", MIGRATIONS)
+    return conn
+
+
+def migrate(path: Path, url: str = "") -> list[int]:
+    """Bring the trail's schema up to date (`drimbox migrate`): the steps applied now."""
+    conn = _connect(path, url)
+    try:
+        return migrations.apply(conn, "audit", MIGRATIONS)
+    finally:
+        conn.close()
+
+
+def _connect(path: Path, url: str) -> Any:
     conn: Any
     if url:
         from drimbox.state import postgres
@@ -62,7 +77,6 @@ def open_writer(path: Path, url: str = "") -> Any:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, factory=SqliteConnection)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-    migrations.apply(conn, "audit", MIGRATIONS)
     return conn
 
 

@@ -32,6 +32,15 @@ def stores(settings: Settings) -> list[tuple[str, Path, list[Step]]]:
     return found
 
 
+def _audit(settings: Settings) -> list[str]:
+    from drimbox.audit.store import MIGRATIONS, migrate
+    from drimbox.audit.trail import audit_path
+
+    applied = migrate(audit_path(settings), settings.state.url)
+    done = f"applied {', '.join(map(str, applied))}" if applied else "up to date"
+    return [f"audit: {done} (version {len(MIGRATIONS)})"]
+
+
 def run(settings: Settings) -> list[str]:
     """Migrate each store (what the box also does at start); one line per store saying what was applied."""
     lines = []
@@ -43,6 +52,8 @@ def run(settings: Settings) -> list[str]:
             db.close()
         done = f"applied {', '.join(map(str, applied))}" if applied else "up to date"
         lines.append(f"{name}: {done} (version {len(steps)})")
+    if settings.audit.enabled:
+        lines += _audit(settings)
     return lines
 
 
