@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from drimbox.demo.samples.postgres import PostgresServer
 from drimbox.source.outbox import Outbox
 
 
@@ -111,11 +112,11 @@ async def test_the_kos_bytes_are_kept_for_whichever_instance_replays(tmp_path: P
 
 @pytest.mark.postgres
 async def test_the_outbox_reconnects_after_the_server_restarts(tmp_path: Path, postgres_url: str,
-                                                               postgres_server: object) -> None:  # fmt: skip
+                                                               postgres_server: PostgresServer) -> None:  # fmt: skip
     outbox = Outbox(tmp_path / "drimbox.sqlite", url=postgres_url)
     try:
         await _accept(outbox, 1, "1.2.3")
-        postgres_server.restart()  # type: ignore[attr-defined]
+        postgres_server.restart()
         await _accept(outbox, 2, "1.2.4")  # a new connection, transparently
         assert len(await outbox.search()) == 2
     finally:
