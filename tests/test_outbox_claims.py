@@ -121,3 +121,33 @@ async def test_the_outbox_reconnects_after_the_server_restarts(tmp_path: Path, p
         assert len(await outbox.search()) == 2
     finally:
         outbox.close()
+
+
+async def test_a_job_held_elsewhere_wakes_the_worker_at_its_lease_end(tmp_path: Path, state_url: str) -> None:
+    path = tmp_path / "drimbox.sqlite"
+    a = Outbox(path, url=state_url, instance="host-a/1", lease=30.0)
+    b = Outbox(path, url=state_url, instance="host-b/1", lease=30.0)
+    try:
+        await _accept(a, 1, "1.2.3")
+        due = await b.next_wakeup()
+        assert due is not None and due <= time.time()  # due now
+        assert await a.next_due(time.time()) is not None
+        held = await b.next_wakeup()
+        assert held is not None and held > time.time() + 20  # A runs it: B waits for the lease, not a poll
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.postgres
+async def test_the_state_url_may_name_a_unix_socket_directory(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    name = postgres_server.create_database()
+    try:
+        outbox = Outbox(tmp_path / "drimbox.sqlite", url=postgres_server.socket_url(name))
+        try:
+            await _accept(outbox, 1, "1.2.3")
+            assert len(await outbox.search()) == 1
+        finally:
+            outbox.close()
+    finally:
+        postgres_server.drop_database(name)

@@ -339,9 +339,14 @@ class Outbox:
                              (holder,))  # fmt: skip
 
     async def next_wakeup(self) -> float | None:
+        """When the next job may be claimed: its due time, or for a job an instance holds, its lease's end (a job
+        running elsewhere is no reason to poll at once)."""
+
         def work(conn: Connection) -> float | None:
             row = conn.execute(
-                "SELECT MIN(next_attempt_at) AS t FROM publications WHERE state IN ('received', 'waiting', 'retrying')"
+                "SELECT MIN(CASE WHEN claimed_by IS NOT NULL AND lease_until >= ? THEN lease_until"
+                " ELSE next_attempt_at END) AS t FROM publications WHERE state IN ('received', 'waiting', 'retrying')",
+                (time.time(),),
             ).fetchone()
             return float(row["t"]) if row and row["t"] is not None else None
 
