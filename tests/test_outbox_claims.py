@@ -151,3 +151,46 @@ async def test_the_state_url_may_name_a_unix_socket_directory(tmp_path: Path, po
             outbox.close()
     finally:
         postgres_server.drop_database(name)
+
+
+async def test_a_job_running_longer_than_its_lease_stays_with_its_worker(tmp_path: Path, state_url: str) -> None:
+    import dataclasses
+    from typing import Any, cast
+
+    from drimbox.config import load_settings
+    from drimbox.source.publish import Outcome
+    from drimbox.source.worker import PublicationWorker
+
+    settings = load_settings(env={"DRIMBOX_BOX__VAR_DIR": str(tmp_path / "var")})
+    settings = dataclasses.replace(settings, publish=dataclasses.replace(settings.publish, lease_seconds=0.3,
+                                                                          workers=1))  # fmt: skip
+    path = tmp_path / "drimbox.sqlite"
+    a = Outbox(path, url=state_url, instance="host-a/1", lease=0.3)
+    b = Outbox(path, url=state_url, instance="host-b/1", lease=0.3)
+    started = asyncio.Event()
+
+    class SlowPublisher:  # a DMP call that outlasts the lease several times over
+        audit = None
+
+        async def run(self, job: Any) -> Outcome:
+            started.set()
+            await asyncio.sleep(1.2)
+            return Outcome("published")
+
+    worker = PublicationWorker(settings, a, cast(Any, SlowPublisher()))
+    try:
+        pub = await _accept(a, 1, "1.2.3")
+        worker.start()
+        await asyncio.wait_for(started.wait(), 5)
+        for _ in range(8):  # 1 s: three leases' worth
+            assert await b.next_due(time.time()) is None  # renewed: never taken over while it runs
+            await asyncio.sleep(0.125)
+        for _ in range(40):
+            if (job := await b.get(pub)) is not None and job.state == "published":
+                break
+            await asyncio.sleep(0.1)
+        assert job is not None and job.state == "published"
+    finally:
+        await worker.stop()
+        a.close()
+        b.close()
