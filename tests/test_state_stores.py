@@ -150,3 +150,22 @@ async def test_migrate_upgrades_a_sqlite_outbox_of_the_previous_release_in_place
         assert job is not None and (job.document_id, job.state) == ("D1", "retrying")
     finally:
         outbox.close()
+
+
+async def test_an_audit_trail_of_the_previous_release_goes_on_in_place(tmp_path: Path) -> None:
+    from drimbox.audit import store
+
+    path = tmp_path / "audit.sqlite"
+    # The trail as the previous release created it (same tables and triggers, no schema_migrations), one record.
+    conn = sqlite3.connect(path)
+    conn.executescript(";\n".join(store._SQLITE) + ";")
+    conn.close()
+    first = AuditTrail(path)
+    await first.record(_event(1))
+    first.close()
+    again = AuditTrail(path)
+    await again.record(_event(2))
+    again.close()
+    assert verify(path) == (2, None)
+    versions = sqlite3.connect(path).execute("SELECT version FROM schema_migrations").fetchall()
+    assert versions == [(1,)]
