@@ -19,8 +19,9 @@ INS = "279035121518989"
 
 
 def test_a_box_on_postgresql_publishes_and_another_instance_shares_its_state(
-    orthanc: Any, source_box: Any, sim: Any, tmp_path: Path, postgres_url: str
+    postgres_url: str, orthanc: Any, source_box: Any, sim: Any, tmp_path: Path
 ) -> None:
+    # postgres_url first: its database is dropped after the boxes using it have stopped.
     orthanc.clear()
     orthanc.store_files(write_study(tmp_path / "study-C", study_for_exam(ANS_EXAMS["C"], instances=6)))
     state = {"url": postgres_url}
