@@ -194,3 +194,25 @@ async def test_a_job_running_longer_than_its_lease_stays_with_its_worker(tmp_pat
         await worker.stop()
         a.close()
         b.close()
+
+
+async def test_an_instance_that_lost_its_claim_does_not_write_over_the_new_holder(
+    tmp_path: Path, state_url: str
+) -> None:
+    path = tmp_path / "drimbox.sqlite"
+    a = Outbox(path, url=state_url, instance="host-a/1", lease=0.2)
+    b = Outbox(path, url=state_url, instance="host-b/1", lease=30.0)
+    try:
+        pub = await _accept(a, 1, "1.2.3")
+        assert await a.next_due(time.time()) is not None
+        await asyncio.sleep(0.3)  # A cut off from the database: its lease runs out, B takes the job over
+        assert await b.next_due(time.time()) is not None
+        await a.update(pub, state="failed", last_error="A's late outcome")
+        job = await b.get(pub)
+        assert job is not None and job.state == "received"  # B's to decide
+        await b.update(pub, state="published", published_at=time.time())
+        job = await a.get(pub)
+        assert job is not None and job.state == "published"
+    finally:
+        a.close()
+        b.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from drimbox.state.sql import Connection, is_postgres, skip_locked
 # is left) or `unchanged` (the live KOS named none of the rejected instances). An order cancel (OMI^O23) turns
 # the study's jobs that never reached the DMP `cancelled`; its own `cancel` job ends `withdrawn` (it withdrew the
 # live KOS) or `cancelled` (nothing was live, or the study was unknown: the cancel is only recorded).
+log = logging.getLogger(__name__)
 ACTIVE_STATES = ("received", "waiting", "retrying")
 TERMINAL_STATES = ("published", "failed", "rejected", "withdrawn", "replaced", "unchanged", "cancelled")
 
@@ -363,10 +365,15 @@ class Outbox:
             fields["lease_until"] = None
         cols = ", ".join(f"{k} = ?" for k in fields)
 
-        def work(conn: Connection) -> None:
-            conn.execute(f"UPDATE publications SET {cols} WHERE id = ?", (*fields.values(), pub_id))
+        def work(conn: Connection) -> int:
+            # Not over another instance's claim: this one lost the job (its lease ran out while it was cut off
+            # from the database) and the instance that took it over writes the outcome.
+            cur = conn.execute(f"UPDATE publications SET {cols} WHERE id = ? AND (claimed_by IS NULL OR claimed_by = ?)",
+                               (*fields.values(), pub_id, self.instance))  # fmt: skip
+            return int(cur.rowcount)
 
-        await self.db.acall(work)
+        if not await self.db.acall(work):
+            log.warning("publication %d: not updated, another instance holds it now (or it is gone)", pub_id)
 
     async def save_kos(self, pub_id: int, kos_uid: str, data: bytes) -> None:
         """Record a job's KOS, its bytes with it: a replay on any instance resubmits exactly this one."""
