@@ -135,6 +135,9 @@ class PublishSettings:
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
     workers: int = 2
+    # A job an instance claimed is its own this long, renewed while it runs; an instance that died (its lease ran
+    # out) has its job taken over by another instance sharing the [state] database.
+    lease_seconds: float = 60.0
 
 
 @dataclass
@@ -303,6 +306,17 @@ class AuditSettings:
 
 
 @dataclass
+class StateSettings:
+    # Where the stores live (outbox, sessions, consumer state, audit trail): "" = SQLite files under var_dir (the
+    # embedded default); "postgresql://user@host:port/db" (or "postgresql://user@/db?host=/socket/dir") = one
+    # PostgreSQL database shared by several instances, a schema per store.
+    url: str = ""
+    # The directory every instance of a group mounts: the Native archive and the Proxy's series cache live under it
+    # (archive/, cache/). "" = var_dir (one instance). KOS bytes are in the stores, so they need no shared file.
+    shared_dir: str = ""
+
+
+@dataclass
 class SimSettings:
     host: str = "127.0.0.1"
     port: int = 8090
@@ -387,6 +401,7 @@ class Settings:
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    state: StateSettings = field(default_factory=StateSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     sim: SimSettings = field(default_factory=SimSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
@@ -395,6 +410,11 @@ class Settings:
     @property
     def var_path(self) -> Path:
         return Path(self.box.var_dir)
+
+    @property
+    def shared_path(self) -> Path:
+        """Where the Native archive and the series cache live: [state] shared_dir, else var_dir."""
+        return Path(self.state.shared_dir) if self.state.shared_dir else self.var_path
 
     @property
     def sim_var_path(self) -> Path:
@@ -468,6 +488,12 @@ def _validate(s: Settings) -> None:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
             raise ConfigError(f"metrics.networks: not an IP network: {network!r}") from None
+    if s.state.url and not s.state.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"state.url: empty (SQLite under var_dir) or a postgresql:// URL, got {s.state.url.split('@')[-1]!r}"
+        )
+    if s.publish.lease_seconds <= 0:
+        raise ConfigError(f"publish.lease_seconds: must be positive, got {s.publish.lease_seconds}")
     if s.box.profile not in ("proxy", "native"):
         raise ConfigError(f"box.profile: must be 'proxy' or 'native', got {s.box.profile!r}")
     if not s.box.public_url.startswith(("http://", "https://")):

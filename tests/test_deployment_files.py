@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,29 +21,11 @@ DOCKER = Path(__file__).resolve().parent.parent / "docker"
 UNIT = DOCKER / "systemd" / "drimbox.service"
 COMPOSE_FILES = ["compose.yaml", "compose.ha.yaml"]
 
-# Keys the deployment files already use while the code that reads them is merged from sibling branches
-# (issue 14: PostgreSQL state, HTTP workers). Dropped before loading ONLY while drimbox.config does not know them;
-# once it does, they are loaded and validated like any other key. Remove this list when all three have landed.
-PENDING_KEYS = {("state", "url"), ("state", "shared_dir"), ("http", "workers")}
-
-
-def _known(section: str, key: str) -> bool:
-    sections = {f.name: f for f in fields(Settings)}
-    if section not in sections:
-        return False
-    return key in {f.name for f in fields(getattr(Settings(), section))}
-
 
 def load_box(path: Path, tmp_path: Path) -> tuple[Settings, dict[str, Any]]:
-    """drimbox's own loader on a deployment TOML (pending keys aside, see above), and the raw TOML."""
+    """drimbox's own loader on a deployment TOML, and the raw TOML."""
     raw = tomllib.loads(path.read_text())
-    kept: dict[str, dict[str, Any]] = {}
-    for section, values in raw.items():
-        for key, value in values.items():
-            if (section, key) in PENDING_KEYS and not _known(section, key):
-                continue
-            kept.setdefault(section, {})[key] = value
-    return load_settings(write_config(tmp_path / path.name, kept), env={}), raw
+    return load_settings(write_config(tmp_path / path.name, raw), env={}), raw
 
 
 def services(compose: str) -> dict[str, str]:

@@ -24,12 +24,12 @@ async def accept(
     )
 
 
-async def test_accepted_message_survives_reopening(tmp_path: Path) -> None:
+async def test_accepted_message_survives_reopening(tmp_path: Path, state_url: str) -> None:
     db = tmp_path / "drimbox.sqlite"
-    outbox = Outbox(db)
+    outbox = Outbox(db, url=state_url)
     first = await accept(outbox, "MSG1", "DOC1")
     outbox.close()
-    reopened = Outbox(db)
+    reopened = Outbox(db, url=state_url)
     try:
         job = await reopened.next_due(time.time())
         assert job is not None and job.id == first.publication_id and job.state == "received"
@@ -38,8 +38,8 @@ async def test_accepted_message_survives_reopening(tmp_path: Path) -> None:
         reopened.close()
 
 
-async def test_same_control_id_or_same_document_is_a_duplicate(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "db.sqlite")
+async def test_same_control_id_or_same_document_is_a_duplicate(tmp_path: Path, state_url: str) -> None:
+    outbox = Outbox(tmp_path / "db.sqlite", url=state_url)
     try:
         a = await accept(outbox, "MSG1", "DOC1")
         again = await accept(outbox, "MSG1", "DOC1")
@@ -53,8 +53,10 @@ async def test_same_control_id_or_same_document_is_a_duplicate(tmp_path: Path) -
         outbox.close()
 
 
-async def test_jobs_of_one_study_run_in_order_and_withdrawal_overtakes_unpublished(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "db.sqlite")
+async def test_jobs_of_one_study_run_in_order_and_withdrawal_overtakes_unpublished(
+    tmp_path: Path, state_url: str
+) -> None:
+    outbox = Outbox(tmp_path / "db.sqlite", url=state_url)
     try:
         first = await accept(outbox, "M1", "D1", study="1.2.3")
         second = await accept(outbox, "M2", "D2", action="replace", study="1.2.3")
@@ -72,8 +74,8 @@ async def test_jobs_of_one_study_run_in_order_and_withdrawal_overtakes_unpublish
         outbox.close()
 
 
-async def test_requeue_puts_failed_jobs_back(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "db.sqlite")
+async def test_requeue_puts_failed_jobs_back(tmp_path: Path, state_url: str) -> None:
+    outbox = Outbox(tmp_path / "db.sqlite", url=state_url)
     try:
         a = await accept(outbox, "M1", "D1")
         await outbox.update(a.publication_id, state="failed", last_error="boom")
@@ -85,8 +87,8 @@ async def test_requeue_puts_failed_jobs_back(tmp_path: Path) -> None:
         outbox.close()
 
 
-async def test_a_busy_study_does_not_hold_up_the_others(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "db.sqlite")
+async def test_a_busy_study_does_not_hold_up_the_others(tmp_path: Path, state_url: str) -> None:
+    outbox = Outbox(tmp_path / "db.sqlite", url=state_url)
     try:
         first = await accept(outbox, "M1", "D1", study="1.2.3")
         other = await accept(outbox, "M2", "D2", study="9.9.9")
@@ -128,8 +130,8 @@ async def _accept_f(outbox: Outbox, control_id: str, action: str = "publish") ->
     )  # fmt: skip
 
 
-async def test_a_report_naming_two_studies_queues_one_job_per_study(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "db.sqlite")
+async def test_a_report_naming_two_studies_queues_one_job_per_study(tmp_path: Path, state_url: str) -> None:
+    outbox = Outbox(tmp_path / "db.sqlite", url=state_url)
     try:
         await _accept_f(outbox, "F1")
         jobs = await outbox.search()
@@ -156,8 +158,10 @@ async def _cancel(outbox: Outbox, control_id: str, study: str = "1.2.3", accessi
                                       studies=[(study, accession)])  # fmt: skip
 
 
-async def test_an_order_cancel_drops_pending_jobs_and_queues_a_withdrawal_of_a_live_kos(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "db.sqlite")
+async def test_an_order_cancel_drops_pending_jobs_and_queues_a_withdrawal_of_a_live_kos(
+    tmp_path: Path, state_url: str
+) -> None:
+    outbox = Outbox(tmp_path / "db.sqlite", url=state_url)
     try:
         pending = await accept(outbox, "M1", "DOC1")
         [c] = await _cancel(outbox, "O1")
@@ -178,8 +182,10 @@ async def test_an_order_cancel_drops_pending_jobs_and_queues_a_withdrawal_of_a_l
         outbox.close()
 
 
-async def test_an_order_cancel_of_an_unknown_study_is_recorded_and_a_wrong_accession_refused(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "db.sqlite")
+async def test_an_order_cancel_of_an_unknown_study_is_recorded_and_a_wrong_accession_refused(
+    tmp_path: Path, state_url: str
+) -> None:
+    outbox = Outbox(tmp_path / "db.sqlite", url=state_url)
     try:
         [c] = await _cancel(outbox, "O1", study="1.2.3.4.5.6.7.8.9", accession="ACN108")
         assert (c.known, c.withdrawing) == (False, False)
@@ -223,8 +229,10 @@ async def test_an_outbox_of_the_previous_layout_is_migrated(tmp_path: Path) -> N
         outbox.close()
 
 
-async def test_an_iocm_note_on_the_second_study_of_a_report_revises_it_with_the_report(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "db.sqlite")
+async def test_an_iocm_note_on_the_second_study_of_a_report_revises_it_with_the_report(
+    tmp_path: Path, state_url: str
+) -> None:
+    outbox = Outbox(tmp_path / "db.sqlite", url=state_url)
     try:
         await _accept_f(outbox, "F1")
         second = (await outbox.search(study_uid=F_STUDIES[1][0]))[0]

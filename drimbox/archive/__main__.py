@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    archive = Archive.open(settings.box.var_dir)
+    archive = Archive.open(settings.shared_path)
     # The same rule as `drimbox serve`: only the [dicom] store_peers may store (empty: nobody); the box's own AE
     # from its own host may query.
     storers = store_peers(settings)

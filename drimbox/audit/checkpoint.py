@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import os
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from drimbox.audit.store import open_reader
 from drimbox.state.durable import fsync_dir
 
 if TYPE_CHECKING:
@@ -114,10 +114,16 @@ class CheckpointReport:
     problems: list[str]
 
 
-def verify_checkpoints(trail: Path, path: Path, cert: x509.Certificate, every: int) -> CheckpointReport:
+def verify_checkpoints(
+    trail: Path, path: Path, cert: x509.Certificate, every: int, *, url: str = ""
+) -> CheckpointReport:
     """Check each checkpoint's signature against the box's certificate, that its (seq, hash) is still in the
-    trail, and that the trail reaches the last one (a tail cut beyond it is reported)."""
-    db = sqlite3.connect(f"file:{trail}?mode=ro", uri=True)
+    trail, and that the trail reaches the last one (a tail cut beyond it is reported).
+
+    With the trail on PostgreSQL, each instance keeps its checkpoints in its own file (outside the database,
+    which is what makes them worth having): every one must name a record of the one shared chain.
+    """
+    db = open_reader(trail, url)
     try:
         row = db.execute("SELECT max(seq), count(*) FROM audit").fetchone()
         end, stored = int(row[0] or 0), int(row[1])
@@ -177,7 +183,7 @@ def verify_checkpoints(trail: Path, path: Path, cert: x509.Certificate, every: i
         db.close()
 
 
-def check_on_open(trail_head: int, db: sqlite3.Connection, last: dict[str, Any] | None) -> str | None:
+def check_on_open(trail_head: int, db: Any, last: dict[str, Any] | None) -> str | None:
     """At start: does the trail still hold the last checkpointed head? A problem to log, or None."""
     if last is None or not isinstance(last.get("seq"), int):
         return None

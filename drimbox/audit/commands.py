@@ -41,15 +41,17 @@ def _instant(text: str) -> str:
 
 
 def _trail(args: argparse.Namespace, settings: Settings | None = None) -> Path:
-    path = audit_path(settings or load_settings(args.config))
-    if not path.is_file():
+    settings = settings or load_settings(args.config)
+    path = audit_path(settings)
+    if not settings.state.url and not path.is_file():
         raise ConfigError(f"audit.path: no audit trail at {path}")
     return path
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     out = sys.stdout
-    for record in read_records(_trail(args), since=args.since, until=args.until):
+    settings = load_settings(args.config)
+    for record in read_records(_trail(args, settings), since=args.since, until=args.until, url=settings.state.url):
         out.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
     out.flush()
     return 0
@@ -58,7 +60,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     trail = _trail(args, settings)
-    count, broken = verify(trail)
+    count, broken = verify(trail, url=settings.state.url)
     failed = broken is not None
     if broken is not None:
         print(f"audit trail BROKEN at record {broken.seq}: {broken.reason} ({count} records before it hold)")
@@ -69,7 +71,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     # The box's own certificate is the trust anchor, never one the checkpoint file could bring along.
     cert = load_certificate(structure_credentials(settings)[1])
-    report = verify_checkpoints(trail, checkpoints_path(settings), cert, every)
+    report = verify_checkpoints(trail, checkpoints_path(settings), cert, every, url=settings.state.url)
     for problem in report.problems:
         print(f"audit checkpoints BROKEN: {problem}")
     if failed or report.problems:

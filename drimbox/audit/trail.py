@@ -1,4 +1,4 @@
-"""The audit store: an append-only, hash-chained SQLite table, each event durable before record() returns."""
+"""The audit store: an append-only, hash-chained table (SQLite or PostgreSQL), each event durable before record() returns."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from drimbox import metrics
 from drimbox.audit.checkpoint import CheckpointWriter, check_on_open
 from drimbox.audit.events import AuditEvent
+from drimbox.audit.store import lock_chain, open_reader, open_writer
 from drimbox.audit.syslog import SyslogSender
 from drimbox.state.credentials import structure_credentials
 
@@ -30,20 +30,6 @@ GENESIS = "0" * 64
 # Fields of a stored record, in the order they are written; `hash` covers every other one.
 FIELDS = ("seq", "at", "action", "outcome", "professional", "patient", "patient_name", "study", "kos", "source",
           "detail", "prev")  # fmt: skip
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY, at TEXT NOT NULL, action TEXT NOT NULL, outcome TEXT NOT NULL,
-    professional TEXT, patient TEXT, patient_name TEXT, study TEXT, kos TEXT, source TEXT,
-    detail TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
--- Append-only at the database level too: the box itself never updates or deletes a record. Someone with the
--- file can drop these triggers; the hash chain is what then shows the change.
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-"""
 # Events waiting for the writer; beyond this, record() waits (backpressure) rather than grow memory.
 _QUEUE_MAX = 1024
 # One transaction (one fsync) takes at most this many waiting events: group commit under load.
@@ -76,15 +62,7 @@ def _row(event: AuditEvent, seq: int, prev: str) -> dict[str, Any]:
     return record
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit is on disk (WAL fsynced) before it returns, so a recorded event survives a power cut.
-    db.execute("PRAGMA synchronous=FULL")
-    return db
-
-
-def _from_db(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
+def _from_db(row: Any) -> dict[str, Any]:
     record = dict(zip((*FIELDS, "hash"), row, strict=True))
     record["detail"] = json.loads(record["detail"])
     return record
@@ -112,14 +90,14 @@ class AuditTrail:
     """
 
     def __init__(self, path: Path, syslog: SyslogSender | None = None, checkpoints: CheckpointWriter | None = None,
-                 checkpoint_every: int = 0) -> None:  # fmt: skip
+                 checkpoint_every: int = 0, *, url: str = "") -> None:  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.url = url
         self.syslog = syslog
         self.checkpoints = checkpoints
         self.checkpoint_every = checkpoint_every
-        self._db = _connect(path)
-        self._db.executescript(_SCHEMA)
+        self._db = open_writer(path, url)
         # The head is re-read on open: the chain continues across restarts.
         head = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         self._seq: int = head[0] if head else 0
@@ -196,14 +174,17 @@ class AuditTrail:
                 return
 
     def _write(self, batch: list[tuple[AuditEvent, asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
-        seq, head = self._seq, self._head
         records: list[dict[str, Any]] = []
         error: BaseException | None = None
+        began = False
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            # The box's other processes ([http] workers) append to the same chain: go on from its head as it is now.
+            began = True
+            # The head as the database has it, under the chain's lock: other processes or instances may have
+            # appended since this one last wrote, and the chain stays one line (seq 1, 2, 3…, prev = the hash before).
+            lock_chain(self._db)
             last = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, head = (last[0], last[1]) if last else (0, GENESIS)
+            seq, head = (int(last[0]), str(last[1])) if last else (0, GENESIS)
             for event, _, _ in batch:
                 seq += 1
                 record = _row(event, seq, head)
@@ -220,8 +201,17 @@ class AuditTrail:
             log.debug("audit: %s committed up to record %d", ", ".join(e.action for e, _, _ in batch), seq)
         except BaseException as exc:  # a full disk must fail the audited request, not kill the writer
             error = exc
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            records = []
+            if began:
+                try:
+                    self._db.execute("ROLLBACK")
+                except Exception:  # the connection itself is gone: nothing is left to roll back
+                    pass
+            if self.url and self._db.broken:  # the server restarted: the next batch goes through a new connection
+                try:
+                    self._db = open_writer(self.path, self.url)
+                except Exception as again:
+                    log.error("audit trail: cannot reconnect to the database: %s", type(again).__name__)
         for _, loop, done in batch:
             self._slots.release()
             try:
@@ -232,7 +222,7 @@ class AuditTrail:
             for record in records:
                 self.syslog.send(record)
         every = self.checkpoint_every
-        if error is None and records and every > 0 and seq // every > (seq - len(records)) // every:
+        if error is None and records and every > 0 and self._seq // every > (self._seq - len(records)) // every:
             self._checkpoint("periodic")
 
     def _checkpoint(self, reason: str) -> None:
@@ -254,9 +244,11 @@ def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
         done.set_exception(RuntimeError(f"the audit trail could not be written: {error}"))
 
 
-def read_records(path: Path, since: str | None = None, until: str | None = None) -> Iterator[dict[str, Any]]:
+def read_records(
+    path: Path, since: str | None = None, until: str | None = None, *, url: str = ""
+) -> Iterator[dict[str, Any]]:
     """The stored records in chain order, optionally those with since <= at < until (ISO strings as `iso()`)."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = open_reader(path, url)
     try:
         sql, args = _SELECT, []
         clauses = []
@@ -274,11 +266,11 @@ def read_records(path: Path, since: str | None = None, until: str | None = None)
         db.close()
 
 
-def recent_records(path: Path, prefixes: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
+def recent_records(path: Path, prefixes: tuple[str, ...], limit: int, *, url: str = "") -> list[dict[str, Any]]:
     """The newest `limit` records whose action starts with one of `prefixes`, newest first (read-only)."""
-    if not path.exists():
+    if not url and not path.exists():
         return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = open_reader(path, url)
     try:
         where = " OR ".join("substr(action, 1, ?) = ?" for _ in prefixes) or "1 = 1"
         args = [v for p in prefixes for v in (len(p), p)]
@@ -303,8 +295,8 @@ def verify_records(records: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> 
     return count, None
 
 
-def verify(path: Path) -> tuple[int, Broken | None]:
-    return verify_records(read_records(path))
+def verify(path: Path, *, url: str = "") -> tuple[int, Broken | None]:
+    return verify_records(read_records(path, url=url))
 
 
 def audit_path(settings: Settings) -> Path:
@@ -332,4 +324,4 @@ def open_trail(settings: Settings) -> AuditTrail:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = CheckpointWriter(path, key, cert, publish=sender.send_checkpoint if sender is not None else None)
     return AuditTrail(audit_path(settings), syslog=sender, checkpoints=writer,
-                      checkpoint_every=settings.audit.checkpoint_every)  # fmt: skip
+                      checkpoint_every=settings.audit.checkpoint_every, url=settings.state.url)  # fmt: skip

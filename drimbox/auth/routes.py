@@ -49,7 +49,11 @@ class AuthGate:
         auth = settings.auth
         self.oidc = oidc or OidcClient(settings.psc, auth)
         self.sessions = SessionStore(
-            settings.var_path / "auth.sqlite", ttl=auth.session_ttl, idle=auth.session_idle, clock=clock
+            settings.var_path / "auth.sqlite",
+            ttl=auth.session_ttl,
+            idle=auth.session_idle,
+            clock=clock,
+            url=settings.state.url,
         )
         self._clock = clock
         base = settings.box.public_url.rstrip("/")

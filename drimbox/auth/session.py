@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from pathlib import Path
 from drimbox.auth.oidc import TokenSet
 from drimbox.auth.professional import Professional
 from drimbox.state.db import Database
+from drimbox.state.migrations import Step
+from drimbox.state.sql import Connection, is_postgres
 
 # A login not finished within this time is forgotten (the user is back at the provider's page for longer).
 PENDING_TTL = 600.0
@@ -69,6 +70,9 @@ CREATE TABLE IF NOT EXISTS pending_logins (
 );
 """
 
+# Step n is MIGRATIONS[n - 1]; only ever append.
+MIGRATIONS: list[Step] = [SCHEMA]
+
 
 @dataclass(frozen=True)
 class Session:
@@ -99,17 +103,23 @@ def _hash(secret: str) -> str:
 class SessionStore:
     """Sessions keyed by a random opaque id (the cookie value); expired ones are refused and purged."""
 
-    def __init__(self, path: Path, *, ttl: float, idle: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: Path, *, ttl: float, idle: float, clock: Callable[[], float] = time.time, url: str = ""
+    ) -> None:
         self.ttl = ttl
         self.idle = idle
         self._clock = clock
-        self._db = Database(path, SCHEMA)
-        # Tokens live in this file: readable by the box's user only.
-        os.chmod(path, 0o600)
+        self._db = Database(path, MIGRATIONS, url=url, store="auth")
+        if not url:
+            # Tokens live in this file: readable by the box's user only.
+            os.chmod(path, 0o600)
 
-        def _relax(conn: sqlite3.Connection) -> None:
+        def _relax(conn: Connection) -> None:
             # A session lost in a crash only means logging in again: no fsync per write here.
-            conn.execute("PRAGMA synchronous=NORMAL")
+            if is_postgres(conn):
+                conn.execute("SET synchronous_commit = off")
+            else:
+                conn.execute("PRAGMA synchronous=NORMAL")
 
         self._db.call(_relax)
 
@@ -130,7 +140,7 @@ class SessionStore:
             expires_at,
         )
 
-        def _insert(conn: sqlite3.Connection) -> None:
+        def _insert(conn: Connection) -> None:
             self._purge(conn, now)
             conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)", row)
 
@@ -143,7 +153,7 @@ class SessionStore:
             return None
         key, now = _hash(session_id), self._clock()
 
-        def _get(conn: sqlite3.Connection) -> Session | None:
+        def _get(conn: Connection) -> Session | None:
             row = conn.execute("SELECT * FROM sessions WHERE id_hash = ?", (key,)).fetchone()
             if row is None:
                 return None
@@ -168,7 +178,7 @@ class SessionStore:
     async def update_tokens(self, session_id: str, tokens: TokenSet) -> None:
         key = _hash(session_id)
 
-        def _update(conn: sqlite3.Connection) -> None:
+        def _update(conn: Connection) -> None:
             conn.execute("UPDATE sessions SET tokens = ? WHERE id_hash = ?", (json.dumps(tokens.to_json()), key))
 
         await self._db.acall(_update)
@@ -177,7 +187,7 @@ class SessionStore:
         """The session's professional replaced (the same person, in the practice situation they chose)."""
         key = _hash(session_id)
 
-        def _update(conn: sqlite3.Connection) -> None:
+        def _update(conn: Connection) -> None:
             conn.execute("UPDATE sessions SET professional = ? WHERE id_hash = ?",
                          (json.dumps(professional.to_json()), key))  # fmt: skip
 
@@ -188,7 +198,7 @@ class SessionStore:
         session = await self.get(session_id)
         key = _hash(session_id)
 
-        def _delete(conn: sqlite3.Connection) -> None:
+        def _delete(conn: Connection) -> None:
             conn.execute("DELETE FROM sessions WHERE id_hash = ?", (key,))
             conn.execute("DELETE FROM grants WHERE id_hash = ?", (key,))
 
@@ -199,15 +209,16 @@ class SessionStore:
         """Let this session read this study (as far as the study's live KOS goes): it opened a report link to it."""
         row = (id_hash, study_uid, kos_uid, self._clock())
 
-        def _insert(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?)", row)
+        def _insert(conn: Connection) -> None:
+            conn.execute("INSERT INTO grants VALUES (?, ?, ?, ?) ON CONFLICT (id_hash, study_uid) DO UPDATE"
+                         " SET kos_uid = excluded.kos_uid, granted_at = excluded.granted_at", row)  # fmt: skip
 
         await self._db.acall(_insert)
 
     async def granted(self, id_hash: str, study_uid: str) -> bool:
         """Whether this (live) session was granted this study."""
 
-        def _get(conn: sqlite3.Connection) -> bool:
+        def _get(conn: Connection) -> bool:
             found = conn.execute("SELECT 1 FROM grants g JOIN sessions s ON s.id_hash = g.id_hash"
                                  " WHERE g.id_hash = ? AND g.study_uid = ?", (id_hash, study_uid)).fetchone()  # fmt: skip
             return found is not None
@@ -217,9 +228,11 @@ class SessionStore:
     async def save_pending(self, pending: PendingLogin) -> None:
         row = (_hash(pending.state), pending.nonce, pending.code_verifier, pending.next, pending.created_at)
 
-        def _insert(conn: sqlite3.Connection) -> None:
+        def _insert(conn: Connection) -> None:
             conn.execute("DELETE FROM pending_logins WHERE created_at < ?", (self._clock() - PENDING_TTL,))
-            conn.execute("INSERT OR REPLACE INTO pending_logins VALUES (?, ?, ?, ?, ?)", row)
+            conn.execute("INSERT INTO pending_logins VALUES (?, ?, ?, ?, ?) ON CONFLICT (state_hash) DO UPDATE"
+                         " SET nonce = excluded.nonce, code_verifier = excluded.code_verifier, next = excluded.next,"
+                         " created_at = excluded.created_at", row)  # fmt: skip
 
         await self._db.acall(_insert)
 
@@ -229,7 +242,7 @@ class SessionStore:
             return None
         key, now = _hash(state), self._clock()
 
-        def _pop(conn: sqlite3.Connection) -> PendingLogin | None:
+        def _pop(conn: Connection) -> PendingLogin | None:
             row = conn.execute("DELETE FROM pending_logins WHERE state_hash = ? RETURNING *", (key,)).fetchone()
             if row is None or now - row["created_at"] > PENDING_TTL:
                 return None
@@ -243,7 +256,7 @@ class SessionStore:
         """A new operator session; returns its id (the operator cookie's value)."""
         session_id, now = secrets.token_urlsafe(32), self._clock()
 
-        def _insert(conn: sqlite3.Connection) -> None:
+        def _insert(conn: Connection) -> None:
             conn.execute("DELETE FROM operator_sessions WHERE expires_at <= ?", (now,))
             conn.execute("INSERT INTO operator_sessions VALUES (?, ?, ?, ?)", (_hash(session_id), now, now, now + ttl))
 
@@ -256,7 +269,7 @@ class SessionStore:
             return False
         key, now = _hash(session_id), self._clock()
 
-        def _get(conn: sqlite3.Connection) -> bool:
+        def _get(conn: Connection) -> bool:
             row = conn.execute("SELECT * FROM operator_sessions WHERE id_hash = ?", (key,)).fetchone()
             if row is None:
                 return False
@@ -276,7 +289,7 @@ class SessionStore:
         """Failed operator logins from `remote` within `window` seconds (after recording one more when `add`)."""
         now = self._clock()
 
-        def _count(conn: sqlite3.Connection) -> int:
+        def _count(conn: Connection) -> int:
             conn.execute("DELETE FROM operator_login_failures WHERE at < ?", (now - window,))
             if add:
                 conn.execute("INSERT INTO operator_login_failures VALUES (?, ?)", (remote, now))
@@ -292,7 +305,7 @@ class SessionStore:
         session_id, now = secrets.token_urlsafe(32), self._clock()
         row = (_hash(session_id), json.dumps(patient), now, now, now + ttl)
 
-        def _insert(conn: sqlite3.Connection) -> None:
+        def _insert(conn: Connection) -> None:
             conn.execute("DELETE FROM patient_sessions WHERE expires_at <= ?", (now,))
             conn.execute("INSERT INTO patient_sessions VALUES (?, ?, ?, ?, ?)", row)
 
@@ -305,7 +318,7 @@ class SessionStore:
             return None
         key, now = _hash(session_id), self._clock()
 
-        def _get(conn: sqlite3.Connection) -> tuple[str, dict[str, str]] | None:
+        def _get(conn: Connection) -> tuple[str, dict[str, str]] | None:
             row = conn.execute("SELECT * FROM patient_sessions WHERE id_hash = ?", (key,)).fetchone()
             if row is None:
                 return None
@@ -323,6 +336,6 @@ class SessionStore:
         key = _hash(session_id)
         await self._db.acall(lambda conn: conn.execute("DELETE FROM patient_sessions WHERE id_hash = ?", (key,)))
 
-    def _purge(self, conn: sqlite3.Connection, now: float) -> None:
+    def _purge(self, conn: Connection, now: float) -> None:
         conn.execute("DELETE FROM sessions WHERE expires_at <= ? OR last_seen <= ?", (now, now - self.idle))
         conn.execute("DELETE FROM grants WHERE id_hash NOT IN (SELECT id_hash FROM sessions)")

@@ -100,13 +100,19 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from drimbox.source.outbox import Outbox
 
     settings = _settings(args)
-    outbox = Outbox(settings.var_path / "drimbox.sqlite")
+    outbox = Outbox(settings.var_path / "drimbox.sqlite", url=settings.state.url)
     try:
         n = outbox.requeue(args.accession)
     finally:
         outbox.close()
     print(f"{n} publication(s) of accession {args.accession} queued again")
     return 0 if n else 1
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from drimbox.cli.migrate import cmd_migrate as migrate
+
+    return migrate(args, _settings(args))
 
 
 def cmd_link(args: argparse.Namespace) -> int:
@@ -134,7 +140,7 @@ def cmd_xdm(args: argparse.Namespace) -> int:
     if not is_lenient_uid(args.study):  # lenient: the study as the PACS holds it
         print("drimbox xdm export: --study must be a DICOM UID (digits and dots, at most 64)", file=sys.stderr)
         return 2
-    outbox = Outbox(settings.var_path / "drimbox.sqlite")
+    outbox = Outbox(settings.var_path / "drimbox.sqlite", url=settings.state.url)
     try:
         package = _run(export_study(settings, outbox, args.study))
     except ExportError as exc:
@@ -176,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("publish", help="queue the publication of an accession number again"))
     p.add_argument("--accession", required=True)
     p.set_defaults(func=cmd_publish)
+    p = with_config(sub.add_parser("migrate", help="bring the stores' schemas to this release (also done at start)"))
+    p.set_defaults(func=cmd_migrate)
     p = with_config(sub.add_parser("link", help="print the report link (signed when [auth] report_link_keys is set)"))
     p.add_argument("--study", required=True, help="Study Instance UID")
     p.add_argument("--accession", default="", help="accession number")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from drimbox.state.db import Database, transaction
+from drimbox.state.migrations import Step
+from drimbox.state.sql import Connection
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS consent (
@@ -30,6 +31,8 @@ CREATE TABLE IF NOT EXISTS emergencies (
     PRIMARY KEY (professional, patient_key)
 );
 """
+# Step n is MIGRATIONS[n - 1]; only ever append.
+MIGRATIONS: list[Step] = [_SCHEMA]
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,8 @@ class AccessStore:
         self._db = db
 
     @classmethod
-    async def open(cls, directory: Path) -> AccessStore:
-        return cls(await asyncio.to_thread(Database, directory / "access.sqlite", _SCHEMA))
+    async def open(cls, directory: Path, url: str = "") -> AccessStore:
+        return cls(await asyncio.to_thread(Database, directory / "access.sqlite", MIGRATIONS, url=url, store="access"))
 
     async def close(self) -> None:
         await asyncio.to_thread(self._db.close)
@@ -60,13 +63,15 @@ class AccessStore:
         launch, None when the launch had already been applied."""
         now = time.time()
 
-        def write(conn: sqlite3.Connection) -> bool | None:
+        def write(conn: Connection) -> bool | None:
             if conn.execute("SELECT 1 FROM applied_launches WHERE launch_id = ?", (launch_id,)).fetchone():
                 return None
             conn.execute("INSERT INTO applied_launches VALUES (?, ?)", (launch_id, now))
             row = conn.execute("SELECT opposed FROM consent WHERE patient_key = ?", (patient_key,)).fetchone()
             if record:
-                conn.execute("INSERT OR REPLACE INTO consent VALUES (?, ?, ?, ?)",
+                conn.execute("INSERT INTO consent VALUES (?, ?, ?, ?) ON CONFLICT (patient_key) DO UPDATE SET"
+                             " opposed = excluded.opposed, professional = excluded.professional,"
+                             " recorded = excluded.recorded",
                              (patient_key, int(opposed), professional, now))  # fmt: skip
             return bool(row and row[0])
 
@@ -83,7 +88,8 @@ class AccessStore:
     async def grant_emergency(self, professional: str, patient_key: str, reason: str, ttl: float) -> None:
         now = time.time()
         await self._db.acall(lambda c: c.execute(
-            "INSERT OR REPLACE INTO emergencies VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO emergencies VALUES (?, ?, ?, ?, ?) ON CONFLICT (professional, patient_key) DO UPDATE"
+            " SET reason = excluded.reason, granted = excluded.granted, expires = excluded.expires",
             (professional, patient_key, reason, now, now + ttl)))  # fmt: skip
 
     async def end_emergency(self, professional: str, patient_key: str) -> None:

@@ -65,7 +65,7 @@ def setup_consumer_images(app: web.Application, settings: Settings, auth: Consum
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        importer = Importer(settings, backend, settings.var_path / "consumer")
+        importer = Importer(settings, backend, settings.var_path / "consumer", settings.state.url)
         app[IMPORTER] = importer
         # An opposition recorded by the access rules closes the exams already opened, at once.
         app[CONSUMER].catalog.rules.on_opposition.append(backend.forget_grants)

@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -38,8 +37,11 @@ from drimbox.dimse.qido_find import iter_find
 from drimbox.dimse.uid import is_lenient_uid
 from drimbox.i18n import Messages
 from drimbox.state.db import Database
+from drimbox.state.instance import dead_local, instance_id
 from drimbox.state.locks import HeldLock, LockFiles
+from drimbox.state.migrations import Step
 from drimbox.state.series_cache import CachedInstance
+from drimbox.state.sql import Connection
 
 log = logging.getLogger(__name__)
 SCHEMA = """
@@ -64,6 +66,11 @@ CREATE TABLE IF NOT EXISTS import_targets (
     target INTEGER NOT NULL DEFAULT 0
 );
 """
+# Which process runs a job ("host/pid"): at start a box interrupts its dead predecessor's jobs, never those of a
+# live process sharing the state (another worker process, another instance).
+OWNER = "ALTER TABLE imports ADD COLUMN owner TEXT"
+# Step n is MIGRATIONS[n - 1]; only ever append.
+MIGRATIONS: list[Step] = [SCHEMA, OWNER]
 ACTIVE = import_pages.ACTIVE
 UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 # Stored syntaxes sent as they are (never transcoded): each gets its own context so the PACS may accept some.
@@ -178,31 +185,36 @@ class Importer:
     the same id, and what already reached the PACS is skipped.
     """
 
-    def __init__(self, settings: Settings, backend: ConsumerBackend, directory: Path) -> None:
+    def __init__(self, settings: Settings, backend: ConsumerBackend, directory: Path, url: str = "") -> None:
         self.settings = settings
         self.backend = backend
-        self.db = Database(directory / "imports.sqlite", SCHEMA)
+        self.db = Database(directory / "imports.sqlite", MIGRATIONS, url=url, store="imports")
+        self.instance = instance_id()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closed = False
         # The process running a job holds its lock: one run per job across the box's processes ([http] workers).
         self._running = LockFiles(directory / "import-locks")
-        # A job that was running when its process stopped cannot go on without the professional's token; one
-        # whose lock another process holds is running there.
-        active = self.db.call(lambda c: [r["id"] for r in c.execute(
-            "SELECT id FROM imports WHERE state IN ('queued', 'running')").fetchall()])  # fmt: skip
-        for job_id in active:
-            if (orphan := self._running.try_acquire(job_id)) is not None:
-                try:
-                    self.db.call(lambda c: c.execute(
-                        "UPDATE imports SET state = 'interrupted', updated = ? WHERE id = ? AND state IN "
-                        "('queued', 'running')", (time.time(), job_id)))  # fmt: skip  # noqa: B023
-                finally:
-                    orphan.release()
+        self.db.call(self._interrupt_orphans)
         c = settings.consumer
         self.pacs = PacsSettings(ae_title=c.local_pacs_ae_title, host=c.local_pacs_host, port=c.local_pacs_port,
                                  timeout=c.local_pacs_timeout)  # fmt: skip
         # Destinations by index: 0 is the local_pacs_* one (C-STORE or STOW-RS), then local_pacs_others (C-STORE).
         self.others = [p for p in (parse_pacs(x, c.local_pacs_timeout) for x in c.local_pacs_others) if p is not None]
+
+    def _interrupt_orphans(self, conn: Connection) -> None:
+        """A job that was running when its process stopped cannot go on without the professional's token."""
+        rows = conn.execute("SELECT id, owner FROM imports WHERE state IN ('queued', 'running')").fetchall()
+        for row in rows:
+            if row["owner"] is not None and not dead_local(str(row["owner"]), self.instance):
+                continue  # its instance lives (another host, or another process of this one)
+            if (orphan := self._running.try_acquire(str(row["id"]))) is None:
+                continue  # another process of this box holds its lock: it is running there
+            try:
+                conn.execute(
+                    "UPDATE imports SET state = 'interrupted', updated = ? WHERE id = ?", (time.time(), row["id"])
+                )
+            finally:
+                orphan.release()
 
     @property
     def target_names(self) -> list[str]:
@@ -216,6 +228,9 @@ class Importer:
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self.db.acall(lambda c: c.execute(
+            "UPDATE imports SET state = 'interrupted', updated = ? WHERE owner = ? AND state IN ('queued', 'running')",
+            (time.time(), self.instance)))  # fmt: skip
         await asyncio.to_thread(self.db.close)
 
     async def start(
@@ -228,7 +243,7 @@ class Importer:
         always a new job.
         """
 
-        def pick(conn: sqlite3.Connection) -> tuple[str, bool]:
+        def pick(conn: Connection) -> tuple[str, bool]:
             row = conn.execute("SELECT id, state FROM imports WHERE kos_uid = ? AND professional = ? "
                                "ORDER BY created DESC LIMIT 1", (grant.kos_uid, grant.professional_id)).fetchone()  # fmt: skip
             now = time.time()
@@ -238,18 +253,21 @@ class Importer:
                 return row["id"], False
             if row is not None and row["state"] == "interrupted":
                 conn.execute("UPDATE imports SET state = 'queued', stored = 0, skipped = 0, failed = 0, errors = '[]',"
-                             " updated = ? WHERE id = ?", (now, row["id"]))  # fmt: skip
+                             " updated = ?, owner = ? WHERE id = ?", (now, self.instance, row["id"]))  # fmt: skip
                 return row["id"], True
             job_id = secrets.token_urlsafe(12)
-            conn.execute("INSERT INTO imports (id, kos_uid, professional, state, created, updated) VALUES "
-                         "(?, ?, ?, 'queued', ?, ?)", (job_id, grant.kos_uid, grant.professional_id, now, now))  # fmt: skip
+            conn.execute("INSERT INTO imports (id, kos_uid, professional, state, created, updated, owner) VALUES "
+                         "(?, ?, ?, 'queued', ?, ?, ?)", (job_id, grant.kos_uid, grant.professional_id, now, now,
+                                                          self.instance))  # fmt: skip
             return job_id, True
 
-        def remember(conn: sqlite3.Connection, job_id: str) -> None:
+        def remember(conn: Connection, job_id: str) -> None:
             if local is not None or series or target:
-                conn.execute("INSERT OR REPLACE INTO import_targets (id, local_patient, series, target) VALUES "
-                             "(?, ?, ?, ?)", (job_id, json.dumps(local.to_json()) if local else None,
-                                              json.dumps(list(series)), target))  # fmt: skip
+                conn.execute("INSERT INTO import_targets (id, local_patient, series, target) VALUES (?, ?, ?, ?)"
+                             " ON CONFLICT (id) DO UPDATE SET local_patient = excluded.local_patient,"
+                             " series = excluded.series, target = excluded.target",
+                             (job_id, json.dumps(local.to_json()) if local else None, json.dumps(list(series)),
+                              target))  # fmt: skip
 
         job_id, fresh = await self.db.acall(pick)
         if fresh:

@@ -398,13 +398,15 @@ def setup_consumer(
         app[AUDIT] = MemoryAudit()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = await ConsumerStore.open(settings.var_path / "consumer")
+        store = await ConsumerStore.open(settings.var_path / "consumer", settings.state.url)
         dmp = client
         if dmp is None:
             signer = await asyncio.to_thread(structure_signer, settings)  # may generate a test key pair
             dmp = DmpClient(settings.dmp.url, signer=signer, timeout=settings.dmp.timeout)
-        rules = AccessRules(settings, await AccessStore.open(settings.var_path / "consumer"), app[AUDIT])
-        imports = await XdmImports.open(settings.var_path / "consumer")
+        rules = AccessRules(
+            settings, await AccessStore.open(settings.var_path / "consumer", settings.state.url), app[AUDIT]
+        )
+        imports = await XdmImports.open(settings.var_path / "consumer", settings.state.url)
         catalog: ExamCatalog = XdmAwareCatalog(settings, store, dmp, rules, imports)
         app[CONSUMER] = ConsumerContext(settings, auth, store, catalog)
         app[XDM] = XdmContext(auth, store, imports)

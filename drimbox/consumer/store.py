@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from drimbox.state.db import Database, transaction
+from drimbox.state.migrations import Step
+from drimbox.state.sql import Connection
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS launches (
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS seen (
     PRIMARY KEY (professional, patient_key, kos_uid)
 );
 """
+# Step n is MIGRATIONS[n - 1]; only ever append.
+MIGRATIONS: list[Step] = [_SCHEMA]
 LAUNCH_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
 
 
@@ -61,8 +64,10 @@ class ConsumerStore:
         self._db = db
 
     @classmethod
-    async def open(cls, directory: Path) -> ConsumerStore:
-        return cls(await asyncio.to_thread(Database, directory / "consumer.sqlite", _SCHEMA))
+    async def open(cls, directory: Path, url: str = "") -> ConsumerStore:
+        return cls(
+            await asyncio.to_thread(Database, directory / "consumer.sqlite", MIGRATIONS, url=url, store="consumer")
+        )
 
     async def close(self) -> None:
         await asyncio.to_thread(self._db.close)
@@ -74,7 +79,7 @@ class ConsumerStore:
         launch_id = secrets.token_urlsafe(24)  # 32 characters, 192 random bits
         now = time.time() if now is None else now
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: Connection) -> None:
             conn.execute("DELETE FROM launches WHERE created < ?", (now - ttl,))
             conn.execute("INSERT INTO launches VALUES (?, ?, ?)", (launch_id, now, json.dumps(data)))
 
@@ -111,7 +116,7 @@ class ConsumerStore:
 
     async def save_manifest(self, kos_uid: str, patient_key: str, data: bytes) -> None:
         await self._db.acall(lambda c: c.execute(
-            "INSERT OR IGNORE INTO manifests VALUES (?, ?, ?, ?)", (kos_uid, patient_key, data, time.time())))  # fmt: skip
+            "INSERT INTO manifests VALUES (?, ?, ?, ?) ON CONFLICT (kos_uid) DO NOTHING", (kos_uid, patient_key, data, time.time())))  # fmt: skip
 
     # -- visits: "new since you last opened this patient" -----------------------------------------------
 
@@ -122,7 +127,7 @@ class ConsumerStore:
         now = time.time() if now is None else now
         uids = list(dict.fromkeys(kos_uids))
 
-        def record(conn: sqlite3.Connection) -> Visit:
+        def record(conn: Connection) -> Visit:
             row = conn.execute("SELECT started, last, previous FROM visits WHERE professional = ? AND patient_key = ?",
                                (professional, patient_key)).fetchone()  # fmt: skip
             if row is None:
@@ -131,9 +136,10 @@ class ConsumerStore:
                 started, previous = now, row["started"]
             else:
                 started, previous = row["started"], row["previous"]
-            conn.execute("INSERT OR REPLACE INTO visits VALUES (?, ?, ?, ?, ?)",
+            conn.execute("INSERT INTO visits VALUES (?, ?, ?, ?, ?) ON CONFLICT (professional, patient_key) DO UPDATE"
+                         " SET started = excluded.started, last = excluded.last, previous = excluded.previous",
                          (professional, patient_key, started, now, previous))  # fmt: skip
-            conn.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?)",
+            conn.executemany("INSERT INTO seen VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                              [(professional, patient_key, uid, now) for uid in uids])  # fmt: skip
             # Seen first since this consultation began: new, and still new when the page is reloaded.
             new = {

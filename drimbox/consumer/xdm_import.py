@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from drimbox.consumer.store import ConsumerStore
 from drimbox.i18n import DEFAULT, Messages
 from drimbox.manifest import KosError, parse_kos
 from drimbox.state.db import Database, transaction
+from drimbox.state.migrations import Step
+from drimbox.state.sql import Connection
 from drimbox.xds import namespaces as ns
 from drimbox.xds.client import DmpClient
 from drimbox.xds.metadata import Author, Code, ReferenceId
@@ -47,6 +48,8 @@ CREATE TABLE IF NOT EXISTS xdm_imports (
 );
 CREATE INDEX IF NOT EXISTS xdm_imports_patient ON xdm_imports (professional, patient_key);
 """
+# Step n is MIGRATIONS[n - 1]; only ever append.
+MIGRATIONS: list[Step] = [SCHEMA]
 
 
 @dataclass(frozen=True)
@@ -78,16 +81,17 @@ class XdmImports:
         self._db = db
 
     @classmethod
-    async def open(cls, directory: Path) -> XdmImports:
+    async def open(cls, directory: Path, url: str = "") -> XdmImports:
         directory.mkdir(parents=True, exist_ok=True)
-        return cls(await asyncio.to_thread(Database, directory / "xdm.sqlite", SCHEMA))
+        return cls(await asyncio.to_thread(Database, directory / "xdm.sqlite", MIGRATIONS, url=url, store="xdm"))
 
     async def close(self) -> None:
         await asyncio.to_thread(self._db.close)
 
     async def add(self, professional: str, patient_key: str, entry: DocumentEntryInfo) -> None:
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR REPLACE INTO xdm_imports VALUES (?, ?, ?, ?, ?)",
+        def write(conn: Connection) -> None:
+            conn.execute("INSERT INTO xdm_imports VALUES (?, ?, ?, ?, ?) ON CONFLICT (professional, kos_uid) DO UPDATE"
+                         " SET patient_key = excluded.patient_key, entry = excluded.entry, imported = excluded.imported",
                          (professional, entry.unique_id, patient_key, _entry_json(entry), time.time()))  # fmt: skip
 
         await self._db.acall(lambda c: transaction(c, write))

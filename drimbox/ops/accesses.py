@@ -43,7 +43,9 @@ async def recent_accesses(settings: Settings, limit: int = LIMIT) -> list[Access
     """The newest accesses, newest first; None when the box keeps no trail on disk."""
     if not settings.audit.enabled:
         return None
-    records = await asyncio.to_thread(recent_records, audit_path(settings), ACCESS_ACTIONS, limit)
+    records = await asyncio.to_thread(
+        recent_records, audit_path(settings), ACCESS_ACTIONS, limit, url=settings.state.url
+    )
     return [Access(str(r["at"]), str(r.get("professional") or ""), _kind(r), str(r["action"]), str(r.get("study") or ""),
                    str(r["outcome"])) for r in records]  # fmt: skip
 

@@ -23,6 +23,7 @@ from drimbox.manifest import KosError, parse_kos
 from drimbox.manifest.modality import SOP_CLASS_MODALITY
 from drimbox.patient.identity import PatientIdentity
 from drimbox.source.dmp_gateway import XdsDmpGateway
+from drimbox.source.kos_store import read_kos
 from drimbox.source.outbox import Outbox, Publication
 from drimbox.xds.client import XdsRejected, XdsTransientError
 
@@ -85,9 +86,8 @@ class PatientAccess:
                                  else "not_published")  # fmt: skip
         kos_uid = live.kos_uid
         try:
-            kos = await asyncio.to_thread(
-                lambda: parse_kos((self.settings.var_path / "kos" / f"{kos_uid}.dcm").read_bytes())
-            )
+            data = await read_kos(self.settings.var_path / "kos", self.outbox, kos_uid)
+            kos = await asyncio.to_thread(parse_kos, data)
         except (OSError, KosError):
             raise PatientRefused(500, "kos_unreadable", kos_uid) from None
         # The INS and its OID both: the same digits under another authority are another person.

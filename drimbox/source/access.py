@@ -23,6 +23,7 @@ from drimbox.dicomweb.scope import Scope, serving
 from drimbox.dimse.uid import is_lenient_uid
 from drimbox.i18n import DEFAULT, Messages, catalogue
 from drimbox.manifest import KosError, parse_kos
+from drimbox.source.kos_store import read_kos
 from drimbox.source.outbox import Outbox
 from drimbox.xds.habilitation import ImagingMatrix
 
@@ -262,9 +263,9 @@ class SourceAccess:
         if cached is not None:
             self._evidence.move_to_end(kos_uid)
             return cached
-        path = self.kos_dir / f"{kos_uid}.dcm"
         try:
-            kos = await asyncio.to_thread(lambda: parse_kos(path.read_bytes()))
+            data = await read_kos(self.kos_dir, self.outbox, kos_uid)
+            kos = await asyncio.to_thread(parse_kos, data)
         except (OSError, KosError):
             log.warning("DICOMweb access: the stored KOS %s cannot be read", kos_uid)
             raise Refused(403, "kos_unreadable", "this source cannot read the KOS it published") from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from drimbox.state.db import Database, transaction
+from drimbox.state.instance import dead_local, instance_id
+from drimbox.state.migrations import Step
+from drimbox.state.sql import Connection, is_postgres, skip_locked
 
 # States a publication goes through. `received` → (`waiting` | `retrying`)* → `published` | `failed`
 # | `rejected`; a published one later becomes `replaced` (by a newer KOS) or `withdrawn`. A `revise` job (an
@@ -18,6 +21,7 @@ from drimbox.state.db import Database, transaction
 # is left) or `unchanged` (the live KOS named none of the rejected instances). An order cancel (OMI^O23) turns
 # the study's jobs that never reached the DMP `cancelled`; its own `cancel` job ends `withdrawn` (it withdrew the
 # live KOS) or `cancelled` (nothing was live, or the study was unknown: the cancel is only recorded).
+log = logging.getLogger(__name__)
 ACTIVE_STATES = ("received", "waiting", "retrying")
 TERMINAL_STATES = ("published", "failed", "rejected", "withdrawn", "replaced", "unchanged", "cancelled")
 
@@ -67,8 +71,11 @@ CREATE INDEX IF NOT EXISTS rejections_study ON rejections (study_uid);
 """
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Columns added since a box's outbox was created (CREATE TABLE IF NOT EXISTS leaves an old table as it was)."""
+def _legacy_columns(conn: Connection) -> None:
+    """Columns added before the schema was versioned (a file of an earlier release): CREATE TABLE IF NOT EXISTS
+    left its old tables as they were. A PostgreSQL store starts from step 1, which already has them."""
+    if is_postgres(conn):
+        return
     columns = {row["name"] for row in conn.execute("PRAGMA table_info(rejections)")}
     if "peer" not in columns:
         # Who sent the note ("AE@address"): the revision it causes is audited in that peer's name.
@@ -77,10 +84,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "message_id" not in columns:
         # One report may name several studies (ANS exam F): one job per study, all keyed by the report's id, so
         # the table's uniqueness must include the study. SQLite cannot alter a constraint: rebuild the table.
-        transaction(conn, _rebuild_publications)
+        _rebuild_publications(conn)
 
 
-def _rebuild_publications(conn: sqlite3.Connection) -> None:
+def _rebuild_publications(conn: Connection) -> None:
     conn.execute("ALTER TABLE publications RENAME TO publications_old")
     create = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS publications") :]
     conn.execute(create[: create.index(");") + 2])
@@ -91,6 +98,24 @@ def _rebuild_publications(conn: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if "ON publications " in statement:
             conn.execute(statement)
+
+
+# Several instances share one outbox: a job is claimed (who, until when) before it runs, the claim renewed while it
+# runs and ended by its next state; a claim whose lease ran out (its instance died) is taken over. The KOS of a
+# publication is kept here too, so that whichever instance replays the job resubmits the very same bytes.
+CLAIMS = """
+ALTER TABLE publications ADD COLUMN claimed_by TEXT;
+ALTER TABLE publications ADD COLUMN lease_until REAL;
+CREATE TABLE IF NOT EXISTS kos (
+    uid TEXT PRIMARY KEY,
+    publication_id INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+# Step n is MIGRATIONS[n - 1]; only ever append.
+MIGRATIONS: list[Step] = [SCHEMA, _legacy_columns, CLAIMS]
 
 
 @dataclass(frozen=True)
@@ -135,7 +160,7 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def _row(row: sqlite3.Row) -> Publication:
+def _row(row: Any) -> Publication:
     return Publication(
         id=row["id"],
         action=row["action"],
@@ -188,11 +213,13 @@ class OrderMismatch(Exception):
 
 
 class Outbox:
-    """Publications and the raw messages that caused them, in one SQLite file."""
+    """Publications and the raw messages that caused them: one SQLite file, or a schema of a shared PostgreSQL."""
 
-    def __init__(self, path: Path) -> None:
-        self.db = Database(path, SCHEMA)
-        self.db.call(_migrate)
+    def __init__(self, path: Path, *, url: str = "", lease: float = 60.0, instance: str = "") -> None:
+        self.db = Database(path, MIGRATIONS, url=url, store="outbox")
+        self.lease = lease
+        self.instance = instance or instance_id()
+        self.db.call(self._release_dead_local)
 
     def close(self) -> None:
         self.db.close()
@@ -216,7 +243,7 @@ class Outbox:
         replaced and is withdrawn on its own; `publication_id` is the first study's job.
         """
 
-        def work(conn: sqlite3.Connection) -> Accepted:
+        def work(conn: Connection) -> Accepted:
             seen = conn.execute(
                 "SELECT publication_id FROM messages WHERE sender = ? AND control_id = ?", (sender, control_id)
             ).fetchone()
@@ -234,12 +261,13 @@ class Outbox:
                 if existing is not None:
                     ids.append(int(existing["id"]))
                     continue
-                cur = conn.execute(
+                inserted = conn.execute(
                     "INSERT INTO publications (action, document_id, accession, study_uid, state, report,"
-                    " created_at, updated_at, next_attempt_at, window_start) VALUES (?, ?, ?, ?, 'received', ?, ?, ?, ?, ?)",
+                    " created_at, updated_at, next_attempt_at, window_start) VALUES (?, ?, ?, ?, 'received', ?, ?, ?, ?, ?)"
+                    " RETURNING id",
                     (action, document_id, acc, study, json.dumps(report), now, now, now, now),
-                )
-                ids.append(int(cur.lastrowid or 0))
+                ).fetchone()
+                ids.append(int(inserted["id"]))
                 created.append(ids[-1])
                 if action == "withdraw":
                     # A withdrawal overtakes jobs of the same study that never reached the DMP. One with a KOS may
@@ -251,40 +279,76 @@ class Outbox:
                         " AND kos_uid IS NULL",
                         (now, study, ids[-1]),
                     )
-            cur = conn.execute(
-                "INSERT INTO messages (sender, control_id, received_at, raw, publication_id) VALUES (?, ?, ?, ?, ?)",
+            message_id = conn.execute(
+                "INSERT INTO messages (sender, control_id, received_at, raw, publication_id) VALUES (?, ?, ?, ?, ?)"
+                " RETURNING id",
                 (sender, control_id, now, raw, ids[0]),
-            )
+            ).fetchone()["id"]
             # The other studies' jobs read the same message (raw_message follows message_id).
             for pub_id in created:
                 if pub_id != ids[0]:
-                    conn.execute("UPDATE publications SET message_id = ? WHERE id = ?", (cur.lastrowid, pub_id))
+                    conn.execute("UPDATE publications SET message_id = ? WHERE id = ?", (message_id, pub_id))
             return Accepted(publication_id=ids[0], duplicate=not created)
 
         return await self.db.acall(lambda conn: transaction(conn, work))
 
     async def next_due(self, now: float, busy_studies: frozenset[str] = frozenset()) -> Publication | None:
-        """The oldest due job whose study has no older job still active (jobs of one study run in order),
-        skipping studies another worker is busy with."""
+        """Claim the oldest due job whose study has no older job still active (jobs of one study run in order),
+        skipping studies this process is busy with and jobs another instance holds.
+
+        The claim (this instance, lease until now + lease) keeps every other instance off the job until its next
+        state ends it (`update(state=…)`) or its lease runs out (the instance died: another takes it over).
+        """
         busy = sorted(busy_studies)
         not_busy = f" AND p.study_uid NOT IN ({', '.join('?' * len(busy))})" if busy else ""
 
-        def work(conn: sqlite3.Connection) -> Publication | None:
+        def work(conn: Connection) -> Publication | None:
             row = conn.execute(
                 "SELECT p.* FROM publications p WHERE p.state IN ('received', 'waiting', 'retrying')"
-                " AND p.next_attempt_at <= ?" + not_busy + " AND NOT EXISTS (SELECT 1 FROM publications q"
-                " WHERE q.study_uid = p.study_uid AND q.id < p.id AND q.state IN ('received', 'waiting', 'retrying'))"
-                " ORDER BY p.next_attempt_at, p.id LIMIT 1",
-                (now, *busy),
+                " AND p.next_attempt_at <= ? AND (p.claimed_by IS NULL OR p.lease_until < ?)"
+                + not_busy
+                + " AND NOT EXISTS (SELECT 1 FROM publications q WHERE q.study_uid = p.study_uid AND q.id < p.id"
+                " AND q.state IN ('received', 'waiting', 'retrying'))"
+                " ORDER BY p.next_attempt_at, p.id LIMIT 1" + skip_locked(conn),
+                (now, now, *busy),
             ).fetchone()
-            return _row(row) if row else None
+            if row is None:
+                return None
+            conn.execute("UPDATE publications SET claimed_by = ?, lease_until = ? WHERE id = ?",
+                         (self.instance, now + self.lease, row["id"]))  # fmt: skip
+            return _row(row)
+
+        return await self.db.acall(lambda conn: transaction(conn, work))
+
+    async def renew(self, pub_id: int) -> bool:
+        """Extend this instance's claim on a running job; False when it no longer holds it."""
+
+        def work(conn: Connection) -> bool:
+            cur = conn.execute("UPDATE publications SET lease_until = ? WHERE id = ? AND claimed_by = ?",
+                               (time.time() + self.lease, pub_id, self.instance))  # fmt: skip
+            return bool(cur.rowcount)
 
         return await self.db.acall(work)
 
+    def _release_dead_local(self, conn: Connection) -> None:
+        """Claims of this host's processes that are gone (a crash, a kill): free at once, not after their lease."""
+        host = self.instance.rpartition("/")[0]
+        rows = conn.execute("SELECT DISTINCT claimed_by FROM publications WHERE claimed_by LIKE ?",
+                            (host + "/%",)).fetchall()  # fmt: skip
+        for holder in (str(r[0]) for r in rows):
+            if dead_local(holder, self.instance):
+                conn.execute("UPDATE publications SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = ?",
+                             (holder,))  # fmt: skip
+
     async def next_wakeup(self) -> float | None:
-        def work(conn: sqlite3.Connection) -> float | None:
+        """When the next job may be claimed: its due time, or for a job an instance holds, its lease's end (a job
+        running elsewhere is no reason to poll at once)."""
+
+        def work(conn: Connection) -> float | None:
             row = conn.execute(
-                "SELECT MIN(next_attempt_at) AS t FROM publications WHERE state IN ('received', 'waiting', 'retrying')"
+                "SELECT MIN(CASE WHEN claimed_by IS NOT NULL AND lease_until >= ? THEN lease_until"
+                " ELSE next_attempt_at END) AS t FROM publications WHERE state IN ('received', 'waiting', 'retrying')",
+                (time.time(),),
             ).fetchone()
             return float(row["t"]) if row and row["t"] is not None else None
 
@@ -296,17 +360,45 @@ class Outbox:
         if not fields or set(fields) - allowed:
             raise ValueError(f"cannot update {sorted(set(fields) - allowed)}")
         fields["updated_at"] = time.time()
+        if "state" in fields:  # the job's next state ends the claim that ran it
+            fields["claimed_by"] = None
+            fields["lease_until"] = None
         cols = ", ".join(f"{k} = ?" for k in fields)
 
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(f"UPDATE publications SET {cols} WHERE id = ?", (*fields.values(), pub_id))
+        def work(conn: Connection) -> int:
+            # Not over another instance's claim: this one lost the job (its lease ran out while it was cut off
+            # from the database) and the instance that took it over writes the outcome.
+            cur = conn.execute(f"UPDATE publications SET {cols} WHERE id = ? AND (claimed_by IS NULL OR claimed_by = ?)",
+                               (*fields.values(), pub_id, self.instance))  # fmt: skip
+            return int(cur.rowcount)
 
-        await self.db.acall(work)
+        if not await self.db.acall(work):
+            log.warning("publication %d: not updated, another instance holds it now (or it is gone)", pub_id)
+
+    async def save_kos(self, pub_id: int, kos_uid: str, data: bytes) -> None:
+        """Record a job's KOS, its bytes with it: a replay on any instance resubmits exactly this one."""
+
+        def work(conn: Connection) -> None:
+            conn.execute("INSERT INTO kos (uid, publication_id, data, created_at) VALUES (?, ?, ?, ?)"
+                         " ON CONFLICT (uid) DO NOTHING", (kos_uid, pub_id, data, time.time()))  # fmt: skip
+            conn.execute("UPDATE publications SET kos_uid = ?, updated_at = ? WHERE id = ?",
+                         (kos_uid, time.time(), pub_id))  # fmt: skip
+
+        await self.db.acall(lambda conn: transaction(conn, work))
+
+    async def kos_bytes(self, kos_uid: str) -> bytes | None:
+        """The bytes of a KOS the outbox recorded (None for one made before they were kept here)."""
+
+        def work(conn: Connection) -> bytes | None:
+            row = conn.execute("SELECT data FROM kos WHERE uid = ?", (kos_uid,)).fetchone()
+            return bytes(row["data"]) if row else None
+
+        return await self.db.acall(work)
 
     async def current_published(self, study_uid: str) -> Publication | None:
         """The KOS of this study that is live in the DMP now, if any."""
 
-        def work(conn: sqlite3.Connection) -> Publication | None:
+        def work(conn: Connection) -> Publication | None:
             row = conn.execute(
                 "SELECT * FROM publications WHERE study_uid = ? AND state = 'published' AND kos_uid IS NOT NULL"
                 " AND action != 'withdraw' ORDER BY published_at DESC, id DESC LIMIT 1",
@@ -317,14 +409,14 @@ class Outbox:
         return await self.db.acall(work)
 
     async def get(self, pub_id: int) -> Publication | None:
-        def work(conn: sqlite3.Connection) -> Publication | None:
+        def work(conn: Connection) -> Publication | None:
             row = conn.execute("SELECT * FROM publications WHERE id = ?", (pub_id,)).fetchone()
             return _row(row) if row else None
 
         return await self.db.acall(work)
 
     async def search(self, *, accession: str | None = None, study_uid: str | None = None) -> list[Publication]:
-        def work(conn: sqlite3.Connection) -> list[Publication]:
+        def work(conn: Connection) -> list[Publication]:
             clauses, args = [], []
             if accession is not None:
                 clauses.append("accession = ?")
@@ -341,7 +433,7 @@ class Outbox:
     async def kos_uids(self) -> set[str]:
         """Every KOS UID a publication records, whatever its state (its file is what the box serves and replays)."""
 
-        def work(conn: sqlite3.Connection) -> set[str]:
+        def work(conn: Connection) -> set[str]:
             rows = conn.execute("SELECT DISTINCT kos_uid FROM publications WHERE kos_uid IS NOT NULL").fetchall()
             return {str(r["kos_uid"]) for r in rows}
 
@@ -350,14 +442,14 @@ class Outbox:
     def requeue(self, accession: str) -> int:
         """Put every failed, rejected or waiting job of an accession back in the queue (operator action)."""
 
-        def work(conn: sqlite3.Connection) -> int:
+        def work(conn: Connection) -> int:
             now = time.time()
             cur = conn.execute(
                 "UPDATE publications SET state = 'received', next_attempt_at = ?, updated_at = ?, window_start = ?"
                 " WHERE accession = ? AND state IN ('failed', 'rejected', 'waiting', 'retrying')",
                 (now, now, now, accession),
             )
-            return cur.rowcount
+            return int(cur.rowcount)
 
         return self.db.call(lambda conn: transaction(conn, work))
 
@@ -366,7 +458,7 @@ class Outbox:
         "unknown", "not_retryable" (another state), "superseded" (a later job of the study exists, which must not
         be overtaken by an older report)."""
 
-        def work(conn: sqlite3.Connection) -> str | None:
+        def work(conn: Connection) -> str | None:
             row = conn.execute("SELECT study_uid, state FROM publications WHERE id = ?", (pub_id,)).fetchone()
             if row is None:
                 return "unknown"
@@ -386,7 +478,7 @@ class Outbox:
     async def page(self, states: Sequence[str], limit: int, offset: int) -> tuple[list[Publication], int]:
         """The publications in `states` (all when empty), newest first, one page of them, and how many in all."""
 
-        def work(conn: sqlite3.Connection) -> tuple[list[Publication], int]:
+        def work(conn: Connection) -> tuple[list[Publication], int]:
             where = f" WHERE state IN ({', '.join('?' * len(states))})" if states else ""
             total = conn.execute(f"SELECT COUNT(*) FROM publications{where}", tuple(states)).fetchone()[0]
             rows = conn.execute(f"SELECT * FROM publications{where} ORDER BY id DESC LIMIT ? OFFSET ?",
@@ -396,7 +488,7 @@ class Outbox:
         return await self.db.acall(work)
 
     async def counts(self) -> dict[str, int]:
-        def work(conn: sqlite3.Connection) -> dict[str, int]:
+        def work(conn: Connection) -> dict[str, int]:
             rows = conn.execute("SELECT state, COUNT(*) AS n FROM publications GROUP BY state").fetchall()
             return {r["state"]: int(r["n"]) for r in rows}
 
@@ -412,7 +504,7 @@ class Outbox:
         instances are then left out of the study's coming publication.
         """
 
-        def work(conn: sqlite3.Connection) -> Accepted | None:
+        def work(conn: Connection) -> Accepted | None:
             seen = conn.execute("SELECT publication_id FROM rejections WHERE note_uid = ?", (note_uid,)).fetchone()
             if seen is not None:
                 return Accepted(seen["publication_id"], duplicate=True) if seen["publication_id"] else None
@@ -425,13 +517,12 @@ class Outbox:
             pub_id: int | None = None
             if live is not None:
                 raw = _raw_row(conn, int(live["id"]))
-                cur = conn.execute(
+                pub_id = int(conn.execute(
                     "INSERT INTO publications (action, document_id, accession, study_uid, state, report,"
                     " created_at, updated_at, next_attempt_at, window_start)"
-                    " VALUES ('revise', ?, ?, ?, 'received', ?, ?, ?, ?, ?)",
+                    " VALUES ('revise', ?, ?, ?, 'received', ?, ?, ?, ?, ?) RETURNING id",
                     (f"iocm:{note_uid}", live["accession"], study_uid, live["report"], now, now, now, now),
-                )
-                pub_id = int(cur.lastrowid or 0)
+                ).fetchone()["id"])  # fmt: skip
                 if raw is not None:
                     conn.execute(
                         "INSERT INTO messages (sender, control_id, received_at, raw, publication_id)"
@@ -450,7 +541,7 @@ class Outbox:
     async def rejected_instances(self, study_uid: str) -> frozenset[str]:
         """Every SOP Instance UID of the study that a rejection note withdrew."""
 
-        def work(conn: sqlite3.Connection) -> frozenset[str]:
+        def work(conn: Connection) -> frozenset[str]:
             rows = conn.execute("SELECT sop_uids FROM rejections WHERE study_uid = ?", (study_uid,)).fetchall()
             return frozenset(uid for r in rows for uid in json.loads(r["sop_uids"]))
 
@@ -459,7 +550,7 @@ class Outbox:
     async def rejection_of(self, pub_id: int) -> RejectionRecord | None:
         """The IOCM note that queued this `revise` publication, if it is one."""
 
-        def work(conn: sqlite3.Connection) -> RejectionRecord | None:
+        def work(conn: Connection) -> RejectionRecord | None:
             row = conn.execute(
                 "SELECT note_uid, reason_code, sop_uids, peer FROM rejections WHERE publication_id = ?", (pub_id,)
             ).fetchone()
@@ -473,7 +564,7 @@ class Outbox:
     async def raw_message(self, pub_id: int) -> bytes | None:
         """The first HL7 message stored for a publication (the worker re-reads its report from it)."""
 
-        def work(conn: sqlite3.Connection) -> bytes | None:
+        def work(conn: Connection) -> bytes | None:
             row = _raw_row(conn, pub_id)
             return bytes(row["raw"]) if row else None
 
@@ -490,7 +581,7 @@ class Outbox:
         another accession: that cancel is not for this study, and nothing is stored.
         """
 
-        def work(conn: sqlite3.Connection) -> list[Cancelled]:
+        def work(conn: Connection) -> list[Cancelled]:
             seen = conn.execute(
                 "SELECT publication_id FROM messages WHERE sender = ? AND control_id = ?", (sender, control_id)
             ).fetchone()
@@ -516,13 +607,12 @@ class Outbox:
                     out.append(Cancelled(int(existing["id"]), duplicate=True, dropped=0, withdrawing=False,
                                          known=bool(others)))  # fmt: skip
                     continue
-                cur = conn.execute(
+                pub_id = int(conn.execute(
                     "INSERT INTO publications (action, document_id, accession, study_uid, state, report,"
                     " created_at, updated_at, next_attempt_at, window_start)"
-                    " VALUES ('cancel', ?, ?, ?, 'received', ?, ?, ?, ?, ?)",
+                    " VALUES ('cancel', ?, ?, ?, 'received', ?, ?, ?, ?, ?) RETURNING id",
                     (document_id, accession, study_uid, json.dumps({"trigger": "O23"}), now, now, now, now),
-                )
-                pub_id = int(cur.lastrowid or 0)
+                ).fetchone()["id"])  # fmt: skip
                 dropped = conn.execute(
                     "UPDATE publications SET state = 'cancelled', updated_at = ?,"
                     " last_error = 'the order was cancelled (OMI^O23) before it was published'"
@@ -554,9 +644,9 @@ class Outbox:
         return await self.db.acall(lambda conn: transaction(conn, work))
 
 
-def _raw_row(conn: sqlite3.Connection, pub_id: int) -> sqlite3.Row | None:
+def _raw_row(conn: Connection, pub_id: int) -> Any | None:
     """The HL7 message of a job: its own, else (another study of the same report) the one it shares."""
-    row: sqlite3.Row | None = conn.execute(
+    row: Any | None = conn.execute(
         "SELECT raw FROM messages WHERE publication_id = ? ORDER BY id LIMIT 1", (pub_id,)
     ).fetchone()
     if row is None:

@@ -19,6 +19,7 @@ from drimbox.hl7.cda import ReportIdentifiers
 from drimbox.hl7.report import ReportMessage, parse_report_message
 from drimbox.manifest import KosError, parse_kos
 from drimbox.manifest.kos import KosRequest, build_kos, kos_to_bytes
+from drimbox.source.kos_store import read_kos
 from drimbox.source.outbox import Outbox, Publication
 from drimbox.state import faults
 from drimbox.state.durable import write_atomic
@@ -146,12 +147,15 @@ class Publisher:
 
     async def _referenced(self, kos_uid: str) -> set[str]:
         """The SOP Instance UIDs a KOS this box wrote names (empty if its file is gone or unreadable)."""
-        path = self.kos_dir / f"{kos_uid}.dcm"
+        try:
+            data = await read_kos(self.kos_dir, self.outbox, kos_uid)
+        except OSError:
+            return set()
 
         def read() -> set[str]:
             try:
-                return {i.sop_instance_uid for s in parse_kos(path.read_bytes()).series for i in s.instances}
-            except (OSError, KosError):
+                return {i.sop_instance_uid for s in parse_kos(data).series for i in s.instances}
+            except KosError:
                 return set()
 
         return await asyncio.to_thread(read)
@@ -284,15 +288,17 @@ class Publisher:
             raise PermanentError("rejected", "the PACS's Patient Sex for this study differs from the report's")
 
     async def _kos(self, job: Publication, message: ReportMessage, study: StudyInstances) -> tuple[str, bytes]:
-        """Build the KOS once and keep it: a replay after a crash resubmits the very same manifest."""
+        """Build the KOS once and keep it: a replay after a crash, on this instance or another sharing the outbox,
+        resubmits the very same manifest (its bytes are in the outbox with its UID)."""
         if job.kos_uid:
-            path = self.kos_dir / f"{job.kos_uid}.dcm"
-            if path.exists():
-                return job.kos_uid, await asyncio.to_thread(path.read_bytes)
+            try:
+                return job.kos_uid, await read_kos(self.kos_dir, self.outbox, job.kos_uid)
+            except OSError:
+                pass  # a KOS made before the outbox kept the bytes, its file lost: build it anew
         kos_uid, kos = await asyncio.to_thread(_build_kos_bytes, study, self._kos_request(message))
         await asyncio.to_thread(_write_durably, self.kos_dir / f"{kos_uid}.dcm", kos)
         faults.checkpoint("publish.kos_written")
-        await self.outbox.update(job.id, kos_uid=kos_uid)
+        await self.outbox.save_kos(job.id, kos_uid, kos)
         return kos_uid, kos
 
     def _kos_request(self, message: ReportMessage) -> KosRequest:

@@ -85,13 +85,13 @@ def setup(
     and their stores only, no DICOM listener, HL7 listener or worker (the primary process runs those, once).
     """
     s = settings
-    outbox = app[OUTBOX] = Outbox(s.var_path / "drimbox.sqlite")
+    outbox = app[OUTBOX] = Outbox(s.var_path / "drimbox.sqlite", url=s.state.url, lease=s.publish.lease_seconds)
     backend: Backend
     if s.box.profile == "native":
-        archive = app[ARCHIVE] = Archive.open(s.var_path)
+        archive = app[ARCHIVE] = Archive.open(s.shared_path)
         backend = NativeBackend(archive)
     else:
-        cache = app[CACHE] = SeriesCache(s.var_path / "cache", s.cache.max_bytes)
+        cache = app[CACHE] = SeriesCache(s.shared_path / "cache", s.cache.max_bytes)
         backend = app[PROXY] = ProxyBackend(s, cache)
     app[BACKEND] = backend
     _add_routes(app, s, gate, matrix, outbox, backend)

@@ -53,9 +53,11 @@ class PublicationWorker:
                 if job is None:
                     await self._sleep_until_due()
                     continue
+                renewing = asyncio.create_task(self._keep_claim(job.id), name=f"lease-{job.id}")
                 try:
                     await self.run_job(job)
                 finally:
+                    renewing.cancel()
                     self._busy.discard(job.study_uid)
                     self._wake.set()
             except asyncio.CancelledError:
@@ -72,6 +74,18 @@ class PublicationWorker:
             return None
         self._busy.add(job.study_uid)
         return job
+
+    async def _keep_claim(self, pub_id: int) -> None:
+        """Renew the job's lease while it runs (a DMP call may outlast it): only a dead instance loses its jobs."""
+        interval = self.settings.publish.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await self.outbox.renew(pub_id):
+                    log.warning("publication %d: its claim was taken over by another instance", pub_id)
+                    return
+            except Exception as exc:  # the database away a moment: the next renewal may succeed
+                log.warning("publication %d: lease not renewed: %s", pub_id, exc)
 
     async def _sleep_until_due(self) -> None:
         self._wake.clear()

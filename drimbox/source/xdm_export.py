@@ -13,6 +13,7 @@ from drimbox.hl7.report import ReportMessage, parse_report_message
 from drimbox.manifest import KosError, parse_kos
 from drimbox.manifest.modality import SOP_CLASS_MODALITY
 from drimbox.source.dmp_gateway import XdsDmpGateway
+from drimbox.source.kos_store import read_kos
 from drimbox.source.outbox import Outbox, Publication
 from drimbox.xds.metadata import MetadataError, SubmissionSignature, oid_from_uuid
 from drimbox.xds.signature import SignedDocument, sign_submission
@@ -50,9 +51,8 @@ async def export_study(settings: Settings, outbox: Outbox, study_uid: str, *, no
     live = await outbox.current_published(study_uid)
     if live is None or not live.kos_uid:
         raise ExportError("this study has no KOS published in the DMP now")
-    path = settings.var_path / "kos" / f"{live.kos_uid}.dcm"
     try:
-        kos = await asyncio.to_thread(path.read_bytes)
+        kos = await read_kos(settings.var_path / "kos", outbox, live.kos_uid)
         study = await asyncio.to_thread(_study, kos, study_uid)
     except (OSError, KosError):
         raise ExportError("the published KOS of this study is missing or unreadable on this box") from None
