@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 from lxml import etree
 from signxml.verifier import XMLVerifier
 
+from drimbox.metrics import SHARED
 from drimbox.state.credentials import generate_test_credentials
 from drimbox.xds import metadata, mtom, query, schema, soap
 from drimbox.xds import namespaces as ns
@@ -297,10 +298,26 @@ async def test_failures_are_sorted_into_transient_and_rejected(
     fake, _ = dmp
     fake.mode, fake.status = mode, status
     fake.errors = [RegistryError(code, "context") for code in errors]
+    outcome = "transient" if expected is XdsTransientError else "rejected"
+    before = {t: _dmp_calls(t) for t in ("ITI-41", "ITI-18")}
     with pytest.raises(expected):
         await client.provide_and_register(make_entry(), make_submission(), KOS)
     with pytest.raises(expected):
         await client.find_documents(PATIENT)
+    # /metrics says the same as the exception, also when the failure came inside an HTTP 200.
+    for transaction in ("ITI-41", "ITI-18"):
+        counts = _dmp_calls(transaction)
+        assert counts[outcome] - before[transaction][outcome] == 1, (transaction, counts)
+        assert counts["ok"] == before[transaction]["ok"], (transaction, counts)
+
+
+def _dmp_calls(transaction: str) -> dict[str, float]:
+    """drimbox_dmp_calls_total for one transaction, by outcome (the process's shared registry)."""
+    return {
+        outcome: SHARED.get_sample_value("drimbox_dmp_calls_total", {"transaction": transaction, "outcome": outcome})
+        or 0.0
+        for outcome in ("ok", "rejected", "transient")
+    }
 
 
 async def test_closed_and_refused_connections_are_transient(creds: tuple[Path, Path]) -> None:

@@ -324,7 +324,7 @@ class DmpClient:
         else:
             content_type, body = f'application/soap+xml; charset=UTF-8; action="{action}"', request.envelope
         started = time.monotonic()
-        outcome = "transient"
+        outcome, data = "transient", None
         try:
             async with self._get_session().post(
                 url, data=body, headers={"Content-Type": content_type},
@@ -332,7 +332,6 @@ class DmpClient:
             ) as resp:  # fmt: skip
                 status, answer_type = resp.status, resp.headers.get("Content-Type", "")
                 data = await self._read(resp, transaction)
-            outcome = "ok" if status < 400 else "rejected" if status < 500 else "transient"
         except XdsRejected:
             outcome = "rejected"
             raise
@@ -345,20 +344,28 @@ class DmpClient:
             raise XdsTransientError(transaction, f"{url}: {type(exc).__name__}: {exc}") from None
         finally:
             metrics.DMP_DURATION.labels(transaction).observe(time.monotonic() - started)
-            metrics.DMP_CALLS.labels(transaction, outcome).inc()
+            if data is None:  # else counted once the answer is read: an HTTP 200 may carry a failure, a 500 not
+                metrics.DMP_CALLS.labels(transaction, outcome).inc()
         log.info("%s %s -> HTTP %d in %.0f ms", transaction, request.message_id, status,
                  (time.monotonic() - started) * 1000)  # fmt: skip
+        outcome = "rejected"
         try:
-            return soap.parse_message(answer_type, data)
+            message = soap.parse_message(answer_type, data)
+            outcome = _answer_outcome(message.payload)
+            return message
         except soap.SoapFaultError as exc:
             fault = exc.fault
             # Receiver faults are the server's own trouble; Sender (and MustUnderstand...) mean our request.
             kind = XdsTransientError if fault.code == "Receiver" or status in (502, 503, 504) else XdsRejected
+            outcome = "transient" if kind is XdsTransientError else "rejected"
             detail = f" ({fault.detail})" if fault.detail else ""
             raise kind(transaction, f"HTTP {status}, {exc}{detail}", fault=fault) from None
         except soap.SoapProtocolError as exc:
             kind = XdsTransientError if status >= 500 or status in (408, 429) else XdsRejected
+            outcome = "transient" if kind is XdsTransientError else "rejected"
             raise kind(transaction, f"HTTP {status} from {url} without a SOAP answer ({exc})") from None
+        finally:
+            metrics.DMP_CALLS.labels(transaction, outcome).inc()
 
     async def _read(self, resp: aiohttp.ClientResponse, transaction: str) -> bytes:
         chunks, total = [], 0
@@ -368,3 +375,18 @@ class DmpClient:
                 raise XdsRejected(transaction, f"answer larger than {self.max_response_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _answer_outcome(payload: etree._Element) -> str:
+    """The metrics' outcome of an answer the DMP sent with an HTTP success: a registry failure inside is not "ok"."""
+    response = payload if payload.tag == _REGISTRY_RESPONSE else payload.find(_REGISTRY_RESPONSE)
+    if response is None and not str(payload.get("status", "")).endswith(":Failure"):
+        return "ok"
+    try:
+        parsed = soap.parse_registry_response(response if response is not None else payload)
+    except soap.SoapProtocolError:
+        return "rejected"
+    if not parsed.failure:
+        return "ok"
+    errors = [e for e in parsed.errors if e.is_error]
+    return "transient" if errors and all(e.code in TRANSIENT_ERROR_CODES for e in errors) else "rejected"
