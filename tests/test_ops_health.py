@@ -46,9 +46,13 @@ async def operator_page(url: str, ssl_context: ssl.SSLContext | bool = True) -> 
 
 
 async def test_peers_are_checked_when_the_page_loads_each_with_its_state_and_latency(tmp_path: Path, sim: Any) -> None:
-    async with running_box(box_settings(tmp_path, sim.url, ["source", "consumer"])) as box:
+    settings = box_settings(tmp_path, sim.url, ["source", "consumer"])
+    settings.patient.enabled, settings.patient.issuer = True, f"{sim.url}/mes"
+    async with running_box(settings) as box:
         html, took = await operator_page(box.url)
     peers = rows(html, "peers")
+    assert "joignable" in peers["Mon Espace Santé (connexion des patients)"]
+    assert "injoignable" not in peers["Mon Espace Santé (connexion des patients)"]
     assert "joignable" in peers["DMP"] and "injoignable" not in peers["DMP"] and " ms" in peers["DMP"]
     assert "joignable" in peers["Pro Santé Connect (découverte)"]
     assert "injoignable" not in peers["Pro Santé Connect (découverte)"]
@@ -68,6 +72,7 @@ async def test_a_consumer_only_box_says_what_does_not_apply(tmp_path: Path, sim:
         html, _ = await operator_page(box.url)
     assert "Sans objet : cette box n'a pas le rôle source." in html.replace("&#x27;", "'")
     assert "sans objet pour cette box" in rows(html, "peers")["PACS (C-ECHO)"]
+    assert "Mon Espace Santé (connexion des patients)" not in rows(html, "peers")  # no patient routes here
     assert 'id="empty-cache"' not in html
 
 

@@ -95,6 +95,9 @@ async def check_peers(settings: Settings, whitelists: Sequence[AnsWhitelist]) ->
         ]
         if "source" in s.box.roles and s.box.profile == "proxy":
             checks.insert(0, _timed("pacs", pacs_target, _echo(s)))
+        if s.patient.enabled and "source" in s.box.roles:  # the patients' login (Mon Espace Santé)
+            patients = s.patient.issuer.rstrip("/") + "/.well-known/openid-configuration"
+            checks.append(_timed("patient_idp", patients, _http(session, patients, "issuer")))
         found = list(await asyncio.gather(*checks))
     if not ("source" in s.box.roles and s.box.profile == "proxy"):
         found.insert(0, PeerHealth("pacs", pacs_target, NONE))
