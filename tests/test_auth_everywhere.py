@@ -24,6 +24,7 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/viewer"): "redirect to the viewer's static page",
     ("GET", "/viewer/"): "static HTML; the images it shows come from protected routes",
     ("GET", "/viewer/{name}"): "static CSS/JS of the viewer",
+    ("GET", "/viewer/vendor/{folder}/{name}"): "the vendored WebAssembly codecs (npm packages as published)",
     ("GET", "/viewer/messages/{lang}.json"): "the viewer's words (the message catalogue), no patient data",
     ("GET", "/auth/login"): "starts the Pro Santé Connect login",
     ("GET", "/auth/callback"): "the OIDC callback, bound to the browser by state + PKCE",
@@ -49,7 +50,7 @@ PUBLIC: dict[tuple[str, str], str] = {
 # On a box without the source role the report link only says so (404 "No images here"): nothing of a patient.
 PUBLIC_ON_CONSUMER = {("GET", "/IHEInvokeImageDisplay"): "answers 404 without looking anything up"}
 SAMPLE = {"study": "1.2.3", "series": "1.2.3.4", "instance": "1.2.3.4.5", "frames": "1", "ins": "279035121518989",
-          "kos_uid": "1.2.3.9", "launch_id": "abcdef", "job_id": "abcdef", "name": "main.js", "path": "7FE00010",
+          "kos_uid": "1.2.3.9", "launch_id": "abcdef", "job_id": "abcdef", "name": "main.js", "folder": "codec", "path": "7FE00010",
           "tail": "studies/1.2.3/unknown", "lang": "fr"}  # fmt: skip
 # Without these the route answers 400 before it ever asks who is calling: not what this test is about.
 QUERIES = {"/IHEInvokeImageDisplay": "?requestType=STUDY&studyUID=1.2.3", "/api/publications": "?accession=ACN103"}
