@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import io
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from drimbox.consumer import evidence
 from drimbox.consumer.evidence import SeriesEvidence, _quick_read
 from drimbox.consumer.retrieval import _instance
 
 STUDY, SERIES, SOP = generate_uid(), generate_uid(), generate_uid()
-CT = "1.2.840.10008.5.1.4.1.1.2"
+CT = UID("1.2.840.10008.5.1.4.1.1.2")
 
 
-def _part10(*, syntax: str = ExplicitVRLittleEndian, study: str = STUDY, patient: str = "INS-1",
+def _part10(*, syntax: UID = ExplicitVRLittleEndian, study: str = STUDY, patient: str = "INS-1",
             sequence: bool = False) -> bytes:  # fmt: skip
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -56,7 +56,7 @@ def test_a_well_formed_instance_is_read_quickly_without_pydicom(monkeypatch: pyt
     def no_pydicom(*args: object, **kwargs: object) -> None:
         raise AssertionError("pydicom was asked")
 
-    monkeypatch.setattr(evidence.pydicom, "dcmread", no_pydicom)
+    monkeypatch.setattr(pydicom, "dcmread", no_pydicom)
     assert EVIDENCE.refusal(instance) is None
 
 
@@ -65,7 +65,8 @@ def test_a_well_formed_instance_is_read_quickly_without_pydicom(monkeypatch: pyt
     [({"study": generate_uid()}, "study_mismatch"), ({"patient": "SOMEONE-ELSE"}, "patient_mismatch")],
 )
 def test_a_mismatch_is_judged_by_pydicom_with_its_reason(kwargs: dict[str, str], reason: str) -> None:
-    assert EVIDENCE.refusal(_instance(_part10(**kwargs))) == reason
+    data = _part10(study=kwargs.get("study", STUDY), patient=kwargs.get("patient", "INS-1"))
+    assert EVIDENCE.refusal(_instance(data)) == reason
 
 
 def test_what_the_quick_reading_does_not_know_goes_to_pydicom() -> None:
