@@ -80,6 +80,10 @@ async def measure(work: Path, ports: dict[str, int], kos_uid: str, kos: bytes, s
     print(f"exam C, {size / 1e6:.0f} MB, Accept transfer-syntax=* (curl, loopback):")
     for name, result in rows:
         print(line(name, result))
+    # The target (15, item 4): through the consumer cold at ≥ 0.9 × the source's own cold speed.
+    cold_ratio = rows[0][1][1] / rows[2][1][1]
+    warm_ratio = rows[1][1][1] / rows[3][1][1]
+    print(f"  through / direct: {cold_ratio:.2f} × both cold (target ≥ 0.9), {warm_ratio:.2f} × source warm")
 
 
 def main() -> None:

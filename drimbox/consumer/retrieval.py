@@ -18,15 +18,17 @@ from drimbox.dicomweb.backend import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
-# The ANS reference consumer's preference: compressed first (less to carry between centres), then native,
-# then whatever the source holds (`*` must never make the source decompress or transcode).
+# What the source stores first (`*`): no box decodes or transcodes on the way, the cache keeps the stored bitstream
+# and the viewer negotiates with the consumer as with a source. Uncompressed ranked above `*` made a source holding
+# JPEG 2000 or JPEG-LS decode for us, and the viewer behind got native frames (three times the bytes). Then the
+# compressed lossless syntaxes and native, for a source that does not understand `*`.
 ACCEPT = ", ".join(
     f'multipart/related; type="application/dicom"; transfer-syntax={syntax}; q={q}'
     for syntax, q in (
+        ("*", "1.0"),
         ("1.2.840.10008.1.2.4.80", "0.9"),
-        ("1.2.840.10008.1.2.4.91", "0.8"),
-        ("1.2.840.10008.1.2.1", "0.7"),
-        ("*", "0.5"),
+        ("1.2.840.10008.1.2.4.90", "0.8"),
+        ("1.2.840.10008.1.2.1", "0.5"),
     )
 )
 KOS_HEADER = "KOS-SOPInstanceUID"

@@ -38,6 +38,9 @@ from drimbox.state.series_fill import (
 __all__ = ["MEMORY_AHEAD", "CachedInstance", "Received", "SeriesCache", "SeriesInstance", "UncachedInstance"]
 
 log = logging.getLogger(__name__)
+# Instances received and being written to the cache before the first of them is handed to readers: the disk's
+# work overlaps the network's, and at most this many instances are held in memory on the way.
+WRITES_AHEAD = 2
 
 # `origin` says where a series came from: "" for the box's own PACS (the source side), a digest of the KOS and Retrieve
 # URL on the consumer side, where two KOS may claim the same study and series UIDs and one must never answer for another.
@@ -306,48 +309,89 @@ class SeriesCache:
                 self._write_failed(fill, series_uid, exc)
             seen: set[str] = set()
             received = source()
+            # Each file is written in a thread while the next instance arrives, and handed to readers by a task of
+            # its own as soon as it is written: awaiting each write before reading on left the source's connection
+            # idle for the write's length at every instance. At most WRITES_AHEAD instances wait in memory.
+            Entry = tuple[asyncio.Future[None] | None, Received, Path]
+            entries: asyncio.Queue[Entry | None] = asyncio.Queue(maxsize=WRITES_AHEAD)
+            writes: set[asyncio.Future[None]] = set()
+
+            async def publish(entry: Entry) -> None:
+                nonlocal total
+                write, item, path = entry
+                if write is not None:
+                    try:
+                        await write
+                    except OSError as exc:
+                        if not fill.degraded:
+                            self._write_failed(fill, series_uid, exc)
+                instance: SeriesInstance
+                if fill.degraded:
+                    instance = UncachedInstance(study_uid, series_uid, item.sop_class_uid, item.sop_instance_uid,
+                                                item.transfer_syntax_uid, item.data)  # fmt: skip
+                else:
+                    total += len(item.data)
+                    instance = CachedInstance(study_uid, series_uid, item.sop_class_uid, item.sop_instance_uid,
+                                              item.transfer_syntax_uid, path, len(item.data))  # fmt: skip
+                async with fill.changed:
+                    fill.instances.append(instance)
+                    fill.changed.notify_all()
+                if fill.degraded:
+                    await readers_within(fill, MEMORY_AHEAD)
+
+            async def publisher() -> None:
+                while (entry := await entries.get()) is not None:
+                    await publish(entry)
+                    entries.task_done()
+
+            publishing = asyncio.create_task(publisher())
+
+            async def hand_on(entry: Entry | None) -> None:
+                put = asyncio.ensure_future(entries.put(entry))
+                try:
+                    await asyncio.wait({put, publishing}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not put.done():  # cancelled, or the publisher stopped: no one will take it
+                        put.cancel()
+                if put.cancelled():
+                    publishing.result()  # the publisher's error
+                    raise RuntimeError("the cache's publisher stopped")
+
             try:
                 async for item in received:
                     if item.sop_instance_uid in seen:
                         continue  # a PACS may send an instance twice; a reader must see it once
                     seen.add(item.sop_instance_uid)
                     path = directory / f"{item.sop_instance_uid}.dcm"
+                    write = None
                     if not fill.degraded:
+                        write = asyncio.ensure_future(asyncio.to_thread(_write, path, item.data))
+                        writes.add(write)
+                        write.add_done_callback(writes.discard)
+                    await hand_on((write, item, path))
+                    if fill.degraded:
+                        # From memory, nothing is taken ahead of the readers: the publisher's backpressure alone
+                        # (MEMORY_AHEAD) bounds what the source sends, as before the pipeline.
+                        joined = asyncio.ensure_future(entries.join())
                         try:
-                            await asyncio.to_thread(_write, path, item.data)
-                        except OSError as exc:
-                            self._write_failed(fill, series_uid, exc)
-                    instance: SeriesInstance
-                    if fill.degraded:
-                        instance = UncachedInstance(
-                            study_uid,
-                            series_uid,
-                            item.sop_class_uid,
-                            item.sop_instance_uid,
-                            item.transfer_syntax_uid,
-                            item.data,
-                        )
-                    else:
-                        total += len(item.data)
-                        instance = CachedInstance(
-                            study_uid,
-                            series_uid,
-                            item.sop_class_uid,
-                            item.sop_instance_uid,
-                            item.transfer_syntax_uid,
-                            path,
-                            len(item.data),
-                        )
-                    async with fill.changed:
-                        fill.instances.append(instance)
-                        fill.changed.notify_all()
-                    if fill.degraded:
-                        await readers_within(fill, MEMORY_AHEAD)
+                            await asyncio.wait({joined, publishing}, return_when=asyncio.FIRST_COMPLETED)
+                        finally:
+                            joined.cancel()
+                        if publishing.done():
+                            publishing.result()
+                await hand_on(None)
+                await publishing
             finally:
+                if not publishing.done():
+                    publishing.cancel()
+                await asyncio.gather(publishing, return_exceptions=True)
                 # Closing the source at once is what sends C-CANCEL when the fill is abandoned.
                 aclose = getattr(received, "aclose", None)
                 if aclose is not None:
                     await aclose()
+                # Writes still under way when the fill stops end before its files are removed.
+                if writes:
+                    await asyncio.gather(*writes, return_exceptions=True)
             fill.received_all = True
             if fill.degraded:
                 # The files written before the disk refused one go only once every reader is past them.
