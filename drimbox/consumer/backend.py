@@ -21,12 +21,13 @@ from pydicom.dataset import Dataset
 from drimbox.audit.events import REFUSED, SUCCESS, AuditSink
 from drimbox.audit.request import RecentAccesses, audit_request
 from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
-from drimbox.consumer.evidence import SeriesEvidence, dropped_event, only_referenced, origin_of, patient_ids
+from drimbox.consumer.evidence import SeriesEvidence, dropped_event, only_referenced, origin_of
 from drimbox.consumer.kos_qido import kos_matches
+from drimbox.consumer.kos_read import read_kos
 from drimbox.consumer.retrieval import KOS_HEADER, NotWhitelisted, RetrievedInstance, SourceRefused, SourceRetriever
 from drimbox.dicomweb.backend import FileBody, NotFound, QidoQuery, StoredInstance
 from drimbox.dicomweb.json_model import metadata_from_instances
-from drimbox.manifest import KosError, KosSeries, KosSummary, parse_kos
+from drimbox.manifest import KosError, KosSeries, KosSummary
 from drimbox.state.series_cache import CachedInstance, SeriesCache
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,7 @@ class ConsumerBackend:
         if found is None:
             raise NotFound("this box has not listed this exam's manifest: open the patient's exam list first")
         try:
-            kos = await asyncio.to_thread(parse_kos, found[1])
-            patients = await asyncio.to_thread(patient_ids, found[1])
+            kos, patients = await read_kos(found[1])  # read once by the exam list already, as a rule
         except KosError:
             raise NotFound("this exam's manifest cannot be read") from None
         self._kos[kos_uid], self._patients[kos_uid] = kos, patients

@@ -11,6 +11,7 @@ from drimbox.consumer import exams as ex
 from drimbox.consumer.access import AccessIntent, AccessRules
 from drimbox.consumer.auth import ProfessionalLike
 from drimbox.consumer.exams import Exam
+from drimbox.consumer.kos_read import read_kos
 from drimbox.consumer.lookup import (
     AccessRefused,
     DmpLookup,
@@ -20,7 +21,7 @@ from drimbox.consumer.lookup import (
     PatientRef,
 )
 from drimbox.consumer.store import ConsumerStore
-from drimbox.manifest import KosError, KosSummary, parse_kos
+from drimbox.manifest import KosError, KosSummary
 from drimbox.xds.client import DmpClient
 from drimbox.xds.query import DocumentEntryInfo
 from drimbox.xds.vihf import VihfIdentity
@@ -121,10 +122,10 @@ class ExamCatalog:
     async def _kos(self, entry: DocumentEntryInfo, patient: PatientRef, identity: VihfIdentity) -> KosSummary:
         cached = await self.store.manifest(entry.unique_id)
         if cached is not None and cached[0] == patient.key:
-            return await asyncio.to_thread(parse_kos, cached[1])
+            return (await read_kos(cached[1]))[0]
         async with self._kos_slots:
             data = await self.lookup.retrieve_kos(entry, patient, identity)
-        kos = await asyncio.to_thread(parse_kos, data)
+        kos = (await read_kos(data))[0]
         if kos.sop_instance_uid != entry.unique_id:
             raise KosError("its SOP Instance UID is not the DMP entry's uniqueId")
         # Kept only once read and checked: a KOS never changes, the next list needs no ITI-43 for it.
