@@ -7,13 +7,13 @@ import asyncio
 import pytest
 
 from drimbox.consumer import kos_read
-from drimbox.manifest import KosError, KosSummary
+from drimbox.manifest import KosError, KosSummary, parse_kos
 from tests.support.consumer import make_kos, study_spec
 
 
 def test_the_same_kos_bytes_are_parsed_once_and_other_bytes_again(monkeypatch: pytest.MonkeyPatch) -> None:
     parsed: list[bytes] = []
-    real = kos_read.parse_kos
+    real = parse_kos
 
     def counting(data: bytes) -> KosSummary:
         parsed.append(data)
