@@ -12,7 +12,14 @@ import aiohttp
 import pydicom
 import pytest
 
-from drimbox.consumer.retrieval import KOS_HEADER, NotWhitelisted, SourceRetriever, SourceUnavailable
+from drimbox.consumer.retrieval import (
+    KOS_HEADER,
+    NotWhitelisted,
+    RetrievedInstance,
+    SourceRetriever,
+    SourceUnavailable,
+    StreamedInstance,
+)
 from drimbox.demo.samples.processes import free_port
 from drimbox.manifest import parse_kos
 from tests.support.drim_flow import (
@@ -218,6 +225,10 @@ class _Feed:
         chunk, self.data = self.data[: self.step], self.data[self.step :]
         return chunk
 
+    async def read(self, n: int) -> bytes:
+        chunk, self.data = self.data[: min(n, self.step)], self.data[min(n, self.step) :]
+        return chunk
+
     async def readexactly(self, n: int) -> bytes:
         if len(self.data) < n:
             raise asyncio.IncompleteReadError(self.data, n)
@@ -249,9 +260,41 @@ async def test_multipart_parts_with_or_without_content_length_in_any_chunking(wi
         body += b"--bound  \r\nContent-Type: application/dicom\r\n" + length.encode() + b"\r\n" + data + b"\r\n"
     body += b"--bound--\r\nepilogue"
     got = [i async for i in _parts(_Buffer(_Feed(body, step)), b"bound")]  # type: ignore[arg-type]
-    assert [i.data for i in got] == instances
+    assert [i.data for i in got if isinstance(i, RetrievedInstance)] == instances
     assert [i.sop_instance_uid for i in got] == ["1.2.3.0", "1.2.3.1", "1.2.3.2"]
     assert {i.transfer_syntax_uid for i in got} == {"1.2.840.10008.1.2.1"}
+
+
+def _image(uid: str, pixels: int, private: int = 0) -> bytes:
+    """A Part-10 instance with `pixels` bytes of pixel data, and a private element of `private` bytes before them."""
+    ds = pydicom.dcmread(io.BytesIO(_part10(uid, private)))
+    ds.PixelData = bytes(range(256)) * (pixels // 256)
+    ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("step", [7, 4096, 1 << 20])
+async def test_a_large_part_goes_on_once_its_head_arrived_and_what_its_reader_leaves_is_skipped(step: int) -> None:
+    from drimbox.consumer.retrieval import HEAD, _Buffer, _parts
+
+    large, skipped, long_header, small = (_image("1.2.3.1", 300_000), _image("1.2.3.2", 200_000),
+                                          _image("1.2.3.3", 100_000, private=HEAD + 100), _image("1.2.3.4", 10))  # fmt: skip
+    body = b"".join(b"--bound\r\nContent-Type: application/dicom\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(d), d)
+                    for d in (large, skipped, long_header, small)) + b"--bound--"  # fmt: skip
+    got: list[tuple[str, bytes]] = []
+    async for part in _parts(_Buffer(_Feed(body, step)), b"bound", HEAD + 1):  # type: ignore[arg-type]
+        if isinstance(part, StreamedInstance):
+            assert len(part.head) == HEAD and part.size in (len(large), len(skipped))
+            # The identity is all there before any pixel: the KOS check needs nothing more.
+            assert part.head.find(b"\xe0\x7f\x10\x00") > 0
+            rest = b"".join([c async for c in part.rest()]) if part.sop_instance_uid == "1.2.3.1" else b""
+            got.append(("streamed", part.head + rest))
+        else:
+            got.append(("whole", part.data))
+    # The second part's reader left its rest: skipped, and the parts after it are read as usual.
+    assert got == [("streamed", large), ("streamed", skipped[:HEAD]), ("whole", long_header), ("whole", small)]
 
 
 async def test_setup_consumer_images_wires_login_and_exam_checks(sim: Any, tmp_path: Path) -> None:

@@ -24,11 +24,20 @@ from drimbox.consumer.auth import ConsumerAuth, ProfessionalLike
 from drimbox.consumer.evidence import SeriesEvidence, dropped_event, only_referenced, origin_of
 from drimbox.consumer.kos_qido import kos_matches
 from drimbox.consumer.kos_read import read_kos
-from drimbox.consumer.retrieval import KOS_HEADER, NotWhitelisted, RetrievedInstance, SourceRefused, SourceRetriever
-from drimbox.dicomweb.backend import FileBody, NotFound, QidoQuery, StoredInstance
+from drimbox.consumer.retrieval import (
+    KOS_HEADER,
+    STREAM_FROM,
+    NotWhitelisted,
+    RetrievedInstance,
+    SourceRefused,
+    SourceRetriever,
+    StreamedInstance,
+)
+from drimbox.dicomweb.backend import ChunkBody, FileBody, NotFound, QidoQuery, StoredInstance
 from drimbox.dicomweb.json_model import metadata_from_instances
 from drimbox.manifest import KosError, KosSeries, KosSummary
 from drimbox.state.series_cache import CachedInstance, SeriesCache
+from drimbox.state.series_fill import follow
 
 log = logging.getLogger(__name__)
 
@@ -282,12 +291,14 @@ class ConsumerBackend:
 
     def _source(
         self, grant: Grant, url: str, evidence: SeriesEvidence
-    ) -> Callable[[], AsyncIterator[RetrievedInstance]]:
+    ) -> Callable[[], AsyncIterator[RetrievedInstance | StreamedInstance]]:
         async def dropped(evidence: SeriesEvidence, reasons: dict[str, int]) -> None:
             await self._record_dropped(grant, url, evidence, reasons)
 
-        def source() -> AsyncIterator[RetrievedInstance]:
-            received = self.retriever.iter_series(url, access_token=grant.access_token, kos_uid=grant.kos_uid)
+        def source() -> AsyncIterator[RetrievedInstance | StreamedInstance]:
+            received = self.retriever.stream_series(
+                url, access_token=grant.access_token, kos_uid=grant.kos_uid, stream_from=STREAM_FROM
+            )
             return only_referenced(received, evidence, dropped)
 
         return source
@@ -315,9 +326,13 @@ class ConsumerBackend:
         return chosen
 
     async def series_instances(
-        self, grant: Grant, kos: KosSummary, series: KosSeries, *, keep: bool = False
+        self, grant: Grant, kos: KosSummary, series: KosSeries, *, keep: bool = False, growing: bool = False
     ) -> AsyncIterator[CachedInstance]:
-        """One series of the exam, from the cache or fetched from its source with the grant's token."""
+        """One series of the exam, from the cache or fetched from its source with the grant's token.
+
+        Each instance's file is complete when yielded, unless the caller takes `growing` ones: a large instance
+        then comes as soon as its identity was checked, its file still being written (read it with follow()).
+        """
         if not series.retrieve_url:
             raise NotFound("the manifest gives no Retrieve URL for this series")
         evidence = self._evidence(kos, series)
@@ -326,6 +341,8 @@ class ConsumerBackend:
         async for instance in self.cache.series(kos.study_uid, series.series_uid, source, keep=keep, origin=origin):
             # The copy is this KOS's own; filtered again all the same: nothing unreferenced is ever served.
             if instance.sop_instance_uid in evidence.sop_uids:
+                if instance.growing is not None and not growing:
+                    await instance.growing.whole()
                 yield instance
 
     async def iter_instances(
@@ -346,7 +363,7 @@ class ConsumerBackend:
                     ahead = asyncio.create_task(self._drain(grant, kos, chosen[n + 1]))
                 # One instance wanted (a viewer's first image, a thumbnail): the series fill goes on after it is
                 # found, since the rest of the series is what the viewer asks for next.
-                async for instance in self.series_instances(grant, kos, series, keep=sop_uid is not None):
+                async for instance in self.series_instances(grant, kos, series, keep=sop_uid is not None, growing=True):
                     if sop_uid is not None and instance.sop_instance_uid != sop_uid:
                         continue
                     found = True
@@ -527,11 +544,16 @@ async def _serving() -> None:
 
 
 def _stored(instance: CachedInstance) -> StoredInstance:
+    growth = instance.growing
+    body: FileBody | ChunkBody = FileBody(Path(instance.path), instance.size)
+    if growth is not None and not growth.done:
+        # Sent as it is written: the viewer's first byte no longer waits for the whole of a large instance.
+        body = ChunkBody(lambda: follow(instance.path, growth), instance.size)
     return StoredInstance(
         study_uid=instance.study_uid,
         series_uid=instance.series_uid,
         sop_class_uid=instance.sop_class_uid,
         sop_instance_uid=instance.sop_instance_uid,
         transfer_syntax_uid=instance.transfer_syntax_uid,
-        body=FileBody(Path(instance.path), instance.size),
+        body=body,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -13,19 +12,13 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from drimbox.audit.events import REFUSED, AuditEvent
-from drimbox.consumer.retrieval import RetrievedInstance
+from drimbox.consumer.identity import quick_identity
+from drimbox.consumer.retrieval import RetrievedInstance, StreamedInstance
 from drimbox.manifest import KosSeries, KosSummary
 
 log = logging.getLogger(__name__)
 
 _TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID"]
-# The same four, by tag, for the quick reading (explicit VR little endian): tag → (name, padding its VR strips).
-_QUICK_TAGS = {0x00080018: ("SOPInstanceUID", "\x00"), 0x00100020: ("PatientID", " "),
-               0x0020000D: ("StudyInstanceUID", "\x00"), 0x0020000E: ("SeriesInstanceUID", "\x00")}  # fmt: skip
-_PIXEL_DATA = 0x7FE00010
-# Data sets not in explicit VR little endian (implicit, big endian, deflated) go to pydicom.
-_NOT_EXPLICIT_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
-_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
 
 
 def origin_of(retrieve_url: str, kos_uid: str) -> str:
@@ -59,7 +52,7 @@ class SeriesEvidence:
     def of(cls, kos: KosSummary, series: KosSeries, patients: frozenset[str]) -> SeriesEvidence:
         return cls(kos.study_uid, series.series_uid, frozenset(i.sop_instance_uid for i in series.instances), patients)
 
-    def refusal(self, instance: RetrievedInstance) -> str | None:
+    def refusal(self, instance: RetrievedInstance | StreamedInstance) -> str | None:
         """Why this instance is not the KOS's (a short reason, no identity), or None when it is."""
         if instance.sop_instance_uid not in self.sop_uids:
             return "sop_instance_not_referenced"
@@ -67,7 +60,7 @@ class SeriesEvidence:
         if quick is not None and self._matches(quick, instance):
             return None  # the common case, read in microseconds; any doubt or mismatch is pydicom's to judge
         try:
-            ds = pydicom.dcmread(io.BytesIO(instance.data), stop_before_pixels=True, specific_tags=_TAGS)
+            ds = pydicom.dcmread(io.BytesIO(_bytes_of(instance)), stop_before_pixels=True, specific_tags=_TAGS)
         except (InvalidDicomError, EOFError, ValueError, TypeError, OSError):
             return "unreadable"
         if str(ds.get("SOPInstanceUID", "")) != instance.sop_instance_uid:
@@ -80,7 +73,7 @@ class SeriesEvidence:
             return "patient_mismatch"
         return None
 
-    def _matches(self, found: dict[str, str], instance: RetrievedInstance) -> bool:
+    def _matches(self, found: dict[str, str], instance: RetrievedInstance | StreamedInstance) -> bool:
         return (
             found.get("SOPInstanceUID") == instance.sop_instance_uid
             and found.get("StudyInstanceUID") == self.study_uid
@@ -89,56 +82,31 @@ class SeriesEvidence:
         )
 
 
-def _quick_read(instance: RetrievedInstance) -> dict[str, str] | None:
-    """The four identifying values of an explicit VR little endian data set, or None when pydicom must read it.
+def _quick_read(instance: RetrievedInstance | StreamedInstance) -> dict[str, str] | None:
+    """The four identifying values read without pydicom (identity.quick_identity), or None when pydicom must read them.
 
     Profiled (perf/consumer_retrieve.py): pydicom's reading of every instance was a third of the consumer's CPU.
-    This walks the top-level elements up to the pixels, in strictly ascending order (a tag repeated further on, that
-    pydicom would read last, answers None); values are ASCII without their VR's padding, which pydicom strips too, so
-    a match here is a match there. Undefined lengths, odd VRs and non-ASCII values answer None: pydicom then reads
-    the instance as before.
     """
-    if instance.transfer_syntax_uid in _NOT_EXPLICIT_LE:
-        return None
-    data = instance.data
-    try:
-        found: dict[str, str] = {}
-        pos, previous = 132, 0
-        while pos + 8 <= len(data):
-            group, element = struct.unpack_from("<HH", data, pos)
-            tag = group << 16 | element
-            if tag <= previous:
-                return None
-            if tag >= _PIXEL_DATA:
-                break
-            previous = tag
-            vr = data[pos + 4 : pos + 6]
-            if vr in _LONG_VRS:
-                (length,) = struct.unpack_from("<I", data, pos + 8)
-                start = pos + 12
-            elif vr.isalpha() and vr.isupper():
-                (length,) = struct.unpack_from("<H", data, pos + 6)
-                start = pos + 8
-            else:
-                return None  # not a VR: not explicit VR after all
-            if length == 0xFFFFFFFF or start + length > len(data):
-                return None  # an undefined length (a sequence) or a truncated element
-            quick = _QUICK_TAGS.get(tag)
-            if quick is not None:
-                found[quick[0]] = data[start : start + length].decode("ascii").rstrip(quick[1])
-            pos = start + length
-        return found
-    except (struct.error, UnicodeDecodeError):
-        return None
+    walked = quick_identity(_bytes_of(instance), instance.transfer_syntax_uid)
+    return None if walked is None else walked[0]
+
+
+def _bytes_of(instance: RetrievedInstance | StreamedInstance) -> bytes:
+    """What the check reads: the whole instance, or the first bytes of a streamed one (up to its pixels, whole)."""
+    return instance.head if isinstance(instance, StreamedInstance) else instance.data
 
 
 Dropped = Callable[[SeriesEvidence, dict[str, int]], Awaitable[None]]
 
 
 async def only_referenced(
-    received: AsyncIterator[RetrievedInstance], evidence: SeriesEvidence, on_dropped: Dropped
-) -> AsyncIterator[RetrievedInstance]:
-    """The instances of `received` the KOS references; the others are dropped, counted by reason and reported once."""
+    received: AsyncIterator[RetrievedInstance | StreamedInstance], evidence: SeriesEvidence, on_dropped: Dropped
+) -> AsyncIterator[RetrievedInstance | StreamedInstance]:
+    """The instances of `received` the KOS references; the others are dropped, counted by reason and reported once.
+
+    A streamed instance is judged on its first bytes, which hold its whole data set up to the pixels (retrieval only
+    streams such): the rest of a dropped one is skipped by the retrieval, never seen by the cache or a reader.
+    """
     dropped: dict[str, int] = {}
     try:
         async for instance in received:

@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp.helpers import parse_mimetype
 
 from drimbox import tls
+from drimbox.consumer.identity import quick_identity
 from drimbox.dicomweb.backend import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,13 @@ MAX_HEADERS = 16 * 1024
 MAX_PREAMBLE = 64 * 1024
 # One instance is held in memory at a time; a larger part is refused rather than exhausting memory.
 MAX_INSTANCE = 2 * 1024**3
+# Parts at least this large (by their Content-Length) are handed on while they arrive (StreamedInstance) when the
+# caller asks: a multi-frame instance of hundreds of MB reaches the viewer as it comes, not once whole. Smaller ones
+# are whole before they go (a 512² CT slice is 0.5 MB): one piece is cheaper for the cache and its readers.
+STREAM_FROM = 1024 * 1024
+# What a streamed part must show of itself before it goes on: its file meta and data set up to the pixels (the
+# identity the KOS is checked against). A part whose header is longer is received whole, as a small one.
+HEAD = 64 * 1024
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
 
 
@@ -84,6 +92,40 @@ class RetrievedInstance:
     data: bytes
 
 
+class StreamedInstance:
+    """One instance whose head (file meta, data set up to the pixels) has arrived, the rest still on its way.
+
+    Fits state.series_fill.Streamed. `rest` is read once, in order, before the next part of the response; whatever
+    its reader leaves is skipped by the retrieval (a part refused by the KOS check, or sent twice).
+    """
+
+    __slots__ = ("_buffer", "_left", "head", "size", "sop_class_uid", "sop_instance_uid", "transfer_syntax_uid")
+
+    def __init__(self, identity: RetrievedInstance, size: int, buffer: _Buffer) -> None:
+        self.sop_class_uid = identity.sop_class_uid
+        self.sop_instance_uid = identity.sop_instance_uid
+        self.transfer_syntax_uid = identity.transfer_syntax_uid
+        self.head = identity.data
+        self.size = size
+        self._buffer = buffer
+        self._left = size - len(self.head)
+
+    async def rest(self) -> AsyncIterator[bytes]:
+        """The bytes after the head, in the pieces they arrive in."""
+        while self._left > 0:
+            try:
+                chunk = await self._buffer.some(self._left)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # Read by the cache's fill, outside stream_series: its errors are the same as there.
+                raise SourceUnavailable(f"source box unreachable midway: {type(exc).__name__}") from None
+            self._left -= len(chunk)
+            yield chunk
+
+    async def skip(self) -> None:
+        async for _ in self.rest():
+            pass
+
+
 class HostPolicy(Protocol):
     """What retrieval asks of the whitelist (auth.AnsWhitelist fits)."""
 
@@ -116,6 +158,15 @@ class SourceRetriever:
 
     async def iter_series(self, url: str, *, access_token: str, kos_uid: str) -> AsyncIterator[RetrievedInstance]:
         """Every instance at `url` (a series Retrieve URL), each yielded as soon as its part is complete."""
+        async for instance in self.stream_series(url, access_token=access_token, kos_uid=kos_uid):
+            if isinstance(instance, RetrievedInstance):  # always, without stream_from
+                yield instance
+
+    async def stream_series(
+        self, url: str, *, access_token: str, kos_uid: str, stream_from: int | None = None
+    ) -> AsyncIterator[RetrievedInstance | StreamedInstance]:
+        """As iter_series, but with `stream_from` a part at least that large is yielded as soon as its head has
+        arrived (StreamedInstance), its pixels following as they come."""
         if not await self.whitelist.check(url, "db"):
             raise NotWhitelisted(f"the source host of {_origin(url)} is not in the ANS whitelist of DRIMboxes")
         headers = {"Authorization": f"Bearer {access_token}", KOS_HEADER: kos_uid, "Accept": ACCEPT}
@@ -129,7 +180,7 @@ class SourceRetriever:
                 if resp.status != 200:
                     raise await _status_error(resp, url)
                 boundary = _boundary(resp.headers.get("Content-Type", ""))
-                async for instance in _parts(_Buffer(resp.content), boundary):
+                async for instance in _parts(_Buffer(resp.content), boundary, stream_from):
                     yield instance
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Refused, reset, timed out or cut short: the exam is unreachable now, not wrong.
@@ -201,6 +252,18 @@ class _Buffer:
         del self.data[:size]
         return out
 
+    async def some(self, at_most: int) -> bytes:
+        """What has arrived of the next `at_most` bytes (at least one byte)."""
+        if self.data:
+            out = bytes(self.data[:at_most])
+            del self.data[:at_most]
+            return out
+        # aiohttp joins what it has buffered up to the limit: pieces grow with the link's speed, small on a slow one.
+        chunk = await self.content.read(min(at_most, READ_SIZE))
+        if not chunk:
+            raise BadResponse("the source box's response ended in the middle of a part")
+        return chunk
+
     async def at_end(self) -> bool:
         """After a delimiter: True for the close delimiter "--", else skip the line's transport padding."""
         while len(self.data) < 2:
@@ -214,25 +277,51 @@ class _Buffer:
         return False
 
 
-async def _parts(buffer: _Buffer, boundary: bytes) -> AsyncIterator[RetrievedInstance]:
+async def _parts(
+    buffer: _Buffer, boundary: bytes, stream_from: int | None = None
+) -> AsyncIterator[RetrievedInstance | StreamedInstance]:
     delimiter = b"--" + boundary
     await buffer.until(delimiter, MAX_PREAMBLE)
     while not await buffer.at_end():
         headers = _headers(await buffer.until(b"\r\n\r\n", MAX_HEADERS))
+        kind = headers.get("content-type", "application/dicom").split(";", 1)[0].strip().lower()
+        if kind != "application/dicom":
+            raise BadResponse(f"the source box sent a {kind[:40]} part, not application/dicom")
         length = headers.get("content-length", "")
         if length.isascii() and length.isdigit():
             # The fast path (our source boxes send Content-Length): no delimiter search through the pixels.
-            if int(length) > MAX_INSTANCE:
+            size = int(length)
+            if size > MAX_INSTANCE:
                 raise BadResponse("an instance larger than the consumer accepts")
-            data = await buffer.exactly(int(length))
+            if stream_from is not None and size >= max(stream_from, HEAD + 1):
+                head = await buffer.exactly(HEAD)
+                streamed = _streamed(head, size, buffer)
+                if streamed is not None:
+                    yield streamed
+                    await streamed.skip()
+                    if await buffer.until(delimiter, MAX_HEADERS) != b"\r\n":
+                        raise BadResponse("a part is longer than its Content-Length")
+                    continue
+                data = head + await buffer.exactly(size - HEAD)
+            else:
+                data = await buffer.exactly(size)
             if await buffer.until(delimiter, MAX_HEADERS) != b"\r\n":
                 raise BadResponse("a part is longer than its Content-Length")
         else:
             data = await buffer.until(b"\r\n" + delimiter, MAX_INSTANCE)
-        kind = headers.get("content-type", "application/dicom").split(";", 1)[0].strip().lower()
-        if kind != "application/dicom":
-            raise BadResponse(f"the source box sent a {kind[:40]} part, not application/dicom")
         yield _instance(data)
+
+
+def _streamed(head: bytes, size: int, buffer: _Buffer) -> StreamedInstance | None:
+    """The part as a stream when its head holds its identity whole (up to the pixels), else None (received whole)."""
+    try:
+        identity = _instance(head)
+    except BadResponse:
+        return None  # file meta longer than the head: the whole part is judged as usual
+    walked = quick_identity(head, identity.transfer_syntax_uid)
+    if walked is None or not walked[1]:
+        return None
+    return StreamedInstance(identity, size, buffer)
 
 
 def _headers(block: bytes) -> dict[str, str]:

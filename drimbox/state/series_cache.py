@@ -17,6 +17,7 @@ import sqlite3
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,24 @@ from drimbox.state.series_fill import (
     CachedInstance,
     Cursor,
     Fill,
+    Growth,
     Received,
     SeriesInstance,
+    Streamed,
     UncachedInstance,
     readers_within,
 )
 
 # What readers of the cache get (the consumer imports them from here).
-__all__ = ["MEMORY_AHEAD", "CachedInstance", "Received", "SeriesCache", "SeriesInstance", "UncachedInstance"]
+__all__ = [
+    "MEMORY_AHEAD",
+    "CachedInstance",
+    "Received",
+    "SeriesCache",
+    "SeriesInstance",
+    "Streamed",
+    "UncachedInstance",
+]
 
 log = logging.getLogger(__name__)
 # Instances received and being written to the cache before the first of them is handed to readers: the disk's
@@ -190,7 +201,7 @@ class SeriesCache:
         self,
         study_uid: str,
         series_uid: str,
-        source: Callable[[], AsyncIterator[Received]],
+        source: Callable[[], AsyncIterator[Received | Streamed]],
         *,
         keep: bool = False,
         origin: str = "",
@@ -214,7 +225,7 @@ class SeriesCache:
         self,
         study_uid: str,
         series_uid: str,
-        source: Callable[[], AsyncIterator[Received]],
+        source: Callable[[], AsyncIterator[Received | Streamed]],
         *,
         keep: bool = False,
         origin: str = "",
@@ -227,7 +238,7 @@ class SeriesCache:
         self,
         study_uid: str,
         series_uid: str,
-        source: Callable[[], AsyncIterator[Received]],
+        source: Callable[[], AsyncIterator[Received | Streamed]],
         *,
         keep: bool,
         may_pass: bool,
@@ -282,7 +293,9 @@ class SeriesCache:
                 fill.abandoned = True
                 fill.task.cancel()
 
-    async def _fill(self, key: tuple[str, str, str], fill: Fill, source: Callable[[], AsyncIterator[Received]]) -> None:
+    async def _fill(
+        self, key: tuple[str, str, str], fill: Fill, source: Callable[[], AsyncIterator[Received | Streamed]]
+    ) -> None:
         origin, study_uid, series_uid = key
         directory = self._series_dir(study_uid, series_uid, origin)
         total = 0
@@ -312,13 +325,20 @@ class SeriesCache:
             # Each file is written in a thread while the next instance arrives, and handed to readers by a task of
             # its own as soon as it is written: awaiting each write before reading on left the source's connection
             # idle for the write's length at every instance. At most WRITES_AHEAD instances wait in memory.
-            Entry = tuple[asyncio.Future[None] | None, Received, Path]
+            # A streamed instance is handed on as its CachedInstance at once (its file growing), after those before it.
+            Entry = tuple[asyncio.Future[None] | None, Received | CachedInstance, Path]
             entries: asyncio.Queue[Entry | None] = asyncio.Queue(maxsize=WRITES_AHEAD)
             writes: set[asyncio.Future[None]] = set()
 
             async def publish(entry: Entry) -> None:
                 nonlocal total
                 write, item, path = entry
+                if isinstance(item, CachedInstance):
+                    total += item.size
+                    async with fill.changed:
+                        fill.instances.append(item)
+                        fill.changed.notify_all()
+                    return
                 if write is not None:
                     try:
                         await write
@@ -363,6 +383,16 @@ class SeriesCache:
                         continue  # a PACS may send an instance twice; a reader must see it once
                     seen.add(item.sop_instance_uid)
                     path = directory / f"{item.sop_instance_uid}.dcm"
+                    if isinstance(item, Streamed):
+                        if not (fill.may_pass or fill.degraded):
+                            growing = CachedInstance(study_uid, series_uid, item.sop_class_uid, item.sop_instance_uid,
+                                                     item.transfer_syntax_uid, path, item.size, Growth(item.size))  # fmt: skip
+                            await self._stream(fill, series_uid, growing, item, hand_on)
+                            continue
+                        # Readers that may take bytes from memory get whole instances (a disk refusing mid-file
+                        # could not be followed): gathered here, then as any received instance.
+                        item = _Whole(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax_uid,
+                                      item.head + b"".join([chunk async for chunk in item.rest()]))  # fmt: skip
                     write = None
                     if not fill.degraded:
                         write = asyncio.ensure_future(asyncio.to_thread(_write, path, item.data))
@@ -419,6 +449,51 @@ class SeriesCache:
             await self._evict()
         except (OSError, sqlite3.Error) as exc:
             log.warning("cache: eviction failed: %s", exc)
+
+    async def _stream(
+        self,
+        fill: Fill,
+        series_uid: str,
+        instance: CachedInstance,
+        item: Streamed,
+        hand_on: Callable[[tuple[None, CachedInstance, Path] | None], Awaitable[None]],
+    ) -> None:
+        """Write a streamed instance to its file as it arrives, its readers following (instance.growing).
+
+        The file exists before the instance is handed on; each piece is written in a thread while the next arrives,
+        and counted on the Growth once on disk. A fill failing or cancelled midway fails the file's readers.
+        """
+        growth = instance.growing
+        assert growth is not None
+        try:
+            fd = await asyncio.to_thread(os.open, instance.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
+        except OSError as exc:
+            self._write_failed(fill, series_uid, exc)  # raises: only fills that may not pass stream
+            raise
+        try:
+            await hand_on((None, instance, instance.path))
+            pending: asyncio.Future[int] | None = None
+            try:
+                pending = asyncio.ensure_future(asyncio.to_thread(_write_all, fd, item.head))
+                async for piece in item.rest():
+                    written = await pending
+                    growth.advance(written)
+                    pending = asyncio.ensure_future(asyncio.to_thread(_write_all, fd, piece))
+                growth.advance(await pending)
+                pending = None
+            finally:
+                if pending is not None:
+                    await asyncio.gather(pending, return_exceptions=True)  # the descriptor closes after its write
+            if growth.written != growth.size:
+                raise RuntimeError("a streamed instance ended before its size")
+            growth.finish()
+        except BaseException as exc:
+            growth.finish(exc if isinstance(exc, Exception) else RuntimeError("the series' retrieve was stopped"))
+            if isinstance(exc, OSError) and not fill.degraded:
+                self._write_failed(fill, series_uid, exc)
+            raise
+        finally:
+            await asyncio.to_thread(os.close, fd)
 
     def _write_failed(self, fill: Fill, series_uid: str, exc: OSError) -> None:
         """The cache disk refused a file: degrade the fill (readers that take bytes) or fail it; logged once."""
@@ -640,6 +715,23 @@ def _forget_index_without_origin(path: Path) -> None:
             conn.executescript("DROP TABLE IF EXISTS series; DROP TABLE IF EXISTS instances;")
     finally:
         conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Whole:
+    """A streamed instance gathered whole (a fill whose readers may take it from memory)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    data: bytes
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    return len(data)
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Received(Protocol):
@@ -21,6 +23,85 @@ class Received(Protocol):
     def data(self) -> bytes: ...
 
 
+@runtime_checkable
+class Streamed(Protocol):
+    """What a fill source may yield instead, for a large instance: its identity and first bytes, the rest to come.
+
+    The source has checked what it must on `head` (the consumer: the KOS's evidence) before yielding it; the fill
+    reads `rest` whole before asking for the next instance (consumer.retrieval.StreamedInstance fits).
+    """
+
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def transfer_syntax_uid(self) -> str: ...
+    @property
+    def head(self) -> bytes: ...
+    @property
+    def size(self) -> int: ...
+    def rest(self) -> AsyncIterator[bytes]: ...
+
+
+class Growth:
+    """A cache file still being written: how much of it is on disk, for readers that follow it as it grows."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.written = 0
+        self.error: Exception | None = None
+        self.done = False
+        self._changed = asyncio.Event()
+
+    def advance(self, n: int) -> None:
+        self.written += n
+        self._wake()
+
+    def finish(self, error: Exception | None = None) -> None:
+        self.done, self.error = True, error
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def beyond(self, position: int) -> int:
+        """How many bytes are on disk, once more than `position` are or the file is whole; raises the fill's error."""
+        while self.written <= position and not self.done:
+            await self._changed.wait()
+        if self.error is not None:
+            raise self.error
+        return self.written
+
+    async def whole(self) -> None:
+        """Return once the file is complete on disk (raises the fill's error)."""
+        while not self.done:
+            await self._changed.wait()
+        if self.error is not None:
+            raise self.error
+
+
+async def follow(path: Path, growth: Growth, piece: int = 1024 * 1024) -> AsyncIterator[bytes]:
+    """The bytes of a cache file as they are written, up to its full size."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # created before the instance was handed to any reader
+    try:
+        position = 0
+        while position < growth.size:
+            end = await growth.beyond(position)
+            while position < end:
+                # Read on the loop: these bytes were written a moment ago and sit in the page cache.
+                data = os.pread(fd, min(piece, end - position), position)
+                if not data:
+                    raise OSError("the cache file is shorter than what was written to it")
+                position += len(data)
+                yield data
+            if growth.done and position < growth.size:
+                raise OSError("the cache file ended before its size")
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True, slots=True)
 class CachedInstance:
     study_uid: str
@@ -30,6 +111,8 @@ class CachedInstance:
     transfer_syntax_uid: str
     path: Path
     size: int
+    # Set while the file is still being written (a Streamed instance): read it with `follow`, or await its `whole`.
+    growing: Growth | None = None
 
 
 @dataclass(frozen=True, slots=True)
