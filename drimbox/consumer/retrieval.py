@@ -245,7 +245,9 @@ class _Buffer:
                 rest = await self.content.readexactly(size - len(self.data))
             except asyncio.IncompleteReadError:
                 raise BadResponse("the source box's response ended in the middle of a part") from None
-            out = bytes(self.data) + rest
+            if not self.data:
+                return rest
+            out = b"".join((self.data, rest))  # one copy, not two
             self.data.clear()
             return out
         out = bytes(self.data[:size])
