@@ -297,6 +297,50 @@ async def test_a_large_part_goes_on_once_its_head_arrived_and_what_its_reader_le
     assert got == [("streamed", large), ("streamed", skipped[:HEAD]), ("whole", long_header), ("whole", small)]
 
 
+class _SlowFeed(_Feed):
+    """A body arriving at `rate` bytes a second."""
+
+    def __init__(self, data: bytes, step: int, rate: float) -> None:
+        super().__init__(data, step)
+        self.rate = rate
+
+    async def read(self, n: int) -> bytes:
+        chunk = await super().read(n)
+        await asyncio.sleep(len(chunk) / self.rate)
+        return chunk
+
+    async def readany(self) -> bytes:
+        return await self.read(self.step)
+
+    async def readexactly(self, n: int) -> bytes:
+        chunks = []
+        while n > 0 and self.data:
+            chunks.append(await self.read(n))
+            n -= len(chunks[-1])
+        if n:
+            raise asyncio.IncompleteReadError(b"".join(chunks), n)
+        return b"".join(chunks)
+
+
+@pytest.mark.parametrize(("rate", "streamed"), [(None, [True, False, False, False]), (5e6, [True, True, True, True])])
+async def test_below_stream_from_a_part_streams_when_the_link_is_slow_and_the_first_one_always(
+    rate: float | None, streamed: list[bool]
+) -> None:
+    """A 200 KB part takes 40 ms at 5 MB/s (a slow link: streamed), microseconds from memory (whole)."""
+    from drimbox.consumer.retrieval import STREAM_FROM, _Buffer, _parts
+
+    images = [_image(f"1.2.3.{n}", 200_000) for n in range(4)]
+    body = b"".join(b"--bound\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(d), d) for d in images) + b"--bound--"
+    feed = _Feed(body, 1 << 16) if rate is None else _SlowFeed(body, 1 << 16, rate)
+    got: list[tuple[bool, bytes]] = []
+    async for part in _parts(_Buffer(feed), b"bound", STREAM_FROM):  # type: ignore[arg-type]
+        if isinstance(part, StreamedInstance):
+            got.append((True, part.head + b"".join([c async for c in part.rest()])))
+        else:
+            got.append((False, part.data))
+    assert got == list(zip(streamed, images, strict=True))
+
+
 async def test_setup_consumer_images_wires_login_and_exam_checks(sim: Any, tmp_path: Path) -> None:
     """What app.py gets from consumer.images: the routes need a login and an exam this box listed."""
     from aiohttp.test_utils import TestClient, TestServer
