@@ -33,6 +33,8 @@ from perf.measure import (
     rss_mb,
 )
 from perf.report import write_report
+from perf.wan import PROFILES
+from perf.wan_suite import measure_wan
 
 
 def say(text: str) -> None:
@@ -145,10 +147,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measure_orthanc(results, orthanc, shapes)
             measure_boxes(results, work, orthanc, shapes, files, args)
             measure_browser(results, work, orthanc, shapes["ct300"])
+            if args.wan:
+                run_wan(results, work, orthanc, shapes["ct300"], args)
         finally:
             orthanc.stop()
     compute_targets(results)
     return results
+
+
+def run_wan(
+    results: dict[str, Any], work: Path, orthanc: OrthancServer, spec: StudySpec, args: argparse.Namespace
+) -> None:
+    """The WAN section (perf.wan_suite): only with --wan, it takes minutes (158 MB per profile and client)."""
+    viewer = shutil.which(CHROMIUM) is not None and importlib.util.find_spec("playwright") is not None
+    if not viewer:
+        results["notes"].append(f"WAN viewer figures skipped: {CHROMIUM} or the playwright package is missing")
+    profiles = [PROFILES[name] for name in args.wan_profiles.split(",")]
+    measure_wan(results, work, orthanc, spec, profiles, check_mb=50, viewer=viewer)
 
 
 def measure_orthanc(results: dict[str, Any], orthanc: OrthancServer, shapes: dict[str, StudySpec]) -> None:
@@ -317,6 +332,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__)
     parser.add_argument("--full", action="store_true", help="the full ANS shape (1300 JPEG-LS instances)")
     parser.add_argument("--out", default="perf/results/latest", help="report directory")
+    parser.add_argument("--wan", action="store_true", help="also over emulated WAN links (root; ~12 minutes)")
+    parser.add_argument("--wan-profiles", default=",".join(PROFILES), help="the --wan profiles (default: all)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     results = run(args)

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
@@ -63,12 +64,12 @@ def _ip(*args: str, netns: str | None = None) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
-def _tbf(dev: str, profile: Profile, netns: str | None = None) -> None:
+def _tbf(dev: str, profile: Profile, netns: str | None = None, verb: str = "add") -> None:
     # burst must hold a whole GSO packet (64 KiB on a veth) or tbf would split every one; the queue holds 50 ms.
     rate = int(profile.bytes_per_s)
     burst = max(64 * 1024, rate // 200)
     limit = max(2 * burst, rate // 20)
-    cmd = ["tc", *(["-n", netns] if netns else []), "qdisc", "add", "dev", dev, "root", "tbf",
+    cmd = ["tc", *(["-n", netns] if netns else []), "qdisc", verb, "dev", dev, "root", "tbf",
            "rate", f"{rate * 8}bit", "burst", str(burst), "limit", str(limit)]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
@@ -232,6 +233,16 @@ class WanLink:
             self._loop = None
         subprocess.run(["ip", "link", "del", self.host_dev], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, check=False)
+
+    def reshape(self, profile: Profile) -> None:
+        """Give the link another profile (the next connections through the relays take its delays)."""
+        self.profile = profile
+        _tbf(self.host_dev, profile, verb="replace")
+        _tbf(self.ns_dev, profile, netns=self.netns, verb="replace")
+
+    def bytes_to_client(self) -> int:
+        """Bytes the link has carried towards the namespace (the veth's counter: IP and TCP headers included)."""
+        return int(Path(f"/sys/class/net/{self.host_dev}/statistics/tx_bytes").read_text())
 
     def port(self, target_port: int) -> int:
         """The port, on host_ip, that reaches 127.0.0.1:target_port across the link (a relay, made once)."""

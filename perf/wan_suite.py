@@ -1,0 +1,284 @@
+"""The perf suite over emulated WAN links: each figure as a ratio to the link's limit, beside Orthanc on the same link.
+
+    python -m perf.wan_suite [--profiles hospital,office,mobile] [--check-mb 50] [--out perf/results/wan]
+    python -m perf --wan ...     (the same, inside the whole suite's run and report)
+
+One link (perf/wan.py) carries every client: curl and Chromium run in its namespace; the box, the simulator and
+Orthanc stay on 127.0.0.1 and are reached through its relays. The link is reshaped from profile to profile, so one box
+and one login serve them all. The limit of a transfer is its bytes ÷ the link's rate plus the round trips the
+protocol needs: 2 for one curl GET (handshake, request), VIEWER_ROUND_TRIPS for the viewer (see there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from drimbox.auth.operator import operator_token_hash
+from drimbox.demo.main import operator_request
+from drimbox.demo.mesh import DEMO_OPERATOR_TOKEN
+from drimbox.demo.samples.orthanc import OrthancServer, start_orthanc
+from drimbox.demo.samples.processes import DrimboxProcess, free_port, write_config
+from drimbox.demo.samples.studies import StudySpec, write_study
+from perf.first_image import CHROMIUM, RADIOLOGIST, _publish
+from perf.measure import AS_STORED, Fetch
+from perf.wan import PROFILES, Profile, WanLink
+from perf.wan_check import check
+
+CURL_ROUND_TRIPS = 2
+# Report link → redirect, the viewer's page, its script, its modules, the instance list, the first frame: 6
+# dependent requests after the handshake. A lower bound: the viewer may need more (metadata before the frame).
+VIEWER_ROUND_TRIPS = 7
+
+# Resource Timing keeps 250 entries by default: a 300-slice pass needs more to count its bytes.
+_TIMING_BUFFER = "performance.setResourceTimingBufferSize(100000)"
+_BYTES = """() => {
+  const mark = performance.getEntriesByName('first-image')[0].startTime;
+  const all = [...performance.getEntriesByType('navigation'), ...performance.getEntriesByType('resource')];
+  const sum = (list) => list.reduce((s, e) => s + (e.transferSize || 0), 0);
+  return { first_image_ms: mark, bytes_first: sum(all.filter((e) => e.responseEnd <= mark)), bytes_all: sum(all) };
+}"""
+# Every slice shown, one step after another (ArrowDown, then wait for the canvas to say it drew that slice).
+_ALL_SLICES = """async () => {
+  const canvas = document.getElementById('image');
+  const total = Number(document.getElementById('position').textContent.split('/')[1]);
+  let longest = 0;
+  for (let i = 1; i < total; i++) {
+    const asked = performance.now();
+    document.dispatchEvent(new KeyboardEvent('keydown', { key: 'ArrowDown' }));
+    while (canvas.dataset.index !== String(i)) await new Promise((r) => setTimeout(r, 1));
+    longest = Math.max(longest, performance.now() - asked);
+  }
+  return { slices: total, all_shown_ms: performance.now(), longest_step_ms: longest };
+}"""
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] wan: {text}", flush=True)
+
+
+def figure(
+    profile: Profile, name: str, nbytes: float, seconds: float, round_trips: float, **extra: Any
+) -> dict[str, Any]:
+    limit = profile.limit_s(nbytes, round_trips)
+    return {"profile": profile.name, "name": name, "mb": round(nbytes / 1e6, 2), "seconds": round(seconds, 3),
+            "limit_s": round(limit, 3), "ratio": round(seconds / limit, 3), "round_trips": round_trips,
+            **extra}  # fmt: skip
+
+
+def curl_in(link: WanLink, url: str, accept: str = AS_STORED, timeout: float = 900) -> Fetch:
+    """One GET by curl in the link's namespace, body discarded."""
+    args = link.inside(["curl", "-s", "-o", "/dev/null", "--max-time", str(timeout), "-H", f"Accept: {accept}",
+                        "-w", "%{http_code} %{size_download} %{time_starttransfer} %{time_total}", url])  # fmt: skip
+    out = subprocess.run(args, capture_output=True, text=True, timeout=timeout + 10, check=True).stdout
+    code, size, first, total = out.split()
+    if code != "200":
+        raise RuntimeError(f"{url}: HTTP {code}")
+    return Fetch(status=int(code), bytes=int(size), ttfb_s=float(first), total_s=float(total))
+
+
+@contextmanager
+def browser_in(link: WanLink, work: Path) -> Iterator[Any]:
+    """Headless Chromium whose network is the link's namespace (a wrapper runs it there; Playwright's pipe follows)."""
+    from playwright.sync_api import sync_playwright
+
+    wrapper = work / "chromium-in-netns"
+    wrapper.write_text(f'#!/bin/sh\nexec {" ".join(link.inside([CHROMIUM]))} "$@"\n')
+    wrapper.chmod(0o755)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(wrapper), headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                          "--disable-component-update", "--no-first-run"])  # fmt: skip
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _start_box(work: Path, orthanc: OrthancServer, link: WanLink, sim_port: int) -> tuple[DrimboxProcess, int]:
+    """A Proxy box whose public URL (redirects, cookies) and PSC issuer are their addresses across the link."""
+    http, mllp, dicom = free_port(), free_port(), free_port()
+    orthanc.add_modality("DRIMBOX", "127.0.0.1", dicom)
+    public = f"http://{link.host_ip}:{link.port(http)}"
+    cfg = write_config(work / "wan-box.toml", {
+        "box": {"var_dir": str(work / "wan-box"), "profile": "proxy", "public_url": public},
+        "http": {"port": http}, "mllp": {"port": mllp}, "dicom": {"port": dicom},
+        "pacs": {"ae_title": orthanc.aet, "port": orthanc.dicom_port},
+        "dmp": {"url": f"http://127.0.0.1:{sim_port}/dmp"},
+        "psc": {"issuer": f"http://{link.host_ip}:{link.port(sim_port)}/psc"},
+        # /dicom-web open, as for Orthanc beside it (curl has no session); the viewer still logs in for the link.
+        "auth": {"authorize_params": ["sim_auto=1"], "operator_token": operator_token_hash(DEMO_OPERATOR_TOKEN),
+                 "protect_dicomweb": False},
+    })  # fmt: skip
+    box = DrimboxProcess("serve", cfg, f"http://127.0.0.1:{http}/health", work / "wan-box.log").start()
+    return box, mllp
+
+
+def _empty_cache(local: str) -> None:
+    urllib.request.urlopen(operator_request(f"{local}/api/cache", "DELETE"), timeout=30).close()
+
+
+def _viewer_runs(
+    browser: Any, session: Any, link: WanLink, local: str, report_link: str, cold: int, all_slices: bool
+) -> list[dict[str, Any]]:
+    """Cold runs (box cache emptied, fresh browser profile): first image, and in the last one every slice shown."""
+    runs = []
+    for n in range(cold):
+        _empty_cache(local)
+        context = browser.new_context(storage_state=session, viewport={"width": 1280, "height": 800})
+        context.add_init_script(_TIMING_BUFFER)
+        page = context.new_page()
+        page.set_default_timeout(600_000)
+        try:
+            page.goto(report_link)
+            page.wait_for_selector("body[data-state=ready], body[data-state=error]")
+            if page.get_attribute("body", "data-state") != "ready":
+                raise RuntimeError(f"the viewer failed over the link: {page.inner_text('#message')}")
+            run: dict[str, Any] = page.evaluate(_BYTES)
+            if all_slices and n == cold - 1:
+                run.update(page.evaluate(_ALL_SLICES))
+                run["bytes_all"] = page.evaluate(_BYTES)["bytes_all"]
+            runs.append(run)
+        finally:
+            context.close()
+    return runs
+
+
+def measure_wan(
+    results: dict[str, Any],
+    work: Path,
+    orthanc: OrthancServer,
+    spec: StudySpec,
+    profiles: list[Profile],
+    check_mb: float = 50,
+    viewer: bool = True,
+) -> None:
+    """Fill results["wan"]: the emulator's own check, then per profile the figures against the limit."""
+    wan: dict[str, Any] = results.setdefault("wan", {"check": [], "figures": [], "notes": []})
+    say(f"the emulator against its nominal figures ({check_mb:.0f} MB bulk, kept-alive RTT)")
+    wan["check"] = check(profiles, check_mb)
+    wan["notes"].append(
+        f"limits: bytes ÷ nominal rate + round trips ({CURL_ROUND_TRIPS} for one curl GET, {VIEWER_ROUND_TRIPS} "
+        "for the viewer's first image); the nominal rate is the line's, TCP/IP headers included, so ~0.96 of it "
+        "carries payload (see the check)."
+    )
+    if any(p.loss for p in profiles):
+        wan["notes"].append("loss is not emulated (no netem in this kernel): the mobile profile is its rate and RTT")
+    with WanLink(profiles[0]) as link:
+        sim_port = free_port()
+        sim_public = f"http://{link.host_ip}:{link.port(sim_port)}"
+        sim_cfg = write_config(work / "wan-sim.toml",
+                               {"sim": {"port": sim_port, "var_dir": str(work / "wan-sim"), "public_url": sim_public}})  # fmt: skip
+        sim = DrimboxProcess("sim", sim_cfg, f"http://127.0.0.1:{sim_port}/sim/dmp/documents?patient=0",
+                             work / "wan-sim.log").start()  # fmt: skip
+        try:
+            box, mllp = _start_box(work, orthanc, link, sim_port)
+            try:
+                local = box.health_url.rsplit("/", 1)[0]
+                public = link.expose(local)
+                report_link = _publish(local, mllp, spec).replace(local, public)
+                box_study = f"{public}/dicom-web/studies/{spec.study_uid}"
+                orthanc_study = link.expose(f"{orthanc.dicomweb_url}/studies/{spec.study_uid}")
+                _measure_profiles(
+                    wan, work, link, profiles, local, public, report_link, box_study, orthanc_study, viewer
+                )
+            finally:
+                box.stop()
+        finally:
+            sim.stop()
+
+
+def _measure_profiles(
+    wan: dict[str, Any],
+    work: Path,
+    link: WanLink,
+    profiles: list[Profile],
+    local: str,
+    public: str,
+    report_link: str,
+    box_study: str,
+    orthanc_study: str,
+    viewer: bool,
+) -> None:
+    figures: list[dict[str, Any]] = wan["figures"]
+    with contextlib_nullable(viewer, link, work) as browser:
+        session = None
+        if browser is not None:
+            login = browser.new_context()
+            login.new_page().goto(f"{public}/auth/login?" + urlencode({"next": "/viewer/", "login_hint": RADIOLOGIST}))
+            session = login.storage_state()
+            login.close()
+        for profile in profiles:
+            link.reshape(profile)
+            say(f"{profile.name}: Orthanc WADO-RS, CT 300")
+            f = curl_in(link, orthanc_study)
+            figures.append(figure(profile, "Orthanc WADO-RS, CT 300 (curl)", f.bytes, f.total_s, CURL_ROUND_TRIPS,
+                                  ttfb_ms=round(f.ttfb_s * 1000)))  # fmt: skip
+            say(f"{profile.name}: box Proxy WADO-RS cold, CT 300")
+            _empty_cache(local)
+            f = curl_in(link, box_study)
+            figures.append(figure(profile, "box Proxy WADO-RS cold, CT 300 (curl)", f.bytes, f.total_s,
+                                  CURL_ROUND_TRIPS, ttfb_ms=round(f.ttfb_s * 1000)))  # fmt: skip
+            if browser is None:
+                continue
+            say(f"{profile.name}: the viewer over the link, cold: first image ×2, then every slice shown")
+            runs = _viewer_runs(browser, session, link, local, report_link, cold=2, all_slices=True)
+            first = statistics.median(r["first_image_ms"] for r in runs) / 1000
+            first_bytes = statistics.median(r["bytes_first"] for r in runs)
+            figures.append(figure(profile, "viewer: report link → first image (Chromium, cold)", first_bytes, first,
+                                  VIEWER_ROUND_TRIPS, runs_ms=[round(r["first_image_ms"]) for r in runs]))  # fmt: skip
+            last = runs[-1]
+            figures.append(figure(profile, f"viewer: report link → all {last['slices']} slices shown (Chromium, cold)",
+                                  last["bytes_all"], last["all_shown_ms"] / 1000, VIEWER_ROUND_TRIPS,
+                                  longest_step_ms=round(last["longest_step_ms"])))  # fmt: skip
+
+
+@contextmanager
+def contextlib_nullable(viewer: bool, link: WanLink, work: Path) -> Iterator[Any]:
+    """The browser in the link's namespace, or None when the viewer is not measured (or cannot be)."""
+    if not viewer:
+        yield None
+        return
+    with browser_in(link, work) as browser:
+        yield browser
+
+
+def main() -> None:
+    from perf.report import write_report
+    from perf.suite import studies
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profiles", default=",".join(PROFILES), help="comma-separated (default: all)")
+    parser.add_argument("--check-mb", type=float, default=50, help="the emulator check's bulk size (default 50)")
+    parser.add_argument("--no-viewer", action="store_true", help="curl figures only (no Chromium)")
+    parser.add_argument("--out", default="perf/results/wan", help="report directory")
+    args = parser.parse_args()
+    spec = studies(full=False)["ct300"]
+    results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "notes": []}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="drimbox-perf-wan-") as tmp:
+        work = Path(tmp)
+        files = write_study(work / "ct300", spec)
+        orthanc = start_orthanc(work / "orthanc")
+        try:
+            orthanc.store_files(files)
+            profiles = [PROFILES[name] for name in args.profiles.split(",")]
+            measure_wan(results, work, orthanc, spec, profiles, args.check_mb, viewer=not args.no_viewer)
+        finally:
+            orthanc.stop()
+    results["duration_s"] = round(time.perf_counter() - started, 1)
+    say(f"report written to {write_report(results, Path(args.out))}")
+
+
+if __name__ == "__main__":
+    main()
