@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import os
+import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -98,29 +100,74 @@ def sweep() -> None:
             subprocess.run(["ip", "link", "del", parts[1].split("@")[0]], capture_output=True, check=False)
 
 
-class _Relay:
-    """One listening port on the host's end of the veth, forwarding to 127.0.0.1:target with the link's delays."""
+_CLONE_NEWNET = 0x40000000
 
-    def __init__(self, link: WanLink, target_port: int) -> None:
-        self.link, self.target_port = link, target_port
+
+def _in_netns(netns: str, make: Callable[[], socket.socket]) -> socket.socket:
+    """make() run with this thread in the namespace: the socket it makes lives there (setns is per thread)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{netns}") as there:
+        if libc.setns(there.fileno(), _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {netns}")
+        try:
+            return make()
+        finally:
+            if libc.setns(home.fileno(), _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back home")
+
+
+class _Relay:
+    """A listening socket forwarding each connection to a target, with the link's delays when `delayed`.
+
+    Delayed: on the host's end of the veth, to 127.0.0.1:target_port. Not delayed (`netns` given): on the
+    namespace's own 127.0.0.1:target_port, to the delayed relay across the veth, so that a client in the namespace
+    uses the very URLs of the host (http://127.0.0.1:P: the same cookies, redirects, OAuth's loopback exception).
+    """
+
+    def __init__(self, link: WanLink, target_port: int, via: int | None = None) -> None:
+        self.link, self.target_port, self.via = link, target_port, via
         self.server: asyncio.Server | None = None
         self.port = 0
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, self.link.host_ip, 0)
+        if self.via is None:
+            self.server = await asyncio.start_server(self._serve, self.link.host_ip, 0)
+        else:
+
+            def listener() -> socket.socket:
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", self.target_port))
+                sock.listen(128)
+                return sock
+
+            self.server = await asyncio.start_server(self._serve, sock=_in_netns(self.link.netns, listener))
         self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.via is None:
+            return await asyncio.open_connection("127.0.0.1", self.target_port)
+        sock = _in_netns(self.link.netns, socket.socket)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (self.link.host_ip, self.via))
+        except OSError:
+            sock.close()
+            raise
+        return await asyncio.open_connection(sock=sock)
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         accepted = time.monotonic()
         try:
-            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+            server_r, server_w = await self._connect()
         except OSError:
             client_w.close()
             return
-        rtt = self.link.profile.rtt_ms / 1000
-        window = max(256 * 1024, int(self.link.profile.bytes_per_s * rtt * 2))
-        up = self._pump(client_r, server_w, not_before=accepted + rtt, window=window)
-        down = self._pump(server_r, client_w, not_before=0.0, window=window)
+        profile = self.link.profile
+        rtt, half = (profile.rtt_ms / 1000, profile.rtt_ms / 2000) if self.via is None else (0.0, 0.0)
+        window = max(256 * 1024, int(profile.bytes_per_s * profile.rtt_ms / 1000 * 2))
+        up = self._pump(client_r, server_w, half, not_before=accepted + rtt, window=window)
+        down = self._pump(server_r, client_w, half, not_before=0.0, window=window)
         try:
             await asyncio.gather(up, down)
         except (OSError, asyncio.CancelledError):
@@ -129,9 +176,10 @@ class _Relay:
             for w in (client_w, server_w):
                 w.close()
 
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, not_before: float, window: int) -> None:
-        """Copy src to dst, each chunk held half the RTT (the first ones also until not_before), ≤ window in flight."""
-        half = self.link.profile.rtt_ms / 2000
+    async def _pump(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, half: float, not_before: float, window: int
+    ) -> None:
+        """Copy src to dst, each chunk held `half` s (the first ones also until not_before), ≤ window in flight."""
         line: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         room = asyncio.Condition()
         in_flight = 0
@@ -189,6 +237,7 @@ class WanLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._relays: dict[int, _Relay] = {}
+        self._shared: dict[int, _Relay] = {}
 
     def __enter__(self) -> WanLink:
         try:
@@ -218,7 +267,7 @@ class WanLink:
             loop = self._loop
 
             async def stop() -> None:
-                for relay in self._relays.values():
+                for relay in [*self._relays.values(), *self._shared.values()]:
                     if relay.server is not None:
                         relay.server.close()
                 for task in asyncio.all_tasks():
@@ -252,6 +301,15 @@ class WanLink:
             asyncio.run_coroutine_threadsafe(relay.start(), self._loop).result(5)
             self._relays[target_port] = relay
         return self._relays[target_port].port
+
+    def share(self, *target_ports: int) -> None:
+        """Make http://127.0.0.1:P in the namespace reach 127.0.0.1:P of the host, across the link, for each P."""
+        assert self._loop is not None, "the link is not up"
+        for target in target_ports:
+            if target not in self._shared:
+                relay = _Relay(self, target, via=self.port(target))
+                asyncio.run_coroutine_threadsafe(relay.start(), self._loop).result(5)
+                self._shared[target] = relay
 
     def expose(self, url: str) -> str:
         """The same URL as the client in the namespace must write it: http://127.0.0.1:P/x → http://host_ip:R/x."""

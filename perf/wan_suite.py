@@ -3,8 +3,8 @@
     python -m perf.wan_suite [--profiles hospital,office,mobile] [--check-mb 50] [--out perf/results/wan]
     python -m perf --wan ...     (the same, inside the whole suite's run and report)
 
-One link (perf/wan.py) carries every client: curl and Chromium run in its namespace; the box, the simulator and
-Orthanc stay on 127.0.0.1 and are reached through its relays. The link is reshaped from profile to profile, so one box
+One link (perf/wan.py) carries every client: curl and Chromium run in its namespace, where 127.0.0.1:P of the box,
+the simulator and Orthanc lead across the link to the host's (so the URLs are the same on both sides). The link is reshaped from profile to profile, so one box
 and one login serve them all. The limit of a transfer is its bytes ÷ the link's rate plus the round trips the
 protocol needs: 2 for one curl GET (handshake, request), VIEWER_ROUND_TRIPS for the viewer (see there).
 """
@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from drimbox.auth.operator import operator_token_hash
 from drimbox.demo.main import operator_request
@@ -48,15 +48,20 @@ _BYTES = """() => {
   const sum = (list) => list.reduce((s, e) => s + (e.transferSize || 0), 0);
   return { first_image_ms: mark, bytes_first: sum(all.filter((e) => e.responseEnd <= mark)), bytes_all: sum(all) };
 }"""
-# Every slice shown, one step after another (ArrowDown, then wait for the canvas to say it drew that slice).
+# Every slice shown (the viewer opens mid-stack): Home, then one step after another to the end, each time waiting
+# for the canvas to say it drew that slice.
 _ALL_SLICES = """async () => {
   const canvas = document.getElementById('image');
   const total = Number(document.getElementById('position').textContent.split('/')[1]);
+  const key = (name) => document.dispatchEvent(new KeyboardEvent('keydown', { key: name }));
+  const drawn = async (i) => { while (canvas.dataset.index !== String(i)) await new Promise((r) => setTimeout(r, 1)); };
+  key('Home');
+  await drawn(0);
   let longest = 0;
   for (let i = 1; i < total; i++) {
     const asked = performance.now();
-    document.dispatchEvent(new KeyboardEvent('keydown', { key: 'ArrowDown' }));
-    while (canvas.dataset.index !== String(i)) await new Promise((r) => setTimeout(r, 1));
+    key('ArrowDown');
+    await drawn(i);
     longest = Math.max(longest, performance.now() - asked);
   }
   return { slices: total, all_shown_ms: performance.now(), longest_step_ms: longest };
@@ -105,18 +110,16 @@ def browser_in(link: WanLink, work: Path) -> Iterator[Any]:
             browser.close()
 
 
-def _start_box(work: Path, orthanc: OrthancServer, link: WanLink, sim_port: int) -> tuple[DrimboxProcess, int]:
-    """A Proxy box whose public URL (redirects, cookies) and PSC issuer are their addresses across the link."""
+def _start_box(work: Path, orthanc: OrthancServer, sim_port: int) -> tuple[DrimboxProcess, int]:
+    """A Proxy box as perf.first_image starts it, with /dicom-web open (curl, like Orthanc beside it, has no session)."""
     http, mllp, dicom = free_port(), free_port(), free_port()
     orthanc.add_modality("DRIMBOX", "127.0.0.1", dicom)
-    public = f"http://{link.host_ip}:{link.port(http)}"
+    sim_url = f"http://127.0.0.1:{sim_port}"
     cfg = write_config(work / "wan-box.toml", {
-        "box": {"var_dir": str(work / "wan-box"), "profile": "proxy", "public_url": public},
+        "box": {"var_dir": str(work / "wan-box"), "profile": "proxy", "public_url": f"http://127.0.0.1:{http}"},
         "http": {"port": http}, "mllp": {"port": mllp}, "dicom": {"port": dicom},
         "pacs": {"ae_title": orthanc.aet, "port": orthanc.dicom_port},
-        "dmp": {"url": f"http://127.0.0.1:{sim_port}/dmp"},
-        "psc": {"issuer": f"http://{link.host_ip}:{link.port(sim_port)}/psc"},
-        # /dicom-web open, as for Orthanc beside it (curl has no session); the viewer still logs in for the link.
+        "dmp": {"url": f"{sim_url}/dmp"}, "psc": {"issuer": f"{sim_url}/psc"},
         "auth": {"authorize_params": ["sim_auto=1"], "operator_token": operator_token_hash(DEMO_OPERATOR_TOKEN),
                  "protect_dicomweb": False},
     })  # fmt: skip
@@ -174,28 +177,25 @@ def measure_wan(
     )
     if any(p.loss for p in profiles):
         wan["notes"].append("loss is not emulated (no netem in this kernel): the mobile profile is its rate and RTT")
-    with WanLink(profiles[0]) as link:
-        sim_port = free_port()
-        sim_public = f"http://{link.host_ip}:{link.port(sim_port)}"
-        sim_cfg = write_config(work / "wan-sim.toml",
-                               {"sim": {"port": sim_port, "var_dir": str(work / "wan-sim"), "public_url": sim_public}})  # fmt: skip
-        sim = DrimboxProcess("sim", sim_cfg, f"http://127.0.0.1:{sim_port}/sim/dmp/documents?patient=0",
-                             work / "wan-sim.log").start()  # fmt: skip
+    sim_port = free_port()
+    sim_cfg = write_config(work / "wan-sim.toml", {"sim": {"port": sim_port, "var_dir": str(work / "wan-sim")}})
+    sim = DrimboxProcess("sim", sim_cfg, f"http://127.0.0.1:{sim_port}/sim/dmp/documents?patient=0",
+                         work / "wan-sim.log").start()  # fmt: skip
+    try:
+        box, mllp = _start_box(work, orthanc, sim_port)
         try:
-            box, mllp = _start_box(work, orthanc, link, sim_port)
-            try:
-                local = box.health_url.rsplit("/", 1)[0]
-                public = link.expose(local)
-                report_link = _publish(local, mllp, spec).replace(local, public)
-                box_study = f"{public}/dicom-web/studies/{spec.study_uid}"
-                orthanc_study = link.expose(f"{orthanc.dicomweb_url}/studies/{spec.study_uid}")
-                _measure_profiles(
-                    wan, work, link, profiles, local, public, report_link, box_study, orthanc_study, viewer
-                )
-            finally:
-                box.stop()
+            local = box.health_url.rsplit("/", 1)[0]
+            report_link = _publish(local, mllp, spec)
+            box_study = f"{local}/dicom-web/studies/{spec.study_uid}"
+            orthanc_study = f"{orthanc.dicomweb_url}/studies/{spec.study_uid}"
+            with WanLink(profiles[0]) as link:
+                # The namespace's 127.0.0.1:P is the host's across the link: the same URLs on both sides.
+                link.share(*(urlsplit(u).port or 80 for u in (local, orthanc_study)), sim_port)
+                _measure_profiles(wan, work, link, profiles, local, report_link, box_study, orthanc_study, viewer)
         finally:
-            sim.stop()
+            box.stop()
+    finally:
+        sim.stop()
 
 
 def _measure_profiles(
@@ -204,7 +204,6 @@ def _measure_profiles(
     link: WanLink,
     profiles: list[Profile],
     local: str,
-    public: str,
     report_link: str,
     box_study: str,
     orthanc_study: str,
@@ -215,7 +214,7 @@ def _measure_profiles(
         session = None
         if browser is not None:
             login = browser.new_context()
-            login.new_page().goto(f"{public}/auth/login?" + urlencode({"next": "/viewer/", "login_hint": RADIOLOGIST}))
+            login.new_page().goto(f"{local}/auth/login?" + urlencode({"next": "/viewer/", "login_hint": RADIOLOGIST}))
             session = login.storage_state()
             login.close()
         for profile in profiles:
