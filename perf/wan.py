@@ -1,12 +1,13 @@
 """An emulated WAN link for the perf suite: a network namespace behind a `tbf`-shaped veth pair, and a delay relay.
 
     with WanLink(PROFILES["office"]) as link:
-        url = link.expose("http://127.0.0.1:8042/dicom-web")   # → http://10.213.x.1:<port>/dicom-web
-        subprocess.run(link.inside(["curl", url]))             # curl runs in the namespace, on the link
+        link.share(8042)                                   # the namespace's 127.0.0.1:8042 is the host's, across
+        subprocess.run(link.inside(["curl", "http://127.0.0.1:8042/dicom-web/studies"]))
 
 The client (curl, Chromium, a consumer box) runs in the namespace; its only way out is the veth pair, shaped by a
 `tbf` qdisc at each end (the link's bandwidth, both directions). The servers keep listening on 127.0.0.1: each one
-the client needs is exposed through a relay listening on the veth's host address, which holds every chunk for half
+the client needs is shared (`share`: a listener on the namespace's own 127.0.0.1:P, so URLs are the same on both
+sides) or exposed (`expose`: the host's end of the veth) through a relay there, which holds every chunk for half
 the RTT in each direction, holds the first request bytes of a connection one more RTT (the TCP handshake a real
 link costs; the veth's own is instant) and keeps at most the link's bandwidth-delay product in flight, so a server
 feels back-pressure as on a real line. `netem` is not in this kernel, hence the relay for latency. Loss is not

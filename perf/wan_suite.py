@@ -12,6 +12,7 @@ protocol needs: 2 for one curl GET (handshake, request), VIEWER_ROUND_TRIPS for 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import tempfile
@@ -34,6 +35,7 @@ from perf.first_image import CHROMIUM, RADIOLOGIST, _publish
 from perf.measure import AS_STORED, Fetch
 from perf.wan import PROFILES, Profile, WanLink
 from perf.wan_check import check
+from perf.wan_consumer import FarConsumer
 
 CURL_ROUND_TRIPS = 2
 # Report link → redirect, the viewer's page, its script, its modules, the instance list, the first frame: 6
@@ -81,10 +83,13 @@ def figure(
             **extra}  # fmt: skip
 
 
-def curl_in(link: WanLink, url: str, accept: str = AS_STORED, timeout: float = 900) -> Fetch:
+def curl_in(
+    link: WanLink, url: str, accept: str = AS_STORED, timeout: float = 900, headers: dict[str, str] | None = None
+) -> Fetch:
     """One GET by curl in the link's namespace, body discarded."""
+    extra = [a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}")]
     args = link.inside(["curl", "-s", "-o", "/dev/null", "--max-time", str(timeout), "-H", f"Accept: {accept}",
-                        "-w", "%{http_code} %{size_download} %{time_starttransfer} %{time_total}", url])  # fmt: skip
+                        *extra, "-w", "%{http_code} %{size_download} %{time_starttransfer} %{time_total}", url])  # fmt: skip
     out = subprocess.run(args, capture_output=True, text=True, timeout=timeout + 10, check=True).stdout
     code, size, first, total = out.split()
     if code != "200":
@@ -191,7 +196,9 @@ def measure_wan(
             with WanLink(profiles[0]) as link:
                 # The namespace's 127.0.0.1:P is the host's across the link: the same URLs on both sides.
                 link.share(*(urlsplit(u).port or 80 for u in (local, orthanc_study)), sim_port)
-                _measure_profiles(wan, work, link, profiles, local, report_link, box_study, orthanc_study, viewer)
+                with far_consumer(wan, link, work, local, sim_port, spec) as consumer:
+                    _measure_profiles(wan, work, link, profiles, local, report_link, box_study, orthanc_study,
+                                      viewer, consumer)  # fmt: skip
         finally:
             box.stop()
     finally:
@@ -208,6 +215,7 @@ def _measure_profiles(
     box_study: str,
     orthanc_study: str,
     viewer: bool,
+    consumer: FarConsumer | None,
 ) -> None:
     figures: list[dict[str, Any]] = wan["figures"]
     with contextlib_nullable(viewer, link, work) as browser:
@@ -228,6 +236,16 @@ def _measure_profiles(
             f = curl_in(link, box_study)
             figures.append(figure(profile, "box Proxy WADO-RS cold, CT 300 (curl)", f.bytes, f.total_s,
                                   CURL_ROUND_TRIPS, ttfb_ms=round(f.ttfb_s * 1000)))  # fmt: skip
+            if consumer is not None:
+                say(f"{profile.name}: through the consumer, both caches cold, CT 300")
+                _empty_cache(local)
+                consumer.clear_cache()
+                study_uid = box_study.rsplit("/", 1)[1]
+                f = curl_in(
+                    link, f"{consumer.url}/studies/{study_uid}", headers={"KOS-SOPInstanceUID": consumer.kos_uid}
+                )
+                figures.append(figure(profile, "source → link → consumer → curl, both caches cold, CT 300", f.bytes,
+                                      f.total_s, CURL_ROUND_TRIPS, ttfb_ms=round(f.ttfb_s * 1000)))  # fmt: skip
             if browser is None:
                 continue
             say(f"{profile.name}: the viewer over the link, cold: first image ×2, then every slice shown")
@@ -240,6 +258,30 @@ def _measure_profiles(
             figures.append(figure(profile, f"viewer: report link → all {last['slices']} slices shown (Chromium, cold)",
                                   last["bytes_all"], last["all_shown_ms"] / 1000, VIEWER_ROUND_TRIPS,
                                   longest_step_ms=round(last["longest_step_ms"])))  # fmt: skip
+
+
+@contextmanager
+def far_consumer(
+    wan: dict[str, Any], link: WanLink, work: Path, local: str, sim_port: int, spec: StudySpec
+) -> Iterator[FarConsumer | None]:
+    """The consumer across the link from the source (perf.wan_consumer), holding the published study's KOS."""
+    try:
+        with urllib.request.urlopen(
+            operator_request(f"{local}/api/publications?accession={spec.accession_number}"), timeout=10
+        ) as r:
+            kos_uid = json.loads(r.read())[-1]["kos_uid"]
+        sim_url = f"http://127.0.0.1:{sim_port}"
+        with urllib.request.urlopen(f"{sim_url}/sim/dmp/documents/{kos_uid}", timeout=10) as r:
+            kos = r.read()
+        consumer = FarConsumer(link, work, sim_url, kos_uid, kos).__enter__()
+    except Exception as exc:  # the other figures are still worth having
+        wan["notes"].append(f"consumer figures skipped: {exc!r}")
+        yield None
+        return
+    try:
+        yield consumer
+    finally:
+        consumer.__exit__()
 
 
 @contextmanager
