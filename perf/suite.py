@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measure_boxes(results, work, orthanc, shapes, files, args)
             measure_browser(results, work, orthanc, shapes["ct300"])
             if args.wan:
-                run_wan(results, work, orthanc, shapes["ct300"], args)
+                run_wan(results, work, orthanc, shapes["ct300"], shapes["ans1300"], args)
         finally:
             orthanc.stop()
     compute_targets(results)
@@ -156,14 +156,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_wan(
-    results: dict[str, Any], work: Path, orthanc: OrthancServer, spec: StudySpec, args: argparse.Namespace
+    results: dict[str, Any],
+    work: Path,
+    orthanc: OrthancServer,
+    spec: StudySpec,
+    shapes_ans: StudySpec,
+    args: argparse.Namespace,
 ) -> None:
     """The WAN section (perf.wan_suite): only with --wan, it takes minutes (158 MB per profile and client)."""
     viewer = shutil.which(CHROMIUM) is not None and importlib.util.find_spec("playwright") is not None
     if not viewer:
         results["notes"].append(f"WAN viewer figures skipped: {CHROMIUM} or the playwright package is missing")
     profiles = [PROFILES[name] for name in args.wan_profiles.split(",")]
-    measure_wan(results, work, orthanc, spec, profiles, check_mb=50, viewer=viewer)
+    ans = shapes_ans if "hospital" in args.wan_profiles.split(",") else None
+    measure_wan(results, work, orthanc, spec, profiles, check_mb=50, viewer=viewer, ans=ans)
 
 
 def measure_orthanc(results: dict[str, Any], orthanc: OrthancServer, shapes: dict[str, StudySpec]) -> None:

@@ -55,10 +55,11 @@ class NetnsLoop:
 
 
 class FarConsumer:
-    """The consumer in the link's namespace, with one KOS manifest; `url` is its /conso/dicom-web base."""
+    """The consumer in the link's namespace, holding KOS manifests (kos_uid → bytes); `url`: its /conso/dicom-web."""
 
-    def __init__(self, link: WanLink, work: Any, sim_url: str, kos_uid: str, kos: bytes) -> None:
-        self.link, self.work, self.sim_url, self.kos_uid, self.kos = link, work, sim_url, kos_uid, kos
+    def __init__(self, link: WanLink, work: Any, sim_url: str, manifests: dict[str, bytes]) -> None:
+        self.link, self.work, self.sim_url, self.manifests = link, work, sim_url, manifests
+        self.kos_of: dict[str, str] = {}  # study UID → its KOS's UID, filled by the caller
         self._loop = NetnsLoop(link.netns)
         self._cm: Any = None
         self.consumer: Any = None
@@ -71,7 +72,7 @@ class FarConsumer:
 
             async def start() -> Any:
                 token = (await asyncio.to_thread(psc_token, self.sim_url))["access_token"]
-                self._cm = running_consumer(consumer_settings(self.work, self.sim_url), token, {self.kos_uid: self.kos})
+                self._cm = running_consumer(consumer_settings(self.work, self.sim_url), token, self.manifests)
                 consumer = await self._cm.__aenter__()
                 await consumer.whitelist.ensure_fresh()
                 return consumer

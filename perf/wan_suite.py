@@ -12,6 +12,8 @@ protocol needs: 2 for one curl GET (handshake, request), VIEWER_ROUND_TRIPS for 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -30,9 +32,11 @@ from drimbox.demo.main import operator_request
 from drimbox.demo.mesh import DEMO_OPERATOR_TOKEN
 from drimbox.demo.samples.orthanc import OrthancServer, start_orthanc
 from drimbox.demo.samples.processes import DrimboxProcess, free_port, write_config
+from drimbox.demo.samples.reports import ANS_EXAMS, build_cda, build_oru
 from drimbox.demo.samples.studies import StudySpec, write_study
+from drimbox.hl7.mllp import send_message
 from perf.first_image import CHROMIUM, RADIOLOGIST, _publish
-from perf.measure import AS_STORED, Fetch
+from perf.measure import ANS_ACCEPT, AS_STORED, Fetch
 from perf.wan import PROFILES, Profile, WanLink
 from perf.wan_check import check
 from perf.wan_consumer import FarConsumer
@@ -170,8 +174,10 @@ def measure_wan(
     profiles: list[Profile],
     check_mb: float = 50,
     viewer: bool = True,
+    ans: StudySpec | None = None,
 ) -> None:
-    """Fill results["wan"]: the emulator's own check, then per profile the figures against the limit."""
+    """Fill results["wan"]: the emulator's own check, then per profile the figures against the limit; `ans` (already
+    in Orthanc): the ANS shape through the consumer on hospital."""
     wan: dict[str, Any] = results.setdefault("wan", {"check": [], "figures": [], "notes": []})
     say(f"the emulator against its nominal figures ({check_mb:.0f} MB bulk, kept-alive RTT)")
     wan["check"] = check(profiles, check_mb)
@@ -191,14 +197,21 @@ def measure_wan(
         try:
             local = box.health_url.rsplit("/", 1)[0]
             report_link = _publish(local, mllp, spec)
+            specs = [spec]
+            if ans is not None:
+                say(f"publishing the ANS shape ({ans.instance_total} instances)")
+                _publish_report(local, mllp, ans, document_id="1.2.250.1.213.4.5.4.99415")
+                specs.append(ans)
             box_study = f"{local}/dicom-web/studies/{spec.study_uid}"
             orthanc_study = f"{orthanc.dicomweb_url}/studies/{spec.study_uid}"
             with WanLink(profiles[0]) as link:
                 # The namespace's 127.0.0.1:P is the host's across the link: the same URLs on both sides.
                 link.share(*(urlsplit(u).port or 80 for u in (local, orthanc_study)), sim_port)
-                with far_consumer(wan, link, work, local, sim_port, spec) as consumer:
+                with far_consumer(wan, link, work, local, sim_port, specs) as consumer:
                     _measure_profiles(wan, work, link, profiles, local, report_link, box_study, orthanc_study,
                                       viewer, consumer)  # fmt: skip
+                    if ans is not None:
+                        _measure_ans(wan, link, local, consumer, ans)
         finally:
             box.stop()
     finally:
@@ -242,7 +255,9 @@ def _measure_profiles(
                 consumer.clear_cache()
                 study_uid = box_study.rsplit("/", 1)[1]
                 f = curl_in(
-                    link, f"{consumer.url}/studies/{study_uid}", headers={"KOS-SOPInstanceUID": consumer.kos_uid}
+                    link,
+                    f"{consumer.url}/studies/{study_uid}",
+                    headers={"KOS-SOPInstanceUID": consumer.kos_of[study_uid]},
                 )
                 figures.append(figure(profile, "source → link → consumer → curl, both caches cold, CT 300", f.bytes,
                                       f.total_s, CURL_ROUND_TRIPS, ttfb_ms=round(f.ttfb_s * 1000)))  # fmt: skip
@@ -262,18 +277,22 @@ def _measure_profiles(
 
 @contextmanager
 def far_consumer(
-    wan: dict[str, Any], link: WanLink, work: Path, local: str, sim_port: int, spec: StudySpec
+    wan: dict[str, Any], link: WanLink, work: Path, local: str, sim_port: int, specs: list[StudySpec]
 ) -> Iterator[FarConsumer | None]:
-    """The consumer across the link from the source (perf.wan_consumer), holding the published study's KOS."""
+    """The consumer across the link from the source (perf.wan_consumer), holding the published studies' KOS."""
     try:
-        with urllib.request.urlopen(
-            operator_request(f"{local}/api/publications?accession={spec.accession_number}"), timeout=10
-        ) as r:
-            kos_uid = json.loads(r.read())[-1]["kos_uid"]
         sim_url = f"http://127.0.0.1:{sim_port}"
-        with urllib.request.urlopen(f"{sim_url}/sim/dmp/documents/{kos_uid}", timeout=10) as r:
-            kos = r.read()
-        consumer = FarConsumer(link, work, sim_url, kos_uid, kos).__enter__()
+        manifests, kos_of = {}, {}
+        for spec in specs:
+            with urllib.request.urlopen(
+                operator_request(f"{local}/api/publications?accession={spec.accession_number}"), timeout=10
+            ) as r:
+                kos_uid = json.loads(r.read())[-1]["kos_uid"]
+            with urllib.request.urlopen(f"{sim_url}/sim/dmp/documents/{kos_uid}", timeout=10) as r:
+                manifests[kos_uid] = r.read()
+            kos_of[spec.study_uid] = kos_uid
+        consumer = FarConsumer(link, work, sim_url, manifests).__enter__()
+        consumer.kos_of = kos_of
     except Exception as exc:  # the other figures are still worth having
         wan["notes"].append(f"consumer figures skipped: {exc!r}")
         yield None
@@ -282,6 +301,45 @@ def far_consumer(
         yield consumer
     finally:
         consumer.__exit__()
+
+
+def _publish_report(box_url: str, mllp_port: int, spec: StudySpec, document_id: str) -> None:
+    """Publish a report for a second study (its own accession and document), as perf.first_image's _publish does."""
+    exam = dataclasses.replace(ANS_EXAMS["C"], study_uid=spec.study_uid, accession=spec.accession_number,
+                               document_id=document_id)  # fmt: skip
+    ack = asyncio.run(send_message("127.0.0.1", mllp_port, build_oru(build_cda(exam), control_id=f"WAN-{document_id}")))
+    assert b"|AA|" in ack, ack
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(
+            operator_request(f"{box_url}/api/publications?accession={exam.accession}"), timeout=10
+        ) as resp:
+            found = json.loads(resp.read())
+        if found and found[-1]["state"] in ("published", "failed", "rejected"):
+            assert found[-1]["state"] == "published", found[-1]
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{exam.accession} not published")
+
+
+def _measure_ans(wan: dict[str, Any], link: WanLink, local: str, consumer: FarConsumer | None, ans: StudySpec) -> None:
+    """The ANS homologation shape (JPEG-LS, as stored) on hospital: direct from the source and through the consumer."""
+    profile = PROFILES["hospital"]
+    link.reshape(profile)
+    name = f"ANS {ans.instance_total} JPEG-LS"
+    say(f"hospital: {name}, direct from the source and through the consumer, caches cold")
+    _empty_cache(local)
+    f = curl_in(link, f"{local}/dicom-web/studies/{ans.study_uid}", accept=ANS_ACCEPT)
+    wan["figures"].append(figure(profile, f"box Proxy WADO-RS cold, {name} (curl)", f.bytes, f.total_s,
+                                 CURL_ROUND_TRIPS, ttfb_ms=round(f.ttfb_s * 1000)))  # fmt: skip
+    if consumer is None or ans.study_uid not in consumer.kos_of:
+        return
+    _empty_cache(local)
+    consumer.clear_cache()
+    f = curl_in(link, f"{consumer.url}/studies/{ans.study_uid}", accept=ANS_ACCEPT,
+                headers={"KOS-SOPInstanceUID": consumer.kos_of[ans.study_uid]})  # fmt: skip
+    wan["figures"].append(figure(profile, f"source → link → consumer → curl, both caches cold, {name}", f.bytes,
+                                 f.total_s, CURL_ROUND_TRIPS, ttfb_ms=round(f.ttfb_s * 1000)))  # fmt: skip
 
 
 @contextmanager
@@ -303,8 +361,12 @@ def main() -> None:
     parser.add_argument("--check-mb", type=float, default=50, help="the emulator check's bulk size (default 50)")
     parser.add_argument("--no-viewer", action="store_true", help="curl figures only (no Chromium)")
     parser.add_argument("--out", default="perf/results/wan", help="report directory")
+    parser.add_argument("--ans", type=int, default=0, help="also the ANS JPEG-LS shape with this many instances "
+                        "(1300: the homologation's 200 MB) through the consumer on hospital")  # fmt: skip
     args = parser.parse_args()
-    spec = studies(full=False)["ct300"]
+    shapes = studies(full=args.ans >= 1300)
+    spec = shapes["ct300"]
+    ans = dataclasses.replace(shapes["ans1300"], instance_total=args.ans) if args.ans else None
     results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "notes": []}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="drimbox-perf-wan-") as tmp:
@@ -313,8 +375,11 @@ def main() -> None:
         orthanc = start_orthanc(work / "orthanc")
         try:
             orthanc.store_files(files)
+            if ans is not None:
+                say(f"generating and loading the ANS shape ({ans.instance_total} JPEG-LS instances)")
+                orthanc.store_files(write_study(work / "ans", ans))
             profiles = [PROFILES[name] for name in args.profiles.split(",")]
-            measure_wan(results, work, orthanc, spec, profiles, args.check_mb, viewer=not args.no_viewer)
+            measure_wan(results, work, orthanc, spec, profiles, args.check_mb, viewer=not args.no_viewer, ans=ans)
         finally:
             orthanc.stop()
     results["duration_s"] = round(time.perf_counter() - started, 1)
