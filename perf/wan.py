@@ -9,9 +9,11 @@ The client (curl, Chromium, a consumer box) runs in the namespace; its only way 
 the client needs is shared (`share`: a listener on the namespace's own 127.0.0.1:P, so URLs are the same on both
 sides) or exposed (`expose`: the host's end of the veth) through a relay there, which holds every chunk for half
 the RTT in each direction, holds the first request bytes of a connection one more RTT (the TCP handshake a real
-link costs; the veth's own is instant) and keeps at most the link's bandwidth-delay product in flight, so a server
-feels back-pressure as on a real line. `netem` is not in this kernel, hence the relay for latency. Loss is not
-emulated (no netem; a drop on the zero-RTT veth would be recovered at once, which is not what a lossy line does).
+link costs; the veth's own is instant) and keeps at most twice the bandwidth-delay product in flight (256 KiB at
+least), so a server feels back-pressure as on a real line. `netem` is not in this kernel, hence the relay for
+latency. Not reproduced: TCP's slow start over the long RTT (the relay's window is open from the first byte, so
+short transfers are a little optimistic) and loss (no netem; a drop on the zero-RTT veth would be recovered at once,
+which is not what a lossy line does). `python -m perf.wan_check` measures the emulator against its nominal figures.
 Everything is removed on exit, failure included; `sweep()` removes what a killed run left behind.
 """
 
