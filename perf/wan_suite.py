@@ -211,7 +211,7 @@ def measure_wan(
                     _measure_profiles(wan, work, link, profiles, local, report_link, box_study, orthanc_study,
                                       viewer, consumer)  # fmt: skip
                     if ans is not None:
-                        _measure_ans(wan, link, local, consumer, ans)
+                        _measure_ans(wan, link, local, orthanc.dicomweb_url, consumer, ans)
         finally:
             box.stop()
     finally:
@@ -322,12 +322,17 @@ def _publish_report(box_url: str, mllp_port: int, spec: StudySpec, document_id: 
     raise TimeoutError(f"{exam.accession} not published")
 
 
-def _measure_ans(wan: dict[str, Any], link: WanLink, local: str, consumer: FarConsumer | None, ans: StudySpec) -> None:
-    """The ANS homologation shape (JPEG-LS, as stored) on hospital: direct from the source and through the consumer."""
+def _measure_ans(
+    wan: dict[str, Any], link: WanLink, local: str, orthanc_url: str, consumer: FarConsumer | None, ans: StudySpec
+) -> None:
+    """The ANS homologation shape (JPEG-LS, as stored) on hospital: Orthanc, the source, through the consumer."""
     profile = PROFILES["hospital"]
     link.reshape(profile)
     name = f"ANS {ans.instance_total} JPEG-LS"
-    say(f"hospital: {name}, direct from the source and through the consumer, caches cold")
+    say(f"hospital: {name}, from Orthanc, from the source and through the consumer, caches cold")
+    f = curl_in(link, f"{orthanc_url}/studies/{ans.study_uid}")
+    wan["figures"].append(figure(profile, f"Orthanc WADO-RS, {name} (curl)", f.bytes, f.total_s,
+                                 CURL_ROUND_TRIPS, ttfb_ms=round(f.ttfb_s * 1000)))  # fmt: skip
     _empty_cache(local)
     f = curl_in(link, f"{local}/dicom-web/studies/{ans.study_uid}", accept=ANS_ACCEPT)
     wan["figures"].append(figure(profile, f"box Proxy WADO-RS cold, {name} (curl)", f.bytes, f.total_s,
