@@ -34,6 +34,8 @@ from perf.measure import (
     rss_mb,
 )
 from perf.report import write_report
+from perf.wan import PROFILES
+from perf.wan_suite import measure_wan
 
 
 def say(text: str) -> None:
@@ -128,6 +130,8 @@ def start_box(
             "dmp": {"url": f"http://127.0.0.1:{sim_port}/dmp"},
             # The benchmark measures transport, not the PSC token check (one introspection per request).
             "auth": {"protect_dicomweb": False, "operator_token": operator_token_hash(DEMO_OPERATOR_TOKEN)},
+            # A Native archive takes C-STOREs from listed peers only: the suite's storescu on loopback.
+            **({"dicom": {"port": dicom, "store_peers": ["STORESCU@127.0.0.1"]}} if profile == "native" else {}),
         },
     )
     proc = DrimboxProcess("serve", cfg, f"http://127.0.0.1:{http}/health", work / f"{name}.log").start()
@@ -161,10 +165,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measure_orthanc(results, orthanc, shapes)
             measure_boxes(results, work, orthanc, shapes, files, args)
             measure_browser(results, work, orthanc, shapes["ct300"])
+            if args.wan:
+                run_wan(results, work, orthanc, shapes["ct300"], shapes["ans1300"], args)
         finally:
             orthanc.stop()
     compute_targets(results)
     return results
+
+
+def run_wan(
+    results: dict[str, Any],
+    work: Path,
+    orthanc: OrthancServer,
+    spec: StudySpec,
+    shapes_ans: StudySpec,
+    args: argparse.Namespace,
+) -> None:
+    """The WAN section (perf.wan_suite): only with --wan, it takes minutes (158 MB per profile and client)."""
+    viewer = shutil.which(CHROMIUM) is not None and importlib.util.find_spec("playwright") is not None
+    if not viewer:
+        results["notes"].append(f"WAN viewer figures skipped: {CHROMIUM} or the playwright package is missing")
+    profiles = [PROFILES[name] for name in args.wan_profiles.split(",")]
+    ans = shapes_ans if "hospital" in args.wan_profiles.split(",") else None
+    measure_wan(results, work, orthanc, spec, profiles, check_mb=50, viewer=viewer, ans=ans)
 
 
 def measure_orthanc(results: dict[str, Any], orthanc: OrthancServer, shapes: dict[str, StudySpec]) -> None:
@@ -450,6 +473,8 @@ def main(argv: list[str] | None = None) -> None:
         default=5,
         help="with --concurrency: measurements of each server per point, the median kept (default 5)",
     )
+    parser.add_argument("--wan", action="store_true", help="also over emulated WAN links (root; ~12 minutes)")
+    parser.add_argument("--wan-profiles", default=",".join(PROFILES), help="the --wan profiles (default: all)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     results = run_concurrency(args) if args.concurrency else run(args)
