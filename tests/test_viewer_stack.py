@@ -221,6 +221,7 @@ def test_the_whole_stack_by_position_as_stored_then_revalidated(page: Any, serve
     assert canvas(page, "instance") == f"{SERIES}.{SLICES}"
     frames = [p for p, s in served.log if "/frames/" in p]
     assert frames and len(frames) == len(set(frames)), "a frame was fetched twice"
+    assert not [p for p in frames if "/rendered" in p]  # no preview on loopback: each slice asked once, exact
     statuses = {s for p, s in served.log if "/frames/" in p}
     assert statuses <= {200, 499}, statuses  # 499: a request cancelled because the user scrolled past it
     # Reopened: the browser revalidates what it holds, the box answers 304 without reading any instance.

@@ -32,12 +32,14 @@ function positionOf(item) {
 // The stack's order: by position along the slice normal when every image has one (as a workstation stacks a CT,
 // whatever order the PACS answers in, gaps in the numbering included), in the direction the InstanceNumbers run
 // (head first when the modality numbered so); else by InstanceNumber. Multi-frame instances expanded into their
-// frames; ties keep InstanceNumber order.
+// frames (a multi-frame series keeps InstanceNumber order); ties keep InstanceNumber order.
 export function framesOf(items) {
   const frames = [];
   const byNumber = [...items].sort((a, b) => value(a, '00200013', 0) - value(b, '00200013', 0));
   const positions = new Map(byNumber.map((item) => [item, positionOf(item)]));
-  const positioned = byNumber.length > 1 && [...positions.values()].every((d) => d !== null);
+  // A multi-frame instance's own position is its first frame's at best: only single-frame stacks are placed so.
+  const single = byNumber.every((item) => (Number(value(item, '00280008', 1)) || 1) === 1);
+  const positioned = single && byNumber.length > 1 && [...positions.values()].every((d) => d !== null);
   const sign = positioned && positions.get(byNumber[0]) > positions.get(byNumber[byNumber.length - 1]) ? -1 : 1;
   const sorted = positioned ? [...byNumber].sort((a, b) => sign * (positions.get(a) - positions.get(b))) : byNumber;
   for (const item of sorted) {
@@ -74,7 +76,7 @@ export class Stack {
     this.direction = 1;
     this.aborted = 0; // requests cancelled because the user scrolled past them (for the tests and the perf suite)
     this.onprogress = () => {};
-    this.exactMs = null; // smoothed time an exact frame takes to arrive and decode
+    this.exactMs = null; // smoothed time an exact frame takes to arrive (the link, not the decode)
     this.previews = new Map(); // index → Promise<ImageBitmap> of its lossy preview
   }
 
@@ -261,10 +263,13 @@ export class Stack {
   async pixels(uid, frame, signal) {
     const started = performance.now();
     const got = await this.api.frame(this.seriesUid, uid, frame, decodable, signal);
-    if (got.syntax === NATIVE) return this.timed(started, got);
+    // The link's time only: the decode is not what a preview would save, and the first frame's includes starting
+    // the codec (compiling its WebAssembly, ~0.3 s), which made one frame in 260 be asked again as a preview.
+    this.timed(started);
+    if (got.syntax === NATIVE) return got;
     try {
       const decoded = await decode(got.syntax, got.buffer);
-      return this.timed(started, { syntax: got.syntax, buffer: decoded.buffer });
+      return { syntax: got.syntax, buffer: decoded.buffer };
     } catch (error) {
       console.warn(`frame decode failed (${got.syntax}): ${error.message}`);
       const again = await this.api.frame(this.seriesUid, uid, frame, [], signal);
@@ -272,10 +277,9 @@ export class Stack {
     }
   }
 
-  timed(started, result) {
+  timed(started) {
     const ms = performance.now() - started;
     this.exactMs = this.exactMs === null ? ms : 0.7 * this.exactMs + 0.3 * ms;
-    return result;
   }
 
   async load({ uid, frame }, signal) {
