@@ -45,7 +45,8 @@ _STREAM = """async ([study, series]) => {
   const resp = await fetch(`/dicom-web/studies/${study}/series/${series}`,
     { headers: { Accept: 'multipart/related; type="application/dicom"; transfer-syntax=*' }, credentials: 'same-origin' });
   const body = await resp.arrayBuffer();
-  return { status: resp.status, bytes: body.byteLength, ms: performance.now() - started };
+  const error = resp.ok ? '' : new TextDecoder().decode(body);
+  return { status: resp.status, bytes: body.byteLength, ms: performance.now() - started, error };
 }"""
 
 
@@ -110,13 +111,12 @@ def _open(context: Any, link: str) -> tuple[Any, float]:
     return page, float(page.evaluate("performance.getEntriesByName('first-image')[0].startTime"))
 
 
-def browse(box: DrimboxProcess, box_url: str, link: str, spec: StudySpec, slices: int) -> dict[str, Any]:
+def browse(box: DrimboxProcess, box_url: str, link: str, spec: StudySpec, series: str, slices: int) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     from tests.support.fixtures_browser import CHROMIUM_ARGS
 
     assert box.proc is not None
-    series = f"{spec.study_uid}.1"
     result: dict[str, Any] = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -134,7 +134,6 @@ def browse(box: DrimboxProcess, box_url: str, link: str, spec: StudySpec, slices
             cold_pass = time.perf_counter() - started
             cpu = box_cpu_seconds(box.proc.pid) - cpu
             again = _pass(page, slices)  # everything loaded: what a scroll costs from memory
-            series = page.evaluate("document.querySelector('#image').dataset.instance").rsplit(".", 1)[0]
             cold = {"first_image_ms": first, "pass_s": cold_pass, "step_ms_max": max(waits),
                     "step_ms_median": statistics.median(waits), **_bytes(page),
                     "loaded_step_ms_max": max(again), "loaded_step_ms_p99": _p99(again),
@@ -142,6 +141,8 @@ def browse(box: DrimboxProcess, box_url: str, link: str, spec: StudySpec, slices
                     "syntax": page.get_attribute("#image", "data-transfer-syntax"),
                     "memory_mb": page.get_attribute("#image", "data-memory-mb")}  # fmt: skip
             stream = page.evaluate(_STREAM, [spec.study_uid, series])
+            if stream["status"] != 200:
+                print(f"the series retrieve answered {stream['status']}: {stream['error'][:300]}", flush=True)
             page.close()
             cpu = box_cpu_seconds(box.proc.pid)
             started = time.perf_counter()
@@ -153,7 +154,9 @@ def browse(box: DrimboxProcess, box_url: str, link: str, spec: StudySpec, slices
             context.close()
         finally:
             browser.close()
-    result.update(cold=cold, warm=warm, stream_ms=stream["ms"], stream_bytes=stream["bytes"])
+    result.update(
+        cold=cold, warm=warm, stream_ms=stream["ms"], stream_bytes=stream["bytes"], stream_status=stream["status"]
+    )
     return result
 
 
@@ -162,7 +165,7 @@ def _p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
-def measure(work: Path, orthanc: OrthancServer, spec: StudySpec, stored_bytes: int) -> dict[str, Any]:
+def measure(work: Path, orthanc: OrthancServer, spec: StudySpec, series: str, stored_bytes: int) -> dict[str, Any]:
     sim_port = free_port()
     sim_cfg = write_config(work / "stack-sim.toml", {"sim": {"port": sim_port, "var_dir": str(work / "stack-sim")}})
     sim = DrimboxProcess("sim", sim_cfg, f"http://127.0.0.1:{sim_port}/sim/dmp/documents?patient=0",
@@ -172,7 +175,7 @@ def measure(work: Path, orthanc: OrthancServer, spec: StudySpec, stored_bytes: i
         try:
             box_url = box.health_url.rsplit("/", 1)[0]
             link = _publish(box_url, mllp, spec)
-            result = browse(box, box_url, link, spec, spec.instance_total)
+            result = browse(box, box_url, link, spec, series, spec.instance_total)
         finally:
             box.stop()
     finally:
@@ -194,7 +197,7 @@ def summary(r: dict[str, Any]) -> str:
         f" {w['transfer_bytes'] / 1e6:.2f} MB ({100 * w['transfer_bytes'] / stored:.1f} %, ≤ 5 %);"
         f" {c['frame_requests']} frame requests, {c['frames_asked_twice']} asked twice, {c['previews']} previews",
         f"  steps: cold max {c['step_ms_max']:.0f} ms (median {c['step_ms_median']:.0f}); once loaded max"
-        f" {c['loaded_step_ms_max']:.0f} ms, p99 {c['loaded_step_ms_p99']:.0f} ms (≤ 100); memory {c['memory_mb']} MB",
+        f" {c['loaded_step_ms_max']:.0f} ms, p99 {c['loaded_step_ms_p99']:.0f} ms (≤ 100); memory {c['memory_mb'] or '?'} MB",
         f"  box CPU per slice: cold {c['box_cpu_ms_per_slice']:.1f} ms (≤ 5), warm {w['box_cpu_ms_per_slice']:.1f} ms",
     ])  # fmt: skip
 
@@ -213,10 +216,11 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         files = write_study(work / "ans1300", spec)
         stored = sum(len(pydicom.dcmread(f).PixelData) for f in files)
+        series = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
         orthanc = start_orthanc(work / "orthanc")
         try:
             orthanc.store_files(files)
-            result = measure(work, orthanc, spec, stored)
+            result = measure(work, orthanc, spec, series, stored)
         finally:
             orthanc.stop()
     print(summary(result))
