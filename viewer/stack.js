@@ -7,6 +7,11 @@ import { decodable, decode } from './codecs.js';
 const AHEAD = 16; // images fetched ahead of the current one, in the direction of scrolling
 const BEHIND = 3; // and behind it (a user who turns back)
 const PARALLEL = 4;
+// Requests already sent are cancelled only for a slice this far away (a jump, the slider dragged): one nearby will
+// likely be wanted again soon, and Chromium keeps an answer cut short as a cache entry it cannot use, so that frame
+// was downloaded in full again at every reopen (measured: 28 frames of 260, 11 % of the study, on a warm reopen).
+// Queued requests (never sent) are always dropped.
+const ABORT_IN_FLIGHT_BEYOND = 64;
 // A link where an exact frame takes longer than this (smoothed over the frames so far) is slow: the image the user
 // waits for comes first as a small lossy JPEG rendered by the box, then the exact frame replaces it.
 const PREVIEW_AFTER_MS = 300;
@@ -202,6 +207,7 @@ export class Stack {
     for (const [key, job] of this.jobs) {
       const i = position.get(key);
       if (i !== undefined && this.inWindow(i, center)) continue;
+      if (job.started && i !== undefined && Math.abs(i - center) <= ABORT_IN_FLIGHT_BEYOND) continue;
       this.jobs.delete(key);
       this.queue = this.queue.filter((j) => j !== job);
       job.controller.abort();
@@ -235,6 +241,7 @@ export class Stack {
   pump() {
     while (this.active < PARALLEL && this.queue.length) {
       const job = this.queue.shift();
+      job.started = true;
       this.active++;
       this.load(job.frame, job.controller.signal).then(job.resolve, job.reject).finally(() => {
         if (this.jobs.get(job.frame.key) === job) this.jobs.delete(job.frame.key);
