@@ -165,6 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measure_orthanc(results, orthanc, shapes)
             measure_boxes(results, work, orthanc, shapes, files, args)
             measure_browser(results, work, orthanc, shapes["ct300"])
+            measure_viewer_stack(results, work, orthanc, shapes["ans1300"], files["ans1300"])
             if args.wan:
                 run_wan(results, work, orthanc, shapes["ct300"], shapes["ans1300"], args)
         finally:
@@ -216,6 +217,24 @@ def measure_browser(results: dict[str, Any], work: Path, orthanc: OrthancServer,
         return
     say("first image in Chromium after the report link (CT 300, Proxy): 3 cold, 5 warm")
     results["first_image"] = measure_first_image(work, orthanc, spec)
+
+
+def measure_viewer_stack(
+    results: dict[str, Any], work: Path, orthanc: OrthancServer, spec: StudySpec, paths: list[Path]
+) -> None:
+    """The ANS shape scrolled whole in the viewer through a Proxy box, cold then warm (perf.viewer_stack)."""
+    if shutil.which(CHROMIUM) is None or importlib.util.find_spec("playwright") is None:
+        results["notes"].append(f"viewer stack skipped: {CHROMIUM} or the playwright package is missing")
+        return
+    import pydicom
+
+    from perf import viewer_stack
+
+    say(f"viewer: every slice of the ANS shape ({spec.instance_total} JPEG-LS) in Chromium through a Proxy box")
+    stored = sum(len(pydicom.dcmread(p).PixelData) for p in paths)
+    series = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+    results["viewer_stack"] = viewer_stack.measure(work, orthanc, spec, series, stored)
+    say(viewer_stack.summary(results["viewer_stack"]))
 
 
 def measure_boxes(
@@ -453,6 +472,19 @@ def compute_targets(results: dict[str, Any]) -> None:
             None if value is None or goal is None else value <= goal,
         )
     concurrency_targets(results, cpu_count())
+    stack = results.get("viewer_stack")
+    if stack:
+        c, w = stack["cold"], stack["warm"]
+        for name, value, limit in (
+            ("viewer stack: first image cold (ms)", c["first_image_ms"], 1000.0),
+            ("viewer stack: first image warm (ms)", w["first_image_ms"], 300.0),
+            ("viewer stack: every slice / box stream time", c["pass_s"] * 1000 / stack["stream_ms"], 1.5),
+            ("viewer stack: bytes first pass / stored", c["transfer_bytes"] / stack["stored_bytes"], 1.05),
+            ("viewer stack: bytes warm reopen / stored", w["transfer_bytes"] / stack["stored_bytes"], 0.05),
+            ("viewer stack: longest step once loaded (ms)", c["loaded_step_ms_max"], 100.0),
+            ("viewer stack: box CPU per slice (ms)", c["box_cpu_ms_per_slice"], 5.0),
+        ):
+            target(name, value, f"≤ {limit:g}", value <= limit)
     rss = results["rss"].get("box proxy peak RSS, 10 clients × CT 300 (MB)")
     target("box peak RSS, 10 clients (MB)", rss, "≤ 200", None if rss is None else rss <= 200)
 
