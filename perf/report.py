@@ -59,6 +59,66 @@ def _plot_concurrency(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _plot_wan(results: dict[str, Any], path: Path) -> bool:
+    """Each WAN figure's time as a ratio to its link's limit (1 = the physics), grouped by profile."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figures = results.get("wan", {}).get("figures", [])
+    if not figures:
+        return False
+    labels = [f"{f['profile']}: {f['name']}" for f in figures]
+    ratios = [f["ratio"] for f in figures]
+    fig, ax = plt.subplots(figsize=(9, 0.5 + 0.4 * len(figures)))
+    colours = ["#999999" if "Orthanc" in f["name"] else "#3b7dd8" for f in figures]
+    ax.barh(labels, ratios, color=colours)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("time ÷ the link's limit (bytes ÷ rate + round trips)")
+    ax.invert_yaxis()
+    for i, r in enumerate(ratios):
+        ax.text(r, i, f" {r:.2f}", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _wan_lines(results: dict[str, Any], directory: Path) -> list[str]:
+    """The WAN section: the emulator's own accuracy, then each figure against the link's limit."""
+    wan = results.get("wan")
+    if not wan:
+        return []
+    lines = ["", "## WAN links (emulated: namespace + tbf + delay relay, perf/wan.py)", ""]
+    lines += ["### The emulator against its nominal figures", "",
+              "| profile | nominal | measured rate | rate ratio | RTT (median, min–max) | RTT ratio | "
+              "bulk / limit | new connection |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for c in wan.get("check", []):
+        lines.append(
+            f"| {c['profile']} | {c['nominal_mbit_s']:.0f} Mbit/s, {c['nominal_rtt_ms']:.0f} ms | "
+            f"{c['mbit_s']} Mbit/s | {c['rate_ratio']} | {c['rtt_ms']} ms ({c['rtt_min_ms']}–{c['rtt_max_ms']}) | "
+            f"{c['rtt_ratio']} | {c['bulk_total_s']} / {c['bulk_limit_s']} s ({c['bulk_ratio_to_limit']}×, "
+            f"{c['bulk_mb']} MB) | {c['new_connection_ms']} ms |"
+        )
+    lines += ["", "### Figures against the link's limit (same run, same link)", "",
+              "| profile | what | MB | time (s) | limit (s) | ratio | details |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    skip = {"profile", "name", "mb", "seconds", "limit_s", "ratio"}
+    for f in wan.get("figures", []):
+        details = ", ".join(f"{k} {v}" for k, v in f.items() if k not in skip)
+        lines.append(
+            f"| {f['profile']} | {f['name']} | {f['mb']} | {f['seconds']} | {f['limit_s']} | {f['ratio']} | {details} |"
+        )
+    if _plot_wan(results, directory / "wan.png"):
+        lines += ["", "![WAN figures against the limit](wan.png)"]
+    if wan.get("notes"):
+        lines += [""] + [f"- {n}" for n in wan["notes"]]
+    return lines
+
+
 def write_report(results: dict[str, Any], directory: Path) -> Path:
     """Write report.md, results.json and the plots under `directory`; return the report's path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -115,6 +175,7 @@ def write_report(results: dict[str, Any], directory: Path) -> Path:
         for kind in ("cold", "warm"):
             runs = ", ".join(f"{r['first_image_ms']:.0f}" for r in first["runs"][kind])
             lines.append(f"| {kind} | {first[f'{kind}_median_ms']:.0f} | ≤ {first[f'{kind}_target_ms']:.0f} | {runs} |")
+    lines += _wan_lines(results, directory)
     if results.get("rss"):
         lines += ["", "## Memory", ""]
         for name, value in results["rss"].items():

@@ -34,6 +34,8 @@ from perf.measure import (
     rss_mb,
 )
 from perf.report import write_report
+from perf.wan import PROFILES
+from perf.wan_suite import measure_wan
 
 
 def say(text: str) -> None:
@@ -128,6 +130,8 @@ def start_box(
             "dmp": {"url": f"http://127.0.0.1:{sim_port}/dmp"},
             # The benchmark measures transport, not the PSC token check (one introspection per request).
             "auth": {"protect_dicomweb": False, "operator_token": operator_token_hash(DEMO_OPERATOR_TOKEN)},
+            # A Native archive takes C-STOREs from listed peers only: the suite's storescu on loopback.
+            **({"dicom": {"port": dicom, "store_peers": ["STORESCU@127.0.0.1"]}} if profile == "native" else {}),
         },
     )
     proc = DrimboxProcess("serve", cfg, f"http://127.0.0.1:{http}/health", work / f"{name}.log").start()
@@ -161,10 +165,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measure_orthanc(results, orthanc, shapes)
             measure_boxes(results, work, orthanc, shapes, files, args)
             measure_browser(results, work, orthanc, shapes["ct300"])
+            measure_viewer_stack(results, work, orthanc, shapes["ans1300"], files["ans1300"])
+            if args.wan:
+                run_wan(results, work, orthanc, shapes["ct300"], shapes["ans1300"], args)
         finally:
             orthanc.stop()
     compute_targets(results)
     return results
+
+
+def run_wan(
+    results: dict[str, Any],
+    work: Path,
+    orthanc: OrthancServer,
+    spec: StudySpec,
+    shapes_ans: StudySpec,
+    args: argparse.Namespace,
+) -> None:
+    """The WAN section (perf.wan_suite): only with --wan, it takes minutes (158 MB per profile and client)."""
+    viewer = shutil.which(CHROMIUM) is not None and importlib.util.find_spec("playwright") is not None
+    if not viewer:
+        results["notes"].append(f"WAN viewer figures skipped: {CHROMIUM} or the playwright package is missing")
+    profiles = [PROFILES[name] for name in args.wan_profiles.split(",")]
+    ans = shapes_ans if "hospital" in args.wan_profiles.split(",") else None
+    measure_wan(results, work, orthanc, spec, profiles, check_mb=50, viewer=viewer, ans=ans)
 
 
 def measure_orthanc(results: dict[str, Any], orthanc: OrthancServer, shapes: dict[str, StudySpec]) -> None:
@@ -193,6 +217,24 @@ def measure_browser(results: dict[str, Any], work: Path, orthanc: OrthancServer,
         return
     say("first image in Chromium after the report link (CT 300, Proxy): 3 cold, 5 warm")
     results["first_image"] = measure_first_image(work, orthanc, spec)
+
+
+def measure_viewer_stack(
+    results: dict[str, Any], work: Path, orthanc: OrthancServer, spec: StudySpec, paths: list[Path]
+) -> None:
+    """The ANS shape scrolled whole in the viewer through a Proxy box, cold then warm (perf.viewer_stack)."""
+    if shutil.which(CHROMIUM) is None or importlib.util.find_spec("playwright") is None:
+        results["notes"].append(f"viewer stack skipped: {CHROMIUM} or the playwright package is missing")
+        return
+    import pydicom
+
+    from perf import viewer_stack
+
+    say(f"viewer: every slice of the ANS shape ({spec.instance_total} JPEG-LS) in Chromium through a Proxy box")
+    stored = sum(len(pydicom.dcmread(p).PixelData) for p in paths)
+    series = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+    results["viewer_stack"] = viewer_stack.measure(work, orthanc, spec, series, stored)
+    say(viewer_stack.summary(results["viewer_stack"]))
 
 
 def measure_boxes(
@@ -430,6 +472,19 @@ def compute_targets(results: dict[str, Any]) -> None:
             None if value is None or goal is None else value <= goal,
         )
     concurrency_targets(results, cpu_count())
+    stack = results.get("viewer_stack")
+    if stack:
+        c, w = stack["cold"], stack["warm"]
+        for name, value, limit in (
+            ("viewer stack: first image cold (ms)", c["first_image_ms"], 1000.0),
+            ("viewer stack: first image warm (ms)", w["first_image_ms"], 300.0),
+            ("viewer stack: every slice / box stream time", c["pass_s"] * 1000 / stack["stream_ms"], 1.5),
+            ("viewer stack: bytes first pass / stored", c["transfer_bytes"] / stack["stored_bytes"], 1.05),
+            ("viewer stack: bytes warm reopen / stored", w["transfer_bytes"] / stack["stored_bytes"], 0.05),
+            ("viewer stack: longest step once loaded (ms)", c["loaded_step_ms_max"], 100.0),
+            ("viewer stack: box CPU per slice (ms)", c["box_cpu_ms_per_slice"], 5.0),
+        ):
+            target(name, value, f"≤ {limit:g}", value <= limit)
     rss = results["rss"].get("box proxy peak RSS, 10 clients × CT 300 (MB)")
     target("box peak RSS, 10 clients (MB)", rss, "≤ 200", None if rss is None else rss <= 200)
 
@@ -450,6 +505,8 @@ def main(argv: list[str] | None = None) -> None:
         default=5,
         help="with --concurrency: measurements of each server per point, the median kept (default 5)",
     )
+    parser.add_argument("--wan", action="store_true", help="also over emulated WAN links (root; ~12 minutes)")
+    parser.add_argument("--wan-profiles", default=",".join(PROFILES), help="the --wan profiles (default: all)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     results = run_concurrency(args) if args.concurrency else run(args)

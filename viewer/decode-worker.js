@@ -2,23 +2,24 @@
 // A classic worker: the codecs are Emscripten UMD scripts, loaded with importScripts (no build step).
 'use strict';
 
-const CHARLS = 'vendor/codec-charls@1.2.7/';
-const OPENJPEG = 'vendor/codec-openjpeg@1.3.6/';
-let charls = null; // Promise of the JPEG-LS module, started on the first JPEG-LS frame
-let openjpeg = null; // the same for JPEG 2000: a worker loads only the codecs its frames need
+// Each codec: its folder, its script, the factory the script defines and the decoder class it exports. A worker
+// loads only the codecs its frames need, on the first frame of each.
+const CHARLS = { folder: 'vendor/codec-charls@1.2.7/', script: 'charlswasm_decode.js', factory: 'CharLSWASM', decoder: 'JpegLSDecoder' };
+const OPENJPEG = { folder: 'vendor/codec-openjpeg@1.3.6/', script: 'openjpegwasm_decode.js', factory: 'OpenJPEGWASM', decoder: 'J2KDecoder' };
+const modules = new Map(); // codec → Promise of its module
 
-function jpegLs() {
-  if (!charls) {
-    importScripts(`${CHARLS}charlswasm_decode.js`);
+function load(codec) {
+  if (!modules.has(codec)) {
+    importScripts(codec.folder + codec.script);
     // The .wasm lies beside its script, not beside this worker (Emscripten looks next to the worker by default).
-    charls = CharLSWASM({ locateFile: (file) => CHARLS + file });
+    modules.set(codec, self[codec.factory]({ locateFile: (file) => codec.folder + file }));
   }
-  return charls;
+  return modules.get(codec);
 }
 
-async function decodeJpegLs(bytes) {
-  const codec = await jpegLs();
-  const decoder = new codec.JpegLSDecoder();
+async function decodeWith(codec, bytes) {
+  const module = await load(codec);
+  const decoder = new module[codec.decoder]();
   try {
     decoder.getEncodedBuffer(bytes.length).set(bytes);
     decoder.decode();
@@ -31,42 +32,20 @@ async function decodeJpegLs(bytes) {
   }
 }
 
-function jpeg2000() {
-  if (!openjpeg) {
-    importScripts(`${OPENJPEG}openjpegwasm_decode.js`);
-    openjpeg = OpenJPEGWASM({ locateFile: (file) => OPENJPEG + file });
-  }
-  return openjpeg;
-}
-
-async function decodeJpeg2000(bytes) {
-  const codec = await jpeg2000();
-  const decoder = new codec.J2KDecoder();
-  try {
-    decoder.getEncodedBuffer(bytes.length).set(bytes);
-    decoder.decode();
-    const info = decoder.getFrameInfo();
-    const pixels = decoder.getDecodedBuffer().slice();
-    return { buffer: pixels.buffer, width: info.width, height: info.height, bits: info.bitsPerSample };
-  } finally {
-    decoder.delete();
-  }
-}
-
 const DECODERS = {
-  '1.2.840.10008.1.2.4.90': decodeJpeg2000,
-  '1.2.840.10008.1.2.4.91': decodeJpeg2000,
-  '1.2.840.10008.1.2.4.80': decodeJpegLs,
-  '1.2.840.10008.1.2.4.81': decodeJpegLs,
+  '1.2.840.10008.1.2.4.90': OPENJPEG,
+  '1.2.840.10008.1.2.4.91': OPENJPEG,
+  '1.2.840.10008.1.2.4.80': CHARLS,
+  '1.2.840.10008.1.2.4.81': CHARLS,
 };
 
 self.onmessage = async (event) => {
   const { id, syntax, buffer } = event.data;
   try {
-    const decode = DECODERS[syntax];
-    if (!decode) throw new Error(`no decoder for ${syntax}`);
+    const codec = DECODERS[syntax];
+    if (!codec) throw new Error(`no decoder for ${syntax}`);
     const started = performance.now();
-    const result = await decode(new Uint8Array(buffer));
+    const result = await decodeWith(codec, new Uint8Array(buffer));
     self.postMessage({ id, ...result, ms: performance.now() - started }, [result.buffer]);
   } catch (error) {
     self.postMessage({ id, error: String((error && error.message) || error) });

@@ -63,9 +63,19 @@ export class Dicomweb {
     return this.json(`/series/${encodeURIComponent(seriesUid)}/metadata`, undefined, extra);
   }
 
-  // QIDO: enough to order the stack (a C-FIND on a Proxy box: no need to wait for the images themselves).
-  instances(seriesUid, signal) {
-    return this.json(`/series/${encodeURIComponent(seriesUid)}/instances?includefield=00200013,00280008`, signal);
+  // QIDO: enough to order the stack (a C-FIND on a Proxy box: no need to wait for the images themselves), every
+  // page of it: a box answers at most its limit (1000 by default) with a Warning saying more exist.
+  async instances(seriesUid, signal) {
+    const path = `/series/${encodeURIComponent(seriesUid)}/instances?includefield=00200013,00280008,00200032,00200037`;
+    const all = [];
+    for (let pages = 0; pages < 100; pages++) {
+      const resp = await this.fetch(this.url(`${path}&offset=${all.length}`), 'application/dicom+json', signal);
+      if (resp.status === 204) break;
+      const page = await resp.json();
+      all.push(...page);
+      if (!page.length || !/additional results/i.test(resp.headers.get('Warning') || '')) break;
+    }
+    return all;
   }
 
   instanceMetadata(seriesUid, instanceUid) {
@@ -84,9 +94,9 @@ export class Dicomweb {
 
   // One frame as {syntax, buffer}: the stored bitstream when `syntaxes` (what the browser decodes) holds its
   // syntax, else native little-endian values. `bytes` counts what frames cost on the wire, for the perf suite.
-  async frame(seriesUid, instanceUid, frame, syntaxes) {
+  async frame(seriesUid, instanceUid, frame, syntaxes, signal = undefined) {
     const url = this.url(`${this.instancePath(seriesUid, instanceUid)}/frames/${frame}`);
-    const resp = await this.fetch(url, frameAccept(syntaxes));
+    const resp = await this.fetch(url, frameAccept(syntaxes), signal);
     const part = parts(resp.headers.get('Content-Type') || '', await resp.arrayBuffer());
     this.frameBytes = (this.frameBytes || 0) + part.body.byteLength;
     const syntax = /transfer-syntax=\s*"?([0-9.]+)/i.exec(part.type)?.[1] || NATIVE;

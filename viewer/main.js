@@ -258,15 +258,22 @@ async function show(index) {
       if (stack === view.stack && index === view.index && !stack.loaded.has(index)) showPreview(bitmap, index);
     }, () => {});
   }
+  // Never a blank slice: the nearest one in memory stands in, marked, until this one arrives.
+  if (!stack.loaded.has(index) && view.image && !view.preview) showStandIn(stack, index);
+  stack.focus(index); // the direction of scrolling; what the user has scrolled past is cancelled
   let image;
   try {
     image = await stack.image(index);
+  } catch (error) {
+    if (stack !== view.stack || index !== view.index) return; // cancelled: the user has moved on
+    throw error;
   } finally {
-    stage.classList.remove('busy');
+    if (index === view.index) stage.classList.remove('busy');
   }
   if (stack !== view.stack || index !== view.index) return; // the user has moved on meanwhile
   const first = view.image === null;
   dropPreview();
+  dropStandIn();
   view.image = image;
   if (first) showBanner(image.item);
   if (first || !view.window) view.window = image.kind === 'gray' ? defaultWindow(image) : null;
@@ -276,6 +283,9 @@ async function show(index) {
   renderImage();
   document.body.dataset.state = 'ready';
   canvas.dataset.index = String(index);
+  canvas.dataset.instance = stack.frames[index].uid; // for the tests: which instance the stack put here
+  canvas.dataset.aborted = String(stack.aborted); // requests cancelled because the user scrolled past them
+  canvas.dataset.memoryMb = (stack.memoryBytes / 1048576).toFixed(1);
   logPaint(`e${index}`);
   announce();
   if (!performance.getEntriesByName('first-image').length) {
@@ -285,6 +295,31 @@ async function show(index) {
   }
   // Neighbours after the paint: before it, they would only compete with the first image.
   stack.preload(index);
+}
+
+// The nearest slice in memory, drawn while this one is on its way, with a marker naming it; no tool works on it
+// (paint() draws no measurement), and the exact image replaces it.
+function showStandIn(stack, index) {
+  const near = stack.nearestLoaded(index);
+  if (near === null) return;
+  stack.cache.get(near).then((image) => {
+    if (stack !== view.stack || index !== view.index || stack.loaded.has(index) || view.preview) return;
+    view.standIn = near;
+    view.image = image;
+    canvas.dataset.standIn = String(near);
+    const mark = $('nearest-mark');
+    mark.textContent = t('nearest', { n: near + 1 }) || `≈ ${near + 1}`;
+    mark.hidden = false;
+    renderImage();
+    logPaint(`n${index}`);
+  }, () => {});
+}
+
+function dropStandIn() {
+  if (view.standIn === null || view.standIn === undefined) return;
+  view.standIn = null;
+  delete canvas.dataset.standIn;
+  $('nearest-mark').hidden = true;
 }
 
 // The preview drawn where the exact image will be (at the size of the image shown before it), marked as such;
@@ -305,7 +340,8 @@ function dropPreview() {
   return true;
 }
 
-// The last paints, for the tests and the perf suite: p<index> a preview, e<index> an exact image.
+// The last paints, for the tests and the perf suite: p<index> a preview, n<index> the nearest slice standing in,
+// e<index> an exact image.
 function logPaint(entry) {
   canvas.dataset.paints = [...(canvas.dataset.paints || '').split(' ').filter(Boolean), entry].slice(-20).join(' ');
 }
@@ -352,6 +388,7 @@ function paint() {
     ctx.drawImage(view.preview, -view.image.width / 2, -view.image.height / 2, view.image.width, view.image.height);
     return;
   }
+  if (view.standIn !== null && view.standIn !== undefined) return; // another slice's image: not its measurements
   const measures = currentMeasures();
   if (measures.length && extras) {
     const toScreen = (p) => { const [x, y] = toCanvas(p); return [x * ratio, y * ratio]; };

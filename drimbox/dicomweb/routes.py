@@ -19,7 +19,17 @@ from drimbox.dicomweb.backend import (
     StoredInstance,
     Unavailable,
 )
+from drimbox.dicomweb.caching import (
+    VARY_METADATA,
+    VARY_PIXELS,
+    cache_headers,
+    content_etag,
+    immutable_etag,
+    matches,
+    not_modified,
+)
 from drimbox.dicomweb.json_model import dataset_json, encode
+from drimbox.dicomweb.metadata_trim import parse_includefield, trim
 from drimbox.dicomweb.negotiation import (
     NotAcceptable,
     instance_choices,
@@ -85,6 +95,13 @@ class _Routes:
                 response = await handler(request)
             except (DicomwebError, BadRequest, NotAcceptable) as exc:
                 response = _error(_status_of(exc), str(exc))
+            except ConnectionError as exc:
+                # The client left (a closed tab, a slice scrolled past and aborted): nothing to answer, nobody to
+                # tell. aiohttp finds the transport closed when it finishes this response and drops it quietly.
+                log.debug("DICOMweb %s %s: client left (%s)", request.method, request.path, type(exc).__name__)
+                response = web.Response(status=499)
+                response.force_close()
+                return response
             if response.status >= 400:
                 log.info("DICOMweb %s %s → %d", request.method, request.path, response.status)
             if not response.prepared:
@@ -140,6 +157,7 @@ class _Routes:
         """Study / series / instance metadata, buffered: it is small, and so a partial answer can say 206."""
         study, series, sop = self.uids(request)
         media_type = json_media_type(parse_accept(request.headers.get("Accept")))
+        fields = parse_includefield(request.query.getall("includefield", []))
         if "only-if-cached" in request.headers.get("Cache-Control", "").lower() and not await self.holds(study, series):
             # RFC 9111 §5.2.1.7: a client that wants only what a cache holds gets 504 rather than a retrieve. The
             # viewer asks so on a Proxy box: a cold series then costs it nothing, and it orders the stack by QIDO.
@@ -158,11 +176,22 @@ class _Routes:
             await aclose(source)
         if not items:
             raise NotFound("no such resource")
+        if fields is not None:
+            items = await asyncio.to_thread(trim, items, fields)
         headers = {"Content-Type": media_type}
         if incomplete is not None:
             headers["Warning"] = f'299 drimbox: "{incomplete.failed} instance(s) could not be read"'
+        else:
+            # Revalidated at each use: the items are cut to the live KOS, so a replaced publication changes the
+            # validator and a withdrawn one is refused before this point.
+            etag = content_etag([media_type.encode(), *items])
+            if matches(request, etag):
+                return not_modified(etag, VARY_METADATA)
+            headers.update(cache_headers(etag, VARY_METADATA))
         status = 206 if incomplete is not None else 200
-        return web.Response(body=b"[" + b",".join(items) + b"]", status=status, headers=headers)
+        response = web.Response(body=b"[" + b",".join(items) + b"]", status=status, headers=headers)
+        response.enable_compression()  # gzip/deflate when accepted: DICOM JSON shrinks ~10x
+        return response
 
     async def holds(self, study: str, series: str | None) -> bool:
         """Whether the backend can answer from what it holds, without a retrieve (a backend without one: always)."""
@@ -173,12 +202,28 @@ class _Routes:
         study, series, sop = self.uids(request)
         numbers = parse_frame_list(request.match_info["frames"])
         ranges = parse_accept(request.headers.get("Accept"))
+        etag = immutable_etag(request, compress=self.compress)
+        if await self.unchanged(request, etag, study, series, sop):
+            return not_modified(etag, VARY_PIXELS, self.cors(request))
         instance, data = await self.one_instance(study, series, sop)
         choices = pixel_choices(
             ranges, instance.transfer_syntax_uid, single_part_allowed=len(numbers) == 1, compress=self.compress
         )
         result = await _decoding(lambda: frames_of(read_instance(data), numbers, choices))
-        return await send_pixel_parts(request, result, headers=self.cors(request))
+        headers = {**self.cors(request), **cache_headers(etag, VARY_PIXELS)}
+        return await send_pixel_parts(request, result, headers=headers)
+
+    async def unchanged(self, request: web.Request, etag: str, study: str, series: str | None, sop: str | None) -> bool:
+        """Whether the client holds this immutable answer already and may still see it: a 304 without reading the
+        instance when the backend can say cheaply what the request may see, else after reading it (its checks)."""
+        if not matches(request, etag):
+            return False
+        admits = getattr(self.backend, "admits", None)
+        if admits is not None:
+            admits(study, series, sop)  # NotFound outside what this request may see
+        else:
+            await self.one_instance(study, series, sop)
+        return True
 
     async def bulkdata(self, request: web.Request) -> web.StreamResponse:
         study, series, sop = self.uids(request)
@@ -186,12 +231,16 @@ class _Routes:
         if not all(c in "0123456789abcdefABCDEF/" for c in path):
             raise BadRequest(f"bulk data path {path[:80]!r}: tags of 8 hex digits and item numbers, '/'-separated")
         ranges = parse_accept(request.headers.get("Accept"))
+        etag = immutable_etag(request, compress=self.compress)
+        if await self.unchanged(request, etag, study, series, sop):
+            return not_modified(etag, VARY_PIXELS, self.cors(request))
         instance, data = await self.one_instance(study, series, sop)
         is_pixels = path.strip("/").upper() == f"{PIXEL_DATA:08X}"
         stored = instance.transfer_syntax_uid if is_pixels else "1.2.840.10008.1.2.1"
         choices = pixel_choices(ranges, stored, single_part_allowed=True, compress=self.compress)
         result = await _decoding(lambda: bulk_of(read_instance(data), path, choices))
-        return await send_pixel_parts(request, result, headers=self.cors(request))
+        headers = {**self.cors(request), **cache_headers(etag, VARY_PIXELS)}
+        return await send_pixel_parts(request, result, headers=headers)
 
     async def rendered(self, request: web.Request) -> web.StreamResponse:
         return await self._render(request, thumbnail=False)
@@ -211,9 +260,16 @@ class _Routes:
             frame = numbers[0]
         if sop is None:
             series, sop = await self._representative(study, series)
+        # A study/series thumbnail's image is chosen among what the request may see: the URL alone does not name
+        # it, so its validator also names the image chosen.
+        etag = immutable_etag(request, compress=self.compress)
+        if request.match_info.get("instance") is None:
+            etag = f'"{etag.strip(chr(34))}-{sop}"'
+        if await self.unchanged(request, etag, study, series, sop):
+            return not_modified(etag, VARY_PIXELS)
         _, data = await self.one_instance(study, series, sop)
         image = await _decoding(lambda: render(read_instance(data), frame, media_type, options))
-        return web.Response(body=image, headers={"Content-Type": media_type})
+        return web.Response(body=image, headers={"Content-Type": media_type, **cache_headers(etag, VARY_PIXELS)})
 
     async def _representative(self, study: str, series: str | None) -> tuple[str, str]:
         """The image a study or series thumbnail shows: the middle image of the (first) series."""

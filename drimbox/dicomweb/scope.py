@@ -98,6 +98,12 @@ class ScopedBackend:
             raise DicomwebError("this request was not checked by the access layer")
         return scope
 
+    def admits(self, study_uid: str, series_uid: str | None, sop_uid: str | None) -> None:
+        """NotFound when this request may not see the resource: what a 304 checks without reading anything."""
+        scope = self._scope()
+        if scope is not None:
+            scope.series_to_read(study_uid, series_uid, sop_uid)
+
     def search(self, query: QidoQuery) -> AsyncIterator[Dataset]:
         scope = self._scope()
         return self.inner.search(query) if scope is None else self._search(scope, query)
