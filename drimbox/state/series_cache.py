@@ -466,7 +466,9 @@ class SeriesCache:
         growth = instance.growing
         assert growth is not None
         try:
-            fd = await asyncio.to_thread(os.open, instance.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
+            # On the loop, not in a thread: a fill cancelled during the open would leave the file (and descriptor)
+            # behind its removal. Creating an empty file takes microseconds.
+            fd = os.open(instance.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
         except OSError as exc:
             self._write_failed(fill, series_uid, exc)  # raises: only fills that may not pass stream
             raise

@@ -8,10 +8,12 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from drimbox.consumer import backend, retrieval
+from drimbox.consumer.images import IMAGES
 from drimbox.consumer.retrieval import HEAD, KOS_HEADER
 from drimbox.demo.samples.processes import free_port
 from tests.security._consumer_support import (
@@ -36,10 +38,11 @@ SPEC = study_spec(rows=512, columns=512)
 class HeldServer(DicomwebServer):
     """Sends each series' first part up to a little past its head, then holds the rest until `release` is set."""
 
-    def __init__(self, port: int, **kwargs: Any) -> None:
+    def __init__(self, port: int, *, cut: bool = False, **kwargs: Any) -> None:
         super().__init__(port, **kwargs)
         self.release = asyncio.Event()
         self.finished = 0
+        self.cut = cut  # on release, break the connection off instead of sending the rest
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         instances = self.series.get(request.match_info.get("series", ""), {})
@@ -55,6 +58,10 @@ class HeldServer(DicomwebServer):
         cut = body.index(b"\r\n\r\n") + 4 + HEAD + 1000
         await resp.write(body[:cut])
         await self.release.wait()
+        if self.cut:
+            assert request.transport is not None
+            request.transport.close()
+            return resp
         await resp.write(body[cut:])
         await resp.write_eof()
         self.finished += 1
@@ -161,3 +168,40 @@ async def test_streamed_instances_outside_the_kos_never_reach_a_viewer_the_cache
         assert job["state"] == "done", job
         assert sorted(pacs.stored) == sorted(genuine_rest.values())
         assert len(streamed) == 2 * sum(len(instances) for instances in rogue.series.values())
+
+
+async def test_a_source_cut_off_midway_cuts_the_viewer_off_too_and_leaves_nothing_cached(
+    sim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The viewer already has the head of an instance the source then breaks off: its response ends broken (never
+    a short instance that looks whole), and the cache keeps nothing of the series."""
+    monkeypatch.setattr(backend, "STREAM_FROM", HEAD + 1)
+    files = study_files(SPEC)
+    series_uid, instances = next(iter(files.items()))
+    source = HeldServer(free_port(), cut=True, series={series_uid: instances})
+    dmp = f"{sim.url}/dmp"
+    kos_uid = await publish(dmp, consumer_settings(tmp_path / "publisher", dmp), SPEC, public_url=source.url)
+    source.published = {kos_uid}
+    async with serving(source), running_consumer(tmp_path, sim.url, "pro-token") as conso:
+        try:
+            assert kos_uid in await conso.open_exam_list()
+            url = f"/conso/dicom-web/studies/{SPEC.study_uid}/series/{series_uid}"
+            resp = await conso.client.get(url, headers={**ACCEPT, KOS_HEADER: kos_uid})
+            first = next(iter(instances.values()))
+            received = b""
+            async with asyncio.timeout(10):
+                while first[:HEAD] not in received:
+                    received += await resp.content.readany()
+            source.release.set()
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async with asyncio.timeout(10):
+                    while chunk := await resp.content.readany():
+                        received += chunk
+            assert first not in received
+        finally:
+            source.release.set()
+        cache = conso.app[IMAGES].cache
+        async with asyncio.timeout(10):
+            while cache._fills:  # the fill's end (its files removed) follows the viewer's by a moment
+                await asyncio.sleep(0.02)
+        assert not list((tmp_path / "consumer-var" / "consumer-cache").rglob("*.dcm"))
