@@ -39,6 +39,7 @@ orthanc_test = [pytest.mark.orthanc, pytest.mark.dcmtk]
 @pytest.fixture(scope="module")
 def exam_c(orthanc: OrthancServer, tmp_path_factory: pytest.TempPathFactory) -> StudySpec:
     spec = exam_c_spec(instances_per_series=5, rows=64, columns=64)
+    orthanc.clear()  # the session's PACS: another module may have left its own version of exam C in it
     orthanc.store_files(write_study(tmp_path_factory.mktemp("exam_c"), spec))
     return spec
 
