@@ -1,6 +1,7 @@
 // The viewer's page: reads its target from the URL, fills the banner and the series panel, shows a stack.
 // Every text from the server goes in with textContent (never innerHTML): nothing it sends can run as markup.
 import { Dicomweb, HttpError, maskIns, personName, value } from './dicomweb.js';
+import { LinkMeter } from './link.js';
 import { Stack, applyWindow, defaultWindow } from './stack.js';
 
 const $ = (id) => document.getElementById(id);
@@ -108,7 +109,9 @@ async function main() {
   if (kos && !UID.test(kos)) throw problem('error.kos');
   if (!study && kos) study = await studyOfKos(kos);
   if (!UID.test(study)) throw problem('error.study');
-  const api = new Dicomweb(base, study, kos);
+  const link = new LinkMeter();
+  link.onchange = (slow) => { document.body.dataset.link = slow ? 'slow' : 'fast'; };
+  const api = new Dicomweb(base, study, kos, link);
   setupControls();
   // The series list (QIDO) and, only if the box holds it already, the whole study's metadata, side by side:
   // warm, the metadata opens the first series without waiting for the list; cold, it is a quick 504.
