@@ -34,6 +34,11 @@ export class Dicomweb {
     this.study = study;
     this.kos = kos;
     this.link = link; // a LinkMeter (link.js): frames are asked compressed while it says the link is slow
+    // A series' frames are asked the fast-link way until one has arrived: if it came compressed, the series is stored
+    // so (`asStored`) and goes as stored whatever the link, so it is asked that way for good: the HTTP cache varies on
+    // Accept, and a reopen on a link judged otherwise would miss every frame. Uncompressed (`seen`): the link decides.
+    this.seen = new Set();
+    this.asStored = new Set();
   }
 
   url(path) {
@@ -100,11 +105,15 @@ export class Dicomweb {
   // syntax, else native little-endian values. `bytes` counts what frames cost on the wire, for the perf suite.
   async frame(seriesUid, instanceUid, frame, syntaxes, signal = undefined) {
     const url = this.url(`${this.instancePath(seriesUid, instanceUid)}/frames/${frame}`);
-    const resp = await this.fetch(url, frameAccept(syntaxes, Boolean(this.link?.slow)), signal);
+    this.link?.poll();
+    const slow = Boolean(this.link?.slow) && this.seen.has(seriesUid) && !this.asStored.has(seriesUid);
+    const resp = await this.fetch(url, frameAccept(syntaxes, slow), signal);
     const part = parts(resp.headers.get('Content-Type') || '', await resp.arrayBuffer());
     this.frameBytes = (this.frameBytes || 0) + part.body.byteLength;
     this.link?.poll();
     const syntax = /transfer-syntax=\s*"?([0-9.]+)/i.exec(part.type)?.[1] || NATIVE;
+    if (!slow && !this.seen.has(seriesUid) && syntax !== NATIVE) this.asStored.add(seriesUid);
+    this.seen.add(seriesUid);
     return { syntax, buffer: part.body };
   }
 

@@ -9,7 +9,11 @@
 // browser's decode: 20 MB/s (160 Mbit/s) sits between a hospital's 100 Mbit/s and a LAN's gigabit.
 export const SLOW_BELOW_BYTES_PER_MS = 20_000;
 const WINDOW = 16; // the latest frames measured: a link that changes (Wi-Fi to 4G) is followed within a few frames
-const MIN_BYTES = 65536; // below this a transfer is a few packets: on a LAN its time is mostly clock granularity
+// Below this, a transfer's time is mostly the box's gap between writing the headers and the body (~1 ms on loopback:
+// an 18 kB frame looked like 12 MB/s). A compressed CT slice (JPEG-LS 512²: ~170 kB) still counts, so a link judged
+// slow is timed again once its frames come compressed.
+const MIN_BYTES = 65536;
+const REMEMBERED_FOR_MS = 8 * 3600 * 1000; // a working day at the same place; then the link is measured afresh
 const KEY = 'drimbox.link.bytesPerMs';
 
 export class LinkMeter {
@@ -19,10 +23,10 @@ export class LinkMeter {
     this.store = store;
     this.match = match;
     this.transfers = []; // [start, end, bytes] of the latest frames, by the network stack's clock
-    const kept = Number(store?.getItem(KEY));
-    this.remembered = kept > 0 ? kept : null;
+    const [kept, at] = String(store?.getItem(KEY) || '').split(' ').map(Number);
+    this.remembered = kept > 0 && Date.now() - at < REMEMBERED_FOR_MS ? kept : null;
     this.observer = null;
-    this.onchange = () => {}; // called with `slow` after each frame measured (the page shows it for the tests)
+    this.onchange = () => {}; // called with `slow` after each answer timed (the page shows it for the tests)
     if (typeof PerformanceObserver === 'function') {
       this.observer = new PerformanceObserver((list) => this.record(list.getEntries()));
       try {
@@ -33,27 +37,30 @@ export class LinkMeter {
     }
   }
 
-  // A frame's body has been read: its timing is usually queued already, and the next request should know it now
-  // rather than when the observer's callback runs (a low-priority task, after the queued frames have been sent).
+  // Before each frame is asked and after its body is read: the latest timings are usually queued already, and the
+  // next request should know them now rather than when the observer's callback runs (a low-priority task, after the
+  // queued frames have been sent).
   poll() {
     if (this.observer) this.record(this.observer.takeRecords());
   }
 
   record(entries) {
     for (const e of entries) {
-      // A frame from the HTTP cache or a 304 has no body on the wire (transferSize counts headers only then).
-      if (!this.match(e.name) || e.encodedBodySize < MIN_BYTES || e.transferSize < e.encodedBodySize) continue;
+      // From the HTTP cache or a 304, no body was on the wire (transferSize counts headers only then).
+      if (!this.match(e.name) || e.transferSize < e.encodedBodySize || e.encodedBodySize < MIN_BYTES) continue;
       // A body that came whole within the clock's resolution (coarsened to 0.1 ms) was as fast as it can tell.
       this.transfers.push([e.responseStart, Math.max(e.responseEnd, e.responseStart + 0.1), e.encodedBodySize]);
     }
     if (this.transfers.length > WINDOW) this.transfers.splice(0, this.transfers.length - WINDOW);
     const rate = this.bytesPerMs;
     if (rate === null) return;
-    this.store?.setItem(KEY, String(Math.round(rate)));
+    if (this.transfers.length) this.store?.setItem(KEY, `${Math.round(rate)} ${Date.now()}`);
     this.onchange(this.slow);
   }
 
-  // Bytes a millisecond over the latest frames, the last visit's figure before any, or null when nothing is known.
+  // Bytes a millisecond over the latest frames; before any, the last visit's figure (a reopen then asks as the last
+  // visit did, and its frames are in the HTTP cache under that Accept); null when nothing is known. (The instance list
+  // is no guide: timed, it made a LAN look slow half the time; and the metadata is compressed while it is sent.)
   get bytesPerMs() {
     if (!this.transfers.length) return this.remembered;
     const spans = [...this.transfers].sort((a, b) => a[0] - b[0]);

@@ -262,7 +262,7 @@ async function show(index) {
     }, () => {});
   }
   // Never a blank slice: the nearest one in memory stands in, marked, until this one arrives.
-  if (!stack.loaded.has(index) && view.image && !view.preview) showStandIn(stack, index);
+  if (!stack.loaded.has(index) && view.image && !view.preview) standInLater(stack, index);
   stack.focus(index); // the direction of scrolling; what the user has scrolled past is cancelled
   let image;
   try {
@@ -298,6 +298,18 @@ async function show(index) {
   }
   // Neighbours after the paint: before it, they would only compete with the first image.
   stack.preload(index);
+}
+
+// A stand-in only for a wait the eye would notice: painting one costs as much as painting the image (windowing a
+// 512² slice), and while scrolling through loaded slices (the next one a few ms away) it doubled the work of every
+// step: the perf suite's 260-slice pass took 2-3 s longer. Meanwhile the previous slice stays on screen.
+const STAND_IN_AFTER_MS = 100;
+
+function standInLater(stack, index) {
+  clearTimeout(view.standInTimer);
+  view.standInTimer = setTimeout(() => {
+    if (stack === view.stack && index === view.index && !stack.loaded.has(index)) showStandIn(stack, index);
+  }, STAND_IN_AFTER_MS);
 }
 
 // The nearest slice in memory, drawn while this one is on its way, with a marker naming it; no tool works on it
