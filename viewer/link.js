@@ -59,8 +59,8 @@ export class LinkMeter {
   }
 
   // Bytes a millisecond over the latest frames; before any, the last visit's figure (a reopen then asks as the last
-  // visit did, and its frames are in the HTTP cache under that Accept); null when nothing is known. (The instance list
-  // is no guide: timed, it made a LAN look slow half the time; and the metadata is compressed while it is sent.)
+  // visit did, and its frames are in the HTTP cache under that Accept); null when nothing is known. (No other answer is
+  // a guide: the metadata, compressed while it is sent, made loopback look slow when tried.)
   get bytesPerMs() {
     if (!this.transfers.length) return this.remembered;
     const spans = [...this.transfers].sort((a, b) => a[0] - b[0]);
