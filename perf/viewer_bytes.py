@@ -9,9 +9,10 @@ uncompressed stored data cost (JPEG-LS on the fly, `[http] compress_on_the_fly`;
     python -m perf.viewer_bytes --browser            # also the viewer itself in Chromium, every slice shown
 
 Without --url the box's own DICOMweb and viewer routes serve the generated studies on loopback, twice: as a box
-by default (`compress_on_the_fly = false`) and with it on. Each frame is asked once, 4 at a time (as
-the viewer does), with the exact Accept headers the viewer sends (`ACCEPT_BEFORE`, `ACCEPT_VIEWER`); the bytes
-are the response bodies. `fetch_frames()` is the reusable part: point it at a base URL behind an emulated link.
+by default (`compress_on_the_fly = "auto"`) and with it `true`. Each frame is asked once, 4 at a time (as
+the viewer does), with the exact Accept headers the viewer sends (`ACCEPT_BEFORE`, `ACCEPT_VIEWER` on a fast link,
+`ACCEPT_VIEWER_SLOW` on a slow one: then "auto" encodes uncompressed data as JPEG-LS); the bytes are the response
+bodies. `fetch_frames()` is the reusable part: point it at a base URL behind an emulated link.
 
 Figures (one run, 2 shared cores, loopback, `python -m perf.viewer_bytes --browser`; the suite's synthetic slices,
 noise 24, compress like the ANS data set, ~3:1):
@@ -25,11 +26,11 @@ noise 24, compress like the ANS data set, ~3:1):
 - The slow-link preview (`/frames/N/rendered?quality=60&viewport=256,256&window=40,400,linear`): 4.7 kB a slice
   against 177 kB for the JPEG-LS frame (15 kB at full size), ~45 ms of box CPU (decode, window, JPEG): asked only
   once exact frames take over 300 ms.
-- Uncompressed stored data: JPEG-LS on the fly (`compress_on_the_fly = true`) sends 0.34 × for ~6 ms of box CPU a
+- Uncompressed stored data: JPEG-LS on the fly (the slow-link viewer on an "auto" box) sends 0.34 × for ~6 ms of box CPU a
   frame; gzip level 1 of the native frame 0.44 × (ratio 2.25) for ~4 ms. JPEG-LS wins on bytes, for 50 % more CPU,
   and needs nothing new on the wire (no Content-Encoding on multipart frames): gzip is not implemented.
-  The default stays off: on a LAN the CPU costs more than the bytes save (the viewer's pass over ct300 on
-  loopback: 0.6 s native, 4.0 s on the fly).
+  Hence "auto": on a LAN the CPU costs more than the bytes save (the viewer's pass over ct300 on loopback: 0.6 s
+  native, 4.0 s on the fly), so the viewer asks compressed only on a slow link (viewer/link.js).
 """
 
 from __future__ import annotations
@@ -58,13 +59,14 @@ from tests.support.folder_backend import FolderBackend
 NATIVE = "1.2.840.10008.1.2.1"
 # What viewer/dicomweb.js sent before the codecs (RAW_FRAME), and what it sends now (frameAccept with JPEG-LS).
 ACCEPT_BEFORE = f'multipart/related; type="application/octet-stream"; transfer-syntax={NATIVE}'
-ACCEPT_VIEWER = (
+_DECODED = (
     'multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.80, '
     'multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.81, '
     'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90, '
     'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.91, '
-    f"{ACCEPT_BEFORE}; q=0.5"
 )
+ACCEPT_VIEWER = f"{_DECODED}{ACCEPT_BEFORE}"  # a fast link: every form at the same weight
+ACCEPT_VIEWER_SLOW = f"{_DECODED}{ACCEPT_BEFORE}; q=0.5"  # a slow link: uncompressed weighted below
 PARALLEL = 4  # viewer/stack.js PARALLEL
 
 
@@ -153,7 +155,7 @@ def gzip_native(paths: list[Path]) -> dict[str, float]:
 
 
 @asynccontextmanager
-async def local_box(root: Path, *, compress: bool = False) -> Any:
+async def local_box(root: Path, *, compress: bool | str = "auto") -> Any:
     """The box's DICOMweb routes over `root` at /dicom-web (`compress`: `compress_on_the_fly`) and its viewer."""
     from drimbox.viewer.routes import viewer_routes
     from tests.test_viewer_routes import FakeGate
@@ -193,7 +195,7 @@ async def measure_shape(root: Path, spec: StudySpec, paths: list[Path], browser:
         result["before"] = asdict(await fetch_frames(base, spec.study_uid, ACCEPT_BEFORE))
         result["viewer"] = asdict(await fetch_frames(base, spec.study_uid, ACCEPT_VIEWER))
         if native:
-            result["viewer_on_the_fly"] = asdict(await fetch_frames(f"{otf}/dicom-web", spec.study_uid, ACCEPT_VIEWER))
+            result["viewer_on_the_fly"] = asdict(await fetch_frames(base, spec.study_uid, ACCEPT_VIEWER_SLOW))
         if browser:
             result["browser"] = await asyncio.to_thread(browse, url, spec.study_uid, len(paths))
             if native:

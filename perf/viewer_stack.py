@@ -30,6 +30,31 @@ Figures (one run each, 2 shared cores under other engineers' load: ±40 % betwee
 
 The cold pass and the box CPU cold include the Proxy's C-GET of the series from Orthanc; the stream time is
 measured warm (the box holds the series then), so the "1.5 ×" ratio printed is not the issue's yet.
+
+The "after" regressions, measured again (same box, the viewer swapped with DRIMBOX_VIEWER_DIR, runs interleaved,
+260 slices). In a quiet window (03:45-03:48 UTC, nothing else running), cold first image / warm first image / cold
+pass / warm pass / box CPU cold per slice:
+
+| viewer | run 1 | run 2 |
+|---|---|---|
+| as merged (d21fed7) | 640 / 341 ms / 5.8 / 4.6 s / 8.8 ms | 576 / 257 ms / 5.7 / 4.3 s / 8.7 ms |
+| the same without the position fields in the QIDO | 727 / 283 ms / 6.0 / 4.3 s / 9.2 ms | 628 / 316 ms / 6.0 / 4.3 s / 9.4 ms |
+| stand-in after 100 ms (this version) | 632 / 271 ms / 5.7 / 4.1 s / 8.7 ms | 587 / 286 ms / 5.5 / 4.1 s / 8.2 ms |
+
+Under another engineer's full test suite (load 4-8 on 2 cores) every viewer spreads alike: the viewer of 3ef05cf
+(before issue 16) 644-1284 ms cold first image and 6.8-8.8 s cold pass over 5 runs, the merged one 714-1331 ms and
+6.2-8.9 s over 3. So: no first-image regression (587-632 ms quiet, 614 before); the position fields cost nothing
+measurable here; cancelling does not touch the Proxy's series fill
+(proxy_backend leaves it running). The box's cold CPU per slice is the same with the viewer of before (8.4-8.7 ms):
+the Proxy receiving the series by C-GET, not the viewer (warm 1.9 ms). The pass itself is bound by the browser:
+one decoding worker on a 2-core machine (8-9 ms a slice) and a 512² windowing per paint; a stand-in painted at
+every step (the next slice not decoded yet) doubled the paints, hence the 100 ms delay.
+
+`--full` (1300 slices, 230.7 MB stored, one run at 04:08 UTC, this version): first image cold 2068 ms, warm 453 ms;
+every slice 31.6 s cold, 17.3 s warm (the box streams the series in 1.0 s); bytes 1.008 × stored cold, 0.47 MB
+(0.2 %) warm, no frame asked twice; once loaded, max step 60 ms (p99 56); box CPU per slice 15.7 ms cold, 1.5 warm.
+Not met at 1300: the cold first image (the Proxy's C-GETs of a 230 MB series beside the QIDO's two pages), the
+pass (decode-bound in the browser: ~13 ms a slice warm with one worker), the cold box CPU (the C-GET path).
 """
 
 from __future__ import annotations

@@ -53,3 +53,28 @@ def test_missing_file_and_bad_toml_are_reported(tmp_path: Path) -> None:
         load_settings(tmp_path / "absent.toml", env={})
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(write(tmp_path, "[pacs\n"), env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ("", {}, "auto"),  # the default: encode only for a client that prefers it (the viewer on a slow link)
+        ("[http]\ncompress_on_the_fly = true\n", {}, True),
+        ("[http]\ncompress_on_the_fly = false\n", {}, False),
+        ("", {"DRIMBOX_HTTP__COMPRESS_ON_THE_FLY": "off"}, False),
+        ("", {"DRIMBOX_HTTP__COMPRESS_ON_THE_FLY": "auto"}, "auto"),
+    ],
+)
+def test_compress_on_the_fly_is_true_false_or_auto(
+    tmp_path: Path, text: str, env: dict[str, str], expected: object
+) -> None:
+    path = tmp_path / "box.toml"
+    path.write_text(text)
+    assert load_settings(path, env=env).http.compress_on_the_fly == expected
+
+
+def test_compress_on_the_fly_refuses_another_word(tmp_path: Path) -> None:
+    path = tmp_path / "box.toml"
+    path.write_text('[http]\ncompress_on_the_fly = "sometimes"\n')
+    with pytest.raises(ConfigError, match=r"http\.compress_on_the_fly"):
+        load_settings(path, env={})

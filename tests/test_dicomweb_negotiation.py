@@ -8,6 +8,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless
 from drimbox.dicomweb.negotiation import (
     OCTET_STREAM,
     InstanceChoice,
+    MediaRange,
     NotAcceptable,
     PixelChoice,
     instance_choices,
@@ -154,3 +155,48 @@ def test_the_viewers_accept_gets_the_stored_bitstream_or_native_pixels_without_c
     if can_encode("1.2.840.10008.1.2.4.80"):
         on_the_fly = pixel_choices(viewer, ExplicitVRLittleEndian, single_part_allowed=False, compress=True)
         assert on_the_fly[0] == PixelChoice("image/jls", "1.2.840.10008.1.2.4.80")
+
+
+JLS = "1.2.840.10008.1.2.4.80"
+J2K = "1.2.840.10008.1.2.4.90"
+_JLS_RANGE = f'multipart/related; type="image/jls"; transfer-syntax={JLS}'
+_J2K_RANGE = f'multipart/related; type="image/jp2"; transfer-syntax={J2K}'
+_NATIVE_RANGE = f'multipart/related; type="application/octet-stream"; transfer-syntax={ExplicitVRLittleEndian}'
+# The viewer's two Accept headers (dicomweb.js frameAccept): on a fast link every form at the same weight, on a slow
+# one uncompressed weighted below what it decodes.
+FAST = parse_accept(f"{_JLS_RANGE}, {_J2K_RANGE}, {_NATIVE_RANGE}")
+SLOW = parse_accept(f"{_JLS_RANGE}, {_J2K_RANGE}, {_NATIVE_RANGE}; q=0.5")
+
+
+@pytest.mark.skipif(not can_encode(JLS), reason="no JPEG-LS encoder (pyjpegls)")
+def test_auto_encodes_uncompressed_frames_only_for_a_client_that_weights_a_compressed_syntax_higher() -> None:
+    def best(ranges: list[MediaRange], stored: str, compress: bool | str) -> PixelChoice:
+        return pixel_choices(ranges, stored, single_part_allowed=False, compress=compress)[0]
+
+    # Uncompressed stored: a slow-link viewer gets JPEG-LS, a fast-link one the stored values (no box CPU).
+    assert best(SLOW, ExplicitVRLittleEndian, "auto") == PixelChoice("image/jls", JLS)
+    assert best(FAST, ExplicitVRLittleEndian, "auto") == PixelChoice(OCTET_STREAM, ExplicitVRLittleEndian)
+    # true keeps its meaning (the client's order), false never encodes.
+    assert best(FAST, ExplicitVRLittleEndian, True) == PixelChoice("image/jls", JLS)
+    assert best(SLOW, ExplicitVRLittleEndian, False) == PixelChoice(OCTET_STREAM, ExplicitVRLittleEndian)
+    # Stored compressed: as stored on either link, never re-encoded into the other lossless syntax.
+    assert best(SLOW, J2K, "auto") == PixelChoice("image/jp2", J2K)
+    assert best(SLOW, JLS, "auto") == PixelChoice("image/jls", JLS)
+    # Stored lossy: never to a lossless syntax; decoded to uncompressed as before.
+    assert best(SLOW, "1.2.840.10008.1.2.4.50", "auto").syntax == ExplicitVRLittleEndian
+    # A client that accepts JPEG-LS only is served rather than refused.
+    assert best(parse_accept(_JLS_RANGE), ExplicitVRLittleEndian, "auto") == PixelChoice("image/jls", JLS)
+
+
+@pytest.mark.skipif(not can_encode(JLS), reason="no JPEG-LS encoder (pyjpegls)")
+def test_auto_encodes_whole_instances_by_the_same_weights() -> None:
+    def first(accept: str, compress: bool | str) -> str:
+        choices = instance_choices(parse_accept(accept), single_part_allowed=False)
+        return next(syntaxes_for(ExplicitVRLittleEndian, choices, compress=compress)).syntax
+
+    prefers_jls = f'multipart/related; type="application/dicom"; transfer-syntax={JLS}, multipart/related; type="application/dicom"; q=0.5'
+    equal = f'multipart/related; type="application/dicom"; transfer-syntax={JLS}, multipart/related; type="application/dicom"'
+    assert first(prefers_jls, "auto") == JLS
+    assert first(equal, "auto") == ExplicitVRLittleEndian
+    assert first(equal, True) == JLS
+    assert first(prefers_jls, False) == ExplicitVRLittleEndian

@@ -2,8 +2,9 @@
 
 A signed 12-bit CT compressed by dcmtk's dcmcjpls (an encoder independent of the browser's CharLS build) and the
 same slices uncompressed, served by the box's DICOMweb and viewer routes over a folder of Part-10 files, with
-`compress_on_the_fly` off as a box is by default. The page exposes the shown frame's transfer syntax and a
-fingerprint of its stored values (`#image[data-pixel-hash]`), compared here with pydicom's decode of the file.
+`compress_on_the_fly = "auto"` as a box has by default: it encodes an uncompressed study for a viewer on a slow link
+only. The page exposes the shown frame's transfer syntax and a fingerprint of its stored values
+(`#image[data-pixel-hash]`), compared here with pydicom's decode of the file.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, JPEG2000Los
 
 from drimbox.dicomweb import pixels
 from drimbox.dicomweb.routes import dicomweb_routes
+from drimbox.dicomweb.transcode import can_encode
 from drimbox.viewer.routes import viewer_routes
 from tests.support.fixtures_browser import CHROMIUM
 from tests.support.folder_backend import FolderBackend
@@ -42,11 +44,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.dcmtk]
 JLS_STUDY = "1.2.826.0.1.3680043.10.1315.1"
 RAW_STUDY = "1.2.826.0.1.3680043.10.1315.2"
 J2K_STUDY = "1.2.826.0.1.3680043.10.1315.3"
+WIDE_STUDY = "1.2.826.0.1.3680043.10.1315.4"  # uncompressed, frames large enough for the viewer to time its link
 SIZE = 96
 SLICES = 5
+WIDE_SIZE, WIDE_SLICES = 256, 20
 
 
-def _slice(study: str, number: int) -> Dataset:
+def _slice(study: str, number: int, size: int = SIZE) -> Dataset:
     series = study + ".1"
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -58,14 +62,14 @@ def _slice(study: str, number: int) -> Dataset:
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
     ds.PatientName, ds.PatientID, ds.StudyDate, ds.Modality = "TEST^CODEC", "CODEC-1", "20240101", "CT"
     ds.SeriesNumber, ds.InstanceNumber = 1, number
-    ds.Rows = ds.Columns = SIZE
+    ds.Rows = ds.Columns = size
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     # Signed 12-bit: negative values make a decoder that forgets the sign (or the bit depth) visible.
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 1
     ds.RescaleIntercept, ds.RescaleSlope = 0, 1
     ds.WindowCenter, ds.WindowWidth = 40, 400
     rng = np.random.default_rng(number)
-    values = np.add.outer(np.arange(SIZE), np.arange(SIZE)).astype(np.int16) * 20 - 1900
+    values = np.add.outer(np.arange(size), np.arange(size)).astype(np.int16) * (20 * SIZE // size) - 1900
     values += rng.integers(-30, 30, size=values.shape, dtype=np.int16)
     values[4 * number : 4 * number + 12, 10:30] = 2000
     ds.PixelData = values.astype("<i2").tobytes()
@@ -99,6 +103,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         j2k = _slice(J2K_STUDY, n)
         j2k.compress(JPEG2000Lossless)  # pylibjpeg-openjpeg, beside the browser's own OpenJPEG build
         j2k.save_as(root / f"j2k{n}.dcm", enforce_file_format=True)
+    for n in range(1, WIDE_SLICES + 1):
+        _slice(WIDE_STUDY, n, WIDE_SIZE).save_as(root / f"wide{n}.dcm", enforce_file_format=True)
     assert pydicom.dcmread(root / "jls1.dcm").file_meta.TransferSyntaxUID == JPEGLSLossless
     decodes: list[str] = []
     real_decoder, real_encoder = getattr(pixels, "get_decoder"), getattr(pixels, "get_encoder")  # noqa: B009
@@ -120,7 +126,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         backend = await FolderBackend.open(root)
         app = web.Application()
         app.add_routes(viewer_routes(FakeGate(True), None))  # type: ignore[arg-type]
-        app.add_routes(dicomweb_routes(backend, compress=False))  # a box's default: compress_on_the_fly = false
+        app.add_routes(dicomweb_routes(backend, compress="auto"))  # a box's default: compress_on_the_fly = "auto"
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -223,7 +229,7 @@ def test_an_uncompressed_study_still_arrives_native_and_the_box_encodes_nothing(
     assert syntax == ExplicitVRLittleEndian
     assert digest == expected_hash(served.root, "raw", index)
     assert types and all('type="application/octet-stream"' in t for t in types), types
-    assert served.decodes == []  # native frames are sliced, and compress_on_the_fly is off: no codec at all
+    assert served.decodes == []  # native frames are sliced, and a fast link asks nothing compressed: no codec at all
 
 
 def test_the_vendored_codec_is_served_as_webassembly_with_an_immutable_cache(page: Any, served: Served) -> None:
@@ -277,3 +283,46 @@ def test_a_browser_whose_codec_cannot_load_gets_the_frames_uncompressed(page: An
     assert syntax == ExplicitVRLittleEndian  # decoded by the box, as before the codecs
     assert digest == expected_hash(served.root, "jls", index)
     assert any('type="application/octet-stream"' in t for t in types), types
+
+
+def _open_wide_and_go_to_the_end(page: Any, served: Served) -> tuple[int, str, int]:
+    open_viewer(page, served, WIDE_STUDY)
+    page.locator("#image").focus()
+    page.keyboard.press("End")
+    wait_until(page, f"document.querySelector('#image').dataset.index === '{WIDE_SLICES - 1}'", 30)
+    return shown(page)
+
+
+def test_an_uncompressed_study_arrives_as_stored_on_a_fast_link(page: Any, served: Served) -> None:
+    types = frame_types(page)
+    served.decodes.clear()
+    index, syntax, digest = _open_wide_and_go_to_the_end(page, served)
+    assert page.get_attribute("body", "data-link") == "fast"  # it was timed: 128 KiB frames
+    assert (index, syntax) == (WIDE_SLICES - 1, ExplicitVRLittleEndian)
+    assert digest == expected_hash(served.root, "wide", index)
+    assert types and all('type="application/octet-stream"' in t for t in types), types
+    assert not [d for d in served.decodes if d.startswith("encode")]  # the box spent no CPU on it
+
+
+@pytest.mark.skipif(not can_encode(JPEGLSLossless), reason="no JPEG-LS encoder (pyjpegls)")
+def test_an_uncompressed_study_arrives_as_jpeg_ls_on_a_slow_link_with_the_exact_values(
+    page: Any, served: Served
+) -> None:
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    # 1 MB/s (8 Mbit/s) and 40 ms: slow. Throttled from the start, a fresh profile: nothing in the HTTP cache.
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 40, "downloadThroughput": 1_000_000, "uploadThroughput": 1_000_000},
+    )
+    types = frame_types(page)
+    served.decodes.clear()
+    open_viewer(page, served, WIDE_STUDY)
+    wait_until(page, "document.body.dataset.link === 'slow'", 30)
+    index, syntax, digest = _open_wide_and_go_to_the_end(page, served)
+    assert (index, syntax) == (WIDE_SLICES - 1, JPEGLSLossless)
+    assert digest == expected_hash(served.root, "wide", index)  # lossless: the stored values exactly
+    jls = [t for t in types if 'type="image/jls"' in t]
+    # Only those asked before the first frame is timed come as stored: at most the 4 the viewer sends at once.
+    assert jls and len(types) - len(jls) <= 4, types
+    assert f"encode {JPEGLSLossless}" in served.decodes

@@ -18,18 +18,27 @@ const PIXEL_MEDIA = {
   '1.2.840.10008.1.2.4.91': 'image/jp2',
 };
 
-// The stored syntaxes the viewer decodes first (PS3.18 8.7.3: the box sends those as stored, never decoding
-// them), uncompressed as the fallback at a lower weight: the box decodes only what the browser cannot.
-export function frameAccept(syntaxes) {
+// The syntaxes the viewer decodes (PS3.18 8.7.3: the box sends those as stored, never decoding them), then
+// uncompressed: the box decodes only what the browser cannot. On a fast link all at the same weight, which leaves the
+// choice to the box: uncompressed data goes as stored, no box CPU spent. On a slow link (`compressed`) uncompressed
+// weighs less, and a box with `compress_on_the_fly = "auto"` encodes JPEG-LS lossless (a third of the bytes) for it;
+// a compressed study still comes as stored (the box never re-encodes one lossless syntax into another for this).
+export function frameAccept(syntaxes, compressed = false) {
   const ranges = [...syntaxes].map((ts) => `multipart/related; type="${PIXEL_MEDIA[ts]}"; transfer-syntax=${ts}`);
-  return [...ranges, ranges.length ? `${RAW_FRAME}; q=0.5` : RAW_FRAME].join(', ');
+  return [...ranges, ranges.length && compressed ? `${RAW_FRAME}; q=0.5` : RAW_FRAME].join(', ');
 }
 
 export class Dicomweb {
-  constructor(base, study, kos) {
+  constructor(base, study, kos, link = null) {
     this.base = base;
     this.study = study;
     this.kos = kos;
+    this.link = link; // a LinkMeter (link.js): frames are asked compressed while it says the link is slow
+    // A series' frames are asked the fast-link way until one has arrived: if it came compressed, the series is stored
+    // so (`asStored`) and goes as stored whatever the link, so it is asked that way for good: the HTTP cache varies on
+    // Accept, and a reopen on a link judged otherwise would miss every frame. Uncompressed (`seen`): the link decides.
+    this.seen = new Set();
+    this.asStored = new Set();
   }
 
   url(path) {
@@ -96,10 +105,15 @@ export class Dicomweb {
   // syntax, else native little-endian values. `bytes` counts what frames cost on the wire, for the perf suite.
   async frame(seriesUid, instanceUid, frame, syntaxes, signal = undefined) {
     const url = this.url(`${this.instancePath(seriesUid, instanceUid)}/frames/${frame}`);
-    const resp = await this.fetch(url, frameAccept(syntaxes), signal);
+    this.link?.poll();
+    const slow = Boolean(this.link?.slow) && this.seen.has(seriesUid) && !this.asStored.has(seriesUid);
+    const resp = await this.fetch(url, frameAccept(syntaxes, slow), signal);
     const part = parts(resp.headers.get('Content-Type') || '', await resp.arrayBuffer());
     this.frameBytes = (this.frameBytes || 0) + part.body.byteLength;
+    this.link?.poll();
     const syntax = /transfer-syntax=\s*"?([0-9.]+)/i.exec(part.type)?.[1] || NATIVE;
+    if (!slow && !this.seen.has(seriesUid) && syntax !== NATIVE) this.asStored.add(seriesUid);
+    this.seen.add(seriesUid);
     return { syntax, buffer: part.body };
   }
 

@@ -1,6 +1,7 @@
 // The viewer's page: reads its target from the URL, fills the banner and the series panel, shows a stack.
 // Every text from the server goes in with textContent (never innerHTML): nothing it sends can run as markup.
 import { Dicomweb, HttpError, maskIns, personName, value } from './dicomweb.js';
+import { LinkMeter } from './link.js';
 import { Stack, applyWindow, defaultWindow } from './stack.js';
 
 const $ = (id) => document.getElementById(id);
@@ -108,7 +109,9 @@ async function main() {
   if (kos && !UID.test(kos)) throw problem('error.kos');
   if (!study && kos) study = await studyOfKos(kos);
   if (!UID.test(study)) throw problem('error.study');
-  const api = new Dicomweb(base, study, kos);
+  const link = new LinkMeter();
+  link.onchange = (slow) => { document.body.dataset.link = slow ? 'slow' : 'fast'; };
+  const api = new Dicomweb(base, study, kos, link);
   setupControls();
   // The series list (QIDO) and, only if the box holds it already, the whole study's metadata, side by side:
   // warm, the metadata opens the first series without waiting for the list; cold, it is a quick 504.
@@ -259,7 +262,7 @@ async function show(index) {
     }, () => {});
   }
   // Never a blank slice: the nearest one in memory stands in, marked, until this one arrives.
-  if (!stack.loaded.has(index) && view.image && !view.preview) showStandIn(stack, index);
+  if (!stack.loaded.has(index) && view.image && !view.preview) standInLater(stack, index);
   stack.focus(index); // the direction of scrolling; what the user has scrolled past is cancelled
   let image;
   try {
@@ -295,6 +298,18 @@ async function show(index) {
   }
   // Neighbours after the paint: before it, they would only compete with the first image.
   stack.preload(index);
+}
+
+// A stand-in only for a wait the eye would notice: painting one costs as much as painting the image (windowing a
+// 512² slice), and while scrolling through loaded slices (the next one a few ms away) it doubled the work of every
+// step: the perf suite's 260-slice pass took 2-3 s longer. Meanwhile the previous slice stays on screen.
+const STAND_IN_AFTER_MS = 100;
+
+function standInLater(stack, index) {
+  clearTimeout(view.standInTimer);
+  view.standInTimer = setTimeout(() => {
+    if (stack === view.stack && index === view.index && !stack.loaded.has(index)) showStandIn(stack, index);
+  }, STAND_IN_AFTER_MS);
 }
 
 // The nearest slice in memory, drawn while this one is on its way, with a marker naming it; no tool works on it

@@ -15,7 +15,7 @@ VARY_PIXELS = "Accept"
 VARY_METADATA = "Accept, Accept-Encoding, KOS-SOPInstanceUID"
 
 
-def immutable_etag(request: web.Request, *, compress: bool) -> str:
+def immutable_etag(request: web.Request, *, compress: bool | str) -> str:
     """A strong validator from the request alone: a DICOM instance never changes under its UID, so frames, bulk
     data, rendered images and thumbnails are a function of the URL, the Accept header and the box's compression
     setting; the 304 is then answered without reading the instance (on a Proxy box, without a C-GET)."""

@@ -53,6 +53,31 @@ _MEDIA_DEFAULT_SYNTAX = {
 }
 
 
+# `[http] compress_on_the_fly`: when the box may encode pixel data the client asks compressed but it stores
+# uncompressed. "auto" (the default): only when the client weights a compressed syntax strictly above every form it
+# accepts that needs no encoding (a viewer on a slow link: q=1 for JPEG-LS, q=0.5 uncompressed); equal weights leave
+# the choice to the box (RFC 9110 §12.5.1), which then spends no CPU. True: whenever the client lists it first.
+# False: never. Lossy is never produced and lossy data is never re-encoded (transcode.can_transcode).
+ALWAYS, NEVER, AUTO = "always", "never", "auto"
+
+
+def encode_policy(setting: bool | str) -> str:
+    """The policy a `compress` setting means: ALWAYS (true), NEVER (false) or AUTO ("auto")."""
+    if setting is True or setting == ALWAYS:
+        return ALWAYS
+    if setting is False or setting == NEVER:
+        return NEVER
+    if setting == AUTO:
+        return AUTO
+    raise ValueError(f'compress_on_the_fly: true, false or "auto", got {setting!r}')
+
+
+def _encoding_allowed(policy: str, q: float, plain_q: float) -> bool:
+    """Whether a choice that needs encoding (weight `q`) may be served, the best choice needing none weighing
+    `plain_q` (0 when there is none: a client that accepts compressed frames only is served under AUTO too)."""
+    return policy == ALWAYS or (policy == AUTO and q > plain_q)
+
+
 class NotAcceptable(Exception):
     """No representation the client accepts can be produced (HTTP 406); the message says what we offer."""
 
@@ -139,6 +164,7 @@ class InstanceChoice:
 
     syntax: str
     single_part: bool = False
+    q: float = 1.0
 
 
 def instance_choices(ranges: list[MediaRange], *, single_part_allowed: bool) -> list[InstanceChoice]:
@@ -154,11 +180,11 @@ def instance_choices(ranges: list[MediaRange], *, single_part_allowed: bool) -> 
         if r.media_type in (MULTIPART, "multipart/*", "*/*") and part_type in (DICOM, "application/*", "*/*"):
             syntax = _wanted_syntax(r.params, ExplicitVRLittleEndian)
             if syntax is not None:
-                choices.append(InstanceChoice(syntax))
+                choices.append(InstanceChoice(syntax, q=r.q))
         elif r.media_type == DICOM and single_part_allowed:
             syntax = _wanted_syntax(r.params, ExplicitVRLittleEndian)
             if syntax is not None:
-                choices.append(InstanceChoice(syntax, single_part=True))
+                choices.append(InstanceChoice(syntax, single_part=True, q=r.q))
     if not choices:
         raise NotAcceptable(
             'instances are sent as multipart/related; type="application/dicom" '
@@ -167,17 +193,29 @@ def instance_choices(ranges: list[MediaRange], *, single_part_allowed: bool) -> 
     return choices
 
 
-def syntaxes_for(stored: str, choices: list[InstanceChoice], *, compress: bool = True) -> Iterator[InstanceChoice]:
+def syntaxes_for(
+    stored: str, choices: list[InstanceChoice], *, compress: bool | str = True
+) -> Iterator[InstanceChoice]:
     """The choices that can deliver an instance stored in `stored`, best first, `*` resolved to `stored`.
 
-    `compress=False` skips choices that would compress on the fly (CPU-bound: a box may prefer to spend
-    bandwidth rather than CPU), leaving as stored and decompression.
+    `compress` (see encode_policy) says when choices that would compress on the fly (CPU-bound: a box may prefer
+    to spend bandwidth rather than CPU) are kept; as stored and decompression always are.
     """
+    policy = encode_policy(compress)
+
+    def encodes(choice: InstanceChoice) -> bool:
+        return choice.syntax not in (ANY_SYNTAX, stored) and is_compressed(choice.syntax)
+
+    def plain(choice: InstanceChoice) -> bool:  # deliverable without encoding: as stored, or decompressed
+        return not encodes(choice) and (choice.syntax in (ANY_SYNTAX, stored) or can_transcode(stored, choice.syntax))
+
+    plain_q = max((c.q for c in choices if plain(c)), default=0.0)
     for choice in choices:
         if choice.syntax == ANY_SYNTAX:
-            yield InstanceChoice(stored, choice.single_part)
+            yield InstanceChoice(stored, choice.single_part, choice.q)
         elif choice.syntax == stored or (
-            can_transcode(stored, choice.syntax) and (compress or not is_compressed(choice.syntax))
+            can_transcode(stored, choice.syntax)
+            and (not encodes(choice) or _encoding_allowed(policy, choice.q, plain_q))
         ):
             yield choice
 
@@ -197,17 +235,19 @@ def pixel_media_type(syntax: str) -> str:
 
 
 def pixel_choices(
-    ranges: list[MediaRange], stored: str, *, single_part_allowed: bool, compress: bool = True
+    ranges: list[MediaRange], stored: str, *, single_part_allowed: bool, compress: bool | str = True
 ) -> list[PixelChoice]:
     """What the client accepts for the frames of an instance stored in `stored`, best first (PS3.18 §8.7.3.5).
 
     `*/*`, `image/*` and `transfer-syntax=*` mean as stored (never decompress); octet-stream without a syntax
     means native pixels; a compressed image type is served when stored so, or when we can encode it and
-    `compress` allows encoding on the fly (`[http] compress_on_the_fly`: CPU the box may prefer not to spend).
+    `compress` allows encoding on the fly (`[http] compress_on_the_fly`, see encode_policy: CPU the box may
+    prefer not to spend).
     """
+    policy = encode_policy(compress)
+    weighted: list[tuple[PixelChoice, float]] = []  # the choices and their weights, before the policy's filter
     native = PixelChoice(OCTET_STREAM, ExplicitVRLittleEndian)
     as_stored = PixelChoice(pixel_media_type(stored), stored if is_compressed(stored) else ExplicitVRLittleEndian)
-    choices: list[PixelChoice] = []
     for r in ranges:
         if r.media_type in (MULTIPART, "multipart/*"):
             part_type = r.params.get("type", OCTET_STREAM).lower()
@@ -226,20 +266,27 @@ def pixel_choices(
                 continue
             # `transfer-syntax=*` under octet-stream: the stored bitstream, labelled by the part's syntax.
             media_type = OCTET_STREAM if media == OCTET_STREAM else as_stored.media_type
-            choices.append(PixelChoice(media_type, as_stored.syntax, single))
+            weighted.append((PixelChoice(media_type, as_stored.syntax, single), r.q))
         elif media == OCTET_STREAM:
             if syntax == ExplicitVRLittleEndian and can_transcode(stored, ExplicitVRLittleEndian):
-                choices.append(PixelChoice(native.media_type, native.syntax, single))
+                weighted.append((PixelChoice(native.media_type, native.syntax, single), r.q))
             elif syntax == stored:  # the stored bitstream, named explicitly rather than with `*`
-                choices.append(PixelChoice(OCTET_STREAM, stored, single))
-        elif _PIXEL_MEDIA.get(syntax) == media and (syntax == stored or (compress and can_transcode(stored, syntax))):
-            choices.append(PixelChoice(media, syntax, single))
+                weighted.append((PixelChoice(OCTET_STREAM, stored, single), r.q))
+        elif _PIXEL_MEDIA.get(syntax) == media and (syntax == stored or can_transcode(stored, syntax)):
+            weighted.append((PixelChoice(media, syntax, single), r.q))
+    plain_q = max((q for c, q in weighted if not encodes_pixels(stored, c)), default=0.0)
+    choices = [c for c, q in weighted if not encodes_pixels(stored, c) or _encoding_allowed(policy, q, plain_q)]
     if not choices:
         raise NotAcceptable(
             f'frames of this instance are sent as multipart/related; type="{OCTET_STREAM}" (native pixels, or '
             f'transfer-syntax=* for the stored bitstream) or type="{as_stored.media_type}" (as stored)'
         )
     return choices
+
+
+def encodes_pixels(stored: str, choice: PixelChoice) -> bool:
+    """Whether serving `choice` for data stored in `stored` means compressing pixels on the fly (CPU-bound)."""
+    return is_compressed(choice.syntax) and choice.syntax != stored
 
 
 def json_media_type(ranges: list[MediaRange]) -> str:

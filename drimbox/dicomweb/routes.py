@@ -32,6 +32,8 @@ from drimbox.dicomweb.json_model import dataset_json, encode
 from drimbox.dicomweb.metadata_trim import parse_includefield, trim
 from drimbox.dicomweb.negotiation import (
     NotAcceptable,
+    encode_policy,
+    encodes_pixels,
     instance_choices,
     json_media_type,
     parse_accept,
@@ -42,6 +44,7 @@ from drimbox.dicomweb.params import BadRequest, check_uid, parse_frame_list
 from drimbox.dicomweb.pixels import PIXEL_DATA, bulk_of, frames_of, read_instance
 from drimbox.dicomweb.qido import parse_query
 from drimbox.dicomweb.render import parse_options, render
+from drimbox.dicomweb.transcode import encoding_slot
 from drimbox.dicomweb.wado import aclose, send_pixel_parts, stream_instances
 
 log = logging.getLogger(__name__)
@@ -71,11 +74,11 @@ class _Routes:
         cors_origins: Sequence[str],
         max_results: int,
         public_url: str | None,
-        compress: bool,
+        compress: bool | str,
         access_params: frozenset[str] = frozenset(),
     ) -> None:
         self.backend = backend
-        self.compress = compress
+        self.compress = encode_policy(compress)
         self.access_params = access_params
         self.public_url = public_url.rstrip("/") if public_url else None
         self.base = base
@@ -209,7 +212,11 @@ class _Routes:
         choices = pixel_choices(
             ranges, instance.transfer_syntax_uid, single_part_allowed=len(numbers) == 1, compress=self.compress
         )
-        result = await _decoding(lambda: frames_of(read_instance(data), numbers, choices))
+        if encodes_pixels(instance.transfer_syntax_uid, choices[0]):
+            async with encoding_slot():
+                result = await _decoding(lambda: frames_of(read_instance(data), numbers, choices))
+        else:
+            result = await _decoding(lambda: frames_of(read_instance(data), numbers, choices))
         headers = {**self.cors(request), **cache_headers(etag, VARY_PIXELS)}
         return await send_pixel_parts(request, result, headers=headers)
 
@@ -392,7 +399,7 @@ def dicomweb_routes(
     cors_origins: Sequence[str] = (),
     max_results: int = 1000,
     public_url: str | None = None,
-    compress: bool = True,
+    compress: bool | str = True,
     access_params: Sequence[str] = (),
 ) -> list[web.RouteDef]:
     """Every WADO-RS and QIDO-RS route under `base`, served by `backend`.
@@ -400,8 +407,9 @@ def dicomweb_routes(
     `cors_origins`: origins allowed to call from a browser page elsewhere ("*" for any); empty = same-origin.
     `max_results`: the most QIDO answers per request (a larger `limit` is refused; Warning when truncated).
     `public_url`: scheme://host[:port] written in QIDO RetrieveURLs; default: from the request's Host header.
-    `compress`: compress instances on the fly when the client prefers a compressed syntax we can encode
-    (lossless only); False spends bandwidth instead of CPU (stored syntax or decompression only).
+    `compress`: compress instances and frames on the fly (lossless only) when the client prefers a compressed
+    syntax we can encode: "auto" when it weights it above what needs no encoding, True when it lists it first;
+    False spends bandwidth instead of CPU (stored syntax or decompression only). See negotiation.encode_policy.
     `access_params`: query parameters that belong to an access layer in front (e.g. `kos`, the manifest that
     entitles the request), not to QIDO matching: QIDO ignores them instead of refusing them as unknown keys.
     """

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import logging
+import os
+import weakref
 
 import pydicom
 from pydicom.pixels.decoders.base import get_decoder
@@ -48,6 +51,21 @@ LOSSY = frozenset(
         *(f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)),
     }
 )
+
+
+# Pixel data encoded on the fly at once, per event loop (one a process; tests run several): one per CPU the process
+# may use. Encoding (~6 ms a 512² slice) must not take every thread of the loop's default pool, which also reads the
+# files every response sends.
+_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def encoding_slot() -> asyncio.Semaphore:
+    """Held while encoding pixel data on the fly (in a thread): a bound on the CPU that work takes at once."""
+    loop = asyncio.get_running_loop()
+    if loop not in _SLOTS:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        _SLOTS[loop] = asyncio.Semaphore(max(1, cpus))
+    return _SLOTS[loop]
 
 
 class TranscodeError(Exception):

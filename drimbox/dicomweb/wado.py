@@ -25,7 +25,7 @@ from drimbox.dicomweb.multipart import Body, ClientGone, MultipartStream, releas
 from drimbox.dicomweb.negotiation import ANY_SYNTAX, DICOM, InstanceChoice, NotAcceptable, syntaxes_for
 from drimbox.dicomweb.pixels import PixelParts
 from drimbox.dicomweb.sendfile import DirectBody
-from drimbox.dicomweb.transcode import TranscodeError, transcode_part10
+from drimbox.dicomweb.transcode import TranscodeError, encoding_slot, is_compressed, transcode_part10
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class InstancePart:
 
 
 async def instance_part(
-    instance: StoredInstance, choices: list[InstanceChoice], *, compress: bool = True
+    instance: StoredInstance, choices: list[InstanceChoice], *, compress: bool | str = True
 ) -> InstancePart:
     """The instance in the client's best acceptable transfer syntax: as stored when that is acceptable
     (streamed, never decoded), else converted in a thread. NotAcceptable when nothing accepted works."""
@@ -73,7 +73,11 @@ async def instance_part(
         if data is None:
             data = await instance.body.read()
         try:
-            converted = await asyncio.to_thread(transcode_part10, data, choice.syntax)
+            if is_compressed(choice.syntax):
+                async with encoding_slot():
+                    converted = await asyncio.to_thread(transcode_part10, data, choice.syntax)
+            else:
+                converted = await asyncio.to_thread(transcode_part10, data, choice.syntax)
         except TranscodeError as exc:
             errors.append(str(exc))
             continue
@@ -165,7 +169,7 @@ class _ReadAhead:
     """
 
     def __init__(
-        self, instances: AsyncIterator[StoredInstance], choices: list[InstanceChoice], *, compress: bool
+        self, instances: AsyncIterator[StoredInstance], choices: list[InstanceChoice], *, compress: bool | str
     ) -> None:
         self._instances = instances
         self._choices = choices
@@ -263,7 +267,7 @@ async def stream_instances(
     *,
     base: str,
     headers: Mapping[str, str],
-    compress: bool = True,
+    compress: bool | str = True,
 ) -> web.StreamResponse:
     """Send every instance the backend yields, each as one part as soon as it is ready.
 
