@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 
-class Received(Protocol):
-    """What a fill source yields: one instance's Part-10 bytes and identity (dimse.ReceivedInstance fits)."""
+class Identified(Protocol):
+    """An instance's identity as a fill source knows it before its bytes are on disk."""
 
     @property
     def sop_class_uid(self) -> str: ...
@@ -19,24 +19,23 @@ class Received(Protocol):
     def sop_instance_uid(self) -> str: ...
     @property
     def transfer_syntax_uid(self) -> str: ...
+
+
+class Received(Identified, Protocol):
+    """What a fill source yields: one instance's Part-10 bytes and identity (dimse.ReceivedInstance fits)."""
+
     @property
     def data(self) -> bytes: ...
 
 
 @runtime_checkable
-class Streamed(Protocol):
+class Streamed(Identified, Protocol):
     """What a fill source may yield instead, for a large instance: its identity and first bytes, the rest to come.
 
     The source has checked what it must on `head` (the consumer: the KOS's evidence) before yielding it; the fill
     reads `rest` whole before asking for the next instance (consumer.retrieval.StreamedInstance fits).
     """
 
-    @property
-    def sop_class_uid(self) -> str: ...
-    @property
-    def sop_instance_uid(self) -> str: ...
-    @property
-    def transfer_syntax_uid(self) -> str: ...
     @property
     def head(self) -> bytes: ...
     @property
