@@ -9,10 +9,8 @@ only. The page exposes the shown frame's transfer syntax and a fingerprint of it
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from drimbox.dicomweb.transcode import can_encode
 from drimbox.viewer.routes import viewer_routes
 from tests.support.fixtures_browser import CHROMIUM
 from tests.support.folder_backend import FolderBackend
+from tests.support.threaded_app import app_in_thread
 from tests.test_viewer_routes import FakeGate
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the Python package playwright is not installed")
@@ -117,34 +116,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         decodes.append(f"encode {uid}")
         return real_encoder(uid)
 
-    loop = asyncio.new_event_loop()
-    started: list[str] = []
-    stop = asyncio.Event()
-    ready = threading.Event()
-
-    async def run() -> None:
+    async def build() -> web.Application:
         backend = await FolderBackend.open(root)
         app = web.Application()
         app.add_routes(viewer_routes(FakeGate(True), None))  # type: ignore[arg-type]
         app.add_routes(dicomweb_routes(backend, compress="auto"))  # a box's default: compress_on_the_fly = "auto"
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        started.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
-        ready.set()
-        await stop.wait()
-        await runner.cleanup()
+        return app
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pixels, "get_decoder", counted_decoder)
         mp.setattr(pixels, "get_encoder", counted_encoder)
-        thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
-        thread.start()
-        assert ready.wait(30), "the test server did not start"
-        yield Served(started[0], root, decodes)
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
+        with app_in_thread(build) as (url, _):
+            yield Served(url, root, decodes)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.viewer.routes import viewer_routes
 from tests.support.fixtures_browser import CHROMIUM
 from tests.support.folder_backend import FolderBackend
+from tests.support.threaded_app import app_in_thread
 from tests.test_viewer_routes import FakeGate
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the Python package playwright is not installed")
@@ -134,10 +134,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     frame = _jls_frame(root)
     for position in range(1, SLICES + 1):
         _slice(position, frame).save_as(root / f"s{position}.dcm", enforce_file_format=True)
-    loop = asyncio.new_event_loop()
     state: dict[str, Any] = {}
-    stop = asyncio.Event()
-    ready = threading.Event()
     log: list[tuple[str, int]] = []
 
     @web.middleware
@@ -147,26 +144,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             log.append((request.path_qs, response.status))
         return response
 
-    async def run() -> None:
-        backend = ColdProxy(await FolderBackend.open(root))
+    async def build() -> web.Application:
+        backend = state["backend"] = ColdProxy(await FolderBackend.open(root))
         app = web.Application(middlewares=[record])
         app.add_routes(viewer_routes(FakeGate(True), None))  # type: ignore[arg-type]
         app.add_routes(dicomweb_routes(backend, compress=False))
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        state.update(url=f"http://127.0.0.1:{runner.addresses[0][1]}", backend=backend)
-        ready.set()
-        await stop.wait()
-        await runner.cleanup()
+        return app
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
-    thread.start()
-    assert ready.wait(60), "the test server did not start"
-    yield Served(state["url"], state["backend"], loop, log)
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(30)
+    with app_in_thread(build, timeout=60) as (url, loop):
+        yield Served(url, state["backend"], loop, log)
 
 
 @pytest.fixture

@@ -6,10 +6,8 @@ routes over a folder of Part-10 files: what is tested is the page, so no PACS is
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from drimbox.dicomweb.routes import dicomweb_routes
 from drimbox.viewer.routes import viewer_routes
 from tests.support.fixtures_browser import CHROMIUM
 from tests.support.folder_backend import FolderBackend
+from tests.support.threaded_app import app_in_thread
 from tests.test_viewer_routes import FakeGate
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the Python package playwright is not installed")
@@ -117,12 +116,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The box's viewer and DICOMweb routes (as the source, and as the consumer) on a loopback port, in a thread."""
     root = tmp_path_factory.mktemp("viewer-tools")
     write_study(root)
-    loop = asyncio.new_event_loop()
-    started: list[str] = []
-    stop = asyncio.Event()
-    ready = threading.Event()
 
-    async def run() -> None:
+    async def build() -> web.Application:
         backend = await FolderBackend.open(root)
         app = web.Application()
         app.add_routes(viewer_routes(FakeGate(True), None))  # type: ignore[arg-type]
@@ -131,21 +126,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         app.add_routes(
             [web.get("/conso/api/exams/{kos}", _exam), web.get("/conso/api/patients/{ins}/exams", _patient_exams)]
         )
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        started.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
-        ready.set()
-        await stop.wait()
-        await runner.cleanup()
+        return app
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
-    thread.start()
-    assert ready.wait(30), "the test server did not start"
-    yield started[0]
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(30)
+    with app_in_thread(build) as (url, _):
+        yield url
 
 
 def open_page(browser: Any, url: str, locale: str = "fr-FR", **context: Any) -> Any:
