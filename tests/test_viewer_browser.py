@@ -86,6 +86,9 @@ def wait_until(page: Any, expression: str, timeout: float = 30.0) -> None:
 def wait_ready(page: Any) -> None:
     page.wait_for_selector("body[data-state=ready], body[data-state=error]", timeout=30_000)
     assert page.get_attribute("body", "data-state") == "ready", page.inner_text("#message")
+    # The words come after the first image is painted: until then the page shows its French text whatever the
+    # browser prefers.
+    page.wait_for_selector("body[data-words]", timeout=10_000)
 
 
 def multiframe_series(single_frames: list[Path], out: Path, per_instance: int = 2) -> list[Path]:

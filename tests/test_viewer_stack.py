@@ -93,7 +93,7 @@ class ColdProxy:
     def __init__(self, inner: FolderBackend) -> None:
         self.inner = inner
         self.release = asyncio.Event()
-        self.reads = 0
+        self.read: list[str] = []  # the SOP Instance UID of every instance read, in order
 
     def admits(self, study_uid: str, series_uid: str | None, sop_uid: str | None) -> None:
         """Everything is visible here (a ScopedBackend would check the KOS)."""
@@ -108,7 +108,7 @@ class ColdProxy:
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> AsyncIterator[StoredInstance]:
         async for instance in self.inner.iter_instances(study_uid, series_uid, sop_uid):
-            self.reads += 1
+            self.read.append(instance.sop_instance_uid)
             yield instance
 
     async def metadata(
@@ -211,7 +211,7 @@ def test_the_whole_stack_by_position_as_stored_then_revalidated(page: Any, serve
     statuses = {s for p, s in served.log if "/frames/" in p}
     assert statuses <= {200, 499}, statuses  # 499: a request cancelled because the user scrolled past it
     # Reopened: the browser revalidates what it holds, the box answers 304 without reading any instance.
-    before, reads = len(served.log), served.backend.reads
+    before, reads = len(served.log), len(served.backend.read)
     page.reload()
     page.wait_for_selector("body[data-state=ready]", timeout=30_000)
     wait_until(page, "document.querySelector('#image').dataset.instance")
@@ -222,10 +222,10 @@ def test_the_whole_stack_by_position_as_stored_then_revalidated(page: Any, serve
     shown = {f"{SERIES}.{SLICES // 2}", f"{SERIES}.{SLICES}"}  # the first image, and the last one
     revalidated = {p.split("/instances/")[1].split("/")[0]: s for p, s in again if "/frames/" in p}
     assert {uid: revalidated.get(uid) for uid in shown} == dict.fromkeys(shown, 304), again
-    # A 304 is answered from the URL: only the images the browser never had (neighbours cancelled in the first
-    # pass) read an instance.
-    images = [s for p, s in again if "/frames/" in p or "/thumbnail" in p]
-    assert 304 in images and served.backend.reads - reads == sum(1 for s in images if s != 304), again
+    # A 304 is answered from the URL: no instance answered 304 was read (only the images the browser never had,
+    # neighbours cancelled in the first pass, are). Requests still in flight then are counted on neither side.
+    not_modified = {p.split("/instances/")[1].split("/")[0] for p, s in again if s == 304 and "/instances/" in p}
+    assert not_modified >= shown and not not_modified & set(served.backend.read[reads:]), again
     # The box now holds the study: its metadata came whole (200) on this reopen, and revalidates on the next.
     assert [s for p, s in again if p.endswith("/metadata")] == [200], again
     before = len(served.log)

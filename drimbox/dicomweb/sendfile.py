@@ -38,7 +38,7 @@ import asyncio
 import ipaddress
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
@@ -144,9 +144,12 @@ class DirectBody:
     `write_eof`, the last chunk, so keep-alive and its bookkeeping are untouched.
     """
 
-    def __init__(self, socket_writer: SocketWriter, *, chunked: bool) -> None:
+    def __init__(
+        self, socket_writer: SocketWriter, *, chunked: bool, send_headers: Callable[[], None] | None = None
+    ) -> None:
         self._socket = socket_writer
         self._chunked = chunked
+        self._send_headers = send_headers  # the response's headers, still held by aiohttp until the first write
         # The CRLF closing the previous chunk, sent with the next write (one system call instead of two).
         self._pending = b""
         self._copy = _FileCopier() if socket_writer.same_host else None
@@ -162,13 +165,22 @@ class DirectBody:
         if socket_writer is None:
             return None
         # aiohttp ≥ 3.12 holds the headers back to send them with the first body write; older ones sent them in
-        # prepare() and have no send_headers.
+        # prepare() and have no send_headers. Held here too, until the first bytes of the body are ready: sent
+        # then, right before them with no wait in between, the body follows the headers at once (a client timing
+        # the body from the first byte of the response, like the viewer's link meter, times the link, not the
+        # box's gap).
         send_headers = getattr(writer, "send_headers", None)
-        if send_headers is not None:
-            send_headers()
-        await socket_writer.flushed()
+        if send_headers is None:
+            await socket_writer.flushed()
         chunked = response.headers.get(hdrs.TRANSFER_ENCODING, "").lower() == "chunked"
-        return cls(socket_writer, chunked=chunked)
+        return cls(socket_writer, chunked=chunked, send_headers=send_headers)
+
+    async def _headers_first(self) -> None:
+        """The held headers go to the transport, and the socket is ours once it has sent them (usually at once)."""
+        if self._send_headers is not None:
+            send, self._send_headers = self._send_headers, None
+            send()
+            await self._socket.flushed()
 
     def _chunk_head(self, size: int) -> bytes:
         head, self._pending = self._pending + f"{size:x}\r\n".encode("ascii"), b"\r\n"
@@ -178,12 +190,14 @@ class DirectBody:
         size = sum(len(b) for b in data)
         if not size:
             return  # an empty chunk would end a chunked body
+        await self._headers_first()
         await self._socket.write([self._chunk_head(size), *data] if self._chunked else data)
 
     async def write_file(self, head: bytes, body: OpenFile) -> None:
         """`head` then the whole file; ValueError when the file turns out shorter than at open (truncated)."""
         if not head and not body.size:
             return  # nothing to send (and an empty chunk would end a chunked body)
+        await self._headers_first()
         await self._socket.write([self._chunk_head(len(head) + body.size), head] if self._chunked else [head])
         if self._copy is None:
             sent = await self._socket.sendfile(body.fd, body.size)
