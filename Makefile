@@ -31,8 +31,9 @@ system-deps:
 demo: venv system-deps
 	$(BIN)/drimbox demo
 
+# The 20 slowest tests are listed at the end: the whole run must stay near 15 minutes on 2 cores.
 test: venv system-deps
-	$(BIN)/pytest -q $(PYTEST_ARGS) tests conformance
+	$(BIN)/pytest -q --durations=20 $(PYTEST_ARGS) tests conformance
 
 # The fault suite in full: every kill point, DRIMBOX_FAULTS_REPEAT times each (`make test` runs a subset).
 faults: venv system-deps
