@@ -34,6 +34,8 @@ ACCEPT = ", ".join(
     )
 )
 KOS_HEADER = "KOS-SOPInstanceUID"
+# Also the response's read buffer: aiohttp stops reading the socket past twice this much held; its default (64 KiB)
+# paused and resumed the source's connection several times an instance (measured: about 10 % faster cold, loopback).
 READ_SIZE = 1024 * 1024
 MAX_HEADERS = 16 * 1024
 MAX_PREAMBLE = 64 * 1024
@@ -153,6 +155,7 @@ class SourceRetriever:
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 connector=tls.connector(),
+                read_bufsize=READ_SIZE,
             )
         return self._session
 
@@ -243,6 +246,16 @@ class _Buffer:
         del self.data[: index + len(separator)]
         return out
 
+    async def peek(self, size: int) -> bytes:
+        """The next `size` bytes, left to be read."""
+        while len(self.data) < size:
+            await self._more()
+        return bytes(self.data[:size])
+
+    def drop(self, size: int) -> None:
+        """Forget the next `size` bytes (already peeked at)."""
+        del self.data[:size]
+
     async def exactly(self, size: int) -> bytes:
         if len(self.data) < size:
             # One call for the rest of the part: aiohttp joins its buffered chunks without a Python loop here.
@@ -302,16 +315,18 @@ async def _parts(
             if size > MAX_INSTANCE:
                 raise BadResponse("an instance larger than the consumer accepts")
             if stream_from is not None and size > HEAD:
-                head = await buffer.exactly(HEAD)
+                # Looked at, not taken: a part received whole is then read in one piece (one copy, not three).
+                head = await buffer.peek(HEAD)
                 streamed = _streamed(head, size, buffer) if size >= stream_from or pace.slow(size - HEAD) else None
                 if streamed is not None:
+                    buffer.drop(HEAD)
                     yield streamed
                     await streamed.skip()
                     pace.took(size - HEAD)
                     if await buffer.until(delimiter, MAX_HEADERS) != b"\r\n":
                         raise BadResponse("a part is longer than its Content-Length")
                     continue
-                data = head + await buffer.exactly(size - HEAD)
+                data = await buffer.exactly(size)
                 pace.took(size - HEAD)
             else:
                 data = await buffer.exactly(size)
