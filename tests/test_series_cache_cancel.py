@@ -81,14 +81,16 @@ class HeldThreads(ThreadPoolExecutor):
         self.held.append((outer, functools.partial(fn, *args, **kwargs)))
         return outer
 
-    def start_next(self) -> Future[Any] | None:
-        """Start the oldest held job in a thread (None if it was cancelled meanwhile); it waits for the gate."""
+    def start_next(self, *, gated: bool = False) -> Future[Any] | None:
+        """Start the oldest held job in a thread (None if it was cancelled meanwhile); `gated`: the thread has
+        taken it but waits for the gate before running it."""
         outer, work = self.held.pop(0)
         if not outer.set_running_or_notify_cancel():
             return None
 
         def run() -> None:
-            self.gate.wait()
+            if gated:
+                self.gate.wait()
             try:
                 outer.set_result(work())
             except BaseException as exc:
@@ -120,7 +122,8 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 
 async def stopped_after(tmp_path: Path, source: Callable[[], AsyncIterator[Any]], jobs: int, taken: bool) -> list[str]:
     """Run a fill whose reader leaves once `jobs` thread jobs have run, while the next one is held (`taken`: held
-    after a thread took it), then let every job run: what of the series stays on disk or open."""
+    after a thread took it, until the fill has done all it could without it), then let every job run: what of the
+    series stays on disk or open."""
     threads = HeldThreads()
     asyncio.get_running_loop().set_default_executor(threads)
     cache = SeriesCache(tmp_path, max_bytes=10**9)
@@ -153,7 +156,7 @@ async def stopped_after(tmp_path: Path, source: Callable[[], AsyncIterator[Any]]
         await until(lambda: bool(threads.held) or task.done(), "a job")
         if taken and threads.held:
             threads.gate.clear()
-            threads.start_next()
+            threads.start_next(gated=True)
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
         for _ in range(10):
@@ -165,7 +168,7 @@ async def stopped_after(tmp_path: Path, source: Callable[[], AsyncIterator[Any]]
                     threads.start_next()
                     idle = 0
                 elif idle > 20 and not threads.gate.is_set():
-                    threads.gate.set()  # the job the thread took goes on once the fill has done all it would
+                    threads.gate.set()  # the job a thread took runs once the fill has done all it could without it
                 else:
                     idle += 1
                 await asyncio.sleep(0.001)
@@ -173,7 +176,8 @@ async def stopped_after(tmp_path: Path, source: Callable[[], AsyncIterator[Any]]
         threads.shutdown(wait=True)  # a job released last has ended
         assert await cache.cached("1.2", "S") is None
         series = tmp_path / "1.2"
-        left = [f"file {p.name}" for p in series.rglob("*") if p.is_file()] if series.exists() else []
+        # The study's directory may stay (it is every series'); nothing of this series may: file or directory.
+        left = [str(p.relative_to(series)) for p in series.rglob("*")] if series.exists() else []
         return left + [f"open {Path(f).name}" for f in open_files() if f.startswith(str(series))]
     finally:
         threads.gate.set()
