@@ -23,6 +23,7 @@ from typing import Any
 
 from drimbox import metrics
 from drimbox.state.db import Database, transaction
+from drimbox.state.fill_files import FillFiles, settle
 from drimbox.state.locks import HeldLock, LockFiles
 from drimbox.state.series_fill import (
     MEMORY_AHEAD,
@@ -298,6 +299,7 @@ class SeriesCache:
     ) -> None:
         origin, study_uid, series_uid = key
         directory = self._series_dir(study_uid, series_uid, origin)
+        files = FillFiles(directory)
         total = 0
         lock: HeldLock | None = None
         retrieving = False  # the series' directory is this fill's to remove (never another process's)
@@ -317,7 +319,7 @@ class SeriesCache:
                 return
             retrieving = True
             try:
-                await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+                await files.run(directory.mkdir, parents=True, exist_ok=True)
             except OSError as exc:
                 self._write_failed(fill, series_uid, exc)
             seen: set[str] = set()
@@ -387,7 +389,7 @@ class SeriesCache:
                         if not (fill.may_pass or fill.degraded):
                             growing = CachedInstance(study_uid, series_uid, item.sop_class_uid, item.sop_instance_uid,
                                                      item.transfer_syntax_uid, path, item.size, Growth(item.size))  # fmt: skip
-                            await self._stream(fill, series_uid, growing, item, hand_on)
+                            await self._stream(fill, series_uid, files, growing, item, hand_on)
                             continue
                         # Readers that may take bytes from memory get whole instances (a disk refusing mid-file
                         # could not be followed): gathered here, then as any received instance.
@@ -395,7 +397,7 @@ class SeriesCache:
                                       item.head + b"".join([chunk async for chunk in item.rest()]))  # fmt: skip
                     write = None
                     if not fill.degraded:
-                        write = asyncio.ensure_future(asyncio.to_thread(_write, path, item.data))
+                        write = asyncio.ensure_future(files.run(_write, path, item.data))
                         writes.add(write)
                         write.add_done_callback(writes.discard)
                     await hand_on((write, item, path))
@@ -426,15 +428,18 @@ class SeriesCache:
             if fill.degraded:
                 # The files written before the disk refused one go only once every reader is past them.
                 await readers_within(fill, 0)
-                await asyncio.to_thread(shutil.rmtree, directory, True)
+                await files.remove()
             elif fill.instances:
-                await self._commit_or_drop(fill, key, total, generation)
+                await self._commit_or_drop(fill, key, total, generation, files)
             else:
-                await asyncio.to_thread(shutil.rmtree, directory, True)
+                await files.remove()
         except BaseException as exc:
-            if retrieving:
-                await asyncio.to_thread(shutil.rmtree, directory, True)
             fill.error = exc if isinstance(exc, Exception) else None
+            if retrieving:
+                # Whatever the fill's tasks were awaiting when it failed or was cancelled: a write already in a
+                # thread ends before the removal, one not yet begun writes nothing, and the removal itself runs
+                # to its end even if the last reader's leaving cancels this task meanwhile.
+                await files.remove()
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -454,6 +459,7 @@ class SeriesCache:
         self,
         fill: Fill,
         series_uid: str,
+        files: FillFiles,
         instance: CachedInstance,
         item: Streamed,
         hand_on: Callable[[tuple[None, CachedInstance, Path] | None], Awaitable[None]],
@@ -467,8 +473,8 @@ class SeriesCache:
         assert growth is not None
         try:
             # On the loop, not in a thread: a fill cancelled during the open would leave the file (and descriptor)
-            # behind its removal. Creating an empty file takes microseconds.
-            fd = os.open(instance.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
+            # behind its removal.
+            fd = files.create(instance.path)
         except OSError as exc:
             self._write_failed(fill, series_uid, exc)  # raises: only fills that may not pass stream
             raise
@@ -476,16 +482,18 @@ class SeriesCache:
             await hand_on((None, instance, instance.path))
             pending: asyncio.Future[int] | None = None
             try:
-                pending = asyncio.ensure_future(asyncio.to_thread(_write_all, fd, item.head))
+                pending = asyncio.ensure_future(files.run(_write_all, fd, item.head))
                 async for piece in item.rest():
-                    written = await pending
+                    written = await settle(pending)
                     growth.advance(written)
-                    pending = asyncio.ensure_future(asyncio.to_thread(_write_all, fd, piece))
-                growth.advance(await pending)
+                    pending = asyncio.ensure_future(files.run(_write_all, fd, piece))
+                growth.advance(await settle(pending))
                 pending = None
             finally:
                 if pending is not None:
-                    await asyncio.gather(pending, return_exceptions=True)  # the descriptor closes after its write
+                    # The descriptor closes after its write has ended, cancelled or not: a write still running
+                    # in its thread would go to whatever file next took the descriptor's number.
+                    await settle(asyncio.gather(pending, return_exceptions=True))
             if growth.written != growth.size:
                 raise RuntimeError("a streamed instance ended before its size")
             growth.finish()
@@ -495,7 +503,7 @@ class SeriesCache:
                 self._write_failed(fill, series_uid, exc)
             raise
         finally:
-            await asyncio.to_thread(os.close, fd)
+            await settle(asyncio.to_thread(os.close, fd))  # never dropped by a cancel: the descriptor would leak
 
     def _write_failed(self, fill: Fill, series_uid: str, exc: OSError) -> None:
         """The cache disk refused a file: degrade the fill (readers that take bytes) or fail it; logged once."""
@@ -508,31 +516,33 @@ class SeriesCache:
             "cache: cannot write series %s (%s): served from memory, not cached", series_uid, self.last_write_error
         )
 
-    async def _commit_or_drop(self, fill: Fill, key: tuple[str, str, str], total: int, generation: int) -> None:
-        origin, study_uid, series_uid = key
-        files = [i for i in fill.instances if isinstance(i, CachedInstance)]
+    async def _commit_or_drop(
+        self, fill: Fill, key: tuple[str, str, str], total: int, generation: int, files: FillFiles
+    ) -> None:
+        series_uid = key[2]
+        kept = [i for i in fill.instances if isinstance(i, CachedInstance)]
         try:
-            committed = await self._commit(key, files, total, generation)
+            committed = await self._commit(key, kept, total, generation)
         except (OSError, sqlite3.Error) as exc:
             # The index is on the same disk: every reader had its instances, the series is just not kept.
             self.last_write_error = f"index: {exc}"
             self.last_write_error_at = time.time()
             log.warning("cache: cannot index series %s (%s): not cached", series_uid, exc)
             # Its files go once its readers have left: a reader still behind sends them from disk.
-            task = asyncio.create_task(self._drop_when_read(fill, self._series_dir(study_uid, series_uid, origin)))
+            task = asyncio.create_task(self._drop_when_read(fill, files))
             self._drops.add(task)
             task.add_done_callback(self._drops.discard)
             return
         if not committed:  # the study was invalidated (in any process) since the fill began: not kept
-            await asyncio.to_thread(shutil.rmtree, self._series_dir(study_uid, series_uid, origin), True)
+            await files.remove()
             return
         self.last_commit_at = time.time()
 
-    async def _drop_when_read(self, fill: Fill, directory: Path) -> None:
+    async def _drop_when_read(self, fill: Fill, files: FillFiles) -> None:
         while fill.readers:
             fill.progress.clear()
             await fill.progress.wait()
-        await asyncio.to_thread(shutil.rmtree, directory, True)
+        await files.remove()
 
     async def _generation_of(self, study_uid: str) -> int:
         """How many times the study was invalidated (by any process): a fill keeps its series only if unchanged."""
@@ -601,7 +611,7 @@ class SeriesCache:
         metrics.CACHE_EVICTIONS.inc(len(victims))
         for origin, study_uid, series_uid in victims:
             log.info("cache: evicted series %s", series_uid)
-            await asyncio.to_thread(shutil.rmtree, self._series_dir(study_uid, series_uid, origin), True)
+            await settle(asyncio.to_thread(shutil.rmtree, self._series_dir(study_uid, series_uid, origin), True))
 
     async def invalidate_study(self, study_uid: str) -> None:
         """Forget every cached series of a study (publication replaced or withdrawn); fills in flight are not kept."""
@@ -616,7 +626,7 @@ class SeriesCache:
             conn.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
 
         await self.db.acall(lambda conn: transaction(conn, work))
-        await asyncio.to_thread(shutil.rmtree, self.directory / study_uid, True)
+        await settle(asyncio.to_thread(shutil.rmtree, self.directory / study_uid, True))
 
     async def clear(self) -> None:
         """Forget everything (operator action); fills in flight finish but are not kept."""
