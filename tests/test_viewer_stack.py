@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,10 @@ class ColdProxy:
         self.inner = inner
         self.release = asyncio.Event()
         self.read: list[str] = []  # the SOP Instance UID of every instance read, in order
+        # Instances whose reading never ends (a PACS that has not sent them yet), and those whose reading the box
+        # gave up because the request for them went away.
+        self.held: set[str] = set()
+        self.cancelled: list[str] = []
 
     def admits(self, study_uid: str, series_uid: str | None, sop_uid: str | None) -> None:
         """Everything is visible here (a ScopedBackend would check the KOS)."""
@@ -109,6 +114,12 @@ class ColdProxy:
     ) -> AsyncIterator[StoredInstance]:
         async for instance in self.inner.iter_instances(study_uid, series_uid, sop_uid):
             self.read.append(instance.sop_instance_uid)
+            if instance.sop_instance_uid in self.held:
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    self.cancelled.append(instance.sop_instance_uid)
+                    raise
             yield instance
 
     async def metadata(
@@ -166,7 +177,6 @@ def page(browser: Any) -> Iterator[Any]:
 
 def wait_until(page: Any, expression: str, timeout: float = 20.0) -> None:
     """Poll a JavaScript expression from here: the page's CSP forbids the eval that wait_for_function uses."""
-    import time
 
     deadline = time.monotonic() + timeout
     while not page.evaluate(f"() => Boolean({expression})"):
@@ -232,3 +242,33 @@ def test_the_whole_stack_by_position_as_stored_then_revalidated(page: Any, serve
     page.reload()
     page.wait_for_selector("body[data-state=ready]", timeout=30_000)
     assert [s for p, s in served.log[before:] if p.endswith("/metadata")] == [304], served.log[before:]
+
+
+def test_slices_scrolled_past_are_cancelled_in_flight_and_the_box_stops_reading_them(page: Any, served: Served) -> None:
+    """A jump to the end leaves the prefetch around the first image behind: its requests still waiting on the box
+    are aborted by the viewer, and the box's handlers for them are cancelled (it stops reading those instances)."""
+    served.loop.call_soon_threadsafe(served.backend.release.set)  # the box holds the series: metadata at once
+    first = SLICES // 2
+    held = {f"{SERIES}.{n}" for n in range(first - 40, first + 41) if n != first}
+    served.loop.call_soon_threadsafe(served.backend.held.update, held)
+    before = len(served.backend.read)
+    try:
+        page.goto(f"{served.url}/viewer/?base=/dicom-web&study={STUDY}")
+        page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+        wait_until(page, f"document.querySelector('#image').dataset.instance === '{SERIES}.{first}'")
+        # The prefetch ahead of the first image is on its way, and stuck at the box.
+        deadline = time.monotonic() + 20
+        while len(held.intersection(served.backend.read[before:])) < 4:
+            assert time.monotonic() < deadline, "the viewer fetched nothing ahead"
+            page.wait_for_timeout(50)
+        page.locator("#image").focus()
+        page.keyboard.press("End")
+        wait_until(page, f"document.querySelector('#image').dataset.index === '{SLICES - 1}'")
+        assert canvas(page, "instance") == f"{SERIES}.{SLICES}"
+        started = held.intersection(served.backend.read[before:])
+        deadline = time.monotonic() + 10
+        while not started <= set(served.backend.cancelled):
+            assert time.monotonic() < deadline, sorted(started - set(served.backend.cancelled))
+            page.wait_for_timeout(50)
+    finally:
+        served.loop.call_soon_threadsafe(served.backend.held.clear)

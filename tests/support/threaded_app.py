@@ -21,7 +21,8 @@ def app_in_thread(
     ready = threading.Event()
 
     async def run() -> None:
-        runner = web.AppRunner(await build(), access_log=None)
+        # As the box runs its app (drimbox/app.py): a handler is cancelled when its client goes away.
+        runner = web.AppRunner(await build(), access_log=None, handler_cancellation=True)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         started.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
