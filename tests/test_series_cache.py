@@ -289,3 +289,19 @@ async def aenumerate(items: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]
     async for item in items:
         yield n, item
         n += 1
+
+
+async def test_readers_following_a_fill_get_each_instance_s_own_bytes_from_memory_and_later_ones_the_file(
+    tmp_path: Path,
+) -> None:
+    cache = SeriesCache(tmp_path, max_bytes=10**9)
+    try:
+        source = Source(12, size=100_000, delay=0.002)
+        following = [i async for i in cache.series("1.2", "S9", source)]
+        # Sent from memory, exactly what the file holds; nothing kept once the fill is over.
+        assert [i.data for i in following] == [bytes([n]) * 100_000 for n in range(12)]
+        assert all(i.data == i.path.read_bytes() for i in following)
+        later = [i async for i in cache.series("1.2", "S9", source)]
+        assert source.started == 1 and [i.data for i in later] == [None] * 12
+    finally:
+        cache.close()

@@ -33,7 +33,7 @@ from drimbox.consumer.retrieval import (
     SourceRetriever,
     StreamedInstance,
 )
-from drimbox.dicomweb.backend import ChunkBody, FileBody, NotFound, QidoQuery, StoredInstance
+from drimbox.dicomweb.backend import BytesBody, ChunkBody, FileBody, NotFound, QidoQuery, StoredInstance
 from drimbox.dicomweb.json_model import metadata_from_instances
 from drimbox.manifest import KosError, KosSeries, KosSummary
 from drimbox.state.series_cache import CachedInstance, SeriesCache
@@ -545,8 +545,10 @@ async def _serving() -> None:
 
 def _stored(instance: CachedInstance) -> StoredInstance:
     growth = instance.growing
-    body: FileBody | ChunkBody = FileBody(Path(instance.path), instance.size)
-    if growth is not None and not growth.done:
+    body: FileBody | ChunkBody | BytesBody = FileBody(Path(instance.path), instance.size)
+    if instance.data is not None:
+        body = BytesBody(instance.data)  # just received, still in memory: not read back from its file
+    elif growth is not None and not growth.done:
         # Sent as it is written: the viewer's first byte no longer waits for the whole of a large instance.
         body = ChunkBody(lambda: follow(instance.path, growth), instance.size)
     return StoredInstance(

@@ -25,7 +25,7 @@ from drimbox.dicomweb.json_model import metadata_from_instances
 from drimbox.dimse.network import DimseFailure, DimseUnavailable
 from drimbox.dimse.qido_find import iter_find
 from drimbox.dimse.retrieve import ReceivedInstance, RetrieveOutcome, iter_retrieve
-from drimbox.state.series_cache import SeriesCache, SeriesInstance, UncachedInstance
+from drimbox.state.series_cache import SeriesCache, SeriesInstance
 
 SERIES_INSTANCE_UID = 0x0020000E
 
@@ -296,9 +296,8 @@ class ProxyBackend:
 
 
 def _stored(instance: SeriesInstance) -> StoredInstance:
-    body = (
-        BytesBody(instance.data) if isinstance(instance, UncachedInstance) else FileBody(instance.path, instance.size)
-    )
+    # From memory: an instance the cache could not write, or one just written that the fill still holds.
+    body = BytesBody(instance.data) if instance.data is not None else FileBody(instance.path, instance.size)
     return StoredInstance(
         study_uid=instance.study_uid,
         series_uid=instance.series_uid,

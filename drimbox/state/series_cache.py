@@ -277,7 +277,7 @@ class SeriesCache:
                     ready = fill.instances[cursor.position - fill.base :]
                     finished, error, end = fill.done, fill.error, fill.base + len(fill.instances)
                 for instance in ready:
-                    yield instance
+                    yield fill.with_bytes(instance)
                     cursor.position += 1
                     fill.progress.set()
                 if finished and cursor.position >= end:
@@ -355,6 +355,7 @@ class SeriesCache:
                     total += len(item.data)
                     instance = CachedInstance(study_uid, series_uid, item.sop_class_uid, item.sop_instance_uid,
                                               item.transfer_syntax_uid, path, len(item.data))  # fmt: skip
+                    fill.keep_hot(item.sop_instance_uid, item.data)
                 async with fill.changed:
                     fill.instances.append(instance)
                     fill.changed.notify_all()
@@ -449,6 +450,7 @@ class SeriesCache:
                 del self._fills[key]
             async with fill.changed:
                 fill.done = True
+                fill.forget_hot()  # readers still behind read the files, as from the cache
                 fill.changed.notify_all()
         try:
             await self._evict()

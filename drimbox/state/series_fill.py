@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -112,6 +113,9 @@ class CachedInstance:
     size: int
     # Set while the file is still being written (a Streamed instance): read it with `follow`, or await its `whole`.
     growing: Growth | None = None
+    # The file's bytes, still in memory from their arrival, for a reader keeping up with the fill (Fill.hot): sent
+    # from there, the file need not be opened and read back.
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +141,10 @@ SeriesInstance = CachedInstance | UncachedInstance
 # dropping and re-fetching: the retrieve's own queue already slows the PACS down (iter_retrieve), a re-fetch
 # would cost a second retrieve of the series, and memory stays bounded by a few instances per series in flight.
 MEMORY_AHEAD = 4
+# What a fill keeps of the instances it received, once written, for its readers (see Fill.hot). Measured on the
+# consumer's cold path: reading each file back cost a thread hop and a copy per instance. Readers further behind
+# than this read the files, as from the cache.
+HOT_BYTES = 8 * 1024 * 1024
 
 
 class Cursor:
@@ -175,6 +183,31 @@ class Fill:
     cursors: set[Cursor] = field(default_factory=set)
     # Set by readers as they take instances or leave: a degraded fill waits on it (backpressure).
     progress: asyncio.Event = field(default_factory=asyncio.Event)
+    # The latest received instances' bytes, kept after their files are written (at most HOT_BYTES, oldest dropped):
+    # the readers following the fill closely send them from memory.
+    hot: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    hot_bytes: int = 0
+
+    def keep_hot(self, sop_instance_uid: str, data: bytes) -> None:
+        if len(data) > HOT_BYTES:
+            return
+        self.hot[sop_instance_uid] = data
+        self.hot_bytes += len(data)
+        while self.hot_bytes > HOT_BYTES:
+            _, dropped = self.hot.popitem(last=False)
+            self.hot_bytes -= len(dropped)
+
+    def with_bytes(self, instance: SeriesInstance) -> SeriesInstance:
+        """The instance as a reader gets it: with its bytes when the fill still holds them."""
+        if isinstance(instance, CachedInstance) and instance.growing is None:
+            data = self.hot.get(instance.sop_instance_uid)
+            if data is not None:
+                return replace(instance, data=data)
+        return instance
+
+    def forget_hot(self) -> None:
+        self.hot.clear()
+        self.hot_bytes = 0
 
 
 async def readers_within(fill: Fill, ahead: int) -> None:
