@@ -5,11 +5,12 @@ and copied again by `transport.write`; on the warm path (instances on disk, sent
 cost of a retrieve. Here `os.sendfile` hands the page cache to the socket and the loop thread only waits for
 the socket to be writable: about a third of the server CPU a study, and more throughput (perf/README.md).
 
-A client on this host is sent copies instead (`same_host`, `_FileCopier`): one thread reads the file into a
-reusable buffer, the loop writes it. sendfile leaves the receiver to copy from page-cache memory that no CPU
-cache holds; a copy hands it data still in cache. The same total CPU a study, the box's part higher, but
-steadier and mostly faster on loopback, where sendfile's receiver cost swings with memory traffic. A client
-across a network card (DMA reads the page cache) gets sendfile: the box's CPU is what is saved there.
+A client on this host is sent copies instead while few files are being sent at once (`same_host`, `_FileCopier`,
+COPY_WHILE_AT_MOST): one thread reads the file into a reusable buffer, the loop writes it. sendfile leaves the
+receiver to copy from page-cache memory that no CPU cache holds; a copy hands it data still in cache: faster for
+one client on loopback, where sendfile's receiver cost swings with memory traffic. With many clients the CPU is
+the limit and sendfile's total is a third lower. A client across a network card (DMA reads the page cache) gets
+sendfile: the box's CPU is what is saved there.
 Tried and not kept: two buffers, reading ahead while writing (slower, see _FileCopier); TCP_CORK around each
 part's headers and file (no throughput change); a bigger SO_SNDBUF (the socket rarely fills). Figures for
 each in perf/README.md.
@@ -38,6 +39,7 @@ import asyncio
 import ipaddress
 import os
 import socket
+import weakref
 from collections.abc import Callable, Sequence
 
 from aiohttp import hdrs, web
@@ -50,6 +52,15 @@ from drimbox.dicomweb.backend import FILE_CHUNK, OpenFile
 # side) the socket would report nothing and the wait would last as long as the client stays silent.
 _WAIT_SLICE_S = 1.0
 
+# A client on this host is sent copies only while this process sends at most this many files at once; beyond, the
+# machine's CPU is the limit, and sendfile spends far less of it. 16 curl clients of a warm CT 300, 2 cores, workers 2
+# (a machine loaded by other work, two runs each): the box's CPU fell from 0.71-0.78 to 0.26-0.27 ms a MB, the
+# clients' rose from 0.30 to 0.40-0.44, the aggregate rose from 1255-1283 to 2214-2804 MB/s; one client is faster
+# copied (1182-1216 MB/s against 876-881).
+COPY_WHILE_AT_MOST = 2
+# Files being sent now, per event loop (each loop counts its own: no lock, and test processes may run several).
+_SENDING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[int]] = weakref.WeakKeyDictionary()
+
 
 class SocketWriter:
     """Writes to one response's socket: files by sendfile, bytes by writev, never queued. Loop thread only."""
@@ -57,7 +68,7 @@ class SocketWriter:
     def __init__(self, transport: asyncio.Transport, fd: int) -> None:
         self._transport = transport
         self._fd = fd
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self.same_host = False  # the client runs on this machine: DirectBody copies files instead of sendfile
 
     @classmethod
@@ -86,14 +97,14 @@ class SocketWriter:
         self._check()
         dup = os.dup(self._fd)
         try:
-            ready = self._loop.create_future()
-            self._loop.add_writer(dup, _set_done, ready)
-            timer = self._loop.call_later(_WAIT_SLICE_S, _set_done, ready)
+            ready = self.loop.create_future()
+            self.loop.add_writer(dup, _set_done, ready)
+            timer = self.loop.call_later(_WAIT_SLICE_S, _set_done, ready)
             try:
                 await ready
             finally:
                 timer.cancel()
-                self._loop.remove_writer(dup)  # before closing: the poller must forget it first
+                self.loop.remove_writer(dup)  # before closing: the poller must forget it first
         finally:
             os.close(dup)
 
@@ -199,10 +210,15 @@ class DirectBody:
             return  # nothing to send (and an empty chunk would end a chunked body)
         await self._headers_first()
         await self._socket.write([self._chunk_head(len(head) + body.size), head] if self._chunked else [head])
-        if self._copy is None:
-            sent = await self._socket.sendfile(body.fd, body.size)
-        else:
-            sent = await self._copy.send(self._socket, body)
+        sending = _SENDING.setdefault(self._socket.loop, [0])
+        sending[0] += 1
+        try:
+            if self._copy is None or sending[0] > COPY_WHILE_AT_MOST:
+                sent = await self._socket.sendfile(body.fd, body.size)
+            else:
+                sent = await self._copy.send(self._socket, body)
+        finally:
+            sending[0] -= 1
         if sent != body.size:
             raise ValueError(f"the instance's file ended after {sent} of its {body.size} bytes")
 
