@@ -6,6 +6,7 @@ import asyncio
 import http.client
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -336,3 +337,36 @@ def test_same_host(peer: object, own: object, local: bool) -> None:
 def test_read_ahead_is_bounded() -> None:
     # Open descriptors per response: at most one batch ahead of the socket.
     assert 1 <= wado.READ_AHEAD <= 64
+
+
+def test_many_clients_on_this_host_at_once_get_exact_bodies_by_sendfile(
+    samples: SampleData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies are for a few clients on this host: with more sending at once, files go by sendfile (the CPU is then
+    the limit), and every client still gets every stored file exactly."""
+    files = {str(pydicom.dcmread(p).SOPInstanceUID): p.read_bytes() for p in samples.ct_paths}
+    sent = count_calls(monkeypatch, sendfile.SocketWriter, "sendfile")
+    copied = count_calls(monkeypatch, sendfile._FileCopier, "send")
+    clients = sendfile.COPY_WHILE_AT_MOST + 4
+
+    async def scenario() -> None:
+        backend = await FolderBackend.open(samples.root)
+        async with serve(backend) as url:
+            study = f"{url}/dicom-web/studies/{samples.spec.study_uid}"
+            # One at a time: copied.
+            for resp, body in await asyncio.to_thread(get_twice_on_one_connection, study, DICOM_ANY):
+                assert {h["Content-Location"].rsplit("/", 1)[1]: d for h, d in
+                        parse_strictly(resp.getheader("Content-Type", ""), body)} == files  # fmt: skip
+            assert copied and not sent
+            # The clients' threads of their own: the server's file opening needs the loop's default executor.
+            loop = asyncio.get_running_loop()
+            with ThreadPoolExecutor(clients) as pool:
+                answers = await asyncio.gather(*[
+                    loop.run_in_executor(pool, get_twice_on_one_connection, study, DICOM_ANY) for _ in range(clients)
+                ])  # fmt: skip
+            for resp, body in (answer for pair in answers for answer in pair):
+                assert {h["Content-Location"].rsplit("/", 1)[1]: d for h, d in
+                        parse_strictly(resp.getheader("Content-Type", ""), body)} == files  # fmt: skip
+
+    run_on_uvloop(scenario)
+    assert sent, "files were copied whatever the number of clients"
