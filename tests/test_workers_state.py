@@ -111,3 +111,22 @@ async def test_an_exam_opened_in_one_process_is_found_by_study_in_another(tmp_pa
     assert b.opened("another professional", "1.2.3") is None
     a.forget_grants()  # an opposition: named again before it opens anything
     assert b.opened(PRO.id, "1.2.3") is None and a.opened(PRO.id, "1.2.3") is None
+
+
+async def test_an_import_left_running_by_a_dead_host_is_taken_over_once_its_lease_ran_out(tmp_path: Path) -> None:
+    """On one PostgreSQL, instances on other hosts cannot see a dead process: a job they stopped renewing for a lease
+    ([publish] lease_seconds) is resumed by the instance the professional asks; one still renewed is left alone."""
+    importer = Importer(Settings(), None, tmp_path)  # type: ignore[arg-type]
+    now = time.time()
+    for job_id, kos_uid, updated in (("renewed", "1.2.3.9", now - 5), ("abandoned", "1.2.3.8", now - 120)):
+        importer.db.call(lambda c, j=job_id, k=kos_uid, u=updated: c.execute(
+            "INSERT INTO imports (id, kos_uid, professional, state, created, updated, owner) "
+            "VALUES (?, ?, ?, 'running', ?, ?, 'another-host/4242')", (j, k, PRO.id, u, u)))  # fmt: skip
+    try:
+        assert await importer.start(Grant(PRO.id, "1.2.3.9", "token")) == "renewed"
+        assert _state(importer, "renewed") == "running" and "renewed" not in importer._tasks
+        assert await importer.start(Grant(PRO.id, "1.2.3.8", "token")) == "abandoned"  # the same job, resumed
+        owner = importer.db.call(lambda c: c.execute("SELECT owner FROM imports WHERE id = 'abandoned'").fetchone())
+        assert owner["owner"] == importer.instance
+    finally:
+        await importer.close()

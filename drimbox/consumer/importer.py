@@ -190,6 +190,9 @@ class Importer:
         self.backend = backend
         self.db = Database(directory / "imports.sqlite", MIGRATIONS, url=url, store="imports")
         self.instance = instance_id()
+        # A running job is renewed every third of this; past it, an instance on another host (one PostgreSQL) that
+        # is asked for the exam again takes the job over: a dead host's import does not stay "running" for ever.
+        self.lease = settings.publish.lease_seconds
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closed = False
         # The process running a job holds its lock: one run per job across the box's processes ([http] workers).
@@ -243,23 +246,35 @@ class Importer:
         always a new job.
         """
 
-        def pick(conn: Connection) -> tuple[str, bool]:
-            row = conn.execute("SELECT id, state FROM imports WHERE kos_uid = ? AND professional = ? "
+        def pick(conn: Connection) -> tuple[str, bool, bool]:
+            """(the job, whether it is new or resumed, whether it may run on this host)."""
+            row = conn.execute("SELECT id, state, owner, updated FROM imports WHERE kos_uid = ? AND professional = ? "
                                "ORDER BY created DESC LIMIT 1", (grant.kos_uid, grant.professional_id)).fetchone()  # fmt: skip
             now = time.time()
             if series or target:
                 row = None
+            if row is not None and row["state"] in ACTIVE and self._stale(row, now):
+                # Its instance stopped renewing it (another host that died): taken over, once (the stamp it had).
+                taken = conn.execute("UPDATE imports SET state = 'interrupted', updated = ? WHERE id = ? AND updated = ?",
+                                     (now, row["id"], row["updated"])).rowcount  # fmt: skip
+                if taken:
+                    log.info("import %s: its instance stopped renewing it, taken over", row["id"])
+                    row = {"id": row["id"], "state": "interrupted"}
             if row is not None and row["state"] in ACTIVE:
-                return row["id"], False
+                # Run here only if it is this host's: its lock then tells whether a process of it runs the job.
+                # Another host's job runs there (renewed) until its lease runs out.
+                owner = row["owner"]
+                here = owner is None or str(owner).rpartition("/")[0] == self.instance.rpartition("/")[0]
+                return row["id"], False, here
             if row is not None and row["state"] == "interrupted":
                 conn.execute("UPDATE imports SET state = 'queued', stored = 0, skipped = 0, failed = 0, errors = '[]',"
                              " updated = ?, owner = ? WHERE id = ?", (now, self.instance, row["id"]))  # fmt: skip
-                return row["id"], True
+                return row["id"], True, True
             job_id = secrets.token_urlsafe(12)
             conn.execute("INSERT INTO imports (id, kos_uid, professional, state, created, updated, owner) VALUES "
                          "(?, ?, ?, 'queued', ?, ?, ?)", (job_id, grant.kos_uid, grant.professional_id, now, now,
                                                           self.instance))  # fmt: skip
-            return job_id, True
+            return job_id, True, True
 
         def remember(conn: Connection, job_id: str) -> None:
             if local is not None or series or target:
@@ -269,9 +284,11 @@ class Importer:
                              (job_id, json.dumps(local.to_json()) if local else None, json.dumps(list(series)),
                               target))  # fmt: skip
 
-        job_id, fresh = await self.db.acall(pick)
+        job_id, fresh, here = await self.db.acall(pick)
         if fresh:
             await self.db.acall(lambda c: remember(c, job_id))
+        if not fresh and not here:
+            return job_id
         if job_id not in self._tasks and (lock := self._running.try_acquire(job_id)) is not None:
             # Not running here, nor in another process (its lock is free): this process runs it.
             task = asyncio.create_task(self._run(job_id, grant), name=f"import-{job_id}")
@@ -297,6 +314,18 @@ class Importer:
                 "total": row["total"], "stored": row["stored"], "skipped": row["skipped"], "failed": row["failed"],
                 "errors": json.loads(row["errors"]), "created": row["created"], "updated": row["updated"],
                 "method": self.settings.consumer.local_pacs_method}  # fmt: skip
+
+    def _stale(self, row: Any, now: float) -> bool:
+        """A job another instance runs but has not renewed for a lease (it renews every third of one)."""
+        owner = row["owner"]
+        return owner is not None and owner != self.instance and float(row["updated"]) < now - self.lease
+
+    async def _renew(self, job_id: str) -> None:
+        """While the job runs: its stamp, so that instances on other hosts know it lives."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            await self.db.acall(lambda c: c.execute(
+                "UPDATE imports SET updated = ? WHERE id = ? AND owner = ?", (time.time(), job_id, self.instance)))  # fmt: skip
 
     async def _update(self, job_id: str, **fields: Any) -> None:
         fields["updated"] = time.time()
@@ -344,6 +373,7 @@ class Importer:
         counts = {"stored": 0, "skipped": 0, "failed": 0}
         errors: list[str] = []
         sender: _CStore | _Stow | None = None
+        renewing = asyncio.create_task(self._renew(job_id), name=f"import-lease-{job_id}")
         try:
             kos = await self.backend.kos(grant.kos_uid)
             local, grant_series, other = await self._target(job_id)
@@ -404,6 +434,8 @@ class Importer:
             await self._update(job_id, state="failed", errors=errors, **counts)
             log.info("import %s failed: %s", job_id, type(exc).__name__)
         finally:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
             if sender is not None:
                 await sender.close()
 
