@@ -118,10 +118,14 @@ async def test_an_import_left_running_by_a_dead_host_is_taken_over_once_its_leas
     ([publish] lease_seconds) is resumed by the instance the professional asks; one still renewed is left alone."""
     importer = Importer(Settings(), None, tmp_path)  # type: ignore[arg-type]
     now = time.time()
-    for job_id, kos_uid, updated in (("renewed", "1.2.3.9", now - 5), ("abandoned", "1.2.3.8", now - 120)):
-        importer.db.call(lambda c, j=job_id, k=kos_uid, u=updated: c.execute(
+
+    def insert(job_id: str, kos_uid: str, updated: float) -> None:
+        importer.db.call(lambda c: c.execute(
             "INSERT INTO imports (id, kos_uid, professional, state, created, updated, owner) "
-            "VALUES (?, ?, ?, 'running', ?, ?, 'another-host/4242')", (j, k, PRO.id, u, u)))  # fmt: skip
+            "VALUES (?, ?, ?, 'running', ?, ?, 'another-host/4242')", (job_id, kos_uid, PRO.id, updated, updated)))  # fmt: skip
+
+    insert("renewed", "1.2.3.9", now - 5)
+    insert("abandoned", "1.2.3.8", now - 120)
     try:
         assert await importer.start(Grant(PRO.id, "1.2.3.9", "token")) == "renewed"
         assert _state(importer, "renewed") == "running" and "renewed" not in importer._tasks
