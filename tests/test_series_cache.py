@@ -71,6 +71,19 @@ async def test_concurrent_readers_share_one_fill_and_later_reads_hit_the_cache(t
         cache.close()
 
 
+async def test_one_instance_of_a_cached_series_is_looked_up_alone(tmp_path: Path) -> None:
+    cache = SeriesCache(tmp_path, max_bytes=10**9)
+    try:
+        assert await cache.cached("1.2", "S1", sop_uid="1.2.3.7") is None  # not cached yet: the caller retrieves
+        await read_all(cache, "S1", Source(20))
+        hit = await cache.cached("1.2", "S1", sop_uid="1.2.3.7")
+        assert hit is not None and [i.sop_instance_uid for i in hit] == ["1.2.3.7"]
+        assert hit[0].path.read_bytes() == bytes([7]) * 1000 and hit[0].size == 1000
+        assert await cache.cached("1.2", "S1", sop_uid="1.2.3.99") == []  # cached series, no such instance
+    finally:
+        cache.close()
+
+
 async def test_least_recently_used_series_are_evicted_to_fit(tmp_path: Path) -> None:
     cache = SeriesCache(tmp_path, max_bytes=25_000, lru_resolution=0.0)  # every read counts, however close
     try:

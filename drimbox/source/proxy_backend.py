@@ -142,15 +142,14 @@ class ProxyBackend:
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> AsyncIterator[StoredInstance]:
         if sop_uid is not None and series_uid is not None:
-            hit = await self.cache.cached(study_uid, series_uid)
+            hit = await self.cache.cached(study_uid, series_uid, sop_uid=sop_uid)
             if hit is None:
                 yield await self._one_instance(study_uid, series_uid, sop_uid)
                 return
-            for cached in hit:
-                if cached.sop_instance_uid == sop_uid:
-                    yield _stored(cached)
-                    return
-            raise NotFound("no such instance in the PACS")
+            if not hit:
+                raise NotFound("no such instance in the PACS")
+            yield _stored(hit[0])
+            return
         series_list = [series_uid] if series_uid else await self._series_of(study_uid)
         if not series_list:
             raise NotFound("no such study in the PACS")
