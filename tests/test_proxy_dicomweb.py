@@ -210,3 +210,30 @@ async def test_only_if_cached_and_one_instance_before_its_series(
         assert (await get(f"{base}/series/{series[1]}/metadata", json_accept))[0] == 200
         status, body = await get(f"{base}/metadata", cached_only)
         assert status == 200 and {m["00080018"]["Value"][0] for m in json.loads(body)} == set(loaded)
+
+
+def test_paging_through_an_instance_search_asks_the_pacs_once(
+    orthanc: Any, source_box: Any, loaded: dict[str, str]
+) -> None:
+    import json
+    import urllib.request
+
+    box = source_box(orthanc, http={"workers": 1})  # one process: every page reaches the one that kept the answers
+
+    def finds() -> float:
+        with urllib.request.urlopen(box.operator_request("/metrics"), timeout=30) as resp:
+            lines = resp.read().decode().splitlines()
+        return sum(float(line.split()[-1]) for line in lines
+                   if line.startswith("drimbox_dimse_calls_total{") and 'operation="C-FIND"' in line)  # fmt: skip
+
+    def page(offset: int) -> tuple[list[str], bool]:
+        url = f"{box.url}/dicom-web/studies/{STUDY}/instances?limit=5&offset={offset}"
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return [i["00080018"]["Value"][0] for i in json.loads(resp.read())], "Warning" in resp.headers
+
+    before = finds()
+    pages = [page(0), page(5), page(10)]
+    assert [more for _, more in pages] == [True, True, False]
+    uids = [uid for found, _ in pages for uid in found]
+    assert sorted(uids) == sorted(loaded)  # every instance once, none twice, across the pages
+    assert finds() - before == 1

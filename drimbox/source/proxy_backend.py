@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
@@ -25,6 +26,7 @@ from drimbox.dicomweb.json_model import metadata_from_instances
 from drimbox.dimse.network import DimseFailure, DimseUnavailable
 from drimbox.dimse.qido_find import iter_find
 from drimbox.dimse.retrieve import ReceivedInstance, RetrieveOutcome, iter_retrieve
+from drimbox.source.qido_pages import SearchPages, close_answers
 from drimbox.state.series_cache import SeriesCache, SeriesInstance
 
 SERIES_INSTANCE_UID = 0x0020000E
@@ -61,21 +63,38 @@ class ProxyBackend:
         self._metadata: dict[tuple[str, str, str], asyncio.Task[bytes]] = {}
         # Readers of a series fill left running by a request that got its instance elsewhere (see _one_instance).
         self._background: set[asyncio.Task[StoredInstance | None]] = set()
+        self.pages = SearchPages()
 
     # ---------------------------------------------------------------------------------------- QIDO
 
     async def search(self, query: QidoQuery) -> AsyncIterator[Dataset]:
-        skipped = 0
+        # The query without its page: the key under which a paging client finds the answers of its first page.
+        key = dataclasses.replace(query, offset=0, limit=0) if query.level is QueryLevel.IMAGE else None
+        if key is not None:
+            kept = await self.pages.kept(key)
+            if kept is not None:
+                for ds in kept[query.offset :]:
+                    yield ds
+                return
+        answers = iter_find(self.settings.pacs, self.settings.dicom.ae_title, _identifier(query))
+        seen: list[Dataset] = []
+        handed_on = False
         try:
-            async for ds in iter_find(self.settings.pacs, self.settings.dicom.ae_title, _identifier(query)):
-                if skipped < query.offset:
-                    skipped += 1
-                    continue
-                yield ds
+            async for ds in answers:
+                seen.append(ds)
+                if len(seen) > query.offset:
+                    yield ds
+        except GeneratorExit:
+            # The reader has its page (or left): the rest is gathered for its next page rather than cancelled.
+            handed_on = key is not None and self.pages.finish(key, seen, answers)
+            raise
         except DimseUnavailable as exc:
             raise Unavailable(f"PACS unavailable: {exc}") from None
         except DimseFailure as exc:
             raise Unavailable(f"PACS C-FIND failed: {exc}") from None
+        finally:
+            if not handed_on:
+                await close_answers(answers)
 
     async def _series_of(self, study_uid: str) -> list[str]:
         known = await self.cache.study_series(study_uid, self.settings.cache.study_ttl)
@@ -291,6 +310,7 @@ class ProxyBackend:
         return True
 
     async def invalidate_study(self, study_uid: str) -> None:
+        self.pages.clear()
         await self.cache.invalidate_study(study_uid)
 
 
