@@ -124,3 +124,31 @@ async def test_a_withdrawn_kos_no_longer_opens_the_study(
         token = (await asyncio.to_thread(psc_token, sim.url))["access_token"]
         status, body = await _get(http, series, Authorization=f"Bearer {token}", **headers)
         assert (status, body["reason"]) == (403, "withdrawn")
+
+
+async def test_a_viewers_first_requests_together_read_the_kos_once(
+    orthanc: Any, source_box: Any, sim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import drimbox.source.access
+
+    port = free_port()
+    box = source_box(orthanc, box={"public_url": f"http://127.0.0.1:{port}"})
+    pub = await asyncio.to_thread(publish_exam, orthanc, box, tmp_path)
+    kos = parse_kos(await asyncio.to_thread(sim.document_bytes, pub["kos_uid"]))
+    parsed: list[int] = []
+
+    def counting_parse(data: bytes) -> Any:
+        parsed.append(len(data))
+        time.sleep(0.2)  # as long as a 1300-slice KOS: the other requests arrive meanwhile
+        return parse_kos(data)
+
+    monkeypatch.setattr(drimbox.source.access, "parse_kos", counting_parse)
+    base = f"http://127.0.0.1:{port}/dicom-web/studies/{kos.study_uid}"
+    async with protected_front(box, sim.url, port), aiohttp.ClientSession() as http:
+        token = (await asyncio.to_thread(psc_token, sim.url))["access_token"]
+        headers = {"Authorization": f"Bearer {token}", "KOS-SOPInstanceUID": pub["kos_uid"]}
+        urls = [f"{base}/series", f"{base}/metadata", kos.series[0].retrieve_url, f"{base}/series/1.2.3.999"]
+        answers = await asyncio.gather(*(_get(http, url, **headers) for url in urls))
+    assert [status for status, _ in answers] == [200, 200, 200, 403]
+    assert answers[3][1]["reason"] == "series_not_in_kos"  # each request still checked against the KOS
+    assert len(parsed) == 1

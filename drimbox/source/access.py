@@ -124,6 +124,8 @@ class SourceAccess:
         self.enabled = enabled
         self.cors_origins = tuple(cors_origins)
         self._evidence: OrderedDict[str, _Evidence] = OrderedDict()
+        # KOS being read: a viewer's first requests come together, and a 1300-slice KOS takes ~200 ms to parse.
+        self._reading: dict[str, asyncio.Task[_Evidence]] = {}
         self._recent = RecentAccesses()
 
     def protect(self, routes: list[web.RouteDef]) -> list[web.RouteDef]:
@@ -263,6 +265,19 @@ class SourceAccess:
         if cached is not None:
             self._evidence.move_to_end(kos_uid)
             return cached
+        reading = self._reading.get(kos_uid)
+        if reading is None:
+            reading = self._reading[kos_uid] = asyncio.create_task(self._read_kos(kos_uid), name=f"kos-{kos_uid}")
+            reading.add_done_callback(self._read)
+        # Shielded: a request that leaves must not cancel the read the others wait for.
+        return await asyncio.shield(reading)
+
+    def _read(self, task: asyncio.Task[_Evidence]) -> None:
+        self._reading = {uid: t for uid, t in self._reading.items() if t is not task}
+        if not task.cancelled():
+            task.exception()  # seen by the requests that waited; retrieved here in case all of them left
+
+    async def _read_kos(self, kos_uid: str) -> _Evidence:
         try:
             data = await read_kos(self.kos_dir, self.outbox, kos_uid)
             kos = await asyncio.to_thread(parse_kos, data)
