@@ -26,9 +26,11 @@ from drimbox.dicomweb.json_model import metadata_from_instances
 from drimbox.dimse.network import DimseFailure, DimseUnavailable
 from drimbox.dimse.qido_find import iter_find
 from drimbox.dimse.retrieve import ReceivedInstance, RetrieveOutcome, iter_retrieve
+from drimbox.dimse.uid import is_lenient_uid
 from drimbox.source.qido_pages import SearchPages, close_answers
 from drimbox.state.series_cache import SeriesCache, SeriesInstance
 
+STUDY_INSTANCE_UID = 0x0020000D
 SERIES_INSTANCE_UID = 0x0020000E
 
 
@@ -63,13 +65,12 @@ class ProxyBackend:
         self._metadata: dict[tuple[str, str, str], asyncio.Task[bytes]] = {}
         # Readers of a series fill left running by a request that got its instance elsewhere (see _one_instance).
         self._background: set[asyncio.Task[StoredInstance | None]] = set()
-        self.pages = SearchPages()
+        self.pages = SearchPages(settings.cache.study_ttl)
 
     # ---------------------------------------------------------------------------------------- QIDO
 
     async def search(self, query: QidoQuery) -> AsyncIterator[Dataset]:
-        # The query without its page: the key under which a paging client finds the answers of its first page.
-        key = dataclasses.replace(query, offset=0, limit=0) if query.level is QueryLevel.IMAGE else None
+        key = await self._search_key(query)
         if key is not None:
             kept = await self.pages.kept(key)
             if kept is not None:
@@ -84,6 +85,8 @@ class ProxyBackend:
                 seen.append(ds)
                 if len(seen) > query.offset:
                     yield ds
+            if key is not None:
+                self.pages.keep(key, seen)
         except GeneratorExit:
             # The reader has its page (or left): the rest is gathered for its next page rather than cancelled.
             handed_on = key is not None and self.pages.finish(key, seen, answers)
@@ -95,6 +98,14 @@ class ProxyBackend:
         finally:
             if not handed_on:
                 await close_answers(answers)
+
+    async def _search_key(self, query: QidoQuery) -> tuple[QidoQuery, int] | None:
+        """Where the answers of an instance search within one study are kept: the query without its page, and the
+        study's invalidation count (a change to the study makes what was kept unreachable)."""
+        study = query.value(STUDY_INSTANCE_UID)
+        if query.level is not QueryLevel.IMAGE or study is None or not is_lenient_uid(study):
+            return None
+        return dataclasses.replace(query, offset=0, limit=0), await self.cache.generation(study)
 
     async def _series_of(self, study_uid: str) -> list[str]:
         known = await self.cache.study_series(study_uid, self.settings.cache.study_ttl)
@@ -310,7 +321,6 @@ class ProxyBackend:
         return True
 
     async def invalidate_study(self, study_uid: str) -> None:
-        self.pages.clear()
         await self.cache.invalidate_study(study_uid)
 
 

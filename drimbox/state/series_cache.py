@@ -560,6 +560,10 @@ class SeriesCache:
             await fill.progress.wait()
         await files.remove()
 
+    async def generation(self, study_uid: str) -> int:
+        """How many times the study was invalidated, by any process: what was learnt of it before a change is stale."""
+        return await self._generation_of(study_uid)
+
     async def _generation_of(self, study_uid: str) -> int:
         """How many times the study was invalidated (by any process): a fill keeps its series only if unchanged."""
 
