@@ -99,7 +99,13 @@ def _query_bytes(query: Dataset) -> bytes:
 
 def _decode(data: bytes, level: str, peer: str) -> Dataset:
     try:
-        return decode(data)
+        ds = decode(data)
+        # Every value converted here, in the DIMSE thread, while the PACS works on its next answers: pydicom
+        # converts on first access otherwise, in the QIDO's JSON encoding after the last answer (for 1300
+        # instances, 0.2 of its 0.35 s: off the critical path of a viewer's first image this way).
+        for _ in ds:
+            pass
+        return ds
     except Exception as exc:
         # pydicom's message could quote the answer's values: only its kind goes into ours.
         message = f"C-FIND {level} on {peer}: undecodable answer ({type(exc).__name__})"
