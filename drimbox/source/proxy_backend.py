@@ -27,7 +27,7 @@ from drimbox.dimse.network import DimseFailure, DimseUnavailable
 from drimbox.dimse.qido_find import iter_find
 from drimbox.dimse.retrieve import ReceivedInstance, RetrieveOutcome, iter_retrieve
 from drimbox.dimse.uid import is_lenient_uid
-from drimbox.source.qido_pages import SearchPages, close_answers
+from drimbox.source.qido_pages import MAX_ANSWERS, SearchPages, close_answers
 from drimbox.state.series_cache import SeriesCache, SeriesInstance
 
 STUDY_INSTANCE_UID = 0x0020000D
@@ -78,18 +78,23 @@ class ProxyBackend:
                     yield ds
                 return
         answers = iter_find(self.settings.pacs, self.settings.dicom.ae_title, _identifier(query))
-        seen: list[Dataset] = []
+        # What will be kept: nothing when the search is not kept or has more answers than are ever kept.
+        seen: list[Dataset] | None = [] if key is not None else None
+        count = 0
         handed_on = False
         try:
             async for ds in answers:
-                seen.append(ds)
-                if len(seen) > query.offset:
+                count += 1
+                if seen is not None:
+                    seen.append(ds)
+                    seen = seen if len(seen) <= MAX_ANSWERS else None
+                if count > query.offset:
                     yield ds
-            if key is not None:
+            if key is not None and seen is not None:
                 self.pages.keep(key, seen)
         except GeneratorExit:
             # The reader has its page (or left): the rest is gathered for its next page rather than cancelled.
-            handed_on = key is not None and self.pages.finish(key, seen, answers)
+            handed_on = key is not None and seen is not None and self.pages.finish(key, seen, answers)
             raise
         except DimseUnavailable as exc:
             raise Unavailable(f"PACS unavailable: {exc}") from None
