@@ -65,7 +65,7 @@ class ProxyBackend:
         self._metadata: dict[tuple[str, str, str], asyncio.Task[bytes]] = {}
         # Readers of a series fill left running by a request that got its instance elsewhere (see _one_instance).
         self._background: set[asyncio.Task[StoredInstance | None]] = set()
-        self.pages = SearchPages(settings.cache.study_ttl)
+        self.pages = SearchPages()
 
     # ---------------------------------------------------------------------------------------- QIDO
 

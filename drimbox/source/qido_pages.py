@@ -1,12 +1,12 @@
-"""Instance-level C-FIND answers kept a while: a client paging through a QIDO result, or reopening a study, asks the
-PACS once."""
+"""Instance-level C-FIND answers kept a few seconds, so a client paging through a QIDO result asks the PACS once."""
 
 # A viewer lists a 1300-slice series in two QIDO pages (1000 answers at most each). Without this, the page at
 # offset 1000 re-ran the whole C-FIND: Orthanc 1.10 takes 0.5-0.65 s for those 1300 answers (it reads each
-# instance's file for Rows, Columns and the like), paid twice before the first image could be drawn, and again
-# at every reopening. Answers are kept as long as the study's series list is ([cache] study_ttl), under a key
-# holding the study's invalidation count (ProxyBackend.search): a publication replaced or withdrawn, or the
-# operator emptying the cache, makes them stale at once, in every process.
+# instance's file for Rows, Columns and the like), paid twice before the first image could be drawn.
+# Kept seconds, not minutes: a viewer reopening a series the box holds reads its metadata, not a QIDO, so longer
+# would only delay a new instance on the PACS showing. The key holds the study's invalidation count
+# (ProxyBackend.search): a publication replaced or withdrawn, or the operator emptying the cache, makes the
+# answers stale at once, in every process.
 # Only the IMAGE level: where a result outgrows a page, and whose answers no reader modifies (the scoped search
 # rewrites series counts).
 
@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Hashable
 
 from pydicom.dataset import Dataset
 
-# How long answers are reused by default (the box passes its [cache] study_ttl).
-KEEP_SECONDS = 300.0
+# How long answers are reused: long enough for a client to ask its next page.
+KEEP_SECONDS = 10.0
 # At most this many answers are gathered after the first reader left, and kept per query (memory bound).
 MAX_ANSWERS = 20_000
 # At most this many queries' answers kept at once.
