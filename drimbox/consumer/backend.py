@@ -354,6 +354,15 @@ class ConsumerBackend:
         found = False
         chosen = [s for s in self._series(kos, series_uid)
                   if sop_uid is None or any(i.sop_instance_uid == sop_uid for i in s.instances)]  # fmt: skip
+        if sop_uid is not None and len(chosen) == 1 and chosen[0].retrieve_url:
+            # A frame of a series already cached (the KOS references it: `chosen`): one row of the index, not the
+            # whole series' (a viewer asks each of 1300 slices by instance).
+            origin = origin_of(chosen[0].retrieve_url, kos.sop_instance_uid)
+            hit = await self.cache.cached(study_uid, chosen[0].series_uid, origin=origin, sop_uid=sop_uid)
+            if hit:
+                await _serving()
+                yield _stored(hit[0])
+                return
         ahead: asyncio.Task[None] | None = None
         try:
             for n, series in enumerate(chosen):
