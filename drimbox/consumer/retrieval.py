@@ -37,6 +37,7 @@ KOS_HEADER = "KOS-SOPInstanceUID"
 # Also the response's read buffer: aiohttp stops reading the socket past twice this much held; its default (64 KiB)
 # paused and resumed the source's connection several times an instance.
 READ_SIZE = 1024 * 1024
+SMALL_READ = 4096
 MAX_HEADERS = 16 * 1024
 MAX_PREAMBLE = 64 * 1024
 # One instance is held in memory at a time; a larger part is refused rather than exhausting memory.
@@ -228,8 +229,10 @@ class _Buffer:
         self.content = content
         self.data = bytearray()
 
-    async def _more(self) -> None:
-        chunk = await self.content.readany()
+    async def _more(self, at_most: int) -> None:
+        # At most what is looked for: aiohttp hands over a part of its buffered chunk without copying the rest,
+        # where taking all it holds (up to 2 MiB) copied the next instance's bytes in here, then out again.
+        chunk = await self.content.read(at_most)
         if not chunk:
             raise BadResponse("the source box's response ended in the middle of a part")
         self.data += chunk
@@ -241,7 +244,8 @@ class _Buffer:
             if len(self.data) > limit:
                 raise BadResponse("a part of the source box's response is too large or has no delimiter")
             scanned = max(0, len(self.data) - len(separator) + 1)
-            await self._more()
+            # Small first (a delimiter and a part's headers), then doubling (a part without Content-Length).
+            await self._more(max(SMALL_READ, len(self.data)))
         out = bytes(self.data[:index])
         del self.data[: index + len(separator)]
         return out
@@ -249,7 +253,7 @@ class _Buffer:
     async def peek(self, size: int) -> bytes:
         """The next `size` bytes, left to be read."""
         while len(self.data) < size:
-            await self._more()
+            await self._more(size - len(self.data))
         return bytes(self.data[:size])
 
     def drop(self, size: int) -> None:
@@ -287,7 +291,7 @@ class _Buffer:
     async def at_end(self) -> bool:
         """After a delimiter: True for the close delimiter "--", else skip the line's transport padding."""
         while len(self.data) < 2:
-            chunk = await self.content.readany()
+            chunk = await self.content.read(SMALL_READ)
             if not chunk:
                 return True  # the stream ended right after the last delimiter: nothing more to read
             self.data += chunk
