@@ -27,7 +27,8 @@ def orthanc_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
         yield start
     finally:
         for server in servers:
-            server.stop()
+            # Its data is thrown away: no need to wait for the associations some test left open (up to 15 s each).
+            server.stop(timeout=2)
 
 
 @pytest.fixture(scope="session")

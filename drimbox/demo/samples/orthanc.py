@@ -153,11 +153,12 @@ class OrthancServer:
         self.rest("PUT", f"/modalities/{aet}", {"AET": aet, "Host": host, "Port": port})
         self.modalities[aet] = (host, port)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM, then SIGKILL after `timeout` s (Orthanc waits for open associations before it exits)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
