@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -208,8 +209,18 @@ class ScopedBackend:
         return True
 
 
+# The SOP Instance UID as json_model encodes it (compact, a UID's characters only).
+_SOP_VALUE = re.compile(rb'"00080018":\{"vr":"UI","Value":\["([0-9.]*)"\]\}')
+
+
 def _only(blob: bytes, allowed: frozenset[str]) -> bytes:
     """A metadata blob (DICOM JSON objects joined by commas) with only the allowed instances, b"" when none."""
+    # Usually every instance is allowed (the KOS names the whole series): seen from the SOP Instance UIDs alone,
+    # without decoding the blob (3.8 MB of JSON for 1300 slices: ~60 ms at each opening of the viewer). Every
+    # "00080018" in the blob must be one that reads as allowed (also any in a nested item); else decoded and cut.
+    found = _SOP_VALUE.findall(blob)
+    if found and len(found) == blob.count(b'"00080018"') and all(uid.decode("ascii") in allowed for uid in found):
+        return blob
     items: list[Any] = json.loads(b"[" + blob + b"]")
     kept = [item for item in items if _sop(item) in allowed]
     if len(kept) == len(items):
