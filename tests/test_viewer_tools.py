@@ -449,3 +449,44 @@ def test_comparison_on_a_portrait_tablet_puts_the_exams_one_above_the_other(serv
     assert page.evaluate("document.documentElement.scrollWidth") <= 768
     assert page.is_visible(".notice") and peer.locator(".notice").is_visible()
     page.context.close()
+
+
+def _painted_grey(page: Any, x: int, y: int) -> list[int]:
+    """The RGB painted at the centre of image pixel (x, y), the image fitted (nearest neighbour when enlarged)."""
+    rgba: list[int] = page.evaluate(
+        """([x, y, size]) => {
+          const canvas = document.getElementById('image');
+          const zoom = Number(canvas.dataset.zoom) * (window.devicePixelRatio || 1);
+          const cx = canvas.width / 2 + (x + 0.5 - size / 2) * zoom, cy = canvas.height / 2 + (y + 0.5 - size / 2) * zoom;
+          return [...canvas.getContext('2d').getImageData(Math.floor(cx), Math.floor(cy), 1, 1).data];
+        }""",
+        [x, y, SIZE],
+    )
+    return rgba[:3]
+
+
+def test_the_painted_greys_are_the_stored_values_through_the_window(server: str, browser: Any) -> None:
+    """What the doctor sees is each stored value through the linear window: the image's own, then a preset."""
+    page = open_page(browser, f"{server}/viewer/?base=/dicom-web&study={STUDY}")
+    try:
+        assert float(page.get_attribute("#image", "data-zoom") or 0) >= 3  # enlarged: no smoothing between pixels
+        shown = int(page.get_attribute("#image", "data-index") or 0)
+        number = int((page.get_attribute("#image", "data-instance") or "").rsplit(".", 1)[1])
+        square = (8 * number + 4, 30)  # inside the bright square (4000) of that slice
+
+        def expected(value: float, center: float, width: float) -> int:
+            return int(np.clip(np.round((value - (center - width / 2)) * 255 / width), 0, 255))
+
+        for x, y in [(0, 0), (10, 3), (40, 90), (127, 127), square]:
+            stored = 4000 if (x, y) == square else (x + y) * 8
+            grey = expected(stored, 2000, 4000)
+            assert _painted_grey(page, y, x) == [grey] * 3, (shown, x, y, stored)
+        page.select_option("#preset", "300,1500")  # bone: 4000 is white, 0 black, (x + y) * 8 in between
+        wait_until(page, "document.getElementById('preset').value === '300,1500'")
+        page.wait_for_timeout(200)
+        for x, y in [(0, 0), (30, 30), (60, 40), square]:
+            stored = 4000 if (x, y) == square else (x + y) * 8
+            grey = expected(stored, 300, 1500)
+            assert abs(_painted_grey(page, y, x)[0] - grey) <= 1, (x, y, stored, grey)
+    finally:
+        page.context.close()

@@ -28,6 +28,7 @@ export class LinkMeter {
     const [kept, at] = String(store?.getItem(KEY) || '').split(' ').map(Number);
     this.remembered = kept > 0 && Date.now() - at < REMEMBERED_FOR_MS ? kept : null;
     this.observer = null;
+    this.storedAt = 0; // when the rate was last remembered (Date.now())
     this.onchange = () => {}; // called with `slow` after each answer timed (the page shows it for the tests)
     if (typeof PerformanceObserver === 'function') {
       this.observer = new PerformanceObserver((list) => this.record(list.getEntries()));
@@ -56,7 +57,13 @@ export class LinkMeter {
     if (this.transfers.length > WINDOW) this.transfers.splice(0, this.transfers.length - WINDOW);
     const rate = this.bytesPerMs;
     if (rate === null) return;
-    if (this.transfers.length >= MIN_TRANSFERS) this.store?.setItem(KEY, `${Math.round(rate)} ${Date.now()}`);
+    // Remembered for the next visit at most once a second: localStorage writes are synchronous, and a scroll
+    // through loaded frames records one answer per step.
+    const now = Date.now();
+    if (this.transfers.length >= MIN_TRANSFERS && now - this.storedAt >= 1000) {
+      this.storedAt = now;
+      this.store?.setItem(KEY, `${Math.round(rate)} ${now}`);
+    }
     this.onchange(this.slow);
   }
 

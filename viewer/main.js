@@ -16,6 +16,7 @@ const view = { seriesUid: null, stack: null, index: 0, image: null, window: null
 const canvas = $('image');
 const ctx = canvas.getContext('2d');
 let offscreen = null; // the current image at its own size, after window/level
+let windowed = null; // the ImageData window/level writes into (renderImage)
 let frameRequest = null; // what the next animation frame does: 'paint' or 'render'
 
 main().catch(fail);
@@ -371,9 +372,12 @@ function renderImage() {
   const octx = offscreen.getContext('2d');
   const started = performance.now();
   if (image.kind === 'gray') {
-    const out = octx.createImageData(image.width, image.height);
-    applyWindow(image, view.window, out);
-    octx.putImageData(out, 0, 0);
+    // One ImageData per image size, reused: a new 1 MB one at every step of a scroll is garbage for the collector.
+    if (!windowed || windowed.width !== image.width || windowed.height !== image.height) {
+      windowed = octx.createImageData(image.width, image.height);
+    }
+    applyWindow(image, view.window, windowed);
+    octx.putImageData(windowed, 0, 0);
   } else {
     octx.drawImage(image.bitmap, 0, 0);
   }

