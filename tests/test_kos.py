@@ -209,6 +209,11 @@ def test_parse_kos_round_trip(study: StudyInstances) -> None:
         ]
     expected = {i.sop_instance_uid for i in study.instances}
     assert summary.instance_uids() == summary.content_instance_uids == expected
+    # Without the content tree (an access check): the same patient, study and evidence, no content read.
+    evidence = parse_kos(kos_to_bytes(ds), content=False)
+    assert (evidence.description, evidence.content_instance_uids) == ("", set())
+    assert dataclasses.replace(evidence, description=summary.description,
+                               content_instance_uids=summary.content_instance_uids) == summary  # fmt: skip
 
 
 def test_kos_reuses_given_uids_and_mints_new_ones_otherwise(study: StudyInstances) -> None:
@@ -242,8 +247,9 @@ def test_parse_kos_rejects_what_is_not_a_kos(tmp_path: Path) -> None:
         parse_kos(b"not dicom at all")
     one = dataclasses.replace(exam_c_spec(), series_count=1, instances_per_series=1)
     (image,) = studies.write_study(tmp_path, one)
-    with pytest.raises(KosError, match="not Key Object Selection"):
-        parse_kos(image.read_bytes())
+    for content in (True, False):
+        with pytest.raises(KosError, match="not Key Object Selection"):
+            parse_kos(image.read_bytes(), content=content)
 
 
 def test_identity_mismatches(study: StudyInstances) -> None:

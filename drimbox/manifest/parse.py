@@ -57,8 +57,13 @@ class KosSummary:
         return {inst.sop_instance_uid for s in self.series for inst in s.instances}
 
 
-def _str(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
+# By tag: a thousand references read by keyword spent a third of their time looking the keyword up.
+_SOP_CLASS, _SOP_INSTANCE = 0x00081150, 0x00081155
+
+
+def _str(ds: Dataset, keyword: str | int) -> str:
+    # By tag, pydicom's get() answers the element, by keyword its value.
+    value = ds.get(keyword) if isinstance(keyword, str) else getattr(ds.get(keyword), "value", None)
     return "" if value is None else str(value)
 
 
@@ -67,10 +72,25 @@ def _first(ds: Dataset, keyword: str) -> Dataset:
     return seq[0] if seq else Dataset()
 
 
-def parse_kos(data: bytes) -> KosSummary:
-    """Read a KOS manifest (Part-10 bytes). Raises KosError when the bytes are not a usable KOS."""
+# What a summary without the content tree reads (pydicom then skips the rest, the content tree above all).
+_EVIDENCE_TAGS = [
+    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
+    "IssuerOfAccessionNumberSequence", "StudyDescription", "PatientName", "PatientID", "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+    "CurrentRequestedProcedureEvidenceSequence",
+]  # fmt: skip
+
+
+def parse_kos(data: bytes, content: bool = True) -> KosSummary:
+    """Read a KOS manifest (Part-10 bytes). Raises KosError when the bytes are not a usable KOS.
+
+    content=False leaves the content tree unread (`description` and `content_instance_uids` empty): the evidence is
+    all an access check needs, and a 1300-instance KOS reads 2-3 times faster so (60-90 instead of 150-190 ms here).
+    """
     try:
-        return _summary(dcmread(BytesIO(data)))
+        if content:
+            return _summary(dcmread(BytesIO(data)))
+        return _summary(dcmread(BytesIO(data), specific_tags=_EVIDENCE_TAGS), content=False)
     except KosError:
         raise
     except (InvalidDicomError, EOFError, ValueError, TypeError) as exc:
@@ -81,7 +101,7 @@ def parse_kos(data: bytes) -> KosSummary:
         raise KosError(f"not a readable DICOM file: {type(exc).__name__}") from None
 
 
-def _summary(ds: Dataset) -> KosSummary:
+def _summary(ds: Dataset, content: bool = True) -> KosSummary:
     if _str(ds, "SOPClassUID") != KOS_SOP_CLASS:
         found = _str(ds, "SOPClassUID")
         raise KosError(f"SOP Class UID (0008,0016) is {found!r}, not Key Object Selection Document")
@@ -113,12 +133,12 @@ def _summary(ds: Dataset) -> KosSummary:
                     retrieve_ae_title=_str(series_item, "RetrieveAETitle"),
                     retrieve_location_uid=_str(series_item, "RetrieveLocationUID"),
                     instances=[
-                        KosInstance(_str(ref, "ReferencedSOPClassUID"), _str(ref, "ReferencedSOPInstanceUID"))
+                        KosInstance(_str(ref, _SOP_CLASS), _str(ref, _SOP_INSTANCE))
                         for ref in series_item.get("ReferencedSOPSequence", [])
                     ],
                 )
             )
-    for item in ds.get("ContentSequence", []):
+    for item in ds.get("ContentSequence", []) if content else []:
         value_type = _str(item, "ValueType")
         if value_type == "TEXT" and _str(_first(item, "ConceptNameCodeSequence"), "CodeValue") == "113012":
             summary.description = _str(item, "TextValue")
