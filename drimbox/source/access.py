@@ -259,18 +259,30 @@ class SourceAccess:
             raise Refused(403, "not_published", "this KOS is not published")
         return kos_uid
 
+    def prepare(self, kos_uid: str) -> None:
+        """Start reading a KOS's evidence now: a report link naming it was just opened.
+
+        The viewer's first requests, a redirect and a page load later, then find it read: parsing a KOS of 1300
+        instances takes 60-90 ms here, which every one of them would otherwise wait for before the PACS is asked.
+        """
+        if kos_uid not in self._evidence:
+            self._reading_of(kos_uid)
+
+    def _reading_of(self, kos_uid: str) -> asyncio.Task[_Evidence]:
+        reading = self._reading.get(kos_uid)
+        if reading is None:
+            reading = self._reading[kos_uid] = asyncio.create_task(self._read_kos(kos_uid), name=f"kos-{kos_uid}")
+            reading.add_done_callback(self._read)
+        return reading
+
     async def _kos(self, kos_uid: str) -> _Evidence:
         """The KOS's evidence, read once from the stored KOS (a KOS never changes: a new one has a new UID)."""
         cached = self._evidence.get(kos_uid)
         if cached is not None:
             self._evidence.move_to_end(kos_uid)
             return cached
-        reading = self._reading.get(kos_uid)
-        if reading is None:
-            reading = self._reading[kos_uid] = asyncio.create_task(self._read_kos(kos_uid), name=f"kos-{kos_uid}")
-            reading.add_done_callback(self._read)
         # Shielded: a request that leaves must not cancel the read the others wait for.
-        return await asyncio.shield(reading)
+        return await asyncio.shield(self._reading_of(kos_uid))
 
     def _read(self, task: asyncio.Task[_Evidence]) -> None:
         self._reading = {uid: t for uid, t in self._reading.items() if t is not task}
@@ -280,7 +292,7 @@ class SourceAccess:
     async def _read_kos(self, kos_uid: str) -> _Evidence:
         try:
             data = await read_kos(self.kos_dir, self.outbox, kos_uid)
-            kos = await asyncio.to_thread(parse_kos, data)
+            kos = await asyncio.to_thread(parse_kos, data, False)  # the evidence alone: 2-3 times faster
         except (OSError, KosError):
             log.warning("DICOMweb access: the stored KOS %s cannot be read", kos_uid)
             raise Refused(403, "kos_unreadable", "this source cannot read the KOS it published") from None

@@ -63,6 +63,7 @@ PROXY_SCP = web.AppKey("source_proxy_scp", StoreSCP)  # Proxy profile
 WORKER = web.AppKey("source_worker", PublicationWorker)
 REJECTIONS = web.AppKey("source_rejections", RejectionIntake)
 MLLP = web.AppKey("source_mllp", MllpServer)
+ACCESS = web.AppKey("source_access", SourceAccess)  # when [auth] protect_dicomweb
 # The DICOMweb backend the routes serve (unscoped): the patient routes (drimbox.patient) wrap it in their own scope.
 BACKEND = web.AppKey("source_backend", DicomwebBackend)
 
@@ -144,6 +145,7 @@ def _add_routes(
             cors_origins=s.http.cors_origins,
         )
         routes = access.protect(routes)
+        app[ACCESS] = access
     else:
         routes = audit_open_access(routes)
     app.add_routes(routes)

@@ -12,6 +12,7 @@ import html
 import logging
 import os
 import re
+from collections.abc import Callable
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -74,13 +75,15 @@ def viewer_routes(
     links: ReportLinks | None = None,
     grants: Grants | None = None,
     matrix: ImagingMatrix | None = None,
+    opened: Callable[[str], None] | None = None,
 ) -> list[web.RouteDef]:
     """GET /viewer/ and its files; on a source box (`outbox` given) also the report link, checked by `links`.
 
     A report link that opens records a grant of its study for the session in `grants`: source.access lets a
     session read nothing else. A professional the imaging habilitation `matrix` does not allow is refused there.
+    `opened` is told the KOS UID of each report link that opens (the source prepares what the viewer will ask).
     """
-    viewer = _Viewer(gate, outbox, directory, links, grants, matrix or ImagingMatrix())
+    viewer = _Viewer(gate, outbox, directory, links, grants, matrix or ImagingMatrix(), opened)
     return [
         web.get("/viewer", viewer.redirect_to_index),
         web.get("/viewer/", viewer.index),
@@ -100,7 +103,9 @@ class _Viewer:
         links: ReportLinks | None,
         grants: Grants | None,
         matrix: ImagingMatrix,
+        opened: Callable[[str], None] | None = None,
     ) -> None:
+        self.opened = opened
         self.gate = gate
         self.outbox = outbox
         self.directory = directory
@@ -192,6 +197,8 @@ class _Viewer:
             if self.grants is not None and (session := await self.gate.current_session(request)) is not None:
                 # What this session may now read at /dicom-web: this study, as far as its live KOS goes.
                 await self.grants.grant(session.id_hash, study, published.kos_uid or "")
+            if self.opened is not None and published.kos_uid:
+                self.opened(published.kos_uid)
             await audit_request(
                 request, "report-link.open", SUCCESS, professional=who, study=study, accession=accession or None
             )
