@@ -40,6 +40,15 @@ const DECODERS = {
 };
 
 self.onmessage = async (event) => {
+  if (event.data.warm) {
+    // Load (fetch and compile) the codec now; any failure shows again on the first real frame, and is told then.
+    try {
+      if (DECODERS[event.data.warm]) load(DECODERS[event.data.warm]).catch(() => {});
+    } catch {
+      // a script that cannot load: the first frame tries again, and its failure is told
+    }
+    return;
+  }
   const { id, syntax, buffer } = event.data;
   try {
     const codec = DECODERS[syntax];

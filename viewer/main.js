@@ -1,6 +1,7 @@
 // The viewer's page: reads its target from the URL, fills the banner and the series panel, shows a stack.
 // Every text from the server goes in with textContent (never innerHTML): nothing it sends can run as markup.
 import { Dicomweb, HttpError, maskIns, personName, value } from './dicomweb.js';
+import { warmUp } from './codecs.js';
 import { LinkMeter } from './link.js';
 import { Stack, applyWindow, defaultWindow } from './stack.js';
 
@@ -120,6 +121,7 @@ async function main() {
   cached.catch(() => {});
   const listed = api.series().then((series) => series.sort(bySeriesNumber));
   listed.then((series) => showSeriesList(api, series), () => {});
+  warmUp();
   // The metadata is waited for even when the list comes first: a 504 is as quick as the list, and the metadata
   // saves the series' own request.
   // `series=` (the consumer's per-series View) opens that series first, when the study has it.
