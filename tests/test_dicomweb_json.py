@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -10,12 +12,20 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+)
 
 from drimbox.demo.samples.studies import exam_c_spec, write_study
+from drimbox.dicomweb.backend import FileBody, StoredInstance
 from drimbox.dicomweb.json_model import (
     dataset_json,
     instance_json,
+    instance_json_bytes,
     metadata_from_instances,
     read_header,
     resolve_bulk_path,
@@ -128,3 +138,43 @@ async def test_metadata_from_instances_matches_the_cached_path(tmp_path: Path) -
     cached = [item async for item in backend.metadata(study, base="/dicom-web")]
     generic = [item async for item in metadata_from_instances(backend.iter_instances(study), "/dicom-web")]
     assert len(cached) == 4 and generic == cached
+
+
+@pytest.mark.filterwarnings("ignore:Failed to decode")  # the Latin-1 name read as UTF-8, on purpose
+async def test_a_series_metadata_is_each_instance_s_own(tmp_path: Path) -> None:
+    """Built for a whole series (values its instances share converted once), each instance still reads as its own:
+    the same bytes under another character set, byte order or VR encoding, and the values that differ."""
+    files = []
+    latin1_name = "Dupont^Hélène".encode("latin-1")
+    kinds = [("ISO_IR 100", ExplicitVRLittleEndian), ("ISO_IR 192", ExplicitVRLittleEndian),
+             ("ISO_IR 100", ImplicitVRLittleEndian), ("ISO_IR 100", ExplicitVRBigEndian)]  # fmt: skip
+    for n, (charset, syntax) in enumerate(kinds * 20):
+        ds = Dataset()
+        ds.SpecificCharacterSet = charset
+        ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, f"{SERIES}.{n + 1}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = STUDY, SERIES
+        ds.add_new(0x00100010, "PN", latin1_name)  # the same bytes: Hélène in Latin-1, not valid UTF-8
+        ds.InstanceNumber = n + 1
+        # US: 512 little endian and 2 big endian are the same two bytes, 00 02
+        ds.Rows, ds.Columns = (2 if syntax == ExplicitVRBigEndian else 512), 256
+        ds.ImagePositionPatient = [0, 0, -1.25 * n]
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(ds.SOPInstanceUID)
+        path = tmp_path / f"{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+
+    async def stored() -> AsyncIterator[StoredInstance]:
+        for path in files:
+            yield StoredInstance(STUDY, SERIES, SecondaryCaptureImageStorage, path.stem, "", FileBody(path, 0))
+
+    together = [item async for item in metadata_from_instances(stored(), "/dw")]
+    alone = [instance_json_bytes(read_header(path), "/dw") for path in files]
+    assert together == alone
+    first, utf8 = json.loads(together[0]), json.loads(together[1])
+    assert first["00100010"]["Value"] == [{"Alphabetic": "Dupont^Hélène"}]
+    assert utf8["00100010"]["Value"] != first["00100010"]["Value"]  # read as UTF-8 (replacement characters)
+    assert [json.loads(item)["00280010"]["Value"] for item in together[:4]] == [[512], [512], [512], [2]]
+    assert [json.loads(item)["00200032"]["Value"][2] for item in together[:3]] == [0, -1.25, -2.5]

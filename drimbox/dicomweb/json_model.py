@@ -28,6 +28,10 @@ _FLOAT_VRS = frozenset({"DS", "FL", "FD"})
 _PIXEL_DATA = 0x7FE00010
 _JSON_SAFE_INT = 2**53 - 1
 JsonDataset = dict[str, Any]
+# A series' instances repeat most of their attributes (patient, study, series, equipment, pixel module): their JSON
+# is kept by raw value while the series' metadata is built, and each is converted once. Bounded per series.
+ElementMemo = dict[tuple[Any, ...], dict[str, Any]]
+MEMO_ENTRIES = 20_000
 
 
 def bulkdata_prefix(base: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -86,19 +90,45 @@ def element_json(
     ds: Dataset,
     bulk_uri: str | None,
     threshold: int = BULK_THRESHOLD,
+    memo: ElementMemo | None = None,
 ) -> dict[str, Any] | None:
     """One attribute as Annex F JSON; None when it is large binary and there is nowhere to point to.
 
     A raw element (deferred or not yet converted) is converted only when it is small or not binary, so a
-    header read with `defer_size` never loads pixel data here.
+    header read with `defer_size` never loads pixel data here. With a `memo`, a raw element whose value bytes,
+    VR, encoding and character set were seen already gets the JSON made then (shared: the caller only encodes it).
     """
     vr = _vr_of(elem, ds)
     if vr in BINARY_VRS:
         length = elem.length if isinstance(elem, RawDataElement) else len(elem.value or b"")
         if length > threshold or (isinstance(elem, RawDataElement) and elem.value is None and length):
             return {"vr": vr, "BulkDataURI": bulk_uri} if bulk_uri is not None else None
+    key = None
+    if memo is not None and isinstance(elem, RawDataElement) and elem.value is not None and vr != "SQ":
+        # The character set decodes text values; the encoding, binary numbers.
+        key = (elem.tag, vr, elem.value, elem.is_little_endian, elem.is_implicit_VR, _charset(ds))
+        known = memo.get(key)
+        if known is not None:
+            return known
     if isinstance(elem, RawDataElement):
         elem = ds[elem.tag]  # converts (and reads a deferred text value) with the data set's character set
+    out = _converted_json(elem, vr, bulk_uri, threshold)
+    if key is not None and memo is not None:
+        if len(memo) >= MEMO_ENTRIES:
+            memo.clear()
+        memo[key] = out
+    return out
+
+
+def _charset(ds: Dataset) -> Any:
+    found = ds.get_item(0x00080005)
+    if found is None:
+        return None
+    value = found.value
+    return tuple(value) if isinstance(value, list) else value  # raw bytes, or a converted (multi-)value
+
+
+def _converted_json(elem: DataElement, vr: str, bulk_uri: str | None, threshold: int) -> dict[str, Any]:
     out: dict[str, Any] = {"vr": vr}
     if vr == "SQ":
         items = [
@@ -141,6 +171,7 @@ def dataset_json(
     *,
     tags: Collection[int] | None = None,
     threshold: int = BULK_THRESHOLD,
+    memo: ElementMemo | None = None,
 ) -> JsonDataset:
     """A data set as Annex F JSON (file meta and group lengths left out), only `tags` when given.
 
@@ -155,21 +186,21 @@ def dataset_json(
         if tags is not None and tag not in tags:
             continue
         uri = f"{bulk_prefix}/{tag:08X}" if bulk_prefix is not None else None
-        value = element_json(elem, ds, uri, threshold)
+        value = element_json(elem, ds, uri, threshold, memo)
         if value is not None:
             out[f"{tag:08X}"] = value
     return out
 
 
-def instance_json(ds: Dataset, base: str) -> JsonDataset:
+def instance_json(ds: Dataset, base: str, memo: ElementMemo | None = None) -> JsonDataset:
     """The metadata of one instance, its BulkDataURIs under `base` (e.g. "/dicom-web")."""
     prefix = bulkdata_prefix(base, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
-    return dataset_json(ds, prefix)
+    return dataset_json(ds, prefix, memo=memo)
 
 
-def instance_json_bytes(ds: Dataset, base: str) -> bytes:
+def instance_json_bytes(ds: Dataset, base: str, memo: ElementMemo | None = None) -> bytes:
     """`instance_json` encoded: what a metadata cache keeps."""
-    return encode(instance_json(ds, base))
+    return encode(instance_json(ds, base, memo))
 
 
 def encode(obj: Any) -> bytes:
@@ -188,20 +219,33 @@ def read_header(source: Path | bytes) -> Dataset:
     return pydicom.dcmread(io.BytesIO(source))
 
 
-async def instance_header(instance: StoredInstance) -> Dataset:
-    """The header of a stored instance, read in a thread (from its file when it has one)."""
-    if isinstance(instance.body, FileBody):
-        return await asyncio.to_thread(read_header, instance.body.path)
-    data = await instance.body.read()
-    return await asyncio.to_thread(read_header, data)
+def _metadata_of(sources: list[Path | bytes], base: str, memo: ElementMemo) -> list[bytes]:
+    return [instance_json_bytes(read_header(source), base, memo) for source in sources]
+
+
+# Instances read and converted per thread job: a job per instance cost two thread hand-offs each (a tenth of the
+# series' time), while a batch holds a few MB of headers at most.
+_BATCH = 32
 
 
 async def metadata_from_instances(instances: AsyncIterator[StoredInstance], base: str) -> AsyncIterator[bytes]:
-    """`DicomwebBackend.metadata` for backends without a metadata cache: read each instance's header."""
+    """`DicomwebBackend.metadata` for backends without a metadata cache: read each instance's header.
+
+    Batches of instances per thread job (header and JSON), and the attributes the instances share converted
+    once: a 1300-slice CT took 2.1 s of CPU here before, most of it converting the same values again.
+    """
+    memo: ElementMemo = {}  # used by one thread job at a time: each is awaited before the next starts
+    batch: list[Path | bytes] = []
     try:
         async for instance in instances:
-            ds = await instance_header(instance)
-            yield await asyncio.to_thread(instance_json_bytes, ds, base)
+            batch.append(instance.body.path if isinstance(instance.body, FileBody) else await instance.body.read())
+            if len(batch) >= _BATCH:
+                for item in await asyncio.to_thread(_metadata_of, batch, base, memo):
+                    yield item
+                batch = []
+        if batch:
+            for item in await asyncio.to_thread(_metadata_of, batch, base, memo):
+                yield item
     finally:
         aclose = getattr(instances, "aclose", None)
         if aclose is not None:
