@@ -16,6 +16,7 @@ from pydicom.pixels.utils import pack_bits
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from drimbox.dicomweb.backend import NotFound
+from drimbox.dicomweb.fragments import encapsulated_frames
 from drimbox.dicomweb.json_model import resolve_bulk_path
 from drimbox.dicomweb.negotiation import NotAcceptable, PixelChoice
 from drimbox.dicomweb.transcode import is_compressed
@@ -30,6 +31,16 @@ class PixelParts:
 
     choice: PixelChoice
     parts: list[bytes]
+
+
+def stored_frames(data: bytes, stored: str, frame_numbers: list[int], choices: list[PixelChoice]) -> PixelParts:
+    """frames_of() for an instance held as Part-10 bytes: asked as stored, the compressed frames are cut out of the
+    bytes directly (fragments.py), else the data set is read and frames_of() chooses."""
+    if choices and choices[0].syntax == stored and is_compressed(stored):
+        parts = encapsulated_frames(data, frame_numbers)
+        if parts is not None:
+            return PixelParts(choices[0], parts)
+    return frames_of(read_instance(data), frame_numbers, choices)
 
 
 def read_instance(data: bytes) -> Dataset:

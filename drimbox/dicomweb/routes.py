@@ -41,7 +41,7 @@ from drimbox.dicomweb.negotiation import (
     rendered_media_type,
 )
 from drimbox.dicomweb.params import BadRequest, check_uid, parse_frame_list
-from drimbox.dicomweb.pixels import PIXEL_DATA, bulk_of, frames_of, read_instance
+from drimbox.dicomweb.pixels import PIXEL_DATA, bulk_of, read_instance, stored_frames
 from drimbox.dicomweb.qido import parse_query
 from drimbox.dicomweb.render import parse_options, render
 from drimbox.dicomweb.transcode import encoding_slot
@@ -212,11 +212,12 @@ class _Routes:
         choices = pixel_choices(
             ranges, instance.transfer_syntax_uid, single_part_allowed=len(numbers) == 1, compress=self.compress
         )
-        if encodes_pixels(instance.transfer_syntax_uid, choices[0]):
+        stored = instance.transfer_syntax_uid
+        if encodes_pixels(stored, choices[0]):
             async with encoding_slot():
-                result = await _decoding(lambda: frames_of(read_instance(data), numbers, choices))
+                result = await _decoding(lambda: stored_frames(data, stored, numbers, choices))
         else:
-            result = await _decoding(lambda: frames_of(read_instance(data), numbers, choices))
+            result = await _decoding(lambda: stored_frames(data, stored, numbers, choices))
         headers = {**self.cors(request), **cache_headers(etag, VARY_PIXELS)}
         return await send_pixel_parts(request, result, headers=headers)
 
