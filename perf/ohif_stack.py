@@ -8,7 +8,7 @@
 The comparator of issue 16's targets ("report each against the same figures for Orthanc's WADO-RS serving OHIF").
 OHIF v2's prebuilt bundle (`@ohif/viewer` on npm: one 12 MB index.umd.js that carries cornerstone, the
 cornerstoneWADOImageLoader web worker as a blob and its WebAssembly codecs as data: URLs, so nothing is fetched
-from a CDN) is downloaded once into ~/.cache/drimbox-perf/, its tarball checked against the registry's
+from a CDN) is downloaded once into ~/.cache/drimbox/ (beside tests/test_ohif.py's OHIF v3), its tarball checked against the registry's
 dist.integrity (sha-512) pinned here; nothing of OHIF is in the repository. A small aiohttp server on 127.0.0.1
 serves the bundle, an app-config pointing at `/dicom-web` and our own index.html (the package's asks polyfill.io),
 and forwards `/dicom-web/*` to Orthanc unchanged (same origin, as a site deploys OHIF in front of its PACS: no
@@ -56,12 +56,13 @@ from drimbox.demo.samples.processes import free_port
 from drimbox.demo.samples.studies import StudySpec, write_study
 from perf.first_image import CHROMIUM
 from perf.viewer_stack import _STREAM, _bytes, _p99, box_cpu_seconds
+from tests.support.ohif import cache_root
 
 OHIF_VERSION = "4.12.51"  # the last OHIF v2 release of @ohif/viewer, the one with a prebuilt standalone bundle
 OHIF_TARBALL = f"https://registry.npmjs.org/@ohif/viewer/-/viewer-{OHIF_VERSION}.tgz"
 # `npm view @ohif/viewer@4.12.51 dist.integrity`
 OHIF_INTEGRITY = "sha512-susQKpqkwsEwnxb/YgvcLxRHC8b4IIQNTOd/XYULaBfSiTmd49yKP6F4upKeOyIKGLDn7T2/z14x3l9m6DNVzQ=="
-CACHE = Path.home() / ".cache" / "drimbox-perf" / f"ohif-viewer-{OHIF_VERSION}"
+CACHE = cache_root() / f"ohif-viewer-{OHIF_VERSION}"  # beside tests/test_ohif.py's OHIF v3
 
 # OHIF's own index.html minus its polyfill.io script (no internet here, and Chromium needs no polyfill).
 _INDEX = """<!DOCTYPE html>
@@ -286,12 +287,23 @@ def ohif_server(orthanc: OrthancServer) -> Iterator[OhifServer]:
         loop.close()
 
 
-def _open(context: Any, url: str) -> tuple[Any, float]:
+# Where the first image's time goes: OHIF's page up (its 12 MB bundle parsed and run: DOMContentLoaded comes after
+# the body's scripts), its first DICOMweb request, the first frame received.
+_PARTS = """() => {
+  const dw = performance.getEntriesByType('resource').filter((e) => e.name.includes('/dicom-web/'));
+  const frames = dw.filter((e) => e.name.includes('/frames/'));
+  return { page_ready_ms: performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd,
+           first_request_ms: Math.min(...dw.map((e) => e.startTime)),
+           first_frame_received_ms: Math.min(...frames.map((e) => e.responseEnd)) };
+}"""
+
+
+def _open(context: Any, url: str) -> tuple[Any, float, dict[str, float]]:
     page = context.new_page()
     page.add_init_script(_WATCH)
     page.goto(url)
     page.wait_for_function("window.__ohif && window.__ohif.first !== null", timeout=120_000, polling=50)
-    return page, float(page.evaluate("window.__ohif.first"))
+    return page, float(page.evaluate("window.__ohif.first")), page.evaluate(_PARTS)
 
 
 def _pass(page: Any, slices: int) -> list[float]:
@@ -318,7 +330,7 @@ def browse(server: OhifServer, orthanc: OrthancServer, spec: StudySpec, series: 
             server.reset()
             cpu = box_cpu_seconds(orthanc.process.pid)
             started = time.perf_counter()
-            page, first = _open(context, url)
+            page, first, parts = _open(context, url)
             waits = _pass(page, slices)
             cold_pass = time.perf_counter() - started
             cpu = box_cpu_seconds(orthanc.process.pid) - cpu
@@ -326,8 +338,8 @@ def browse(server: OhifServer, orthanc: OrthancServer, spec: StudySpec, series: 
             loaded_started = time.perf_counter()
             again = _pass(page, slices)
             loaded_pass = time.perf_counter() - loaded_started
-            cold = {"first_image_ms": first, "pass_s": cold_pass, "step_ms_max": max(waits),
-                    "step_ms_median": statistics.median(waits), **_bytes(page),
+            cold = {"first_image_ms": first, "first_image_parts": parts, "pass_s": cold_pass,
+                    "step_ms_max": max(waits), "step_ms_median": statistics.median(waits), **_bytes(page),
                     "loaded_step_ms_max": max(again), "loaded_step_ms_p99": _p99(again), "loaded_pass_s": loaded_pass,
                     "decode_ms_median": decoded["median"], "decode_ms_total": decoded["total"],
                     "decodes": decoded["count"], "orthanc_cpu_ms_per_slice": 1000 * cpu / slices,
@@ -337,10 +349,10 @@ def browse(server: OhifServer, orthanc: OrthancServer, spec: StudySpec, series: 
             server.reset()
             cpu = box_cpu_seconds(orthanc.process.pid)
             started = time.perf_counter()
-            page, first = _open(context, url)
+            page, first, parts = _open(context, url)
             waits = _pass(page, slices)
-            warm = {"first_image_ms": first, "pass_s": time.perf_counter() - started, "step_ms_max": max(waits),
-                    **_bytes(page),
+            warm = {"first_image_ms": first, "first_image_parts": parts, "pass_s": time.perf_counter() - started,
+                    "step_ms_max": max(waits), **_bytes(page),
                     "orthanc_cpu_ms_per_slice": 1000 * (box_cpu_seconds(orthanc.process.pid) - cpu) / slices,
                     "accepts": dict(server.accepts), "answered": dict(server.answered)}  # fmt: skip
             page.close()
@@ -367,11 +379,17 @@ def _syntax(r: dict[str, Any]) -> str:
     return f"asked {' | '.join(asked)}; Orthanc answered {' | '.join(answered)}"
 
 
+def _parts(run: dict[str, Any]) -> str:
+    p = run["first_image_parts"]
+    return f"{p['page_ready_ms']:.0f} / {p['first_request_ms']:.0f} / {p['first_frame_received_ms']:.0f}"
+
+
 def figures(r: dict[str, Any]) -> dict[str, str]:
     """One line per figure of perf.viewer_stack's summary, keyed by its label."""
     c, w, stored = r["cold"], r["warm"], r["stored_bytes"]
     return {
-        "first image": f"cold {c['first_image_ms']:.0f} ms, warm {w['first_image_ms']:.0f} ms",
+        "first image": f"cold {c['first_image_ms']:.0f} ms, warm {w['first_image_ms']:.0f} ms"
+        f" (page up / first DICOMweb request / first frame received: {_parts(c)} cold, {_parts(w)} warm)",
         "every slice": f"{c['pass_s']:.1f} s cold (Orthanc streams the series as stored in"
         f" {r['stream_ms'] / 1000:.1f} s: {c['pass_s'] * 1000 / r['stream_ms']:.2f} ×), warm {w['pass_s']:.1f} s",
         "bytes": f"cold {c['transfer_bytes'] / 1e6:.1f} MB ({c['transfer_bytes'] / stored:.3f} × stored), warm"
@@ -427,3 +445,15 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def side_by_side(ours: str, r: dict[str, Any]) -> str:
+    """perf.viewer_stack's summary with an "OHIF + Orthanc" line under each figure OHIF has too."""
+    lines, theirs = [], figures(r)
+    for line in ours.splitlines():
+        lines.append(line)
+        label = line.strip().split(":", 1)[0]
+        if line.startswith("  ") and label in theirs:
+            lines.append(f"    OHIF + Orthanc: {theirs[label]}")
+    lines.append(f"  OHIF {r['ohif_version']}: {_syntax(r)}")
+    return "\n".join(lines)
