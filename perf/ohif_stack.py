@@ -6,14 +6,17 @@
     python -m perf.viewer_stack --ohif   # both on the same Orthanc, side by side
 
 The comparator of issue 16's targets ("report each against the same figures for Orthanc's WADO-RS serving OHIF").
-OHIF v2's prebuilt bundle (`@ohif/viewer` on npm: one 12 MB index.umd.js that carries cornerstone, the
-cornerstoneWADOImageLoader web worker as a blob and its WebAssembly codecs as data: URLs, so nothing is fetched
-from a CDN) is downloaded once into ~/.cache/drimbox/ (beside tests/test_ohif.py's OHIF v3), its tarball checked against the registry's
-dist.integrity (sha-512) pinned here; nothing of OHIF is in the repository. A small aiohttp server on 127.0.0.1
-serves the bundle, an app-config pointing at `/dicom-web` and our own index.html (the package's asks polyfill.io),
-and forwards `/dicom-web/*` to Orthanc unchanged (same origin, as a site deploys OHIF in front of its PACS: no
-CORS; headers and gzip passed through as Orthanc sends them). The proxy tallies the Accept headers OHIF sent and
-the content types Orthanc answered, so the report says which syntax was asked for and whether Orthanc transcoded.
+OHIF v2's prebuilt bundle (`@ohif/viewer` on npm: one 12 MB index.umd.js carrying cornerstone, the
+cornerstoneWADOImageLoader web worker as a blob and its WebAssembly codecs as data: URLs, so nothing comes from a
+CDN) is downloaded once into ~/.cache/drimbox/ (beside tests/test_ohif.py's OHIF v3), its tarball checked against
+the registry's dist.integrity (sha-512) pinned here; nothing of OHIF is in the repository. A small aiohttp server
+on 127.0.0.1 serves the bundle, an app-config pointing at `/dicom-web` and our own index.html (the package's asks
+polyfill.io), and forwards `/dicom-web/*` to Orthanc unchanged: same origin, as a site puts OHIF in front of its
+PACS (no CORS), Orthanc's headers and gzip passed through. The proxy tallies the Accept headers OHIF sent and the
+content types Orthanc answered: which syntax OHIF asked for, and whether Orthanc transcoded.
+Why v2 and not v3: v2 draws with cornerstone on a 2D canvas, so it runs in the very Chromium (and flags,
+--disable-gpu) perf.viewer_stack uses; OHIF v3 draws through WebGL (tests/test_ohif.py starts Chromium with
+SwiftShader for it), which would measure a software GPU rather than the viewer.
 
 Measured, cold (a fresh browser profile on disk, as perf.viewer_stack: see why there) then warm (the same context,
 the study reopened), OHIF opened on its study route `/viewer/<StudyInstanceUID>`:
@@ -27,6 +30,25 @@ the study reopened), OHIF opened on its study route `/viewer/<StudyInstanceUID>`
 - step waits once loaded: a second Home→End pass in the same page;
 - Orthanc's CPU per slice over the first pass (its process' utime + stime);
 - the decode time a frame: cornerstoneWADOImageLoader's own `decodeTimeInMS` on each image in cornerstone's cache.
+OHIF (cornerstone) paints in requestAnimationFrame, so one step per paint waits for the next frame: a pass cannot
+beat slices × 16.7 ms (60 Hz; 4.3 s at 260, 21.7 s at 1300), where our viewer paints in the key handler.
+
+Figures (one run each, 2 shared cores, 2026-12-06; perf/results/2026-12-06-ohif/ has the output and JSON), ours
+(drimbox viewer + Proxy box) | OHIF 4.12.51 + Orthanc 1.10.1 (DICOMweb plugin 1.7):
+
+| | 260 slices, 08:49 UTC | 1300 slices (--full), 08:50 UTC |
+|---|---|---|
+| first image cold / warm | 544 / 188 ms · 1344 / 1163 ms | 1164 / 270 ms · 2087 / 1756 ms |
+| every slice cold / warm | 4.6 / 3.3 s · 6.5 / 6.0 s | 21.3 / 15.5 s · 25.3 / 25.4 s |
+| bytes cold; warm reopen | 1.008 ×; 0.2 % · 1.003 ×; 100.3 % | 1.008 ×; 0.2 % · 1.002 ×; 100.2 % |
+| longest step cold; once loaded (p99) | 167; 51 (50) ms · 60; 19 (17) ms | 217; 57 (53) ms · 198; 24 (18) ms |
+| server CPU a slice cold / warm | box 6.0 / 1.3 ms · Orthanc 5.3 / 5.2 | box 5.9 / 1.4 ms · Orthanc 7.0 / 7.0 |
+| browser decode a slice (median) | 7 · 7 ms | 7 · 7 ms |
+
+OHIF asks `multipart/related; type=application/octet-stream; transfer-syntax=*` and Orthanc answers the stored
+JPEG-LS (no transcoding), gzipped on the way (Chromium accepts gzip; JPEG-LS of noise barely shrinks). Orthanc
+sends no validators, so a reopen downloads everything again. OHIF's first image is mostly its own page: the
+bundle parsed and run takes 0.8-1.1 s before its first DICOMweb request.
 """
 
 from __future__ import annotations
@@ -131,7 +153,9 @@ _PASS = """async (slices) => {
   const element = document.querySelector('.viewport-element');
   const state = cornerstoneTools.getToolState(element, 'stack');
   const ids = state && state.data[0] && state.data[0].imageIds;
-  if (!ids || ids.length !== slices) throw new Error(`OHIF's stack holds ${ids ? ids.length : 'no'} images, not ${slices}`);
+  if (!ids || ids.length !== slices) {
+    throw new Error(`OHIF's stack holds ${ids ? ids.length : 'no'} images, not ${slices}`);
+  }
   const shown = (id) => new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       element.removeEventListener('cornerstoneimagerendered', seen);
@@ -165,6 +189,10 @@ _PASS = """async (slices) => {
   }
   return waits;
 }"""
+
+# When the last frame arrived (ms from the navigation): how fast OHIF's request pool and Orthanc deliver the series.
+_RECEIVED = """() => Math.max(...performance.getEntriesByType('resource')
+  .filter((e) => e.name.includes('/dicom-web/') && e.name.includes('/frames/')).map((e) => e.responseEnd))"""
 
 # cornerstoneWADOImageLoader times each decode in its worker and writes it on the image (decodeTimeInMS).
 _DECODES = """() => {
@@ -335,11 +363,13 @@ def browse(server: OhifServer, orthanc: OrthancServer, spec: StudySpec, series: 
             cold_pass = time.perf_counter() - started
             cpu = box_cpu_seconds(orthanc.process.pid) - cpu
             decoded = page.evaluate(_DECODES)
+            received = float(page.evaluate(_RECEIVED))
             loaded_started = time.perf_counter()
             again = _pass(page, slices)
             loaded_pass = time.perf_counter() - loaded_started
             cold = {"first_image_ms": first, "first_image_parts": parts, "pass_s": cold_pass,
-                    "step_ms_max": max(waits), "step_ms_median": statistics.median(waits), **_bytes(page),
+                    "step_ms_max": max(waits), "step_ms_median": statistics.median(waits),
+                    "frames_received_ms": received, **_bytes(page),
                     "loaded_step_ms_max": max(again), "loaded_step_ms_p99": _p99(again), "loaded_pass_s": loaded_pass,
                     "decode_ms_median": decoded["median"], "decode_ms_total": decoded["total"],
                     "decodes": decoded["count"], "orthanc_cpu_ms_per_slice": 1000 * cpu / slices,
@@ -390,7 +420,8 @@ def figures(r: dict[str, Any]) -> dict[str, str]:
     return {
         "first image": f"cold {c['first_image_ms']:.0f} ms, warm {w['first_image_ms']:.0f} ms"
         f" (page up / first DICOMweb request / first frame received: {_parts(c)} cold, {_parts(w)} warm)",
-        "every slice": f"{c['pass_s']:.1f} s cold (Orthanc streams the series as stored in"
+        "every slice": f"{c['pass_s']:.1f} s cold (every frame received at {c['frames_received_ms'] / 1000:.1f} s;"
+        f" Orthanc streams the series as stored in"
         f" {r['stream_ms'] / 1000:.1f} s: {c['pass_s'] * 1000 / r['stream_ms']:.2f} ×), warm {w['pass_s']:.1f} s",
         "bytes": f"cold {c['transfer_bytes'] / 1e6:.1f} MB ({c['transfer_bytes'] / stored:.3f} × stored), warm"
         f" {w['transfer_bytes'] / 1e6:.2f} MB ({100 * w['transfer_bytes'] / stored:.1f} %);"
