@@ -3,6 +3,7 @@
     python -m perf.viewer_stack            # the suite's ans1300 shape (JPEG-LS, 512², noise 24) at 260 slices
     python -m perf.viewer_stack --full     # at its real 1300 slices
     python -m perf.viewer_stack --json out.json
+    python -m perf.viewer_stack --ohif     # and OHIF v2 on Orthanc's DICOMweb, same study (perf.ohif_stack)
 
 Orthanc holds the study; a Proxy box (its cache emptied first) serves the report link; a professional logged in
 once. Measured, cold (empty box cache, empty browser cache) then warm (the same browser context, reopened):
@@ -291,8 +292,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="ans1300 at 1300 slices (else 260)")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--ohif", action="store_true", help="also OHIF served by Orthanc (perf.ohif_stack)")
     args = parser.parse_args(argv)
     spec = studies(args.full)["ans1300"]
+    ohif: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="drimbox-perf-stack-") as tmp:
         work = Path(tmp)
         files = write_study(work / "ans1300", spec)
@@ -302,9 +305,18 @@ def main(argv: list[str] | None = None) -> None:
         try:
             orthanc.store_files(files)
             result = measure(work, orthanc, spec, series, stored)
+            if args.ohif:
+                from perf import ohif_stack
+
+                result["ohif"] = ohif = ohif_stack.measure(orthanc, spec, series, stored)
         finally:
             orthanc.stop()
-    print(summary(result))
+    if ohif is not None:
+        from perf.ohif_stack import side_by_side
+
+        print(side_by_side(summary(result), ohif))
+    else:
+        print(summary(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
