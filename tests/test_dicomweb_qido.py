@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from dicomweb_client import DICOMwebClient
+from pydicom.dataset import Dataset
 
 from drimbox.dicomweb.backend import QueryLevel, TagMatch
 from drimbox.dicomweb.params import BadRequest
 from drimbox.dicomweb.qido import STUDY_TAGS, element_matches, parse_query
+from drimbox.dimse.identifier import decode, encode
 from tests.support.dicomweb import MULTIFRAME_STUDY, SampleData, serve, write_samples
 from tests.support.folder_backend import FolderBackend
 
@@ -178,3 +181,46 @@ async def test_public_url_in_retrieve_urls(samples: SampleData) -> None:
         async with session.get(f"{url}/dicom-web/studies", params={"StudyInstanceUID": MULTIFRAME_STUDY}) as resp:
             [study] = await resp.json()
     assert study["00081190"]["Value"] == [f"https://box.example.fr/dicom-web/studies/{MULTIFRAME_STUDY}"]
+
+
+class _Answers:
+    """A backend whose search answers as a PACS's C-FIND does: raw (unconverted) data sets, one at a time."""
+
+    def __init__(self, count: int) -> None:
+        self.answers = []
+        for n in range(count):
+            ds = Dataset()
+            # Every tenth answer in Latin-1, the others in UTF-8: the same bytes read differently.
+            ds.SpecificCharacterSet = "ISO_IR 100" if n % 10 == 0 else "ISO_IR 192"
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = (
+                "1.2.826.0.1.3680043.10.1313.5",
+                "1.2.826.0.1.3680043.10.1313.5.1",
+            )
+            ds.SOPInstanceUID, ds.SOPClassUID = f"1.2.826.0.1.3680043.10.1313.5.1.{n + 1}", "1.2.840.10008.5.1.4.1.1.2"
+            ds.InstanceNumber, ds.Rows = n + 1, 512
+            ds.add_new(0x00100010, "PN", "Hélène^Dupont".encode())
+            self.answers.append(encode(ds))
+
+    async def search(self, query: Any) -> AsyncIterator[Dataset]:
+        for data in self.answers:
+            await asyncio.sleep(0)
+            yield decode(data)
+
+
+async def test_a_long_answer_keeps_its_order_and_each_answer_its_own_values() -> None:
+    """Answers are converted while the next ones arrive, in batches sharing the values they repeat: the page still
+    lists them in the PACS's order, each with its own values and character set."""
+    backend = _Answers(450)
+    async with serve(backend, max_results=1000) as url, aiohttp.ClientSession() as session:  # type: ignore[arg-type]
+        params = {"limit": "420", "includefield": "00100010"}
+        async with session.get(
+            f"{url}/dicom-web/studies/1.2.826.0.1.3680043.10.1313.5/instances", params=params
+        ) as resp:
+            assert resp.status == 200 and "additional results" in resp.headers["Warning"]
+            page = await resp.json()
+    assert [a["00200013"]["Value"] for a in page] == [[n + 1] for n in range(420)]
+    assert all(a["00081190"]["Value"][0].endswith(f"/instances/1.2.826.0.1.3680043.10.1313.5.1.{n + 1}")
+               for n, a in enumerate(page))  # fmt: skip
+    names = [a["00100010"]["Value"][0]["Alphabetic"] for a in page]
+    assert names[1] == "Hélène^Dupont" and names[0] == "HÃ©lÃ¨ne^Dupont"  # UTF-8 bytes read as Latin-1
+    assert {names[n] for n in range(0, 420, 10)} == {names[0]} and names.count("Hélène^Dupont") == 420 - 42

@@ -98,14 +98,11 @@ def _query_bytes(query: Dataset) -> bytes:
 
 
 def _decode(data: bytes, level: str, peer: str) -> Dataset:
+    # Values are left unconverted: a QIDO converts those it sends, each distinct value once (json_model's memo),
+    # while the next answers arrive. Converting every value here made this thread slower than Orthanc sends
+    # answers (0.13 ms an answer, 1300 answers 0.6 instead of 0.35 s after the query).
     try:
-        ds = decode(data)
-        # Every value converted here, in the DIMSE thread, while the PACS works on its next answers: pydicom
-        # converts on first access otherwise, in the QIDO's JSON encoding after the last answer (for 1300
-        # instances, 0.2 of its 0.35 s: off the critical path of a viewer's first image this way).
-        for _ in ds:
-            pass
-        return ds
+        return decode(data)  # the elements' boundaries are read here: a malformed answer fails here
     except Exception as exc:
         # pydicom's message could quote the answer's values: only its kind goes into ours.
         message = f"C-FIND {level} on {peer}: undecodable answer ({type(exc).__name__})"
