@@ -56,7 +56,7 @@ function leastBusy() {
   return workers.reduce((a, b) => (b.busy < a.busy ? b : a));
 }
 
-// A worker started, and the JPEG-LS codec fetched and compiled in it, while the page waits for the study's lists:
+// A worker started, and the JPEG-LS codec fetched and compiled in it, while the page waits for a cold study's lists:
 // the first frame then only decodes (starting both on that frame took 60-80 ms of the first image, on a 1300-slice
 // CT whose list takes the PACS 0.7 s). JPEG-LS: the lossless syntax of the studies DRIM-M exchanges; another codec
 // still loads on its first frame. The codec files are cached for a year: a warm-up costs a download once.

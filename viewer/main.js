@@ -121,7 +121,9 @@ async function main() {
   cached.catch(() => {});
   const listed = api.series().then((series) => series.sort(bySeriesNumber));
   listed.then((series) => showSeriesList(api, series), () => {});
-  warmUp();
+  // Cold (the box does not hold the study yet), the list takes the PACS a while: the decoder starts meanwhile.
+  // Warm, the first frame follows at once, and a worker starting beside it would only slow it down.
+  cached.catch(() => warmUp());
   // The metadata is waited for even when the list comes first: a 504 is as quick as the list, and the metadata
   // saves the series' own request.
   // `series=` (the consumer's per-series View) opens that series first, when the study has it.
