@@ -56,6 +56,10 @@ every slice 31.6 s cold, 17.3 s warm (the box streams the series in 1.0 s); byte
 (0.2 %) warm, no frame asked twice; once loaded, max step 60 ms (p99 56); box CPU per slice 15.7 ms cold, 1.5 warm.
 Not met at 1300: the cold first image (the Proxy's C-GETs of a 230 MB series beside the QIDO's two pages), the
 pass (decode-bound in the browser: ~13 ms a slice warm with one worker), the cold box CPU (the C-GET path).
+
+Latest (`--full`, quiet, results/2026-12-06-viewer-stack-afternoon/): first image 906-1018 ms cold, 269-311 ms warm;
+box CPU 4.8-5.1 ms a slice cold; every slice 20.2-20.6 s against a 1.5-1.6 s stream — the browser's decode alone is
+9.7 s (7 ms a slice, printed as "browser: decode"), so that ratio is the client's CPU, not the box's.
 """
 
 from __future__ import annotations
