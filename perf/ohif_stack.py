@@ -76,8 +76,7 @@ from typing import Any
 from drimbox.demo.samples.orthanc import OrthancServer, start_orthanc
 from drimbox.demo.samples.processes import free_port
 from drimbox.demo.samples.studies import StudySpec, write_study
-from perf.first_image import CHROMIUM
-from perf.viewer_stack import _STREAM, _bytes, _p99, box_cpu_seconds
+from perf.viewer_stack import _STREAM, _bytes, _p99, box_cpu_seconds, chromium_with_profile
 from tests.support.ohif import cache_root
 
 OHIF_VERSION = "4.12.51"  # the last OHIF v2 release of @ohif/viewer, the one with a prebuilt standalone bundle
@@ -340,54 +339,40 @@ def _pass(page: Any, slices: int) -> list[float]:
 
 
 def browse(server: OhifServer, orthanc: OrthancServer, spec: StudySpec, series: str) -> dict[str, Any]:
-    from playwright.sync_api import sync_playwright
-
-    from tests.support.fixtures_browser import CHROMIUM_ARGS
-
     slices = spec.instance_total
     url = f"{server.url}/viewer/{spec.study_uid}"
-    with tempfile.TemporaryDirectory(prefix="drimbox-perf-ohif-profile-") as profile, sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 800},
-        )
-        try:
-            server.reset()
-            cpu = box_cpu_seconds(orthanc.process.pid)
-            started = time.perf_counter()
-            page, first, parts = _open(context, url)
-            waits = _pass(page, slices)
-            cold_pass = time.perf_counter() - started
-            cpu = box_cpu_seconds(orthanc.process.pid) - cpu
-            decoded = page.evaluate(_DECODES)
-            received = float(page.evaluate(_RECEIVED))
-            loaded_started = time.perf_counter()
-            again = _pass(page, slices)
-            loaded_pass = time.perf_counter() - loaded_started
-            cold = {"first_image_ms": first, "first_image_parts": parts, "pass_s": cold_pass,
-                    "step_ms_max": max(waits), "step_ms_median": statistics.median(waits),
-                    "frames_received_ms": received, **_bytes(page),
-                    "loaded_step_ms_max": max(again), "loaded_step_ms_p99": _p99(again), "loaded_pass_s": loaded_pass,
-                    "decode_ms_median": decoded["median"], "decode_ms_total": decoded["total"],
-                    "decodes": decoded["count"], "orthanc_cpu_ms_per_slice": 1000 * cpu / slices,
-                    "accepts": dict(server.accepts), "answered": dict(server.answered)}  # fmt: skip
-            stream = page.evaluate(_STREAM, [spec.study_uid, series])  # Orthanc's WADO-RS series, as stored
-            page.close()
-            server.reset()
-            cpu = box_cpu_seconds(orthanc.process.pid)
-            started = time.perf_counter()
-            page, first, parts = _open(context, url)
-            waits = _pass(page, slices)
-            warm = {"first_image_ms": first, "first_image_parts": parts, "pass_s": time.perf_counter() - started,
-                    "step_ms_max": max(waits), **_bytes(page),
-                    "orthanc_cpu_ms_per_slice": 1000 * (box_cpu_seconds(orthanc.process.pid) - cpu) / slices,
-                    "accepts": dict(server.accepts), "answered": dict(server.answered)}  # fmt: skip
-            page.close()
-        finally:
-            context.close()
+    with chromium_with_profile("drimbox-perf-ohif-profile-") as context:
+        server.reset()
+        cpu = box_cpu_seconds(orthanc.process.pid)
+        started = time.perf_counter()
+        page, first, parts = _open(context, url)
+        waits = _pass(page, slices)
+        cold_pass = time.perf_counter() - started
+        cpu = box_cpu_seconds(orthanc.process.pid) - cpu
+        decoded = page.evaluate(_DECODES)
+        received = float(page.evaluate(_RECEIVED))
+        loaded_started = time.perf_counter()
+        again = _pass(page, slices)
+        loaded_pass = time.perf_counter() - loaded_started
+        cold = {"first_image_ms": first, "first_image_parts": parts, "pass_s": cold_pass,
+                "step_ms_max": max(waits), "step_ms_median": statistics.median(waits),
+                "frames_received_ms": received, **_bytes(page),
+                "loaded_step_ms_max": max(again), "loaded_step_ms_p99": _p99(again), "loaded_pass_s": loaded_pass,
+                "decode_ms_median": decoded["median"], "decode_ms_total": decoded["total"],
+                "decodes": decoded["count"], "orthanc_cpu_ms_per_slice": 1000 * cpu / slices,
+                "accepts": dict(server.accepts), "answered": dict(server.answered)}  # fmt: skip
+        stream = page.evaluate(_STREAM, [spec.study_uid, series])  # Orthanc's WADO-RS series, as stored
+        page.close()
+        server.reset()
+        cpu = box_cpu_seconds(orthanc.process.pid)
+        started = time.perf_counter()
+        page, first, parts = _open(context, url)
+        waits = _pass(page, slices)
+        warm = {"first_image_ms": first, "first_image_parts": parts, "pass_s": time.perf_counter() - started,
+                "step_ms_max": max(waits), **_bytes(page),
+                "orthanc_cpu_ms_per_slice": 1000 * (box_cpu_seconds(orthanc.process.pid) - cpu) / slices,
+                "accepts": dict(server.accepts), "answered": dict(server.answered)}  # fmt: skip
+        page.close()
     return {"cold": cold, "warm": warm, "stream_ms": stream["ms"], "stream_bytes": stream["bytes"],
             "stream_status": stream["status"]}  # fmt: skip
 

@@ -71,6 +71,8 @@ import statistics
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -185,16 +187,16 @@ def _open(context: Any, link: str) -> tuple[Any, float]:
     return page, float(page.evaluate("performance.getEntriesByName('first-image')[0].startTime"))
 
 
-def browse(box: DrimboxProcess, box_url: str, link: str, spec: StudySpec, series: str, slices: int) -> dict[str, Any]:
+@contextmanager
+def chromium_with_profile(prefix: str) -> Iterator[Any]:
+    """Headless Chromium (a Playwright context) with a profile on disk, as a doctor's browser has: an incognito
+    context keeps its HTTP cache in memory, at most 2 % of RAM and 50 MB (Chromium's MemBackendImpl), less than the
+    study, and a warm reopen would measure that."""
     from playwright.sync_api import sync_playwright
 
     from tests.support.fixtures_browser import CHROMIUM_ARGS
 
-    assert box.proc is not None
-    result: dict[str, Any] = {}
-    # A profile on disk, as a doctor's browser has: an incognito context keeps its HTTP cache in memory, at most
-    # 2 % of RAM and 50 MB (Chromium's MemBackendImpl), less than the study, and a warm reopen would measure that.
-    with tempfile.TemporaryDirectory(prefix="drimbox-perf-profile-") as profile, sync_playwright() as p:
+    with tempfile.TemporaryDirectory(prefix=prefix) as profile, sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             profile,
             executable_path=CHROMIUM,
@@ -203,41 +205,48 @@ def browse(box: DrimboxProcess, box_url: str, link: str, spec: StudySpec, series
             viewport={"width": 1280, "height": 800},
         )
         try:
-            login = context.new_page()
-            login.goto(f"{box_url}/auth/login?" + urlencode({"next": "/viewer/", "login_hint": RADIOLOGIST}))
-            login.close()
-            urllib.request.urlopen(operator_request(f"{box_url}/api/cache", "DELETE"), timeout=30).close()
-            cpu = box_cpu_seconds(box.proc.pid)
-            started = time.perf_counter()
-            page, first = _open(context, link)
-            waits = _pass(page, slices)
-            cold_pass = time.perf_counter() - started
-            cpu = box_cpu_seconds(box.proc.pid) - cpu
-            decoded = page.evaluate(_DECODES)
-            loaded_started = time.perf_counter()
-            again = _pass(page, slices)  # everything loaded: what a scroll costs from memory
-            loaded_pass = time.perf_counter() - loaded_started
-            cold = {"first_image_ms": first, "pass_s": cold_pass, "step_ms_max": max(waits),
-                    "step_ms_median": statistics.median(waits), **_bytes(page),
-                    "loaded_step_ms_max": max(again), "loaded_step_ms_p99": _p99(again), "loaded_pass_s": loaded_pass,
-                    "decode_ms_median": decoded["median"], "decode_ms_total": decoded["total"],
-                    "decodes": decoded["count"],
-                    "box_cpu_ms_per_slice": 1000 * cpu / slices,
-                    "syntax": page.get_attribute("#image", "data-transfer-syntax"),
-                    "memory_mb": page.get_attribute("#image", "data-memory-mb")}  # fmt: skip
-            stream = page.evaluate(_STREAM, [spec.study_uid, series])
-            if stream["status"] != 200:
-                print(f"the series retrieve answered {stream['status']}: {stream['error'][:300]}", flush=True)
-            page.close()
-            cpu = box_cpu_seconds(box.proc.pid)
-            started = time.perf_counter()
-            page, first = _open(context, link)
-            waits = _pass(page, slices)
-            warm = {"first_image_ms": first, "pass_s": time.perf_counter() - started, "step_ms_max": max(waits),
-                    **_bytes(page), "box_cpu_ms_per_slice": 1000 * (box_cpu_seconds(box.proc.pid) - cpu) / slices}  # fmt: skip
-            page.close()
+            yield context
         finally:
             context.close()
+
+
+def browse(box: DrimboxProcess, box_url: str, link: str, spec: StudySpec, series: str, slices: int) -> dict[str, Any]:
+    assert box.proc is not None
+    result: dict[str, Any] = {}
+    with chromium_with_profile("drimbox-perf-profile-") as context:
+        login = context.new_page()
+        login.goto(f"{box_url}/auth/login?" + urlencode({"next": "/viewer/", "login_hint": RADIOLOGIST}))
+        login.close()
+        urllib.request.urlopen(operator_request(f"{box_url}/api/cache", "DELETE"), timeout=30).close()
+        cpu = box_cpu_seconds(box.proc.pid)
+        started = time.perf_counter()
+        page, first = _open(context, link)
+        waits = _pass(page, slices)
+        cold_pass = time.perf_counter() - started
+        cpu = box_cpu_seconds(box.proc.pid) - cpu
+        decoded = page.evaluate(_DECODES)
+        loaded_started = time.perf_counter()
+        again = _pass(page, slices)  # everything loaded: what a scroll costs from memory
+        loaded_pass = time.perf_counter() - loaded_started
+        cold = {"first_image_ms": first, "pass_s": cold_pass, "step_ms_max": max(waits),
+                "step_ms_median": statistics.median(waits), **_bytes(page),
+                "loaded_step_ms_max": max(again), "loaded_step_ms_p99": _p99(again), "loaded_pass_s": loaded_pass,
+                "decode_ms_median": decoded["median"], "decode_ms_total": decoded["total"],
+                "decodes": decoded["count"],
+                "box_cpu_ms_per_slice": 1000 * cpu / slices,
+                "syntax": page.get_attribute("#image", "data-transfer-syntax"),
+                "memory_mb": page.get_attribute("#image", "data-memory-mb")}  # fmt: skip
+        stream = page.evaluate(_STREAM, [spec.study_uid, series])
+        if stream["status"] != 200:
+            print(f"the series retrieve answered {stream['status']}: {stream['error'][:300]}", flush=True)
+        page.close()
+        cpu = box_cpu_seconds(box.proc.pid)
+        started = time.perf_counter()
+        page, first = _open(context, link)
+        waits = _pass(page, slices)
+        warm = {"first_image_ms": first, "pass_s": time.perf_counter() - started, "step_ms_max": max(waits),
+                **_bytes(page), "box_cpu_ms_per_slice": 1000 * (box_cpu_seconds(box.proc.pid) - cpu) / slices}  # fmt: skip
+        page.close()
     result.update(
         cold=cold, warm=warm, stream_ms=stream["ms"], stream_bytes=stream["bytes"], stream_status=stream["status"]
     )
