@@ -24,6 +24,7 @@ from pydicom.uid import (
 from drimbox.demo.samples.studies import exam_c_spec, write_study
 from drimbox.dicomweb.backend import FileBody, StoredInstance
 from drimbox.dicomweb.json_model import (
+    ElementMemo,
     dataset_json,
     instance_json,
     instance_json_bytes,
@@ -200,3 +201,20 @@ def test_numbers_read_from_their_bytes_are_pydicom_s(vr: str) -> None:
             warnings.simplefilter("ignore")  # pydicom's own warnings on the odd values
             # Compared as sent: 12 and 12.0 are equal in Python, not on the wire.
             assert json_bytes(dataset_json(raw, None, memo={})) == json_bytes(dataset_json(converted, None)), (vr, text)
+
+
+def test_a_value_its_vr_cannot_hold_goes_out_as_text() -> None:
+    """A DS "abc" (in a PACS's C-FIND answer, say), read from its bytes: sent as the text it is, nothing fails."""
+    ds = Dataset()
+    ds.add_new(0x00101030, "DS", "999")  # Patient's Weight, made "abc" below (pydicom refuses to write it)
+    ds.add_new(0x00200013, "IS", "12\\9")  # Instance Number, its second value made "x"
+    ds.add_new(0x00100020, "LO", "ID-1")
+    data = encode(ds).replace(b"999", b"abc").replace(b"12\\9", b"12\\x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        memos: list[ElementMemo | None] = [None, {}]
+        for memo in memos:
+            out = dataset_json(decode(data), None, memo=memo)
+            assert out["00101030"] == {"vr": "DS", "Value": ["abc"]}
+            assert out["00200013"] == {"vr": "IS", "Value": [12, "x"]}  # what pydicom reads, as text
+            assert out["00100020"] == {"vr": "LO", "Value": ["ID-1"]}
