@@ -137,10 +137,10 @@ async def test_a_viewers_first_requests_together_read_the_kos_once(
     kos = parse_kos(await asyncio.to_thread(sim.document_bytes, pub["kos_uid"]))
     parsed: list[int] = []
 
-    def counting_parse(data: bytes) -> Any:
+    def counting_parse(data: bytes, content: bool = True) -> Any:
         parsed.append(len(data))
         time.sleep(0.2)  # as long as a 1300-slice KOS: the other requests arrive meanwhile
-        return parse_kos(data)
+        return parse_kos(data, content)
 
     monkeypatch.setattr(drimbox.source.access, "parse_kos", counting_parse)
     base = f"http://127.0.0.1:{port}/dicom-web/studies/{kos.study_uid}"
