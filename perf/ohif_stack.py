@@ -62,7 +62,6 @@ import io
 import json
 import statistics
 import tarfile
-import tempfile
 import threading
 import time
 import urllib.request
@@ -73,10 +72,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drimbox.demo.samples.orthanc import OrthancServer, start_orthanc
+from drimbox.demo.samples.orthanc import OrthancServer
 from drimbox.demo.samples.processes import free_port
-from drimbox.demo.samples.studies import StudySpec, write_study
-from perf.viewer_stack import _STREAM, _bytes, _p99, box_cpu_seconds, chromium_with_profile
+from drimbox.demo.samples.studies import StudySpec
+from perf.viewer_stack import _STREAM, _bytes, _p99, box_cpu_seconds, chromium_with_profile, study_in_orthanc
 from tests.support.ohif import cache_root
 
 OHIF_VERSION = "4.12.51"  # the last OHIF v2 release of @ohif/viewer, the one with a prebuilt standalone bundle
@@ -430,7 +429,6 @@ def summary(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import pydicom
 
     from perf.suite import studies
 
@@ -443,17 +441,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.slices:
         spec = dataclasses.replace(spec, instance_total=args.slices)
     ohif_bundle()  # downloaded before Orthanc starts: the timings never include it
-    with tempfile.TemporaryDirectory(prefix="drimbox-perf-ohif-") as tmp:
-        work = Path(tmp)
-        files = write_study(work / "ans1300", spec)
-        stored = sum(len(pydicom.dcmread(f).PixelData) for f in files)
-        series = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
-        orthanc = start_orthanc(work / "orthanc")
-        try:
-            orthanc.store_files(files)
-            result = measure(orthanc, spec, series, stored)
-        finally:
-            orthanc.stop()
+    with study_in_orthanc(spec, "drimbox-perf-ohif-") as (_, orthanc, series, stored):
+        result = measure(orthanc, spec, series, stored)
     print(summary(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -297,9 +297,25 @@ def summary(r: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> None:
+@contextmanager
+def study_in_orthanc(spec: StudySpec, prefix: str) -> Iterator[tuple[Path, OrthancServer, str, int]]:
+    """The study written and stored in a fresh Orthanc: (work folder, Orthanc, its series UID, stored pixel bytes)."""
     import pydicom
 
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(tmp)
+        files = write_study(work / "ans1300", spec)
+        stored = sum(len(pydicom.dcmread(f).PixelData) for f in files)
+        series = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+        orthanc = start_orthanc(work / "orthanc")
+        try:
+            orthanc.store_files(files)
+            yield work, orthanc, series, stored
+        finally:
+            orthanc.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
     from perf.suite import studies
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -309,21 +325,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     spec = studies(args.full)["ans1300"]
     ohif: dict[str, Any] | None = None
-    with tempfile.TemporaryDirectory(prefix="drimbox-perf-stack-") as tmp:
-        work = Path(tmp)
-        files = write_study(work / "ans1300", spec)
-        stored = sum(len(pydicom.dcmread(f).PixelData) for f in files)
-        series = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
-        orthanc = start_orthanc(work / "orthanc")
-        try:
-            orthanc.store_files(files)
-            result = measure(work, orthanc, spec, series, stored)
-            if args.ohif:
-                from perf import ohif_stack
+    with study_in_orthanc(spec, "drimbox-perf-stack-") as (work, orthanc, series, stored):
+        result = measure(work, orthanc, spec, series, stored)
+        if args.ohif:
+            from perf import ohif_stack
 
-                result["ohif"] = ohif = ohif_stack.measure(orthanc, spec, series, stored)
-        finally:
-            orthanc.stop()
+            result["ohif"] = ohif = ohif_stack.measure(orthanc, spec, series, stored)
     if ohif is not None:
         from perf.ohif_stack import side_by_side
 
