@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -33,8 +34,8 @@ def encapsulated_frames(data: bytes, numbers: list[int]) -> list[bytes] | None:
         start = _data_set_start(data)
         frames, pixels = _walk_to_pixels(data, start)
         fragments, offsets = _items(data, pixels)
-    except (_Unwalkable, struct.error, ValueError, IndexError):
-        return None
+    except (_Unwalkable, struct.error, ValueError, IndexError, RecursionError):
+        return None  # RecursionError: sequences nested thousands deep, as a crafted file may have
     if not numbers or any(n < 1 or n > frames for n in numbers):
         return None
     if frames == 1:
@@ -46,6 +47,9 @@ def encapsulated_frames(data: bytes, numbers: list[int]) -> list[bytes] | None:
         return None  # several fragments a frame and no table to tell which: pydicom finds the frame boundaries
     # The table's offsets count from the first fragment item's tag: each fragment is told by where its item starts.
     first = fragments[0][0] - 8 if fragments else 0
+    starts = {s - 8 - first for s, _ in fragments}
+    if offsets[0] != 0 or any(b <= a for a, b in itertools.pairwise(offsets)) or not starts.issuperset(offsets):
+        return None  # a table that does not fall on the fragments' items: pydicom's reading decides
     out = []
     for n in numbers:
         low, high = offsets[n - 1], offsets[n] if n < frames else None
