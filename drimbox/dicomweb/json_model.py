@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import math
+import re
 from collections.abc import AsyncIterator, Collection, Iterator
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,12 @@ def element_json(
         known = memo.get(key)
         if known is not None:
             return known
-    fast = _ascii_numbers(elem.value, vr) if isinstance(elem, RawDataElement) and vr in ("DS", "IS") else None
+    fast = None
+    if isinstance(elem, RawDataElement):
+        if vr in ("DS", "IS"):
+            fast = _ascii_numbers(elem.value, vr)
+        elif vr == "UI":
+            fast = _plain_uids(elem.value)
     if fast is not None:
         out = fast
     else:
@@ -149,6 +155,20 @@ def _ascii_numbers(raw: bytes | None, vr: str) -> dict[str, Any] | None:
             return None
         values.append(number)
     return {"vr": vr, "Value": values}
+
+
+_UID_TEXT = re.compile(rb"[0-9.]+(?:\\[0-9.]+)*")
+
+
+def _plain_uids(raw: bytes | None) -> dict[str, Any] | None:
+    """A UI value's JSON straight from its bytes when it is plain digits and dots (pydicom's conversion validates
+    each UID with a regular expression: a C-FIND answer's SOP Instance UID is new every time); None otherwise."""
+    if raw is None:
+        return None
+    text = raw.rstrip(b"\x00 ")
+    if not _UID_TEXT.fullmatch(text):
+        return None  # empty, padded oddly or not a plain UID: pydicom's reading decides
+    return {"vr": "UI", "Value": text.decode("ascii").split("\\")}
 
 
 def _charset(ds: Dataset) -> Any:
