@@ -6,6 +6,7 @@ routes over a folder of Part-10 files: what is tested is the page, so no PACS is
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp import web
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 
@@ -452,17 +454,23 @@ def test_comparison_on_a_portrait_tablet_puts_the_exams_one_above_the_other(serv
 
 
 def _painted_grey(page: Any, x: int, y: int) -> list[int]:
-    """The RGB painted at the centre of image pixel (x, y), the image fitted (nearest neighbour when enlarged)."""
+    """The RGB painted for image pixel (x, y): the viewer paints the image at its own size, the browser scales it."""
     rgba: list[int] = page.evaluate(
-        """([x, y, size]) => {
-          const canvas = document.getElementById('image');
-          const zoom = Number(canvas.dataset.zoom) * (window.devicePixelRatio || 1);
-          const cx = canvas.width / 2 + (x + 0.5 - size / 2) * zoom, cy = canvas.height / 2 + (y + 0.5 - size / 2) * zoom;
-          return [...canvas.getContext('2d').getImageData(Math.floor(cx), Math.floor(cy), 1, 1).data];
-        }""",
-        [x, y, SIZE],
+        """([x, y]) => [...document.getElementById('pixels').getContext('2d').getImageData(x, y, 1, 1).data]""",
+        [x, y],
     )
     return rgba[:3]
+
+
+def _shown_grey(page: Any, x: float, y: float) -> list[int]:
+    """The RGB on screen (a screenshot) of the screen pixel holding point (x, y) of the fitted image, in its pixels."""
+    box = page.locator("#image").bounding_box()
+    zoom = float(page.get_attribute("#image", "data-zoom") or 0)
+    cx = box["x"] + box["width"] / 2 + (x - SIZE / 2) * zoom
+    cy = box["y"] + box["height"] / 2 + (y - SIZE / 2) * zoom
+    shot = Image.open(io.BytesIO(page.screenshot(clip={"x": int(cx), "y": int(cy), "width": 1, "height": 1})))
+    r, g, b = shot.convert("RGB").getpixel((0, 0))  # type: ignore[misc]  # an RGB image's pixel is a 3-tuple
+    return [r, g, b]
 
 
 def test_the_painted_greys_are_the_stored_values_through_the_window(server: str, browser: Any) -> None:
@@ -481,6 +489,14 @@ def test_the_painted_greys_are_the_stored_values_through_the_window(server: str,
             stored = 4000 if (x, y) == square else (x + y) * 8
             grey = expected(stored, 2000, 4000)
             assert _painted_grey(page, y, x) == [grey] * 3, (shown, x, y, stored)
+        # And on screen, where the browser enlarges the image: each pixel's own grey, none blended with a neighbour's,
+        # even a hair inside the square's edge (its first column, 20, beside a dark one: smoothing would mix them).
+        zoom = float(page.get_attribute("#image", "data-zoom") or 0)
+        for row, column in [(10, 3), (40, 90), square]:
+            stored = 4000 if (row, column) == square else (row + column) * 8
+            grey = expected(stored, 2000, 4000)
+            assert _shown_grey(page, column + 0.5, row + 0.5) == [grey] * 3, (shown, row, column, stored)
+        assert _shown_grey(page, 20 + 0.6 / zoom, square[0] + 0.5) == [255] * 3
         page.select_option("#preset", "300,1500")  # bone: 4000 is white, 0 black, (x + y) * 8 in between
         wait_until(page, "document.getElementById('preset').value === '300,1500'")
         page.wait_for_timeout(200)
