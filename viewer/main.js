@@ -20,6 +20,7 @@ const pixels = $('pixels'); // the current image at its own size, after window/l
 const pctx = pixels.getContext('2d');
 let windowed = null; // the ImageData window/level writes into (renderImage)
 let overlayDrawn = false; // whether the overlay holds anything to clear
+let stageSize = null; // {width, height} of the stage in CSS pixels, kept by a ResizeObserver
 let frameRequest = null; // what the next animation frame does: 'paint' or 'render'
 
 main().catch(fail);
@@ -298,7 +299,8 @@ async function show(index) {
   canvas.dataset.memoryMb = (stack.memoryBytes / 1048576).toFixed(1);
   logPaint(`e${index}`);
   announce();
-  if (!performance.getEntriesByName('first-image').length) {
+  if (!view.painted) {
+    view.painted = true;
     performance.mark('first-image');
     loadThumbnails();
     loadLater();
@@ -404,7 +406,10 @@ function renderImage() {
 // preview over it, or its measurements. An overlay with nothing to draw is not touched (each step of a scroll).
 function paint() {
   const ratio = window.devicePixelRatio || 1;
-  const w = Math.round(canvas.clientWidth * ratio), h = Math.round(canvas.clientHeight * ratio);
+  // The stage's size as the last layout left it: read from the element, it forced a layout at each step of a scroll
+  // (the position and progress it had just written), most of what a step through loaded slices then cost.
+  stageSize ||= { width: canvas.clientWidth, height: canvas.clientHeight };
+  const w = Math.round(stageSize.width * ratio), h = Math.round(stageSize.height * ratio);
   const resized = canvas.width !== w || canvas.height !== h;
   if (resized) { canvas.width = w; canvas.height = h; }
   const image = view.image;
@@ -676,7 +681,10 @@ function setupControls() {
     const action = keys[e.key.length === 1 ? e.key.toLowerCase() : e.key] || keys[e.key];
     if (action && !e.ctrlKey && !e.metaKey && !e.altKey) { e.preventDefault(); action(); }
   });
-  new ResizeObserver(() => (view.fitted ? fit() : schedule(paint))).observe($('stage'));
+  new ResizeObserver(([entry]) => {
+    stageSize = { width: entry.contentRect.width, height: entry.contentRect.height };
+    if (view.fitted) fit(); else schedule(paint);
+  }).observe($('stage'));
 }
 
 function showProgress() {

@@ -147,7 +147,7 @@ export class Stack {
       this.jobs.set(frame.key, job);
       this.cache.set(index, promise);
       promise.then((image) => {
-        const at = this.frames.findIndex((f) => f.key === frame.key); // a rebuild may have moved it
+        const at = this.indexOf(frame.key) ?? -1; // a rebuild may have moved it
         if (at >= 0 && this.cache.get(at) === promise) {
           this.loaded.add(at);
           this.sizes.set(at, bytesOf(image));
@@ -202,10 +202,19 @@ export class Stack {
     return ahead >= -BEHIND && ahead <= AHEAD;
   }
 
+  // Where the frame of `key` is in the stack now (a rebuild may move it), or undefined: a map made once per stack
+  // (made at each step of a scroll, it was a tenth of what a step through loaded slices cost).
+  indexOf(key) {
+    if (this.indexed !== this.frames) {
+      this.index = new Map(this.frames.map((f, i) => [f.key, i]));
+      this.indexed = this.frames;
+    }
+    return this.index.get(key);
+  }
+
   cancelOutside(center) {
-    const position = new Map(this.frames.map((f, i) => [f.key, i]));
     for (const [key, job] of this.jobs) {
-      const i = position.get(key);
+      const i = this.indexOf(key);
       if (i !== undefined && this.inWindow(i, center)) continue;
       if (job.started && i !== undefined && Math.abs(i - center) <= ABORT_IN_FLIGHT_BEYOND) continue;
       this.jobs.delete(key);
