@@ -150,6 +150,31 @@ def test_sigterm_during_start_up_leaves_nothing_running(tmp_path: Path) -> None:
     assert not alive, f"still running after SIGTERM: {alive}"
 
 
+def test_ctrl_c_stops_a_demo_started_with_sigint_ignored(tmp_path: Path) -> None:
+    # A non-interactive shell's `cmd &` starts the demo with SIGINT ignored, which Python keeps: Ctrl-C (or a test
+    # harness's SIGINT) then did nothing, and a whole suite launched that way failed on the demo's Ctrl-C test.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drimbox.cli", "demo", "--workdir", str(tmp_path), "--native", "--instances", "1",
+         *[a for name in PORT_NAMES for a in (f"--{name}-port", "0")]],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    _read_until(proc.stdout, re.compile("Everything is running"), 90)  # running: no start-up guard catches it
+    children = descendants(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    try:
+        assert proc.wait(timeout=40) == 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=40)
+    deadline = time.monotonic() + 5
+    while (alive := _left_running(children, tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"still running after Ctrl-C: {alive}"
+
+
 def test_native_profile_publishes_both_exams_without_a_pacs(tmp_path: Path) -> None:
     # What a machine without Orthanc gets: the source box is the archive, the images go in by STOW-RS.
     proc = subprocess.run(

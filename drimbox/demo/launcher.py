@@ -60,6 +60,10 @@ class LaunchPageServer:
         body = page.encode()
 
         class Handler(BaseHTTPRequestHandler):
+            # A connection that never sends its request (a browser's speculative preconnect, a stale keep-alive of an
+            # earlier run on the same port) gives up after this, rather than hold the demo's stop for ever.
+            timeout = 5
+
             def do_GET(self) -> None:
                 if self.path.split("?")[0] != "/":
                     self.send_error(404, "the launch page is at /")
@@ -74,7 +78,18 @@ class LaunchPageServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # quiet: the demo's terminal is for the links
 
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except OSError:
+                    pass  # a client gone (reset, timed out): nothing to answer, nothing for the terminal
+
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        # server_close() would otherwise wait for every connection's thread: stopping must not depend on a client.
+        self.server.block_on_close = False
+        # A connection reset between select() and accept() would block a blocking accept(), and with it the loop
+        # that shutdown() waits for: non-blocking, accept() fails instead and the loop goes on.
+        self.server.socket.setblocking(False)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
         self._thread = threading.Thread(target=self.server.serve_forever, name="demo-launcher", daemon=True)
 
@@ -83,5 +98,6 @@ class LaunchPageServer:
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever(): for ever if it never ran
+            self.server.shutdown()
         self.server.server_close()

@@ -97,6 +97,9 @@ def box_sections(work: Path, ports: dict[str, int], orthanc: OrthancServer) -> d
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    # Ctrl-C is how the demo is stopped: taken even when the demo was started with SIGINT ignored (from a
+    # non-interactive shell's `&`, which Python would otherwise leave ignored: the demo could then not be stopped).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="drimbox-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -110,7 +113,10 @@ def run_demo(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for thing in reversed(started):
-            thing.stop()
+            try:
+                thing.stop()
+            except Exception as exc:  # the others must still be stopped
+                _say(f"drimbox demo: could not stop {type(thing).__name__}: {type(exc).__name__}: {exc}")
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
         _say("drimbox demo: everything it started is stopped.")
