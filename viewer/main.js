@@ -13,7 +13,7 @@ const problem = (key) => Object.assign(new Error(key), { key });
 
 // fitted: the user has not zoomed or panned since the last fit, so a resize (rotating a tablet) fits again.
 // measures: frame key → that image's measurements ({kind, points: [{x, y}] in image pixels, done}).
-const view = { seriesUid: null, stack: null, index: 0, image: null, window: null, zoom: 1, panX: 0, panY: 0, fitted: true, tool: 'window', token: 0, measures: new Map(), cine: null, preview: null };
+const view = { seriesUid: null, stack: null, index: 0, image: null, window: null, zoom: 1, panX: 0, panY: 0, fitted: true, tool: 'window', token: 0, measures: new Map(), cine: null, preview: null, painted: false };
 const canvas = $('image'); // the overlay: measurements and previews drawn at the screen's resolution; the pointer
 const ctx = canvas.getContext('2d');
 const pixels = $('pixels'); // the current image at its own size, after window/level: the compositor scales it
@@ -406,10 +406,8 @@ function renderImage() {
 // preview over it, or its measurements. An overlay with nothing to draw is not touched (each step of a scroll).
 function paint() {
   const ratio = window.devicePixelRatio || 1;
-  // The stage's size as the last layout left it: read from the element, it forced a layout at each step of a scroll
-  // (the position and progress it had just written), most of what a step through loaded slices then cost.
-  stageSize ||= { width: canvas.clientWidth, height: canvas.clientHeight };
-  const w = Math.round(stageSize.width * ratio), h = Math.round(stageSize.height * ratio);
+  const stage = stageBox();
+  const w = Math.round(stage.width * ratio), h = Math.round(stage.height * ratio);
   const resized = canvas.width !== w || canvas.height !== h;
   if (resized) { canvas.width = w; canvas.height = h; }
   const image = view.image;
@@ -444,16 +442,23 @@ function clearOverlay(resized) {
   overlayDrawn = false;
 }
 
+// The stage's size in CSS pixels as the last layout left it (the overlay fills it): read from the element at each
+// step of a scroll, it forced a layout (the position and progress just written), most of what a loaded step cost.
+function stageBox() {
+  return (stageSize ||= { width: canvas.clientWidth, height: canvas.clientHeight });
+}
+
 // Image pixels ↔ the canvas's CSS pixels, through the zoom and pan paint() applies.
 function toCanvas(p) {
-  return [(p.x - view.image.width / 2) * view.zoom + canvas.clientWidth / 2 + view.panX,
-    (p.y - view.image.height / 2) * view.zoom + canvas.clientHeight / 2 + view.panY];
+  const stage = stageBox();
+  return [(p.x - view.image.width / 2) * view.zoom + stage.width / 2 + view.panX,
+    (p.y - view.image.height / 2) * view.zoom + stage.height / 2 + view.panY];
 }
 
 function toImage(clientX, clientY) {
-  const r = canvas.getBoundingClientRect();
-  return { x: (clientX - r.left - canvas.clientWidth / 2 - view.panX) / view.zoom + view.image.width / 2,
-    y: (clientY - r.top - canvas.clientHeight / 2 - view.panY) / view.zoom + view.image.height / 2 };
+  const r = canvas.getBoundingClientRect(), stage = stageBox();
+  return { x: (clientX - r.left - stage.width / 2 - view.panX) / view.zoom + view.image.width / 2,
+    y: (clientY - r.top - stage.height / 2 - view.panY) / view.zoom + view.image.height / 2 };
 }
 
 function currentMeasures() {
@@ -500,7 +505,8 @@ function schedule(work) {
 
 function fit() {
   if (!view.image) return;
-  view.zoom = Math.min(canvas.clientWidth / view.image.width, canvas.clientHeight / view.image.height);
+  const stage = stageBox();
+  view.zoom = Math.min(stage.width / view.image.width, stage.height / view.image.height);
   view.panX = view.panY = 0;
   view.fitted = true;
   schedule(paint);

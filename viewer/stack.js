@@ -83,6 +83,8 @@ export class Stack {
     this.onprogress = () => {};
     this.exactMs = null; // smoothed time an exact frame takes to arrive (the link, not the decode)
     this.previews = new Map(); // index → Promise<ImageBitmap> of its lossy preview
+    this.index = null; // frame key → its index in `indexed` (indexOf)
+    this.indexed = null; // the frames `index` was made from
   }
 
   // Is the link slow enough that the shown image should come first as a preview?
