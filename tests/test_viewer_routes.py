@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, urlsplit
 
@@ -76,6 +81,66 @@ async def test_static_files_are_served_with_their_types_and_nothing_else() -> No
             assert (await c.get(bad)).status == 404, bad
         moved = await c.get("/viewer?kos=1.2", allow_redirects=False)
         assert moved.status == 301 and moved.headers["Location"] == "/viewer/?kos=1.2"
+    finally:
+        await c.close()
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+async def test_the_page_names_its_files_by_their_content_and_they_are_kept_for_good(tmp_path: Path) -> None:
+    folder = tmp_path / "viewer"
+    folder.mkdir()
+    (folder / "index.html").write_text(
+        '<!doctype html><html><head><meta charset="utf-8"><link rel="stylesheet" href="viewer.css">'
+        '<link rel="modulepreload" href="stack.js"><script type="module" src="main.js"></script></head>'
+        '<body><img src="/elsewhere.js"></body></html>'
+    )
+    files = {
+        "main.js": b"import { x } from './stack.js';\n",
+        "stack.js": b"export const x = 1;\n",
+        "viewer.css": b"b{}",
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    app = web.Application()
+    app.add_routes(viewer_routes(FakeGate(True), None, directory=folder))  # type: ignore[arg-type]
+    c = TestClient(TestServer(app))
+    await c.start_server()
+    try:
+        index = await c.get("/viewer/")
+        html = await index.text()
+        versions = {name: f"/viewer/{name}?v={_digest(data)}" for name, data in files.items()}
+        # Every module by its versioned URL, for the page and for the imports between modules alike.
+        found = re.search(r'<script type="importmap">(.*?)</script>', html)
+        assert found is not None
+        assert json.loads(found[1]) == {"imports": {f"/viewer/{n}": versions[n] for n in ("main.js", "stack.js")}}
+        assert html.index("importmap") < html.index("modulepreload")  # before the first module, or it is ignored
+        for name in files:
+            assert f'="{versions[name].removeprefix("/viewer/")}"' in html, name
+        assert 'src="/elsewhere.js"' in html  # only the folder's own files are renamed
+        # The inline map is allowed by its hash, nothing else inline; the page itself is revalidated.
+        allowed = "'sha256-" + base64.b64encode(hashlib.sha256(found[1].encode()).digest()).decode() + "'"
+        csp = index.headers["Content-Security-Policy"]
+        assert f"script-src 'self' 'wasm-unsafe-eval' {allowed};" in csp and "unsafe-inline" not in csp
+        assert index.headers["Cache-Control"] == "no-cache"
+        again = await c.get("/viewer/", headers={"If-None-Match": index.headers["ETag"]})
+        assert again.status == 304
+        for name, url in versions.items():
+            kept = await c.get(url)
+            assert kept.status == 200 and await kept.read() == files[name]
+            assert kept.headers["Cache-Control"] == "public, max-age=31536000, immutable", name
+            bare = await c.get(f"/viewer/{name}")
+            assert bare.status == 200 and bare.headers["Cache-Control"] == "no-cache", name
+        # A new version of a module: a new name in the page; the old name is no longer kept for good.
+        newer = b"export const x = 2;\n"
+        (folder / "stack.js").write_bytes(newer)
+        os.utime(folder / "stack.js", ns=(1, 10**18))
+        changed = await (await c.get("/viewer/", headers={"If-None-Match": index.headers["ETag"]})).text()
+        assert f"stack.js?v={_digest(newer)}" in changed and versions["stack.js"] not in changed
+        stale = await c.get(versions["stack.js"])
+        assert stale.headers["Cache-Control"] == "no-cache" and await stale.read() == newer
     finally:
         await c.close()
 

@@ -137,6 +137,7 @@ class Served:
     backend: ColdProxy
     loop: asyncio.AbstractEventLoop
     log: list[tuple[str, int]] = field(default_factory=list)  # (path?query, status) of every DICOMweb answer
+    files: list[str] = field(default_factory=list)  # path?query of every request for the viewer's own files
 
 
 @pytest.fixture(scope="module")
@@ -147,12 +148,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         _slice(position, frame).save_as(root / f"s{position}.dcm", enforce_file_format=True)
     state: dict[str, Any] = {}
     log: list[tuple[str, int]] = []
+    files: list[str] = []
 
     @web.middleware
     async def record(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
         response = await handler(request)
         if request.path.startswith("/dicom-web/"):
             log.append((request.path_qs, response.status))
+        elif request.path.startswith("/viewer/"):
+            files.append(request.path_qs)
         return response
 
     async def build() -> web.Application:
@@ -163,7 +167,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         return app
 
     with app_in_thread(build, timeout=60) as (url, loop):
-        yield Served(url, state["backend"], loop, log)
+        yield Served(url, state["backend"], loop, log, files)
 
 
 @pytest.fixture
@@ -221,7 +225,7 @@ def test_the_whole_stack_by_position_as_stored_then_revalidated(page: Any, serve
     statuses = {s for p, s in served.log if "/frames/" in p}
     assert statuses <= {200, 499}, statuses  # 499: a request cancelled because the user scrolled past it
     # Reopened: the browser revalidates what it holds, the box answers 304 without reading any instance.
-    before, reads = len(served.log), len(served.backend.read)
+    before, reads, files = len(served.log), len(served.backend.read), len(served.files)
     page.reload()
     page.wait_for_selector("body[data-state=ready]", timeout=30_000)
     wait_until(page, "document.querySelector('#image').dataset.instance")
@@ -229,6 +233,10 @@ def test_the_whole_stack_by_position_as_stored_then_revalidated(page: Any, serve
     page.keyboard.press("End")  # a slice the first pass showed
     wait_until(page, f"document.querySelector('#image').dataset.index === '{SLICES - 1}'")
     again = served.log[before:]
+    # The page only: its scripts, style and decoding worker are named by their content, kept, never asked again.
+    assert [p for p in served.files[files:] if not p.startswith("/viewer/messages/")] == [
+        f"/viewer/?base=/dicom-web&study={STUDY}"
+    ], served.files[files:]
     shown = {f"{SERIES}.{SLICES // 2}", f"{SERIES}.{SLICES}"}  # the first image, and the last one
     revalidated = {p.split("/instances/")[1].split("/")[0]: s for p, s in again if "/frames/" in p}
     assert {uid: revalidated.get(uid) for uid in shown} == dict.fromkeys(shown, 304), again

@@ -386,7 +386,7 @@ def test_the_words_and_tools_load_after_the_first_image(server: str, browser: An
     later = page.evaluate(
         "() => performance.getEntriesByType('resource')"
         ".filter(e => /messages\\/fr\\.json|i18n\\.js|measure\\.js|panels\\.js/.test(e.name))"
-        ".map(e => [e.name.split('/').pop(), e.startTime - performance.getEntriesByName('first-image')[0].startTime])"
+        ".map(e => [e.name.split('/').pop().split('?')[0], e.startTime - performance.getEntriesByName('first-image')[0].startTime])"
     )
     assert sorted(name for name, _ in later) == ["fr.json", "i18n.js", "measure.js", "panels.js"], later
     assert all(after >= 0 for _, after in later), later

@@ -1,7 +1,9 @@
 // Compressed frames decoded in a small pool of Web Workers (decode-worker.js) with vendored WebAssembly codecs.
 // The transfer syntaxes listed here are the ones the viewer asks for as stored (dicomweb.js frameAccept).
 
-const WORKER = new URL('decode-worker.js', import.meta.url);
+// Through the page's import map when it has one: the worker's versioned URL, cached until the worker changes.
+const WORKER = typeof import.meta.resolve === 'function' ? import.meta.resolve('./decode-worker.js')
+  : new URL('decode-worker.js', import.meta.url).href;
 const JPEG_LS = ['1.2.840.10008.1.2.4.80', '1.2.840.10008.1.2.4.81']; // lossless, near-lossless
 const JPEG_2000 = ['1.2.840.10008.1.2.4.90', '1.2.840.10008.1.2.4.91']; // lossless only, lossy or lossless
 // Below two cores one worker still keeps decoding off the page's thread; above, leave a core to the page.

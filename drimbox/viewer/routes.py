@@ -8,6 +8,7 @@ development copy).
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import os
@@ -28,6 +29,7 @@ from drimbox.auth.links import LinkRefused, ReportLinks
 from drimbox.dimse.uid import is_lenient_uid
 from drimbox.i18n import LANGUAGES, Messages, catalogue
 from drimbox.source.outbox import Outbox
+from drimbox.viewer.versions import Versions
 from drimbox.xds.habilitation import ImagingMatrix
 
 log = logging.getLogger(__name__)
@@ -49,16 +51,18 @@ _MEDIA_TYPES = {"html": "text/html", "css": "text/css", "js": "text/javascript",
 # Same-origin only: the viewer loads nothing from elsewhere, and decoded images come in as blobs. Framed by
 # this box only: the comparison puts a second viewer beside the first in an <iframe>. 'wasm-unsafe-eval' lets the
 # decoding workers compile the vendored WebAssembly codecs, and nothing else: no eval of JavaScript.
+_CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'{inline}; img-src 'self' blob: data:; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'self'")  # fmt: skip
 _HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; img-src 'self' blob: data:; "
-    "object-src 'none'; base-uri 'none'; frame-ancestors 'self'",
+    "Content-Security-Policy": _CSP.format(inline=""),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-    # Small files that change with the code: revalidated each time (ETag/Last-Modified make that cheap).
+    # The page, and a file asked without its current version: revalidated each time (a validator makes it cheap).
     "Cache-Control": "no-cache",
 }
-# A vendored file never changes under its versioned folder: a year in the browser's cache, never revalidated.
-_VENDOR_HEADERS = {**_HEADERS, "Cache-Control": "public, max-age=31536000, immutable"}
+# A file under its current version (?v=, viewer.versions) or a vendored one in its versioned folder never changes
+# under that URL: a year in the browser's cache, never revalidated.
+_VERSIONED_HEADERS = {**_HEADERS, "Cache-Control": "public, max-age=31536000, immutable"}
 
 
 class Grants(Protocol):
@@ -75,13 +79,14 @@ def viewer_routes(
     links: ReportLinks | None = None,
     grants: Grants | None = None,
     matrix: ImagingMatrix | None = None,
-    opened: Callable[[str], None] | None = None,
+    opened: Callable[[str, str], None] | None = None,
 ) -> list[web.RouteDef]:
     """GET /viewer/ and its files; on a source box (`outbox` given) also the report link, checked by `links`.
 
     A report link that opens records a grant of its study for the session in `grants`: source.access lets a
     session read nothing else. A professional the imaging habilitation `matrix` does not allow is refused there.
-    `opened` is told the KOS UID of each report link that opens (the source prepares what the viewer will ask).
+    `opened` is told the study and KOS UIDs of each report link that opens (the source prepares what the viewer will
+    ask).
     """
     viewer = _Viewer(gate, outbox, directory, links, grants, matrix or ImagingMatrix(), opened)
     return [
@@ -103,7 +108,7 @@ class _Viewer:
         links: ReportLinks | None,
         grants: Grants | None,
         matrix: ImagingMatrix,
-        opened: Callable[[str], None] | None = None,
+        opened: Callable[[str, str], None] | None = None,
     ) -> None:
         self.opened = opened
         self.gate = gate
@@ -112,6 +117,7 @@ class _Viewer:
         self.links = links
         self.grants = grants
         self.matrix = matrix
+        self.versions = Versions(directory)
 
     async def redirect_to_index(self, request: web.Request) -> web.StreamResponse:
         # Relative URLs in the page (viewer.css, main.js) need the trailing slash.
@@ -119,21 +125,27 @@ class _Viewer:
         raise web.HTTPMovedPermanently(location)
 
     async def index(self, request: web.Request) -> web.StreamResponse:
-        return self._file("index.html")
+        """The page, naming its scripts and style by their current versions (its inline import map allowed by hash)."""
+        page = await asyncio.to_thread(self.versions.page, "index.html")
+        headers = {**_HEADERS, "Content-Security-Policy": _CSP.format(inline=f" {page.script_hash}"), "ETag": page.etag}
+        if page.etag in (tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=page.body, content_type="text/html", charset="utf-8", headers=headers)
 
     async def static(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         # A fixed shape of names, no path separators: nothing outside the viewer's folder can be named.
         if not _STATIC_NAME.match(name):
             raise web.HTTPNotFound()
-        return self._file(name)
+        current = await asyncio.to_thread(self.versions.is_current, name, request.query.get("v", ""))
+        return self._file(name, _VERSIONED_HEADERS if current else _HEADERS)
 
     async def vendored(self, request: web.Request) -> web.StreamResponse:
         """A vendored codec's script or WebAssembly module (application/wasm: compiled while it streams in)."""
         folder, name = request.match_info["folder"], request.match_info["name"]
         if not (_VENDOR_FOLDER.match(folder) and _VENDOR_NAME.match(name)):
             raise web.HTTPNotFound()
-        return self._file(f"vendor/{folder}/{name}", _VENDOR_HEADERS)
+        return self._file(f"vendor/{folder}/{name}", _VERSIONED_HEADERS)
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """The viewer's words in one language: the [viewer] and [common] tables, keys without their table's name."""
@@ -197,8 +209,8 @@ class _Viewer:
             if self.grants is not None and (session := await self.gate.current_session(request)) is not None:
                 # What this session may now read at /dicom-web: this study, as far as its live KOS goes.
                 await self.grants.grant(session.id_hash, study, published.kos_uid or "")
-            if self.opened is not None and published.kos_uid:
-                self.opened(published.kos_uid)
+            if self.opened is not None:
+                self.opened(study, published.kos_uid or "")
             await audit_request(
                 request, "report-link.open", SUCCESS, professional=who, study=study, accession=accession or None
             )
