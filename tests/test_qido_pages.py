@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 from pydicom.dataset import Dataset
 
 from drimbox.source import qido_pages
-from drimbox.source.qido_pages import SearchPages
+from drimbox.source.qido_pages import GatheringStopped, SearchPages
 
 
 class Answers:
@@ -53,3 +54,48 @@ async def test_kept_answers_expire() -> None:
     pages = SearchPages(keep_seconds=0.0)
     pages.keep("q", [Dataset()])
     assert await pages.kept("q") is None
+
+
+async def test_readers_follow_a_search_as_its_answers_arrive() -> None:
+    pages, gate = SearchPages(), asyncio.Event()
+
+    async def slow() -> AsyncIterator[Dataset]:
+        for i in range(6):
+            if i == 3:
+                await gate.wait()  # the PACS pauses after three answers
+            ds = Dataset()
+            ds.InstanceNumber = i
+            yield ds
+
+    assert pages.follow("q") is None and not pages.under_way("q")
+    assert pages.finish("q", [], slow())
+    assert pages.under_way("q")
+    first, second = pages.follow("q"), pages.follow("q")
+    assert first is not None and second is not None
+    # Both readers have the first answers before the search has ended.
+    assert [int((await anext(first)).InstanceNumber) for _ in range(3)] == [0, 1, 2]
+    assert int((await anext(second)).InstanceNumber) == 0
+    gate.set()
+    assert [int(ds.InstanceNumber) for ds in [ds async for ds in first]] == [3, 4, 5]
+    assert [int(ds.InstanceNumber) for ds in [ds async for ds in second]] == [1, 2, 3, 4, 5]
+    kept = await pages.kept("q")
+    assert kept is not None and len(kept) == 6 and not pages.under_way("q")
+
+
+async def test_a_reader_of_a_search_that_stops_short_is_told_how_far_it_got() -> None:
+    pages = SearchPages()
+
+    async def failing() -> AsyncIterator[Dataset]:
+        yield Dataset()
+        yield Dataset()
+        raise ConnectionResetError("the PACS went away")
+
+    assert pages.finish("q", [], failing())
+    following = pages.follow("q")
+    assert following is not None
+    got = 0
+    with pytest.raises(GatheringStopped) as stopped:
+        async for _ in following:
+            got += 1
+    assert got == stopped.value.given == 2
+    assert await pages.kept("q") is None  # not kept: the next reader asks the PACS itself

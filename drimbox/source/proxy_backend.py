@@ -27,11 +27,12 @@ from drimbox.dimse.network import DimseFailure, DimseUnavailable
 from drimbox.dimse.qido_find import iter_find
 from drimbox.dimse.retrieve import ReceivedInstance, RetrieveOutcome, iter_retrieve
 from drimbox.dimse.uid import is_lenient_uid
-from drimbox.source.qido_pages import MAX_ANSWERS, SearchPages, close_answers
+from drimbox.source.qido_pages import GatheringStopped, SearchPages, close_answers
 from drimbox.state.series_cache import SeriesCache, SeriesInstance
 
 STUDY_INSTANCE_UID = 0x0020000D
 SERIES_INSTANCE_UID = 0x0020000E
+SERIES_NUMBER = 0x00200011
 
 
 def _identifier(query: QidoQuery) -> Dataset:
@@ -71,38 +72,71 @@ class ProxyBackend:
 
     async def search(self, query: QidoQuery) -> AsyncIterator[Dataset]:
         key = await self._search_key(query)
+        skip = query.offset
         if key is not None:
-            kept = await self.pages.kept(key)
+            kept = None if self.pages.under_way(key) else await self.pages.kept(key)
             if kept is not None:
                 for ds in kept[query.offset :]:
                     yield ds
                 return
+            # Gathered whatever this reader does, and followed: a client's next page (or the same page asked twice,
+            # or pages asked side by side) joins the search under way rather than running a second C-FIND beside
+            # it, and a reader that leaves with its page leaves the rest gathered for the next.
+            await self.gather(query)
+            following = self.pages.follow(key)
+            if following is not None:
+                given = 0
+                try:
+                    async with aclosing(following):
+                        async for ds in following:
+                            given += 1
+                            if given > query.offset:
+                                yield ds
+                    return
+                except GatheringStopped as stopped:
+                    skip = max(query.offset, stopped.given)  # too wide to keep, or failed: asked again, directly
         answers = iter_find(self.settings.pacs, self.settings.dicom.ae_title, _identifier(query))
-        # What will be kept: nothing when the search is not kept or has more answers than are ever kept.
-        seen: list[Dataset] | None = [] if key is not None else None
         count = 0
-        handed_on = False
         try:
             async for ds in answers:
                 count += 1
-                if seen is not None:
-                    seen.append(ds)
-                    seen = seen if len(seen) <= MAX_ANSWERS else None
-                if count > query.offset:
+                if count > skip:
                     yield ds
-            if key is not None and seen is not None:
-                self.pages.keep(key, seen)
-        except GeneratorExit:
-            # The reader has its page (or left): the rest is gathered for its next page rather than cancelled.
-            handed_on = key is not None and seen is not None and self.pages.finish(key, seen, answers)
-            raise
         except DimseUnavailable as exc:
             raise Unavailable(f"PACS unavailable: {exc}") from None
         except DimseFailure as exc:
             raise Unavailable(f"PACS C-FIND failed: {exc}") from None
         finally:
-            if not handed_on:
-                await close_answers(answers)
+            await close_answers(answers)
+
+    async def gather(self, query: QidoQuery) -> None:
+        """Ask the PACS now for what `query` will find, its answers kept where that same search (any page of it)
+        finds them, as they arrive and for a few seconds after: for a search about to come (the viewer's, once its
+        page has loaded)."""
+        key = await self._search_key(query)
+        if key is None or self.pages.under_way(key) or await self.pages.kept(key) is not None:
+            return
+        answers = iter_find(self.settings.pacs, self.settings.dicom.ae_title, _identifier(query))
+        self.pages.finish(key, [], answers)
+
+    async def _find_series(self, study_uid: str) -> list[str]:
+        """The study's series by Series Number (0 for those without one; as the PACS lists them where equal), as
+        the viewer orders them."""
+        query = QidoQuery(level=QueryLevel.SERIES, matches=(),
+                          return_tags=frozenset({SERIES_INSTANCE_UID, SERIES_NUMBER}))  # fmt: skip
+        identifier = _identifier(query)
+        identifier.StudyInstanceUID = study_uid
+        found: dict[str, float] = {}
+        try:
+            async for ds in iter_find(self.settings.pacs, self.settings.dicom.ae_title, identifier):
+                uid = str(ds.get("SeriesInstanceUID", ""))
+                if uid and uid not in found:
+                    found[uid] = _number(ds)
+        except DimseUnavailable as exc:
+            raise Unavailable(f"PACS unavailable: {exc}") from None
+        except DimseFailure as exc:
+            raise Unavailable(f"PACS C-FIND failed: {exc}") from None
+        return sorted(found, key=found.__getitem__)  # stable: equal numbers keep the PACS's order
 
     async def _search_key(self, query: QidoQuery) -> tuple[QidoQuery, int] | None:
         """Where the answers of an instance search within one study are kept: the query without its page, and the
@@ -112,29 +146,15 @@ class ProxyBackend:
             return None
         return dataclasses.replace(query, offset=0, limit=0), await self.cache.generation(study)
 
-    async def _series_of(self, study_uid: str) -> list[str]:
+    async def series_of(self, study_uid: str) -> list[str]:
+        """The study's series in the viewer's order (by Series Number), from the cache while it is fresh (study_ttl),
+        else a C-FIND."""
         known = await self.cache.study_series(study_uid, self.settings.cache.study_ttl)
         if known is not None:
             return known
         series = await self._find_series(study_uid)
         if series:
             await self.cache.store_study_series(study_uid, series)
-        return series
-
-    async def _find_series(self, study_uid: str) -> list[str]:
-        query = QidoQuery(level=QueryLevel.SERIES, matches=(), return_tags=frozenset({SERIES_INSTANCE_UID}))
-        identifier = _identifier(query)
-        identifier.StudyInstanceUID = study_uid
-        series: list[str] = []
-        try:
-            async for ds in iter_find(self.settings.pacs, self.settings.dicom.ae_title, identifier):
-                uid = str(ds.get("SeriesInstanceUID", ""))
-                if uid and uid not in series:
-                    series.append(uid)
-        except DimseUnavailable as exc:
-            raise Unavailable(f"PACS unavailable: {exc}") from None
-        except DimseFailure as exc:
-            raise Unavailable(f"PACS C-FIND failed: {exc}") from None
         return series
 
     # ---------------------------------------------------------------------------------------- WADO
@@ -185,7 +205,7 @@ class ProxyBackend:
                 raise NotFound("no such instance in the PACS")
             yield _stored(hit[0])
             return
-        series_list = [series_uid] if series_uid else await self._series_of(study_uid)
+        series_list = [series_uid] if series_uid else await self.series_of(study_uid)
         if not series_list:
             raise NotFound("no such study in the PACS")
         found = False
@@ -279,7 +299,7 @@ class ProxyBackend:
             async for item in metadata_from_instances(self.iter_instances(study_uid, series_uid, sop_uid), base):
                 yield item
             return
-        series_list = [series_uid] if series_uid else await self._series_of(study_uid)
+        series_list = [series_uid] if series_uid else await self.series_of(study_uid)
         if not series_list:
             raise NotFound("no such study in the PACS")
         for series in series_list:
@@ -317,7 +337,7 @@ class ProxyBackend:
     async def holds(self, study_uid: str, series_uid: str | None = None) -> bool:
         """Whether the series (else every series of the study) is complete in the cache: served without the PACS."""
         # The study's series list is itself cached (study_ttl): a warm study costs no C-FIND here.
-        series = [series_uid] if series_uid else await self._series_of(study_uid)
+        series = [series_uid] if series_uid else await self.series_of(study_uid)
         if not series:
             return False
         for uid in series:
@@ -327,6 +347,14 @@ class ProxyBackend:
 
     async def invalidate_study(self, study_uid: str) -> None:
         await self.cache.invalidate_study(study_uid)
+
+
+def _number(ds: Dataset) -> float:
+    """A series' Series Number, 0 when it has none or an unreadable one (the viewer orders them so)."""
+    try:
+        return float(ds.get("SeriesNumber") or 0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _stored(instance: SeriesInstance) -> StoredInstance:

@@ -1,8 +1,11 @@
-"""Instance-level C-FIND answers kept a few seconds, so a client paging through a QIDO result asks the PACS once."""
+"""Instance-level C-FIND answers gathered once and kept a few seconds: every page of a QIDO result, asked one after
+the other or side by side, and a search started ahead of its reader, cost the PACS one C-FIND."""
 
 # A viewer lists a 1300-slice series in two QIDO pages (1000 answers at most each). Without this, the page at
 # offset 1000 re-ran the whole C-FIND: Orthanc 1.10 takes 0.5-0.65 s for those 1300 answers (it reads each
-# instance's file for Rows, Columns and the like), paid twice before the first image could be drawn.
+# instance's file for Rows, Columns and the like), paid twice before the first image could be drawn. A search is
+# gathered from its start, whoever reads it: readers follow its answers as they arrive (a page asked while the
+# search runs does not start a second one), and what nobody has read yet is kept for the next page.
 # Kept seconds, not minutes: a viewer reopening a series the box holds reads its metadata, not a QIDO, so longer
 # would only delay a new instance on the PACS showing. The key holds the study's invalidation count
 # (ProxyBackend.search): a publication replaced or withdrawn, or the operator emptying the cache, makes the
@@ -15,31 +18,63 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncGenerator, AsyncIterator, Hashable
 
 from pydicom.dataset import Dataset
 
 # How long answers are reused: long enough for a client to ask its next page.
 KEEP_SECONDS = 10.0
-# At most this many answers are gathered after the first reader left, and kept per query (memory bound).
+# At most this many answers are gathered and kept per query (memory bound); a wider search is read directly.
 MAX_ANSWERS = 20_000
 # At most this many queries' answers kept at once.
 MAX_QUERIES = 16
 
 
+class GatheringStopped(Exception):
+    """The search being followed stopped before its last answer; `given` answers were handed on."""
+
+    def __init__(self, given: int) -> None:
+        super().__init__(f"the search stopped after {given} answers")
+        self.given = given
+
+
+class _Gathering:
+    """The answers of one search as they arrive, for the readers that follow it."""
+
+    def __init__(self, answers: list[Dataset]) -> None:
+        self.answers = answers
+        self.complete = False
+        self.over = False  # every answer is in, or the gathering stopped (too wide to keep, or the search failed)
+        self.ended = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def grown(self) -> None:
+        """Until another answer arrives or the search is over."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+
 class SearchPages:
-    """The complete answers of recent searches, and the searches whose rest is still being gathered."""
+    """The complete answers of recent searches, and the searches whose answers are still being gathered."""
 
     def __init__(self, keep_seconds: float = KEEP_SECONDS) -> None:
         self.keep_seconds = keep_seconds
         self._kept: OrderedDict[Hashable, tuple[float, list[Dataset]]] = OrderedDict()
-        self._gathering: dict[Hashable, asyncio.Task[None]] = {}
+        self._gathering: dict[Hashable, _Gathering] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def kept(self, key: Hashable) -> list[Dataset] | None:
         """The complete answers of `key` from a search at most `keep_seconds` ago (waiting for one being finished)."""
-        pending = self._gathering.get(key)
-        if pending is not None:
-            await asyncio.wait({pending})
+        gathering = self._gathering.get(key)
+        if gathering is not None:
+            await gathering.ended.wait()
         found = self._kept.get(key)
         if found is None:
             return None
@@ -48,6 +83,31 @@ class SearchPages:
             return None
         return found[1]
 
+    def under_way(self, key: Hashable) -> bool:
+        """Whether the answers of `key` are being gathered now."""
+        return key in self._gathering
+
+    def follow(self, key: Hashable) -> AsyncGenerator[Dataset, None] | None:
+        """The answers of `key` from the first, each as soon as the search being gathered has it (then the kept
+        ones); None when there is no such search. GatheringStopped when the gathering stops short (too wide, or
+        failed): the reader then asks the PACS itself for the rest."""
+        gathering = self._gathering.get(key)
+        if gathering is None:
+            return None
+        return self._follow(gathering)
+
+    async def _follow(self, gathering: _Gathering) -> AsyncGenerator[Dataset, None]:
+        at = 0
+        while True:
+            while at < len(gathering.answers):
+                yield gathering.answers[at]
+                at += 1
+            if gathering.over:
+                if not gathering.complete:
+                    raise GatheringStopped(at)
+                return
+            await gathering.grown()
+
     def keep(self, key: Hashable, answers: list[Dataset]) -> None:
         self._kept[key] = (time.monotonic(), answers)
         self._kept.move_to_end(key)
@@ -55,30 +115,36 @@ class SearchPages:
             self._kept.popitem(last=False)
 
     def finish(self, key: Hashable, answers: list[Dataset], rest: AsyncIterator[Dataset]) -> bool:
-        """The reader left with `answers`: gather the rest of `rest` in the background, then keep them all.
+        """Gather the rest of a search (`answers` are those it gave so far) in the background, then keep them all:
+        its reader has its page and left, or nobody reads it yet (a search started before it is asked for).
 
         False when the same search is being gathered already: the caller closes `rest` (C-CANCEL)."""
         if key in self._gathering:
             return False
-        task = asyncio.create_task(self._gather(key, answers, rest), name="qido-pages")
-        self._gathering[key] = task
-        task.add_done_callback(lambda done: self._gathered(key, done))
+        gathering = self._gathering[key] = _Gathering(answers)
+        task = asyncio.create_task(self._gather(key, gathering, rest), name="qido-pages")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _gather(self, key: Hashable, answers: list[Dataset], rest: AsyncIterator[Dataset]) -> None:
+    async def _gather(self, key: Hashable, gathering: _Gathering, rest: AsyncIterator[Dataset]) -> None:
         try:
             async for ds in rest:
-                answers.append(ds)
-                if len(answers) > MAX_ANSWERS:
+                gathering.answers.append(ds)
+                gathering.wake()
+                if len(gathering.answers) > MAX_ANSWERS:
                     return  # too wide to keep: closing the search cancels it (C-CANCEL)
-            self.keep(key, answers)
+            gathering.complete = True
+            self.keep(key, gathering.answers)
+        except Exception:
+            return  # a failed search is simply not kept: the next reader asks the PACS itself
         finally:
+            gathering.over = True
+            if self._gathering.get(key) is gathering:
+                del self._gathering[key]
+            gathering.ended.set()
+            gathering.wake()
             await close_answers(rest)
-
-    def _gathered(self, key: Hashable, task: asyncio.Task[None]) -> None:
-        self._gathering.pop(key, None)
-        if not task.cancelled():
-            task.exception()  # a failed search is simply not kept: the next page asks the PACS itself
 
 
 async def close_answers(iterator: AsyncIterator[Dataset]) -> None:
