@@ -35,6 +35,7 @@ from drimbox.patient import setup as patient_setup
 from drimbox.source import primary_fills
 from drimbox.source import wiring as source
 from drimbox.source.outbox import Outbox
+from drimbox.source.viewer_warmup import ViewerWarmUp
 from drimbox.source.wiring import ACCESS, ARCHIVE, BACKEND, CACHE, MLLP, OUTBOX, PROXY, WORKER
 from drimbox.source.worker import PublicationWorker
 from drimbox.state.series_cache import SeriesCache
@@ -142,10 +143,9 @@ class Box:
             else None
         )
         # The web viewer (both roles) and, on a source (outbox), the report link that opens it.
-        access = app.get(ACCESS)
+        warmup = ViewerWarmUp(app.get(ACCESS), app.get(PROXY))
         app.add_routes(viewer_routes(self.auth, outbox, links=ReportLinks(s.auth, s.box.public_url),
-                                     grants=self.auth.sessions, matrix=matrix,
-                                     opened=access.prepare if access is not None else None))  # fmt: skip
+                                     grants=self.auth.sessions, matrix=matrix, opened=warmup.opened))  # fmt: skip
         # Patients opening their own exams from Mon Espace Santé (/patient/…): a source's, when [patient] enabled.
         if outbox is not None and s.patient.enabled:
             patient_setup(app, s, self.auth, outbox, app[BACKEND])

@@ -268,6 +268,10 @@ class SourceAccess:
         if kos_uid not in self._evidence:
             self._reading_of(kos_uid)
 
+    async def kos_series(self, kos_uid: str) -> frozenset[str]:
+        """The series a KOS lists (its evidence, read once)."""
+        return frozenset((await self._kos(kos_uid)).series)
+
     def _reading_of(self, kos_uid: str) -> asyncio.Task[_Evidence]:
         reading = self._reading.get(kos_uid)
         if reading is None:
