@@ -10,6 +10,9 @@ export class HttpError extends Error {
 
 // Uncompressed little endian: the frame arrives as the stored values, so window/level runs in the browser.
 export const NATIVE = '1.2.840.10008.1.2.1';
+// A box's QIDO page size by default (DICOMweb servers commonly answer 1000 at most), and how many pages are read.
+const PAGE = 1000;
+const MAX_PAGES = 100;
 const RAW_FRAME = `multipart/related; type="application/octet-stream"; transfer-syntax=${NATIVE}`;
 const PIXEL_MEDIA = {
   '1.2.840.10008.1.2.4.80': 'image/jls',
@@ -73,16 +76,27 @@ export class Dicomweb {
   }
 
   // QIDO: enough to order the stack (a C-FIND on a Proxy box: no need to wait for the images themselves), every
-  // page of it: a box answers at most its limit (1000 by default) with a Warning saying more exist.
-  async instances(seriesUid, signal) {
+  // page of it: a box answers at most its limit (1000 by default) with a Warning saying more exist. When the series
+  // list has said how many instances there are (`expected`), the pages past the first are asked alongside it: a
+  // Proxy box answers them all from its one C-FIND, each as its answers arrive. A box whose pages are smaller than
+  // PAGE is then read on page by page, as any box without the count.
+  async instances(seriesUid, signal, expected = 0) {
     const path = `/series/${encodeURIComponent(seriesUid)}/instances?includefield=00200013,00280008,00200032,00200037`;
+    const ask = async (offset) => {
+      const resp = await this.fetch(this.url(`${path}&offset=${offset}`), 'application/dicom+json', signal);
+      if (resp.status === 204) return { rows: [], more: false };
+      const rows = await resp.json();
+      return { rows, more: rows.length > 0 && /additional results/i.test(resp.headers.get('Warning') || '') };
+    };
+    const ahead = [];
+    for (let offset = PAGE; offset < Math.min(expected, PAGE * MAX_PAGES); offset += PAGE) ahead.push(ask(offset));
+    for (const page of ahead) page.catch(() => {}); // those not needed may fail unseen
     const all = [];
-    for (let pages = 0; pages < 100; pages++) {
-      const resp = await this.fetch(this.url(`${path}&offset=${all.length}`), 'application/dicom+json', signal);
-      if (resp.status === 204) break;
-      const page = await resp.json();
-      all.push(...page);
-      if (!page.length || !/additional results/i.test(resp.headers.get('Warning') || '')) break;
+    let page = await ask(0);
+    for (let n = 0; n < MAX_PAGES; n++) {
+      all.push(...page.rows);
+      if (!page.more) break;
+      page = await (n < ahead.length && all.length === PAGE * (n + 1) ? ahead[n] : ask(all.length));
     }
     return all;
   }

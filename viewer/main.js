@@ -13,7 +13,7 @@ const problem = (key) => Object.assign(new Error(key), { key });
 
 // fitted: the user has not zoomed or panned since the last fit, so a resize (rotating a tablet) fits again.
 // measures: frame key → that image's measurements ({kind, points: [{x, y}] in image pixels, done}).
-const view = { seriesUid: null, stack: null, index: 0, image: null, window: null, zoom: 1, panX: 0, panY: 0, fitted: true, tool: 'window', token: 0, measures: new Map(), cine: null, preview: null, painted: false };
+const view = { seriesUid: null, stack: null, index: 0, image: null, window: null, zoom: 1, panX: 0, panY: 0, fitted: true, tool: 'window', token: 0, measures: new Map(), cine: null, preview: null, painted: false, series: new Map() };
 const canvas = $('image'); // the overlay: measurements and previews drawn at the screen's resolution; the pointer
 const ctx = canvas.getContext('2d');
 const pixels = $('pixels'); // the current image at its own size, after window/level: the compositor scales it
@@ -123,6 +123,7 @@ async function main() {
   const cached = api.studyMetadata(true);
   cached.catch(() => {});
   const listed = api.series().then((series) => series.sort(bySeriesNumber));
+  listed.then((series) => { for (const s of series) view.series.set(value(s, '0020000E'), s); }, () => {});
   listed.then((series) => showSeriesList(api, series), () => {});
   // Cold (the box does not hold the study yet), the list takes the PACS a while: the decoder starts meanwhile.
   // Warm, the first frame follows at once, and a worker starting beside it would only slow it down.
@@ -207,7 +208,8 @@ async function openSeries(api, seriesUid, metadata = null) {
   document.body.dataset.state = 'loading';
   const abort = new AbortController();
   const cached = metadata ? Promise.resolve(metadata) : api.seriesMetadata(seriesUid, true);
-  const listed = metadata ? Promise.reject(new Error('not needed')) : api.instances(seriesUid, abort.signal);
+  const count = Number(value(view.series.get(seriesUid) || {}, '00201209', 0)) || 0;
+  const listed = metadata ? Promise.reject(new Error('not needed')) : api.instances(seriesUid, abort.signal, count);
   cached.catch(() => {});
   listed.catch(() => {});
   const first = await Promise.any([
