@@ -209,6 +209,13 @@ def test_the_whole_stack_by_position_as_stored_then_revalidated(page: Any, serve
     assert page.inner_text("#position").endswith(f"/ {SLICES}")
     pages = [p for p, _ in served.log if p.startswith(f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances?")]
     assert sorted(p.rsplit("offset=", 1)[1] for p in pages) == ["0", "1000"], pages
+    # Side by side: the series list gave the count, so the second page was asked before the first had come.
+    timing = page.evaluate(
+        "() => performance.getEntriesByType('resource').filter(e => e.name.includes('/instances?'))"
+        ".map(e => [e.name.split('offset=')[1], e.startTime, e.responseEnd])"
+    )
+    started = {offset: start for offset, start, _ in timing}
+    assert started["1000"] < next(end for offset, _, end in timing if offset == "0"), timing
     assert canvas(page, "transfer-syntax") == JPEGLSLossless
     served.loop.call_soon_threadsafe(served.backend.release.set)
     wait_until(page, "document.querySelector('#progress')?.textContent.includes('1100') || true")
