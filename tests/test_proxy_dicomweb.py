@@ -243,3 +243,24 @@ def test_paging_through_an_instance_search_asks_the_pacs_once(
     urllib.request.urlopen(box.operator_request(f"/api/cache?study={STUDY}", "DELETE"), timeout=30).close()
     assert page(0) == pages[0]
     assert finds() - before == 2
+
+
+def test_a_pacs_that_never_answers_is_a_503_after_one_time_out(orthanc: Any, source_box: Any) -> None:
+    """An instance search is gathered in the background and its reader follows it: a PACS that accepts the
+    connection and then says nothing costs the client one DIMSE time-out, not one for the gathering and another
+    for a second try."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the kernel, nobody ever reads them
+        box = source_box(orthanc, pacs={"port": silent.getsockname()[1], "timeout": 3.0})
+        started = time.monotonic()
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{box.url}/dicom-web/studies/{STUDY}/series/1.2.3/instances", timeout=30)
+        elapsed = time.monotonic() - started
+    assert err.value.code == 503
+    assert 2.5 < elapsed < 5.5, elapsed

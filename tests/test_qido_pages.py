@@ -98,4 +98,5 @@ async def test_a_reader_of_a_search_that_stops_short_is_told_how_far_it_got() ->
         async for _ in following:
             got += 1
     assert got == stopped.value.given == 2
+    assert isinstance(stopped.value.error, ConnectionResetError)  # what the reader reports
     assert await pages.kept("q") is None  # not kept: the next reader asks the PACS itself

@@ -94,7 +94,13 @@ class ProxyBackend:
                                 yield ds
                     return
                 except GatheringStopped as stopped:
-                    skip = max(query.offset, stopped.given)  # too wide to keep, or failed: asked again, directly
+                    if isinstance(stopped.error, DimseUnavailable):
+                        raise Unavailable(f"PACS unavailable: {stopped.error}") from None
+                    if isinstance(stopped.error, DimseFailure):
+                        raise Unavailable(f"PACS C-FIND failed: {stopped.error}") from None
+                    if stopped.error is not None:
+                        raise stopped.error from None
+                    skip = max(query.offset, stopped.given)  # too wide to keep: the rest asked directly
         answers = iter_find(self.settings.pacs, self.settings.dicom.ae_title, _identifier(query))
         count = 0
         try:

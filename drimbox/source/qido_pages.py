@@ -31,11 +31,13 @@ MAX_QUERIES = 16
 
 
 class GatheringStopped(Exception):
-    """The search being followed stopped before its last answer; `given` answers were handed on."""
+    """The search being followed stopped before its last answer; `given` answers were handed on. `error`: what
+    stopped it, None when it grew too wide to keep."""
 
-    def __init__(self, given: int) -> None:
+    def __init__(self, given: int, error: Exception | None) -> None:
         super().__init__(f"the search stopped after {given} answers")
         self.given = given
+        self.error = error
 
 
 class _Gathering:
@@ -44,6 +46,7 @@ class _Gathering:
     def __init__(self, answers: list[Dataset]) -> None:
         self.answers = answers
         self.complete = False
+        self.error: Exception | None = None
         self.over = False  # every answer is in, or the gathering stopped (too wide to keep, or the search failed)
         self.ended = asyncio.Event()
         self._waiters: list[asyncio.Future[None]] = []
@@ -89,8 +92,8 @@ class SearchPages:
 
     def follow(self, key: Hashable) -> AsyncGenerator[Dataset, None] | None:
         """The answers of `key` from the first, each as soon as the search being gathered has it (then the kept
-        ones); None when there is no such search. GatheringStopped when the gathering stops short (too wide, or
-        failed): the reader then asks the PACS itself for the rest."""
+        ones); None when there is no such search. GatheringStopped when the gathering stops short: too wide to keep
+        (the reader then asks the PACS itself for the rest), or failed."""
         gathering = self._gathering.get(key)
         if gathering is None:
             return None
@@ -104,7 +107,7 @@ class SearchPages:
                 at += 1
             if gathering.over:
                 if not gathering.complete:
-                    raise GatheringStopped(at)
+                    raise GatheringStopped(at, gathering.error)
                 return
             await gathering.grown()
 
@@ -136,8 +139,8 @@ class SearchPages:
                     return  # too wide to keep: closing the search cancels it (C-CANCEL)
             gathering.complete = True
             self.keep(key, gathering.answers)
-        except Exception:
-            return  # a failed search is simply not kept: the next reader asks the PACS itself
+        except Exception as exc:
+            gathering.error = exc  # its readers see it; not kept: the next reader asks the PACS itself
         finally:
             gathering.over = True
             if self._gathering.get(key) is gathering:
