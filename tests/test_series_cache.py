@@ -104,7 +104,7 @@ async def test_a_failed_retrieve_leaves_nothing_cached(tmp_path: Path) -> None:
     try:
         with pytest.raises(ConnectionError):
             await read_all(cache, "S", Source(10, fail_after=4))
-        assert await cache.cached("1.2", "S") is None
+        assert await cache.cached("1.2", "S") is None and not await cache.holds("1.2", "S")
         assert not (tmp_path / "1.2" / "S").exists()
     finally:
         cache.close()
@@ -136,9 +136,10 @@ async def test_invalidation_forgets_the_study_and_survives_reopening(tmp_path: P
     cache.close()
     reopened = SeriesCache(tmp_path, max_bytes=10**9)
     try:
-        assert await reopened.cached("1.2", "S") is not None
+        assert await reopened.cached("1.2", "S") is not None and await reopened.holds("1.2", "S")
+        assert not await reopened.holds("1.2", "S", origin="abc")  # another source's copy of the series
         await reopened.invalidate_study("1.2")
-        assert await reopened.cached("1.2", "S") is None
+        assert await reopened.cached("1.2", "S") is None and not await reopened.holds("1.2", "S")
         assert await reopened.metadata("1.2", "S", "/dicom-web") is None
     finally:
         reopened.close()

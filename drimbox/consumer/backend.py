@@ -402,12 +402,8 @@ class ConsumerBackend:
         for series in chosen:
             if not series.retrieve_url:
                 return False
-            if (
-                await self.cache.cached(
-                    study_uid, series.series_uid, origin=origin_of(series.retrieve_url, kos.sop_instance_uid)
-                )
-                is None
-            ):
+            origin = origin_of(series.retrieve_url, kos.sop_instance_uid)
+            if not await self.cache.holds(study_uid, series.series_uid, origin=origin):
                 return False
         return bool(chosen)
 

@@ -347,7 +347,7 @@ class ProxyBackend:
         if not series:
             return False
         for uid in series:
-            if await self.cache.cached(study_uid, uid) is None:
+            if not await self.cache.holds(study_uid, uid):
                 return False
         return True
 

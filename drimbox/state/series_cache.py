@@ -158,6 +158,19 @@ class SeriesCache:
     def _series_dir(self, study_uid: str, series_uid: str, origin: str = "") -> Path:
         return self.directory / study_uid / _dir_name(series_uid, origin)
 
+    async def holds(self, study_uid: str, series_uid: str, *, origin: str = "") -> bool:
+        """Whether the series is complete in the cache (its instances left unread: a warm 1300-instance series'
+        rows and paths took 4 ms to build for every only-if-cached question)."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM series WHERE origin = ? AND study_uid = ? AND series_uid = ?",
+                (origin, study_uid, series_uid),
+            ).fetchone()
+            return row is not None
+
+        return await self.db.acall(work)
+
     async def cached(
         self, study_uid: str, series_uid: str, *, origin: str = "", sop_uid: str | None = None
     ) -> list[CachedInstance] | None:
