@@ -94,12 +94,8 @@ class ProxyBackend:
                                 yield ds
                     return
                 except GatheringStopped as stopped:
-                    if isinstance(stopped.error, DimseUnavailable):
-                        raise Unavailable(f"PACS unavailable: {stopped.error}") from None
-                    if isinstance(stopped.error, DimseFailure):
-                        raise Unavailable(f"PACS C-FIND failed: {stopped.error}") from None
                     if stopped.error is not None:
-                        raise stopped.error from None
+                        raise _pacs_error(stopped.error) from None
                     skip = max(query.offset, stopped.given)  # too wide to keep: the rest asked directly
         answers = iter_find(self.settings.pacs, self.settings.dicom.ae_title, _identifier(query))
         count = 0
@@ -108,10 +104,8 @@ class ProxyBackend:
                 count += 1
                 if count > skip:
                     yield ds
-        except DimseUnavailable as exc:
-            raise Unavailable(f"PACS unavailable: {exc}") from None
-        except DimseFailure as exc:
-            raise Unavailable(f"PACS C-FIND failed: {exc}") from None
+        except (DimseUnavailable, DimseFailure) as exc:
+            raise _pacs_error(exc) from None
         finally:
             await close_answers(answers)
 
@@ -138,10 +132,8 @@ class ProxyBackend:
                 uid = str(ds.get("SeriesInstanceUID", ""))
                 if uid and uid not in found:
                     found[uid] = _number(ds)
-        except DimseUnavailable as exc:
-            raise Unavailable(f"PACS unavailable: {exc}") from None
-        except DimseFailure as exc:
-            raise Unavailable(f"PACS C-FIND failed: {exc}") from None
+        except (DimseUnavailable, DimseFailure) as exc:
+            raise _pacs_error(exc) from None
         return sorted(found, key=found.__getitem__)  # stable: equal numbers keep the PACS's order
 
     async def _search_key(self, query: QidoQuery) -> tuple[QidoQuery, int] | None:
@@ -353,6 +345,15 @@ class ProxyBackend:
 
     async def invalidate_study(self, study_uid: str) -> None:
         await self.cache.invalidate_study(study_uid)
+
+
+def _pacs_error(exc: Exception) -> Exception:
+    """What a DICOMweb client is told of a C-FIND that failed: the PACS unreachable or refusing is a 503."""
+    if isinstance(exc, DimseUnavailable):
+        return Unavailable(f"PACS unavailable: {exc}")
+    if isinstance(exc, DimseFailure):
+        return Unavailable(f"PACS C-FIND failed: {exc}")
+    return exc
 
 
 def _number(ds: Dataset) -> float:
