@@ -74,17 +74,19 @@ class ProxyBackend:
         key = await self._search_key(query)
         skip = query.offset
         if key is not None:
-            kept = None if self.pages.under_way(key) else await self.pages.kept(key)
-            if kept is not None:
-                for ds in kept[query.offset :]:
-                    yield ds
-                return
             # Gathered whatever this reader does, and followed: a client's next page (or the same page asked twice,
-            # or pages asked side by side) joins the search under way rather than running a second C-FIND beside
-            # it, and a reader that leaves with its page leaves the rest gathered for the next.
+            # or pages asked side by side) joins the search under way, or reads what it kept, rather than running a
+            # second C-FIND beside it; a reader that leaves with its page leaves the rest gathered for the next.
             await self.gather(query)
             following = self.pages.follow(key)
-            if following is not None:
+            if following is None:
+                # Kept already, or the gathering ended between the two lines above (a short search does).
+                kept = await self.pages.kept(key)
+                if kept is not None:
+                    for ds in kept[query.offset :]:
+                        yield ds
+                    return
+            else:
                 given = 0
                 try:
                     async with aclosing(following):
