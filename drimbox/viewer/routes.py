@@ -26,6 +26,7 @@ from drimbox.audit.events import REFUSED, SUCCESS
 from drimbox.audit.request import audit_request
 from drimbox.auth import AuthGate
 from drimbox.auth.links import LinkRefused, ReportLinks
+from drimbox.dicomweb.caching import matches
 from drimbox.dimse.uid import is_lenient_uid
 from drimbox.i18n import LANGUAGES, Messages, catalogue
 from drimbox.source.outbox import Outbox
@@ -128,7 +129,7 @@ class _Viewer:
         """The page, naming its scripts and style by their current versions (its inline import map allowed by hash)."""
         page = await asyncio.to_thread(self.versions.page, "index.html")
         headers = {**_HEADERS, "Content-Security-Policy": _CSP.format(inline=f" {page.script_hash}"), "ETag": page.etag}
-        if page.etag in (tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")):
+        if matches(request, page.etag):
             return web.Response(status=304, headers=headers)
         return web.Response(body=page.body, content_type="text/html", charset="utf-8", headers=headers)
 
